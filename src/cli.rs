@@ -1,0 +1,140 @@
+//! The command line (DESIGN §3). Exit codes: 0 success, 1 the spec or data is wrong,
+//! 2 usage or I/O error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::dim::fmt_shape;
+use crate::layers::group_digits;
+use crate::{Error, Model, diag};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A declarative model compiler: YAML specs, checked shapes, native code")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and shape-check a spec; print every mistake at its line.
+    Check {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Print a table of layers, output shapes and parameter counts, like Keras's summary().
+    Summary { spec: PathBuf },
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Runs the CLI with the process's arguments and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Check { spec, format } => check(&spec, format),
+        Command::Summary { spec } => match load(&spec) {
+            Ok(m) => {
+                print!("{}", crate::summary::render(&m.graph));
+                0
+            }
+            Err(code) => code,
+        },
+    }
+}
+
+/// Loads a spec, printing diagnostics (or warnings) on stderr.
+pub fn load(spec: &PathBuf) -> Result<Model, i32> {
+    match Model::from_path(spec) {
+        Ok(m) => {
+            if !m.warnings.is_empty() {
+                eprint!("{}", m.render_warnings(color()));
+            }
+            Ok(m)
+        }
+        Err(e) => {
+            report(&e);
+            Err(e.exit_code())
+        }
+    }
+}
+
+fn report(e: &Error) {
+    match e {
+        Error::Io { .. } => eprintln!("error: {e}"),
+        Error::Spec(s) => {
+            eprint!("{}", s.render(color()));
+            let n = s.diagnostics.iter().filter(|d| d.is_error()).count();
+            eprintln!("error: {} has {n} error{}", s.file, if n == 1 { "" } else { "s" });
+        }
+    }
+}
+
+fn check(spec: &PathBuf, format: Format) -> i32 {
+    match format {
+        Format::Human => match load(spec) {
+            Ok(m) => {
+                println!("{}", one_line(&m));
+                0
+            }
+            Err(code) => code,
+        },
+        Format::Json => match Model::from_path(spec) {
+            Ok(m) => {
+                let file = spec.display().to_string();
+                let src = diag::Source {
+                    name: &file,
+                    text: &m.source,
+                };
+                println!("{}", diag::to_json(&src, &m.warnings));
+                0
+            }
+            Err(Error::Spec(s)) => {
+                println!("{}", s.to_json());
+                1
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
+    }
+}
+
+/// `ok: digits_cnn — 6 layers, 12,345 params; image [batch, 8, 8, 1] → logits [batch, 10]`
+pub fn one_line(m: &Model) -> String {
+    let g = &m.graph;
+    let ins: Vec<String> = g.inputs.iter().map(|i| format!("{} {}", i.name, i.ty.describe())).collect();
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|&s| format!("{} {}", g.name_of(s), fmt_shape(&g.type_of(s).shape)))
+        .collect();
+    let (total, _, _) = g.param_counts();
+    format!(
+        "ok: {} — {} layer{}, {} params; {} → {}",
+        g.name,
+        g.layers.len(),
+        if g.layers.len() == 1 { "" } else { "s" },
+        group_digits(total),
+        ins.join(", "),
+        outs.join(", ")
+    )
+}

@@ -1,0 +1,332 @@
+//! Diagnostics: what kiln tells a person about their spec.
+//!
+//! Every diagnostic has a stable code, one plain sentence, a primary label at the exact
+//! span of the user's text, optional secondary labels (where a conflicting shape came
+//! from) and help. Rendering goes through miette so the output reads like rustc's; the
+//! JSON form is for editors and scripts.
+
+use std::fmt;
+use std::ops::Range;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
+use serde::Serialize;
+
+/// How bad a diagnostic is. Only errors make a spec invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A place in the spec and what to say about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    pub span: Range<usize>,
+    pub message: String,
+    pub primary: bool,
+}
+
+/// One finding about a spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub code: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    pub labels: Vec<Label>,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            labels: Vec::new(),
+            help: None,
+        }
+    }
+    pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
+    }
+    /// Adds the primary label (the place that is wrong).
+    pub fn label(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: true,
+        });
+        self
+    }
+    /// Adds a secondary label (a place that explains why).
+    pub fn secondary(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
+        self
+    }
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+    pub fn maybe_help(mut self, help: Option<String>) -> Self {
+        if help.is_some() {
+            self.help = help;
+        }
+        self
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+    /// The primary label's span, if any.
+    pub fn primary_span(&self) -> Option<Range<usize>> {
+        self.labels
+            .iter()
+            .find(|l| l.primary)
+            .or(self.labels.first())
+            .map(|l| l.span.clone())
+    }
+}
+
+/// A source file with a name, for rendering diagnostics against it.
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = floor_char_boundary(self.text, offset.min(self.text.len()));
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = before[line_start..].chars().count() + 1;
+        (line, col)
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Adapter that lets miette draw one of our diagnostics.
+struct MietteView<'a> {
+    diag: &'a Diagnostic,
+    source: NamedSource<String>,
+    text_len: usize,
+}
+
+impl fmt::Debug for MietteView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diag.message)
+    }
+}
+impl fmt::Display for MietteView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diag.message)
+    }
+}
+impl std::error::Error for MietteView<'_> {}
+
+impl miette::Diagnostic for MietteView<'_> {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.diag.code))
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.diag.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.diag
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        if self.diag.labels.is_empty() {
+            None
+        } else {
+            Some(&self.source)
+        }
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if self.diag.labels.is_empty() {
+            return None;
+        }
+        let n = self.text_len;
+        Some(Box::new(self.diag.labels.iter().map(move |l| {
+            let start = l.span.start.min(n);
+            let len = l.span.end.min(n).saturating_sub(start);
+            if l.primary {
+                LabeledSpan::new_primary_with_span(Some(l.message.clone()), (start, len))
+            } else {
+                LabeledSpan::new_with_span(Some(l.message.clone()), (start, len))
+            }
+        })))
+    }
+}
+
+/// Renders diagnostics as people read them. `color` picks ANSI colors; without it the
+/// output is plain Unicode (used by the golden snapshots).
+pub fn render(source: &Source, diags: &[Diagnostic], color: bool) -> String {
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
+    let mut out = String::new();
+    for d in diags {
+        let view = MietteView {
+            diag: d,
+            source: NamedSource::new(source.name, source.text.to_string()),
+            text_len: source.text.len(),
+        };
+        if handler.render_report(&mut out, &view).is_err() {
+            out.push_str(&format!("{}: {}\n", d.code, d.message));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonLabel {
+    line: usize,
+    column: usize,
+    length: usize,
+    message: String,
+    primary: bool,
+}
+
+#[derive(Serialize)]
+struct JsonDiag {
+    code: &'static str,
+    severity: Severity,
+    message: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    labels: Vec<JsonLabel>,
+    help: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    file: &'a str,
+    valid: bool,
+    diagnostics: Vec<JsonDiag>,
+}
+
+/// The machine-readable form of `kiln check --format json`. Lines and columns are
+/// 1-based; columns and lengths count characters.
+pub fn to_json(source: &Source, diags: &[Diagnostic]) -> String {
+    let diagnostics = diags
+        .iter()
+        .map(|d| {
+            let primary = d.primary_span().map(|s| source.line_col(s.start));
+            JsonDiag {
+                code: d.code,
+                severity: d.severity,
+                message: d.message.clone(),
+                line: primary.map(|p| p.0),
+                column: primary.map(|p| p.1),
+                labels: d
+                    .labels
+                    .iter()
+                    .map(|l| {
+                        let (line, column) = source.line_col(l.span.start);
+                        let text = source
+                            .text
+                            .get(l.span.clone())
+                            .unwrap_or_default();
+                        JsonLabel {
+                            line,
+                            column,
+                            length: text.chars().count(),
+                            message: l.message.clone(),
+                            primary: l.primary,
+                        }
+                    })
+                    .collect(),
+                help: d.help.clone(),
+            }
+        })
+        .collect();
+    let report = JsonReport {
+        file: source.name,
+        valid: !diags.iter().any(Diagnostic::is_error),
+        diagnostics,
+    };
+    serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// Edit distance, for "did you mean" suggestions.
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = word.to_lowercase().replace('-', "_");
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = if c == lower { 0 } else { levenshtein(&lower, c) };
+        // Also accept CamelCase Keras class names written for snake_case ones.
+        let squashed = d.min(levenshtein(&lower.replace('_', ""), &c.replace('_', "")));
+        let limit = (c.chars().count().max(word.chars().count()) / 3).max(1);
+        if squashed <= limit && best.is_none_or(|(bd, _)| squashed < bd) {
+            best = Some((squashed, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_typos_and_class_names() {
+        let c = ["dense", "conv2d", "max_pooling2d", "batch_normalization"];
+        assert_eq!(did_you_mean("dens", c), Some("dense"));
+        assert_eq!(did_you_mean("Conv2D", c), Some("conv2d"));
+        assert_eq!(did_you_mean("MaxPooling2D", c), Some("max_pooling2d"));
+        assert_eq!(did_you_mean("BatchNormalization", c), Some("batch_normalization"));
+        assert_eq!(did_you_mean("xyzzy", c), None);
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let s = Source {
+            name: "x",
+            text: "a: é\nbb: 1\n",
+        };
+        assert_eq!(s.line_col(0), (1, 1));
+        assert_eq!(s.line_col(s.text.find("bb").unwrap()), (2, 1));
+        assert_eq!(s.line_col(s.text.find(": 1").unwrap()), (2, 3));
+    }
+}

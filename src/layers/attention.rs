@@ -1,0 +1,80 @@
+//! multi_head_attention: `inputs: [query, value]` or `[query, value, key]` (one input
+//! means self-attention). Projections are Keras's EinsumDense sub-layers with kernels
+//! `[d_model, heads, key_dim]` and an output projection `[heads, value_dim, d_out]`.
+
+use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use crate::args::{ArgKind, Default, FRACTION, arg, int};
+
+pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
+    name: "multi_head_attention",
+    class: "MultiHeadAttention",
+    args: &[
+        arg("num_heads", int(1), Default::Required),
+        arg("key_dim", int(1), Default::Required),
+        arg("value_dim", int(1), Default::Null),
+        arg("dropout", FRACTION, Default::Float(0.0)),
+        arg("use_bias", ArgKind::Bool, Default::Bool(true)),
+        arg("output_shape", int(1), Default::Null),
+        arg("kernel_initializer", ArgKind::Initializer, Default::Str("glorot_uniform")),
+        arg("bias_initializer", ArgKind::Initializer, Default::Str("zeros")),
+        arg("seed", int(0), Default::Null),
+    ],
+    arity: Arity::Range(1, 3),
+    infer: mha,
+};
+
+fn mha(cx: &mut Ctx) -> Option<Inferred> {
+    cx.expect_float()?;
+    let n = cx.inputs.len();
+    let role = ["query", "value", "key"];
+    for i in 0..n {
+        if cx.inputs[i].ty.rank() != 3 {
+            let (name, ty) = (cx.inputs[i].name.to_string(), cx.inputs[i].ty.describe());
+            return cx.shape_error(
+                "E0501",
+                format!("`multi_head_attention` expects a rank-3 {} [batch, steps, features], but `{name}` is {ty}", role[i]),
+                "sequences are [batch, steps, features]; add an `embedding` or `reshape` first",
+            );
+        }
+    }
+    let q = cx.inputs[0].ty.clone();
+    let v = cx.inputs[n.min(2) - 1].ty.clone();
+    let k = cx.inputs[if n == 3 { 2 } else { n.min(2) - 1 }].ty.clone();
+    if q.shape[0] != v.shape[0] || k.shape[0] != v.shape[0] {
+        return cx.shape_error(
+            "E0511",
+            format!("`multi_head_attention` needs the same batch size for query, value and key, but they are {}, {} and {}", q.shape[0], v.shape[0], k.shape[0]),
+            "all inputs of one attention call must come from the same batch",
+        );
+    }
+    if k.shape[1] != v.shape[1] {
+        return cx.shape_error(
+            "E0511",
+            format!("`multi_head_attention` needs key and value of the same length, but the key has {} steps and the value {}", k.shape[1], v.shape[1]),
+            "key and value are usually the same tensor; pass `inputs: [query, value]`",
+        );
+    }
+    let dq = cx.known(&q.shape[2], "query feature size")?;
+    let dv = cx.known(&v.shape[2], "value feature size")?;
+    let dk = cx.known(&k.shape[2], "key feature size")?;
+    let heads = cx.args.int("num_heads");
+    let kd = cx.args.int("key_dim");
+    let vd = cx.args.opt_int("value_dim").unwrap_or(kd);
+    let dout = cx.args.opt_int("output_shape").unwrap_or(dq);
+    let bias = cx.args.bool("use_bias");
+    let mut params = Vec::new();
+    for (name, d_in, d_head) in [("query", dq, kd), ("key", dk, kd), ("value", dv, vd)] {
+        params.push(cx.param(&format!("{name}/kernel"), vec![d_in, heads, d_head], "kernel_initializer"));
+        if bias {
+            params.push(cx.param(&format!("{name}/bias"), vec![heads, d_head], "bias_initializer"));
+        }
+    }
+    params.push(cx.param("attention_output/kernel", vec![heads, vd, dout], "kernel_initializer"));
+    if bias {
+        params.push(cx.param("attention_output/bias", vec![dout], "bias_initializer"));
+    }
+    Some(Inferred {
+        output: TensorType::f32(vec![q.shape[0].clone(), q.shape[1].clone(), dout.into()]),
+        params,
+    })
+}

@@ -1,0 +1,316 @@
+//! The layer catalog. A layer is declared once: its Keras names, its argument schema
+//! with Keras's defaults, and its shape rule (which also yields its parameters, with
+//! Keras's shapes and keys). Adding a layer means one `LayerKind` value in one file and
+//! one line in [`REGISTRY`].
+
+mod attention;
+mod conv;
+mod core;
+mod merge;
+mod norm;
+mod recurrent;
+mod reshape;
+
+use std::ops::Range;
+
+use crate::args::{ArgSpec, Args, Value};
+use crate::diag::Diagnostic;
+use crate::dim::{Dim, Overflow, fmt_shape};
+use crate::spec::DType;
+
+/// The type of a tensor flowing between layers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TensorType {
+    pub shape: Vec<Dim>,
+    pub dtype: DType,
+}
+
+impl TensorType {
+    pub fn new(shape: Vec<Dim>, dtype: DType) -> Self {
+        TensorType { shape, dtype }
+    }
+    pub fn f32(shape: Vec<Dim>) -> Self {
+        TensorType::new(shape, DType::F32)
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn last(&self) -> &Dim {
+        &self.shape[self.shape.len() - 1]
+    }
+    /// `[batch, 8, 8, 1]`, with ` i32` appended for integer tensors.
+    pub fn describe(&self) -> String {
+        if self.dtype == DType::F32 {
+            fmt_shape(&self.shape)
+        } else {
+            format!("{} {}", fmt_shape(&self.shape), self.dtype.name())
+        }
+    }
+}
+
+/// A trainable or non-trainable weight of a layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// The key under the layer: `kernel`, `lstm_cell/recurrent_kernel`, `query/kernel`.
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub trainable: bool,
+    /// The initializer (`Value::Named`), as Keras would use it.
+    pub init: Value,
+}
+
+impl Param {
+    pub fn count(&self) -> i64 {
+        self.shape.iter().product()
+    }
+}
+
+/// What a shape rule produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inferred {
+    pub output: TensorType,
+    pub params: Vec<Param>,
+}
+
+/// How many inputs a layer takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    One,
+    /// Between `min` and `max` inputs (merges, attention).
+    Range(usize, usize),
+}
+
+/// A layer type.
+pub struct LayerKind {
+    /// Keras's class name in snake_case, as written in specs (`max_pooling2d`).
+    pub name: &'static str,
+    /// Keras's class name (`MaxPooling2D`), for summaries.
+    pub class: &'static str,
+    pub args: &'static [ArgSpec],
+    pub arity: Arity,
+    /// The shape rule: checks the inputs against the arguments, reports problems through
+    /// the context, and returns the output type and parameters.
+    pub infer: fn(&mut Ctx) -> Option<Inferred>,
+}
+
+/// Every layer kiln knows.
+pub static REGISTRY: &[&LayerKind] = &[
+    &core::DENSE,
+    &core::EMBEDDING,
+    &core::DROPOUT,
+    &core::ACTIVATION,
+    &core::RELU,
+    &core::LEAKY_RELU,
+    &core::ELU,
+    &core::SIGMOID,
+    &core::TANH,
+    &core::SOFTMAX,
+    &core::GELU,
+    &core::SILU,
+    &conv::CONV1D,
+    &conv::CONV2D,
+    &conv::MAX_POOLING1D,
+    &conv::MAX_POOLING2D,
+    &conv::AVERAGE_POOLING1D,
+    &conv::AVERAGE_POOLING2D,
+    &conv::GLOBAL_AVERAGE_POOLING1D,
+    &conv::GLOBAL_AVERAGE_POOLING2D,
+    &conv::GLOBAL_MAX_POOLING1D,
+    &conv::GLOBAL_MAX_POOLING2D,
+    &norm::BATCH_NORMALIZATION,
+    &norm::LAYER_NORMALIZATION,
+    &reshape::FLATTEN,
+    &reshape::RESHAPE,
+    &reshape::PERMUTE,
+    &merge::ADD,
+    &merge::SUBTRACT,
+    &merge::MULTIPLY,
+    &merge::CONCATENATE,
+    &recurrent::SIMPLE_RNN,
+    &recurrent::LSTM,
+    &recurrent::GRU,
+    &attention::MULTI_HEAD_ATTENTION,
+];
+
+/// Looks a layer type up by its spec name.
+pub fn lookup(name: &str) -> Option<&'static LayerKind> {
+    REGISTRY.iter().copied().find(|k| k.name == name)
+}
+
+/// One input of a layer as its shape rule sees it.
+pub struct In<'a> {
+    /// The name of the layer or model input that produces it.
+    pub name: &'a str,
+    pub ty: &'a TensorType,
+    /// Where the producer is declared in the spec.
+    pub origin: Range<usize>,
+}
+
+/// Everything a shape rule may look at, and where it reports problems.
+pub struct Ctx<'a> {
+    /// The layer's (given or automatic) name.
+    pub layer: &'a str,
+    pub kind: &'static LayerKind,
+    /// The layer's type key in the spec: the anchor of layer-level diagnostics.
+    pub span: Range<usize>,
+    pub args: &'a Args,
+    pub inputs: Vec<In<'a>>,
+    pub diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    pub fn input(&self) -> &TensorType {
+        self.inputs[0].ty
+    }
+
+    /// A shape error: primary label on this layer, secondary labels on where each input
+    /// comes from, with its shape.
+    pub fn shape_error(&mut self, code: &'static str, message: String, help: impl Into<String>) -> Option<Inferred> {
+        let mut d = Diagnostic::error(code, message).label(self.span.clone(), format!("this {}", self.kind.name));
+        for i in &self.inputs {
+            d = d.secondary(i.origin.clone(), format!("`{}` is {}", i.name, i.ty.describe()));
+        }
+        self.diags.push(d.help(help));
+        None
+    }
+
+    /// An error about one argument: primary label on its value (or on the layer if the
+    /// argument took its default), secondary labels on the inputs.
+    pub fn arg_error(&mut self, arg: &str, code: &'static str, message: String, help: impl Into<String>) -> Option<Inferred> {
+        let (span, label) = match self.args.span(arg) {
+            Some(s) => (s, format!("`{arg}` here")),
+            None => (self.span.clone(), format!("`{arg}` takes its default here")),
+        };
+        let mut d = Diagnostic::error(code, message).label(span, label);
+        for i in &self.inputs {
+            d = d.secondary(i.origin.clone(), format!("`{}` is {}", i.name, i.ty.describe()));
+        }
+        self.diags.push(d.help(help));
+        None
+    }
+
+    /// Checks the first input's rank against the ones this layer accepts.
+    pub fn expect_rank(&mut self, ranks: &[usize], layout: &str) -> Option<()> {
+        let r = self.input().rank();
+        if ranks.contains(&r) {
+            return Some(());
+        }
+        let want = match ranks {
+            [one] => format!("rank {one}"),
+            [lo, .., hi] if hi - lo + 1 == ranks.len() => format!("rank {lo} to {hi}"),
+            many => format!(
+                "rank {}",
+                many.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" or ")
+            ),
+        };
+        let ty = self.input().describe();
+        let name = self.inputs[0].name.to_string();
+        let help = rank_help(self.kind.name, r, ranks);
+        self.shape_error(
+            "E0501",
+            format!(
+                "`{}` expects {want} input {layout}, but `{name}` is {ty} (rank {r})",
+                self.kind.name
+            ),
+            help,
+        )?;
+        None
+    }
+
+    /// Layers other than embedding compute on f32.
+    pub fn expect_float(&mut self) -> Option<()> {
+        for i in 0..self.inputs.len() {
+            if self.inputs[i].ty.dtype.is_int() {
+                let name = self.inputs[i].name.to_string();
+                let ty = self.inputs[i].ty.describe();
+                self.shape_error(
+                    "E0502",
+                    format!("`{}` computes on f32, but `{name}` is {ty}", self.kind.name),
+                    "integer tensors are indices: feed them to an `embedding` layer first, or declare the input as f32",
+                )?;
+            }
+        }
+        Some(())
+    }
+
+    /// A size that must be known when the model is built (it fixes a weight's shape).
+    pub fn known(&mut self, d: &Dim, what: &str) -> Option<i64> {
+        if let Some(c) = d.as_const() {
+            return Some(c);
+        }
+        let name = self.inputs[0].name.to_string();
+        self.shape_error(
+            "E0507",
+            format!("`{}` needs a known {what}, but in `{name}` it is `{d}`", self.kind.name),
+            "a weight's shape cannot depend on a symbol; give this axis a fixed size in the input, or flatten/pool it away first",
+        )?;
+        None
+    }
+
+    /// Resolves a (possibly negative) axis for an input of rank `rank`.
+    pub fn axis(&mut self, arg: &str, axis: i64, rank: usize) -> Option<usize> {
+        let r = rank as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if (0..r).contains(&a) {
+            return Some(a as usize);
+        }
+        self.arg_error(
+            arg,
+            "E0508",
+            format!("axis {axis} is out of range for a rank-{rank} input"),
+            format!("axes run from 0 to {} (or -{rank} to -1 from the end)", r - 1),
+        )?;
+        None
+    }
+
+    /// Reports size arithmetic that overflowed.
+    pub fn overflow(&mut self, _: Overflow) -> Option<Inferred> {
+        self.shape_error(
+            "E0513",
+            format!("the sizes in `{}` overflow 64-bit integers", self.layer),
+            "check the sizes of this layer and its inputs",
+        )
+    }
+
+    /// A weight with the layer's initializer argument `init_arg`.
+    pub fn param(&self, name: &str, shape: Vec<i64>, init_arg: &str) -> Param {
+        Param {
+            name: name.to_string(),
+            shape,
+            trainable: true,
+            init: self.args.get(init_arg).clone(),
+        }
+    }
+}
+
+fn rank_help(layer: &str, got: usize, want: &[usize]) -> String {
+    let spatial = layer.contains("2d") && want.contains(&4);
+    let seq = (layer.contains("1d") || ["simple_rnn", "lstm", "gru"].contains(&layer)) && want.contains(&3);
+    match (got, spatial, seq) {
+        (2, true, _) => "this input is flat; images are [batch, height, width, channels]: remove the `flatten`/`dense` before it, or add `reshape: {target_shape: [h, w, c]}`".into(),
+        (3, true, _) => "add a channel axis, e.g. declare the input as [batch, h, w, 1] or add `reshape: {target_shape: [h, w, 1]}`".into(),
+        (2, _, true) => "sequences are [batch, steps, features]: add `reshape: {target_shape: [steps, features]}` or an `embedding` before it".into(),
+        (4, _, true) => "this input is an image; use the 2D layer, or reshape it to [batch, steps, features]".into(),
+        (_, _, _) if got > 2 && want == [2] => "add `flatten` or a global pooling layer before it".into(),
+        _ => "check the layers before this one".into(),
+    }
+}
+
+/// Writes `n` with thousands separators, as Keras's summary does.
+pub fn group_digits(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+impl std::fmt::Debug for LayerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}

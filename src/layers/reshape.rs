@@ -1,0 +1,125 @@
+//! Reshaping: flatten, reshape (one `-1` allowed) and permute (Keras's 1-based dims).
+//! The batch axis is never touched.
+
+use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use crate::args::{ArgKind, Default, MAX_SIZE, arg};
+use crate::dim::{Dim, fmt_shape, product};
+
+pub const FLATTEN: LayerKind = LayerKind {
+    name: "flatten",
+    class: "Flatten",
+    args: &[],
+    arity: Arity::One,
+    infer: flatten,
+};
+
+fn flatten(cx: &mut Ctx) -> Option<Inferred> {
+    let inp = cx.input().clone();
+    if inp.rank() < 1 {
+        return cx.shape_error("E0501", "`flatten` needs an input with a batch axis".into(), "declare the input as [batch, …]");
+    }
+    let rest = match product(&inp.shape[1..]) {
+        Ok(p) => p,
+        Err(e) => return cx.overflow(e),
+    };
+    Some(Inferred {
+        output: TensorType::new(vec![inp.shape[0].clone(), rest], inp.dtype),
+        params: Vec::new(),
+    })
+}
+
+pub const RESHAPE: LayerKind = LayerKind {
+    name: "reshape",
+    class: "Reshape",
+    args: &[arg("target_shape", ArgKind::IntList { min: -1, max: MAX_SIZE }, Default::Required)],
+    arity: Arity::One,
+    infer: reshape,
+};
+
+fn reshape(cx: &mut Ctx) -> Option<Inferred> {
+    let inp = cx.input().clone();
+    let target = cx.args.ints("target_shape").to_vec();
+    if target.contains(&0) {
+        return cx.arg_error("target_shape", "E0506", "`target_shape` sizes must be positive (or one -1)".into(), "replace the 0");
+    }
+    if target.iter().filter(|&&t| t == -1).count() > 1 {
+        return cx.arg_error(
+            "target_shape",
+            "E0506",
+            "`target_shape` may contain at most one -1".into(),
+            "give every size but one",
+        );
+    }
+    let have = match product(&inp.shape[1..]) {
+        Ok(p) => p,
+        Err(e) => return cx.overflow(e),
+    };
+    let known: i64 = match target.iter().filter(|&&t| t > 0).try_fold(1i64, |a, &t| a.checked_mul(t)) {
+        Some(k) => k,
+        None => return cx.overflow(crate::dim::Overflow),
+    };
+    let shown = fmt_shape(&target.iter().map(|&t| Dim::konst(t)).collect::<Vec<_>>());
+    let mut shape = vec![inp.shape[0].clone()];
+    if let Some(pos) = target.iter().position(|&t| t == -1) {
+        let Some(missing) = have.exact_div(known) else {
+            return cx.arg_error(
+                "target_shape",
+                "E0506",
+                format!("`reshape` cannot fill the -1 in {shown}: {have} elements per example do not divide by {known}"),
+                "choose sizes whose product divides the number of elements",
+            );
+        };
+        for (i, &t) in target.iter().enumerate() {
+            shape.push(if i == pos { missing.clone() } else { t.into() });
+        }
+    } else {
+        if have != Dim::konst(known) {
+            return cx.arg_error(
+                "target_shape",
+                "E0506",
+                format!("`reshape` to {shown} needs {known} elements per example, but the input has {have}"),
+                "the product of `target_shape` must equal the product of the input's non-batch sizes; use -1 for one size to let kiln compute it",
+            );
+        }
+        shape.extend(target.iter().map(|&t| Dim::konst(t)));
+    }
+    Some(Inferred {
+        output: TensorType::new(shape, inp.dtype),
+        params: Vec::new(),
+    })
+}
+
+pub const PERMUTE: LayerKind = LayerKind {
+    name: "permute",
+    class: "Permute",
+    args: &[arg("dims", ArgKind::IntList { min: 1, max: 64 }, Default::Required)],
+    arity: Arity::One,
+    infer: permute,
+};
+
+fn permute(cx: &mut Ctx) -> Option<Inferred> {
+    let inp = cx.input().clone();
+    let dims = cx.args.ints("dims").to_vec();
+    let n = inp.rank().saturating_sub(1);
+    let mut sorted = dims.clone();
+    sorted.sort();
+    if sorted != (1..=n as i64).collect::<Vec<_>>() {
+        let want: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        return cx.arg_error(
+            "dims",
+            "E0509",
+            format!(
+                "`dims` must be a permutation of {} (the non-batch axes, counted from 1), but it is {:?}",
+                want.join(", "),
+                dims
+            ),
+            format!("for this rank-{} input, e.g. `dims: [{}]`", inp.rank(), want.iter().rev().cloned().collect::<Vec<_>>().join(", ")),
+        );
+    }
+    let mut shape = vec![inp.shape[0].clone()];
+    shape.extend(dims.iter().map(|&d| inp.shape[d as usize].clone()));
+    Some(Inferred {
+        output: TensorType::new(shape, inp.dtype),
+        params: Vec::new(),
+    })
+}

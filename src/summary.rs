@@ -1,0 +1,102 @@
+//! `kiln summary`: a table like Keras's `model.summary()` — layer (type), output shape
+//! (with symbols where Keras prints `None`), parameter count, connected to — then the
+//! totals, with the same counts Keras gives for the same model.
+
+use crate::check::{Graph, Source};
+use crate::dim::Dim;
+use crate::layers::group_digits;
+
+fn shape(dims: &[Dim]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    if parts.len() == 1 {
+        format!("({},)", parts[0])
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+/// Keras's `readable_memory_size` for f32 weights.
+fn memory(params: i64) -> String {
+    let mut size = params as f64 * 4.0;
+    for unit in ["B", "KB", "MB", "GB"] {
+        if size < 1024.0 || unit == "GB" {
+            return format!("{size:.2} {unit}");
+        }
+        size /= 1024.0;
+    }
+    unreachable!("the loop returns at GB")
+}
+
+/// Renders the summary table.
+pub fn render(g: &Graph) -> String {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for inp in &g.inputs {
+        rows.push([format!("{} (InputLayer)", inp.name), shape(&inp.ty.shape), "0".into(), "-".into()]);
+    }
+    for l in &g.layers {
+        let count: i64 = l.params.iter().map(|p| p.count()).sum();
+        let connected: Vec<&str> = l.inputs.iter().map(|&s| g.name_of(s)).collect();
+        rows.push([
+            format!("{} ({})", l.name, l.kind.class),
+            shape(&l.output.shape),
+            group_digits(count),
+            connected.join(", "),
+        ]);
+    }
+    let header = ["Layer (type)", "Output Shape", "Param #", "Connected to"];
+    let mut w = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |l: &str, m: &str, r: &str, fill: &str| {
+        let segs: Vec<String> = w.iter().map(|&n| fill.repeat(n + 2)).collect();
+        format!("{l}{}{r}\n", segs.join(m))
+    };
+    let cells = |r: &[String; 4], edge: &str| {
+        let mut s = String::from(edge);
+        for (i, c) in r.iter().enumerate() {
+            let pad = w[i] - c.chars().count();
+            if i == 2 {
+                s.push_str(&format!(" {}{} {edge}", " ".repeat(pad), c));
+            } else {
+                s.push_str(&format!(" {}{} {edge}", c, " ".repeat(pad)));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = format!("Model: \"{}\"\n", g.name);
+    out.push_str(&line("┏", "┳", "┓", "━"));
+    out.push_str(&cells(&header.map(String::from), "┃"));
+    out.push_str(&line("┡", "╇", "┩", "━"));
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push_str(&line("├", "┼", "┤", "─"));
+        }
+        out.push_str(&cells(r, "│"));
+    }
+    out.push_str(&line("└", "┴", "┘", "─"));
+    let (total, trainable, non) = g.param_counts();
+    out.push_str(&format!(" Total params: {} ({})\n", group_digits(total), memory(total)));
+    out.push_str(&format!(" Trainable params: {} ({})\n", group_digits(trainable), memory(trainable)));
+    out.push_str(&format!(" Non-trainable params: {} ({})\n", group_digits(non), memory(non)));
+    let outs: Vec<&str> = g.outputs.iter().map(|&s| g.name_of(s)).collect();
+    if g.outputs.len() > 1 || g.outputs.first().is_some_and(|s| *s != Source::Layer(g.layers.len().wrapping_sub(1))) {
+        out.push_str(&format!(" Outputs: {}\n", outs.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_read_like_keras() {
+        assert_eq!(memory(0), "0.00 B");
+        assert_eq!(memory(1234), "4.82 KB");
+        assert_eq!(memory(1 << 20), "4.00 MB");
+    }
+}
