@@ -301,7 +301,9 @@ pub fn validate(
     owner_span: Range<usize>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Args> {
-    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    // Unknown keys are reported but do not stop the layer from being checked further;
+    // a value that failed to convert or a missing required argument does.
+    let mut failed = false;
     let mut args = Args::default();
     let entries: &[(Node, Node)] = match node {
         None => &[],
@@ -352,9 +354,12 @@ pub fn validate(
             );
             continue;
         };
-        if let Some(value) = convert(spec, v, what, diags) {
-            args.values.insert(spec.name, value);
-            args.spans.insert(spec.name, v.span.clone());
+        match convert(spec, v, what, diags) {
+            Some(value) => {
+                args.values.insert(spec.name, value);
+                args.spans.insert(spec.name, v.span.clone());
+            }
+            None => failed = true,
         }
     }
     for spec in schema {
@@ -363,6 +368,7 @@ pub fn validate(
         }
         let value = match spec.default {
             Default::Required => {
+                failed = true;
                 if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name)) {
                     diags.push(
                         Diagnostic::error("E0406", format!("`{what}` needs the argument `{}`", spec.name))
@@ -385,8 +391,7 @@ pub fn validate(
         };
         args.values.insert(spec.name, value);
     }
-    let errors_after = diags.iter().filter(|d| d.is_error()).count();
-    (errors_after == errors_before).then_some(args)
+    (!failed).then_some(args)
 }
 
 /// `e.g. dense: {units: 64}` built from the required arguments.
@@ -394,12 +399,27 @@ fn example_args(schema: &[ArgSpec], what: &str) -> String {
     let required: Vec<String> = schema
         .iter()
         .filter(|s| matches!(s.default, Default::Required))
-        .map(|s| format!("{}: {}", s.name, example_value(s.kind)))
+        .map(|s| format!("{}: {}", s.name, example(s)))
         .collect();
     if required.is_empty() {
         format!("write `{what}` alone, or `{what}: {{argument: value}}`")
     } else {
         format!("for example `{what}: {{{}}}`", required.join(", "))
+    }
+}
+
+/// An example value for an argument: its default where it has one.
+fn example(spec: &ArgSpec) -> String {
+    match spec.default {
+        Default::Int(i) => i.to_string(),
+        Default::Float(f) => format!("{f:?}"),
+        Default::Bool(b) => b.to_string(),
+        Default::Str(s) => s.to_string(),
+        _ => match spec.kind {
+            ArgKind::Int { min, .. } if min > 64 => min.to_string(),
+            ArgKind::Float { min, max, .. } if max <= 1.0 && min >= 0.0 => "0.5".into(),
+            k => example_value(k).to_string(),
+        },
     }
 }
 
@@ -426,11 +446,13 @@ fn type_error(spec: &ArgSpec, v: &Node, what: &str, expected: &str) -> Diagnosti
         ),
     )
     .label(v.span.clone(), format!("expected {expected}"))
+    .help(format!("write {expected} here, e.g. `{}: {}`", spec.name, example(spec)))
 }
 
 fn range_error(spec: &ArgSpec, v: &Node, what: &str, rule: String) -> Diagnostic {
     Diagnostic::error("E0404", format!("`{}` of `{what}` {rule}", spec.name))
         .label(v.span.clone(), "out of range")
+        .help(format!("use a value in range, e.g. `{}: {}`", spec.name, example(spec)))
 }
 
 fn as_int(v: &Node) -> Option<Result<i64, ()>> {

@@ -110,6 +110,8 @@ pub fn check(src: &str, default_name: &str) -> (Option<Graph>, Vec<Diagnostic>) 
     let (spec, mut diags) = spec::parse(src);
     let Some(spec) = spec else { return (None, diags) };
     let graph = Checker::new(&spec, &mut diags).run(default_name);
+    // Report in the order of the text, as a reader goes through the file.
+    diags.sort_by_key(|d| d.primary_span().map(|s| s.start).unwrap_or(0));
     if diags.iter().any(Diagnostic::is_error) {
         return (None, diags);
     }
@@ -482,12 +484,12 @@ impl<'a> Checker<'a> {
                 } else {
                     format!("`{}` takes {want}", kind.name)
                 };
-                self.diags.push(
-                    Diagnostic::error("E0706", format!("`{}` takes {want}, but it is given {}", kind.name, srcs.len()))
-                        .label(span.unwrap_or(l.type_span.clone()), format!("{} given", srcs.len()))
-                        .secondary(l.type_span.clone(), "this layer")
-                        .help(help),
-                );
+                let d = Diagnostic::error("E0706", format!("`{}` takes {want}, but it is given {}", kind.name, srcs.len()));
+                let d = match span {
+                    Some(s) => d.label(s, format!("{} given", srcs.len())).secondary(l.type_span.clone(), "this layer"),
+                    None => d.label(l.type_span.clone(), "only the previous layer's output comes in here"),
+                };
+                self.diags.push(d.help(help));
                 None
             });
             out.push(resolved);
