@@ -15,8 +15,16 @@ use crate::spec::yaml::{Kind, Node, Scalar};
 /// What values an argument takes.
 #[derive(Clone, Copy, Debug)]
 pub enum ArgKind {
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64, min_open: bool, max_open: bool },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+        min_open: bool,
+        max_open: bool,
+    },
     Bool,
     /// One of a fixed set of words.
     Choice(&'static [&'static str]),
@@ -25,9 +33,15 @@ pub enum ArgKind {
     /// A Keras initializer: a name, or `{name: {args}}`.
     Initializer,
     /// An int, or a list of `n` ints (kernel_size, strides, …), each ≥ `min`.
-    IntTuple { n: usize, min: i64 },
+    IntTuple {
+        n: usize,
+        min: i64,
+    },
     /// A list of ints (any length ≥ 1), each in `[min, max]`.
-    IntList { min: i64, max: i64 },
+    IntList {
+        min: i64,
+        max: i64,
+    },
     /// A list of numbers.
     FloatList,
     /// An int or a list of ints (axes; negative counts from the end).
@@ -128,19 +142,37 @@ const SEED: ArgSpec = arg("seed", int(0), Default::Null);
 pub const INITIALIZERS: &[(&str, &[ArgSpec])] = &[
     ("zeros", &[]),
     ("ones", &[]),
-    ("constant", &[arg("value", float_range(f64::MIN, f64::MAX), Default::Float(0.0))]),
+    (
+        "constant",
+        &[arg(
+            "value",
+            float_range(f64::MIN, f64::MAX),
+            Default::Float(0.0),
+        )],
+    ),
     ("glorot_uniform", &[SEED]),
     ("glorot_normal", &[SEED]),
     ("he_uniform", &[SEED]),
     ("he_normal", &[SEED]),
     ("lecun_uniform", &[SEED]),
     ("lecun_normal", &[SEED]),
-    ("orthogonal", &[arg("gain", POSITIVE_FLOAT, Default::Float(1.0)), SEED]),
+    (
+        "orthogonal",
+        &[arg("gain", POSITIVE_FLOAT, Default::Float(1.0)), SEED],
+    ),
     (
         "random_uniform",
         &[
-            arg("minval", float_range(f64::MIN, f64::MAX), Default::Float(-0.05)),
-            arg("maxval", float_range(f64::MIN, f64::MAX), Default::Float(0.05)),
+            arg(
+                "minval",
+                float_range(f64::MIN, f64::MAX),
+                Default::Float(-0.05),
+            ),
+            arg(
+                "maxval",
+                float_range(f64::MIN, f64::MAX),
+                Default::Float(0.05),
+            ),
             SEED,
         ],
     ),
@@ -164,7 +196,11 @@ pub const INITIALIZERS: &[(&str, &[ArgSpec])] = &[
         "variance_scaling",
         &[
             arg("scale", POSITIVE_FLOAT, Default::Float(1.0)),
-            arg("mode", ArgKind::Choice(&["fan_in", "fan_out", "fan_avg"]), Default::Str("fan_in")),
+            arg(
+                "mode",
+                ArgKind::Choice(&["fan_in", "fan_out", "fan_avg"]),
+                Default::Str("fan_in"),
+            ),
             arg(
                 "distribution",
                 ArgKind::Choice(&["truncated_normal", "untruncated_normal", "uniform"]),
@@ -276,16 +312,28 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("kernel_regularizer", "regularizers are not supported yet"),
     ("bias_regularizer", "regularizers are not supported yet"),
     ("activity_regularizer", "regularizers are not supported yet"),
-    ("recurrent_regularizer", "regularizers are not supported yet"),
+    (
+        "recurrent_regularizer",
+        "regularizers are not supported yet",
+    ),
     ("kernel_constraint", "constraints are not supported yet"),
     ("bias_constraint", "constraints are not supported yet"),
     ("recurrent_constraint", "constraints are not supported yet"),
     ("dtype", "layers compute in f32; set dtypes on `inputs`"),
-    ("data_format", "kiln is channels_last only, as Keras's default"),
+    (
+        "data_format",
+        "kiln is channels_last only, as Keras's default",
+    ),
     ("trainable", "freezing layers is not supported yet"),
-    ("return_state", "layers return one tensor; use `return_sequences`"),
+    (
+        "return_state",
+        "layers return one tensor; use `return_sequences`",
+    ),
     ("stateful", "stateful recurrent layers are not supported"),
-    ("recurrent_dropout", "dropout inside recurrent cells is not supported yet; add a `dropout` layer instead"),
+    (
+        "recurrent_dropout",
+        "dropout inside recurrent cells is not supported yet; add a `dropout` layer instead",
+    ),
     ("mask_zero", "masking is not supported yet"),
     ("amsgrad", "AMSGrad is not supported yet"),
     ("use_ema", "weight averaging (EMA) is not supported yet"),
@@ -314,7 +362,10 @@ pub fn validate(
                 diags.push(
                     Diagnostic::error(
                         "E0403",
-                        format!("the arguments of `{what}` must be a mapping, but this is {}", n.describe()),
+                        format!(
+                            "the arguments of `{what}` must be a mapping, but this is {}",
+                            n.describe()
+                        ),
                     )
                     .label(n.span.clone(), "expected `{argument: value, …}`")
                     .help(example_args(schema, what)),
@@ -326,17 +377,26 @@ pub fn validate(
     for (k, v) in entries {
         let Some(key) = k.as_str() else {
             diags.push(
-                Diagnostic::error("E0401", format!("argument names of `{what}` are words, but this is {}", k.describe()))
-                    .label(k.span.clone(), "not an argument name"),
+                Diagnostic::error(
+                    "E0401",
+                    format!(
+                        "argument names of `{what}` are words, but this is {}",
+                        k.describe()
+                    ),
+                )
+                .label(k.span.clone(), "not an argument name"),
             );
             continue;
         };
         let Some(spec) = schema.iter().find(|s| s.name == key) else {
             if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == key) {
                 diags.push(
-                    Diagnostic::error("E0402", format!("`{key}` is a Keras argument that kiln does not support: {why}"))
-                        .label(k.span.clone(), "not supported")
-                        .help("remove this argument"),
+                    Diagnostic::error(
+                        "E0402",
+                        format!("`{key}` is a Keras argument that kiln does not support: {why}"),
+                    )
+                    .label(k.span.clone(), "not supported")
+                    .help("remove this argument"),
                 );
                 continue;
             }
@@ -371,15 +431,24 @@ pub fn validate(
                 failed = true;
                 if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name)) {
                     diags.push(
-                        Diagnostic::error("E0406", format!("`{what}` needs the argument `{}`", spec.name))
-                            .label(owner_span.clone(), format!("`{}` is missing here", spec.name))
-                            .help(example_args(schema, what)),
+                        Diagnostic::error(
+                            "E0406",
+                            format!("`{what}` needs the argument `{}`", spec.name),
+                        )
+                        .label(
+                            owner_span.clone(),
+                            format!("`{}` is missing here", spec.name),
+                        )
+                        .help(example_args(schema, what)),
                     );
                 }
                 continue;
             }
             Default::Null => Value::Null,
-            Default::Int(i) => Value::Int(i),
+            Default::Int(i) => match spec.kind {
+                ArgKind::IntTuple { n, .. } => Value::Ints(vec![i; n]),
+                _ => Value::Int(i),
+            },
             Default::Float(f) => Value::Float(f),
             Default::Bool(b) => Value::Bool(b),
             Default::Str(s) => match spec.kind {
@@ -446,13 +515,21 @@ fn type_error(spec: &ArgSpec, v: &Node, what: &str, expected: &str) -> Diagnosti
         ),
     )
     .label(v.span.clone(), format!("expected {expected}"))
-    .help(format!("write {expected} here, e.g. `{}: {}`", spec.name, example(spec)))
+    .help(format!(
+        "write {expected} here, e.g. `{}: {}`",
+        spec.name,
+        example(spec)
+    ))
 }
 
 fn range_error(spec: &ArgSpec, v: &Node, what: &str, rule: String) -> Diagnostic {
     Diagnostic::error("E0404", format!("`{}` of `{what}` {rule}", spec.name))
         .label(v.span.clone(), "out of range")
-        .help(format!("use a value in range, e.g. `{}: {}`", spec.name, example(spec)))
+        .help(format!(
+            "use a value in range, e.g. `{}: {}`",
+            spec.name,
+            example(spec)
+        ))
 }
 
 fn as_int(v: &Node) -> Option<Result<i64, ()>> {
@@ -472,7 +549,14 @@ fn as_float(v: &Node) -> Option<f64> {
     }
 }
 
-fn check_int(spec: &ArgSpec, v: &Node, what: &str, min: i64, max: i64, diags: &mut Vec<Diagnostic>) -> Option<i64> {
+fn check_int(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    min: i64,
+    max: i64,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<i64> {
     match as_int(v) {
         None => {
             let mut d = type_error(spec, v, what, "an integer");
@@ -481,21 +565,39 @@ fn check_int(spec: &ArgSpec, v: &Node, what: &str, min: i64, max: i64, diags: &m
                 && f.fract() == 0.0
                 && f.abs() < 1e15
             {
-                d = d.help(format!("write it without a decimal point or exponent: `{}`", f as i64));
+                d = d.help(format!(
+                    "write it without a decimal point or exponent: `{}`",
+                    f as i64
+                ));
             }
             diags.push(d);
             None
         }
         Some(Err(())) => {
-            diags.push(range_error(spec, v, what, format!("must be at most {max}, but this does not even fit in 64 bits")));
+            diags.push(range_error(
+                spec,
+                v,
+                what,
+                format!("must be at most {max}, but this does not even fit in 64 bits"),
+            ));
             None
         }
         Some(Ok(i)) if i < min => {
-            diags.push(range_error(spec, v, what, format!("must be at least {min}, but it is {i}")));
+            diags.push(range_error(
+                spec,
+                v,
+                what,
+                format!("must be at least {min}, but it is {i}"),
+            ));
             None
         }
         Some(Ok(i)) if i > max => {
-            diags.push(range_error(spec, v, what, format!("must be at most {max}, but it is {i}")));
+            diags.push(range_error(
+                spec,
+                v,
+                what,
+                format!("must be at most {max}, but it is {i}"),
+            ));
             None
         }
         Some(Ok(i)) => Some(i),
@@ -525,7 +627,10 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             if !f.is_finite() || !low_ok || !high_ok {
                 let rule = match (min == f64::MIN, max.is_infinite() || max == f64::MAX) {
                     (_, _) if !f.is_finite() => "must be a finite number".to_string(),
-                    (false, true) => format!("must be {} {min}, but it is {f}", if min_open { "greater than" } else { "at least" }),
+                    (false, true) => format!(
+                        "must be {} {min}, but it is {f}",
+                        if min_open { "greater than" } else { "at least" }
+                    ),
                     _ => format!(
                         "must be in {}{min}, {max}{}, but it is {f}",
                         if min_open { "(" } else { "[" },
@@ -546,7 +651,12 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
         },
         ArgKind::Choice(choices) => {
             let Some(s) = v.as_str() else {
-                diags.push(type_error(spec, v, what, &format!("one of {}", choices.join(", "))));
+                diags.push(type_error(
+                    spec,
+                    v,
+                    what,
+                    &format!("one of {}", choices.join(", ")),
+                ));
                 return None;
             };
             let lower = s.to_lowercase();
@@ -554,9 +664,19 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                 return Some(Value::Str(c.to_string()));
             }
             diags.push(
-                Diagnostic::error("E0405", format!("`{}` of `{what}` must be one of {}, not `{s}`", spec.name, list(choices)))
-                    .label(v.span.clone(), "not a valid choice")
-                    .maybe_help(did_you_mean(s, choices.iter().copied()).map(|c| format!("did you mean `{c}`?"))),
+                Diagnostic::error(
+                    "E0405",
+                    format!(
+                        "`{}` of `{what}` must be one of {}, not `{s}`",
+                        spec.name,
+                        list(choices)
+                    ),
+                )
+                .label(v.span.clone(), "not a valid choice")
+                .maybe_help(
+                    did_you_mean(s, choices.iter().copied())
+                        .map(|c| format!("did you mean `{c}`?")),
+                ),
             );
             None
         }
@@ -577,17 +697,28 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                 return Some(Value::Ints(vec![i; n]));
             }
             let Some(items) = v.as_seq() else {
-                diags.push(type_error(spec, v, what, &format!("an integer or a list of {n} integers")));
+                diags.push(type_error(
+                    spec,
+                    v,
+                    what,
+                    &format!("an integer or a list of {n} integers"),
+                ));
                 return None;
             };
             if items.len() != n {
                 diags.push(
                     Diagnostic::error(
                         "E0404",
-                        format!("`{}` of `{what}` needs {n} integers, but this list has {}", spec.name, items.len()),
+                        format!(
+                            "`{}` of `{what}` needs {n} integers, but this list has {}",
+                            spec.name,
+                            items.len()
+                        ),
                     )
                     .label(v.span.clone(), format!("expected {n} values"))
-                    .help(format!("write one integer for all {n} axes, or a list of {n}")),
+                    .help(format!(
+                        "write one integer for all {n} axes, or a list of {n}"
+                    )),
                 );
                 return None;
             }
@@ -653,7 +784,12 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
         ArgKind::LearningRate => {
             if let Some(f) = as_float(v) {
                 if !(f.is_finite() && f > 0.0) {
-                    diags.push(range_error(spec, v, what, format!("must be greater than 0, but it is {f}")));
+                    diags.push(range_error(
+                        spec,
+                        v,
+                        what,
+                        format!("must be greater than 0, but it is {f}"),
+                    ));
                     return None;
                 }
                 return Some(Value::Float(f));
@@ -664,11 +800,19 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
 }
 
 fn list(choices: &[&str]) -> String {
-    choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    choices
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks an activation name, reporting an unknown one with a suggestion.
-pub fn check_activation(s: &str, span: Range<usize>, diags: &mut Vec<Diagnostic>) -> Option<String> {
+pub fn check_activation(
+    s: &str,
+    span: Range<usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
     let lower = s.to_lowercase();
     if ACTIVATIONS.contains(&lower.as_str()) {
         return Some(lower);
@@ -697,23 +841,42 @@ pub fn named(v: &Node) -> Option<(&str, Range<usize>, Option<&Node>)> {
     Some((k.as_str()?, k.span.clone(), Some(a)))
 }
 
-fn check_initializer(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) -> Option<Value> {
+fn check_initializer(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
     let Some((name, name_span, args)) = named(v) else {
-        diags.push(type_error(spec, v, what, "an initializer name or `{name: {arguments}}`"));
+        diags.push(type_error(
+            spec,
+            v,
+            what,
+            "an initializer name or `{name: {arguments}}`",
+        ));
         return None;
     };
     let canonical = initializer_alias(&name.to_lowercase()).to_string();
     let Some((_, schema)) = INITIALIZERS.iter().find(|(n, _)| *n == canonical) else {
         diags.push(
-            Diagnostic::error("E0408", format!("`{name}` is not an initializer kiln knows"))
-                .label(name_span, "unknown initializer")
-                .help(match did_you_mean(name, INITIALIZERS.iter().map(|(n, _)| *n)) {
+            Diagnostic::error(
+                "E0408",
+                format!("`{name}` is not an initializer kiln knows"),
+            )
+            .label(name_span, "unknown initializer")
+            .help(
+                match did_you_mean(name, INITIALIZERS.iter().map(|(n, _)| *n)) {
                     Some(c) => format!("did you mean `{c}`?"),
                     None => format!(
                         "known initializers: {}",
-                        INITIALIZERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        INITIALIZERS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
-                }),
+                },
+            ),
         );
         return None;
     };

@@ -122,11 +122,7 @@ impl Dim {
         // floor((d*Q + k) / d) = Q + floor(k / d) when every non-constant coefficient
         // is divisible by d.
         let constant = self.terms.get(&Vec::new()).copied().unwrap_or(0);
-        if self
-            .terms
-            .iter()
-            .all(|(m, c)| m.is_empty() || c % d == 0)
-        {
+        if self.terms.iter().all(|(m, c)| m.is_empty() || c % d == 0) {
             let mut q = BTreeMap::new();
             for (m, c) in &self.terms {
                 if !m.is_empty() {
@@ -256,14 +252,8 @@ impl fmt::Display for Dim {
                 if mag != 1 {
                     write!(f, "{mag}*")?;
                 }
-                let parens = m.len() == 1 && matches!(m[0], Atom::FloorDiv(..)) && self.terms.len() > 1;
-                if parens {
-                    f.write_str("(")?;
-                }
+                // `//` binds tighter than `+`, as in Python.
                 fmt_monomial(m, f)?;
-                if parens {
-                    f.write_str(")")?;
-                }
             }
         }
         Ok(())
@@ -287,7 +277,10 @@ mod tests {
     #[test]
     fn sums_and_products_are_canonical() {
         assert_eq!(s("s").add(&s("t")).unwrap(), s("t").add(&s("s")).unwrap());
-        assert_eq!(s("b").scale(64).unwrap(), Dim::konst(64).mul(&s("b")).unwrap());
+        assert_eq!(
+            s("b").scale(64).unwrap(),
+            Dim::konst(64).mul(&s("b")).unwrap()
+        );
         assert_eq!(s("s").add(&s("t")).unwrap().to_string(), "s + t");
         assert_ne!(s("s"), s("t"));
         let x = s("s").add(&s("t")).unwrap().sub(&s("t")).unwrap();

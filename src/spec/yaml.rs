@@ -270,6 +270,17 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                     .nth(1)
                     .map(|(i, _)| at + i)
                     .unwrap_or(src.len());
+                if e.info().contains("recursion limit") {
+                    return Err(Diagnostic::error(
+                        "E0104",
+                        format!(
+                            "the spec nests deeper than the YAML parser allows ({})",
+                            e.info()
+                        ),
+                    )
+                    .label(at..end.max(at), "this is too deep")
+                    .help("a model spec needs only a few levels of nesting"));
+                }
                 return Err(Diagnostic::error("E0101", format!("this is not valid YAML: {}", e.info()))
                     .label(at..end.max(at), "the YAML parser stopped here")
                     .help("check the indentation and the brackets around this place; a spec is a YAML mapping like `inputs: …`, `layers: …`"));
@@ -285,7 +296,10 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                         "E0102",
                         "a spec is one YAML document, but this file has more than one",
                     )
-                    .label(range.start..(range.start + 3).min(src.len()), "a second document starts here")
+                    .label(
+                        range.start..(range.start + 3).min(src.len()),
+                        "a second document starts here",
+                    )
                     .help("remove the `---` line and everything after it, or split the file"));
                 }
                 continue;
@@ -314,9 +328,12 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                     n.clone()
                 }
                 None => {
-                    return Err(Diagnostic::error("E0103", "this alias refers to an anchor that is not defined")
-                        .label(range, "unknown anchor")
-                        .help("define the anchor with `&name` before using `*name`"));
+                    return Err(Diagnostic::error(
+                        "E0103",
+                        "this alias refers to an anchor that is not defined",
+                    )
+                    .label(range, "unknown anchor")
+                    .help("define the anchor with `&name` before using `*name`"));
                 }
             },
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -348,7 +365,11 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
             Event::SequenceEnd | Event::MappingEnd => {
                 let Some(frame) = stack.pop() else { continue };
                 let (start, anchor, kind) = match frame {
-                    Frame::Seq { start, anchor, items } => (start, anchor, Kind::Seq(items)),
+                    Frame::Seq {
+                        start,
+                        anchor,
+                        items,
+                    } => (start, anchor, Kind::Seq(items)),
                     Frame::Map {
                         start,
                         anchor,
