@@ -33,6 +33,16 @@ enum Command {
     },
     /// Print a table of layers, output shapes and parameter counts, like Keras's summary().
     Summary { spec: PathBuf },
+    /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
+    Init {
+        spec: PathBuf,
+        /// Where to write the weights (`.safetensors`).
+        #[arg(long)]
+        out: PathBuf,
+        /// The random seed [default: the spec's `train.seed`, else 0].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn color() -> bool {
@@ -57,6 +67,37 @@ pub fn main() -> i32 {
             }
             Err(code) => code,
         },
+        Command::Init { spec, out, seed } => init(&spec, &out, seed),
+    }
+}
+
+/// `kiln init`: 0 written, 1 the spec is wrong, 2 the file could not be written.
+fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>) -> i32 {
+    let m = match load(spec) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let seed = seed.unwrap_or_else(|| crate::weights::default_seed(&m.graph));
+    let w = match crate::weights::init(&m.graph, seed) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match crate::weights::save(out, &w) {
+        Ok(()) => {
+            println!(
+                "wrote {}: {} (seed {seed})",
+                out.display(),
+                crate::weights::describe(&w)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dim;
 pub mod layers;
 pub mod spec;
 pub mod summary;
+pub mod weights;
 
 use std::fmt;
 use std::io::Read;

@@ -1,0 +1,266 @@
+//! A counter-based random generator for weight initialization.
+//!
+//! Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", the
+//! generator behind TensorFlow's and Random123's streams), keyed by a 64-bit seed. A
+//! stream is identified by the seed (the Philox key) and a 64-bit hash of a name (the
+//! high half of the 128-bit counter); the low half counts blocks. Philox is a bijection
+//! of the counter for a fixed key, so two names (or two seeds) never share a stream.
+//!
+//! Every number is made with IEEE-754 `+ - * /` and `sqrt` only (the normal sampler's
+//! logarithm is computed here, not by the platform's libm), so a seed gives
+//! bit-identical weights on every run and every machine.
+
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// One Philox-4x32-10 block: 128 random bits for `counter` under `key`.
+pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let mut c = counter;
+    let mut k = key;
+    for round in 0..10 {
+        if round > 0 {
+            k[0] = k[0].wrapping_add(W0);
+            k[1] = k[1].wrapping_add(W1);
+        }
+        let p0 = u64::from(M0) * u64::from(c[0]);
+        let p1 = u64::from(M1) * u64::from(c[2]);
+        let (hi0, lo0) = ((p0 >> 32) as u32, p0 as u32);
+        let (hi1, lo1) = ((p1 >> 32) as u32, p1 as u32);
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+    }
+    c
+}
+
+/// SplitMix64's finalizer: a bijective 64-bit mixer.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A 64-bit hash of `bytes` under a domain tag (not cryptographic; used to name streams).
+pub fn hash64(domain: u64, bytes: &[u8]) -> u64 {
+    let mut h = mix64(domain ^ (bytes.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = mix64(h ^ u64::from_le_bytes(word)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    }
+    mix64(h)
+}
+
+/// A sequential stream of random numbers: Philox blocks at successive counters.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    key: [u32; 2],
+    stream: u64,
+    block: u64,
+    buf: [u32; 4],
+    used: usize,
+    spare_normal: Option<f64>,
+}
+
+/// Domain tags: a weight drawn from the global seed and one drawn from an initializer's
+/// own `seed` argument live in different streams even when the two seeds are equal.
+const DOMAIN_GLOBAL: u64 = 0x6B69_6C6E_2F67_6C6F; // "kiln/glo"
+const DOMAIN_INIT: u64 = 0x6B69_6C6E_2F69_6E69; // "kiln/ini"
+
+impl Rng {
+    /// The stream `(seed, name)`.
+    pub fn new(seed: u64, stream: u64) -> Rng {
+        Rng {
+            key: [seed as u32, (seed >> 32) as u32],
+            stream,
+            block: 0,
+            buf: [0; 4],
+            used: 4,
+            spare_normal: None,
+        }
+    }
+
+    /// The stream for the weight `key` (`dense_1/kernel`): drawn from the initializer's
+    /// own `seed` when the spec gives one (so, as in Keras, such a weight does not change
+    /// with the global seed), else from the global seed.
+    pub fn for_weight(global_seed: u64, key: &str, init_seed: Option<u64>) -> Rng {
+        match init_seed {
+            Some(s) => Rng::new(s, hash64(DOMAIN_INIT, key.as_bytes())),
+            None => Rng::new(global_seed, hash64(DOMAIN_GLOBAL, key.as_bytes())),
+        }
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        if self.used == 4 {
+            let ctr = [
+                self.block as u32,
+                (self.block >> 32) as u32,
+                self.stream as u32,
+                (self.stream >> 32) as u32,
+            ];
+            self.buf = philox4x32(ctr, self.key);
+            self.block = self.block.wrapping_add(1);
+            self.used = 0;
+        }
+        let v = self.buf[self.used];
+        self.used += 1;
+        v
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let lo = u64::from(self.next_u32());
+        let hi = u64::from(self.next_u32());
+        (hi << 32) | lo
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal (Marsaglia's polar method: only `ln` and `sqrt`).
+    pub fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare_normal.take() {
+            return z;
+        }
+        loop {
+            let u = 2.0 * self.uniform() - 1.0;
+            let v = 2.0 * self.uniform() - 1.0;
+            let s = u * u + v * v;
+            if s >= 1.0 || s == 0.0 {
+                continue;
+            }
+            let f = (-2.0 * ln(s) / s).sqrt();
+            self.spare_normal = Some(v * f);
+            return u * f;
+        }
+    }
+}
+
+/// Natural logarithm of a positive, finite `x`, from IEEE basic operations only (so its
+/// result does not depend on the platform's libm). Accurate to about 1 ulp.
+pub fn ln(x: f64) -> f64 {
+    if x.is_nan() || x < 0.0 {
+        return f64::NAN;
+    }
+    if x == 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if x.is_infinite() {
+        return x;
+    }
+    // x = m · 2^e with m in [sqrt(1/2), sqrt(2)).
+    let mut bits = x.to_bits();
+    let mut e: i64 = 0;
+    if (bits >> 52) & 0x7FF == 0 {
+        // Subnormal: scale into the normal range first.
+        bits = (x * (1u64 << 54) as f64).to_bits();
+        e -= 54;
+    }
+    e += ((bits >> 52) & 0x7FF) as i64 - 1023;
+    let mut m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
+    if m > std::f64::consts::SQRT_2 {
+        m *= 0.5;
+        e += 1;
+    }
+    // ln m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.1716.
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    let mut series = 0.0;
+    for k in (1..=12).rev() {
+        series = series * s2 + 1.0 / (2 * k + 1) as f64;
+    }
+    let ln_m = 2.0 * s + 2.0 * s * s2 * series;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let ef = e as f64;
+    ef * LN2_HI + (ln_m + ef * LN2_LO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn philox_matches_random123_known_answers() {
+        assert_eq!(
+            philox4x32([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
+        assert_eq!(
+            philox4x32([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32(
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0]
+            ),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn ln_agrees_with_libm() {
+        let mut r = Rng::new(7, 0);
+        let mut xs = vec![1.0, 2.0, 0.5, 1e-300, 5e-324, 1e300, f64::MAX, 0.999_999_9];
+        for _ in 0..10_000 {
+            xs.push(r.uniform() + 1e-12);
+            xs.push((r.uniform() * 80.0 - 40.0).exp());
+        }
+        for x in xs {
+            let (a, b) = (ln(x), x.ln());
+            assert!(
+                (a - b).abs() <= 2.0 * f64::EPSILON * b.abs().max(1e-300),
+                "ln({x}) = {a}, libm says {b}"
+            );
+        }
+        assert_eq!(ln(1.0), 0.0);
+        assert!(ln(-1.0).is_nan());
+        assert_eq!(ln(0.0), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn streams_are_deterministic_and_distinct() {
+        let a: Vec<u64> = {
+            let mut r = Rng::for_weight(0, "dense/kernel", None);
+            (0..8).map(|_| r.next_u64()).collect()
+        };
+        let mut r = Rng::for_weight(0, "dense/kernel", None);
+        let again: Vec<u64> = (0..8).map(|_| r.next_u64()).collect();
+        assert_eq!(a, again);
+        for other in [
+            Rng::for_weight(1, "dense/kernel", None),
+            Rng::for_weight(0, "dense/bias", None),
+            Rng::for_weight(0, "dense/kernel", Some(0)),
+        ] {
+            let mut o = other;
+            let b: Vec<u64> = (0..8).map(|_| o.next_u64()).collect();
+            assert_ne!(a, b);
+        }
+        // An initializer's own seed does not depend on the global seed.
+        let mut x = Rng::for_weight(0, "k", Some(5));
+        let mut y = Rng::for_weight(99, "k", Some(5));
+        assert_eq!(x.next_u64(), y.next_u64());
+    }
+
+    #[test]
+    fn uniform_is_in_unit_interval_and_normal_is_standard() {
+        let mut r = Rng::new(1, 2);
+        let n = 200_000;
+        let (mut sum, mut sq) = (0.0, 0.0);
+        for _ in 0..n {
+            let u = r.uniform();
+            assert!((0.0..1.0).contains(&u));
+            let z = r.normal();
+            sum += z;
+            sq += z * z;
+        }
+        let mean = sum / n as f64;
+        let var = sq / n as f64 - mean * mean;
+        // Standard errors: 1/sqrt(n) = 0.0022 for the mean, sqrt(2/n) = 0.0032 for the
+        // variance; allow five of them.
+        assert!(mean.abs() < 0.012, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.016, "var {var}");
+    }
+}
