@@ -11,7 +11,11 @@ use crate::layers::group_digits;
 use crate::{Error, Model, diag};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "A declarative model compiler: YAML specs, checked shapes, native code")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A declarative model compiler: YAML specs, checked shapes, native code"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +25,12 @@ struct Cli {
 enum Format {
     Human,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Stage {
+    Graph,
+    Train,
 }
 
 #[derive(Subcommand)]
@@ -33,6 +43,16 @@ enum Command {
     },
     /// Print a table of layers, output shapes and parameter counts, like Keras's summary().
     Summary { spec: PathBuf },
+    /// Print a stage of compilation: `graph` (the inference function) or `train` (one
+    /// whole training step), after the graph passes unless `--raw`.
+    Ir {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "graph")]
+        stage: Stage,
+        /// Print the IR as lowered, before dead-code elimination, CSE and simplification.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
     Init {
         spec: PathBuf,
@@ -60,6 +80,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Check { spec, format } => check(&spec, format),
+        Command::Ir { spec, stage, raw } => ir(&spec, stage, raw),
         Command::Summary { spec } => match load(&spec) {
             Ok(m) => {
                 print!("{}", crate::summary::render(&m.graph));
@@ -123,7 +144,11 @@ fn report(e: &Error) {
         Error::Spec(s) => {
             eprint!("{}", s.render(color()));
             let n = s.diagnostics.iter().filter(|d| d.is_error()).count();
-            eprintln!("error: {} has {n} error{}", s.file, if n == 1 { "" } else { "s" });
+            eprintln!(
+                "error: {} has {n} error{}",
+                s.file,
+                if n == 1 { "" } else { "s" }
+            );
         }
     }
 }
@@ -162,7 +187,11 @@ fn check(spec: &PathBuf, format: Format) -> i32 {
 /// `ok: digits_cnn — 6 layers, 12,345 params; image [batch, 8, 8, 1] → logits [batch, 10]`
 pub fn one_line(m: &Model) -> String {
     let g = &m.graph;
-    let ins: Vec<String> = g.inputs.iter().map(|i| format!("{} {}", i.name, i.ty.describe())).collect();
+    let ins: Vec<String> = g
+        .inputs
+        .iter()
+        .map(|i| format!("{} {}", i.name, i.ty.describe()))
+        .collect();
     let outs: Vec<String> = g
         .outputs
         .iter()
@@ -178,4 +207,39 @@ pub fn one_line(m: &Model) -> String {
         ins.join(", "),
         outs.join(", ")
     )
+}
+
+fn ir(spec: &PathBuf, stage: Stage, raw: bool) -> i32 {
+    let m = match load(spec) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let func = match stage {
+        Stage::Graph => crate::lower::predict_func(&m.graph),
+        Stage::Train => {
+            if m.graph.train.is_none() {
+                eprintln!(
+                    "error: {} has no `train` section, so there is no training step to print",
+                    spec.display()
+                );
+                return 1;
+            }
+            crate::lower::train::build(&m.graph).map(|t| t.func)
+        }
+    };
+    match func {
+        Ok(f) => {
+            let f = if raw {
+                f
+            } else {
+                crate::ir::passes::optimize(&f)
+            };
+            print!("{}", f.print());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
 }

@@ -7,7 +7,9 @@ pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod dim;
+pub mod ir;
 pub mod layers;
+pub mod lower;
 pub mod spec;
 pub mod summary;
 pub mod weights;
@@ -36,7 +38,10 @@ pub struct Model {
 #[derive(Debug)]
 pub enum Error {
     /// The file could not be read (exit code 2).
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The spec is wrong: every diagnostic, with the source to show them against
     /// (exit code 1).
     Spec(SpecError),
@@ -100,17 +105,24 @@ pub fn read_spec(path: &Path) -> Result<String, Error> {
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
-    file.take(spec::MAX_SPEC_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    file.take(spec::MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     let file_name = path.display().to_string();
     if bytes.len() > spec::MAX_SPEC_BYTES {
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(bytes.len() as u64);
+        let size = std::fs::metadata(path)
+            .map(|m| m.len())
+            .unwrap_or(bytes.len() as u64);
         return Err(Error::Spec(SpecError {
             file: file_name,
             source: String::new(),
             diagnostics: vec![
                 Diagnostic::error(
                     "E0106",
-                    format!("the spec is {size} bytes; kiln reads specs of at most {} bytes", spec::MAX_SPEC_BYTES),
+                    format!(
+                        "the spec is {size} bytes; kiln reads specs of at most {} bytes",
+                        spec::MAX_SPEC_BYTES
+                    ),
                 )
                 .help("a model spec is a few hundred bytes; is this the right file?"),
             ],
@@ -121,7 +133,11 @@ pub fn read_spec(path: &Path) -> Result<String, Error> {
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let end = lossy[at..].char_indices().nth(1).map(|(i, _)| at + i).unwrap_or(lossy.len());
+            let end = lossy[at..]
+                .char_indices()
+                .nth(1)
+                .map(|(i, _)| at + i)
+                .unwrap_or(lossy.len());
             Err(Error::Spec(SpecError {
                 file: file_name,
                 diagnostics: vec![
@@ -167,7 +183,11 @@ impl Model {
 
     /// Renders this model's warnings.
     pub fn render_warnings(&self, color: bool) -> String {
-        let file = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "spec".into());
+        let file = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "spec".into());
         let src = diag::Source {
             name: &file,
             text: &self.source,

@@ -5,6 +5,7 @@
 
 mod attention;
 mod conv;
+pub use conv::window_out;
 mod core;
 mod merge;
 mod norm;

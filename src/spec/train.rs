@@ -116,7 +116,7 @@ pub fn optimizer_schema(name: &str) -> Option<Vec<ArgSpec>> {
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw", "rmsprop"];
 
 const DECAY: [ArgSpec; 3] = [
-    arg("initial_learning_rate", POSITIVE_FLOAT, Default::Required),
+    arg("initial_learning_rate", NON_NEGATIVE_FLOAT, Default::Required),
     arg("decay_steps", int(1), Default::Required),
     arg("decay_rate", POSITIVE_FLOAT, Default::Required),
 ];

@@ -1,0 +1,423 @@
+//! Windowed primitives, channels last: convolution and its two gradients, max and
+//! average pooling and their gradient. 1-D windows run as 2-D ones with a height of 1.
+//! Padding follows Keras/TF: `same` pads `total // 2` before and the rest after;
+//! average pooling divides by the number of in-bounds elements.
+
+use std::fmt;
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::interp::Real;
+use super::{Func, Id, Op, Result, Type, err};
+use crate::dim::Dim;
+use crate::layers::window_out;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Padding {
+    Valid,
+    Same,
+    Causal,
+}
+
+impl Padding {
+    pub fn parse(s: &str) -> Padding {
+        match s {
+            "same" => Padding::Same,
+            "causal" => Padding::Causal,
+            _ => Padding::Valid,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+            Padding::Causal => "causal",
+        }
+    }
+    /// (pad before, pad after) for one axis of length `len`.
+    pub fn amounts(self, len: i64, k: i64, stride: i64, dilation: i64) -> (i64, i64) {
+        let eff = (k - 1) * dilation + 1;
+        match self {
+            Padding::Valid => (0, 0),
+            Padding::Causal => (eff - 1, 0),
+            Padding::Same => {
+                let out = (len + stride - 1) / stride;
+                let total = ((out - 1) * stride + eff - len).max(0);
+                (total / 2, total - total / 2)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvAttrs {
+    pub strides: Vec<i64>,
+    pub dilation: Vec<i64>,
+    pub padding: Padding,
+    pub groups: i64,
+}
+
+impl fmt::Display for ConvAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "strides={:?}, dilation={:?}, padding={}, groups={}",
+            self.strides,
+            self.dilation,
+            self.padding.name(),
+            self.groups
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WindowAttrs {
+    pub window: Vec<i64>,
+    pub strides: Vec<i64>,
+    pub padding: Padding,
+}
+
+impl fmt::Display for WindowAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "window={:?}, strides={:?}, padding={}",
+            self.window,
+            self.strides,
+            self.padding.name()
+        )
+    }
+}
+
+fn spatial_out(x: &Type, k: &[i64], s: &[i64], d: &[i64], p: Padding) -> Result<Vec<Dim>> {
+    let n = k.len();
+    if x.rank() != n + 2 || s.len() != n || d.len() != n {
+        return err(format!(
+            "window op on rank {} with {n} spatial axes",
+            x.rank()
+        ));
+    }
+    let pad = if p == Padding::Valid { "valid" } else { "same" };
+    (0..n)
+        .map(|i| {
+            window_out(&x.shape[1 + i], k[i], s[i], d[i], pad)
+                .map_err(|_| super::IrError("overflow".into()))
+        })
+        .collect()
+}
+
+pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
+    match op {
+        Op::Conv(a) => {
+            let (x, k) = (tys[0], tys[1]);
+            let n = k.rank().saturating_sub(2);
+            let ks: Option<Vec<i64>> = k.shape[..n].iter().map(Dim::as_const).collect();
+            let ks = ks.ok_or_else(|| super::IrError("symbolic kernel".into()))?;
+            let mut s = vec![x.shape[0].clone()];
+            s.extend(spatial_out(x, &ks, &a.strides, &a.dilation, a.padding)?);
+            s.push(k.last().clone());
+            Ok(Type::f32(s))
+        }
+        Op::Pool { attrs, .. } => {
+            let x = tys[0];
+            let mut s = vec![x.shape[0].clone()];
+            s.extend(spatial_out(
+                x,
+                &attrs.window,
+                &attrs.strides,
+                &vec![1; attrs.window.len()],
+                attrs.padding,
+            )?);
+            s.push(x.last().clone());
+            Ok(Type::f32(s))
+        }
+        Op::PoolGrad { .. } => Ok(tys[0].clone()),
+        Op::ConvInputGrad(_) | Op::ConvKernelGrad(_) => {
+            err("conv gradients take their type from the builder")
+        }
+        _ => err(format!("{op:?} is not a window op")),
+    }
+}
+
+/// A 2-D view of a channels-last tensor: [batch, h, w, c] (1-D inputs get h = 1).
+struct Geo {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+fn geo(shape: &[usize]) -> Geo {
+    match shape.len() {
+        3 => Geo {
+            b: shape[0],
+            h: 1,
+            w: shape[1],
+            c: shape[2],
+        },
+        _ => Geo {
+            b: shape[0],
+            h: shape[1],
+            w: shape[2],
+            c: shape[3],
+        },
+    }
+}
+
+/// Per-axis parameters lifted to 2-D: (k, stride, dilation, pad_before) for h and w.
+struct Win {
+    k: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+    lo: [i64; 2],
+}
+
+fn win(in_geo: &Geo, k: &[i64], s: &[i64], d: &[i64], p: Padding) -> Win {
+    let lift = |v: &[i64], one: i64| {
+        if v.len() == 1 {
+            [one, v[0]]
+        } else {
+            [v[0], v[1]]
+        }
+    };
+    let (k2, s2, d2) = (lift(k, 1), lift(s, 1), lift(d, 1));
+    let lens = [in_geo.h as i64, in_geo.w as i64];
+    let mut lo = [0i64; 2];
+    for i in 0..2 {
+        if k.len() == 1 && i == 0 {
+            continue;
+        }
+        lo[i] = p.amounts(lens[i], k2[i], s2[i], d2[i]).0;
+    }
+    Win {
+        k: [k2[0] as usize, k2[1] as usize],
+        s: [s2[0] as usize, s2[1] as usize],
+        d: [d2[0] as usize, d2[1] as usize],
+        lo,
+    }
+}
+
+/// Calls `f(b, oh, ow, kh, kw, ih, iw)` for every in-bounds tap of the window.
+fn for_taps(
+    x: &Geo,
+    o: &Geo,
+    w: &Win,
+    mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize),
+) {
+    for b in 0..o.b {
+        for oh in 0..o.h {
+            for ow in 0..o.w {
+                for kh in 0..w.k[0] {
+                    let ih = (oh * w.s[0] + kh * w.d[0]) as i64 - w.lo[0];
+                    if ih < 0 || ih >= x.h as i64 {
+                        continue;
+                    }
+                    for kw in 0..w.k[1] {
+                        let iw = (ow * w.s[1] + kw * w.d[1]) as i64 - w.lo[1];
+                        if iw < 0 || iw >= x.w as i64 {
+                            continue;
+                        }
+                        f(b, oh, ow, kh, kw, ih as usize, iw as usize);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn dense<T: Real>(a: &ArrayD<T>) -> Vec<T> {
+    a.iter().copied().collect()
+}
+
+fn shaped<T: Real>(shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
+    ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| super::IrError(e.to_string()))
+}
+
+pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<ArrayD<T>> {
+    match op {
+        Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => {
+            // Shapes of x, kernel and y, whichever two are given.
+            let (xs, ks, ys): (Vec<usize>, Vec<usize>, Vec<usize>) = match op {
+                Op::Conv(_) => (
+                    args[0].shape().to_vec(),
+                    args[1].shape().to_vec(),
+                    shape.to_vec(),
+                ),
+                Op::ConvInputGrad(_) => (
+                    shape.to_vec(),
+                    args[1].shape().to_vec(),
+                    args[0].shape().to_vec(),
+                ),
+                _ => (
+                    args[0].shape().to_vec(),
+                    shape.to_vec(),
+                    args[1].shape().to_vec(),
+                ),
+            };
+            let n = ks.len() - 2;
+            let kdims: Vec<i64> = ks[..n].iter().map(|&v| v as i64).collect();
+            let (xg, yg) = (geo(&xs), geo(&ys));
+            let w = win(&xg, &kdims, &a.strides, &a.dilation, a.padding);
+            let cg = ks[n]; // input channels per group
+            let f_total = ks[n + 1];
+            let fg = f_total / a.groups as usize; // filters per group
+            let (kh_n, kw_n) = (w.k[0], w.k[1]);
+            let kidx = |kh: usize, kw: usize, c: usize, f: usize| {
+                ((kh * kw_n + kw) * cg + c) * f_total + f
+            };
+            let _ = kh_n;
+            let xidx =
+                |b: usize, h: usize, ww: usize, c: usize| ((b * xg.h + h) * xg.w + ww) * xg.c + c;
+            let yidx =
+                |b: usize, h: usize, ww: usize, f: usize| ((b * yg.h + h) * yg.w + ww) * yg.c + f;
+            match op {
+                Op::Conv(_) => {
+                    let (x, k) = (dense(args[0]), dense(args[1]));
+                    let mut y = vec![T::zero(); shape.iter().product()];
+                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
+                        for f in 0..f_total {
+                            let g = f / fg;
+                            let mut acc = T::zero();
+                            for c in 0..cg {
+                                acc += x[xidx(b, ih, iw, g * cg + c)] * k[kidx(kh, kw, c, f)];
+                            }
+                            let yi = yidx(b, oh, ow, f);
+                            y[yi] += acc;
+                        }
+                    });
+                    shaped(shape, y)
+                }
+                Op::ConvInputGrad(_) => {
+                    let (dy, k) = (dense(args[0]), dense(args[1]));
+                    let mut dx = vec![T::zero(); shape.iter().product()];
+                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
+                        for f in 0..f_total {
+                            let g = f / fg;
+                            let gy = dy[yidx(b, oh, ow, f)];
+                            for c in 0..cg {
+                                let xi = xidx(b, ih, iw, g * cg + c);
+                                dx[xi] += gy * k[kidx(kh, kw, c, f)];
+                            }
+                        }
+                    });
+                    shaped(shape, dx)
+                }
+                _ => {
+                    let (x, dy) = (dense(args[0]), dense(args[1]));
+                    let mut dk = vec![T::zero(); shape.iter().product()];
+                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
+                        for f in 0..f_total {
+                            let g = f / fg;
+                            let gy = dy[yidx(b, oh, ow, f)];
+                            for c in 0..cg {
+                                let ki = kidx(kh, kw, c, f);
+                                dk[ki] += gy * x[xidx(b, ih, iw, g * cg + c)];
+                            }
+                        }
+                    });
+                    shaped(shape, dk)
+                }
+            }
+        }
+        Op::Pool { kind, attrs } | Op::PoolGrad { kind, attrs } => {
+            let xs = args[0].shape().to_vec();
+            let ys: Vec<usize> = if matches!(op, Op::Pool { .. }) {
+                shape.to_vec()
+            } else {
+                args[1].shape().to_vec()
+            };
+            let (xg, yg) = (geo(&xs), geo(&ys));
+            let ones = vec![1; attrs.window.len()];
+            let w = win(&xg, &attrs.window, &attrs.strides, &ones, attrs.padding);
+            let c = xg.c;
+            let xidx = |b: usize, h: usize, ww: usize| ((b * xg.h + h) * xg.w + ww) * c;
+            let yidx = |b: usize, h: usize, ww: usize| ((b * yg.h + h) * yg.w + ww) * c;
+            let x = dense(args[0]);
+            let ny = yg.b * yg.h * yg.w * c;
+            // Per output element: running max (and its input index) or sum and count.
+            let mut best = vec![T::neg_infinity(); ny];
+            let mut arg = vec![usize::MAX; ny];
+            let mut sum = vec![T::zero(); ny];
+            let mut count = vec![0usize; yg.b * yg.h * yg.w];
+            for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
+                let (yo, xo) = (yidx(b, oh, ow), xidx(b, ih, iw));
+                count[yo / c] += 1;
+                for ch in 0..c {
+                    let v = x[xo + ch];
+                    if v > best[yo + ch] || arg[yo + ch] == usize::MAX {
+                        best[yo + ch] = v;
+                        arg[yo + ch] = xo + ch;
+                    }
+                    sum[yo + ch] += v;
+                }
+            });
+            let cnt = |i: usize| T::from_usize(count[i / c].max(1)).unwrap_or_else(T::one);
+            match op {
+                Op::Pool { .. } => {
+                    let y = match kind {
+                        PoolKind::Max => best,
+                        PoolKind::Avg => (0..ny).map(|i| sum[i] / cnt(i)).collect(),
+                    };
+                    shaped(shape, y)
+                }
+                _ => {
+                    let dy = dense(args[1]);
+                    let mut dx = vec![T::zero(); x.len()];
+                    match kind {
+                        PoolKind::Max => {
+                            for i in 0..ny {
+                                if arg[i] != usize::MAX {
+                                    dx[arg[i]] += dy[i];
+                                }
+                            }
+                        }
+                        PoolKind::Avg => {
+                            for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
+                                let (yo, xo) = (yidx(b, oh, ow), xidx(b, ih, iw));
+                                for ch in 0..c {
+                                    dx[xo + ch] += dy[yo + ch] / cnt(yo + ch);
+                                }
+                            });
+                        }
+                    }
+                    shaped(shape, dx)
+                }
+            }
+        }
+        _ => err(format!("{op:?} is not a window op")),
+    }
+}
+
+pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
+    let n = f.nodes[node].clone();
+    match &n.op {
+        Op::Conv(a) => {
+            let (x, k) = (n.args[0], n.args[1]);
+            let (xt, kt) = (f.ty(x).clone(), f.ty(k).clone());
+            let dx = f.push_typed(Op::ConvInputGrad(a.clone()), &[g, k], xt);
+            let dk = f.push_typed(Op::ConvKernelGrad(a.clone()), &[x, g], kt);
+            Ok(vec![Some(dx), Some(dk)])
+        }
+        Op::Pool { kind, attrs } => {
+            let x = n.args[0];
+            let dx = f.push(
+                Op::PoolGrad {
+                    kind: *kind,
+                    attrs: attrs.clone(),
+                },
+                &[x, g],
+            )?;
+            Ok(vec![Some(dx)])
+        }
+        _ => err(format!(
+            "{:?} has no vjp (second derivatives of windows are not needed)",
+            n.op
+        )),
+    }
+}

@@ -1,0 +1,100 @@
+//! Shared test support: a seeded generator and the finite-difference gradient check.
+#![allow(dead_code)]
+
+use kiln::dim::Dim;
+use kiln::ir::elementwise::rng_uniform;
+use kiln::ir::{Func, Id, ReduceOp, Type, autodiff, interp, passes};
+use ndarray::{ArrayD, IxDyn};
+
+pub struct Rng(pub u64, pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed, 0)
+    }
+    pub fn uniform(&mut self) -> f64 {
+        self.1 += 1;
+        rng_uniform(self.0, 7, self.1)
+    }
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+    pub fn int(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.uniform() * (hi - lo + 1) as f64) as usize
+    }
+    pub fn array(&mut self, shape: &[usize], lo: f64, hi: f64) -> ArrayD<f64> {
+        ArrayD::from_shape_fn(IxDyn(shape), |_| self.range(lo, hi))
+    }
+}
+
+pub fn concrete(t: &Type, batch: usize, seq: usize) -> Vec<usize> {
+    let env = [("batch".to_string(), batch as i64), ("seq".to_string(), seq as i64)].into_iter().collect();
+    t.shape.iter().map(|d: &Dim| d.eval(&env).expect("bound") as usize).collect()
+}
+
+/// Checks d(sum(out * w))/d(value) against central finite differences for the inputs
+/// marked in `diff` (see tests/ir_prims.rs for the tolerance's justification), and
+/// that the optimized function computes the same values. `f`'s existing outputs are
+/// ignored; `out` is the value under test.
+pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[bool], rng: &mut Rng) {
+    let mut base = f.clone();
+    base.outputs = vec![("out".into(), out)];
+    let out_shape: Vec<usize> = interp::eval::<f64>(&base, vals).unwrap_or_else(|e| panic!("{name}: {e}"))[0].shape().to_vec();
+    let mut f = f.clone();
+    f.outputs.clear();
+    let out_ty = f.ty(out).clone();
+    let w = f.input("__w", out_ty.clone());
+    let prod = f.mul(out, w).unwrap();
+    let axes: Vec<usize> = (0..out_ty.rank()).collect();
+    let loss = f.reduce(ReduceOp::Sum, prod, axes).unwrap();
+    let wrt: Vec<Id> = (0..vals.len()).filter(|&i| diff[i]).map(|i| input_node(&f, i)).collect();
+    let mut lossf = f.clone();
+    lossf.outputs = vec![("loss".into(), loss)];
+    let grads = autodiff::grad(&mut f, loss, &wrt).unwrap_or_else(|e| panic!("{name}: {e}"));
+    f.output("out", out);
+    for (k, g) in grads.iter().enumerate() {
+        f.output(&format!("g{k}"), *g);
+    }
+    let wv = rng.array(&out_shape, -1.0, 1.0);
+    let mut all = vals.to_vec();
+    all.push(wv);
+    let got = interp::eval::<f64>(&f, &all).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let opt = passes::optimize(&f);
+    let got_opt = interp::eval::<f64>(&opt, &all).unwrap_or_else(|e| panic!("{name} (optimized): {e}"));
+    for (a, b) in got.iter().zip(&got_opt) {
+        let d = (a - b).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+        assert!(d <= 1e-11, "{name}: optimized IR differs by {d}");
+    }
+    let h = 1e-6;
+    let mut gi = 0;
+    for k in 0..vals.len() {
+        if !diff[k] {
+            continue;
+        }
+        let analytic = &got[1 + gi];
+        gi += 1;
+        let n = all[k].len();
+        let picks: Vec<usize> = if n <= 12 { (0..n).collect() } else { (0..12).map(|_| rng.int(0, n - 1)).collect() };
+        for p in picks {
+            let mut plus = all.clone();
+            let mut minus = all.clone();
+            plus[k].as_slice_mut().unwrap()[p] += h;
+            minus[k].as_slice_mut().unwrap()[p] -= h;
+            let lp = interp::eval::<f64>(&lossf, &plus).unwrap()[0].sum();
+            let lm = interp::eval::<f64>(&lossf, &minus).unwrap()[0].sum();
+            let numeric = (lp - lm) / (2.0 * h);
+            let an = analytic.as_slice().unwrap()[p];
+            let tol = 1e-6 * 1f64.max(an.abs()).max(numeric.abs());
+            assert!(
+                (an - numeric).abs() <= tol,
+                "{name}: d/d({})[{p}] analytic {an} vs numeric {numeric}",
+                f.inputs[k].name
+            );
+        }
+    }
+}
+
+fn input_node(f: &Func, i: usize) -> Id {
+    f.nodes.iter().position(|n| n.op == kiln::ir::Op::Input(i)).expect("input node")
+}
+
