@@ -10,6 +10,7 @@ pub mod dim;
 pub mod ir;
 pub mod layers;
 pub mod lower;
+pub mod runtime;
 pub mod spec;
 pub mod summary;
 pub mod weights;
