@@ -321,6 +321,10 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("recurrent_constraint", "constraints are not supported yet"),
     ("dtype", "layers compute in f32; set dtypes on `inputs`"),
     (
+        "input_shape",
+        "shapes are declared under `inputs:`, e.g. `inputs: {x: [batch, 784]}`",
+    ),
+    (
         "data_format",
         "kiln is channels_last only, as Keras's default",
     ),
@@ -353,6 +357,9 @@ pub fn validate(
     // a value that failed to convert or a missing required argument does.
     let mut failed = false;
     let mut args = Args::default();
+    // Arguments that an unknown key was probably meant to be (`unit` → `units`): the
+    // typo is reported once, not again as a missing argument.
+    let mut meant: Vec<&str> = Vec::new();
     let entries: &[(Node, Node)] = match node {
         None => &[],
         Some(n) if n.is_null() => &[],
@@ -384,7 +391,8 @@ pub fn validate(
                         k.describe()
                     ),
                 )
-                .label(k.span.clone(), "not an argument name"),
+                .label(k.span.clone(), "not an argument name")
+                .help(example_args(schema, what)),
             );
             continue;
         };
@@ -401,6 +409,7 @@ pub fn validate(
                 continue;
             }
             let suggestion = did_you_mean(key, schema.iter().map(|s| s.name));
+            meant.extend(suggestion);
             let names: Vec<&str> = schema.iter().map(|s| s.name).collect();
             let help = match suggestion {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -429,7 +438,9 @@ pub fn validate(
         let value = match spec.default {
             Default::Required => {
                 failed = true;
-                if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name)) {
+                if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name))
+                    && !meant.contains(&spec.name)
+                {
                     diags.push(
                         Diagnostic::error(
                             "E0406",
@@ -673,10 +684,15 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                     ),
                 )
                 .label(v.span.clone(), "not a valid choice")
-                .maybe_help(
-                    did_you_mean(s, choices.iter().copied())
-                        .map(|c| format!("did you mean `{c}`?")),
-                ),
+                .help(match did_you_mean(s, choices.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!(
+                        "write one of {}, e.g. `{}: {}`",
+                        list(choices),
+                        spec.name,
+                        example(spec)
+                    ),
+                }),
             );
             None
         }
@@ -867,6 +883,15 @@ fn check_initializer(
             .help(
                 match did_you_mean(name, INITIALIZERS.iter().map(|(n, _)| *n)) {
                     Some(c) => format!("did you mean `{c}`?"),
+                    // PyTorch's names for the same initializers.
+                    None if canonical.contains("xavier") || canonical.contains("kaiming") => {
+                        let family = if canonical.contains("xavier") { "glorot" } else { "he" };
+                        let dist = if canonical.contains("normal") { "normal" } else { "uniform" };
+                        format!(
+                            "Keras calls {} initialization `{family}_…`: did you mean `{family}_{dist}`?",
+                            if family == "glorot" { "Xavier" } else { "Kaiming" }
+                        )
+                    }
                     None => format!(
                         "known initializers: {}",
                         INITIALIZERS

@@ -108,7 +108,9 @@ pub const MAX_PARAMS: i64 = 1 << 40;
 /// Returns the graph when there is no error, and every diagnostic (warnings too).
 pub fn check(src: &str, default_name: &str) -> (Option<Graph>, Vec<Diagnostic>) {
     let (spec, mut diags) = spec::parse(src);
-    let Some(spec) = spec else { return (None, diags) };
+    let Some(spec) = spec else {
+        return (None, diags);
+    };
     let graph = Checker::new(&spec, &mut diags).run(default_name);
     // Report in the order of the text, as a reader goes through the file.
     diags.sort_by_key(|d| d.primary_span().map(|s| s.start).unwrap_or(0));
@@ -143,14 +145,25 @@ impl<'a> Checker<'a> {
     fn run(mut self, default_name: &str) -> Option<Graph> {
         let spec = self.spec;
         let inputs = self.inputs();
-        let kinds: Vec<Option<&'static LayerKind>> = spec.layers.iter().map(|l| self.kind(l)).collect();
+        let kinds: Vec<Option<&'static LayerKind>> =
+            spec.layers.iter().map(|l| self.kind(l)).collect();
         let args: Vec<Option<Args>> = spec
             .layers
             .iter()
             .zip(&kinds)
             .map(|(l, k)| {
                 let k = (*k)?;
-                args::validate(k.args, l.args.as_ref(), k.name, l.args_span.clone(), self.diags)
+                // Arguments that are not a mapping were reported while parsing (E0215).
+                if l.args.as_ref().is_some_and(|a| a.as_map().is_none()) {
+                    return None;
+                }
+                args::validate(
+                    k.args,
+                    l.args.as_ref(),
+                    k.name,
+                    l.args_span.clone(),
+                    self.diags,
+                )
             })
             .collect();
         self.names = self.layer_names(&kinds);
@@ -192,15 +205,32 @@ impl<'a> Checker<'a> {
                     diags: self.diags,
                 };
                 let inferred = (kind.infer)(&mut cx)?;
-                let count = inferred
-                    .params
-                    .iter()
-                    .try_fold(0i64, |acc, p| p.shape.iter().try_fold(1i64, |x, &d| x.checked_mul(d)).and_then(|c| acc.checked_add(c)));
+                let count = inferred.params.iter().try_fold(0i64, |acc, p| {
+                    p.shape
+                        .iter()
+                        .try_fold(1i64, |x, &d| x.checked_mul(d))
+                        .and_then(|c| acc.checked_add(c))
+                });
                 if count.is_none_or(|c| c > MAX_PARAMS) {
                     self.diags.push(
-                        Diagnostic::error("E0513", format!("`{}` would have more than {MAX_PARAMS} parameters", self.names[i]))
-                            .label(decl.type_span.clone(), "this layer is too large")
-                            .help("check `units`/`filters` and the sizes of its input"),
+                        Diagnostic::error(
+                            "E0513",
+                            match count {
+                                Some(c) => format!(
+                                    "`{}` would have {} parameters, more than kiln's limit of {}",
+                                    self.names[i],
+                                    layers::group_digits(c),
+                                    layers::group_digits(MAX_PARAMS)
+                                ),
+                                None => format!(
+                                    "`{}` would have more than {} parameters",
+                                    self.names[i],
+                                    layers::group_digits(MAX_PARAMS)
+                                ),
+                            },
+                        )
+                        .label(decl.type_span.clone(), "this layer is too large")
+                        .help("check `units`/`filters` and the sizes of its input"),
                     );
                     return None;
                 }
@@ -235,9 +265,18 @@ impl<'a> Checker<'a> {
             .try_fold(0i64, |acc, p| acc.checked_add(p.count()));
         if total.is_none_or(|t| t > MAX_PARAMS) {
             self.diags.push(
-                Diagnostic::error("E0513", format!("the model would have more than {MAX_PARAMS} parameters"))
-                    .label(spec.layers_span.clone(), "these layers are too large together")
-                    .help("reduce `units`/`filters`"),
+                Diagnostic::error(
+                    "E0513",
+                    format!(
+                        "the model would have more than {} parameters",
+                        layers::group_digits(MAX_PARAMS)
+                    ),
+                )
+                .label(
+                    spec.layers_span.clone(),
+                    "these layers are too large together",
+                )
+                .help("reduce `units`/`filters`"),
             );
         }
 
@@ -264,7 +303,11 @@ impl<'a> Checker<'a> {
             })
             .collect();
         let graph = Graph {
-            name: spec.name.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| default_name.to_string()),
+            name: spec
+                .name
+                .as_ref()
+                .map(|n| n.0.clone())
+                .unwrap_or_else(|| default_name.to_string()),
             inputs,
             layers: layers?,
             outputs: outputs?,
@@ -284,7 +327,8 @@ impl<'a> Checker<'a> {
                 self.diags.push(
                     Diagnostic::error("E0702", format!("the input `{}` is declared twice", d.name))
                         .label(d.name_span.clone(), "second declaration")
-                        .secondary(prev.span.clone(), "first declaration"),
+                        .secondary(prev.span.clone(), "first declaration")
+                        .help("names are unique in a model; rename or remove one of them"),
                 );
                 continue;
             }
@@ -302,19 +346,61 @@ impl<'a> Checker<'a> {
             return Some(k);
         }
         let names = layers::REGISTRY.iter().map(|k| k.name);
-        let suggestion = did_you_mean(&l.type_name, names.clone())
-            .or_else(|| layers::REGISTRY.iter().find(|k| k.class.eq_ignore_ascii_case(&l.type_name)).map(|k| k.name));
-        let help = match suggestion {
-            Some(s) => format!("did you mean `{s}`?"),
-            None if args::ACTIVATIONS.contains(&l.type_name.as_str()) => {
-                format!("`{}` is an activation: write `activation: {{activation: {}}}`, or pass `activation: {}` to the layer before", l.type_name, l.type_name, l.type_name)
+        // `Dense(10)`: a Python call written as a layer type.
+        let (written, call) = match l.type_name.split_once('(') {
+            Some((base, rest)) => (base.trim(), Some(rest.trim_end_matches(')').trim())),
+            None => (l.type_name.as_str(), None),
+        };
+        let suggestion = did_you_mean(written, names.clone()).or_else(|| {
+            layers::REGISTRY
+                .iter()
+                .find(|k| k.class.eq_ignore_ascii_case(written))
+                .map(|k| k.name)
+        });
+        let help = match (suggestion, call) {
+            (Some(s), Some(inner)) => {
+                let required = layers::lookup(s).and_then(|k| {
+                    k.args
+                        .iter()
+                        .find(|a| matches!(a.default, args::Default::Required))
+                });
+                // `128, activation='relu'` → `units: 128, activation: relu`.
+                let mut pairs = Vec::new();
+                let mut simple = !inner.contains(['(', '[', '{']);
+                for (i, part) in inner.split(',').map(str::trim).enumerate() {
+                    let unquote = |v: &str| v.trim().trim_matches(['\'', '"']).to_string();
+                    match (part.split_once('='), required) {
+                        (Some((k, v)), _) => pairs.push(format!("{}: {}", k.trim(), unquote(v))),
+                        (None, Some(a)) if i == 0 && !part.is_empty() => {
+                            pairs.push(format!("{}: {}", a.name, unquote(part)))
+                        }
+                        _ => simple = false,
+                    }
+                }
+                if inner.is_empty() {
+                    format!("a spec is YAML, not Python: write `- {s}`")
+                } else if simple {
+                    format!(
+                        "a spec is YAML, not Python: write `- {s}: {{{}}}`",
+                        pairs.join(", ")
+                    )
+                } else {
+                    format!("a spec is YAML, not Python: write `- {s}: {{argument: value, …}}`")
+                }
             }
-            None => format!("kiln's layers: {}", names.collect::<Vec<_>>().join(", ")),
+            _ if args::ACTIVATIONS.contains(&written) => format!(
+                "`{written}` is an activation, not a layer: write `- activation: {{activation: {written}}}`, or pass `activation: {written}` to the layer before"
+            ),
+            (Some(s), None) => format!("did you mean `{s}`?"),
+            (None, _) => format!("kiln's layers: {}", names.collect::<Vec<_>>().join(", ")),
         };
         self.diags.push(
-            Diagnostic::error("E0701", format!("`{}` is not a layer type kiln knows", l.type_name))
-                .label(l.type_span.clone(), "unknown layer type")
-                .help(help),
+            Diagnostic::error(
+                "E0701",
+                format!("`{}` is not a layer type kiln knows", l.type_name),
+            )
+            .label(l.type_span.clone(), "unknown layer type")
+            .help(help),
         );
         None
     }
@@ -338,7 +424,11 @@ impl<'a> Checker<'a> {
             let base = k.map(|k| k.name).unwrap_or(l.type_name.as_str());
             let c = counters.entry(base).or_insert(0);
             let name = loop {
-                let candidate = if *c == 0 { base.to_string() } else { format!("{base}_{c}") };
+                let candidate = if *c == 0 {
+                    base.to_string()
+                } else {
+                    format!("{base}_{c}")
+                };
                 *c += 1;
                 if !taken.contains(&candidate) {
                     break candidate;
@@ -362,14 +452,25 @@ impl<'a> Checker<'a> {
             );
         }
         for (i, l) in self.spec.layers.iter().enumerate() {
-            let span = l.name.as_ref().map(|n| n.1.clone()).unwrap_or(l.type_span.clone());
+            let span = l
+                .name
+                .as_ref()
+                .map(|n| n.1.clone())
+                .unwrap_or(l.type_span.clone());
             if let Some(prev) = defs.get(&self.names[i]) {
-                let what = if matches!(prev.source, Source::Input(_)) { "an input" } else { "another layer" };
+                let what = if matches!(prev.source, Source::Input(_)) {
+                    "an input"
+                } else {
+                    "another layer"
+                };
                 self.diags.push(
-                    Diagnostic::error("E0702", format!("the name `{}` is already used by {what}", self.names[i]))
-                        .label(span, "used again here")
-                        .secondary(prev.span.clone(), "first used here")
-                        .help("names are unique in a model; rename one of them"),
+                    Diagnostic::error(
+                        "E0702",
+                        format!("the name `{}` is already used by {what}", self.names[i]),
+                    )
+                    .label(span, "used again here")
+                    .secondary(prev.span.clone(), "first used here")
+                    .help("names are unique in a model; rename one of them"),
                 );
                 continue;
             }
@@ -385,7 +486,11 @@ impl<'a> Checker<'a> {
     }
 
     /// Resolves each layer's inputs; `None` for a layer whose references are wrong.
-    fn references(&mut self, kinds: &[Option<&'static LayerKind>], defs: &HashMap<String, Def>) -> Vec<Option<Vec<Source>>> {
+    fn references(
+        &mut self,
+        kinds: &[Option<&'static LayerKind>],
+        defs: &HashMap<String, Def>,
+    ) -> Vec<Option<Vec<Source>>> {
         let spec = self.spec;
         let mut out = Vec::new();
         // Explicit references as layer indices (for cycle detection), forward ones included.
@@ -405,26 +510,34 @@ impl<'a> Checker<'a> {
             .collect();
         for (i, l) in spec.layers.iter().enumerate() {
             let resolved: Option<Vec<Source>> = match &l.inputs {
+                // Written, but wrongly: already reported while parsing.
+                Some(names) if names.is_empty() => None,
                 Some(names) => {
                     let mut srcs = Vec::new();
                     let mut ok = true;
                     for (n, span) in names {
                         match defs.get(n) {
+                            // An input whose declaration is wrong: already reported.
+                            None if spec.broken_inputs.contains(n) => ok = false,
                             None => {
                                 ok = false;
                                 let known = defs.keys().map(String::as_str);
                                 let help = match did_you_mean(n, known) {
                                     Some(s) => format!("did you mean `{s}`?"),
                                     None => {
-                                        let mut avail: Vec<&str> = spec.inputs.iter().map(|x| x.name.as_str()).collect();
+                                        let mut avail: Vec<&str> =
+                                            spec.inputs.iter().map(|x| x.name.as_str()).collect();
                                         avail.extend(self.names[..i].iter().map(String::as_str));
                                         format!("available here: {}", avail.join(", "))
                                     }
                                 };
                                 self.diags.push(
-                                    Diagnostic::error("E0703", format!("`{n}` is not an input or a layer name"))
-                                        .label(span.clone(), "unknown name")
-                                        .help(help),
+                                    Diagnostic::error(
+                                        "E0703",
+                                        format!("`{n}` is not an input or a layer name"),
+                                    )
+                                    .label(span.clone(), "unknown name")
+                                    .help(help),
                                 );
                             }
                             Some(d) => match d.source {
@@ -439,11 +552,18 @@ impl<'a> Checker<'a> {
                     ok.then_some(srcs)
                 }
                 None if i > 0 => Some(vec![Source::Layer(i - 1)]),
-                None => match spec.inputs.len() {
+                // Inputs whose declarations are wrong count, but cannot be taken.
+                None => match spec.inputs.len() + spec.broken_inputs.len() {
                     0 => None,
-                    1 => Some(vec![Source::Input(0)]),
+                    1 if spec.inputs.len() == 1 => Some(vec![Source::Input(0)]),
+                    1 => None,
                     _ => {
-                        let names: Vec<&str> = spec.inputs.iter().map(|x| x.name.as_str()).collect();
+                        let names: Vec<&str> = spec
+                            .inputs
+                            .iter()
+                            .map(|x| x.name.as_str())
+                            .chain(spec.broken_inputs.iter().map(String::as_str))
+                            .collect();
                         self.diags.push(
                             Diagnostic::error(
                                 "E0708",
@@ -480,14 +600,29 @@ impl<'a> Checker<'a> {
                 let help = if min > 1 && l.inputs.is_none() {
                     format!("name them: `- {}: {{inputs: [a, b]}}`", kind.name)
                 } else if max == 1 {
-                    format!("`{}` takes one input; join several first with `concatenate` or `add`", kind.name)
+                    format!(
+                        "`{}` takes one input; join several first with `concatenate` or `add`",
+                        kind.name
+                    )
                 } else {
                     format!("`{}` takes {want}", kind.name)
                 };
-                let d = Diagnostic::error("E0706", format!("`{}` takes {want}, but it is given {}", kind.name, srcs.len()));
+                let d = Diagnostic::error(
+                    "E0706",
+                    format!(
+                        "`{}` takes {want}, but it is given {}",
+                        kind.name,
+                        srcs.len()
+                    ),
+                );
                 let d = match span {
-                    Some(s) => d.label(s, format!("{} given", srcs.len())).secondary(l.type_span.clone(), "this layer"),
-                    None => d.label(l.type_span.clone(), "only the previous layer's output comes in here"),
+                    Some(s) => d
+                        .label(s, format!("{} given", srcs.len()))
+                        .secondary(l.type_span.clone(), "this layer"),
+                    None => d.label(
+                        l.type_span.clone(),
+                        "only the previous layer's output comes in here",
+                    ),
                 };
                 self.diags.push(d.help(help));
                 None
@@ -497,7 +632,15 @@ impl<'a> Checker<'a> {
         out
     }
 
-    fn forward_ref(&mut self, i: usize, j: usize, n: &str, span: &Range<usize>, d: &Def, explicit: &[Vec<usize>]) {
+    fn forward_ref(
+        &mut self,
+        i: usize,
+        j: usize,
+        n: &str,
+        span: &Range<usize>,
+        d: &Def,
+        explicit: &[Vec<usize>],
+    ) {
         // Is there a path of explicit references from j back to i? Then it is a cycle.
         let mut path = vec![j];
         let mut stack = vec![(j, 0usize)];
@@ -529,17 +672,31 @@ impl<'a> Checker<'a> {
         if let Some(c) = cycle {
             let chain: Vec<String> = c.iter().map(|&x| format!("`{}`", self.names[x])).collect();
             self.diags.push(
-                Diagnostic::error("E0705", format!("these layers form a cycle: {}", chain.join(" → ")))
-                    .label(span.clone(), format!("`{}` takes `{n}` here", self.names[i]))
-                    .secondary(d.span.clone(), format!("`{n}` is defined here"))
-                    .help("a model is a graph without cycles: each layer takes inputs or earlier layers"),
+                Diagnostic::error(
+                    "E0705",
+                    format!("these layers form a cycle: {}", chain.join(" → ")),
+                )
+                .label(
+                    span.clone(),
+                    format!("`{}` takes `{n}` here", self.names[i]),
+                )
+                .secondary(d.span.clone(), format!("`{n}` is defined here"))
+                .help(
+                    "a model is a graph without cycles: each layer takes inputs or earlier layers",
+                ),
             );
         } else {
             self.diags.push(
-                Diagnostic::error("E0704", format!("`{}` takes `{n}`, which is defined later", self.names[i]))
-                    .label(span.clone(), "used before it is defined")
-                    .secondary(d.span.clone(), format!("`{n}` is defined here"))
-                    .help(format!("layers run in order: move `{n}` above `{}`", self.names[i])),
+                Diagnostic::error(
+                    "E0704",
+                    format!("`{}` takes `{n}`, which is defined later", self.names[i]),
+                )
+                .label(span.clone(), "used before it is defined")
+                .secondary(d.span.clone(), format!("`{n}` is defined here"))
+                .help(format!(
+                    "layers run in order: move `{n}` above `{}`",
+                    self.names[i]
+                )),
             );
         }
     }
@@ -559,8 +716,12 @@ impl<'a> Checker<'a> {
                         Some(d) => {
                             if out.contains(&d.source) {
                                 self.diags.push(
-                                    Diagnostic::error("E0707", format!("`{n}` is listed twice in `outputs`"))
-                                        .label(span.clone(), "listed again"),
+                                    Diagnostic::error(
+                                        "E0707",
+                                        format!("`{n}` is listed twice in `outputs`"),
+                                    )
+                                    .label(span.clone(), "listed again")
+                                    .help("list each output once"),
                                 );
                                 ok = false;
                             }
@@ -569,9 +730,25 @@ impl<'a> Checker<'a> {
                         None => {
                             ok = false;
                             self.diags.push(
-                                Diagnostic::error("E0707", format!("the output `{n}` is not an input or a layer name"))
-                                    .label(span.clone(), "unknown name")
-                                    .maybe_help(did_you_mean(n, defs.keys().map(String::as_str)).map(|s| format!("did you mean `{s}`?"))),
+                                Diagnostic::error(
+                                    "E0707",
+                                    format!("the output `{n}` is not an input or a layer name"),
+                                )
+                                .label(span.clone(), "unknown name")
+                                .help(
+                                    match did_you_mean(n, defs.keys().map(String::as_str)) {
+                                        Some(s) => format!("did you mean `{s}`?"),
+                                        None => {
+                                            let mut names: Vec<&str> =
+                                                defs.keys().map(String::as_str).collect();
+                                            names.sort_unstable();
+                                            format!(
+                                                "outputs name layers or inputs: {}",
+                                                names.join(", ")
+                                            )
+                                        }
+                                    },
+                                ),
                             );
                         }
                     }
@@ -604,18 +781,30 @@ impl<'a> Checker<'a> {
         for (i, live) in live_layers.iter().enumerate() {
             if !live {
                 self.diags.push(
-                    Diagnostic::warning("W0701", format!("`{}` does not contribute to any output", self.names[i]))
-                        .label(self.spec.layers[i].type_span.clone(), "its result is never used")
-                        .help("use it as another layer's input, list it in `outputs`, or remove it"),
+                    Diagnostic::warning(
+                        "W0701",
+                        format!("`{}` does not contribute to any output", self.names[i]),
+                    )
+                    .label(
+                        self.spec.layers[i].type_span.clone(),
+                        "its result is never used",
+                    )
+                    .help("use it as another layer's input, list it in `outputs`, or remove it"),
                 );
             }
         }
         for (i, live) in live_inputs.iter().enumerate() {
             if !live {
                 self.diags.push(
-                    Diagnostic::warning("W0702", format!("the input `{}` is not used by any output", inputs[i].name))
-                        .label(inputs[i].span.clone(), "never used")
-                        .help(format!("take it in a layer with `input: {}`, or remove it", inputs[i].name)),
+                    Diagnostic::warning(
+                        "W0702",
+                        format!("the input `{}` is not used by any output", inputs[i].name),
+                    )
+                    .label(inputs[i].span.clone(), "never used")
+                    .help(format!(
+                        "take it in a layer with `input: {}`, or remove it",
+                        inputs[i].name
+                    )),
                 );
             }
         }
@@ -624,13 +813,26 @@ impl<'a> Checker<'a> {
     fn train(&mut self, t: &TrainDecl, g: &Graph) -> Option<Train> {
         let loss = t.loss.as_ref()?;
         let errors_before = self.diags.iter().filter(|d| d.is_error()).count();
+        if t.targets_broken {
+            // A target declaration is wrong and already reported.
+            return None;
+        }
         if t.targets.is_empty() {
+            if t.targets_span.is_some() {
+                // `targets:` is written but none of it parsed: already reported.
+                return None;
+            }
             let example = target_example(&loss.name, g.type_of(g.outputs[0]));
-            let span = t.targets_span.clone().unwrap_or(t.span.start..t.span.start);
             self.diags.push(
-                Diagnostic::error("E0608", "`train` declares no `targets`: the labels the loss compares the output with")
-                    .label(span, "targets are declared here")
-                    .help(format!("for this model and loss: `targets: {example}`")),
+                Diagnostic::error(
+                    "E0608",
+                    "`train` declares no `targets`: the labels the loss compares the output with",
+                )
+                .label(
+                    loss.span.clone(),
+                    "this loss has nothing to compare the output with",
+                )
+                .help(format!("for this model and loss: `targets: {example}`")),
             );
             return None;
         }
@@ -643,29 +845,67 @@ impl<'a> Checker<'a> {
                     None => {
                         let names: Vec<&str> = g.outputs.iter().map(|&s| g.name_of(s)).collect();
                         self.diags.push(
-                            Diagnostic::error("E0612", format!("the target `{}` is for `{n}`, which is not a model output", d.name))
-                                .label(span.clone(), "not an output")
-                                .help(format!("the outputs are: {}", names.join(", "))),
+                            Diagnostic::error(
+                                "E0612",
+                                format!(
+                                    "the target `{}` is for `{n}`, which is not a model output",
+                                    d.name
+                                ),
+                            )
+                            .label(span.clone(), "not an output")
+                            .help(
+                                match did_you_mean(n, names.iter().copied()) {
+                                    Some(s) => format!(
+                                        "did you mean `{s}`? the outputs are: {}",
+                                        names.join(", ")
+                                    ),
+                                    None => format!("the outputs are: {}", names.join(", ")),
+                                },
+                            ),
                         );
                         continue;
                     }
                 },
                 None if t.targets.len() == n_out => pos,
                 None => {
-                    self.diags.push(
-                        Diagnostic::error(
-                            "E0611",
-                            format!("the model has {n_out} output{} but `train` declares {} targets", if n_out == 1 { "" } else { "s" }, t.targets.len()),
-                        )
-                        .label(d.name_span.clone(), "which output is this for?")
-                        .help("declare one target per output, in the order of `outputs`, or say `output: NAME` in each target"),
-                    );
+                    // Point at the first target without an output when there are too many.
+                    let (span, label) = match t.targets.get(n_out) {
+                        Some(extra) => {
+                            (extra.name_span.clone(), "no output is left for this target")
+                        }
+                        None => (d.name_span.clone(), "which output is this for?"),
+                    };
+                    let mut diag = Diagnostic::error(
+                        "E0611",
+                        format!(
+                            "the model has {n_out} output{}, but `train` declares {} targets",
+                            if n_out == 1 { "" } else { "s" },
+                            t.targets.len()
+                        ),
+                    )
+                    .label(span, label);
+                    for &o in &g.outputs {
+                        let origin = match o {
+                            Source::Input(i) => g.inputs[i].span.clone(),
+                            Source::Layer(i) => g.layers[i].span.clone(),
+                        };
+                        diag = diag.secondary(origin, format!("output `{}`", g.name_of(o)));
+                    }
+                    self.diags.push(diag.help("declare one target per output, in the order of `outputs`, or say `output: NAME` in each target"));
                     return None;
                 }
             };
             let out = g.outputs[out_idx];
             let ty = tensor_type(d);
-            self.check_target(&loss.name, loss.args.bool("from_logits"), d, &ty, g, out, loss.span.clone());
+            self.check_target(
+                &loss.name,
+                loss.args.bool("from_logits"),
+                d,
+                &ty,
+                g,
+                out,
+                loss.span.clone(),
+            );
             targets.push(Target {
                 name: d.name.clone(),
                 ty,
@@ -710,7 +950,16 @@ impl<'a> Checker<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check_target(&mut self, loss: &str, from_logits: bool, d: &TensorDecl, ty: &TensorType, g: &Graph, out: Source, loss_span: Range<usize>) {
+    fn check_target(
+        &mut self,
+        loss: &str,
+        from_logits: bool,
+        d: &TensorDecl,
+        ty: &TensorType,
+        g: &Graph,
+        out: Source,
+        loss_span: Range<usize>,
+    ) {
         let oty = g.type_of(out).clone();
         let oname = g.name_of(out).to_string();
         let origin = match out {
@@ -724,7 +973,9 @@ impl<'a> Checker<'a> {
                 || (ty.rank() == want.len() + 1 && ty.last().as_const() == Some(1) && ty.shape[..want.len()] == *want)
         };
         let (want, int_labels): (Vec<Dim>, bool) = match loss {
-            "sparse_categorical_crossentropy" => (oty.shape[..oty.rank().saturating_sub(1)].to_vec(), true),
+            "sparse_categorical_crossentropy" => {
+                (oty.shape[..oty.rank().saturating_sub(1)].to_vec(), true)
+            }
             _ => (oty.shape.clone(), false),
         };
         if !shape_ok(&want) {
@@ -733,15 +984,29 @@ impl<'a> Checker<'a> {
                     "`sparse_categorical_crossentropy` takes one class index per example, so the target's shape is the output's without its class axis: {}",
                     fmt_shape(&want)
                 ),
-                _ => format!("`{loss}` compares the target with the output element by element, so their shapes must be equal"),
+                _ => format!(
+                    "`{loss}` compares the target with the output element by element, so their shapes must be equal"
+                ),
             };
             self.diags.push(
                 Diagnostic::error(
                     "E0609",
-                    format!("the target `{}` is {}, but the output `{oname}` is {}", d.name, fmt_shape(&ty.shape), fmt_shape(&oty.shape)),
+                    format!(
+                        "the target `{}` is {}, but `{loss}` on the output `{oname}` ({}) needs {}",
+                        d.name,
+                        fmt_shape(&ty.shape),
+                        fmt_shape(&oty.shape),
+                        fmt_shape(&want)
+                    ),
                 )
-                .label(d.shape_span.clone(), format!("expected {}", fmt_shape(&want)))
-                .secondary(origin.clone(), format!("`{oname}` is {}", fmt_shape(&oty.shape)))
+                .label(
+                    d.shape_span.clone(),
+                    format!("expected {}", fmt_shape(&want)),
+                )
+                .secondary(
+                    origin.clone(),
+                    format!("`{oname}` is {}", fmt_shape(&oty.shape)),
+                )
                 .secondary(loss_span.clone(), "this loss")
                 .help(format!(
                     "{why}{}",
@@ -772,10 +1037,17 @@ impl<'a> Checker<'a> {
                 "declare the target as f32"
             };
             self.diags.push(
-                Diagnostic::error("E0610", format!("`{loss}` takes f32 targets, but `{}` is {}", d.name, ty.dtype.name()))
-                    .label(d.shape_span.clone(), "integer target")
-                    .secondary(loss_span, "this loss")
-                    .help(help),
+                Diagnostic::error(
+                    "E0610",
+                    format!(
+                        "`{loss}` takes f32 targets, but `{}` is {}",
+                        d.name,
+                        ty.dtype.name()
+                    ),
+                )
+                .label(d.shape_span.clone(), "integer target")
+                .secondary(loss_span, "this loss")
+                .help(help),
             );
             return;
         }
@@ -786,10 +1058,17 @@ impl<'a> Checker<'a> {
             let ce = loss.contains("crossentropy");
             if ce && from_logits && probs {
                 self.diags.push(
-                    Diagnostic::warning("W0602", format!("`{loss}` is told `from_logits: true`, but `{oname}` ends in a {act}"))
-                        .label(loss_span, "expects raw scores (logits)")
-                        .secondary(origin, format!("`{oname}` already outputs probabilities"))
-                        .help(format!("remove the {act} from `{oname}`, or set `from_logits: false`")),
+                    Diagnostic::warning(
+                        "W0602",
+                        format!(
+                            "`{loss}` is told `from_logits: true`, but `{oname}` ends in a {act}"
+                        ),
+                    )
+                    .label(loss_span, "expects raw scores (logits)")
+                    .secondary(origin, format!("`{oname}` already outputs probabilities"))
+                    .help(format!(
+                        "remove the {act} from `{oname}`, or set `from_logits: false`"
+                    )),
                 );
             } else if ce && !from_logits && act == "linear" {
                 self.diags.push(
@@ -821,9 +1100,11 @@ fn tensor_type(d: &TensorDecl) -> TensorType {
 fn target_example(loss: &str, out: &TensorType) -> String {
     match loss {
         "sparse_categorical_crossentropy" => {
-            format!("{{label: {{shape: {}, dtype: i32}}}}", fmt_shape(&out.shape[..out.rank().saturating_sub(1)]))
+            format!(
+                "{{label: {{shape: {}, dtype: i32}}}}",
+                fmt_shape(&out.shape[..out.rank().saturating_sub(1)])
+            )
         }
         _ => format!("{{target: {}}}", fmt_shape(&out.shape)),
     }
 }
-

@@ -249,10 +249,7 @@ pub fn to_json(source: &Source, diags: &[Diagnostic]) -> String {
                     .iter()
                     .map(|l| {
                         let (line, column) = source.line_col(l.span.start);
-                        let text = source
-                            .text
-                            .get(l.span.clone())
-                            .unwrap_or_default();
+                        let text = source.text.get(l.span.clone()).unwrap_or_default();
                         JsonLabel {
                             line,
                             column,
@@ -274,27 +271,40 @@ pub fn to_json(source: &Source, diags: &[Diagnostic]) -> String {
     serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".to_string())
 }
 
-/// Edit distance, for "did you mean" suggestions.
+/// Edit distance, for "did you mean" suggestions. Swapping two adjacent characters
+/// (`trian` for `train`), the most common typo, counts as one edit.
 pub fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
+            let cost = usize::from(ca != cb);
             cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                cur[j + 1] = cur[j + 1].min(before[j - 1] + 1);
+            }
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = word.to_lowercase().replace('-', "_");
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        let d = if c == lower { 0 } else { levenshtein(&lower, c) };
+        let d = if c == lower {
+            0
+        } else {
+            levenshtein(&lower, c)
+        };
         // Also accept CamelCase Keras class names written for snake_case ones.
         let squashed = d.min(levenshtein(&lower.replace('_', ""), &c.replace('_', "")));
         let limit = (c.chars().count().max(word.chars().count()) / 3).max(1);
@@ -315,8 +325,14 @@ mod tests {
         assert_eq!(did_you_mean("dens", c), Some("dense"));
         assert_eq!(did_you_mean("Conv2D", c), Some("conv2d"));
         assert_eq!(did_you_mean("MaxPooling2D", c), Some("max_pooling2d"));
-        assert_eq!(did_you_mean("BatchNormalization", c), Some("batch_normalization"));
+        assert_eq!(
+            did_you_mean("BatchNormalization", c),
+            Some("batch_normalization")
+        );
         assert_eq!(did_you_mean("xyzzy", c), None);
+        assert_eq!(did_you_mean("trian", ["train", "inputs"]), Some("train"));
+        assert_eq!(levenshtein("ab", "ba"), 1);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn expected_codes(text: &str, path: &Path) -> Vec<String> {
     let list = first
         .strip_prefix("# expect:")
         .unwrap_or_else(|| panic!("{} must start with `# expect: CODE, …`", path.display()));
-    list.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+    list.split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 /// Compares `actual` with the snapshot at `path`, or writes it under UPDATE_GOLDEN.
@@ -38,7 +41,10 @@ fn golden(path: &Path, actual: &str, failures: &mut Vec<String>) {
             "{} differs:\n--- expected\n{expected}\n--- actual\n{actual}",
             path.display()
         )),
-        Err(_) => failures.push(format!("{} is missing (run with UPDATE_GOLDEN=1)", path.display())),
+        Err(_) => failures.push(format!(
+            "{} is missing (run with UPDATE_GOLDEN=1)",
+            path.display()
+        )),
     }
 }
 
@@ -50,11 +56,16 @@ fn every_error_spec_matches_its_snapshot() {
     for path in &files {
         let text = std::fs::read_to_string(path).expect("error specs are UTF-8");
         let want = expected_codes(&text, path);
-        let shown = format!("specs/errors/{}", path.file_name().unwrap().to_string_lossy());
+        let shown = format!(
+            "specs/errors/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let err = match kiln::Model::from_source(&text, &stem, &shown) {
             Ok(_) => {
-                failures.push(format!("{shown} checked clean, but it must fail with {want:?}"));
+                failures.push(format!(
+                    "{shown} checked clean, but it must fail with {want:?}"
+                ));
                 continue;
             }
             Err(kiln::Error::Spec(e)) => e,
@@ -62,18 +73,36 @@ fn every_error_spec_matches_its_snapshot() {
         };
         let got: Vec<String> = err.diagnostics.iter().map(|d| d.code.to_string()).collect();
         if got != want {
-            failures.push(format!("{shown}: expected diagnostics {want:?}, got {got:?}"));
+            failures.push(format!(
+                "{shown}: expected diagnostics {want:?}, got {got:?}"
+            ));
         }
         if let Some(first) = err.diagnostics.iter().find(|d| d.is_error()) {
             kinds.insert(first.code);
         }
         for d in &err.diagnostics {
-            assert!(!d.labels.is_empty() || d.code == "E0106", "{shown}: {} has no label", d.code);
-            assert!(d.help.is_some() || d.code == "E0513", "{shown}: {} has no help", d.code);
+            assert!(
+                !d.labels.is_empty() || d.code == "E0106",
+                "{shown}: {} has no label",
+                d.code
+            );
+            assert!(d.help.is_some(), "{shown}: {} has no help", d.code);
         }
-        golden(&path.with_extension("txt"), &err.render(false), &mut failures);
-        golden(&path.with_extension("json"), &(err.to_json() + "\n"), &mut failures);
+        golden(
+            &path.with_extension("txt"),
+            &err.render(false),
+            &mut failures,
+        );
+        golden(
+            &path.with_extension("json"),
+            &(err.to_json() + "\n"),
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(kinds.len() >= 30, "the corpus covers only {} distinct error kinds: {kinds:?}", kinds.len());
+    assert!(
+        kinds.len() >= 30,
+        "the corpus covers only {} distinct error kinds: {kinds:?}",
+        kinds.len()
+    );
 }

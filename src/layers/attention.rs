@@ -15,8 +15,16 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
         arg("dropout", FRACTION, Default::Float(0.0)),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
         arg("output_shape", int(1), Default::Null),
-        arg("kernel_initializer", ArgKind::Initializer, Default::Str("glorot_uniform")),
-        arg("bias_initializer", ArgKind::Initializer, Default::Str("zeros")),
+        arg(
+            "kernel_initializer",
+            ArgKind::Initializer,
+            Default::Str("glorot_uniform"),
+        ),
+        arg(
+            "bias_initializer",
+            ArgKind::Initializer,
+            Default::Str("zeros"),
+        ),
         arg("seed", int(0), Default::Null),
     ],
     arity: Arity::Range(1, 3),
@@ -26,13 +34,12 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
 fn mha(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_float()?;
     let n = cx.inputs.len();
-    let role = ["query", "value", "key"];
-    for i in 0..n {
+    for (i, role) in ["query", "value", "key"].iter().enumerate().take(n) {
         if cx.inputs[i].ty.rank() != 3 {
             let (name, ty) = (cx.inputs[i].name.to_string(), cx.inputs[i].ty.describe());
             return cx.shape_error(
                 "E0501",
-                format!("`multi_head_attention` expects a rank-3 {} [batch, steps, features], but `{name}` is {ty}", role[i]),
+                format!("`multi_head_attention` expects a rank-3 {role} [batch, steps, features], but `{name}` is {ty}"),
                 "sequences are [batch, steps, features]; add an `embedding` or `reshape` first",
             );
         }
@@ -48,10 +55,18 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
         );
     }
     if k.shape[1] != v.shape[1] {
+        let qname = cx.inputs[0].name.to_string();
+        let vname = cx.inputs[n.min(2) - 1].name.to_string();
+        let kname = cx.inputs[if n == 3 { 2 } else { n.min(2) - 1 }]
+            .name
+            .to_string();
         return cx.shape_error(
             "E0511",
-            format!("`multi_head_attention` needs key and value of the same length, but the key has {} steps and the value {}", k.shape[1], v.shape[1]),
-            "key and value are usually the same tensor; pass `inputs: [query, value]`",
+            format!(
+                "`multi_head_attention` needs key and value with the same number of steps, but the key `{kname}` has {} and the value `{vname}` has {}",
+                k.shape[1], v.shape[1]
+            ),
+            format!("key and value are usually the same tensor: pass `inputs: [{qname}, {vname}]` to use `{vname}` as both"),
         );
     }
     let dq = cx.known(&q.shape[2], "query feature size")?;
@@ -64,12 +79,24 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
     let bias = cx.args.bool("use_bias");
     let mut params = Vec::new();
     for (name, d_in, d_head) in [("query", dq, kd), ("key", dk, kd), ("value", dv, vd)] {
-        params.push(cx.param(&format!("{name}/kernel"), vec![d_in, heads, d_head], "kernel_initializer"));
+        params.push(cx.param(
+            &format!("{name}/kernel"),
+            vec![d_in, heads, d_head],
+            "kernel_initializer",
+        ));
         if bias {
-            params.push(cx.param(&format!("{name}/bias"), vec![heads, d_head], "bias_initializer"));
+            params.push(cx.param(
+                &format!("{name}/bias"),
+                vec![heads, d_head],
+                "bias_initializer",
+            ));
         }
     }
-    params.push(cx.param("attention_output/kernel", vec![heads, vd, dout], "kernel_initializer"));
+    params.push(cx.param(
+        "attention_output/kernel",
+        vec![heads, vd, dout],
+        "kernel_initializer",
+    ));
     if bias {
         params.push(cx.param("attention_output/bias", vec![dout], "bias_initializer"));
     }

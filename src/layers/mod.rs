@@ -166,10 +166,19 @@ impl Ctx<'_> {
 
     /// A shape error: primary label on this layer, secondary labels on where each input
     /// comes from, with its shape.
-    pub fn shape_error(&mut self, code: &'static str, message: String, help: impl Into<String>) -> Option<Inferred> {
-        let mut d = Diagnostic::error(code, message).label(self.span.clone(), format!("this {}", self.kind.name));
+    pub fn shape_error(
+        &mut self,
+        code: &'static str,
+        message: String,
+        help: impl Into<String>,
+    ) -> Option<Inferred> {
+        let mut d = Diagnostic::error(code, message)
+            .label(self.span.clone(), format!("this {}", self.kind.name));
         for i in &self.inputs {
-            d = d.secondary(i.origin.clone(), format!("`{}` is {}", i.name, i.ty.describe()));
+            d = d.secondary(
+                i.origin.clone(),
+                format!("`{}` is {}", i.name, i.ty.describe()),
+            );
         }
         self.diags.push(d.help(help));
         None
@@ -177,14 +186,23 @@ impl Ctx<'_> {
 
     /// An error about one argument: primary label on its value (or on the layer if the
     /// argument took its default), secondary labels on the inputs.
-    pub fn arg_error(&mut self, arg: &str, code: &'static str, message: String, help: impl Into<String>) -> Option<Inferred> {
+    pub fn arg_error(
+        &mut self,
+        arg: &str,
+        code: &'static str,
+        message: String,
+        help: impl Into<String>,
+    ) -> Option<Inferred> {
         let (span, label) = match self.args.span(arg) {
             Some(s) => (s, format!("`{arg}` here")),
             None => (self.span.clone(), format!("`{arg}` takes its default here")),
         };
         let mut d = Diagnostic::error(code, message).label(span, label);
         for i in &self.inputs {
-            d = d.secondary(i.origin.clone(), format!("`{}` is {}", i.name, i.ty.describe()));
+            d = d.secondary(
+                i.origin.clone(),
+                format!("`{}` is {}", i.name, i.ty.describe()),
+            );
         }
         self.diags.push(d.help(help));
         None
@@ -201,12 +219,15 @@ impl Ctx<'_> {
             [lo, .., hi] if hi - lo + 1 == ranks.len() => format!("rank {lo} to {hi}"),
             many => format!(
                 "rank {}",
-                many.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" or ")
+                many.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         };
         let ty = self.input().describe();
         let name = self.inputs[0].name.to_string();
-        let help = rank_help(self.kind.name, r, ranks);
+        let help = rank_help(self.kind.name, self.input(), ranks);
         self.shape_error(
             "E0501",
             format!(
@@ -243,7 +264,7 @@ impl Ctx<'_> {
         self.shape_error(
             "E0507",
             format!("`{}` needs a known {what}, but in `{name}` it is `{d}`", self.kind.name),
-            "a weight's shape cannot depend on a symbol; give this axis a fixed size in the input, or flatten/pool it away first",
+            "a weight's shape cannot depend on a symbol: give this axis a fixed size in the inputs, or remove the symbolic axis first with a global pooling layer (`flatten` keeps the symbol in its size)",
         )?;
         None
     }
@@ -259,7 +280,10 @@ impl Ctx<'_> {
             arg,
             "E0508",
             format!("axis {axis} is out of range for a rank-{rank} input"),
-            format!("axes run from 0 to {} (or -{rank} to -1 from the end)", r - 1),
+            format!(
+                "axes run from 0 to {} (or -{rank} to -1 from the end)",
+                r - 1
+            ),
         )?;
         None
     }
@@ -284,12 +308,28 @@ impl Ctx<'_> {
     }
 }
 
-fn rank_help(layer: &str, got: usize, want: &[usize]) -> String {
+fn rank_help(layer: &str, input: &TensorType, want: &[usize]) -> String {
+    let got = input.rank();
     let spatial = layer.contains("2d") && want.contains(&4);
-    let seq = (layer.contains("1d") || ["simple_rnn", "lstm", "gru"].contains(&layer)) && want.contains(&3);
+    let seq = (layer.contains("1d") || ["simple_rnn", "lstm", "gru"].contains(&layer))
+        && want.contains(&3);
     match (got, spatial, seq) {
-        (2, true, _) => "this input is flat; images are [batch, height, width, channels]: remove the `flatten`/`dense` before it, or add `reshape: {target_shape: [h, w, c]}`".into(),
-        (3, true, _) => "add a channel axis, e.g. declare the input as [batch, h, w, 1] or add `reshape: {target_shape: [h, w, 1]}`".into(),
+        (2, true, _) => {
+            // A flat square image (784 = 28×28) can be given its axes back.
+            let side = input.last().as_const().and_then(|n| {
+                let s = (n as f64).sqrt().round() as i64;
+                (s > 1 && s.checked_mul(s) == Some(n)).then_some(s)
+            });
+            let target = side.map_or("[h, w, c]".to_string(), |s| format!("[{s}, {s}, 1]"));
+            format!("this input is flat, but images are [batch, height, width, channels]: add `- reshape: {{target_shape: {target}}}` before this layer, or move any `flatten` after the convolutions")
+        }
+        (3, true, _) => {
+            let target = match (input.shape[1].as_const(), input.shape[2].as_const()) {
+                (Some(h), Some(w)) => format!("[{h}, {w}, 1]"),
+                _ => "[h, w, 1]".to_string(),
+            };
+            format!("add a channel axis: declare the input as [batch, h, w, 1], or add `- reshape: {{target_shape: {target}}}` before this layer")
+        }
         (2, _, true) => "sequences are [batch, steps, features]: add `reshape: {target_shape: [steps, features]}` or an `embedding` before it".into(),
         (4, _, true) => "this input is an image; use the 2D layer, or reshape it to [batch, steps, features]".into(),
         (_, _, _) if got > 2 && want == [2] => "add `flatten` or a global pooling layer before it".into(),
@@ -302,7 +342,7 @@ pub fn group_digits(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -6,8 +6,8 @@ use std::ops::Range;
 use super::yaml::Node;
 use super::{TensorDecl, parse_tensors};
 use crate::args::{
-    self, ArgKind, ArgSpec, Args, Default, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value, arg, float_range, int,
-    named,
+    self, ArgKind, ArgSpec, Args, Default, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value,
+    arg, float_range, int, named,
 };
 use crate::diag::{Diagnostic, did_you_mean};
 
@@ -34,6 +34,9 @@ pub struct TrainDecl {
     pub span: Range<usize>,
     pub targets: Vec<TensorDecl>,
     pub targets_span: Option<Range<usize>>,
+    /// Some target declaration is wrong (already reported): targets are not matched to
+    /// outputs, so that the mistake is not reported again as a count mismatch.
+    pub targets_broken: bool,
     pub loss: Option<Named>,
     pub optimizer: Named,
     /// Metrics as written, canonicalized (`acc` → `accuracy`), with spans.
@@ -46,7 +49,11 @@ pub struct TrainDecl {
 
 const CE_ARGS: &[ArgSpec] = &[
     arg("from_logits", ArgKind::Bool, Default::Bool(false)),
-    arg("label_smoothing", float_range(0.0, 1.0), Default::Float(0.0)),
+    arg(
+        "label_smoothing",
+        float_range(0.0, 1.0),
+        Default::Float(0.0),
+    ),
     arg("axis", int(-64), Default::Int(-1)),
 ];
 
@@ -54,10 +61,16 @@ const CE_ARGS: &[ArgSpec] = &[
 pub const LOSSES: &[(&str, &[ArgSpec])] = &[
     ("mean_squared_error", &[]),
     ("mean_absolute_error", &[]),
-    ("huber", &[arg("delta", POSITIVE_FLOAT, Default::Float(1.0))]),
+    (
+        "huber",
+        &[arg("delta", POSITIVE_FLOAT, Default::Float(1.0))],
+    ),
     ("binary_crossentropy", CE_ARGS),
     ("categorical_crossentropy", CE_ARGS),
-    ("sparse_categorical_crossentropy", &[arg("from_logits", ArgKind::Bool, Default::Bool(false))]),
+    (
+        "sparse_categorical_crossentropy",
+        &[arg("from_logits", ArgKind::Bool, Default::Bool(false))],
+    ),
 ];
 
 fn loss_alias(name: &str) -> &str {
@@ -116,7 +129,11 @@ pub fn optimizer_schema(name: &str) -> Option<Vec<ArgSpec>> {
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw", "rmsprop"];
 
 const DECAY: [ArgSpec; 3] = [
-    arg("initial_learning_rate", NON_NEGATIVE_FLOAT, Default::Required),
+    arg(
+        "initial_learning_rate",
+        NON_NEGATIVE_FLOAT,
+        Default::Required,
+    ),
     arg("decay_steps", int(1), Default::Required),
     arg("decay_rate", POSITIVE_FLOAT, Default::Required),
 ];
@@ -125,18 +142,32 @@ const DECAY: [ArgSpec; 3] = [
 pub const SCHEDULES: &[(&str, &[ArgSpec])] = &[
     (
         "exponential_decay",
-        &[DECAY[0], DECAY[1], DECAY[2], arg("staircase", ArgKind::Bool, Default::Bool(false))],
+        &[
+            DECAY[0],
+            DECAY[1],
+            DECAY[2],
+            arg("staircase", ArgKind::Bool, Default::Bool(false)),
+        ],
     ),
     (
         "inverse_time_decay",
-        &[DECAY[0], DECAY[1], DECAY[2], arg("staircase", ArgKind::Bool, Default::Bool(false))],
+        &[
+            DECAY[0],
+            DECAY[1],
+            DECAY[2],
+            arg("staircase", ArgKind::Bool, Default::Bool(false)),
+        ],
     ),
     (
         "polynomial_decay",
         &[
             DECAY[0],
             DECAY[1],
-            arg("end_learning_rate", NON_NEGATIVE_FLOAT, Default::Float(0.0001)),
+            arg(
+                "end_learning_rate",
+                NON_NEGATIVE_FLOAT,
+                Default::Float(0.0001),
+            ),
             arg("power", POSITIVE_FLOAT, Default::Float(1.0)),
             arg("cycle", ArgKind::Bool, Default::Bool(false)),
         ],
@@ -154,14 +185,25 @@ pub const SCHEDULES: &[(&str, &[ArgSpec])] = &[
     (
         "piecewise_constant_decay",
         &[
-            arg("boundaries", ArgKind::IntList { min: 0, max: i64::MAX }, Default::Required),
+            arg(
+                "boundaries",
+                ArgKind::IntList {
+                    min: 0,
+                    max: i64::MAX,
+                },
+                Default::Required,
+            ),
             arg("values", ArgKind::FloatList, Default::Required),
         ],
     ),
 ];
 
 const MONITOR: ArgSpec = arg("monitor", ArgKind::Str, Default::Str("val_loss"));
-const MODE: ArgSpec = arg("mode", ArgKind::Choice(&["auto", "min", "max"]), Default::Str("auto"));
+const MODE: ArgSpec = arg(
+    "mode",
+    ArgKind::Choice(&["auto", "min", "max"]),
+    Default::Str("auto"),
+);
 
 /// Callbacks (keras.callbacks), by snake_case name.
 pub const CALLBACKS: &[(&str, &[ArgSpec])] = &[
@@ -220,7 +262,14 @@ pub const CALLBACKS: &[(&str, &[ArgSpec])] = &[
 
 const FIT: &[ArgSpec] = &[
     arg("batch_size", int(1), Default::Int(32)),
-    arg("epochs", ArgKind::Int { min: 1, max: 1_000_000 }, Default::Int(1)),
+    arg(
+        "epochs",
+        ArgKind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        Default::Int(1),
+    ),
     arg("seed", int(0), Default::Int(0)),
     arg("shuffle", ArgKind::Bool, Default::Bool(true)),
     arg("validation_split", FRACTION, Default::Float(0.0)),
@@ -232,7 +281,14 @@ const DATA: &[ArgSpec] = &[
     arg("target_column", ArgKind::Str, Default::Null),
 ];
 
-const SPECIAL: &[&str] = &["targets", "loss", "optimizer", "metrics", "data", "callbacks"];
+const SPECIAL: &[&str] = &[
+    "targets",
+    "loss",
+    "optimizer",
+    "metrics",
+    "data",
+    "callbacks",
+];
 
 /// Metric names Keras accepts, with their canonical kiln name.
 pub const METRICS: &[(&str, &str)] = &[
@@ -257,8 +313,23 @@ fn lookup(
 ) -> Option<Named> {
     let Some((name, span, args)) = named(v) else {
         diags.push(
-            Diagnostic::error("E0601", format!("a {kind} is a name or `{{name: {{arguments}}}}`, but this is {}", v.describe()))
-                .label(v.span.clone(), format!("expected a {kind}")),
+            Diagnostic::error(
+                "E0601",
+                format!(
+                    "a {kind} is a name or `{{name: {{arguments}}}}`, but this is {}",
+                    v.describe()
+                ),
+            )
+            .label(v.span.clone(), format!("expected a {kind}"))
+            .help({
+                let first = table.first().map_or("…", |(n, _)| *n);
+                let one = if v.as_seq().is_some() {
+                    format!("give one {kind}, not a list: ")
+                } else {
+                    String::new()
+                };
+                format!("{one}write it by name, `{first}`, or with arguments, `{{{first}: {{…}}}}`")
+            }),
         );
         return None;
     };
@@ -290,9 +361,15 @@ pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
         diags.push(
             Diagnostic::error(
                 "E0403",
-                format!("`learning_rate` must be a number or a schedule, but this is {}", v.describe()),
+                format!(
+                    "`learning_rate` must be a number or a schedule, but this is {}",
+                    v.describe()
+                ),
             )
-            .label(v.span.clone(), "expected e.g. `0.001` or `{exponential_decay: {…}}`"),
+            .label(
+                v.span.clone(),
+                "expected e.g. `0.001` or `{exponential_decay: {…}}`",
+            ),
         );
         return None;
     }
@@ -309,7 +386,12 @@ pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
                     "E0603",
                     format!("`piecewise_constant_decay` needs one more value than boundaries, but has {b} boundaries and {vals} values"),
                 )
-                .label(n.args.span("values").unwrap_or(n.span.clone()), "wrong number of values"),
+                .label(n.args.span("values").unwrap_or(n.span.clone()), "wrong number of values")
+                .secondary(n.args.span("boundaries").unwrap_or(n.span.clone()), format!("{b} boundaries make {} intervals", b + 1))
+                .help(format!(
+                    "give one learning rate per interval: {} values for {b} boundaries (before the first boundary, between each pair, and after the last)",
+                    b + 1
+                )),
             );
             return None;
         }
@@ -321,8 +403,12 @@ pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
 pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
     let Some(entries) = v.as_map() else {
         diags.push(
-            Diagnostic::error("E0600", format!("`train` must be a mapping, but this is {}", v.describe()))
-                .label(v.span.clone(), "expected `loss: …`, `optimizer: …`, …"),
+            Diagnostic::error(
+                "E0600",
+                format!("`train` must be a mapping, but this is {}", v.describe()),
+            )
+            .label(v.span.clone(), "expected `loss: …`, `optimizer: …`, …")
+            .help("write the training settings under `train:`, e.g. `train: {targets: {y: [batch, 1]}, loss: mse, optimizer: adam}`"),
         );
         return None;
     };
@@ -337,7 +423,13 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         kind: super::yaml::Kind::Map(rest),
         span: v.span.clone(),
     };
-    let fit = args::validate(FIT, Some(&rest_node), "train", v.span.clone(), &mut fit_diags);
+    let fit = args::validate(
+        FIT,
+        Some(&rest_node),
+        "train",
+        v.span.clone(),
+        &mut fit_diags,
+    );
     for mut d in fit_diags {
         if d.code == "E0401"
             && let Some(l) = d.labels.first()
@@ -354,8 +446,12 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         diags.push(d);
     }
 
+    let mut broken_targets = Vec::new();
     let (targets, targets_span) = match v.entry("targets") {
-        Some((k, t)) => (parse_tensors(t, "targets", true, diags), Some(k.span.clone())),
+        Some((k, t)) => (
+            parse_tensors(t, "targets", true, &mut broken_targets, diags),
+            Some(k.span.clone()),
+        ),
         None => (Vec::new(), None),
     };
     let loss = match v.get("loss") {
@@ -363,7 +459,7 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         None => {
             diags.push(
                 Diagnostic::error("E0604", "`train` has no `loss`")
-                    .label(v.span.start..v.span.start, "the train section starts here")
+                    .label(v.span.start..v.span.start, "add `loss: …` to this section")
                     .help("add a loss, e.g. `loss: {sparse_categorical_crossentropy: {from_logits: true}}`"),
             );
             None
@@ -373,8 +469,15 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         Some(o) => {
             let Some((name, span, a)) = named(o) else {
                 diags.push(
-                    Diagnostic::error("E0601", format!("an optimizer is a name or `{{name: {{arguments}}}}`, but this is {}", o.describe()))
-                        .label(o.span.clone(), "expected an optimizer"),
+                    Diagnostic::error(
+                        "E0601",
+                        format!(
+                            "an optimizer is a name or `{{name: {{arguments}}}}`, but this is {}",
+                            o.describe()
+                        ),
+                    )
+                    .label(o.span.clone(), "expected an optimizer")
+                    .help("write it by name, `optimizer: adam`, or with arguments, `optimizer: {adam: {learning_rate: 0.001}}`"),
                 );
                 return None;
             };
@@ -390,12 +493,17 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
                 }
                 None => {
                     diags.push(
-                        Diagnostic::error("E0602", format!("`{name}` is not an optimizer kiln knows"))
-                            .label(span, "unknown optimizer")
-                            .help(match did_you_mean(name, OPTIMIZERS.iter().copied()) {
+                        Diagnostic::error(
+                            "E0602",
+                            format!("`{name}` is not an optimizer kiln knows"),
+                        )
+                        .label(span, "unknown optimizer")
+                        .help(
+                            match did_you_mean(name, OPTIMIZERS.iter().copied()) {
                                 Some(s) => format!("did you mean `{s}`?"),
                                 None => format!("known: {}", OPTIMIZERS.join(", ")),
-                            }),
+                            },
+                        ),
                     );
                     None
                 }
@@ -419,17 +527,25 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         if set.len() > 1 {
             let mut d = Diagnostic::error(
                 "E0603",
-                format!("only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set, but this sets {}", set.join(" and ")),
+                format!(
+                    "only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set, but this sets {}",
+                    set.join(" and ")
+                ),
             );
             for (i, n) in set.iter().enumerate() {
                 let span = o.args.span(n).unwrap_or(o.span.clone());
-                d = if i == 0 { d.label(span, "set here") } else { d.secondary(span, "and here") };
+                d = if i == 0 {
+                    d.label(span, "set here")
+                } else {
+                    d.secondary(span, "and here")
+                };
             }
             diags.push(d.help("keep one clipping rule"));
         }
     }
 
     let mut metrics = Vec::new();
+    let mut metrics_failed = false;
     if let Some(m) = v.get("metrics") {
         let items: Vec<&Node> = match m.as_seq() {
             Some(s) => s.iter().collect(),
@@ -438,21 +554,29 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         for it in items {
             let Some(s) = it.as_str() else {
                 diags.push(
-                    Diagnostic::error("E0605", format!("a metric is a name, but this is {}", it.describe()))
-                        .label(it.span.clone(), "expected a metric name"),
+                    Diagnostic::error(
+                        "E0605",
+                        format!("a metric is a name, but this is {}", it.describe()),
+                    )
+                    .label(it.span.clone(), "expected a metric name")
+                    .help("metrics are names, e.g. `metrics: [accuracy]`"),
                 );
+                metrics_failed = true;
                 continue;
             };
             match METRICS.iter().find(|(n, _)| *n == s.to_lowercase()) {
                 Some((_, canonical)) => metrics.push((canonical.to_string(), it.span.clone())),
-                None => diags.push(
-                    Diagnostic::error("E0605", format!("`{s}` is not a metric kiln knows"))
-                        .label(it.span.clone(), "unknown metric")
-                        .help(match did_you_mean(s, METRICS.iter().map(|(n, _)| *n)) {
-                            Some(c) => format!("did you mean `{c}`?"),
-                            None => "known metrics: accuracy, mae, mse".to_string(),
-                        }),
-                ),
+                None => {
+                    metrics_failed = true;
+                    diags.push(
+                        Diagnostic::error("E0605", format!("`{s}` is not a metric kiln knows"))
+                            .label(it.span.clone(), "unknown metric")
+                            .help(match did_you_mean(s, METRICS.iter().map(|(n, _)| *n)) {
+                                Some(c) => format!("did you mean `{c}`?"),
+                                None => "known metrics: accuracy, mae, mse".to_string(),
+                            }),
+                    )
+                }
             }
         }
     }
@@ -461,7 +585,8 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         let node_span = d.span.clone();
         let a = if let Some(s) = d.as_str() {
             // `data: path.npz` is short for `data: {path: path.npz}`.
-            let mut a = args::validate(DATA, None, "data", node_span.clone(), &mut Vec::new()).unwrap_or_default();
+            let mut a = args::validate(DATA, None, "data", node_span.clone(), &mut Vec::new())
+                .unwrap_or_default();
             a.set("path", Value::Str(s.to_string()));
             a.set("validation_split", Value::Float(0.0));
             return Some(DataDecl {
@@ -486,8 +611,15 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
     if let Some(c) = v.get("callbacks") {
         match c.as_seq() {
             None => diags.push(
-                Diagnostic::error("E0606", format!("`callbacks` must be a list, but this is {}", c.describe()))
-                    .label(c.span.clone(), "expected a list like `[{early_stopping: {patience: 3}}]`"),
+                Diagnostic::error(
+                    "E0606",
+                    format!("`callbacks` must be a list, but this is {}", c.describe()),
+                )
+                .label(
+                    c.span.clone(),
+                    "expected a list like `[{early_stopping: {patience: 3}}]`",
+                )
+                .help("write the callbacks as a list, even a single one: `callbacks: [{…}]`"),
             ),
             Some(items) => {
                 for it in items {
@@ -499,7 +631,9 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         }
     }
     // Monitored quantities must be ones training will report.
-    let has_val = fit.as_ref().is_some_and(|f| f.float("validation_split") > 0.0)
+    let has_val = fit
+        .as_ref()
+        .is_some_and(|f| f.float("validation_split") > 0.0)
         || data.as_ref().is_some_and(|d| d.validation_split > 0.0);
     let mut known: Vec<String> = vec!["loss".into()];
     for (m, _) in &metrics {
@@ -510,20 +644,49 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
     for cb in &callbacks {
         if let Some(mon) = cb.args.opt_str("monitor") {
             let span = cb.args.span("monitor").unwrap_or(cb.span.clone());
-            if !known.iter().any(|k| k == mon) {
+            // A misspelled metric (already reported) may be the one monitored.
+            if !known.iter().any(|k| k == mon) && !metrics_failed {
+                // `val_accuracy` without `accuracy` among the metrics.
+                let metric = METRICS
+                    .iter()
+                    .find(|(n, _)| *n == mon.strip_prefix("val_").unwrap_or(mon))
+                    .map(|(_, c)| *c);
                 diags.push(
-                    Diagnostic::error("E0607", format!("`{}` monitors `{mon}`, which training does not report", cb.name))
-                        .label(span, "unknown quantity")
-                        .help(match did_you_mean(mon, known.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `{s}`? training reports: {}", known.join(", ")),
-                            None => format!("training reports: {}", known.join(", ")),
-                        }),
+                    Diagnostic::error(
+                        "E0607",
+                        format!(
+                            "`{}` monitors `{mon}`, which training does not report",
+                            cb.name
+                        ),
+                    )
+                    .label(span, "unknown quantity")
+                    .help(
+                        match (metric, did_you_mean(mon, known.iter().map(String::as_str))) {
+                            (Some(m), _) => format!(
+                                "`{mon}` is reported when `{m}` is one of the `metrics`: add it there, or monitor one of: {}",
+                                known.join(", ")
+                            ),
+                            (None, Some(s)) => format!(
+                                "did you mean `{s}`? training reports: {}",
+                                known.join(", ")
+                            ),
+                            (None, None) => format!("training reports: {}", known.join(", ")),
+                        },
+                    ),
                 );
             } else if mon.starts_with("val_") && !has_val && !cb.args.is_given("monitor") {
                 diags.push(
-                    Diagnostic::warning("W0601", format!("`{}` monitors `{mon}` by default, but no validation split is set", cb.name))
-                        .label(cb.span.clone(), "this callback")
-                        .help("set `validation_split` (or `data.validation_split`), or `monitor: loss`"),
+                    Diagnostic::warning(
+                        "W0601",
+                        format!(
+                            "`{}` monitors `{mon}` by default, but no validation split is set",
+                            cb.name
+                        ),
+                    )
+                    .label(cb.span.clone(), "this callback")
+                    .help(
+                        "set `validation_split` (or `data.validation_split`), or `monitor: loss`",
+                    ),
                 );
             }
         }
@@ -533,6 +696,7 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         span: v.span.clone(),
         targets,
         targets_span,
+        targets_broken: !broken_targets.is_empty(),
         loss,
         optimizer: optimizer?,
         metrics,

@@ -281,9 +281,23 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                     .label(at..end.max(at), "this is too deep")
                     .help("a model spec needs only a few levels of nesting"));
                 }
-                return Err(Diagnostic::error("E0101", format!("this is not valid YAML: {}", e.info()))
+                if e.info().contains("unknown anchor") {
+                    return Err(unknown_anchor(src, at));
+                }
+                let mut d = Diagnostic::error("E0101", format!("this is not valid YAML: {}", e.info()))
                     .label(at..end.max(at), "the YAML parser stopped here")
-                    .help("check the indentation and the brackets around this place; a spec is a YAML mapping like `inputs: …`, `layers: …`"));
+                    .help("check the indentation and the brackets around this place; a spec is a YAML mapping like `inputs: …`, `layers: …`");
+                // The usual cause of an error a line or more later: a bracket left open.
+                if let Some((open, c)) = open_bracket(&src[..at])
+                    && src[open..at].contains('\n')
+                {
+                    let line = src[..open].matches('\n').count() + 1;
+                    let close = if c == '[' { ']' } else { '}' };
+                    d = d
+                        .secondary(open..open + 1, format!("this `{c}` is still open here"))
+                        .help(format!("the `{c}` on line {line} is never closed: add `{close}` at the end of its list"));
+                }
+                return Err(d);
             }
         };
         let range = offsets.range(&span);
@@ -412,6 +426,84 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
         kind: Kind::Scalar(Scalar::Null),
         span: 0..0,
     }))
+}
+
+/// The innermost `[` or `{` that `before` leaves open (skipping comments and quoted
+/// text), with its byte offset.
+fn open_bracket(before: &str) -> Option<(usize, char)> {
+    let mut stack = Vec::new();
+    let mut chars = before.char_indices();
+    let mut prev = '\n';
+    while let Some((i, c)) = chars.next() {
+        let after_space = prev.is_whitespace() || "[{,:".contains(prev);
+        match c {
+            '#' if prev.is_whitespace() => {
+                for (_, c) in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                prev = '\n';
+                continue;
+            }
+            '"' | '\'' if after_space => {
+                let mut escaped = false;
+                for (_, q) in chars.by_ref() {
+                    if q == c && !escaped {
+                        break;
+                    }
+                    escaped = c == '"' && q == '\\' && !escaped;
+                }
+            }
+            '[' | '{' => stack.push((i, c)),
+            ']' | '}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    stack.pop()
+}
+
+/// An alias whose anchor is not defined before it (saphyr reports it as a syntax error).
+fn unknown_anchor(src: &str, at: usize) -> Diagnostic {
+    let end = src[at..]
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| c.is_whitespace() || ",[]{}".contains(*c))
+        .map_or(src.len(), |(i, _)| at + i);
+    let name = src[at..end].trim_start_matches('*');
+    let mut d = Diagnostic::error(
+        "E0103",
+        format!("the alias `*{name}` refers to an anchor that is not defined before it"),
+    )
+    .label(at..end, "unknown anchor");
+    let anchor = format!("&{name}");
+    let later = src[end..]
+        .match_indices(anchor.as_str())
+        .map(|(i, _)| end + i)
+        .find(|&i| {
+            src[i + anchor.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || ",[]{}".contains(c))
+        });
+    match later {
+        Some(i) => {
+            d = d
+                .secondary(i..i + anchor.len(), "defined only here, after its use")
+                .help(format!(
+                    "an anchor must come before its aliases: put `&{name}` on the first use and write `*{name}` in the later ones"
+                ));
+        }
+        None => {
+            d = d.help(format!(
+                "define the anchor with `&{name}` before using `*{name}`"
+            ));
+        }
+    }
+    d
 }
 
 fn too_big(span: Range<usize>) -> Diagnostic {
