@@ -8,6 +8,7 @@ pub mod cli;
 pub mod diag;
 pub mod dim;
 pub mod ir;
+pub mod jit;
 pub mod layers;
 pub mod lower;
 pub mod runtime;

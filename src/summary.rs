@@ -31,7 +31,12 @@ fn memory(params: i64) -> String {
 pub fn render(g: &Graph) -> String {
     let mut rows: Vec<[String; 4]> = Vec::new();
     for inp in &g.inputs {
-        rows.push([format!("{} (InputLayer)", inp.name), shape(&inp.ty.shape), "0".into(), "-".into()]);
+        rows.push([
+            format!("{} (InputLayer)", inp.name),
+            shape(&inp.ty.shape),
+            "0".into(),
+            "-".into(),
+        ]);
     }
     for l in &g.layers {
         let count: i64 = l.params.iter().map(|p| p.count()).sum();
@@ -79,11 +84,27 @@ pub fn render(g: &Graph) -> String {
     }
     out.push_str(&line("└", "┴", "┘", "─"));
     let (total, trainable, non) = g.param_counts();
-    out.push_str(&format!(" Total params: {} ({})\n", group_digits(total), memory(total)));
-    out.push_str(&format!(" Trainable params: {} ({})\n", group_digits(trainable), memory(trainable)));
-    out.push_str(&format!(" Non-trainable params: {} ({})\n", group_digits(non), memory(non)));
+    out.push_str(&format!(
+        " Total params: {} ({})\n",
+        group_digits(total),
+        memory(total)
+    ));
+    out.push_str(&format!(
+        " Trainable params: {} ({})\n",
+        group_digits(trainable),
+        memory(trainable)
+    ));
+    out.push_str(&format!(
+        " Non-trainable params: {} ({})\n",
+        group_digits(non),
+        memory(non)
+    ));
     let outs: Vec<&str> = g.outputs.iter().map(|&s| g.name_of(s)).collect();
-    if g.outputs.len() > 1 || g.outputs.first().is_some_and(|s| *s != Source::Layer(g.layers.len().wrapping_sub(1))) {
+    if g.outputs.len() > 1
+        || g.outputs
+            .first()
+            .is_some_and(|s| *s != Source::Layer(g.layers.len().wrapping_sub(1)))
+    {
         out.push_str(&format!(" Outputs: {}\n", outs.join(", ")));
     }
     out

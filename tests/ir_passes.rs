@@ -13,7 +13,12 @@ fn x_func() -> (Func, usize) {
 
 fn body(f: &Func) -> String {
     // The lines between the signature and `return`, trimmed.
-    f.print().lines().filter(|l| l.starts_with("  %") || l.starts_with("  return")).map(|l| l.trim().to_string()).collect::<Vec<_>>().join("\n")
+    f.print()
+        .lines()
+        .filter(|l| l.starts_with("  %") || l.starts_with("  return"))
+        .map(|l| l.trim().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -22,7 +27,10 @@ fn dce_removes_what_no_output_uses() {
     let _unused = f.unary(Unary::Exp, x).unwrap();
     let y = f.unary(Unary::Tanh, x).unwrap();
     f.output("y", y);
-    assert_eq!(body(&passes::dce(&f)), "%0 = input %in0\n%1 = tanh(%0) : f32[n, 3]\nreturn \"y\" = %1");
+    assert_eq!(
+        body(&passes::dce(&f)),
+        "%0 = input %in0\n%1 = tanh(%0) : f32[n, 3]\nreturn \"y\" = %1"
+    );
 }
 
 #[test]
@@ -32,7 +40,10 @@ fn cse_merges_identical_nodes() {
     let b = f.unary(Unary::Exp, x).unwrap();
     let y = f.add(a, b).unwrap();
     f.output("y", y);
-    assert_eq!(body(&passes::cse(&f)), "%0 = input %in0\n%1 = exp(%0) : f32[n, 3]\n%2 = add(%1, %1) : f32[n, 3]\nreturn \"y\" = %2");
+    assert_eq!(
+        body(&passes::cse(&f)),
+        "%0 = input %in0\n%1 = exp(%0) : f32[n, 3]\n%2 = add(%1, %1) : f32[n, 3]\nreturn \"y\" = %2"
+    );
 }
 
 #[test]
@@ -64,17 +75,23 @@ fn transposes_and_reshapes_collapse() {
     let r2 = f.reshape(r1, vec![Dim::sym("n"), Dim::konst(3)]).unwrap(); // back to x's shape
     let y = f.push(Op::Unary(Unary::Exp), &[r2]).unwrap();
     f.output("y", y);
-    assert_eq!(body(&passes::optimize(&f)), "%0 = input %in0\n%1 = exp(%0) : f32[n, 3]\nreturn \"y\" = %1");
+    assert_eq!(
+        body(&passes::optimize(&f)),
+        "%0 = input %in0\n%1 = exp(%0) : f32[n, 3]\nreturn \"y\" = %1"
+    );
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ir").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/ir")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} is missing (run with UPDATE_GOLDEN=1)", path.display()));
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing (run with UPDATE_GOLDEN=1)", path.display()));
     assert_eq!(expected, actual, "{} changed", path.display());
 }
 

@@ -650,7 +650,11 @@ fn recurrent_forward_matches_keras_equations() {
     for (cell, g) in [(Cell::Simple, 1), (Cell::Lstm, 4), (Cell::Gru, 3)] {
         let k = rng.array(&[i, g * u], -0.8, 0.8);
         let r = rng.array(&[u, g * u], -0.8, 0.8);
-        let bias = if cell == Cell::Gru { rng.array(&[2, g * u], -0.5, 0.5) } else { rng.array(&[g * u], -0.5, 0.5) };
+        let bias = if cell == Cell::Gru {
+            rng.array(&[2, g * u], -0.5, 0.5)
+        } else {
+            rng.array(&[g * u], -0.5, 0.5)
+        };
         let attrs = RnnAttrs {
             cell,
             units: u as i64,
@@ -662,10 +666,16 @@ fn recurrent_forward_matches_keras_equations() {
             use_bias: true,
         };
         let mut f = Func::new("rnn");
-        let ids: Vec<Id> = [&x, &k, &r, &bias].iter().enumerate().map(|(n, a)| f.input(&format!("a{n}"), ty(a))).collect();
+        let ids: Vec<Id> = [&x, &k, &r, &bias]
+            .iter()
+            .enumerate()
+            .map(|(n, a)| f.input(&format!("a{n}"), ty(a)))
+            .collect();
         let y = f.push(Op::Rnn(attrs), &ids).unwrap();
         f.output("y", y);
-        let got = interp::eval::<f64>(&f, &[x.clone(), k.clone(), r.clone(), bias.clone()]).unwrap().remove(0);
+        let got = interp::eval::<f64>(&f, &[x.clone(), k.clone(), r.clone(), bias.clone()])
+            .unwrap()
+            .remove(0);
         for bb in 0..b {
             let mut h = vec![0.0; u];
             let mut c = vec![0.0; u];
@@ -688,7 +698,8 @@ fn recurrent_forward_matches_keras_equations() {
                     Cell::Lstm => (0..u)
                         .map(|j| {
                             let z = |gate: usize| xz[gate * u + j] + hz[gate * u + j];
-                            let (ig, fg, cg, og) = (sigmoid(z(0)), sigmoid(z(1)), z(2).tanh(), sigmoid(z(3)));
+                            let (ig, fg, cg, og) =
+                                (sigmoid(z(0)), sigmoid(z(1)), z(2).tanh(), sigmoid(z(3)));
                             c[j] = fg * c[j] + ig * cg;
                             og * c[j].tanh()
                         })
@@ -704,7 +715,12 @@ fn recurrent_forward_matches_keras_equations() {
                 };
                 h = hn;
                 for j in 0..u {
-                    assert!((got[[bb, s, j]] - h[j]).abs() < 1e-12, "{cell:?} step {s}: {} vs {}", got[[bb, s, j]], h[j]);
+                    assert!(
+                        (got[[bb, s, j]] - h[j]).abs() < 1e-12,
+                        "{cell:?} step {s}: {} vs {}",
+                        got[[bb, s, j]],
+                        h[j]
+                    );
                 }
             }
         }
@@ -714,21 +730,34 @@ fn recurrent_forward_matches_keras_equations() {
 /// The interpreter runs in f32 too, agreeing with f64 to f32 rounding.
 #[test]
 fn f32_and_f64_agree() {
-    let m = kiln::Model::from_path(format!("{}/specs/cnn.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let m =
+        kiln::Model::from_path(format!("{}/specs/cnn.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let f = kiln::lower::predict_func(&m.graph).unwrap();
     let mut rng = Rng::new(9);
     let vals: Vec<ArrayD<f64>> = f
         .inputs
         .iter()
         .map(|inp| {
-            let shape: Vec<usize> = inp.ty.shape.iter().map(|d| d.as_const().unwrap_or(3) as usize).collect();
-            if inp.name.ends_with("moving_variance") { rng.array(&shape, 0.5, 1.5) } else { rng.array(&shape, -0.5, 0.5) }
+            let shape: Vec<usize> = inp
+                .ty
+                .shape
+                .iter()
+                .map(|d| d.as_const().unwrap_or(3) as usize)
+                .collect();
+            if inp.name.ends_with("moving_variance") {
+                rng.array(&shape, 0.5, 1.5)
+            } else {
+                rng.array(&shape, -0.5, 0.5)
+            }
         })
         .collect();
     let v32: Vec<ArrayD<f32>> = vals.iter().map(|a| a.mapv(|v| v as f32)).collect();
     let y64 = interp::eval::<f64>(&f, &vals).unwrap().remove(0);
     let y32 = interp::eval::<f32>(&f, &v32).unwrap().remove(0);
     for (a, b) in y64.iter().zip(y32.iter()) {
-        assert!((a - *b as f64).abs() < 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        assert!(
+            (a - *b as f64).abs() < 1e-5 * a.abs().max(1.0),
+            "{a} vs {b}"
+        );
     }
 }

@@ -16,7 +16,13 @@ fn model(inputs: &str, layers: &str) -> kiln::Model {
 
 /// Random values for a lowered forward function's inputs: model inputs (integer ones
 /// as valid indices), parameters (variances positive) and the random key.
-fn values(f: &Func, m: &kiln::Model, rng: &mut Rng, batch: usize, seq: usize) -> (Vec<ArrayD<f64>>, Vec<bool>) {
+fn values(
+    f: &Func,
+    m: &kiln::Model,
+    rng: &mut Rng,
+    batch: usize,
+    seq: usize,
+) -> (Vec<ArrayD<f64>>, Vec<bool>) {
     let mut vals = Vec::new();
     let mut diff = Vec::new();
     for inp in &f.inputs {
@@ -26,8 +32,17 @@ fn values(f: &Func, m: &kiln::Model, rng: &mut Rng, batch: usize, seq: usize) ->
             diff.push(false);
         } else if inp.ty.dtype.is_int() {
             // Integer input: indices below the smallest embedding's input_dim.
-            let n = m.graph.layers.iter().filter(|l| l.kind.name == "embedding").map(|l| l.args.int("input_dim")).min().unwrap_or(5) as usize;
-            vals.push(ArrayD::from_shape_fn(IxDyn(&shape), |_| rng.int(0, n - 1) as f64));
+            let n = m
+                .graph
+                .layers
+                .iter()
+                .filter(|l| l.kind.name == "embedding")
+                .map(|l| l.args.int("input_dim"))
+                .min()
+                .unwrap_or(5) as usize;
+            vals.push(ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+                rng.int(0, n - 1) as f64
+            }));
             diff.push(false);
         } else if inp.name.ends_with("moving_variance") {
             vals.push(rng.array(&shape, 0.5, 1.5));
@@ -47,10 +62,24 @@ fn grad_check_layer(inputs: &str, layers: &str) {
         let lw = lower::forward(&m.graph, mode, "t").unwrap_or_else(|e| panic!("{layers}: {e}"));
         let out = lw.f.outputs[0].1;
         let (vals, diff) = values(&lw.f, &m, &mut rng, 3, 4);
-        fd_check(&format!("{layers} ({mode:?})"), &lw.f, out, &vals, &diff, &mut rng);
+        fd_check(
+            &format!("{layers} ({mode:?})"),
+            &lw.f,
+            out,
+            &vals,
+            &diff,
+            &mut rng,
+        );
         // Batch-norm's moving statistics are outputs of training mode: check them too.
         for (key, upd) in &lw.updates {
-            fd_check(&format!("{layers} update {key}"), &lw.f, *upd, &vals, &diff, &mut rng);
+            fd_check(
+                &format!("{layers} update {key}"),
+                &lw.f,
+                *upd,
+                &vals,
+                &diff,
+                &mut rng,
+            );
         }
     }
 }
@@ -59,14 +88,20 @@ fn grad_check_layer(inputs: &str, layers: &str) {
 fn core_layers() {
     grad_check_layer("{x: [batch, 5]}", "  - dense: {units: 3, activation: tanh}");
     grad_check_layer("{x: [batch, seq, 5]}", "  - dense: {units: 2}");
-    grad_check_layer("{t: {shape: [batch, seq], dtype: i32}}", "  - embedding: {input_dim: 7, output_dim: 3}");
+    grad_check_layer(
+        "{t: {shape: [batch, seq], dtype: i32}}",
+        "  - embedding: {input_dim: 7, output_dim: 3}",
+    );
     grad_check_layer("{x: [batch, 6]}", "  - dropout: {rate: 0.4}");
 }
 
 #[test]
 fn activations() {
     for act in kiln::args::ACTIVATIONS {
-        grad_check_layer("{x: [batch, 4]}", &format!("  - dense: {{units: 3, activation: {act}}}"));
+        grad_check_layer(
+            "{x: [batch, 4]}",
+            &format!("  - dense: {{units: 3, activation: {act}}}"),
+        );
     }
     for l in [
         "relu",
@@ -80,22 +115,43 @@ fn activations() {
         "gelu: {approximate: true}",
         "silu",
     ] {
-        grad_check_layer("{x: [batch, 5]}", &format!("  - dense: {{units: 4}}\n  - {l}"));
+        grad_check_layer(
+            "{x: [batch, 5]}",
+            &format!("  - dense: {{units: 4}}\n  - {l}"),
+        );
     }
 }
 
 #[test]
 fn conv_and_pooling_layers() {
-    grad_check_layer("{x: [batch, 5, 5, 2]}", "  - conv2d: {filters: 3, kernel_size: 3, padding: same, activation: relu}");
-    grad_check_layer("{x: [batch, 6, 5, 2]}", "  - conv2d: {filters: 2, kernel_size: [2, 3], strides: 2}");
-    grad_check_layer("{x: [batch, seq, 3]}", "  - conv1d: {filters: 2, kernel_size: 2, padding: causal, dilation_rate: 2}");
-    for p in ["max_pooling2d", "average_pooling2d: {padding: same, pool_size: 3, strides: 2}"] {
+    grad_check_layer(
+        "{x: [batch, 5, 5, 2]}",
+        "  - conv2d: {filters: 3, kernel_size: 3, padding: same, activation: relu}",
+    );
+    grad_check_layer(
+        "{x: [batch, 6, 5, 2]}",
+        "  - conv2d: {filters: 2, kernel_size: [2, 3], strides: 2}",
+    );
+    grad_check_layer(
+        "{x: [batch, seq, 3]}",
+        "  - conv1d: {filters: 2, kernel_size: 2, padding: causal, dilation_rate: 2}",
+    );
+    for p in [
+        "max_pooling2d",
+        "average_pooling2d: {padding: same, pool_size: 3, strides: 2}",
+    ] {
         grad_check_layer("{x: [batch, 5, 5, 2]}", &format!("  - {p}"));
     }
-    for p in ["max_pooling1d", "average_pooling1d: {pool_size: 3, strides: 1}"] {
+    for p in [
+        "max_pooling1d",
+        "average_pooling1d: {pool_size: 3, strides: 1}",
+    ] {
         grad_check_layer("{x: [batch, 6, 2]}", &format!("  - {p}"));
     }
-    for p in ["global_average_pooling2d", "global_max_pooling2d: {keepdims: true}"] {
+    for p in [
+        "global_average_pooling2d",
+        "global_max_pooling2d: {keepdims: true}",
+    ] {
         grad_check_layer("{x: [batch, 3, 4, 2]}", &format!("  - {p}"));
     }
     for p in ["global_average_pooling1d", "global_max_pooling1d"] {
@@ -106,27 +162,54 @@ fn conv_and_pooling_layers() {
 #[test]
 fn normalization_layers() {
     grad_check_layer("{x: [batch, 3, 4]}", "  - batch_normalization");
-    grad_check_layer("{x: [batch, 3, 4]}", "  - batch_normalization: {axis: 1, center: false}");
+    grad_check_layer(
+        "{x: [batch, 3, 4]}",
+        "  - batch_normalization: {axis: 1, center: false}",
+    );
     grad_check_layer("{x: [batch, seq, 4]}", "  - layer_normalization");
-    grad_check_layer("{x: [batch, 3, 4]}", "  - layer_normalization: {axis: [2, 1]}");
+    grad_check_layer(
+        "{x: [batch, 3, 4]}",
+        "  - layer_normalization: {axis: [2, 1]}",
+    );
 }
 
 #[test]
 fn reshaping_and_merging_layers() {
-    grad_check_layer("{x: [batch, 2, 3]}", "  - flatten\n  - reshape: {target_shape: [3, -1]}\n  - permute: {dims: [2, 1]}");
+    grad_check_layer(
+        "{x: [batch, 2, 3]}",
+        "  - flatten\n  - reshape: {target_shape: [3, -1]}\n  - permute: {dims: [2, 1]}",
+    );
     for m in ["add", "subtract", "multiply"] {
-        grad_check_layer("{a: [batch, 3], b: [batch, 1]}", &format!("  - {m}: {{inputs: [a, b]}}"));
+        grad_check_layer(
+            "{a: [batch, 3], b: [batch, 1]}",
+            &format!("  - {m}: {{inputs: [a, b]}}"),
+        );
     }
-    grad_check_layer("{a: [batch, 2, 3], b: [batch, 4, 3]}", "  - concatenate: {inputs: [a, b], axis: 1}");
+    grad_check_layer(
+        "{a: [batch, 2, 3], b: [batch, 4, 3]}",
+        "  - concatenate: {inputs: [a, b], axis: 1}",
+    );
 }
 
 #[test]
 fn recurrent_and_attention_layers() {
-    grad_check_layer("{x: [batch, seq, 3]}", "  - simple_rnn: {units: 2, return_sequences: true}");
+    grad_check_layer(
+        "{x: [batch, seq, 3]}",
+        "  - simple_rnn: {units: 2, return_sequences: true}",
+    );
     grad_check_layer("{x: [batch, seq, 3]}", "  - lstm: {units: 2}");
-    grad_check_layer("{x: [batch, seq, 3]}", "  - gru: {units: 2, go_backwards: true, return_sequences: true}");
-    grad_check_layer("{x: [batch, seq, 3]}", "  - gru: {units: 2, reset_after: false}");
-    grad_check_layer("{x: [batch, seq, 4]}", "  - multi_head_attention: {num_heads: 2, key_dim: 3, inputs: [x, x], dropout: 0.3}");
+    grad_check_layer(
+        "{x: [batch, seq, 3]}",
+        "  - gru: {units: 2, go_backwards: true, return_sequences: true}",
+    );
+    grad_check_layer(
+        "{x: [batch, seq, 3]}",
+        "  - gru: {units: 2, reset_after: false}",
+    );
+    grad_check_layer(
+        "{x: [batch, seq, 4]}",
+        "  - multi_head_attention: {num_heads: 2, key_dim: 3, inputs: [x, x], dropout: 0.3}",
+    );
     grad_check_layer(
         "{q: [batch, 2, 4], v: [batch, seq, 5]}",
         "  - multi_head_attention: {num_heads: 2, key_dim: 2, value_dim: 3, output_shape: 3, inputs: [q, v]}",
@@ -137,7 +220,10 @@ fn recurrent_and_attention_layers() {
 /// inference and training forms.
 #[test]
 fn forward_values_match_keras_formulas() {
-    let m = model("{x: [batch, 2]}", "  - dense: {units: 2, activation: softmax}");
+    let m = model(
+        "{x: [batch, 2]}",
+        "  - dense: {units: 2, activation: softmax}",
+    );
     let f = lower::predict_func(&m.graph).unwrap();
     let x = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![1.0, 2.0]).unwrap();
     let k = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.0, 0.0, 0.0, 1.0]).unwrap();
@@ -146,7 +232,10 @@ fn forward_values_match_keras_formulas() {
     let e = (1.0f64.exp(), 2.0f64.exp());
     assert!((y[0][[0, 0]] - e.0 / (e.0 + e.1)).abs() < 1e-12);
 
-    let m = model("{x: [batch, 1]}", "  - batch_normalization: {momentum: 0.9, epsilon: 0.001}");
+    let m = model(
+        "{x: [batch, 1]}",
+        "  - batch_normalization: {momentum: 0.9, epsilon: 0.001}",
+    );
     let lw = lower::forward(&m.graph, Mode::Train, "t").unwrap();
     let mut f = lw.f.clone();
     for (k, v) in &lw.updates {
@@ -159,8 +248,14 @@ fn forward_values_match_keras_formulas() {
     let out = interp::eval::<f64>(&f, &[x, one.clone(), zero.clone(), zero, one, key]).unwrap();
     let (mean, var) = (3.0, (4.0 + 1.0 + 0.0 + 9.0) / 4.0); // biased variance
     assert!((out[0][[3, 0]] - (6.0 - mean) / (var + 0.001f64).sqrt()).abs() < 1e-12);
-    assert!((out[1][[0]] - (0.0 * 0.9 + mean * 0.1)).abs() < 1e-12, "moving mean");
-    assert!((out[2][[0]] - (1.0 * 0.9 + var * 0.1)).abs() < 1e-12, "moving variance");
+    assert!(
+        (out[1][[0]] - (0.0 * 0.9 + mean * 0.1)).abs() < 1e-12,
+        "moving mean"
+    );
+    assert!(
+        (out[2][[0]] - (1.0 * 0.9 + var * 0.1)).abs() < 1e-12,
+        "moving variance"
+    );
 }
 
 /// Losses: value against Keras's formula on a small case, gradient against finite
@@ -172,14 +267,34 @@ fn losses() {
         ("mae", "{y: [batch, 3]}", ""),
         ("{huber: {delta: 0.3}}", "{y: [batch, 3]}", ""),
         ("binary_crossentropy", "{y: [batch, 3]}", "sigmoid"),
-        ("{binary_crossentropy: {from_logits: true, label_smoothing: 0.1}}", "{y: [batch, 3]}", ""),
+        (
+            "{binary_crossentropy: {from_logits: true, label_smoothing: 0.1}}",
+            "{y: [batch, 3]}",
+            "",
+        ),
         ("categorical_crossentropy", "{y: [batch, 3]}", "softmax"),
-        ("{categorical_crossentropy: {from_logits: true, label_smoothing: 0.2}}", "{y: [batch, 3]}", ""),
-        ("{sparse_categorical_crossentropy: {from_logits: true}}", "{y: {shape: [batch], dtype: i32}}", ""),
-        ("sparse_categorical_crossentropy", "{y: {shape: [batch], dtype: i32}}", "softmax"),
+        (
+            "{categorical_crossentropy: {from_logits: true, label_smoothing: 0.2}}",
+            "{y: [batch, 3]}",
+            "",
+        ),
+        (
+            "{sparse_categorical_crossentropy: {from_logits: true}}",
+            "{y: {shape: [batch], dtype: i32}}",
+            "",
+        ),
+        (
+            "sparse_categorical_crossentropy",
+            "{y: {shape: [batch], dtype: i32}}",
+            "softmax",
+        ),
     ];
     for (loss, targets, act) in cases {
-        let act = if act.is_empty() { String::new() } else { format!(", activation: {act}") };
+        let act = if act.is_empty() {
+            String::new()
+        } else {
+            format!(", activation: {act}")
+        };
         let src = format!(
             "inputs: {{x: [batch, 4]}}\nlayers:\n  - dense: {{units: 3{act}}}\ntrain:\n  targets: {targets}\n  loss: {loss}\n  optimizer: sgd\n"
         );
@@ -187,15 +302,23 @@ fn losses() {
         let train = m.graph.train.as_ref().unwrap();
         let decl = train.decl.loss.as_ref().unwrap();
         let mut f = Func::new("loss");
-        let pred = f.input("pred", Type::f32(vec![kiln::dim::Dim::sym("batch"), 3.into()]));
+        let pred = f.input(
+            "pred",
+            Type::f32(vec![kiln::dim::Dim::sym("batch"), 3.into()]),
+        );
         let tgt = f.input("target", train.targets[0].ty.clone());
         let l = lower::loss::loss(&mut f, &decl.name, &decl.args, pred, tgt).unwrap();
         let mut rng = Rng::new(loss.len() as u64);
-        let p = if act.contains("softmax") || act.contains("sigmoid") { rng.array(&[4, 3], 0.05, 0.9) } else { rng.array(&[4, 3], -2.0, 2.0) };
+        let p = if act.contains("softmax") || act.contains("sigmoid") {
+            rng.array(&[4, 3], 0.05, 0.9)
+        } else {
+            rng.array(&[4, 3], -2.0, 2.0)
+        };
         let t = if targets.contains("i32") {
             ArrayD::from_shape_vec(IxDyn(&[4]), vec![0.0, 2.0, 1.0, 2.0]).unwrap()
         } else if loss.contains("crossentropy") {
-            rng.array(&[4, 3], 0.0, 1.0).mapv(|v| if v > 0.5 { 1.0 } else { 0.0 })
+            rng.array(&[4, 3], 0.0, 1.0)
+                .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 })
         } else {
             rng.array(&[4, 3], -1.0, 1.0)
         };
@@ -203,7 +326,10 @@ fn losses() {
         f.output("loss", l);
         let got = interp::eval::<f64>(&f, &[p.clone(), t.clone()]).unwrap()[0][[]];
         let want = reference_loss(&decl.name, &decl.args, &p, &t);
-        assert!((got - want).abs() < 1e-12 * want.abs().max(1.0), "{loss}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-12 * want.abs().max(1.0),
+            "{loss}: {got} vs {want}"
+        );
         fd_check(loss, &f, l, &[p, t], &[true, false], &mut rng);
     }
 }
@@ -215,21 +341,29 @@ fn reference_loss(name: &str, a: &kiln::args::Args, p: &ArrayD<f64>, t: &ArrayD<
     for i in 0..b {
         let row: Vec<f64> = (0..c).map(|j| p[[i, j]]).collect();
         let tr: Vec<f64> = if name == "sparse_categorical_crossentropy" {
-            (0..c).map(|j| if t[[i]] as usize == j { 1.0 } else { 0.0 }).collect()
+            (0..c)
+                .map(|j| if t[[i]] as usize == j { 1.0 } else { 0.0 })
+                .collect()
         } else {
             (0..c).map(|j| t[[i, j]]).collect()
         };
         let s = a.float("label_smoothing");
         let logits = a.bool("from_logits");
         total += match name {
-            "mean_squared_error" => (0..c).map(|j| (row[j] - tr[j]).powi(2)).sum::<f64>() / c as f64,
+            "mean_squared_error" => {
+                (0..c).map(|j| (row[j] - tr[j]).powi(2)).sum::<f64>() / c as f64
+            }
             "mean_absolute_error" => (0..c).map(|j| (row[j] - tr[j]).abs()).sum::<f64>() / c as f64,
             "huber" => {
                 let d = a.float("delta");
                 (0..c)
                     .map(|j| {
                         let e = (row[j] - tr[j]).abs();
-                        if e <= d { 0.5 * e * e } else { d * e - 0.5 * d * d }
+                        if e <= d {
+                            0.5 * e * e
+                        } else {
+                            d * e - 0.5 * d * d
+                        }
                     })
                     .sum::<f64>()
                     / c as f64
@@ -238,7 +372,11 @@ fn reference_loss(name: &str, a: &kiln::args::Args, p: &ArrayD<f64>, t: &ArrayD<
                 (0..c)
                     .map(|j| {
                         let t = tr[j] * (1.0 - s) + 0.5 * s;
-                        let p = if logits { 1.0 / (1.0 + (-row[j]).exp()) } else { row[j].clamp(eps, 1.0 - eps) };
+                        let p = if logits {
+                            1.0 / (1.0 + (-row[j]).exp())
+                        } else {
+                            row[j].clamp(eps, 1.0 - eps)
+                        };
                         -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
                     })
                     .sum::<f64>()
@@ -253,8 +391,14 @@ fn reference_loss(name: &str, a: &kiln::args::Args, p: &ArrayD<f64>, t: &ArrayD<
                     let z: f64 = row.iter().sum();
                     row.iter().map(|v| (v / z).clamp(eps, 1.0 - eps)).collect()
                 };
-                let s = if name == "categorical_crossentropy" { s } else { 0.0 };
-                -(0..c).map(|j| (tr[j] * (1.0 - s) + s / c as f64) * probs[j].ln()).sum::<f64>()
+                let s = if name == "categorical_crossentropy" {
+                    s
+                } else {
+                    0.0
+                };
+                -(0..c)
+                    .map(|j| (tr[j] * (1.0 - s) + s / c as f64) * probs[j].ln())
+                    .sum::<f64>()
             }
         };
     }

@@ -19,7 +19,12 @@ struct Reference {
     sb: Vec<Vec<f64>>,
 }
 
-fn grads(w: &Array2<f64>, b: &Array1<f64>, x: &Array2<f64>, y: &Array2<f64>) -> (Vec<f64>, Vec<f64>) {
+fn grads(
+    w: &Array2<f64>,
+    b: &Array1<f64>,
+    x: &Array2<f64>,
+    y: &Array2<f64>,
+) -> (Vec<f64>, Vec<f64>) {
     let p = x.dot(w) + b;
     let d = (p - y) * (2.0 / (B * U) as f64);
     let gw = x.t().dot(&d);
@@ -32,7 +37,15 @@ fn norm(v: &[f64]) -> f64 {
 }
 
 /// One Keras step on one variable.
-fn keras_step(opt: &str, a: &kiln::args::Args, w: &mut [f64], g: &[f64], s: &mut Vec<f64>, t: f64, lr: f64) {
+fn keras_step(
+    opt: &str,
+    a: &kiln::args::Args,
+    w: &mut [f64],
+    g: &[f64],
+    s: &mut Vec<f64>,
+    t: f64,
+    lr: f64,
+) {
     let n = w.len();
     if s.is_empty() {
         *s = vec![0.0; 3 * n];
@@ -50,7 +63,11 @@ fn keras_step(opt: &str, a: &kiln::args::Args, w: &mut [f64], g: &[f64], s: &mut
                     w[i] -= lr * g[i];
                 } else {
                     s[i] = m * s[i] - lr * g[i];
-                    w[i] += if a.bool("nesterov") { m * s[i] - lr * g[i] } else { s[i] };
+                    w[i] += if a.bool("nesterov") {
+                        m * s[i] - lr * g[i]
+                    } else {
+                        s[i]
+                    };
                 }
             }
             "adam" | "adamw" => {
@@ -105,7 +122,11 @@ fn run(optimizer: &str) {
     state.insert("dense/kernel".into(), r.w.clone().into_dyn());
     state.insert("dense/bias".into(), r.b.clone().into_dyn());
     for k in &step.layout.state {
-        let shape = if k.contains("kernel") { vec![I, U] } else { vec![U] };
+        let shape = if k.contains("kernel") {
+            vec![I, U]
+        } else {
+            vec![U]
+        };
         state.insert(k.clone(), ArrayD::zeros(IxDyn(&shape)));
     }
     let lr_value = opt.args.get("learning_rate").clone();
@@ -148,10 +169,16 @@ fn run(optimizer: &str) {
         r.b = Array1::from_vec(bv);
         let got_w = &state["dense/kernel"];
         for (g, w) in got_w.iter().zip(r.w.iter()) {
-            assert!((g - w).abs() < 1e-12, "{optimizer} step {it}: kernel {g} vs reference {w}");
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{optimizer} step {it}: kernel {g} vs reference {w}"
+            );
         }
         for (g, w) in state["dense/bias"].iter().zip(r.b.iter()) {
-            assert!((g - w).abs() < 1e-12, "{optimizer} step {it}: bias {g} vs reference {w}");
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{optimizer} step {it}: bias {g} vs reference {w}"
+            );
         }
     }
 }
@@ -182,6 +209,10 @@ fn rmsprop_variants() {
 
 #[test]
 fn learning_rate_schedules_feed_the_step() {
-    run("{sgd: {learning_rate: {exponential_decay: {initial_learning_rate: 0.1, decay_steps: 1, decay_rate: 0.5}}}}");
-    run("{adam: {learning_rate: {piecewise_constant_decay: {boundaries: [1], values: [0.1, 0.01]}}}}");
+    run(
+        "{sgd: {learning_rate: {exponential_decay: {initial_learning_rate: 0.1, decay_steps: 1, decay_rate: 0.5}}}}",
+    );
+    run(
+        "{adam: {learning_rate: {piecewise_constant_decay: {boundaries: [1], values: [0.1, 0.01]}}}}",
+    );
 }

@@ -131,39 +131,7 @@ pub fn eval<T: Real>(f: &Func, inputs: &[ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
             .collect::<Result<_>>()?;
         let v = match &n.op {
             Op::Input(k) => inputs[*k].clone(),
-            Op::Const(_)
-            | Op::DimSize(_)
-            | Op::Iota { .. }
-            | Op::Rng { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Cmp(_)
-            | Op::Select
-            | Op::Cast(_) => {
-                let d = match &n.op {
-                    Op::DimSize(d) => Some(d.clone()),
-                    _ => None,
-                };
-                super::elementwise::eval(&n.op, &shape, &args, || match &d {
-                    Some(d) => dimv(d),
-                    None => Ok(0),
-                })?
-            }
-            Op::Broadcast { .. }
-            | Op::Reshape
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. } => super::structural::eval(&n.op, &shape, &args, &dimv)?,
-            Op::Reduce { .. } => super::reduce::eval(&n.op, &args)?,
-            Op::MatMul { .. } => super::matmul::eval(&n.op, &shape, &args)?,
-            Op::Conv(_)
-            | Op::ConvInputGrad(_)
-            | Op::ConvKernelGrad(_)
-            | Op::Pool { .. }
-            | Op::PoolGrad { .. } => super::window::eval(&n.op, &shape, &args)?,
-            Op::Gather | Op::ScatterAdd => super::gather::eval(&n.op, &shape, &args)?,
-            Op::Rnn(_) | Op::RnnGrad { .. } => super::rnn::eval(&n.op, &shape, &args)?,
+            _ => eval_node(n, &shape, &args, &dimv)?,
         };
         if v.shape() != shape.as_slice() {
             return err(format!(
@@ -183,4 +151,50 @@ pub fn eval<T: Real>(f: &Func, inputs: &[ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
                 .ok_or_else(|| super::IrError(format!("output {name} not computed")))
         })
         .collect()
+}
+
+/// Evaluates one non-input node on its arguments (shared with the JIT's runtime
+/// routines, so both backends run the same reference code for complex primitives).
+pub fn eval_node<T: Real>(
+    n: &super::Node,
+    shape: &[usize],
+    args: &[&ArrayD<T>],
+    dimv: &dyn Fn(&Dim) -> Result<i64>,
+) -> Result<ArrayD<T>> {
+    Ok(match &n.op {
+        Op::Input(_) => return err("inputs are not evaluated"),
+        Op::Const(_)
+        | Op::DimSize(_)
+        | Op::Iota { .. }
+        | Op::Rng { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Cmp(_)
+        | Op::Select
+        | Op::Cast(_) => {
+            let d = match &n.op {
+                Op::DimSize(d) => Some(d.clone()),
+                _ => None,
+            };
+            super::elementwise::eval(&n.op, shape, args, || match &d {
+                Some(d) => dimv(d),
+                None => Ok(0),
+            })?
+        }
+        Op::Broadcast { .. }
+        | Op::Reshape
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. } => super::structural::eval(&n.op, shape, args, dimv)?,
+        Op::Reduce { .. } => super::reduce::eval(&n.op, args)?,
+        Op::MatMul { .. } => super::matmul::eval(&n.op, shape, args)?,
+        Op::Conv(_)
+        | Op::ConvInputGrad(_)
+        | Op::ConvKernelGrad(_)
+        | Op::Pool { .. }
+        | Op::PoolGrad { .. } => super::window::eval(&n.op, shape, args)?,
+        Op::Gather | Op::ScatterAdd => super::gather::eval(&n.op, shape, args)?,
+        Op::Rnn(_) | Op::RnnGrad { .. } => super::rnn::eval(&n.op, shape, args)?,
+    })
 }

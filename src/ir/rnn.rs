@@ -198,11 +198,7 @@ fn map2<T: Real>(m: &Array2<T>, f: impl Fn(T) -> T) -> Array2<T> {
 type Trace<T> = (Vec<Array2<T>>, Vec<Step<T>>);
 
 /// Runs the cell forward; returns the per-step outputs [T][B,u] and the saved steps.
-fn forward<T: Real>(
-    a: &RnnAttrs,
-    x: &ArrayD<T>,
-    wt: &Weights<T>,
-) -> Result<Trace<T>> {
+fn forward<T: Real>(a: &RnnAttrs, x: &ArrayD<T>, wt: &Weights<T>) -> Result<Trace<T>> {
     let (b, steps) = (x.shape()[0], x.shape()[1]);
     let u = a.units as usize;
     let mut h = Array2::<T>::zeros((b, u));
@@ -374,8 +370,7 @@ fn backward<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>
             dh = dh + dy.slice(s![.., k, ..]);
         } else if k == steps - 1 {
             dh = dh
-                + dy
-                    .view()
+                + dy.view()
                     .into_dimensionality::<ndarray::Ix2>()
                     .map_err(|e| super::IrError(e.to_string()))?;
         }

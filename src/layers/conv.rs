@@ -6,12 +6,21 @@ use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::dim::{Dim, Overflow};
 
 /// Output length of a window sliding over `len` (Keras's `compute_conv_output_shape`).
-pub fn window_out(len: &Dim, k: i64, stride: i64, dilation: i64, padding: &str) -> Result<Dim, Overflow> {
+pub fn window_out(
+    len: &Dim,
+    k: i64,
+    stride: i64,
+    dilation: i64,
+    padding: &str,
+) -> Result<Dim, Overflow> {
     match padding {
         // `same` and `causal` pad so that out = ceil(len / stride).
         "same" | "causal" => len.ceil_div(stride),
         _ => {
-            let eff = dilation.checked_mul(k - 1).and_then(|x| x.checked_add(1)).ok_or(Overflow)?;
+            let eff = dilation
+                .checked_mul(k - 1)
+                .and_then(|x| x.checked_add(1))
+                .ok_or(Overflow)?;
             len.add_const(-eff)?.floor_div(stride)?.add_const(1)
         }
     }
@@ -20,15 +29,31 @@ pub fn window_out(len: &Dim, k: i64, stride: i64, dilation: i64, padding: &str) 
 const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {
     [
         arg("filters", int(1), Default::Required),
-        arg("kernel_size", ArgKind::IntTuple { n, min: 1 }, Default::Required),
+        arg(
+            "kernel_size",
+            ArgKind::IntTuple { n, min: 1 },
+            Default::Required,
+        ),
         arg("strides", ArgKind::IntTuple { n, min: 1 }, Default::Int(1)),
         arg("padding", ArgKind::Choice(paddings), Default::Str("valid")),
-        arg("dilation_rate", ArgKind::IntTuple { n, min: 1 }, Default::Int(1)),
+        arg(
+            "dilation_rate",
+            ArgKind::IntTuple { n, min: 1 },
+            Default::Int(1),
+        ),
         arg("groups", int(1), Default::Int(1)),
         arg("activation", ArgKind::Activation, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
-        arg("kernel_initializer", ArgKind::Initializer, Default::Str("glorot_uniform")),
-        arg("bias_initializer", ArgKind::Initializer, Default::Str("zeros")),
+        arg(
+            "kernel_initializer",
+            ArgKind::Initializer,
+            Default::Str("glorot_uniform"),
+        ),
+        arg(
+            "bias_initializer",
+            ArgKind::Initializer,
+            Default::Str("zeros"),
+        ),
     ]
 }
 
@@ -64,7 +89,15 @@ fn tuple(cx: &Ctx, name: &str, fallback: &str, n: usize) -> Vec<i64> {
 
 /// Checks that a window fits its input along every spatial axis and returns the
 /// output's spatial lengths.
-fn spatial_out(cx: &mut Ctx, n: usize, k: &[i64], s: &[i64], d: &[i64], padding: &str, what: &str) -> Option<Vec<Dim>> {
+fn spatial_out(
+    cx: &mut Ctx,
+    n: usize,
+    k: &[i64],
+    s: &[i64],
+    d: &[i64],
+    padding: &str,
+    what: &str,
+) -> Option<Vec<Dim>> {
     let shape = cx.input().shape.clone();
     let mut out = Vec::new();
     for i in 0..n {
@@ -80,10 +113,18 @@ fn spatial_out(cx: &mut Ctx, n: usize, k: &[i64], s: &[i64], d: &[i64], padding:
             && v <= 0
         {
             let eff = d[i] * (k[i] - 1) + 1;
-            let window = k.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("×");
+            let window = k
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("×");
             let name = cx.inputs[0].name.to_string();
             let ty = cx.input().describe();
-            let arg = if what == "pool" { "pool_size" } else { "kernel_size" };
+            let arg = if what == "pool" {
+                "pool_size"
+            } else {
+                "kernel_size"
+            };
             cx.arg_error(
                 arg,
                 "E0503",
@@ -104,7 +145,11 @@ fn spatial_out(cx: &mut Ctx, n: usize, k: &[i64], s: &[i64], d: &[i64], padding:
 fn conv(cx: &mut Ctx) -> Option<Inferred> {
     let n = if cx.kind.name == "conv1d" { 1 } else { 2 };
     cx.expect_float()?;
-    let layout = if n == 1 { "[batch, steps, channels]" } else { "[batch, height, width, channels]" };
+    let layout = if n == 1 {
+        "[batch, steps, channels]"
+    } else {
+        "[batch, height, width, channels]"
+    };
     cx.expect_rank(&[n + 2], layout)?;
     let k = tuple(cx, "kernel_size", "kernel_size", n);
     let s = tuple(cx, "strides", "strides", n);
@@ -147,9 +192,17 @@ fn conv(cx: &mut Ctx) -> Option<Inferred> {
 
 const fn pool_args(n: usize) -> [ArgSpec; 3] {
     [
-        arg("pool_size", ArgKind::IntTuple { n, min: 1 }, Default::Int(2)),
+        arg(
+            "pool_size",
+            ArgKind::IntTuple { n, min: 1 },
+            Default::Int(2),
+        ),
         arg("strides", ArgKind::IntTuple { n, min: 1 }, Default::Null),
-        arg("padding", ArgKind::Choice(&["valid", "same"]), Default::Str("valid")),
+        arg(
+            "padding",
+            ArgKind::Choice(&["valid", "same"]),
+            Default::Str("valid"),
+        ),
     ]
 }
 const POOL1D_ARGS: [ArgSpec; 3] = pool_args(1);
@@ -187,7 +240,11 @@ pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
 fn pool(cx: &mut Ctx) -> Option<Inferred> {
     let n = if cx.kind.name.ends_with("1d") { 1 } else { 2 };
     cx.expect_float()?;
-    let layout = if n == 1 { "[batch, steps, channels]" } else { "[batch, height, width, channels]" };
+    let layout = if n == 1 {
+        "[batch, steps, channels]"
+    } else {
+        "[batch, height, width, channels]"
+    };
     cx.expect_rank(&[n + 2], layout)?;
     let k = tuple(cx, "pool_size", "pool_size", n);
     // Keras: strides default to pool_size.
@@ -236,7 +293,11 @@ pub const GLOBAL_MAX_POOLING2D: LayerKind = LayerKind {
 fn global_pool(cx: &mut Ctx) -> Option<Inferred> {
     let n = if cx.kind.name.ends_with("1d") { 1 } else { 2 };
     cx.expect_float()?;
-    let layout = if n == 1 { "[batch, steps, channels]" } else { "[batch, height, width, channels]" };
+    let layout = if n == 1 {
+        "[batch, steps, channels]"
+    } else {
+        "[batch, height, width, channels]"
+    };
     cx.expect_rank(&[n + 2], layout)?;
     let inp = cx.input();
     let mut shape = vec![inp.shape[0].clone()];
@@ -268,9 +329,18 @@ mod tests {
         assert_eq!(window_out(&c(9), 3, 1, 4, "causal").unwrap(), c(9));
         // symbolic: exact forms
         let s = Dim::sym("seq");
-        assert_eq!(window_out(&s, 3, 1, 1, "valid").unwrap().to_string(), "seq - 2");
-        assert_eq!(window_out(&s, 3, 2, 1, "valid").unwrap().to_string(), "(seq - 3) // 2 + 1");
-        assert_eq!(window_out(&s, 2, 2, 1, "same").unwrap().to_string(), "(seq + 1) // 2");
+        assert_eq!(
+            window_out(&s, 3, 1, 1, "valid").unwrap().to_string(),
+            "seq - 2"
+        );
+        assert_eq!(
+            window_out(&s, 3, 2, 1, "valid").unwrap().to_string(),
+            "(seq - 3) // 2 + 1"
+        );
+        assert_eq!(
+            window_out(&s, 2, 2, 1, "same").unwrap().to_string(),
+            "(seq + 1) // 2"
+        );
         assert_eq!(window_out(&s, 5, 1, 1, "same").unwrap(), s);
     }
 }

@@ -3,8 +3,16 @@
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
 
-const KERNEL_INIT: ArgSpec = arg("kernel_initializer", ArgKind::Initializer, Default::Str("glorot_uniform"));
-const BIAS_INIT: ArgSpec = arg("bias_initializer", ArgKind::Initializer, Default::Str("zeros"));
+const KERNEL_INIT: ArgSpec = arg(
+    "kernel_initializer",
+    ArgKind::Initializer,
+    Default::Str("glorot_uniform"),
+);
+const BIAS_INIT: ArgSpec = arg(
+    "bias_initializer",
+    ArgKind::Initializer,
+    Default::Str("zeros"),
+);
 
 pub const DENSE: LayerKind = LayerKind {
     name: "dense",
@@ -27,11 +35,18 @@ fn dense(cx: &mut Ctx) -> Option<Inferred> {
     if rank < 2 {
         return cx.shape_error(
             "E0501",
-            format!("`dense` expects an input of rank 2 or more, but `{}` is {} (rank {rank})", cx.inputs[0].name, cx.input().describe()),
+            format!(
+                "`dense` expects an input of rank 2 or more, but `{}` is {} (rank {rank})",
+                cx.inputs[0].name,
+                cx.input().describe()
+            ),
             "declare the input with a batch axis, e.g. [batch, 4]",
         );
     }
-    let fan_in = cx.known(&cx.input().last().clone(), "last axis (the number of input features)")?;
+    let fan_in = cx.known(
+        &cx.input().last().clone(),
+        "last axis (the number of input features)",
+    )?;
     let units = cx.args.int("units");
     let mut shape = cx.input().shape.clone();
     *shape.last_mut()? = units.into();
@@ -51,7 +66,11 @@ pub const EMBEDDING: LayerKind = LayerKind {
     args: &[
         arg("input_dim", int(1), Default::Required),
         arg("output_dim", int(1), Default::Required),
-        arg("embeddings_initializer", ArgKind::Initializer, Default::Str("random_uniform")),
+        arg(
+            "embeddings_initializer",
+            ArgKind::Initializer,
+            Default::Str("random_uniform"),
+        ),
     ],
     arity: Arity::One,
     infer: embedding,
@@ -80,7 +99,10 @@ fn embedding(cx: &mut Ctx) -> Option<Inferred> {
 pub const DROPOUT: LayerKind = LayerKind {
     name: "dropout",
     class: "Dropout",
-    args: &[arg("rate", FRACTION, Default::Required), arg("seed", int(0), Default::Null)],
+    args: &[
+        arg("rate", FRACTION, Default::Required),
+        arg("seed", int(0), Default::Null),
+    ],
     arity: Arity::One,
     infer: identity,
 };
@@ -108,7 +130,11 @@ pub const RELU: LayerKind = LayerKind {
     args: &[
         arg("max_value", NON_NEGATIVE_FLOAT, Default::Null),
         arg("negative_slope", NON_NEGATIVE_FLOAT, Default::Float(0.0)),
-        arg("threshold", float_range(f64::MIN, f64::MAX), Default::Float(0.0)),
+        arg(
+            "threshold",
+            float_range(f64::MIN, f64::MAX),
+            Default::Float(0.0),
+        ),
     ],
     arity: Arity::One,
     infer: identity,
@@ -118,7 +144,11 @@ pub const LEAKY_RELU: LayerKind = LayerKind {
     name: "leaky_relu",
     class: "LeakyReLU",
     // The LeakyReLU layer class defaults to 0.3 (the activation function to 0.2).
-    args: &[arg("negative_slope", NON_NEGATIVE_FLOAT, Default::Float(0.3))],
+    args: &[arg(
+        "negative_slope",
+        NON_NEGATIVE_FLOAT,
+        Default::Float(0.3),
+    )],
     arity: Arity::One,
     infer: identity,
 };
@@ -126,7 +156,11 @@ pub const LEAKY_RELU: LayerKind = LayerKind {
 pub const ELU: LayerKind = LayerKind {
     name: "elu",
     class: "ELU",
-    args: &[arg("alpha", float_range(f64::MIN, f64::MAX), Default::Float(1.0))],
+    args: &[arg(
+        "alpha",
+        float_range(f64::MIN, f64::MAX),
+        Default::Float(1.0),
+    )],
     arity: Arity::One,
     infer: identity,
 };

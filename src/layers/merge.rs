@@ -87,7 +87,9 @@ fn concatenate(cx: &mut Ctx) -> Option<Inferred> {
     let mut out = cx.inputs[0].ty.shape.clone();
     for i in 1..cx.inputs.len() {
         let t = cx.inputs[i].ty;
-        let ok = t.rank() == rank && t.dtype == dtype && (0..rank).all(|j| j == axis || t.shape[j] == out[j]);
+        let ok = t.rank() == rank
+            && t.dtype == dtype
+            && (0..rank).all(|j| j == axis || t.shape[j] == out[j]);
         if !ok {
             let (a, b) = (cx.inputs[0].name.to_string(), cx.inputs[i].name.to_string());
             let (sa, sb) = (cx.inputs[0].ty.describe(), t.describe());

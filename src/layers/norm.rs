@@ -13,10 +13,26 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
         arg("epsilon", POSITIVE_FLOAT, Default::Float(1e-3)),
         arg("center", ArgKind::Bool, Default::Bool(true)),
         arg("scale", ArgKind::Bool, Default::Bool(true)),
-        arg("beta_initializer", ArgKind::Initializer, Default::Str("zeros")),
-        arg("gamma_initializer", ArgKind::Initializer, Default::Str("ones")),
-        arg("moving_mean_initializer", ArgKind::Initializer, Default::Str("zeros")),
-        arg("moving_variance_initializer", ArgKind::Initializer, Default::Str("ones")),
+        arg(
+            "beta_initializer",
+            ArgKind::Initializer,
+            Default::Str("zeros"),
+        ),
+        arg(
+            "gamma_initializer",
+            ArgKind::Initializer,
+            Default::Str("ones"),
+        ),
+        arg(
+            "moving_mean_initializer",
+            ArgKind::Initializer,
+            Default::Str("zeros"),
+        ),
+        arg(
+            "moving_variance_initializer",
+            ArgKind::Initializer,
+            Default::Str("ones"),
+        ),
     ],
     arity: Arity::One,
     infer: batch_norm,
@@ -26,7 +42,10 @@ fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_float()?;
     let rank = cx.input().rank();
     let axis = cx.axis("axis", cx.args.int("axis"), rank)?;
-    let c = cx.known(&cx.input().shape[axis].clone(), "size on the normalized axis")?;
+    let c = cx.known(
+        &cx.input().shape[axis].clone(),
+        "size on the normalized axis",
+    )?;
     let mut params = Vec::new();
     if cx.args.bool("scale") {
         params.push(cx.param("gamma", vec![c], "gamma_initializer"));
@@ -34,7 +53,10 @@ fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
     if cx.args.bool("center") {
         params.push(cx.param("beta", vec![c], "beta_initializer"));
     }
-    for (name, init) in [("moving_mean", "moving_mean_initializer"), ("moving_variance", "moving_variance_initializer")] {
+    for (name, init) in [
+        ("moving_mean", "moving_mean_initializer"),
+        ("moving_variance", "moving_variance_initializer"),
+    ] {
         params.push(Param {
             trainable: false,
             ..cx.param(name, vec![c], init)
@@ -54,8 +76,16 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
         arg("epsilon", POSITIVE_FLOAT, Default::Float(1e-3)),
         arg("center", ArgKind::Bool, Default::Bool(true)),
         arg("scale", ArgKind::Bool, Default::Bool(true)),
-        arg("beta_initializer", ArgKind::Initializer, Default::Str("zeros")),
-        arg("gamma_initializer", ArgKind::Initializer, Default::Str("ones")),
+        arg(
+            "beta_initializer",
+            ArgKind::Initializer,
+            Default::Str("zeros"),
+        ),
+        arg(
+            "gamma_initializer",
+            ArgKind::Initializer,
+            Default::Str("ones"),
+        ),
     ],
     arity: Arity::One,
     infer: layer_norm,
@@ -69,7 +99,12 @@ fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
     for a in axes {
         let r = cx.axis("axis", a, rank)?;
         if resolved.contains(&r) {
-            return cx.arg_error("axis", "E0508", format!("axis {a} is listed twice"), "list each axis once");
+            return cx.arg_error(
+                "axis",
+                "E0508",
+                format!("axis {a} is listed twice"),
+                "list each axis once",
+            );
         }
         resolved.push(r);
     }

@@ -9,9 +9,21 @@ const BASE: [ArgSpec; 10] = [
     arg("units", int(1), Default::Required),
     arg("activation", ArgKind::Activation, Default::Str("tanh")),
     arg("use_bias", ArgKind::Bool, Default::Bool(true)),
-    arg("kernel_initializer", ArgKind::Initializer, Default::Str("glorot_uniform")),
-    arg("recurrent_initializer", ArgKind::Initializer, Default::Str("orthogonal")),
-    arg("bias_initializer", ArgKind::Initializer, Default::Str("zeros")),
+    arg(
+        "kernel_initializer",
+        ArgKind::Initializer,
+        Default::Str("glorot_uniform"),
+    ),
+    arg(
+        "recurrent_initializer",
+        ArgKind::Initializer,
+        Default::Str("orthogonal"),
+    ),
+    arg(
+        "bias_initializer",
+        ArgKind::Initializer,
+        Default::Str("zeros"),
+    ),
     arg("return_sequences", ArgKind::Bool, Default::Bool(false)),
     arg("go_backwards", ArgKind::Bool, Default::Bool(false)),
     arg("unroll", ArgKind::Bool, Default::Bool(false)),
@@ -21,8 +33,14 @@ const BASE: [ArgSpec; 10] = [
 /// LSTM and GRU add a recurrent activation and one gate-specific flag.
 const fn gated(extra: ArgSpec) -> [ArgSpec; 12] {
     let b = BASE;
-    let ra = arg("recurrent_activation", ArgKind::Activation, Default::Str("sigmoid"));
-    [b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], extra]
+    let ra = arg(
+        "recurrent_activation",
+        ArgKind::Activation,
+        Default::Str("sigmoid"),
+    );
+    [
+        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], extra,
+    ]
 }
 
 const LSTM_ARGS: [ArgSpec; 12] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
@@ -64,11 +82,23 @@ fn rnn(cx: &mut Ctx) -> Option<Inferred> {
         return cx.overflow(crate::dim::Overflow);
     };
     let mut params = vec![
-        cx.param(&format!("{cell}/kernel"), vec![features, gu], "kernel_initializer"),
-        cx.param(&format!("{cell}/recurrent_kernel"), vec![u, gu], "recurrent_initializer"),
+        cx.param(
+            &format!("{cell}/kernel"),
+            vec![features, gu],
+            "kernel_initializer",
+        ),
+        cx.param(
+            &format!("{cell}/recurrent_kernel"),
+            vec![u, gu],
+            "recurrent_initializer",
+        ),
     ];
     if cx.args.bool("use_bias") {
-        let shape = if cx.kind.name == "gru" && cx.args.bool("reset_after") { vec![2, gu] } else { vec![gu] };
+        let shape = if cx.kind.name == "gru" && cx.args.bool("reset_after") {
+            vec![2, gu]
+        } else {
+            vec![gu]
+        };
         params.push(cx.param(&format!("{cell}/bias"), shape, "bias_initializer"));
     }
     let inp = cx.input();

@@ -16,7 +16,11 @@ pub const FLATTEN: LayerKind = LayerKind {
 fn flatten(cx: &mut Ctx) -> Option<Inferred> {
     let inp = cx.input().clone();
     if inp.rank() < 1 {
-        return cx.shape_error("E0501", "`flatten` needs an input with a batch axis".into(), "declare the input as [batch, …]");
+        return cx.shape_error(
+            "E0501",
+            "`flatten` needs an input with a batch axis".into(),
+            "declare the input as [batch, …]",
+        );
     }
     let rest = match product(&inp.shape[1..]) {
         Ok(p) => p,
@@ -31,7 +35,14 @@ fn flatten(cx: &mut Ctx) -> Option<Inferred> {
 pub const RESHAPE: LayerKind = LayerKind {
     name: "reshape",
     class: "Reshape",
-    args: &[arg("target_shape", ArgKind::IntList { min: -1, max: MAX_SIZE }, Default::Required)],
+    args: &[arg(
+        "target_shape",
+        ArgKind::IntList {
+            min: -1,
+            max: MAX_SIZE,
+        },
+        Default::Required,
+    )],
     arity: Arity::One,
     infer: reshape,
 };
@@ -40,7 +51,12 @@ fn reshape(cx: &mut Ctx) -> Option<Inferred> {
     let inp = cx.input().clone();
     let target = cx.args.ints("target_shape").to_vec();
     if target.contains(&0) {
-        return cx.arg_error("target_shape", "E0506", "`target_shape` sizes must be positive (or one -1)".into(), "replace the 0");
+        return cx.arg_error(
+            "target_shape",
+            "E0506",
+            "`target_shape` sizes must be positive (or one -1)".into(),
+            "replace the 0",
+        );
     }
     if target.iter().filter(|&&t| t == -1).count() > 1 {
         return cx.arg_error(
@@ -54,7 +70,11 @@ fn reshape(cx: &mut Ctx) -> Option<Inferred> {
         Ok(p) => p,
         Err(e) => return cx.overflow(e),
     };
-    let known: i64 = match target.iter().filter(|&&t| t > 0).try_fold(1i64, |a, &t| a.checked_mul(t)) {
+    let known: i64 = match target
+        .iter()
+        .filter(|&&t| t > 0)
+        .try_fold(1i64, |a, &t| a.checked_mul(t))
+    {
         Some(k) => k,
         None => return cx.overflow(crate::dim::Overflow),
     };
@@ -92,7 +112,11 @@ fn reshape(cx: &mut Ctx) -> Option<Inferred> {
 pub const PERMUTE: LayerKind = LayerKind {
     name: "permute",
     class: "Permute",
-    args: &[arg("dims", ArgKind::IntList { min: 1, max: 64 }, Default::Required)],
+    args: &[arg(
+        "dims",
+        ArgKind::IntList { min: 1, max: 64 },
+        Default::Required,
+    )],
     arity: Arity::One,
     infer: permute,
 };

@@ -86,12 +86,6 @@ pub fn compile(f: &Func, backend: Backend) -> Result<Arc<dyn Kernel>, RunError> 
     let f = crate::ir::passes::optimize(f);
     match backend {
         Backend::Interp => Ok(Arc::new(Interpreted { func: f })),
-        Backend::Jit => crate::runtime::jit_compile(&f),
+        Backend::Jit => crate::jit::compile_kernel(&f),
     }
-}
-
-/// The JIT backend's entry point; until native code generation covers a function,
-/// the interpreter runs it.
-fn jit_compile(f: &Func) -> Result<Arc<dyn Kernel>, RunError> {
-    Ok(Arc::new(Interpreted { func: f.clone() }))
 }

@@ -28,8 +28,16 @@ impl Rng {
 }
 
 pub fn concrete(t: &Type, batch: usize, seq: usize) -> Vec<usize> {
-    let env = [("batch".to_string(), batch as i64), ("seq".to_string(), seq as i64)].into_iter().collect();
-    t.shape.iter().map(|d: &Dim| d.eval(&env).expect("bound") as usize).collect()
+    let env = [
+        ("batch".to_string(), batch as i64),
+        ("seq".to_string(), seq as i64),
+    ]
+    .into_iter()
+    .collect();
+    t.shape
+        .iter()
+        .map(|d: &Dim| d.eval(&env).expect("bound") as usize)
+        .collect()
 }
 
 /// Checks d(sum(out * w))/d(value) against central finite differences for the inputs
@@ -39,7 +47,10 @@ pub fn concrete(t: &Type, batch: usize, seq: usize) -> Vec<usize> {
 pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[bool], rng: &mut Rng) {
     let mut base = f.clone();
     base.outputs = vec![("out".into(), out)];
-    let out_shape: Vec<usize> = interp::eval::<f64>(&base, vals).unwrap_or_else(|e| panic!("{name}: {e}"))[0].shape().to_vec();
+    let out_shape: Vec<usize> = interp::eval::<f64>(&base, vals)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))[0]
+        .shape()
+        .to_vec();
     let mut f = f.clone();
     f.outputs.clear();
     let out_ty = f.ty(out).clone();
@@ -47,7 +58,10 @@ pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[boo
     let prod = f.mul(out, w).unwrap();
     let axes: Vec<usize> = (0..out_ty.rank()).collect();
     let loss = f.reduce(ReduceOp::Sum, prod, axes).unwrap();
-    let wrt: Vec<Id> = (0..vals.len()).filter(|&i| diff[i]).map(|i| input_node(&f, i)).collect();
+    let wrt: Vec<Id> = (0..vals.len())
+        .filter(|&i| diff[i])
+        .map(|i| input_node(&f, i))
+        .collect();
     let mut lossf = f.clone();
     lossf.outputs = vec![("loss".into(), loss)];
     let grads = autodiff::grad(&mut f, loss, &wrt).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -60,7 +74,8 @@ pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[boo
     all.push(wv);
     let got = interp::eval::<f64>(&f, &all).unwrap_or_else(|e| panic!("{name}: {e}"));
     let opt = passes::optimize(&f);
-    let got_opt = interp::eval::<f64>(&opt, &all).unwrap_or_else(|e| panic!("{name} (optimized): {e}"));
+    let got_opt =
+        interp::eval::<f64>(&opt, &all).unwrap_or_else(|e| panic!("{name} (optimized): {e}"));
     for (a, b) in got.iter().zip(&got_opt) {
         let d = (a - b).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
         assert!(d <= 1e-11, "{name}: optimized IR differs by {d}");
@@ -74,7 +89,11 @@ pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[boo
         let analytic = &got[1 + gi];
         gi += 1;
         let n = all[k].len();
-        let picks: Vec<usize> = if n <= 12 { (0..n).collect() } else { (0..12).map(|_| rng.int(0, n - 1)).collect() };
+        let picks: Vec<usize> = if n <= 12 {
+            (0..n).collect()
+        } else {
+            (0..12).map(|_| rng.int(0, n - 1)).collect()
+        };
         for p in picks {
             let mut plus = all.clone();
             let mut minus = all.clone();
@@ -95,6 +114,8 @@ pub fn fd_check(name: &str, f: &Func, out: Id, vals: &[ArrayD<f64>], diff: &[boo
 }
 
 fn input_node(f: &Func, i: usize) -> Id {
-    f.nodes.iter().position(|n| n.op == kiln::ir::Op::Input(i)).expect("input node")
+    f.nodes
+        .iter()
+        .position(|n| n.op == kiln::ir::Op::Input(i))
+        .expect("input node")
 }
-

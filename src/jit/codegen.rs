@@ -1,0 +1,646 @@
+//! CLIF emission: one native function per plan, `fn(frame: *mut i64)`.
+//!
+//! The frame holds the evaluated size table (slots `0..sizes`) and then one pointer per
+//! buffer. Loop kernels are emitted inline as loop nests whose innermost axis runs in
+//! f32x4 lanes (unrolled twice) with a scalar tail; values that do not change along the
+//! inner axis are hoisted out of it. GEMM and runtime routines are called through
+//! function pointers with the frame and a descriptor.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value, types};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+
+use super::mathfn::Math;
+use super::plan::{Access, Expr, Kernel, LoopKernel, Plan, Sink};
+use crate::ir::{Binary, Cmp, ReduceOp, Unary};
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Addresses of the runtime routines the code calls, and each call's descriptor.
+pub struct Callees {
+    pub gemm: usize,
+    pub call: usize,
+    /// Per kernel: the address of its descriptor (0 for loop kernels).
+    pub descs: Vec<usize>,
+}
+
+pub struct Gen<'a, 'b> {
+    pub b: FunctionBuilder<'b>,
+    pub plan: &'a Plan,
+    pub frame: Value,
+    pub ptr: Type,
+}
+
+/// Unroll factor of the vector loop (in f32x4 vectors).
+const UNROLL: i64 = 2;
+
+impl<'a, 'b> Gen<'a, 'b> {
+    fn slot(&mut self, s: usize) -> Value {
+        self.b
+            .ins()
+            .load(types::I64, flags(), self.frame, (s * 8) as i32)
+    }
+    fn buf_ptr(&mut self, buf: usize) -> Value {
+        let off = (self.plan.sizes.len() + buf) * 8;
+        self.b.ins().load(self.ptr, flags(), self.frame, off as i32)
+    }
+    /// A stride as a value: a constant when known statically.
+    fn stride(&mut self, a: &Access, axis: usize) -> Value {
+        match a.known[axis] {
+            Some(k) => self.b.ins().iconst(types::I64, k),
+            None => self.slot(a.strides[axis]),
+        }
+    }
+
+    /// Emits the whole function body.
+    pub fn emit(&mut self, callees: &Callees) {
+        for (ki, k) in self.plan.kernels.iter().enumerate() {
+            match k {
+                Kernel::Loop(l) => self.emit_loop(l),
+                Kernel::Gemm(_) => self.emit_call(callees.gemm, callees.descs[ki]),
+                Kernel::Call(_) => self.emit_call(callees.call, callees.descs[ki]),
+            }
+        }
+        self.b.ins().return_(&[]);
+    }
+
+    fn emit_call(&mut self, f: usize, desc: usize) {
+        let mut sig = Signature::new(CallConv::SystemV);
+        sig.params.push(AbiParam::new(self.ptr));
+        sig.params.push(AbiParam::new(self.ptr));
+        let sref = self.b.import_signature(sig);
+        let callee = self.b.ins().iconst(self.ptr, f as i64);
+        let d = self.b.ins().iconst(self.ptr, desc as i64);
+        let frame = self.frame;
+        self.b.ins().call_indirect(sref, callee, &[frame, d]);
+    }
+
+    /// `for var in 0..n { body }` with the loop index in a Variable.
+    fn counted_loop(
+        &mut self,
+        n: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value),
+    ) -> Variable {
+        let var = self.b.declare_var(types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(var, zero);
+        let header = self.b.create_block();
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(i, step);
+        let cond = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, n);
+        self.b.ins().brif(cond, body_b, &[], exit, &[]);
+        self.b.switch_to_block(body_b);
+        let i = self.b.use_var(var);
+        body(self, i);
+        let i = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.b.def_var(var, next);
+        self.b.ins().jump(header, &[]);
+        self.b.seal_block(body_b);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+        var
+    }
+
+    /// Continues a loop variable from its current value up to `n` (step 1): the tail.
+    fn tail_loop(&mut self, var: Variable, n: Value, body: impl FnOnce(&mut Self, Value)) {
+        let header = self.b.create_block();
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(var);
+        let cond = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
+        self.b.ins().brif(cond, body_b, &[], exit, &[]);
+        self.b.switch_to_block(body_b);
+        let i = self.b.use_var(var);
+        body(self, i);
+        let i = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(var, next);
+        self.b.ins().jump(header, &[]);
+        self.b.seal_block(body_b);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+    }
+
+    fn emit_loop(&mut self, k: &LoopKernel) {
+        let rank = k.space.len();
+        // Reductions first fill their output with the identity.
+        if let Sink::Reduce(op, out) = &k.sink {
+            let init = if *op == ReduceOp::Sum {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            };
+            let len = match &self.plan.bufs[out.buf] {
+                super::plan::BufKind::Arena { len } => *len,
+                super::plan::BufKind::Input(_) => return,
+            };
+            let n = self.slot(len);
+            let base = self.buf_ptr(out.buf);
+            let v = self.b.ins().f32const(init);
+            self.counted_loop(n, 1, |g, i| {
+                let a = g.b.ins().ishl_imm_u(i, 2);
+                let p = g.b.ins().iadd(base, a);
+                g.b.ins().store(flags(), v, p, 0);
+            });
+        }
+        let extents: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
+        let sink_access = match &k.sink {
+            Sink::Store(a) | Sink::Reduce(_, a) => a.clone(),
+        };
+        // Bases (element pointers at offset) for every access.
+        let mut accesses: Vec<Access> = k.loads.clone();
+        accesses.push(sink_access.clone());
+        let bases: Vec<Value> = accesses
+            .iter()
+            .map(|a| {
+                let p = self.buf_ptr(a.buf);
+                let off = self.slot(a.offset);
+                let bytes = self.b.ins().ishl_imm_u(off, 2);
+                self.b.ins().iadd(p, bytes)
+            })
+            .collect();
+        let levels = levels(k, rank);
+        // Kernel-invariant scalars.
+        let mut scalar: Vec<Option<Value>> = vec![None; k.expr.len()];
+        for (i, e) in k.expr.iter().enumerate() {
+            if levels[i] == 0 {
+                let v = self.expr_scalar(e, &scalar, &[], &[], &bases, &k.loads);
+                scalar[i] = Some(v);
+            }
+        }
+        if rank == 0 {
+            let v = self.expr_all(k, &mut scalar.clone(), &[], None, &bases, false);
+            self.sink_scalar(&k.sink, bases[bases.len() - 1], v);
+            return;
+        }
+        self.outer(
+            k,
+            &extents,
+            &bases,
+            &accesses,
+            &levels,
+            &scalar,
+            0,
+            Vec::new(),
+        );
+    }
+
+    /// Emits loops over the outer axes, then the inner axis.
+    #[allow(clippy::too_many_arguments)]
+    fn outer(
+        &mut self,
+        k: &LoopKernel,
+        extents: &[Value],
+        bases: &[Value],
+        accesses: &[Access],
+        levels: &[u8],
+        scalar0: &[Option<Value>],
+        axis: usize,
+        idx: Vec<Value>,
+    ) {
+        let rank = k.space.len();
+        if axis + 1 < rank {
+            let n = extents[axis];
+            let (ext, bs, acc, lv, sc) = (
+                extents.to_vec(),
+                bases.to_vec(),
+                accesses.to_vec(),
+                levels.to_vec(),
+                scalar0.to_vec(),
+            );
+            self.counted_loop(n, 1, |g, i| {
+                let mut idx = idx.clone();
+                idx.push(i);
+                g.outer(k, &ext, &bs, &acc, &lv, &sc, axis + 1, idx);
+            });
+            return;
+        }
+        // Row bases: base + Σ idx_d * stride_d over the outer axes.
+        let mut row: Vec<Value> = Vec::new();
+        for (a, &base) in accesses.iter().zip(bases) {
+            let mut off: Option<Value> = None;
+            for (d, &i) in idx.iter().enumerate() {
+                if a.known[d] == Some(0) {
+                    continue;
+                }
+                let s = self.stride(a, d);
+                let t = self.b.ins().imul(i, s);
+                off = Some(match off {
+                    None => t,
+                    Some(o) => self.b.ins().iadd(o, t),
+                });
+            }
+            row.push(match off {
+                None => base,
+                Some(o) => {
+                    let bytes = self.b.ins().ishl_imm_u(o, 2);
+                    self.b.ins().iadd(base, bytes)
+                }
+            });
+        }
+        let inner = rank - 1;
+        let n = extents[inner];
+        let sink_idx = accesses.len() - 1;
+        let vectorizable = accesses
+            .iter()
+            .all(|a| matches!(a.known[inner], Some(0) | Some(1)));
+        // Row-invariant scalars (level ≤ 1).
+        let mut scalar = scalar0.to_vec();
+        for (e, &lvl) in levels.iter().enumerate() {
+            if lvl == 1 {
+                let v = self.expr_scalar(&k.expr[e], &scalar, &idx, &[], &row, &k.loads);
+                scalar[e] = Some(v);
+            }
+        }
+        let reduce_inner =
+            matches!(k.sink, Sink::Reduce(..)) && accesses[sink_idx].known[inner] == Some(0);
+        let op = match &k.sink {
+            Sink::Reduce(op, _) => Some(*op),
+            Sink::Store(_) => None,
+        };
+        // Scalar accumulator for reductions along the inner axis.
+        let acc_var = self.b.declare_var(types::F32);
+        let ident = self.b.ins().f32const(if op == Some(ReduceOp::Max) {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        });
+        self.b.def_var(acc_var, ident);
+        let var = if vectorizable {
+            let vacc = self.b.declare_var(types::F32X4);
+            let vid = self.b.ins().splat(types::F32X4, ident);
+            self.b.def_var(vacc, vid);
+            // Splat the row-invariant values once.
+            let mut vecs: Vec<Option<Value>> = vec![None; k.expr.len()];
+            for (e, &lvl) in levels.iter().enumerate() {
+                if lvl <= 1 {
+                    let s = scalar[e].expect("invariant computed");
+                    vecs[e] = Some(self.b.ins().splat(types::F32X4, s));
+                }
+            }
+            let row2 = row.clone();
+            let var = self.counted_loop(n, 4 * UNROLL, |g, i| {
+                for u in 0..UNROLL {
+                    let j = g.b.ins().iadd_imm_s(i, 4 * u);
+                    let mut vals = vecs.clone();
+                    let v = g.expr_all(k, &mut vals, &idx, Some(j), &row2, true);
+                    let addr = |g: &mut Self, a: usize| {
+                        let off = g.b.ins().ishl_imm_u(j, 2);
+                        g.b.ins().iadd(row2[a], off)
+                    };
+                    match (&k.sink, reduce_inner) {
+                        (Sink::Store(_), _) => {
+                            let p = addr(g, sink_idx);
+                            g.b.ins().store(flags(), v, p, 0);
+                        }
+                        (Sink::Reduce(op, _), true) => {
+                            let a = g.b.use_var(vacc);
+                            let r = combine(&mut g.b, *op, a, v);
+                            g.b.def_var(vacc, r);
+                        }
+                        (Sink::Reduce(op, _), false) => {
+                            let p = addr(g, sink_idx);
+                            let old = g.b.ins().load(types::F32X4, flags(), p, 0);
+                            let r = combine(&mut g.b, *op, old, v);
+                            g.b.ins().store(flags(), r, p, 0);
+                        }
+                    }
+                }
+            });
+            if reduce_inner {
+                // Horizontal combine of the vector accumulator into the scalar one.
+                let v = self.b.use_var(vacc);
+                let mut s = self.b.use_var(acc_var);
+                for lane in 0..4u8 {
+                    let x = self.b.ins().extractlane(v, lane);
+                    s = combine(&mut self.b, op.unwrap_or(ReduceOp::Sum), s, x);
+                }
+                self.b.def_var(acc_var, s);
+            }
+            var
+        } else {
+            let var = self.b.declare_var(types::I64);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.b.def_var(var, zero);
+            var
+        };
+        // Scalar tail (the whole row when not vectorizable).
+        let row2 = row.clone();
+        let strides: Vec<Value> = accesses.iter().map(|a| self.stride(a, inner)).collect();
+        self.tail_loop(var, n, |g, i| {
+            let mut vals = scalar.clone();
+            for (e, &lvl) in levels.iter().enumerate() {
+                if lvl > 1 {
+                    vals[e] = None;
+                }
+            }
+            let ptrs: Vec<Value> = row2
+                .iter()
+                .zip(&strides)
+                .map(|(&r, &s)| {
+                    let o = g.b.ins().imul(i, s);
+                    let bytes = g.b.ins().ishl_imm_u(o, 2);
+                    g.b.ins().iadd(r, bytes)
+                })
+                .collect();
+            let v = g.expr_tail(k, &mut vals, &idx, i, &ptrs);
+            match (&k.sink, reduce_inner) {
+                (Sink::Store(_), _) => {
+                    g.b.ins().store(flags(), v, ptrs[sink_idx], 0);
+                }
+                (Sink::Reduce(op, _), true) => {
+                    let a = g.b.use_var(acc_var);
+                    let r = combine(&mut g.b, *op, a, v);
+                    g.b.def_var(acc_var, r);
+                }
+                (Sink::Reduce(op, _), false) => {
+                    let old = g.b.ins().load(types::F32, flags(), ptrs[sink_idx], 0);
+                    let r = combine(&mut g.b, *op, old, v);
+                    g.b.ins().store(flags(), r, ptrs[sink_idx], 0);
+                }
+            }
+        });
+        if reduce_inner {
+            let p = row[sink_idx];
+            let old = self.b.ins().load(types::F32, flags(), p, 0);
+            let a = self.b.use_var(acc_var);
+            let r = combine(&mut self.b, op.unwrap_or(ReduceOp::Sum), old, a);
+            self.b.ins().store(flags(), r, p, 0);
+        }
+    }
+
+    fn sink_scalar(&mut self, sink: &Sink, p: Value, v: Value) {
+        match sink {
+            Sink::Store(_) => {
+                self.b.ins().store(flags(), v, p, 0);
+            }
+            Sink::Reduce(op, _) => {
+                let old = self.b.ins().load(types::F32, flags(), p, 0);
+                let r = combine(&mut self.b, *op, old, v);
+                self.b.ins().store(flags(), r, p, 0);
+            }
+        }
+    }
+
+    /// Evaluates the whole expression, using precomputed values where present. In
+    /// vector mode `j` is the inner index of lane 0 and loads read 4 lanes at `row`.
+    fn expr_all(
+        &mut self,
+        k: &LoopKernel,
+        vals: &mut [Option<Value>],
+        idx: &[Value],
+        j: Option<Value>,
+        row: &[Value],
+        vector: bool,
+    ) -> Value {
+        for e in 0..k.expr.len() {
+            if vals[e].is_some() {
+                continue;
+            }
+            let v = if vector {
+                self.expr_vector(
+                    &k.expr[e],
+                    vals,
+                    idx,
+                    j.expect("vector index"),
+                    row,
+                    &k.loads,
+                )
+            } else {
+                self.expr_scalar(&k.expr[e], vals, idx, &[], row, &k.loads)
+            };
+            vals[e] = Some(v);
+        }
+        vals[k.expr.len() - 1].expect("result")
+    }
+
+    fn expr_tail(
+        &mut self,
+        k: &LoopKernel,
+        vals: &mut [Option<Value>],
+        idx: &[Value],
+        i: Value,
+        ptrs: &[Value],
+    ) -> Value {
+        let mut full = idx.to_vec();
+        full.push(i);
+        for e in 0..k.expr.len() {
+            if vals[e].is_some() {
+                continue;
+            }
+            let v = self.expr_scalar(&k.expr[e], vals, &full, ptrs, &[], &k.loads);
+            vals[e] = Some(v);
+        }
+        vals[k.expr.len() - 1].expect("result")
+    }
+
+    /// One expression node in scalar form. `ptrs` are per-element pointers (tail) or
+    /// empty, in which case loads read at `row` (row-invariant loads).
+    fn expr_scalar(
+        &mut self,
+        e: &Expr,
+        vals: &[Option<Value>],
+        idx: &[Value],
+        ptrs: &[Value],
+        row: &[Value],
+        _loads: &[Access],
+    ) -> Value {
+        let mut m = Math {
+            b: &mut self.b,
+            ty: types::F32,
+        };
+        let get = |i: usize| vals[i].expect("operand computed");
+        match e {
+            Expr::Load(l) => {
+                let p = if ptrs.is_empty() { row[*l] } else { ptrs[*l] };
+                m.b.ins().load(types::F32, flags(), p, 0)
+            }
+            Expr::Const(c) => m.c(*c as f32),
+            Expr::Size(s) => {
+                let v =
+                    m.b.ins()
+                        .load(types::I64, flags(), self.frame, (*s * 8) as i32);
+                m.b.ins().fcvt_from_sint(types::F32, v)
+            }
+            Expr::Index(axis) => {
+                let i = idx[*axis];
+                m.b.ins().fcvt_from_sint(types::F32, i)
+            }
+            Expr::Unary(u, a) => unary(&mut m, *u, get(*a)),
+            Expr::Binary(op, a, b) => binary(&mut m, *op, get(*a), get(*b)),
+            Expr::Cmp(c, a, b) => {
+                let mask = m.mask(float_cc(*c), get(*a), get(*b));
+                m.mask_to_float(mask)
+            }
+            Expr::Select(c, a, b) => {
+                let zero = m.c(0.0);
+                let mask = m.mask(FloatCC::NotEqual, get(*c), zero);
+                m.pick(mask, get(*a), get(*b))
+            }
+            Expr::Trunc(a) => m.b.ins().trunc(get(*a)),
+        }
+    }
+
+    fn expr_vector(
+        &mut self,
+        e: &Expr,
+        vals: &[Option<Value>],
+        _idx: &[Value],
+        j: Value,
+        row: &[Value],
+        _loads: &[Access],
+    ) -> Value {
+        let mut m = Math {
+            b: &mut self.b,
+            ty: types::F32X4,
+        };
+        let get = |i: usize| vals[i].expect("operand computed");
+        match e {
+            Expr::Load(l) => {
+                let off = m.b.ins().ishl_imm_u(j, 2);
+                let p = m.b.ins().iadd(row[*l], off);
+                m.b.ins().load(types::F32X4, flags(), p, 0)
+            }
+            Expr::Index(_) => {
+                // Only the inner axis varies here: lanes j, j+1, j+2, j+3.
+                let j32 = m.b.ins().ireduce(types::I32, j);
+                let s = m.b.ins().splat(types::I32X4, j32);
+                let lanes = lane_ids(m.b);
+                let v = m.b.ins().iadd(s, lanes);
+                m.b.ins().fcvt_from_sint(types::F32X4, v)
+            }
+            Expr::Const(_) | Expr::Size(_) => unreachable!("invariant values are hoisted"),
+            Expr::Unary(u, a) => unary(&mut m, *u, get(*a)),
+            Expr::Binary(op, a, b) => binary(&mut m, *op, get(*a), get(*b)),
+            Expr::Cmp(c, a, b) => {
+                let mask = m.mask(float_cc(*c), get(*a), get(*b));
+                m.mask_to_float(mask)
+            }
+            Expr::Select(c, a, b) => {
+                let zero = m.c(0.0);
+                let mask = m.mask(FloatCC::NotEqual, get(*c), zero);
+                m.pick(mask, get(*a), get(*b))
+            }
+            Expr::Trunc(a) => m.b.ins().trunc(get(*a)),
+        }
+    }
+}
+
+fn lane_ids(b: &mut FunctionBuilder) -> Value {
+    let z = b.ins().iconst(types::I32, 0);
+    let v = b.ins().splat(types::I32X4, z);
+    let mut v = v;
+    for lane in 1..4u8 {
+        let c = b.ins().iconst(types::I32, lane as i64);
+        v = b.ins().insertlane(v, c, lane);
+    }
+    v
+}
+
+fn combine(b: &mut FunctionBuilder, op: ReduceOp, a: Value, x: Value) -> Value {
+    match op {
+        ReduceOp::Sum => b.ins().fadd(a, x),
+        ReduceOp::Max => b.ins().fmax(a, x),
+    }
+}
+
+fn float_cc(c: Cmp) -> FloatCC {
+    match c {
+        Cmp::Lt => FloatCC::LessThan,
+        Cmp::Le => FloatCC::LessThanOrEqual,
+        Cmp::Gt => FloatCC::GreaterThan,
+        Cmp::Ge => FloatCC::GreaterThanOrEqual,
+        Cmp::Eq => FloatCC::Equal,
+        Cmp::Ne => FloatCC::NotEqual,
+    }
+}
+
+fn unary(m: &mut Math, u: Unary, a: Value) -> Value {
+    match u {
+        Unary::Neg => m.b.ins().fneg(a),
+        Unary::Exp => m.exp(a),
+        Unary::Log => m.log(a),
+        Unary::Log1p => m.log1p(a),
+        Unary::Tanh => m.tanh(a),
+        Unary::Sqrt => m.b.ins().sqrt(a),
+        Unary::Rsqrt => {
+            let s = m.b.ins().sqrt(a);
+            let one = m.c(1.0);
+            m.b.ins().fdiv(one, s)
+        }
+        Unary::Abs => m.b.ins().fabs(a),
+        Unary::Sign => m.sign(a),
+        Unary::Erf => m.erf(a),
+        Unary::Sigmoid => m.sigmoid(a),
+        Unary::Floor => m.b.ins().floor(a),
+    }
+}
+
+fn binary(m: &mut Math, op: Binary, a: Value, b: Value) -> Value {
+    match op {
+        Binary::Add => m.b.ins().fadd(a, b),
+        Binary::Sub => m.b.ins().fsub(a, b),
+        Binary::Mul => m.b.ins().fmul(a, b),
+        Binary::Div => m.b.ins().fdiv(a, b),
+        Binary::Max => m.b.ins().fmax(a, b),
+        Binary::Min => m.b.ins().fmin(a, b),
+        Binary::Pow => {
+            let l = m.log(a);
+            let t = m.b.ins().fmul(b, l);
+            m.exp(t)
+        }
+    }
+}
+
+/// How often each expression node changes: 0 never (constants, sizes), 1 once per row
+/// (outer indices, loads constant along the inner axis), 2 per element.
+fn levels(k: &LoopKernel, rank: usize) -> Vec<u8> {
+    let inner = rank.checked_sub(1);
+    let mut lv = vec![0u8; k.expr.len()];
+    for (i, e) in k.expr.iter().enumerate() {
+        lv[i] = match e {
+            Expr::Const(_) | Expr::Size(_) => 0,
+            Expr::Index(a) => {
+                if Some(*a) == inner {
+                    2
+                } else {
+                    1
+                }
+            }
+            Expr::Load(l) => {
+                let a = &k.loads[*l];
+                match inner {
+                    None => 1,
+                    // Constant along the inner axis: once per row.
+                    Some(inn) if a.known[inn] == Some(0) => 1,
+                    _ => 2,
+                }
+            }
+            Expr::Unary(_, a) | Expr::Trunc(a) => lv[*a],
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => lv[*a].max(lv[*b]),
+            Expr::Select(c, a, b) => lv[*c].max(lv[*a]).max(lv[*b]),
+        };
+    }
+    if rank == 0 {
+        // Straight-line code: everything is "invariant".
+        for l in &mut lv {
+            if *l == 1 {
+                *l = 0;
+            }
+        }
+    }
+    lv
+}

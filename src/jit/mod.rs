@@ -1,0 +1,453 @@
+//! The Cranelift JIT: a function in graph IR becomes one native function.
+//!
+//! `plan` groups the graph into kernels (fused loops, GEMM calls, runtime routines);
+//! `codegen` emits CLIF for the whole plan; this file builds the ISA from the host's
+//! detected features (so FMA/AVX encodings are used), runs the code with a frame of
+//! evaluated sizes and buffer pointers, and plans the arena per set of symbol values
+//! (liveness-based reuse; one compiled function serves every batch size).
+
+pub mod codegen;
+pub mod mathfn;
+pub mod plan;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cranelift_codegen::ir::{AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module, default_libcall_names};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use crate::ir::{Func, Node, interp};
+use crate::runtime::{Kernel as RunKernel, RunError, validate};
+use plan::{Access, BufKind, Kernel, Plan};
+
+/// A compiled function and everything its code points at.
+pub struct JitKernel {
+    plan: Plan,
+    entry: extern "C" fn(*mut i64),
+    /// Descriptors the code passes to runtime routines (never moved after codegen: the
+    /// vector is not modified, so element addresses stay valid).
+    _descs: Vec<Desc>,
+    /// The code's memory; kept alive, never touched after finalization.
+    _module: ModuleHolder,
+    /// The kernel that first writes each buffer (arena lifetimes start there).
+    first_def: Vec<usize>,
+    /// Arena layouts per set of symbol values.
+    layouts: Mutex<HashMap<Vec<i64>, Arc<Layout>>>,
+    /// The CLIF text, for `kiln ir --stage clif`.
+    pub clif: String,
+}
+
+struct ModuleHolder(#[allow(dead_code)] JITModule);
+// SAFETY: the module is only kept alive so its finalized code stays mapped; no method is
+// called on it after construction, so sharing the holder across threads is sound.
+unsafe impl Send for ModuleHolder {}
+unsafe impl Sync for ModuleHolder {}
+
+/// Concrete sizes and arena offsets for one set of symbol values.
+struct Layout {
+    sizes: Vec<i64>,
+    /// Element offset of each arena buffer.
+    offsets: Vec<usize>,
+    arena_len: usize,
+}
+
+/// What a runtime routine needs: the frame's layout and its operands' descriptions.
+struct Desc {
+    fl: FrameLayout,
+    kind: DescKind,
+}
+
+enum DescKind {
+    Gemm(plan::GemmKernel),
+    Call { node: Node, call: plan::CallKernel },
+    None,
+}
+
+/// Layout of the frame the native function reads.
+#[derive(Clone, Copy)]
+struct FrameLayout {
+    sizes: usize,
+    bufs: usize,
+}
+
+impl FrameLayout {
+    fn env_slot(&self) -> usize {
+        self.sizes + self.bufs
+    }
+    fn len(&self) -> usize {
+        self.sizes + self.bufs + 2
+    }
+}
+
+thread_local! {
+    /// An error raised inside a runtime routine during the current call.
+    static CALL_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn set_error(msg: String) {
+    CALL_ERROR.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    });
+}
+
+/// Builds the host ISA with its detected features and `opt_level=speed`.
+fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| RunError(format!("cranelift flag {k}: {e}")))
+    };
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    let builder = cranelift_native::builder()
+        .map_err(|e| RunError(format!("this CPU is not supported by Cranelift: {e}")))?;
+    builder
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| RunError(format!("cranelift ISA: {e}")))
+}
+
+/// Plans and compiles `f` (which should already have been through the graph passes).
+pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
+    let plan = plan::plan(f);
+    let isa = isa()?;
+    let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    let id = module
+        .declare_function(&f.name, Linkage::Local, &ctx.func.signature)
+        .map_err(|e| RunError(format!("cranelift: {e}")))?;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+
+    let fl = FrameLayout {
+        sizes: plan.sizes.len(),
+        bufs: plan.bufs.len(),
+    };
+    let descs: Vec<Desc> = plan
+        .kernels
+        .iter()
+        .map(|k| {
+            let kind = match k {
+                Kernel::Gemm(g) => DescKind::Gemm(g.clone()),
+                Kernel::Call(c) => DescKind::Call {
+                    node: plan.func.nodes[c.node].clone(),
+                    call: c.clone(),
+                },
+                Kernel::Loop(_) => DescKind::None,
+            };
+            Desc { fl, kind }
+        })
+        .collect();
+    let callees = codegen::Callees {
+        gemm: kiln_gemm as *const () as usize,
+        call: kiln_call as *const () as usize,
+        descs: descs.iter().map(|d| d as *const Desc as usize).collect(),
+    };
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let frame = b.block_params(entry)[0];
+        let mut g = codegen::Gen {
+            b,
+            plan: &plan,
+            frame,
+            ptr,
+        };
+        g.emit(&callees);
+        g.b.finalize(module.target_config());
+    }
+    let clif = ctx.func.display().to_string();
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| RunError(format!("cranelift could not compile {}: {e:?}", f.name)))?;
+    module.clear_context(&mut ctx);
+    module
+        .finalize_definitions()
+        .map_err(|e| RunError(format!("cranelift: {e}")))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was declared with one pointer parameter and no results and
+    // finalized above; it lives as long as `module`, which the kernel owns.
+    let entry: extern "C" fn(*mut i64) = unsafe { std::mem::transmute(code) };
+    let mut first_def = vec![usize::MAX; plan.bufs.len()];
+    for (ki, k) in plan.kernels.iter().enumerate() {
+        let out = match k {
+            Kernel::Loop(l) => match &l.sink {
+                plan::Sink::Store(a) | plan::Sink::Reduce(_, a) => a.buf,
+            },
+            Kernel::Gemm(g) => g.c,
+            Kernel::Call(c) => c.out,
+        };
+        first_def[out] = first_def[out].min(ki);
+    }
+    Ok(JitKernel {
+        plan,
+        entry,
+        _descs: descs,
+        _module: ModuleHolder(module),
+        first_def,
+        layouts: Mutex::new(HashMap::new()),
+        clif,
+    })
+}
+
+impl JitKernel {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn frame_layout(&self) -> FrameLayout {
+        FrameLayout {
+            sizes: self.plan.sizes.len(),
+            bufs: self.plan.bufs.len(),
+        }
+    }
+
+    /// Evaluates the size table and lays out the arena (first fit, by liveness).
+    fn layout(&self, env: &interp::Env) -> Result<Arc<Layout>, RunError> {
+        let key: Vec<i64> = {
+            let mut k: Vec<(&String, &i64)> = env.iter().collect();
+            k.sort();
+            k.into_iter().map(|(_, v)| *v).collect()
+        };
+        if let Ok(cache) = self.layouts.lock()
+            && let Some(l) = cache.get(&key)
+        {
+            return Ok(l.clone());
+        }
+        let mut sizes = Vec::with_capacity(self.plan.sizes.len());
+        for d in &self.plan.sizes {
+            sizes.push(
+                d.eval(env)
+                    .ok_or_else(|| RunError(format!("cannot evaluate size {d}")))?,
+            );
+        }
+        // (offset, len, free after kernel) blocks; first fit over kernel order.
+        let mut offsets = vec![0usize; self.plan.bufs.len()];
+        let mut order: Vec<usize> = (0..self.plan.bufs.len())
+            .filter(|&b| matches!(self.plan.bufs[b], BufKind::Arena { .. }))
+            .collect();
+        order.sort_by_key(|&b| self.first_def[b]);
+        let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (offset, len, last_use)
+        let mut arena_len = 0usize;
+        for b in order {
+            let BufKind::Arena { len } = self.plan.bufs[b] else {
+                continue;
+            };
+            let n =
+                usize::try_from(sizes[len]).map_err(|_| RunError("negative buffer size".into()))?;
+            let n = n.div_ceil(16) * 16 + 16; // aligned, with room for a vector over-read
+            let start = self.first_def[b];
+            live.retain(|&(_, _, last)| last >= start);
+            live.sort();
+            let mut at = 0usize;
+            for &(o, l, _) in &live {
+                if at + n <= o {
+                    break;
+                }
+                at = at.max(o + l);
+            }
+            offsets[b] = at;
+            arena_len = arena_len.max(at + n);
+            live.push((at, n, self.plan.last_use[b]));
+        }
+        let layout = Arc::new(Layout {
+            sizes,
+            offsets,
+            arena_len,
+        });
+        if let Ok(mut cache) = self.layouts.lock()
+            && cache.len() < 64
+        {
+            cache.insert(key, layout.clone());
+        }
+        Ok(layout)
+    }
+}
+
+/// Copies a strided view out of raw memory into an owned array.
+///
+/// # Safety
+/// `base` must point to memory covering every element the access reaches.
+unsafe fn gather(base: *const f32, offset: i64, strides: &[i64], shape: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_fn(IxDyn(shape), |ix| {
+        let mut o = offset;
+        for (d, &s) in strides.iter().enumerate() {
+            o += ix[d] as i64 * s;
+        }
+        // SAFETY: the plan's accesses stay within their buffers (caller's contract).
+        unsafe { *base.offset(o as isize) }
+    })
+}
+
+fn access_parts(frame: &[i64], fl: FrameLayout, a: &Access) -> (*const f32, i64, Vec<i64>) {
+    let base = frame[fl.sizes + a.buf] as *const f32;
+    let strides = a.strides.iter().map(|&s| frame[s]).collect();
+    (base, frame[a.offset], strides)
+}
+
+/// GEMM over the batch axes, with the operands' strides (transposes are free).
+extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `desc` points at a descriptor owned by the running kernel.
+        let d = unsafe { &*desc };
+        let DescKind::Gemm(g) = &d.kind else {
+            return Err("bad gemm descriptor".to_string());
+        };
+        let fl = d.fl;
+        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
+        let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
+        let (m, k, n) = (
+            frame[g.m] as usize,
+            frame[g.k] as usize,
+            frame[g.n] as usize,
+        );
+        let batch: Vec<usize> = g.batch.iter().map(|&s| frame[s] as usize).collect();
+        let (pa, oa, sa) = access_parts(frame, fl, &g.a);
+        let (pb, ob, sb) = access_parts(frame, fl, &g.b);
+        let pc = frame[fl.sizes + g.c] as *mut f32;
+        let r = batch.len();
+        let total: usize = batch.iter().product();
+        let mut ix = vec![0usize; r];
+        for bi in 0..total {
+            let mut rem = bi;
+            for d in (0..r).rev() {
+                ix[d] = rem % batch[d];
+                rem /= batch[d];
+            }
+            let off_a = oa + (0..r).map(|d| ix[d] as i64 * sa[d]).sum::<i64>();
+            let off_b = ob + (0..r).map(|d| ix[d] as i64 * sb[d]).sum::<i64>();
+            // SAFETY: offsets and strides come from the plan for these buffers; the
+            // output is a contiguous [batch…, m, n] arena region.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    pa.offset(off_a as isize),
+                    sa[r] as isize,
+                    sa[r + 1] as isize,
+                    pb.offset(off_b as isize),
+                    sb[r] as isize,
+                    sb[r + 1] as isize,
+                    0.0,
+                    pc.add(bi * m * n),
+                    n as isize,
+                    1,
+                );
+            }
+        }
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => set_error(e),
+        Err(_) => set_error("a panic inside gemm".into()),
+    }
+}
+
+/// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
+/// reference implementation on the call's buffers.
+extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `desc` points at a descriptor owned by the running kernel.
+        let d = unsafe { &*desc };
+        let DescKind::Call { node, call } = &d.kind else {
+            return Err("bad call descriptor".to_string());
+        };
+        let fl = d.fl;
+        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
+        let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
+        // SAFETY: slot `env_slot` holds a pointer to the Env that `run` keeps alive.
+        let env = unsafe { &*(frame[fl.env_slot()] as *const interp::Env) };
+        let mut args = Vec::new();
+        for (a, shape) in call.args.iter().zip(&call.arg_shapes) {
+            let (p, o, s) = access_parts(frame, fl, a);
+            let shape: Vec<usize> = shape.iter().map(|&x| frame[x] as usize).collect();
+            // SAFETY: the access lies within its buffer (plan invariant).
+            args.push(unsafe { gather(p, o, &s, &shape) });
+        }
+        let arg_refs: Vec<&ArrayD<f32>> = args.iter().collect();
+        let shape: Vec<usize> = call.out_shape.iter().map(|&x| frame[x] as usize).collect();
+        let dimv = |d: &crate::dim::Dim| {
+            d.eval(env)
+                .ok_or_else(|| crate::ir::IrError(format!("unbound {d}")))
+        };
+        let out = interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?;
+        let dst = frame[fl.sizes + call.out] as *mut f32;
+        for (i, v) in out.iter().enumerate() {
+            // SAFETY: the output buffer holds the output's element count.
+            unsafe { *dst.add(i) = *v };
+        }
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => set_error(e),
+        Err(_) => set_error("a panic inside a runtime routine".into()),
+    }
+}
+
+impl RunKernel for JitKernel {
+    fn func(&self) -> &Func {
+        &self.plan.func
+    }
+
+    fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError> {
+        let env = validate(&self.plan.func, inputs)?;
+        let layout = self.layout(&env)?;
+        let fl = self.frame_layout();
+        let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
+        let mut arena = vec![0f32; layout.arena_len.max(1)];
+        let mut frame = vec![0i64; fl.len()];
+        frame[..layout.sizes.len()].copy_from_slice(&layout.sizes);
+        for (b, kind) in self.plan.bufs.iter().enumerate() {
+            frame[fl.sizes + b] = match kind {
+                BufKind::Input(i) => contiguous[*i].as_ptr() as i64,
+                // SAFETY: offsets are within the arena (laid out above).
+                BufKind::Arena { .. } => unsafe {
+                    arena.as_mut_ptr().add(layout.offsets[b]) as i64
+                },
+            };
+        }
+        frame[fl.env_slot()] = &env as *const interp::Env as i64;
+        CALL_ERROR.with(|e| *e.borrow_mut() = None);
+        (self.entry)(frame.as_mut_ptr());
+        if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
+            return Err(RunError(e));
+        }
+        let sizes = &layout.sizes;
+        let outs = self
+            .plan
+            .outputs
+            .iter()
+            .map(|(a, shape)| {
+                let shape: Vec<usize> = shape.iter().map(|&s| sizes[s] as usize).collect();
+                let strides: Vec<i64> = a.strides.iter().map(|&s| sizes[s]).collect();
+                let base = frame[fl.sizes + a.buf] as *const f32;
+                // SAFETY: the output access lies within its buffer, alive until here.
+                unsafe { gather(base, sizes[a.offset], &strides, &shape) }
+            })
+            .collect();
+        drop(arena);
+        Ok(outs)
+    }
+}
+
+/// Compiles `f` into a runtime kernel.
+pub fn compile_kernel(f: &Func) -> Result<Arc<dyn RunKernel>, RunError> {
+    Ok(Arc::new(compile(f)?))
+}

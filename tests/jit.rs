@@ -1,0 +1,198 @@
+//! The JIT against the interpreter: forward and backward functions of every layer,
+//! whole training steps, at sizes not divisible by 4, size 1, batch 1 and large
+//! batches. Tolerance: both run in f32; the JIT's transcendental functions are
+//! polynomial approximations with relative error ≤ 4e-7 (src/jit/mathfn.rs) and its
+//! GEMM sums in a different order, so results agree to a few f32 ulps per operation.
+//! We allow |jit − interp| ≤ 2e-4 · max(1, |interp|), which a real bug (a wrong
+//! index, a missed element, a wrong stride) exceeds by orders of magnitude.
+
+mod common;
+
+use common::{Rng, concrete};
+use kiln::ir::{Func, passes};
+use kiln::lower::{self, Mode};
+use kiln::runtime::{self, Backend};
+use ndarray::{ArrayD, IxDyn};
+
+fn random_inputs(
+    f: &Func,
+    m: Option<&kiln::Model>,
+    rng: &mut Rng,
+    batch: usize,
+    seq: usize,
+) -> Vec<ArrayD<f32>> {
+    f.inputs
+        .iter()
+        .map(|inp| {
+            let shape = concrete(&inp.ty, batch, seq);
+            let a = if inp.name == "rng_key" || inp.name == "step" {
+                ArrayD::from_elem(IxDyn(&[]), 3.0)
+            } else if inp.name == "lr" {
+                ArrayD::from_elem(IxDyn(&[]), 0.01)
+            } else if inp.ty.dtype.is_int() {
+                let n = m
+                    .map(|m| {
+                        m.graph
+                            .layers
+                            .iter()
+                            .filter(|l| l.kind.name == "embedding")
+                            .map(|l| l.args.int("input_dim"))
+                            .chain(m.graph.layers.last().map(|l| {
+                                *l.output
+                                    .shape
+                                    .last()
+                                    .and_then(|d| d.as_const())
+                                    .get_or_insert(2)
+                            }))
+                            .min()
+                            .unwrap_or(2)
+                    })
+                    .unwrap_or(2) as usize;
+                ArrayD::from_shape_fn(IxDyn(&shape), |_| rng.int(0, n - 1) as f64)
+            } else if inp.name.ends_with("moving_variance") || inp.name.ends_with("velocity") {
+                rng.array(&shape, 0.5, 1.5)
+            } else {
+                rng.array(&shape, -0.9, 0.9)
+            };
+            a.mapv(|v| v as f32)
+        })
+        .collect()
+}
+
+fn compare(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
+    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
+    let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let interp = runtime::compile(f, Backend::Interp).unwrap();
+    let a = jit
+        .run(&views)
+        .unwrap_or_else(|e| panic!("{name}: jit: {e}"));
+    let b = interp
+        .run(&views)
+        .unwrap_or_else(|e| panic!("{name}: interp: {e}"));
+    assert_eq!(a.len(), b.len());
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.shape(), y.shape(), "{name}: output {k} shape");
+        for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+            let tol = 2e-4 * q.abs().max(1.0);
+            assert!(
+                (p - q).abs() <= tol || (p.is_nan() && q.is_nan()),
+                "{name}: output {} [{i}]: jit {p} vs interp {q}",
+                f.outputs[k].0
+            );
+        }
+    }
+}
+
+fn model(inputs: &str, layers: &str, train: &str) -> kiln::Model {
+    let src = format!("inputs: {inputs}\nlayers:\n{layers}\n{train}");
+    kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"))
+}
+
+/// Forward (inference and training forms) and, through a loss on the output, the
+/// backward pass and optimizer update: one whole training step.
+fn layer(inputs: &str, layers: &str) {
+    let m = model(inputs, layers, "");
+    let mut rng = Rng::new(layers.len() as u64 + 1);
+    for (batch, seq) in [(1, 1), (3, 5), (37, 6)] {
+        for mode in [Mode::Infer, Mode::Train] {
+            let lw = lower::forward(&m.graph, mode, "t").unwrap();
+            let mut f = lw.f.clone();
+            for (k, v) in &lw.updates {
+                f.output(k, *v);
+            }
+            let ins = random_inputs(&f, Some(&m), &mut rng, batch, seq);
+            compare(
+                &format!("{layers} {mode:?} b={batch}"),
+                &passes::optimize(&f),
+                &ins,
+            );
+        }
+        // A training step with an MSE loss against a random target of the output's
+        // shape exercises every VJP the layer needs.
+        let out = &m.graph.layers.last().unwrap().output;
+        let shape: Vec<String> = out.shape.iter().map(|d| d.to_string()).collect();
+        let src = format!(
+            "inputs: {inputs}\nlayers:\n{layers}\ntrain:\n  targets: {{target: [{}]}}\n  loss: mse\n  optimizer: adam\n",
+            shape.join(", ")
+        );
+        let mt =
+            kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"));
+        let step = lower::train::build(&mt.graph).unwrap();
+        let ins = random_inputs(&step.func, Some(&mt), &mut rng, batch, seq);
+        compare(&format!("{layers} train step b={batch}"), &step.func, &ins);
+    }
+}
+
+#[test]
+fn dense_and_activations() {
+    layer("{x: [batch, 5]}", "  - dense: {units: 7, activation: relu}");
+    for act in kiln::args::ACTIVATIONS {
+        layer(
+            "{x: [batch, 6]}",
+            &format!("  - dense: {{units: 5, activation: {act}}}"),
+        );
+    }
+    layer("{x: [batch, seq, 5]}", "  - dense: {units: 3}\n  - softmax");
+    layer(
+        "{x: [batch, 9]}",
+        "  - dropout: {rate: 0.3}\n  - dense: {units: 2}",
+    );
+}
+
+#[test]
+fn conv_pool_norm() {
+    layer(
+        "{x: [batch, 6, 5, 2]}",
+        "  - conv2d: {filters: 3, kernel_size: 3, padding: same, activation: relu}\n  - max_pooling2d",
+    );
+    layer(
+        "{x: [batch, seq, 3]}",
+        "  - conv1d: {filters: 2, kernel_size: 2, padding: causal}\n  - global_average_pooling1d",
+    );
+    layer(
+        "{x: [batch, 4, 4, 3]}",
+        "  - batch_normalization\n  - average_pooling2d: {padding: same}\n  - flatten\n  - dense: {units: 2}",
+    );
+    layer(
+        "{x: [batch, seq, 6]}",
+        "  - layer_normalization\n  - global_max_pooling1d",
+    );
+}
+
+#[test]
+fn merges_reshapes_recurrent_attention() {
+    layer(
+        "{a: [batch, 5], b: [batch, 5]}",
+        "  - add: {inputs: [a, b]}\n  - multiply: {inputs: [add, b]}",
+    );
+    layer(
+        "{a: [batch, 2, 3], b: [batch, 4, 3]}",
+        "  - concatenate: {inputs: [a, b], axis: 1}\n  - permute: {dims: [2, 1]}\n  - reshape: {target_shape: [-1]}",
+    );
+    layer(
+        "{t: {shape: [batch, seq], dtype: i32}}",
+        "  - embedding: {input_dim: 11, output_dim: 4}\n  - lstm: {units: 3}",
+    );
+    layer(
+        "{x: [batch, seq, 3]}",
+        "  - gru: {units: 5, return_sequences: true}\n  - simple_rnn: {units: 2}",
+    );
+    layer(
+        "{x: [batch, seq, 8]}",
+        "  - multi_head_attention: {num_heads: 2, key_dim: 4, inputs: [x, x]}",
+    );
+}
+
+#[test]
+fn whole_models_train_steps_match() {
+    for spec in ["mlp", "cnn", "residual", "two_inputs", "lstm", "attention"] {
+        let m = kiln::Model::from_path(format!("{}/specs/{spec}.yaml", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        let step = lower::train::build(&m.graph).unwrap();
+        let mut rng = Rng::new(spec.len() as u64);
+        for batch in [1, 5] {
+            let ins = random_inputs(&step.func, Some(&m), &mut rng, batch, 7);
+            compare(&format!("{spec} step b={batch}"), &step.func, &ins);
+        }
+    }
+}
