@@ -29,8 +29,15 @@ enum Format {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Stage {
+    /// The inference function in graph IR.
     Graph,
+    /// One whole training step in graph IR.
     Train,
+    /// The kernel plan (fusion groups, GEMM calls, buffers) of the inference function,
+    /// or of the training step with `--step`.
+    Kernels,
+    /// The Cranelift IR of the inference function, or of the training step with `--step`.
+    Clif,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +59,21 @@ enum Command {
         /// Print the IR as lowered, before dead-code elimination, CSE and simplification.
         #[arg(long)]
         raw: bool,
+        /// With `kernels` or `clif`: show the training step instead of inference.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Measure compile time, forward latency and train-step time (medians).
+    Bench {
+        spec: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Print `{"compile_ms", "forward_ms", "train_step_ms", "batch_size"}`.
+        #[arg(long)]
+        json: bool,
+        /// Timed repetitions after warm-up.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
     /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
     Init {
@@ -80,7 +102,18 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Check { spec, format } => check(&spec, format),
-        Command::Ir { spec, stage, raw } => ir(&spec, stage, raw),
+        Command::Ir {
+            spec,
+            stage,
+            raw,
+            step,
+        } => ir(&spec, stage, raw, step),
+        Command::Bench {
+            spec,
+            batch_size,
+            json,
+            runs,
+        } => bench(&spec, batch_size, json, runs),
         Command::Summary { spec } => match load(&spec) {
             Ok(m) => {
                 print!("{}", crate::summary::render(&m.graph));
@@ -209,14 +242,15 @@ pub fn one_line(m: &Model) -> String {
     )
 }
 
-fn ir(spec: &PathBuf, stage: Stage, raw: bool) -> i32 {
+fn ir(spec: &PathBuf, stage: Stage, raw: bool, step: bool) -> i32 {
     let m = match load(spec) {
         Ok(m) => m,
         Err(code) => return code,
     };
-    let func = match stage {
-        Stage::Graph => crate::lower::predict_func(&m.graph),
-        Stage::Train => {
+    let want_step = matches!(stage, Stage::Train) || step;
+    let func = match want_step {
+        false => crate::lower::predict_func(&m.graph),
+        true => {
             if m.graph.train.is_none() {
                 eprintln!(
                     "error: {} has no `train` section, so there is no training step to print",
@@ -234,10 +268,55 @@ fn ir(spec: &PathBuf, stage: Stage, raw: bool) -> i32 {
             } else {
                 crate::ir::passes::optimize(&f)
             };
-            print!("{}", f.print());
+            match stage {
+                Stage::Graph | Stage::Train => print!("{}", f.print()),
+                Stage::Kernels => print!("{}", crate::jit::plan::plan(&f).print()),
+                Stage::Clif => match crate::jit::compile(&f) {
+                    Ok(k) => print!("{}", k.clif),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                },
+            }
             0
         }
         Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+fn bench(spec: &std::path::Path, batch_size: usize, json: bool, runs: usize) -> i32 {
+    let text = match crate::read_spec(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            report(&e);
+            return e.exit_code();
+        }
+    };
+    let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    match crate::bench::run(
+        &text,
+        name,
+        &spec.display().to_string(),
+        batch_size,
+        runs.max(1),
+    ) {
+        Ok(r) => {
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.describe());
+            }
+            0
+        }
+        Err(crate::bench::BenchError::Spec(e)) => {
+            report(&e);
+            e.exit_code()
+        }
+        Err(crate::bench::BenchError::Run(e)) => {
             eprintln!("error: {e}");
             2
         }

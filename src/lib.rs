@@ -3,6 +3,7 @@
 //! and JIT-compiled. See ARCHITECTURE.md for the map of this crate.
 
 pub mod args;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod diag;

@@ -1,0 +1,170 @@
+//! `kiln bench`: compile latency (spec text → native training step), forward latency
+//! and train-step time, as medians over repeated runs after warm-up. Inputs are
+//! random; weights are freshly initialized. Timing lives here, never in tests.
+
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::ir::{Func, passes};
+use crate::runtime::{Backend, RunError, compile};
+
+/// Measured medians, in milliseconds.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub compile_ms: f64,
+    pub forward_ms: f64,
+    pub train_step_ms: Option<f64>,
+    pub batch_size: usize,
+}
+
+pub enum BenchError {
+    Spec(crate::Error),
+    Run(RunError),
+}
+
+impl From<RunError> for BenchError {
+    fn from(e: RunError) -> Self {
+        BenchError::Run(e)
+    }
+}
+
+impl BenchResult {
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "compile_ms": self.compile_ms,
+            "forward_ms": self.forward_ms,
+            "train_step_ms": self.train_step_ms,
+            "batch_size": self.batch_size,
+        })
+        .to_string()
+    }
+    pub fn describe(&self) -> String {
+        let step = match self.train_step_ms {
+            Some(t) => format!("{t:.3} ms"),
+            None => "— (no train section)".into(),
+        };
+        format!(
+            "batch size {}\ncompile (spec → native train step): {:.2} ms\nforward: {:.3} ms\ntrain step: {step}",
+            self.batch_size, self.compile_ms, self.forward_ms
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Random values for a function's inputs; parameters from Keras's initializers.
+fn inputs(
+    f: &Func,
+    weights: &crate::weights::Weights,
+    batch: usize,
+    classes: usize,
+) -> Vec<ArrayD<f32>> {
+    let env: crate::ir::interp::Env = f
+        .inputs
+        .iter()
+        .flat_map(|i| i.ty.shape.iter().flat_map(|d| d.symbols()))
+        .map(|s| (s, batch as i64))
+        .collect();
+    let mut k = 0u64;
+    f.inputs
+        .iter()
+        .map(|inp| {
+            if let Some(w) = weights.get(&inp.name) {
+                return w.clone();
+            }
+            let shape: Vec<usize> = inp
+                .ty
+                .shape
+                .iter()
+                .map(|d| d.eval(&env).unwrap_or(1).max(0) as usize)
+                .collect();
+            match inp.name.as_str() {
+                "step" | "rng_key" => ArrayD::from_elem(IxDyn(&[]), 1.0),
+                "lr" => ArrayD::from_elem(IxDyn(&[]), 0.001),
+                _ if inp.ty.dtype.is_int() => ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+                    k += 1;
+                    (crate::ir::elementwise::rng_uniform(7, 1, k) * classes as f64).floor() as f32
+                }),
+                _ => ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+                    k += 1;
+                    crate::ir::elementwise::rng_uniform(7, 2, k) as f32
+                }),
+            }
+        })
+        .collect()
+}
+
+fn time_runs(
+    k: &dyn crate::runtime::Kernel,
+    ins: &[ArrayD<f32>],
+    runs: usize,
+) -> Result<f64, RunError> {
+    let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+    for _ in 0..3.min(runs) {
+        k.run(&views)?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        k.run(&views)?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(t))
+}
+
+/// Benchmarks spec text at a batch size with the JIT backend.
+pub fn run(
+    text: &str,
+    name: &str,
+    file: &str,
+    batch: usize,
+    runs: usize,
+) -> Result<BenchResult, BenchError> {
+    // Compile latency: parse + check + lower + passes + codegen of the training step
+    // (or the forward function when there is no train section). Median of 5.
+    let mut compile_times = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let s = Instant::now();
+        let m = crate::Model::from_source(text, name, file).map_err(BenchError::Spec)?;
+        let f = match &m.graph.train {
+            Some(_) => crate::lower::train::build(&m.graph).map(|t| t.func),
+            None => crate::lower::predict_func(&m.graph),
+        }
+        .map_err(|e| RunError(e.0))?;
+        let k = compile(&f, Backend::Jit)?;
+        compile_times.push(s.elapsed().as_secs_f64() * 1e3);
+        last = Some((m, k));
+    }
+    let (m, step_kernel) = last.expect("five compiles ran");
+    let weights = crate::weights::init(&m.graph, 0).map_err(|e| RunError(e.to_string()))?;
+    let classes = m
+        .graph
+        .outputs
+        .first()
+        .and_then(|&o| m.graph.type_of(o).shape.last().and_then(|d| d.as_const()))
+        .unwrap_or(2)
+        .max(1) as usize;
+    let predict =
+        passes::optimize(&crate::lower::predict_func(&m.graph).map_err(|e| RunError(e.0))?);
+    let fk = compile(&predict, Backend::Jit)?;
+    let forward_ms = time_runs(&*fk, &inputs(fk.func(), &weights, batch, classes), runs)?;
+    let train_step_ms = match &m.graph.train {
+        Some(_) => Some(time_runs(
+            &*step_kernel,
+            &inputs(step_kernel.func(), &weights, batch, classes),
+            runs,
+        )?),
+        None => None,
+    };
+    Ok(BenchResult {
+        compile_ms: median(compile_times),
+        forward_ms,
+        train_step_ms,
+        batch_size: batch,
+    })
+}
