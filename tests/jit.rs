@@ -196,3 +196,61 @@ fn whole_models_train_steps_match() {
         }
     }
 }
+
+/// The inline transcendental functions against f64 references on dense grids, with the
+/// error bounds documented in src/jit/mathfn.rs (vector lanes and the scalar tail both:
+/// 4099 points is not a multiple of 8).
+#[test]
+fn math_functions_meet_their_error_bounds() {
+    use kiln::dim::Dim;
+    use kiln::ir::{Type, Unary};
+    type Case = (Unary, f64, f64, fn(f64) -> f64, f64, bool);
+    let cases: [Case; 6] = [
+        // (op, lo, hi, reference, bound, relative?)
+        (Unary::Exp, -87.0, 88.0, f64::exp, 4e-7, true),
+        (Unary::Log, 1e-30, 1e30, f64::ln, 4e-7, false),
+        (Unary::Tanh, -12.0, 12.0, f64::tanh, 6e-7, false),
+        (Unary::Sigmoid, -30.0, 30.0, |x| 1.0 / (1.0 + (-x).exp()), 3e-7, false),
+        (Unary::Erf, -6.0, 6.0, libm::erf, 5e-7, false),
+        (Unary::Log1p, -0.9, 50.0, f64::ln_1p, 1e-6, true),
+    ];
+    let n = 4099usize;
+    for (op, lo, hi, reference, bound, relative) in cases {
+        let mut f = Func::new("m");
+        let x = f.input("x", Type::f32(vec![Dim::konst(n as i64)]));
+        let y = f.unary(op, x).unwrap();
+        f.output("y", y);
+        // Log over many decades: a geometric grid; others: uniform.
+        let xs: Vec<f32> = (0..n)
+            .map(|i| {
+                let t = i as f64 / (n - 1) as f64;
+                if op == Unary::Log { (lo.ln() + t * (hi.ln() - lo.ln())).exp() as f32 } else { (lo + t * (hi - lo)) as f32 }
+            })
+            .collect();
+        let input = ArrayD::from_shape_vec(IxDyn(&[n]), xs.clone()).unwrap();
+        let k = runtime::compile(&f, Backend::Jit).unwrap();
+        let out = k.run(&[input.view()]).unwrap().remove(0);
+        let mut worst = 0.0f64;
+        for (xi, yi) in xs.iter().zip(out.iter()) {
+            let want = reference(*xi as f64);
+            let err = (*yi as f64 - want).abs();
+            // The bound plus the rounding of the f32 result itself (half an ulp).
+            let scale = if relative { want.abs() } else { 1.0f64.max(if op == Unary::Log { want.abs() } else { 1.0 }) };
+            let e = err / scale;
+            worst = worst.max(e);
+            assert!(e <= bound + 6e-8, "{op:?}({xi}) = {yi}, reference {want}: error {e:e} > {bound:e}");
+        }
+        assert!(worst > 0.0, "{op:?}: suspiciously exact");
+    }
+    // Special values of log: 0 → -inf, negative → NaN, inf → inf.
+    let mut f = Func::new("m");
+    let x = f.input("x", Type::f32(vec![Dim::konst(3)]));
+    let y = f.unary(Unary::Log, x).unwrap();
+    f.output("y", y);
+    let k = runtime::compile(&f, Backend::Jit).unwrap();
+    let input = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.0f32, -1.0, f32::INFINITY]).unwrap();
+    let out = k.run(&[input.view()]).unwrap().remove(0);
+    assert_eq!(out[0], f32::NEG_INFINITY);
+    assert!(out[1].is_nan());
+    assert_eq!(out[2], f32::INFINITY);
+}

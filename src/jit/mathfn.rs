@@ -4,7 +4,7 @@
 //! Error bounds (tested against f64 references over dense grids, see tests/jit.rs):
 //! - exp: relative error ≤ 4e-7 on [-87, 88] (Cephes expf: range reduction by ln 2 in
 //!   two parts, degree-6 polynomial, exponent built from bits).
-//! - log: relative error ≤ 4e-7 for normal positive inputs (Cephes logf); log(0) = -inf,
+//! - log: error ≤ 4e-7 · max(1, |log x|) for normal positive inputs (Cephes logf); log(0) = -inf,
 //!   log(x<0) = NaN, log(inf) = inf.
 //! - tanh: absolute error ≤ 6e-7 (odd polynomial for |x| < 0.625, else
 //!   1 − 2/(exp(2x) + 1)).

@@ -277,19 +277,48 @@ impl JitKernel {
     }
 }
 
-/// Copies a strided view out of raw memory into an owned array.
+/// Copies a strided view out of raw memory into an owned array (a straight copy when
+/// the view is contiguous, else an odometer over the axes).
 ///
 /// # Safety
 /// `base` must point to memory covering every element the access reaches.
 unsafe fn gather(base: *const f32, offset: i64, strides: &[i64], shape: &[usize]) -> ArrayD<f32> {
-    ArrayD::from_shape_fn(IxDyn(shape), |ix| {
-        let mut o = offset;
-        for (d, &s) in strides.iter().enumerate() {
-            o += ix[d] as i64 * s;
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut expect = 1i64;
+    let mut contiguous = true;
+    for d in (0..shape.len()).rev() {
+        if shape[d] != 1 && strides[d] != expect {
+            contiguous = false;
         }
-        // SAFETY: the plan's accesses stay within their buffers (caller's contract).
-        unsafe { *base.offset(o as isize) }
-    })
+        expect *= shape[d] as i64;
+    }
+    if contiguous {
+        // SAFETY: a contiguous access covers `n` elements from `offset`.
+        let src = unsafe { std::slice::from_raw_parts(base.offset(offset as isize), n) };
+        out.extend_from_slice(src);
+    } else if n > 0 {
+        let r = shape.len();
+        let mut ix = vec![0usize; r];
+        let mut o = offset;
+        for _ in 0..n {
+            // SAFETY: every index stays within the access (caller's contract).
+            out.push(unsafe { *base.offset(o as isize) });
+            // Advance the odometer.
+            let mut d = r;
+            while d > 0 {
+                d -= 1;
+                ix[d] += 1;
+                o += strides[d];
+                if ix[d] < shape[d] {
+                    break;
+                }
+                o -= strides[d] * shape[d] as i64;
+                ix[d] = 0;
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), out).expect("element count matches the shape")
 }
 
 fn access_parts(frame: &[i64], fl: FrameLayout, a: &Access) -> (*const f32, i64, Vec<i64>) {
