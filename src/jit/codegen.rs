@@ -60,7 +60,26 @@ impl<'a, 'b> Gen<'a, 'b> {
         for (ki, k) in self.plan.kernels.iter().enumerate() {
             match k {
                 Kernel::Loop(l) => self.emit_loop(l),
-                Kernel::Gemm(_) => self.emit_call(callees.gemm, callees.descs[ki]),
+                Kernel::Gemm(g) => match &g.small {
+                    None => self.emit_call(callees.gemm, callees.descs[ki]),
+                    Some(small) => {
+                        // Few rows: the generated loop; otherwise GEMM.
+                        let m = self.slot(g.m);
+                        let few = self.b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, m, super::plan::SMALL_GEMM_MAX_ROWS);
+                        let (then_b, else_b, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                        self.b.ins().brif(few, then_b, &[], else_b, &[]);
+                        self.b.switch_to_block(then_b);
+                        self.b.seal_block(then_b);
+                        self.emit_loop(small);
+                        self.b.ins().jump(merge, &[]);
+                        self.b.switch_to_block(else_b);
+                        self.b.seal_block(else_b);
+                        self.emit_call(callees.gemm, callees.descs[ki]);
+                        self.b.ins().jump(merge, &[]);
+                        self.b.switch_to_block(merge);
+                        self.b.seal_block(merge);
+                    }
+                },
                 Kernel::Call(_) => self.emit_call(callees.call, callees.descs[ki]),
             }
         }

@@ -109,7 +109,14 @@ pub struct GemmKernel {
     pub m: Slot,
     pub k: Slot,
     pub n: Slot,
+    /// For few rows: the same product as a generated loop nest, used when
+    /// `m <= SMALL_GEMM_MAX_ROWS` at run time (GEMM's packing costs more than it saves).
+    pub small: Option<LoopKernel>,
 }
+
+/// Up to this many rows a matrix product runs as generated code instead of GEMM
+/// (measured crossover; see BENCHMARKS.md).
+pub const SMALL_GEMM_MAX_ROWS: i64 = 4;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
@@ -473,6 +480,7 @@ impl<'f> Builder<'f> {
                         ashape[r - 1].clone()
                     };
                     let c = self.new_arena(&shape);
+                    let small = self.small_matmul(&a, &b, c, &shape, &kdim);
                     let g = GemmKernel {
                         node: i,
                         a,
@@ -482,6 +490,7 @@ impl<'f> Builder<'f> {
                         m: self.slot(&shape[r - 2]),
                         k: self.slot(&kdim),
                         n: self.slot(&shape[r - 1]),
+                        small,
                     };
                     self.kernels.push(Kernel::Gemm(g));
                     Val::Mem(self.contiguous(c, &shape))
@@ -549,6 +558,53 @@ impl<'f> Builder<'f> {
             outputs,
             last_use,
         }
+    }
+
+    /// A matrix product as a loop nest: `[batch…, m, k, n]` with `n` innermost when B's
+    /// rows are contiguous (an axpy per row of A), or `[batch…, m, n, k]` with `k`
+    /// innermost when both operands are contiguous along `k` (dot products).
+    fn small_matmul(&mut self, a: &Access, b: &Access, c: BufId, shape: &[Dim], kdim: &Dim) -> Option<LoopKernel> {
+        let r = shape.len();
+        let (oa, sa) = self.dims_of(a);
+        let (ob, sb) = self.dims_of(b);
+        let cs = row_major(shape);
+        let z = Dim::konst(0);
+        let batch = &shape[..r - 2];
+        let (m, n) = (shape[r - 2].clone(), shape[r - 1].clone());
+        let (order, sa2, sb2, sc2) = if b.known[r - 1] == Some(1) {
+            (
+                vec![m, kdim.clone(), n],
+                [sa[r - 2].clone(), sa[r - 1].clone(), z.clone()],
+                [z.clone(), sb[r - 2].clone(), sb[r - 1].clone()],
+                [cs[r - 2].clone(), z.clone(), cs[r - 1].clone()],
+            )
+        } else if a.known[r - 1] == Some(1) && b.known[r - 2] == Some(1) {
+            (
+                vec![m, n, kdim.clone()],
+                [sa[r - 2].clone(), z.clone(), sa[r - 1].clone()],
+                [z.clone(), sb[r - 1].clone(), sb[r - 2].clone()],
+                [cs[r - 2].clone(), cs[r - 1].clone(), z.clone()],
+            )
+        } else {
+            return None;
+        };
+        let mut space = batch.to_vec();
+        space.extend(order);
+        let join = |pre: &[Dim], tail: [Dim; 3]| -> Vec<Dim> {
+            let mut v = pre.to_vec();
+            v.extend(tail);
+            v
+        };
+        let la = self.access(a.buf, &oa, &join(&sa[..r - 2], sa2));
+        let lb = self.access(b.buf, &ob, &join(&sb[..r - 2], sb2));
+        let out = self.access(c, &Dim::konst(0), &join(&cs[..r - 2], sc2));
+        Some(LoopKernel {
+            space: self.shape_slots(&space),
+            loads: vec![la, lb],
+            expr: vec![Expr::Load(0), Expr::Load(1), Expr::Binary(Binary::Mul, 0, 1)],
+            sink: Sink::Reduce(ReduceOp::Sum, out),
+            nodes: Vec::new(),
+        })
     }
 
     /// Is the single use of `id` a direct operand of an elementwise op or a reduce?
@@ -660,7 +716,7 @@ impl Plan {
                 Kernel::Gemm(g) => {
                     let _ = writeln!(
                         s,
-                        "  k{i}: gemm %{} batch [{}] m={} k={} n={}: {} x {} -> b{} (matrixmultiply)",
+                        "  k{i}: gemm %{} batch [{}] m={} k={} n={}: {} x {} -> b{} (matrixmultiply{})",
                         g.node,
                         shape(&g.batch),
                         self.sizes[g.m],
@@ -668,7 +724,8 @@ impl Plan {
                         self.sizes[g.n],
                         self.fmt_access(&g.a),
                         self.fmt_access(&g.b),
-                        g.c
+                        g.c,
+                        if g.small.is_some() { format!("; generated loop when m <= {SMALL_GEMM_MAX_ROWS}") } else { String::new() }
                     );
                 }
                 Kernel::Call(c) => {
