@@ -254,3 +254,109 @@ fn math_functions_meet_their_error_bounds() {
     assert!(out[1].is_nan());
     assert_eq!(out[2], f32::INFINITY);
 }
+
+/// Random graphs from a generator: chains of elementwise ops with broadcasts, scalar
+/// constants, reductions (kept and dropped axes), transposes, slices and matrix
+/// products, with several outputs — compiled against interpreted.
+#[test]
+fn random_graphs_match_the_interpreter() {
+    use kiln::dim::Dim;
+    use kiln::ir::{Binary, Cmp, Id, Op, ReduceOp, Type, Unary};
+    for seed in 0..40u64 {
+        let mut rng = Rng::new(1000 + seed);
+        let mut f = Func::new("g");
+        let rank = rng.int(1, 3);
+        let shape: Vec<usize> = (0..rank).map(|_| rng.int(1, 9)).collect();
+        let dims: Vec<Dim> = shape.iter().map(|&d| Dim::konst(d as i64)).collect();
+        let mut vals: Vec<Id> = vec![f.input("x0", Type::f32(dims.clone())), f.input("x1", Type::f32(dims.clone()))];
+        let mut inputs = vec![rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32), rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32)];
+        let full: Vec<Id> = vals.clone();
+        for _ in 0..rng.int(3, 12) {
+            let x = vals[rng.int(0, vals.len() - 1)];
+            let xs = f.ty(x).shape.clone();
+            let choice = rng.int(0, 8);
+            let v = match choice {
+                0 => {
+                    let ops = [Unary::Exp, Unary::Tanh, Unary::Sigmoid, Unary::Abs, Unary::Neg, Unary::Erf, Unary::Floor];
+                    let op = ops[rng.int(0, ops.len() - 1)];
+                    let c = f.clamp_for_test(x);
+                    f.unary(op, c).unwrap()
+                }
+                1 => {
+                    // log / sqrt on a positive value
+                    let a = f.unary(Unary::Abs, x).unwrap();
+                    let p = f.add_c(a, 0.5).unwrap();
+                    let op = [Unary::Log, Unary::Sqrt, Unary::Rsqrt, Unary::Log1p][rng.int(0, 3)];
+                    f.unary(op, p).unwrap()
+                }
+                2 => {
+                    // binary with another full-shape value of the same shape, if any
+                    let same: Vec<Id> = vals.iter().copied().filter(|&v| f.ty(v).shape == xs).collect();
+                    let y = same[rng.int(0, same.len() - 1)];
+                    let op = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Max, Binary::Min][rng.int(0, 4)];
+                    f.push(Op::Binary(op), &[x, y]).unwrap()
+                }
+                3 if !xs.is_empty() => {
+                    // reduce some axes, keep them, broadcast back, combine
+                    let axes: Vec<usize> = (0..xs.len()).filter(|_| rng.uniform() < 0.5).collect();
+                    let axes = if axes.is_empty() { vec![xs.len() - 1] } else { axes };
+                    let op = if rng.uniform() < 0.5 { ReduceOp::Sum } else { ReduceOp::Max };
+                    let r = f.reduce_keep(op, x, &axes).unwrap();
+                    let all: Vec<usize> = (0..xs.len()).collect();
+                    let b = f.broadcast(r, &xs, &all).unwrap();
+                    f.sub(x, b).unwrap()
+                }
+                4 if !xs.is_empty() => {
+                    let axes: Vec<usize> = (0..xs.len()).filter(|_| rng.uniform() < 0.5).collect();
+                    let axes = if axes.is_empty() { vec![0] } else { axes };
+                    f.reduce(ReduceOp::Sum, x, axes).unwrap()
+                }
+                5 if xs.len() >= 2 => {
+                    let mut perm: Vec<usize> = (0..xs.len()).collect();
+                    perm.swap(0, xs.len() - 1);
+                    let t = f.transpose(x, perm).unwrap();
+                    f.unary(Unary::Tanh, t).unwrap()
+                }
+                6 if !xs.is_empty() && xs[0].as_const().unwrap_or(1) > 1 => {
+                    let n = xs[0].as_const().unwrap();
+                    f.slice(x, 0, 1, n).unwrap()
+                }
+                7 if xs.len() == 2 => {
+                    let k = xs[1].clone();
+                    let n = rng.int(1, 7);
+                    let w = f.input(&format!("w{}", inputs.len()), Type::f32(vec![k.clone(), Dim::konst(n as i64)]));
+                    inputs.push(rng.array(&[k.as_const().unwrap() as usize, n], -1.0, 1.0).mapv(|v| v as f32));
+                    f.matmul(x, w, false, false).unwrap()
+                }
+                _ => {
+                    let c = f.scalar(rng.range(-1.0, 1.0));
+                    let m = f.cmp(Cmp::Gt, x, c).unwrap();
+                    let y = f.mul_c(x, 0.5).unwrap();
+                    f.select(m, x, y).unwrap()
+                }
+            };
+            vals.push(v);
+        }
+        // Outputs: the last value and one random earlier one.
+        let last = *vals.last().unwrap();
+        f.output("out", last);
+        let other = vals[rng.int(full.len(), vals.len() - 1)];
+        f.output("other", other);
+        let f = passes::optimize(&f);
+        compare(&format!("random graph {seed}:\n{}", f.print()), &f, &inputs);
+    }
+}
+
+trait ClampForTest {
+    fn clamp_for_test(&mut self, x: kiln::ir::Id) -> kiln::ir::Id;
+}
+
+impl ClampForTest for Func {
+    /// Keeps exp's argument in a range where f32 results stay finite.
+    fn clamp_for_test(&mut self, x: kiln::ir::Id) -> kiln::ir::Id {
+        let lo = self.scalar(-20.0);
+        let hi = self.scalar(20.0);
+        let a = self.max(x, lo).unwrap();
+        self.min(a, hi).unwrap()
+    }
+}
