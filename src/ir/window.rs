@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::interp::Real;
 use super::{Func, Id, Op, Result, Type, err};
@@ -244,21 +244,9 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
         Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => {
             // Shapes of x, kernel and y, whichever two are given.
             let (xs, ks, ys): (Vec<usize>, Vec<usize>, Vec<usize>) = match op {
-                Op::Conv(_) => (
-                    args[0].shape().to_vec(),
-                    args[1].shape().to_vec(),
-                    shape.to_vec(),
-                ),
-                Op::ConvInputGrad(_) => (
-                    shape.to_vec(),
-                    args[1].shape().to_vec(),
-                    args[0].shape().to_vec(),
-                ),
-                _ => (
-                    args[0].shape().to_vec(),
-                    shape.to_vec(),
-                    args[1].shape().to_vec(),
-                ),
+                Op::Conv(_) => (args[0].shape().to_vec(), args[1].shape().to_vec(), shape.to_vec()),
+                Op::ConvInputGrad(_) => (shape.to_vec(), args[1].shape().to_vec(), args[0].shape().to_vec()),
+                _ => (args[0].shape().to_vec(), shape.to_vec(), args[1].shape().to_vec()),
             };
             let n = ks.len() - 2;
             let kdims: Vec<i64> = ks[..n].iter().map(|&v| v as i64).collect();
@@ -266,61 +254,65 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
             let w = win(&xg, &kdims, &a.strides, &a.dilation, a.padding);
             let cg = ks[n]; // input channels per group
             let f_total = ks[n + 1];
-            let fg = f_total / a.groups as usize; // filters per group
-            let (kh_n, kw_n) = (w.k[0], w.k[1]);
-            let kidx = |kh: usize, kw: usize, c: usize, f: usize| {
-                ((kh * kw_n + kw) * cg + c) * f_total + f
+            let groups = a.groups as usize;
+            let fg = f_total / groups; // filters per group
+            let taps = w.k[0] * w.k[1];
+            let rows = yg.b * yg.h * yg.w;
+            let cols = taps * cg;
+            // im2col: for each output position and tap, the input element index (or
+            // none where the tap falls in the padding).
+            let mut src = vec![usize::MAX; rows * taps];
+            for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
+                let r = (b * yg.h + oh) * yg.w + ow;
+                src[r * taps + kh * w.k[1] + kw] = ((b * xg.h + ih) * xg.w + iw) * xg.c;
+            });
+            // One GEMM per group: patches [rows, taps*cg] × kernel [taps*cg, fg].
+            let patches = |x: &[T], g: usize| -> Array2<T> {
+                Array2::from_shape_fn((rows, cols), |(r, col)| {
+                    let (t, c) = (col / cg, col % cg);
+                    let at = src[r * taps + t];
+                    if at == usize::MAX { T::zero() } else { x[at + g * cg + c] }
+                })
             };
-            let _ = kh_n;
-            let xidx =
-                |b: usize, h: usize, ww: usize, c: usize| ((b * xg.h + h) * xg.w + ww) * xg.c + c;
-            let yidx =
-                |b: usize, h: usize, ww: usize, f: usize| ((b * yg.h + h) * yg.w + ww) * yg.c + f;
+            let kmat = |k: &[T], g: usize| -> Array2<T> { Array2::from_shape_fn((cols, fg), |(row, f)| k[row * f_total + g * fg + f]) };
+            let ymat = |y: &[T], g: usize| -> Array2<T> { Array2::from_shape_fn((rows, fg), |(r, f)| y[r * f_total + g * fg + f]) };
             match op {
                 Op::Conv(_) => {
                     let (x, k) = (dense(args[0]), dense(args[1]));
                     let mut y = vec![T::zero(); shape.iter().product()];
-                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
-                        for f in 0..f_total {
-                            let g = f / fg;
-                            let mut acc = T::zero();
-                            for c in 0..cg {
-                                acc += x[xidx(b, ih, iw, g * cg + c)] * k[kidx(kh, kw, c, f)];
-                            }
-                            let yi = yidx(b, oh, ow, f);
-                            y[yi] += acc;
+                    for g in 0..groups {
+                        let out = patches(&x, g).dot(&kmat(&k, g));
+                        for ((r, f), v) in out.indexed_iter() {
+                            y[r * f_total + g * fg + f] = *v;
                         }
-                    });
+                    }
                     shaped(shape, y)
                 }
                 Op::ConvInputGrad(_) => {
                     let (dy, k) = (dense(args[0]), dense(args[1]));
                     let mut dx = vec![T::zero(); shape.iter().product()];
-                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
-                        for f in 0..f_total {
-                            let g = f / fg;
-                            let gy = dy[yidx(b, oh, ow, f)];
-                            for c in 0..cg {
-                                let xi = xidx(b, ih, iw, g * cg + c);
-                                dx[xi] += gy * k[kidx(kh, kw, c, f)];
+                    for g in 0..groups {
+                        // dpatches = dy · kᵀ, then col2im (scatter-add).
+                        let dp = ymat(&dy, g).dot(&kmat(&k, g).t());
+                        for ((r, col), v) in dp.indexed_iter() {
+                            let (t, c) = (col / cg, col % cg);
+                            let at = src[r * taps + t];
+                            if at != usize::MAX {
+                                dx[at + g * cg + c] += *v;
                             }
                         }
-                    });
+                    }
                     shaped(shape, dx)
                 }
                 _ => {
                     let (x, dy) = (dense(args[0]), dense(args[1]));
                     let mut dk = vec![T::zero(); shape.iter().product()];
-                    for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
-                        for f in 0..f_total {
-                            let g = f / fg;
-                            let gy = dy[yidx(b, oh, ow, f)];
-                            for c in 0..cg {
-                                let ki = kidx(kh, kw, c, f);
-                                dk[ki] += gy * x[xidx(b, ih, iw, g * cg + c)];
-                            }
+                    for g in 0..groups {
+                        let m = patches(&x, g).t().dot(&ymat(&dy, g));
+                        for ((row, f), v) in m.indexed_iter() {
+                            dk[row * f_total + g * fg + f] = *v;
                         }
-                    });
+                    }
                     shaped(shape, dk)
                 }
             }
