@@ -5,7 +5,7 @@
 //! (a layer whose inputs or arguments are already wrong is not checked further, so
 //! mistakes do not cascade); every error points at the user's own text.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use crate::args::{self, Args};
@@ -108,22 +108,67 @@ pub const MAX_PARAMS: i64 = 1 << 40;
 /// Returns the graph when there is no error, and every diagnostic (warnings too).
 pub fn check(src: &str, default_name: &str) -> (Option<Graph>, Vec<Diagnostic>) {
     let (spec, mut diags) = spec::parse(src);
-    let Some(spec) = spec else {
-        return (None, diags);
-    };
-    let graph = Checker::new(&spec, &mut diags).run(default_name);
+    let graph = spec.and_then(|spec| Checker::new(&spec, &mut diags).run(default_name));
     // Report in the order of the text, as a reader goes through the file.
     diags.sort_by_key(|d| d.primary_span().map(|s| s.start).unwrap_or(0));
+    limit(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return (None, diags);
     }
     (graph, diags)
 }
 
+/// Most errors, and separately most warnings, reported for one spec (javac stops at 100
+/// errors too). Every hand-written spec is far below it; without it, junk such as
+/// 40,000 layers each naming an unknown input would take quadratic time and memory to
+/// report (each error searches and lists every name, and each rendering copies and
+/// scans the whole source).
+pub const MAX_REPORTED: usize = 100;
+
+/// Keeps the first [`MAX_REPORTED`] errors and warnings, in text order, and says so
+/// when more were found.
+fn limit(diags: &mut Vec<Diagnostic>) {
+    let mut errors = 0;
+    let mut warnings = 0;
+    let mut dropped: [Option<Diagnostic>; 2] = [None, None];
+    diags.retain(|d| {
+        let (n, slot) = if d.is_error() {
+            (&mut errors, 0)
+        } else {
+            (&mut warnings, 1)
+        };
+        *n += 1;
+        if *n > MAX_REPORTED && dropped[slot].is_none() {
+            dropped[slot] = Some(d.clone());
+        }
+        *n <= MAX_REPORTED
+    });
+    for (slot, first) in dropped.into_iter().enumerate() {
+        let Some(first) = first else { continue };
+        let what = if slot == 0 { "errors" } else { "warnings" };
+        let message = format!(
+            "this spec has more than {MAX_REPORTED} {what}; only the first {MAX_REPORTED} are shown"
+        );
+        let mut d = if slot == 0 {
+            Diagnostic::error("E0108", message)
+        } else {
+            Diagnostic::warning("W0108", message)
+        };
+        if let Some(span) = first.primary_span() {
+            d = d.label(span, format!("the next of the {what} not shown"));
+        }
+        diags.push(d.help(format!("fix the {what} above and check again")));
+    }
+}
+
 struct Checker<'a> {
     spec: &'a Spec,
     diags: &'a mut Vec<Diagnostic>,
     names: Vec<String>,
+    /// How many of `diags` have been looked at by [`Checker::full`], and how many of
+    /// those are errors.
+    counted: usize,
+    errors: usize,
 }
 
 /// Where each name is defined, for reference resolution.
@@ -139,14 +184,29 @@ impl<'a> Checker<'a> {
             spec,
             diags,
             names: Vec::new(),
+            counted: 0,
+            errors: 0,
         }
+    }
+
+    /// More errors are known than will be reported ([`MAX_REPORTED`]): checking stops
+    /// (the layers not looked at count as unresolved, so nothing cascades). Linear over
+    /// any number of calls: each diagnostic is counted once.
+    fn full(&mut self) -> bool {
+        let new = &self.diags[self.counted.min(self.diags.len())..];
+        self.errors += new.iter().filter(|d| d.is_error()).count();
+        self.counted = self.diags.len();
+        self.errors > MAX_REPORTED
     }
 
     fn run(mut self, default_name: &str) -> Option<Graph> {
         let spec = self.spec;
         let inputs = self.inputs();
-        let kinds: Vec<Option<&'static LayerKind>> =
-            spec.layers.iter().map(|l| self.kind(l)).collect();
+        let kinds: Vec<Option<&'static LayerKind>> = spec
+            .layers
+            .iter()
+            .map(|l| if self.full() { None } else { self.kind(l) })
+            .collect();
         let args: Vec<Option<Args>> = spec
             .layers
             .iter()
@@ -180,7 +240,11 @@ impl<'a> Checker<'a> {
             }
         };
         for (i, decl) in spec.layers.iter().enumerate() {
+            let full = self.full();
             let result = (|| {
+                if full {
+                    return None;
+                }
                 let kind = kinds[i]?;
                 let a = args[i].as_ref()?;
                 let srcs = refs[i].as_ref()?;
@@ -408,10 +472,10 @@ impl<'a> Checker<'a> {
     /// Explicit names, then Keras's automatic names (`dense`, `dense_1`, …) for the rest,
     /// skipping names already taken.
     fn layer_names(&mut self, kinds: &[Option<&'static LayerKind>]) -> Vec<String> {
-        let mut taken: Vec<String> = self.spec.inputs.iter().map(|i| i.name.clone()).collect();
+        let mut taken: HashSet<String> = self.spec.inputs.iter().map(|i| i.name.clone()).collect();
         for l in &self.spec.layers {
             if let Some((n, _)) = &l.name {
-                taken.push(n.clone());
+                taken.insert(n.clone());
             }
         }
         let mut counters: HashMap<&str, usize> = HashMap::new();
@@ -434,7 +498,7 @@ impl<'a> Checker<'a> {
                     break candidate;
                 }
             };
-            taken.push(name.clone());
+            taken.insert(name.clone());
             out.push(name);
         }
         out
@@ -509,6 +573,10 @@ impl<'a> Checker<'a> {
             })
             .collect();
         for (i, l) in spec.layers.iter().enumerate() {
+            if self.full() {
+                out.push(None);
+                continue;
+            }
             let resolved: Option<Vec<Source>> = match &l.inputs {
                 // Written, but wrongly: already reported while parsing.
                 Some(names) if names.is_empty() => None,
@@ -516,12 +584,19 @@ impl<'a> Checker<'a> {
                     let mut srcs = Vec::new();
                     let mut ok = true;
                     for (n, span) in names {
+                        if self.full() {
+                            ok = false;
+                            break;
+                        }
                         match defs.get(n) {
                             // An input whose declaration is wrong: already reported.
                             None if spec.broken_inputs.contains(n) => ok = false,
                             None => {
                                 ok = false;
-                                let known = defs.keys().map(String::as_str);
+                                // In the spec's order, so that ties resolve the same way
+                                // every run (a HashMap's order changes from run to run).
+                                let known = spec.inputs.iter().map(|x| x.name.as_str());
+                                let known = known.chain(self.names.iter().map(String::as_str));
                                 let help = match did_you_mean(n, known) {
                                     Some(s) => format!("did you mean `{s}`?"),
                                     None => {
@@ -712,6 +787,9 @@ impl<'a> Checker<'a> {
                 let mut out = Vec::new();
                 let mut ok = true;
                 for (n, span) in names {
+                    if self.full() {
+                        return None;
+                    }
                     match defs.get(n) {
                         Some(d) => {
                             if out.contains(&d.source) {
@@ -736,7 +814,14 @@ impl<'a> Checker<'a> {
                                 )
                                 .label(span.clone(), "unknown name")
                                 .help(
-                                    match did_you_mean(n, defs.keys().map(String::as_str)) {
+                                    // In the spec's order: ties resolve the same way every run.
+                                    match did_you_mean(
+                                        n,
+                                        spec.inputs
+                                            .iter()
+                                            .map(|x| x.name.as_str())
+                                            .chain(self.names.iter().map(String::as_str)),
+                                    ) {
                                         Some(s) => format!("did you mean `{s}`?"),
                                         None => {
                                             let mut names: Vec<&str> =
@@ -931,7 +1016,7 @@ impl<'a> Checker<'a> {
                     _ => {
                         let out = g.type_of(g.outputs[targets[0].output]);
                         let tgt = &targets[0].ty;
-                        if out.last().as_const() == Some(1) {
+                        if out.shape.last().and_then(Dim::as_const) == Some(1) {
                             "binary_accuracy".into()
                         } else if tgt.rank() < out.rank() {
                             "sparse_categorical_accuracy".into()

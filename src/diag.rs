@@ -27,6 +27,11 @@ pub struct Label {
     pub primary: bool,
 }
 
+/// Most secondary labels one diagnostic carries. A merge of 20,000 inputs would
+/// otherwise get one per input: no one reads that many, and drawing them takes time
+/// quadratic in their number.
+pub const MAX_SECONDARY: usize = 16;
+
 /// One finding about a spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
@@ -62,8 +67,11 @@ impl Diagnostic {
         });
         self
     }
-    /// Adds a secondary label (a place that explains why).
+    /// Adds a secondary label (a place that explains why), up to [`MAX_SECONDARY`].
     pub fn secondary(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
+        if self.labels.iter().filter(|l| !l.primary).count() >= MAX_SECONDARY {
+            return self;
+        }
         self.labels.push(Label {
             span,
             message: message.into(),
@@ -124,6 +132,8 @@ struct MietteView<'a> {
     diag: &'a Diagnostic,
     source: NamedSource<String>,
     text_len: usize,
+    /// `file:line:col`, said in words instead of drawing the source (see [`render`]).
+    at: Option<String>,
 }
 
 impl fmt::Debug for MietteView<'_> {
@@ -133,7 +143,11 @@ impl fmt::Debug for MietteView<'_> {
 }
 impl fmt::Display for MietteView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.diag.message)
+        f.write_str(&self.diag.message)?;
+        match &self.at {
+            Some(at) => write!(f, " (at {at})"),
+            None => Ok(()),
+        }
     }
 }
 impl std::error::Error for MietteView<'_> {}
@@ -155,14 +169,14 @@ impl miette::Diagnostic for MietteView<'_> {
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        if self.diag.labels.is_empty() {
+        if self.diag.labels.is_empty() || self.at.is_some() {
             None
         } else {
             Some(&self.source)
         }
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        if self.diag.labels.is_empty() {
+        if self.diag.labels.is_empty() || self.at.is_some() {
             return None;
         }
         let n = self.text_len;
@@ -178,6 +192,23 @@ impl miette::Diagnostic for MietteView<'_> {
     }
 }
 
+/// Longest source line drawn under a diagnostic, in bytes.
+const MAX_DRAWN_LINE: usize = 1000;
+
+/// The length in bytes of the line holding `offset`.
+fn line_length(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    let start = text.as_bytes()[..offset]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = text.as_bytes()[offset..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(text.len(), |i| offset + i);
+    end - start
+}
+
 /// Renders diagnostics as people read them. `color` picks ANSI colors; without it the
 /// output is plain Unicode (used by the golden snapshots).
 pub fn render(source: &Source, diags: &[Diagnostic], color: bool) -> String {
@@ -191,10 +222,30 @@ pub fn render(source: &Source, diags: &[Diagnostic], color: bool) -> String {
         .with_links(false);
     let mut out = String::new();
     for d in diags {
+        // A label on a very long line (a spec written as one flow-style line) would be
+        // drawn whole, for every diagnostic: megabytes of output, slowly. Say where.
+        let at = d
+            .labels
+            .iter()
+            .any(|l| line_length(source.text, l.span.start) > MAX_DRAWN_LINE)
+            .then(|| d.primary_span())
+            .flatten()
+            .map(|span| {
+                let (line, col) = source.line_col(span.start);
+                format!("{}:{line}:{col}", source.name)
+            });
         let view = MietteView {
             diag: d,
-            source: NamedSource::new(source.name, source.text.to_string()),
+            source: NamedSource::new(
+                source.name,
+                if at.is_some() {
+                    String::new()
+                } else {
+                    source.text.to_string()
+                },
+            ),
             text_len: source.text.len(),
+            at,
         };
         if handler.render_report(&mut out, &view).is_err() {
             out.push_str(&format!("{}: {}\n", d.code, d.message));
@@ -300,6 +351,14 @@ pub fn did_you_mean<'a>(
     let lower = word.to_lowercase().replace('-', "_");
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
+        let limit = (c.chars().count().max(word.chars().count()) / 3).max(1);
+        // An edit distance is at least the difference in length: skip far candidates
+        // without computing it (callers may pass every name in a large spec).
+        let (n, m) = (lower.chars().count(), c.chars().count());
+        let underscores = c.matches('_').count() + lower.matches('_').count();
+        if n.abs_diff(m) > limit + underscores {
+            continue;
+        }
         let d = if c == lower {
             0
         } else {
@@ -307,7 +366,6 @@ pub fn did_you_mean<'a>(
         };
         // Also accept CamelCase Keras class names written for snake_case ones.
         let squashed = d.min(levenshtein(&lower.replace('_', ""), &c.replace('_', "")));
-        let limit = (c.chars().count().max(word.chars().count()) / 3).max(1);
         if squashed <= limit && best.is_none_or(|(bd, _)| squashed < bd) {
             best = Some((squashed, c));
         }

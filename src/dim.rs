@@ -6,6 +6,8 @@
 //! coefficients — so two dims are equal exactly when their normal forms are: `s + t`
 //! equals `t + s`, `batch * 64` equals `64 * batch`, and two different symbols are
 //! never assumed equal. All arithmetic is checked; overflow is an error, not a wrap.
+//! Formulas are also bounded in size ([`MAX_ATOMS`]), so no spec can make them grow
+//! without limit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -25,9 +27,16 @@ pub struct Dim {
     terms: BTreeMap<Vec<Atom>, i64>,
 }
 
-/// Arithmetic on dims overflowed i64.
+/// Arithmetic on dims overflowed i64, or a formula grew past [`MAX_ATOMS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overflow;
+
+/// Most terms and atoms (nested floor divisions counted in full) one dim may hold. Real
+/// shapes need a handful; without a bound, a spec of a few hundred bytes could build
+/// formulas that take hours and gigabytes: a product of long sums (broadcasting
+/// `[b, s0 + … + s99, 1]` against its transpose, then `flatten`) or a thousand strided
+/// layers nesting floor divisions on a symbolic length.
+pub const MAX_ATOMS: usize = 256;
 
 impl Dim {
     pub fn konst(c: i64) -> Dim {
@@ -65,6 +74,25 @@ impl Dim {
         }
     }
 
+    /// The number of terms and atoms, nested ones included (see [`MAX_ATOMS`]).
+    fn size(&self) -> usize {
+        let atom = |a: &Atom| match a {
+            Atom::Sym(_) => 1,
+            Atom::FloorDiv(inner, _) => 1 + inner.size(),
+        };
+        self.terms
+            .keys()
+            .map(|m| 1 + m.iter().map(atom).sum::<usize>())
+            .sum()
+    }
+    fn bounded(self) -> Result<Dim, Overflow> {
+        if self.size() > MAX_ATOMS {
+            Err(Overflow)
+        } else {
+            Ok(self)
+        }
+    }
+
     pub fn add(&self, other: &Dim) -> Result<Dim, Overflow> {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
@@ -74,7 +102,7 @@ impl Dim {
                 terms.remove(m);
             }
         }
-        Ok(Dim { terms })
+        Dim { terms }.bounded()
     }
     pub fn add_const(&self, c: i64) -> Result<Dim, Overflow> {
         self.add(&Dim::konst(c))
@@ -96,19 +124,23 @@ impl Dim {
         Ok(Dim { terms })
     }
     pub fn mul(&self, other: &Dim) -> Result<Dim, Overflow> {
-        let mut out = Dim::default();
+        // Accumulate in one map (adding term by term would copy it for every pair).
+        let mut terms: BTreeMap<Vec<Atom>, i64> = BTreeMap::new();
         for (ma, ca) in &self.terms {
             for (mb, cb) in &other.terms {
                 let mut m = ma.clone();
                 m.extend(mb.iter().cloned());
                 m.sort();
                 let c = ca.checked_mul(*cb).ok_or(Overflow)?;
-                let mut t = BTreeMap::new();
-                t.insert(m, c);
-                out = out.add(&Dim { terms: t })?;
+                let e = terms.entry(m).or_insert(0);
+                *e = e.checked_add(c).ok_or(Overflow)?;
+                if terms.len() > MAX_ATOMS {
+                    return Err(Overflow);
+                }
             }
         }
-        Ok(out)
+        terms.retain(|_, c| *c != 0);
+        Dim { terms }.bounded()
     }
     /// `floor(self / d)` for a positive constant `d`, simplified where exact.
     pub fn floor_div(&self, d: i64) -> Result<Dim, Overflow> {
@@ -133,7 +165,7 @@ impl Dim {
         }
         let mut terms = BTreeMap::new();
         terms.insert(vec![Atom::FloorDiv(Box::new(self.clone()), d)], 1);
-        Ok(Dim { terms })
+        Dim { terms }.bounded()
     }
     /// `ceil(self / d)` for a positive constant `d`.
     pub fn ceil_div(&self, d: i64) -> Result<Dim, Overflow> {
@@ -311,5 +343,25 @@ mod tests {
         let big = Dim::konst(i64::MAX / 2 + 1);
         assert!(big.add(&big).is_err());
         assert!(big.mul(&Dim::konst(3)).is_err());
+    }
+
+    #[test]
+    fn formulas_are_bounded_in_size() {
+        // A product of two sums of 100 symbols would have 5,050 terms.
+        let mut sum = Dim::default();
+        for i in 0..100 {
+            sum = sum.add(&s(&format!("s{i}"))).unwrap();
+        }
+        assert!(sum.mul(&sum).is_err());
+        // Nested floor divisions stop growing too: ceil(ceil(ceil(seq / 2) / 2) / 2)…
+        let mut d = s("seq");
+        let nested = (0..1000).map_while(|_| {
+            d = d.ceil_div(2).ok()?;
+            Some(())
+        });
+        assert!(nested.count() < 200);
+        // Small ones are untouched.
+        let x = s("a").add(&s("b")).unwrap();
+        assert_eq!(x.mul(&x).unwrap().to_string(), "a*a + 2*a*b + b*b");
     }
 }

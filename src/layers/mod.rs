@@ -288,12 +288,15 @@ impl Ctx<'_> {
         None
     }
 
-    /// Reports size arithmetic that overflowed.
+    /// Reports size arithmetic that overflowed (i64, or [`crate::dim::MAX_ATOMS`]).
     pub fn overflow(&mut self, _: Overflow) -> Option<Inferred> {
         self.shape_error(
             "E0513",
-            format!("the sizes in `{}` overflow 64-bit integers", self.layer),
-            "check the sizes of this layer and its inputs",
+            format!(
+                "the sizes in `{}` overflow: they pass 64-bit integers, or their formula grows past kiln's limit",
+                self.layer
+            ),
+            "check the sizes of this layer and its inputs; a symbolic size put through very many strided layers, or multiplied by long sums, grows without bound",
         )
     }
 

@@ -13,15 +13,23 @@ pub const FLATTEN: LayerKind = LayerKind {
     infer: flatten,
 };
 
-fn flatten(cx: &mut Ctx) -> Option<Inferred> {
-    let inp = cx.input().clone();
-    if inp.rank() < 1 {
-        return cx.shape_error(
-            "E0501",
-            "`flatten` needs an input with a batch axis".into(),
-            "declare the input as [batch, …]",
-        );
+/// The reshaping layers keep axis 0 (the batch) and rearrange the rest, so they need
+/// one: a rank-0 input (`x: []`) has none.
+fn expect_batch_axis(cx: &mut Ctx) -> Option<()> {
+    if cx.input().rank() >= 1 {
+        return Some(());
     }
+    cx.shape_error(
+        "E0501",
+        format!("`{}` needs an input with a batch axis", cx.kind.name),
+        "declare the input as [batch, …]",
+    );
+    None
+}
+
+fn flatten(cx: &mut Ctx) -> Option<Inferred> {
+    expect_batch_axis(cx)?;
+    let inp = cx.input().clone();
     let rest = match product(&inp.shape[1..]) {
         Ok(p) => p,
         Err(e) => return cx.overflow(e),
@@ -48,6 +56,7 @@ pub const RESHAPE: LayerKind = LayerKind {
 };
 
 fn reshape(cx: &mut Ctx) -> Option<Inferred> {
+    expect_batch_axis(cx)?;
     let inp = cx.input().clone();
     let target = cx.args.ints("target_shape").to_vec();
     if target.contains(&0) {
@@ -122,6 +131,7 @@ pub const PERMUTE: LayerKind = LayerKind {
 };
 
 fn permute(cx: &mut Ctx) -> Option<Inferred> {
+    expect_batch_axis(cx)?;
     let inp = cx.input().clone();
     let dims = cx.args.ints("dims").to_vec();
     let n = inp.rank().saturating_sub(1);

@@ -8,6 +8,7 @@
 pub mod train;
 pub mod yaml;
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::diag::{Diagnostic, did_you_mean};
@@ -262,10 +263,14 @@ fn check_duplicate_keys(root: &Node, diags: &mut Vec<Diagnostic>) {
     while let Some(n) = stack.pop() {
         match &n.kind {
             Kind::Map(entries) => {
-                for (i, (k, v)) in entries.iter().enumerate() {
+                // First occurrence of each key (a map: a scan per key would be quadratic).
+                let mut seen: HashMap<&str, &Node> = HashMap::new();
+                for (k, v) in entries {
                     if let Some(key) = k.as_str()
-                        && let Some((first, _)) =
-                            entries[..i].iter().find(|(p, _)| p.as_str() == Some(key))
+                        && let Some(first) = seen.get(key).copied().or_else(|| {
+                            seen.insert(key, k); // the first time: remember it
+                            None
+                        })
                     {
                         diags.push(
                             Diagnostic::error(
@@ -674,14 +679,17 @@ fn parse_layer(it: &Node, diags: &mut Vec<Diagnostic>) -> Option<LayerDecl> {
             inputs: None,
         });
     }
-    let Some(m) = it.as_map() else {
+    // An empty mapping (`- {}`) has no type either.
+    let Some(m) = it.as_map().filter(|m| !m.is_empty()) else {
+        let what = if it.as_map().is_some() {
+            "an empty mapping"
+        } else {
+            it.describe()
+        };
         diags.push(
             Diagnostic::error(
                 "E0213",
-                format!(
-                    "a layer is a name or `type: {{arguments}}`, but this is {}",
-                    it.describe()
-                ),
+                format!("a layer is a name or `type: {{arguments}}`, but this is {what}"),
             )
             .label(it.span.clone(), "not a layer")
             .help("for example `- dense: {units: 10}` or `- flatten`"),

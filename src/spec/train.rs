@@ -637,7 +637,10 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         || data.as_ref().is_some_and(|d| d.validation_split > 0.0);
     let mut known: Vec<String> = vec!["loss".into()];
     for (m, _) in &metrics {
-        known.push(m.clone());
+        // Once each: a metric listed 30,000 times must not make every check below slow.
+        if !known.contains(m) {
+            known.push(m.clone());
+        }
     }
     let with_val: Vec<String> = known.iter().map(|k| format!("val_{k}")).collect();
     known.extend(with_val);

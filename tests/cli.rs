@@ -1,0 +1,892 @@
+//! The real `kiln` binary on real files: exit codes (0 ok, 1 the spec is wrong, 2 usage
+//! or I/O), the codes of the diagnostics it prints, the JSON form, the summary table, and
+//! hostile inputs — bytes that are not UTF-8, huge files, deep nesting, alias bombs,
+//! absurd numbers, and specs built to make checking slow — each of which must give a
+//! diagnostic quickly, never a panic, a hang or runaway memory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest any single run may take (debug build, a loaded 2-core machine). Every case
+/// here finishes in well under a second or two; the hostile ones used to take minutes.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A file in a private temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-cli-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write a temp file");
+        TempFile(path)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    /// The stream the CLI prints diagnostics on, for readable assertion messages.
+    fn show(&self) -> String {
+        let cut = |s: &str| s.chars().take(3000).collect::<String>();
+        format!(
+            "exit {} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.elapsed,
+            cut(&self.stdout),
+            cut(&self.stderr)
+        )
+    }
+    fn expect(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "{}", self.show());
+        assert!(!self.stderr.contains("panicked"), "{}", self.show());
+        self
+    }
+    fn stderr_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "expected `{needle}` on stderr\n{}",
+            self.show()
+        );
+        self
+    }
+    fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "expected `{needle}` on stdout\n{}",
+            self.show()
+        );
+        self
+    }
+    fn within(&self, limit: Duration) -> &Run {
+        assert!(
+            self.elapsed < limit,
+            "took {:?} (limit {limit:?})\n{}",
+            self.elapsed,
+            self.show()
+        );
+        self
+    }
+}
+
+/// Runs the binary with `args`, draining its output as it comes, and kills it (failing
+/// the test) if it runs past [`DEADLINE`].
+fn kiln_cmd(mut cmd: Command) -> Run {
+    cmd.env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn kiln");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for kiln") {
+            break s;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kiln {:?} did not finish within {DEADLINE:?}",
+                cmd.get_args().collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    Run {
+        // A signal (no exit code) is never an acceptable outcome.
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+        elapsed,
+    }
+}
+
+fn kiln(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args);
+    kiln_cmd(cmd)
+}
+
+/// `kiln check` on a file holding `bytes`.
+fn check_bytes(bytes: &[u8]) -> Run {
+    let f = TempFile::new("spec.yaml", bytes);
+    kiln(&["check", f.arg()])
+}
+
+fn check_text(text: &str) -> Run {
+    check_bytes(text.as_bytes())
+}
+
+/// `kiln check --format json` on a file holding `text`, parsed.
+fn check_json(text: &[u8]) -> (Run, serde_json::Value) {
+    let f = TempFile::new("spec.yaml", text);
+    let run = kiln(&["check", f.arg(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("--format json printed invalid JSON ({e})\n{}", run.show()));
+    assert_eq!(v["file"], f.arg(), "{}", run.show());
+    (run, v)
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+const MLP: &str = "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 8, activation: relu}\n  - dense: {units: 2}\n";
+
+// ---------------------------------------------------------------------------------
+// Exit codes and the one-line summary
+
+#[test]
+fn every_shipped_spec_checks_clean_with_a_one_line_summary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+    let mut specs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("specs/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    specs.sort();
+    assert!(specs.len() >= 5, "specs/ holds the example models");
+    for spec in &specs {
+        let run = kiln(&["check", spec.to_str().unwrap()]);
+        run.expect(0);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for a valid spec\n{}", run.show());
+        assert!(lines[0].starts_with("ok: "), "{}", run.show());
+        assert!(
+            lines[0].contains(" params; ") && lines[0].contains(" → "),
+            "{}",
+            run.show()
+        );
+        assert!(!run.stderr.contains("error"), "{}", run.show());
+    }
+}
+
+#[test]
+fn the_cnn_summary_line_has_keras_counts() {
+    // conv2d 3·3·1·16+16 = 160, conv2d 3·3·16·32+32 = 4,640, batch norm 4·32 = 128,
+    // dense 32·10+10 = 330: 5,258 in all.
+    let run = kiln(&["check", &repo("specs/cnn.yaml")]);
+    run.expect(0);
+    assert_eq!(
+        run.stdout.trim_end(),
+        "ok: digits_cnn — 7 layers, 5,258 params; image [batch, 8, 8, 1] → logits [batch, 10]"
+    );
+}
+
+#[test]
+fn summary_prints_the_table_and_totals() {
+    let run = kiln(&["summary", &repo("specs/cnn.yaml")]);
+    run.expect(0)
+        .stdout_has("Model: \"digits_cnn\"")
+        .stdout_has("Layer (type)")
+        .stdout_has("Output Shape")
+        .stdout_has("conv2d (Conv2D)")
+        .stdout_has("(batch, 8, 8, 16)")
+        .stdout_has("conv2d_1 (Conv2D)")
+        .stdout_has("batch_normalization (BatchNormalization)")
+        .stdout_has("logits (Dense)")
+        .stdout_has("(batch, 10)")
+        .stdout_has("Total params: 5,258 (20.54 KB)")
+        .stdout_has("Trainable params: 5,194 (20.29 KB)")
+        .stdout_has("Non-trainable params: 64 (256.00 B)");
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("conv2d_1 (Conv2D)"))
+        .expect("a conv2d_1 row");
+    assert!(
+        row.contains("4,640") && row.contains("max_pooling2d"),
+        "{row}"
+    );
+}
+
+#[test]
+fn summary_of_a_broken_spec_exits_1_with_its_diagnostics() {
+    let f = TempFile::new(
+        "bad.yaml",
+        b"inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 0}\n",
+    );
+    kiln(&["summary", f.arg()]).expect(1).stderr_has("E0404");
+}
+
+#[test]
+fn a_missing_file_is_exit_2() {
+    let dir = TempFile::new("present.yaml", b"");
+    let missing = dir.path().with_file_name("absent.yaml");
+    let run = kiln(&["check", missing.to_str().unwrap()]);
+    run.expect(2).stderr_has("absent.yaml");
+    assert!(run.stdout.is_empty(), "{}", run.show());
+    kiln(&["summary", missing.to_str().unwrap()]).expect(2);
+    kiln(&["check", missing.to_str().unwrap(), "--format", "json"]).expect(2);
+}
+
+#[test]
+fn a_directory_is_exit_2() {
+    let f = TempFile::new("x.yaml", b"");
+    let dir = f.path().parent().unwrap().to_str().unwrap().to_string();
+    kiln(&["check", &dir]).expect(2);
+}
+
+#[test]
+fn bad_usage_is_exit_2() {
+    let spec = repo("specs/mlp.yaml");
+    for args in [
+        &[][..],
+        &["frobnicate"][..],
+        &["check"][..],
+        &["check", &spec, "--format", "xml"][..],
+        &["check", &spec, "--no-such-flag"][..],
+        &["check", &spec, &spec][..],
+        &["summary"][..],
+    ] {
+        let run = kiln(args);
+        run.expect(2);
+        assert!(
+            !run.stderr.is_empty(),
+            "usage errors say why\n{}",
+            run.show()
+        );
+    }
+    kiln(&["--help"]).expect(0).stdout_has("check");
+    kiln(&["check", "--help"]).expect(0);
+}
+
+// ---------------------------------------------------------------------------------
+// What a file holds, before YAML
+
+#[test]
+fn bytes_that_are_not_utf8_are_e0107() {
+    check_bytes(b"inputs:\n  x: [batch, 4]\n  y: [b\xffatch]\nlayers: [relu]\n")
+        .expect(1)
+        .stderr_has("E0107");
+    check_bytes(b"\xfe\xff\x00i\x00n")
+        .expect(1)
+        .stderr_has("E0107");
+    // Where it is: line 3, column 8 (the byte after `[b`).
+    let (run, v) = check_json(b"inputs:\n  x: [batch, 4]\n  y: [b\xffatch]\nlayers: [relu]\n");
+    run.expect(1);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "E0107");
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(3), Some(8)),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_empty_file_is_exit_1() {
+    check_bytes(b"").expect(1).stderr_has("E0201");
+    check_bytes(b"\n\n   \n# only a comment\n")
+        .expect(1)
+        .stderr_has("E0201");
+}
+
+#[test]
+fn a_ten_megabyte_file_is_refused_quickly() {
+    let big = "  - relu\n".repeat(10 << 20 >> 3);
+    let spec = format!("inputs:\n  x: [batch, 4]\nlayers:\n{big}");
+    assert!(spec.len() >= 10 << 20);
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0106")
+        .within(Duration::from_secs(5));
+    let (run, v) = check_json(spec.as_bytes());
+    run.expect(1);
+    assert_eq!(v["diagnostics"][0]["code"], "E0106");
+}
+
+/// A gigabyte file (sparse: it takes no disk) under a 1 GB address-space limit: kiln
+/// must read only what it checks, not the whole file.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_huge_file_is_not_read_into_memory() {
+    let f = TempFile::new("huge.yaml", b"inputs: {x: [batch, 4]}\nlayers: [relu]\n#");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.path())
+        .and_then(|h| h.set_len(4 << 30))
+        .expect("make a sparse 4 GB file");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -v 1048576 && exec \"$0\" check \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .arg(f.arg());
+    kiln_cmd(cmd)
+        .expect(1)
+        .stderr_has("E0106")
+        .stderr_has("4294967296")
+        .within(Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------------
+// Hostile YAML
+
+#[test]
+fn nesting_ten_thousand_deep_is_e0104() {
+    let deep = "[".repeat(10_000);
+    check_text(&deep)
+        .expect(1)
+        .stderr_has("E0104")
+        .within(Duration::from_secs(5));
+    let closed = format!(
+        "inputs: {{x: {}{}}}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    check_text(&closed).expect(1).stderr_has("E0104");
+    let maps = "{a: ".repeat(10_000);
+    check_text(&maps).expect(1).stderr_has("E0104");
+    let block: String = (0..200)
+        .map(|i| format!("{}- \n", " ".repeat(i * 2)))
+        .collect();
+    let run = check_text(&block);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("E0104") || run.stderr.contains("E0101"),
+        "{}",
+        run.show()
+    );
+}
+
+#[test]
+fn a_billion_laughs_alias_bomb_is_e0105() {
+    let mut bomb = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let p = format!("*a{}", i - 1);
+        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", [p.as_str(); 10].join(", ")));
+    }
+    bomb.push_str("inputs: {x: [batch, 4]}\nlayers: *a9\n");
+    check_text(&bomb)
+        .expect(1)
+        .stderr_has("E0105")
+        .within(Duration::from_secs(5));
+}
+
+#[test]
+fn syntax_errors_and_several_documents_are_exit_1() {
+    check_text("inputs:\n  x: [batch, 4\nlayers: [relu]\n")
+        .expect(1)
+        .stderr_has("E0101");
+    check_text(&format!("{MLP}---\n{MLP}"))
+        .expect(1)
+        .stderr_has("E0102");
+    check_text("inputs: *nope\nlayers: [relu]\n")
+        .expect(1)
+        .stderr_has("E0103");
+    check_text("- just\n- a list\n")
+        .expect(1)
+        .stderr_has("E0201");
+}
+
+// ---------------------------------------------------------------------------------
+// Numbers
+
+#[test]
+fn units_1e40_is_a_type_error() {
+    check_text("inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 1e40}\n")
+        .expect(1)
+        .stderr_has("E0403");
+}
+
+#[test]
+fn units_99999999999_is_out_of_range() {
+    check_text("inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 99999999999}\n")
+        .expect(1)
+        .stderr_has("E0404");
+    check_text(
+        "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 99999999999999999999999999}\n",
+    )
+    .expect(1)
+    .stderr_has("E0404");
+    check_text("inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: -1}\n")
+        .expect(1)
+        .stderr_has("E0404");
+}
+
+#[test]
+fn zero_and_negative_dimensions_are_exit_1() {
+    for dim in [
+        "0",
+        "-1",
+        "-2147483648",
+        "99999999999",
+        "99999999999999999999999",
+    ] {
+        let spec = format!("inputs:\n  x: [batch, {dim}]\nlayers:\n  - dense: {{units: 2}}\n");
+        check_text(&spec).expect(1).stderr_has("E0302");
+    }
+    for dim in ["1.5", "1e3", "-batch", "[]", "~", "true"] {
+        let spec = format!("inputs:\n  x: [batch, {dim}]\nlayers:\n  - dense: {{units: 2}}\n");
+        check_text(&spec).expect(1).stderr_has("E0303");
+    }
+}
+
+#[test]
+fn overflowing_shapes_are_diagnostics_not_panics() {
+    let max = i32::MAX;
+    // 2147483647³ elements per example do not fit in 64 bits.
+    check_text(&format!(
+        "inputs:\n  x: [batch, {max}, {max}, {max}]\nlayers:\n  - flatten\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    check_text(&format!(
+        "inputs:\n  x: [batch, {max}, {max}, {max}]\nlayers:\n  - reshape: {{target_shape: [-1]}}\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    // A dense layer with 2147483647² weights passes kiln's parameter limit.
+    check_text(&format!(
+        "inputs:\n  x: [batch, {max}]\nlayers:\n  - dense: {{units: {max}}}\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    // Several layers that are each allowed but too many together.
+    let layers = "  - dense: {units: 1000000, input: x}\n".repeat(3);
+    check_text(&format!("inputs:\n  x: [batch, {max}]\nlayers:\n{layers}"))
+        .expect(1)
+        .stderr_has("E0513");
+    check_text(&format!(
+        "inputs:\n  x: [batch, {max}, {max}, 3]\nlayers:\n  - conv2d: {{filters: {max}, kernel_size: {max}}}\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    check_text(&format!(
+        "inputs:\n  x: [batch, {max}, 3]\nlayers:\n  - lstm: {{units: {max}}}\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    check_text(&format!(
+        "inputs:\n  x: [batch, 4, {max}]\nlayers:\n  - multi_head_attention: {{num_heads: {max}, key_dim: {max}}}\n"
+    ))
+    .expect(1)
+    .stderr_has("E0513");
+    // Window arithmetic on huge kernels and dilations: a diagnostic or a (symbolic)
+    // shape, never a panic.
+    for len in ["seq", "7", &max.to_string()] {
+        let run = check_text(&format!(
+            "inputs:\n  x: [batch, {len}, 3]\nlayers:\n  - conv1d: {{filters: 2, kernel_size: {max}, dilation_rate: {max}}}\n  - max_pooling1d: {{pool_size: {max}, strides: {max}, padding: same}}\n"
+        ));
+        assert!(
+            matches!(run.code, 0 | 1) && !run.stderr.contains("panicked"),
+            "{}",
+            run.show()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// JSON
+
+#[test]
+fn json_output_has_every_field_with_one_based_positions() {
+    let spec = b"inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 1e40}\n  - dense: {units: 2, activation: relux}\n";
+    let (run, v) = check_json(spec);
+    run.expect(1);
+    assert_eq!(v["valid"], false);
+    let diags = v["diagnostics"].as_array().expect("a diagnostics array");
+    assert_eq!(diags.len(), 2, "{v}");
+    for d in diags {
+        for field in [
+            "code", "severity", "message", "line", "column", "labels", "help",
+        ] {
+            assert!(d.get(field).is_some(), "`{field}` missing in {d}");
+        }
+        assert_eq!(d["severity"], "error");
+        assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+        assert!(d["help"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+        let labels = d["labels"].as_array().expect("labels");
+        let primary: Vec<_> = labels.iter().filter(|l| l["primary"] == true).collect();
+        assert_eq!(primary.len(), 1, "{d}");
+        for l in labels {
+            for field in ["line", "column", "length", "message", "primary"] {
+                assert!(l.get(field).is_some(), "`{field}` missing in label {l}");
+            }
+        }
+        assert_eq!(d["line"], primary[0]["line"]);
+        assert_eq!(d["column"], primary[0]["column"]);
+    }
+    // `1e40` is on line 4 at column 20, four characters long; `relux` on line 5.
+    assert_eq!(diags[0]["code"], "E0403");
+    assert_eq!(
+        (diags[0]["line"].as_u64(), diags[0]["column"].as_u64()),
+        (Some(4), Some(20))
+    );
+    assert_eq!(diags[0]["labels"][0]["length"], 4);
+    assert_eq!(diags[1]["code"], "E0407");
+    let text = std::str::from_utf8(spec).unwrap();
+    let line5 = text.lines().nth(4).unwrap();
+    let col = line5.find("relux").unwrap() as u64 + 1;
+    assert_eq!(
+        (diags[1]["line"].as_u64(), diags[1]["column"].as_u64()),
+        (Some(5), Some(col))
+    );
+    assert_eq!(diags[1]["labels"][0]["length"], 5);
+    assert!(diags[1]["help"].as_str().unwrap().contains("relu"), "{v}");
+}
+
+#[test]
+fn json_columns_count_characters_not_bytes() {
+    let text = "name: \"ñandú ☕\"\ninputs:\n  x: [batch, 4]\nlayers:\n  - dense: {kernel_initializer: {constant: {value: 1}}, name: \"café☕\", units: 0}\n";
+    let (run, v) = check_json(text.as_bytes());
+    run.expect(1);
+    let d = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["code"] == "E0404");
+    let d = d.unwrap_or_else(|| panic!("no E0404 in {v}"));
+    let line = text.lines().nth(4).unwrap();
+    let col = line[..line.find("0}").unwrap()].chars().count() as u64 + 1;
+    assert_ne!(
+        col as usize,
+        line.find("0}").unwrap() + 1,
+        "the line has multi-byte characters before the error"
+    );
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(5), Some(col)),
+        "{v}"
+    );
+}
+
+#[test]
+fn json_for_a_valid_spec_is_valid_with_no_errors() {
+    let (run, v) = check_json(MLP.as_bytes());
+    run.expect(0);
+    assert_eq!(v["valid"], true);
+    assert!(
+        v["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["severity"] == "warning"),
+        "{v}"
+    );
+    // A warning is reported but leaves the spec valid.
+    let unused = "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 3, name: side}\n  - dense: {units: 2, input: x}\n";
+    let (run, v) = check_json(unused.as_bytes());
+    run.expect(0);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["diagnostics"][0]["code"], "W0701", "{v}");
+    assert_eq!(v["diagnostics"][0]["severity"], "warning");
+    assert_eq!(v["diagnostics"][0]["line"], 4);
+}
+
+#[test]
+fn json_is_printed_for_hostile_input_too() {
+    for bytes in [
+        &b""[..],
+        &b"\xff"[..],
+        &b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["[..],
+        &b"inputs: {x: [batch, 4]}\nlayers: [{dense: {units: 1e40}}]\n\xc3"[..],
+    ] {
+        let (run, v) = check_json(bytes);
+        run.expect(1);
+        assert_eq!(v["valid"], false);
+        let d = &v["diagnostics"][0];
+        assert!(
+            d["code"].as_str().is_some_and(|c| c.starts_with('E')),
+            "{v}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Inputs that used to panic (regressions)
+
+#[test]
+fn rank_zero_inputs_are_diagnostics_not_panics() {
+    // reshape, permute and flatten take the batch axis off; a `[]` input has none.
+    for layer in [
+        "reshape: {target_shape: [1]}",
+        "permute: {dims: [1]}",
+        "flatten",
+    ] {
+        check_text(&format!("inputs:\n  x: []\nlayers:\n  - {layer}\n"))
+            .expect(1)
+            .stderr_has("E0501");
+    }
+    check_text("inputs:\n  x: []\nlayers:\n  - permute: {dims: []}\n").expect(1);
+    // `accuracy` picks its Keras variant from the output's last axis, which a rank-0
+    // output does not have.
+    let run = check_text(
+        "inputs:\n  x: []\nlayers:\n  - dropout: {rate: 0.1}\ntrain:\n  targets: {y: []}\n  loss: mse\n  optimizer: adam\n  metrics: [accuracy]\n",
+    );
+    assert!(matches!(run.code, 0 | 1), "{}", run.show());
+    assert!(!run.stderr.contains("panicked"), "{}", run.show());
+}
+
+#[test]
+fn an_empty_mapping_as_a_layer_is_a_diagnostic_not_a_panic() {
+    // Found by tests/props.rs: `- {}` indexed the missing second key of the entry.
+    check_text("inputs:\n  x: [batch, 4]\nlayers:\n  - {}\n  - dense: {units: 2}\n")
+        .expect(1)
+        .stderr_has("E0213");
+    check_text("inputs:\n  x: [batch, 4]\nlayers: [{}]\n")
+        .expect(1)
+        .stderr_has("E0213");
+}
+
+// ---------------------------------------------------------------------------------
+// Specs built to make checking slow. Each took from half a minute to forever (or
+// gigabytes) before kiln bounded the work; now each is a prompt answer.
+
+/// `n` numbered lines from a template (`{i}` is the index).
+fn lines(n: usize, template: &str) -> String {
+    (0..n)
+        .map(|i| template.replace("{i}", &i.to_string()))
+        .collect()
+}
+
+const QUICK: Duration = Duration::from_secs(15);
+
+#[test]
+fn stacked_strided_layers_on_a_symbolic_length_stay_small() {
+    // Each pooling nests a floor division in the length's formula: 3,000 of them made a
+    // formula thousands deep, copied at every layer (34 s and 4 GB).
+    let spec = format!(
+        "inputs:\n  x: [batch, seq, 4]\nlayers:\n{}",
+        "  - max_pooling1d: {padding: same}\n".repeat(3000)
+    );
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0513")
+        .within(QUICK);
+    // A short stack is fine and exact.
+    let spec = format!(
+        "inputs:\n  x: [batch, seq, 4]\nlayers:\n{}",
+        "  - max_pooling1d: {padding: same}\n".repeat(3)
+    );
+    check_text(&spec)
+        .expect(0)
+        .stdout_has("[batch, (((seq + 1) // 2 + 1) // 2 + 1) // 2, 4]");
+}
+
+#[test]
+fn products_of_long_symbolic_sums_stay_small() {
+    // [b, s0+…+s149, 1] + its transpose broadcasts to [b, S, S]; flatten then multiplies
+    // out 22,500 terms (a 4 kB spec that never finished).
+    let m = 150;
+    let mut spec = String::from("inputs:\n");
+    spec += &lines(m, "  x{i}: [batch, s{i}, 1]\n");
+    let names: Vec<String> = (0..m).map(|i| format!("x{i}")).collect();
+    spec += &format!(
+        "layers:\n  - concatenate: {{axis: 1, inputs: [{}], name: t}}\n",
+        names.join(", ")
+    );
+    spec += "  - permute: {dims: [2, 1], name: p}\n  - add: {inputs: [t, p]}\n  - flatten\n";
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0513")
+        .within(QUICK);
+}
+
+#[test]
+fn a_megabyte_of_layers_checks_in_linear_time() {
+    // Automatic names were checked against a list of every name taken (40 s).
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n{}",
+        "  - relu\n".repeat(110_000)
+    );
+    let run = check_text(&spec);
+    run.expect(0).stdout_has("110000 layers").within(QUICK);
+}
+
+#[test]
+fn a_mapping_with_eighty_thousand_keys_is_checked_for_duplicates_in_linear_time() {
+    let keys: Vec<String> = (0..80_000).map(|i| format!("k{i}: 1")).collect();
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {{units: 2, kernel_initializer: {{glorot_uniform: {{{}}}}}}}\n",
+        keys.join(", ")
+    );
+    check_text(&spec).expect(1).within(QUICK);
+}
+
+#[test]
+fn many_errors_are_cut_off_with_a_note() {
+    // 6,000 layers naming an unknown input: each error searched and listed every name,
+    // and each rendering copied and scanned the whole file (minutes; 20,000 never ended).
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n{}",
+        lines(6000, "  - dense: {units: 1, input: nope{i}}\n")
+    );
+    let run = check_text(&spec);
+    run.expect(1)
+        .stderr_has("E0703")
+        .stderr_has("E0108")
+        .within(QUICK);
+    assert_eq!(run.stderr.matches("E0703").count(), 100, "{}", run.show());
+    assert!(run.stderr.contains("has 101 errors"), "{}", run.show());
+    let (run, v) = check_json(spec.as_bytes());
+    run.expect(1).within(QUICK);
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 101);
+    assert_eq!(diags[100]["code"], "E0108");
+    assert_eq!(
+        diags[100]["line"], 104,
+        "the note points at the first error not shown"
+    );
+}
+
+#[test]
+fn many_unknown_layer_types_are_cut_off() {
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n{}",
+        "  - foo\n".repeat(100_000)
+    );
+    let run = check_text(&spec);
+    run.expect(1)
+        .stderr_has("E0701")
+        .stderr_has("E0108")
+        .within(QUICK);
+    assert_eq!(run.stderr.matches("E0701").count(), 100, "{}", run.show());
+}
+
+#[test]
+fn many_forward_references_are_cut_off() {
+    // Each forward reference searched the whole chain after it for a cycle.
+    let mut spec = String::from("inputs:\n  x: [batch, 4]\nlayers:\n");
+    spec += &(0..20_000)
+        .map(|i| format!("  - relu: {{name: l{i}, input: l{}}}\n", i + 1))
+        .collect::<String>();
+    spec += "  - relu: {name: l20000, input: x}\n";
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0704")
+        .stderr_has("E0108")
+        .within(QUICK);
+}
+
+#[test]
+fn a_long_cycle_is_cut_off() {
+    let mut spec = String::from("inputs:\n  x: [batch, 4]\nlayers:\n");
+    spec += &(0..2000)
+        .map(|i| format!("  - relu: {{name: l{i}, input: l{}}}\n", i + 1))
+        .collect::<String>();
+    spec += "  - relu: {name: l2000, input: l0}\n";
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0705")
+        .stderr_has("E0108")
+        .within(QUICK);
+}
+
+#[test]
+fn a_spec_on_one_long_line_is_not_drawn_once_per_error() {
+    // Every diagnostic drew the whole 800 kB line: 80 MB of output, slowly.
+    let keys: Vec<String> = (0..60_000).map(|i| format!("k{i}: 1")).collect();
+    let spec = format!(
+        "{{inputs: {{x: [batch, 4]}}, layers: [{{dense: {{units: 2, kernel_initializer: {{glorot_uniform: {{{}}}}}}}}}]}}\n",
+        keys.join(", ")
+    );
+    let run = check_text(&spec);
+    run.expect(1)
+        .stderr_has("E0401")
+        .stderr_has("E0108")
+        .within(QUICK);
+    assert!(
+        run.stderr.len() < 100_000,
+        "{} bytes of diagnostics",
+        run.stderr.len()
+    );
+    assert!(run.stderr.contains("(at "), "{}", run.show());
+}
+
+#[test]
+fn many_warnings_are_cut_off_with_a_note_and_the_spec_stays_valid() {
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n{}  - dense: {{units: 2, input: x}}\n",
+        lines(5000, "  - relu: {input: x}\n")
+    );
+    let run = check_text(&spec);
+    run.expect(0)
+        .stderr_has("W0701")
+        .stderr_has("W0108")
+        .within(QUICK);
+    assert_eq!(run.stderr.matches("W0701").count(), 100, "{}", run.show());
+}
+
+#[test]
+fn callbacks_times_metrics_is_not_quadratic() {
+    let metrics = vec!["mae"; 30_000].join(", ");
+    let callbacks = vec!["{early_stopping: {monitor: zz}}"; 3000].join(", ");
+    let spec = format!(
+        "inputs:\n  x: [batch, 4]\nlayers: [{{dense: {{units: 1}}}}]\ntrain:\n  targets: {{y: [batch, 1]}}\n  loss: mse\n  optimizer: adam\n  metrics: [{metrics}]\n  callbacks: [{callbacks}]\n"
+    );
+    check_text(&spec)
+        .expect(1)
+        .stderr_has("E0607")
+        .within(QUICK);
+}
+
+#[test]
+fn a_merge_of_twenty_thousand_inputs_keeps_its_diagnostic_small() {
+    // One secondary label per input made miette's layout quadratic.
+    let mut spec = String::from("inputs:\n  x: [batch, 4]\n  y: [batch, 5]\nlayers:\n");
+    spec += &lines(20_000, "  - relu: {name: a{i}, input: y}\n");
+    let names: Vec<String> = (0..20_000).map(|i| format!("a{i}")).collect();
+    spec += &format!("  - add: {{inputs: [x, {}]}}\n", names.join(", "));
+    let run = check_text(&spec);
+    run.expect(1).stderr_has("E0504").within(QUICK);
+    let (_, v) = check_json(spec.as_bytes());
+    let labels = v["diagnostics"][0]["labels"].as_array().unwrap().len();
+    assert!(labels <= 17, "{labels} labels");
+}
+
+#[test]
+fn did_you_mean_is_the_same_every_run() {
+    // Two names at the same distance: the suggestion used to follow a HashMap's order.
+    let spec = "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 2, name: dense_a}\n  - dense: {units: 2, name: dense_b, input: x}\n  - add: {inputs: [dense_a, dense_c]}\n";
+    for _ in 0..8 {
+        check_text(spec)
+            .expect(1)
+            .stderr_has("did you mean `dense_a`?");
+    }
+    let spec = "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {units: 2, name: dense_a}\n  - dense: {units: 2, name: dense_b, input: x}\noutputs: [dense_a, dense_c]\n";
+    for _ in 0..8 {
+        check_text(spec)
+            .expect(1)
+            .stderr_has("did you mean `dense_a`?");
+    }
+}
