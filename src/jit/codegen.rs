@@ -32,6 +32,8 @@ pub struct Gen<'a, 'b> {
     pub plan: &'a Plan,
     pub frame: Value,
     pub ptr: Type,
+    /// The host has FMA: products accumulated into sums fuse into one instruction.
+    pub fma: bool,
 }
 
 /// Unroll factor of the vector loop (in f32x4 vectors).
@@ -315,7 +317,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 for u in 0..UNROLL {
                     let j = g.b.ins().iadd_imm_s(i, 4 * u);
                     let mut vals = vecs.clone();
+                    let term = g.fused_term(k, &mut vals, types::F32X4);
                     let v = g.expr_all(k, &mut vals, &idx, Some(j), &row2, true);
+                    let term = term.map(|(x, y)| (vals[x].expect("x"), vals[y].expect("y")));
                     let addr = |g: &mut Self, a: usize| {
                         let off = g.b.ins().ishl_imm_u(j, 2);
                         g.b.ins().iadd(row2[a], off)
@@ -327,13 +331,13 @@ impl<'a, 'b> Gen<'a, 'b> {
                         }
                         (Sink::Reduce(op, _), true) => {
                             let a = g.b.use_var(vacc);
-                            let r = combine(&mut g.b, *op, a, v);
+                            let r = g.accumulate(*op, a, v, term);
                             g.b.def_var(vacc, r);
                         }
                         (Sink::Reduce(op, _), false) => {
                             let p = addr(g, sink_idx);
                             let old = g.b.ins().load(types::F32X4, flags(), p, 0);
-                            let r = combine(&mut g.b, *op, old, v);
+                            let r = g.accumulate(*op, old, v, term);
                             g.b.ins().store(flags(), r, p, 0);
                         }
                     }
@@ -375,19 +379,21 @@ impl<'a, 'b> Gen<'a, 'b> {
                     g.b.ins().iadd(r, bytes)
                 })
                 .collect();
+            let term = g.fused_term(k, &mut vals, types::F32);
             let v = g.expr_tail(k, &mut vals, &idx, i, &ptrs);
+            let term = term.map(|(x, y)| (vals[x].expect("x"), vals[y].expect("y")));
             match (&k.sink, reduce_inner) {
                 (Sink::Store(_), _) => {
                     g.b.ins().store(flags(), v, ptrs[sink_idx], 0);
                 }
                 (Sink::Reduce(op, _), true) => {
                     let a = g.b.use_var(acc_var);
-                    let r = combine(&mut g.b, *op, a, v);
+                    let r = g.accumulate(*op, a, v, term);
                     g.b.def_var(acc_var, r);
                 }
                 (Sink::Reduce(op, _), false) => {
                     let old = g.b.ins().load(types::F32, flags(), ptrs[sink_idx], 0);
-                    let r = combine(&mut g.b, *op, old, v);
+                    let r = g.accumulate(*op, old, v, term);
                     g.b.ins().store(flags(), r, ptrs[sink_idx], 0);
                 }
             }
@@ -398,6 +404,28 @@ impl<'a, 'b> Gen<'a, 'b> {
             let a = self.b.use_var(acc_var);
             let r = combine(&mut self.b, op.unwrap_or(ReduceOp::Sum), old, a);
             self.b.ins().store(flags(), r, p, 0);
+        }
+    }
+
+    /// For a sum of products with FMA available: marks the final product as computed
+    /// (with a placeholder) and returns its operands, so the sink can fuse `acc + a*b`.
+    fn fused_term(&mut self, k: &LoopKernel, vals: &mut [Option<Value>], ty: Type) -> Option<(usize, usize)> {
+        let last = k.expr.len() - 1;
+        match (&k.sink, &k.expr[last]) {
+            (Sink::Reduce(ReduceOp::Sum, _), Expr::Binary(Binary::Mul, x, y)) if self.fma && vals[last].is_none() => {
+                let zero = self.b.ins().f32const(0.0);
+                vals[last] = Some(if ty == types::F32X4 { self.b.ins().splat(ty, zero) } else { zero });
+                Some((*x, *y))
+            }
+            _ => None,
+        }
+    }
+
+    /// `acc ⊕ v`, or `fma(a, b, acc)` for a fused product.
+    fn accumulate(&mut self, op: ReduceOp, acc: Value, v: Value, term: Option<(Value, Value)>) -> Value {
+        match term {
+            Some((a, b)) => self.b.ins().fma(a, b, acc),
+            None => combine(&mut self.b, op, acc, v),
         }
     }
 
@@ -477,9 +505,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         row: &[Value],
         _loads: &[Access],
     ) -> Value {
+        let fma = self.fma;
         let mut m = Math {
             b: &mut self.b,
             ty: types::F32,
+            fma,
         };
         let get = |i: usize| vals[i].expect("operand computed");
         match e {
@@ -522,9 +552,11 @@ impl<'a, 'b> Gen<'a, 'b> {
         row: &[Value],
         _loads: &[Access],
     ) -> Value {
+        let fma = self.fma;
         let mut m = Math {
             b: &mut self.b,
             ty: types::F32X4,
+            fma,
         };
         let get = |i: usize| vals[i].expect("operand computed");
         match e {

@@ -24,6 +24,8 @@ fn bits_flags() -> MemFlagsData {
 pub struct Math<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
     pub ty: Type,
+    /// Whether the host has FMA (then `a*b + c` is one fused instruction).
+    pub fma: bool,
 }
 
 impl Math<'_, '_> {
@@ -83,11 +85,19 @@ impl Math<'_, '_> {
     fn poly(&mut self, x: Value, coeffs: &[f32]) -> Value {
         let mut acc = self.c(coeffs[0]);
         for &k in &coeffs[1..] {
-            let m = self.b.ins().fmul(acc, x);
             let kc = self.c(k);
-            acc = self.b.ins().fadd(m, kc);
+            acc = self.mul_add(acc, x, kc);
         }
         acc
+    }
+    /// `a*b + c`, fused when the host has FMA.
+    pub fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let m = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(m, c)
+        }
     }
     pub fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
         let l = self.c(lo);

@@ -98,6 +98,18 @@ fn set_error(msg: String) {
     });
 }
 
+/// Whether the host CPU has fused multiply-add (Cranelift then emits `vfmadd`).
+fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Builds the host ISA with its detected features and `opt_level=speed`.
 fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
     let mut flags = settings::builder();
@@ -165,6 +177,7 @@ pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
             plan: &plan,
             frame,
             ptr,
+            fma: host_has_fma(),
         };
         g.emit(&callees);
         g.b.finalize(module.target_config());
