@@ -6,6 +6,7 @@ pub mod args;
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod data;
 pub mod diag;
 pub mod dim;
 pub mod ir;
@@ -22,6 +23,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use check::Graph;
+pub use data::Dataset;
 pub use diag::Diagnostic;
 
 /// A spec that parsed and checked clean.
