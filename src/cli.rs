@@ -85,6 +85,12 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
+    Train(crate::commands::TrainArgs),
+    /// Print the loss and metrics of weights on data.
+    Eval(crate::commands::EvalArgs),
+    /// Run the forward pass on input arrays and write the outputs.
+    Predict(crate::commands::PredictArgs),
 }
 
 fn color() -> bool {
@@ -122,6 +128,9 @@ pub fn main() -> i32 {
             Err(code) => code,
         },
         Command::Init { spec, out, seed } => init(&spec, &out, seed),
+        Command::Train(a) => crate::commands::train(&a),
+        Command::Eval(a) => crate::commands::eval(&a),
+        Command::Predict(a) => crate::commands::predict(&a),
     }
 }
 

@@ -6,13 +6,17 @@ pub mod args;
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod data;
 pub mod diag;
 pub mod dim;
+pub mod fit;
 pub mod ir;
 pub mod jit;
 pub mod layers;
 pub mod lower;
+pub mod net;
+pub mod plot;
 pub mod runtime;
 pub mod spec;
 pub mod summary;
@@ -25,6 +29,8 @@ use std::path::{Path, PathBuf};
 pub use check::Graph;
 pub use data::Dataset;
 pub use diag::Diagnostic;
+pub use fit::{FitOptions, FitReport, Logs};
+pub use net::{Net, NetError, Options};
 
 /// A spec that parsed and checked clean.
 #[derive(Debug)]

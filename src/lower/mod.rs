@@ -6,6 +6,7 @@
 //! (loss, metrics, new params, new state).
 
 pub mod activation;
+pub mod eval;
 pub mod layers;
 pub mod loss;
 pub mod optim;

@@ -1,0 +1,279 @@
+//! Checkpoints: one safetensors file holding everything a run needs to continue
+//! exactly, written atomically (temporary file, fsync, rename).
+//!
+//! Tensors: every weight under its key (so a checkpoint also loads as weights), the
+//! optimizer state under `optimizer/{param}/{slot}` (the training step's own input
+//! names), and early stopping's best weights under `callback/{i}/best/{param}`.
+//! Metadata: `kiln.step`, `kiln.epoch` (readable), and `kiln.train_state`, a JSON
+//! record of the rest — the batch within the epoch, the learning rate, the settings
+//! (seed, batch size, shuffling, validation split, epochs), a fingerprint of the
+//! training data, the epoch's running sums, the callbacks' state and the history.
+//! Floats in the JSON are stored as their bits, so nothing is rounded on the way.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::callbacks::{Callback, States};
+use super::{Logs, Settings, Sums};
+use crate::data::Dataset;
+use crate::net::{Net, NetError};
+use crate::weights::{self, Weights, WeightsError};
+
+/// The metadata key of the JSON record.
+pub const META_STATE: &str = "kiln.train_state";
+/// Readable copies of the position.
+pub const META_STEP: &str = "kiln.step";
+pub const META_EPOCH: &str = "kiln.epoch";
+
+/// Whether a tensor key belongs to the training state rather than the model.
+pub fn is_state_key(k: &str) -> bool {
+    k.starts_with("optimizer/") || k.starts_with("callback/")
+}
+
+/// The JSON record of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    /// Optimizer iterations done.
+    pub step: u64,
+    /// The epoch to continue in (0-based): epochs done when `batch` is 0.
+    pub epoch: usize,
+    /// Batches already done in `epoch`.
+    pub batch: usize,
+    /// The current learning rate (f32 bits), when it is a number.
+    pub lr: Option<u32>,
+    /// The run's settings (`None` for a checkpoint written between runs).
+    pub settings: Option<Settings>,
+    /// Training examples and their fingerprint.
+    pub data: Option<(usize, u64)>,
+    /// Running sums of the epoch in progress (f64 bits): count, loss, metrics.
+    pub sums: Vec<u64>,
+    pub callbacks: States,
+    /// Per-epoch logs so far (f64 bits).
+    pub history: Vec<Vec<(String, u64)>>,
+}
+
+impl Meta {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        net: &Net,
+        s: &Settings,
+        train: &Dataset,
+        epoch: usize,
+        batch: usize,
+        sums: &Sums,
+        cbs: &[Callback],
+        history: &[Logs],
+    ) -> Meta {
+        let mut sv = vec![sums.count.to_bits()];
+        sv.extend(sums.values.iter().map(|v| v.to_bits()));
+        Meta {
+            format: 1,
+            step: net.opt.step,
+            epoch,
+            batch,
+            lr: net.opt.lr.map(f32::to_bits),
+            settings: Some(s.clone()),
+            data: Some((train.len(), train.fingerprint())),
+            sums: if batch > 0 { sv } else { Vec::new() },
+            callbacks: Callback::save_states(cbs),
+            history: history
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_bits()))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The history as logs.
+    pub fn history_logs(&self) -> Vec<Logs> {
+        self.history
+            .iter()
+            .map(|e| {
+                let mut l = Logs::default();
+                for (k, b) in e {
+                    l.set(k, f64::from_bits(*b));
+                }
+                l
+            })
+            .collect()
+    }
+}
+
+/// A loaded checkpoint's position, consumed by the next `fit`.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub meta: Meta,
+    /// Early stopping's best weights, one entry per early-stopping callback.
+    pub best_weights: Vec<Option<Weights>>,
+}
+
+/// Writes a checkpoint of `net` at the position `meta` describes.
+pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Result<(), NetError> {
+    let mut w = Weights::new();
+    for (k, a) in net.weights.iter() {
+        w.insert(k, a.clone());
+    }
+    for (k, a) in net.opt.slots.iter() {
+        w.insert(k, a.clone());
+    }
+    let mut i = 0;
+    for c in cbs {
+        if let Callback::EarlyStopping { state, .. } = c {
+            if let Some(b) = &state.best_weights {
+                for (k, a) in b.iter() {
+                    w.insert(format!("callback/{i}/best/{k}"), a.clone());
+                }
+            }
+            i += 1;
+        }
+    }
+    w.metadata
+        .insert(weights::META_MODEL.into(), net.graph.name.clone());
+    w.metadata.insert(
+        weights::META_VERSION.into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    w.metadata.insert(META_STEP.into(), meta.step.to_string());
+    w.metadata.insert(META_EPOCH.into(), meta.epoch.to_string());
+    let json = serde_json::to_string(meta)
+        .map_err(|e| NetError::Internal(format!("cannot encode the checkpoint: {e}")))?;
+    w.metadata.insert(META_STATE.into(), json);
+    weights::save(path, &w)?;
+    Ok(())
+}
+
+/// Writes a checkpoint between runs: weights and optimizer state; a `fit` resumed from
+/// it starts at epoch 0 with the optimizer's state and step.
+pub(crate) fn save_idle(net: &mut Net, path: &Path) -> Result<(), NetError> {
+    let meta = Meta {
+        format: 1,
+        step: net.opt.step,
+        epoch: 0,
+        batch: 0,
+        lr: net.opt.lr.map(f32::to_bits),
+        settings: None,
+        data: None,
+        sums: Vec::new(),
+        callbacks: States::default(),
+        history: Vec::new(),
+    };
+    save(net, path, &meta, &[])
+}
+
+/// Loads a checkpoint into `net`: weights, optimizer state and position.
+pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
+    let mut w = weights::load(path)?;
+    let bad = |m: String| {
+        NetError::Weights(WeightsError::Format {
+            path: path.to_path_buf(),
+            key: None,
+            message: m,
+        })
+    };
+    let Some(json) = w.metadata.get(META_STATE).cloned() else {
+        return Err(bad(
+            "this is a weights file, not a checkpoint (it has no training state): load it with `--init` to start training from these weights".into(),
+        ));
+    };
+    let meta: Meta = serde_json::from_str(&json)
+        .map_err(|e| bad(format!("the checkpoint's training state is corrupt: {e}")))?;
+    if meta.format != 1 {
+        return Err(bad(format!(
+            "checkpoint format {} is not one this kiln reads",
+            meta.format
+        )));
+    }
+    // Split the tensors: optimizer slots, best weights, model weights.
+    let mut slots = Weights::new();
+    let mut best: Vec<Option<Weights>> = vec![None; meta.callbacks.early.len()];
+    let keys: Vec<String> = w.keys().map(str::to_string).collect();
+    for k in keys {
+        if k.starts_with("optimizer/") {
+            if let Some(a) = w.remove(&k) {
+                slots.insert(k, a);
+            }
+        } else if let Some(rest) = k.strip_prefix("callback/") {
+            let a = w.remove(&k);
+            let (i, key) = rest
+                .split_once("/best/")
+                .and_then(|(i, key)| Some((i.parse::<usize>().ok()?, key)))
+                .ok_or_else(|| bad(format!("unknown checkpoint tensor `{k}`")))?;
+            let slot = best
+                .get_mut(i)
+                .ok_or_else(|| bad(format!("checkpoint tensor `{k}` has no callback")))?;
+            if let Some(a) = a {
+                slot.get_or_insert_with(Weights::new).insert(key, a);
+            }
+        }
+    }
+    net.set_weights(w).map_err(|e| match e {
+        NetError::Weights(WeightsError::Mismatch { problems, .. }) => {
+            NetError::Weights(WeightsError::Mismatch {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+        e => e,
+    })?;
+    for b in best.iter_mut().flatten() {
+        let ordered = order_like(&net.weights, b);
+        if ordered.len() != net.weights.len() {
+            return Err(bad("early stopping's best weights are incomplete".into()));
+        }
+        *b = ordered;
+    }
+    // Optimizer slots must match the parameters' shapes.
+    for (k, a) in slots.iter() {
+        let param = k
+            .strip_prefix("optimizer/")
+            .and_then(|r| r.rsplit_once('/'))
+            .map(|(p, _)| p)
+            .unwrap_or("");
+        match net.weights.get(param) {
+            Some(p) if p.shape() == a.shape() => {}
+            _ => {
+                return Err(bad(format!(
+                    "the optimizer state `{k}` does not fit a parameter of this model"
+                )));
+            }
+        }
+    }
+    if let Ok(tk) = net.train_kernel() {
+        let missing: Vec<&String> = tk
+            .layout
+            .state
+            .iter()
+            .filter(|k| !slots.contains_key(k))
+            .collect();
+        if !missing.is_empty() && !slots.is_empty() {
+            return Err(bad(format!(
+                "the checkpoint's optimizer state does not match the spec's optimizer (missing `{}`)",
+                missing[0]
+            )));
+        }
+    }
+    net.opt.slots = slots;
+    net.opt.step = meta.step;
+    net.opt.lr = meta.lr.map(f32::from_bits);
+    net.resume = Some(Resume {
+        meta,
+        best_weights: best,
+    });
+    Ok(())
+}
+
+/// `b`'s tensors in the order of `like`.
+fn order_like(like: &Weights, b: &Weights) -> Weights {
+    let mut out = Weights::new();
+    for (k, _) in like.iter() {
+        if let Some(a) = b.get(k) {
+            out.insert(k, a.clone());
+        }
+    }
+    out
+}
