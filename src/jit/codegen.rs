@@ -7,7 +7,9 @@
 //! function pointers with the frame and a descriptor.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value, types};
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value, types,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
@@ -23,6 +25,7 @@ fn flags() -> MemFlagsData {
 pub struct Callees {
     pub gemm: usize,
     pub call: usize,
+    pub parallel: usize,
     /// Per kernel: the address of its descriptor (0 for loop kernels).
     pub descs: Vec<usize>,
 }
@@ -34,6 +37,24 @@ pub struct Gen<'a, 'b> {
     pub ptr: Type,
     /// The host has FMA: products accumulated into sums fuse into one instruction.
     pub fma: bool,
+    /// In a kernel function: the range of the outermost axis it covers.
+    pub range: Option<(Value, Value)>,
+    /// Per kernel: the function that runs it over a range of its outermost axis, for
+    /// kernels large enough to split across cores.
+    pub kernel_fns: Vec<Option<FuncRef>>,
+}
+
+/// Loop kernels with at least this many elements are split across cores.
+pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 15;
+
+/// Can a loop kernel run its outermost axis in parallel? Stores always can; reductions
+/// only when the outermost axis is kept (each part writes its own outputs).
+pub fn splittable(k: &LoopKernel) -> bool {
+    k.space.len() >= 2
+        && match &k.sink {
+            Sink::Store(_) => true,
+            Sink::Reduce(_, a) => a.known[0] != Some(0),
+        }
 }
 
 /// Unroll factor of the vector loop (in f32x4 vectors).
@@ -61,14 +82,25 @@ impl<'a, 'b> Gen<'a, 'b> {
     pub fn emit(&mut self, callees: &Callees) {
         for (ki, k) in self.plan.kernels.iter().enumerate() {
             match k {
-                Kernel::Loop(l) => self.emit_loop(l),
+                Kernel::Loop(l) => match self.kernel_fns[ki] {
+                    None => self.emit_loop(l),
+                    Some(fref) => self.emit_split(l, fref, callees.parallel),
+                },
                 Kernel::Gemm(g) => match &g.small {
                     None => self.emit_call(callees.gemm, callees.descs[ki]),
                     Some(small) => {
                         // Few rows: the generated loop; otherwise GEMM.
                         let m = self.slot(g.m);
-                        let few = self.b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, m, super::plan::SMALL_GEMM_MAX_ROWS);
-                        let (then_b, else_b, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                        let few = self.b.ins().icmp_imm_s(
+                            IntCC::SignedLessThanOrEqual,
+                            m,
+                            super::plan::SMALL_GEMM_MAX_ROWS,
+                        );
+                        let (then_b, else_b, merge) = (
+                            self.b.create_block(),
+                            self.b.create_block(),
+                            self.b.create_block(),
+                        );
                         self.b.ins().brif(few, then_b, &[], else_b, &[]);
                         self.b.switch_to_block(then_b);
                         self.b.seal_block(then_b);
@@ -85,6 +117,55 @@ impl<'a, 'b> Gen<'a, 'b> {
                 Kernel::Call(_) => self.emit_call(callees.call, callees.descs[ki]),
             }
         }
+        self.b.ins().return_(&[]);
+    }
+
+    /// Runs a kernel function over its outermost axis: directly when small, else through
+    /// the parallel trampoline, which splits the range across cores.
+    fn emit_split(&mut self, k: &LoopKernel, fref: FuncRef, parallel: usize) {
+        self.emit_reduce_init(k);
+        let extents: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
+        let mut total = extents[0];
+        for &e in &extents[1..] {
+            total = self.b.ins().imul(total, e);
+        }
+        let big = self.b.ins().icmp_imm_s(
+            IntCC::SignedGreaterThanOrEqual,
+            total,
+            PARALLEL_MIN_ELEMENTS,
+        );
+        let (par_b, seq_b, merge) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(big, par_b, &[], seq_b, &[]);
+        self.b.switch_to_block(par_b);
+        self.b.seal_block(par_b);
+        let mut sig = Signature::new(CallConv::SystemV);
+        for _ in 0..3 {
+            sig.params.push(AbiParam::new(self.ptr));
+        }
+        let sref = self.b.import_signature(sig);
+        let callee = self.b.ins().iconst(self.ptr, parallel as i64);
+        let addr = self.b.ins().func_addr(self.ptr, fref);
+        let frame = self.frame;
+        self.b
+            .ins()
+            .call_indirect(sref, callee, &[frame, addr, extents[0]]);
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(seq_b);
+        self.b.seal_block(seq_b);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().call(fref, &[frame, zero, extents[0]]);
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(merge);
+        self.b.seal_block(merge);
+    }
+
+    /// The body of a kernel function: the loop nest over `self.range`.
+    pub fn emit_kernel_fn(&mut self, k: &LoopKernel) {
+        self.emit_loop_nest(k);
         self.b.ins().return_(&[]);
     }
 
@@ -106,9 +187,20 @@ impl<'a, 'b> Gen<'a, 'b> {
         step: i64,
         body: impl FnOnce(&mut Self, Value),
     ) -> Variable {
-        let var = self.b.declare_var(types::I64);
         let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.def_var(var, zero);
+        self.counted_loop_from(zero, n, step, body)
+    }
+
+    /// `for var in start..n { body }`.
+    fn counted_loop_from(
+        &mut self,
+        start: Value,
+        n: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value),
+    ) -> Variable {
+        let var = self.b.declare_var(types::I64);
+        self.b.def_var(var, start);
         let header = self.b.create_block();
         let body_b = self.b.create_block();
         let exit = self.b.create_block();
@@ -156,8 +248,12 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     fn emit_loop(&mut self, k: &LoopKernel) {
-        let rank = k.space.len();
-        // Reductions first fill their output with the identity.
+        self.emit_reduce_init(k);
+        self.emit_loop_nest(k);
+    }
+
+    /// Reductions first fill their output with the identity.
+    fn emit_reduce_init(&mut self, k: &LoopKernel) {
         if let Sink::Reduce(op, out) = &k.sink {
             let init = if *op == ReduceOp::Sum {
                 0.0
@@ -177,6 +273,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                 g.b.ins().store(flags(), v, p, 0);
             });
         }
+    }
+
+    /// The loop nest itself (over `self.range` of the outermost axis when set).
+    fn emit_loop_nest(&mut self, k: &LoopKernel) {
+        let rank = k.space.len();
         let extents: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
         let sink_access = match &k.sink {
             Sink::Store(a) | Sink::Reduce(_, a) => a.clone(),
@@ -242,7 +343,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                 levels.to_vec(),
                 scalar0.to_vec(),
             );
-            self.counted_loop(n, 1, |g, i| {
+            let (start, n) = match (axis, self.range) {
+                (0, Some((lo, hi))) => (lo, hi),
+                _ => (self.b.ins().iconst(types::I64, 0), n),
+            };
+            self.counted_loop_from(start, n, 1, |g, i| {
                 let mut idx = idx.clone();
                 idx.push(i);
                 g.outer(k, &ext, &bs, &acc, &lv, &sc, axis + 1, idx);
@@ -409,12 +514,23 @@ impl<'a, 'b> Gen<'a, 'b> {
 
     /// For a sum of products with FMA available: marks the final product as computed
     /// (with a placeholder) and returns its operands, so the sink can fuse `acc + a*b`.
-    fn fused_term(&mut self, k: &LoopKernel, vals: &mut [Option<Value>], ty: Type) -> Option<(usize, usize)> {
+    fn fused_term(
+        &mut self,
+        k: &LoopKernel,
+        vals: &mut [Option<Value>],
+        ty: Type,
+    ) -> Option<(usize, usize)> {
         let last = k.expr.len() - 1;
         match (&k.sink, &k.expr[last]) {
-            (Sink::Reduce(ReduceOp::Sum, _), Expr::Binary(Binary::Mul, x, y)) if self.fma && vals[last].is_none() => {
+            (Sink::Reduce(ReduceOp::Sum, _), Expr::Binary(Binary::Mul, x, y))
+                if self.fma && vals[last].is_none() =>
+            {
                 let zero = self.b.ins().f32const(0.0);
-                vals[last] = Some(if ty == types::F32X4 { self.b.ins().splat(ty, zero) } else { zero });
+                vals[last] = Some(if ty == types::F32X4 {
+                    self.b.ins().splat(ty, zero)
+                } else {
+                    zero
+                });
                 Some((*x, *y))
             }
             _ => None,
@@ -422,7 +538,13 @@ impl<'a, 'b> Gen<'a, 'b> {
     }
 
     /// `acc ⊕ v`, or `fma(a, b, acc)` for a fused product.
-    fn accumulate(&mut self, op: ReduceOp, acc: Value, v: Value, term: Option<(Value, Value)>) -> Value {
+    fn accumulate(
+        &mut self,
+        op: ReduceOp,
+        acc: Value,
+        v: Value,
+        term: Option<(Value, Value)>,
+    ) -> Value {
         match term {
             Some((a, b)) => self.b.ins().fma(a, b, acc),
             None => combine(&mut self.b, op, acc, v),

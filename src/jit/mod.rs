@@ -162,10 +162,72 @@ pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
     let callees = codegen::Callees {
         gemm: kiln_gemm as *const () as usize,
         call: kiln_call as *const () as usize,
+        parallel: kiln_parallel as *const () as usize,
         descs: descs.iter().map(|d| d as *const Desc as usize).collect(),
     };
     let mut fctx = FunctionBuilderContext::new();
+    let mut clif = String::new();
+    // Kernels large enough to split across cores get a function of their own, run over
+    // a range of their outermost axis.
+    let mut kernel_ids = Vec::new();
+    for (ki, k) in plan.kernels.iter().enumerate() {
+        let Kernel::Loop(l) = k else {
+            kernel_ids.push(None);
+            continue;
+        };
+        if !codegen::splittable(l) {
+            kernel_ids.push(None);
+            continue;
+        }
+        let mut kctx = module.make_context();
+        for t in [
+            ptr,
+            cranelift_codegen::ir::types::I64,
+            cranelift_codegen::ir::types::I64,
+        ] {
+            kctx.func.signature.params.push(AbiParam::new(t));
+        }
+        let kid = module
+            .declare_function(
+                &format!("{}_k{ki}", f.name),
+                Linkage::Local,
+                &kctx.func.signature,
+            )
+            .map_err(|e| RunError(format!("cranelift: {e}")))?;
+        kctx.func.name = UserFuncName::user(0, kid.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut kctx.func, &mut fctx);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            b.seal_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let mut g = codegen::Gen {
+                b,
+                plan: &plan,
+                frame: params[0],
+                ptr,
+                fma: host_has_fma(),
+                range: Some((params[1], params[2])),
+                kernel_fns: Vec::new(),
+            };
+            g.emit_kernel_fn(l);
+            g.b.finalize(module.target_config());
+        }
+        clif.push_str(&kctx.func.display().to_string());
+        module.define_function(kid, &mut kctx).map_err(|e| {
+            RunError(format!(
+                "cranelift could not compile kernel {ki} of {}: {e:?}",
+                f.name
+            ))
+        })?;
+        kernel_ids.push(Some(kid));
+    }
     {
+        let kernel_fns = kernel_ids
+            .iter()
+            .map(|id| id.map(|id| module.declare_func_in_func(id, &mut ctx.func)))
+            .collect();
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -178,11 +240,13 @@ pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
             frame,
             ptr,
             fma: host_has_fma(),
+            range: None,
+            kernel_fns,
         };
         g.emit(&callees);
         g.b.finalize(module.target_config());
     }
-    let clif = ctx.func.display().to_string();
+    clif.push_str(&ctx.func.display().to_string());
     module
         .define_function(id, &mut ctx)
         .map_err(|e| RunError(format!("cranelift could not compile {}: {e:?}", f.name)))?;
@@ -338,6 +402,26 @@ fn access_parts(frame: &[i64], fl: FrameLayout, a: &Access) -> (*const f32, i64,
     let base = frame[fl.sizes + a.buf] as *const f32;
     let strides = a.strides.iter().map(|&s| frame[s]).collect();
     (base, frame[a.offset], strides)
+}
+
+/// Runs `f(frame, lo, hi)` over `0..n` split into one contiguous part per core. The
+/// parts write disjoint outputs (see `codegen::splittable`).
+extern "C" fn kiln_parallel(frame: *mut i64, f: usize, n: i64) {
+    // SAFETY: `f` is the address of a finalized kernel function with this signature,
+    // owned by the running kernel.
+    let kernel: extern "C" fn(*mut i64, i64, i64) = unsafe { std::mem::transmute(f) };
+    let parts = (rayon::current_num_threads() as i64).clamp(1, n.max(1));
+    if parts == 1 {
+        kernel(frame, 0, n);
+        return;
+    }
+    let frame = frame as usize;
+    rayon::scope(|s| {
+        for p in 0..parts {
+            let (lo, hi) = (n * p / parts, n * (p + 1) / parts);
+            s.spawn(move |_| kernel(frame as *mut i64, lo, hi));
+        }
+    });
 }
 
 /// GEMM over the batch axes, with the operands' strides (transposes are free).

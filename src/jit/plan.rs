@@ -563,7 +563,14 @@ impl<'f> Builder<'f> {
     /// A matrix product as a loop nest: `[batch…, m, k, n]` with `n` innermost when B's
     /// rows are contiguous (an axpy per row of A), or `[batch…, m, n, k]` with `k`
     /// innermost when both operands are contiguous along `k` (dot products).
-    fn small_matmul(&mut self, a: &Access, b: &Access, c: BufId, shape: &[Dim], kdim: &Dim) -> Option<LoopKernel> {
+    fn small_matmul(
+        &mut self,
+        a: &Access,
+        b: &Access,
+        c: BufId,
+        shape: &[Dim],
+        kdim: &Dim,
+    ) -> Option<LoopKernel> {
         let r = shape.len();
         let (oa, sa) = self.dims_of(a);
         let (ob, sb) = self.dims_of(b);
@@ -601,7 +608,11 @@ impl<'f> Builder<'f> {
         Some(LoopKernel {
             space: self.shape_slots(&space),
             loads: vec![la, lb],
-            expr: vec![Expr::Load(0), Expr::Load(1), Expr::Binary(Binary::Mul, 0, 1)],
+            expr: vec![
+                Expr::Load(0),
+                Expr::Load(1),
+                Expr::Binary(Binary::Mul, 0, 1),
+            ],
             sink: Sink::Reduce(ReduceOp::Sum, out),
             nodes: Vec::new(),
         })
@@ -725,7 +736,11 @@ impl Plan {
                         self.fmt_access(&g.a),
                         self.fmt_access(&g.b),
                         g.c,
-                        if g.small.is_some() { format!("; generated loop when m <= {SMALL_GEMM_MAX_ROWS}") } else { String::new() }
+                        if g.small.is_some() {
+                            format!("; generated loop when m <= {SMALL_GEMM_MAX_ROWS}")
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 Kernel::Call(c) => {
