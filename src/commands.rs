@@ -285,8 +285,10 @@ impl Observer for Progress {
         let mut out = std::io::stdout().lock();
         let time = if seconds >= 0.1 {
             format!("{seconds:.1}s")
-        } else {
+        } else if seconds >= 0.01 {
             format!("{}ms", (seconds * 1e3).round() as u64)
+        } else {
+            format!("{:.1}ms", seconds * 1e3)
         };
         let _ = writeln!(
             out,

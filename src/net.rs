@@ -83,6 +83,28 @@ impl fmt::Display for NetError {
 
 impl std::error::Error for NetError {}
 
+/// So that `miette::Result` users get a code and the help line.
+impl miette::Diagnostic for NetError {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(match self {
+            NetError::Data(_) => "kiln::data",
+            NetError::Weights(_) => "kiln::weights",
+            NetError::Io { .. } => "kiln::io",
+            NetError::Invalid(_) => "kiln::invalid",
+            NetError::Internal(_) => "kiln::internal",
+        }))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        match self {
+            NetError::Data(e) => e
+                .help
+                .as_ref()
+                .map(|h| Box::new(h) as Box<dyn fmt::Display>),
+            _ => None,
+        }
+    }
+}
+
 impl From<DataError> for NetError {
     fn from(e: DataError) -> Self {
         NetError::Data(e)

@@ -491,7 +491,11 @@ fn the_regression_spec_trains_on_its_csv() {
     assert!(said.contains("353 examples, 89 held out"), "{said}");
     // Better than predicting the mean (the target's standard deviation is 77, so MSE
     // ~6000): a mean absolute error under 50 on held-out patients.
-    let last = said.lines().rfind(|l| l.contains("/step")).unwrap().to_string();
+    let last = said
+        .lines()
+        .rfind(|l| l.contains("/step"))
+        .unwrap()
+        .to_string();
     let mae: f64 = last
         .split(" - val_mae: ")
         .nth(1)

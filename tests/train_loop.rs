@@ -67,6 +67,34 @@ fn same_bits(a: &kiln::weights::Weights, b: &kiln::weights::Weights) -> bool {
 }
 
 #[test]
+fn a_compiled_model_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Net>();
+    let net = compile(&digits_spec("  - flatten", "adam", 1));
+    let x = ArrayD::zeros(IxDyn(&[3, 8, 8, 1]));
+    let outs: Vec<ArrayD<f32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| net.predict(&[("image", x.view())]).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0].shape(), &[3, 10]);
+    // A wrong input is refused before anything runs, naming it.
+    let bad = ArrayD::zeros(IxDyn(&[3, 64]));
+    let e = net
+        .predict(&[("image", bad.view())])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`image` has shape [3, 64]"), "{e}");
+    let e = net.predict(&[("x", x.view())]).unwrap_err().to_string();
+    assert!(
+        e.contains("`x` (shape [3, 8, 8, 1]) is not an input"),
+        "{e}"
+    );
+}
+
+#[test]
 fn small_digits_models_learn_in_seconds() {
     // An MLP: 8 epochs of 45 steps; held-out accuracy (the last 20%) ≥ 0.95.
     let mut net = compile(&digits_spec(
@@ -285,6 +313,70 @@ fn same_seed_same_bits_other_seed_other_bits() {
     assert!(same_bits(&a, &b));
     let c = run(Some(99));
     assert!(!same_bits(&a, &c));
+}
+
+#[test]
+fn native_code_training_is_deterministic_and_resumes_exactly() {
+    let spec = digits_spec(
+        "  - flatten
+  - dense: {units: 32, activation: relu}
+  - dropout: {rate: 0.2}",
+        "adam",
+        3,
+    );
+    let jit = || {
+        Model::from_source(&spec, "t", "t.yaml")
+            .unwrap()
+            .compile(&Options::default())
+            .unwrap()
+    };
+    let mut a = jit();
+    let data = a.load_data(digits()).unwrap();
+    let ra = a.fit(&data, &FitOptions::default()).unwrap();
+    let mut b = jit();
+    b.fit(&data, &FitOptions::default()).unwrap();
+    assert!(same_bits(a.weights(), b.weights()));
+    // The interpreter, the oracle, trains to nearly the same place.
+    let mut i = compile(&spec);
+    let ri = i.fit(&data, &FitOptions::default()).unwrap();
+    let (lj, li) = (
+        ra.history.last().unwrap().get("val_loss").unwrap(),
+        ri.history.last().unwrap().get("val_loss").unwrap(),
+    );
+    assert!((lj - li).abs() < 1e-3 * li, "jit {lj}, interp {li}");
+
+    let dir = temp_dir("jit-resume");
+    let ckpt = dir.join("c.safetensors");
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut c = jit();
+    let mut obs = StopAfter {
+        flag: flag.clone(),
+        seen: 0,
+        at: 50,
+    };
+    let opts = FitOptions {
+        checkpoint: Some(ckpt.clone()),
+        interrupt: Some(flag),
+        ..FitOptions::default()
+    };
+    let r = c.fit_with(&data, &opts, &mut obs).unwrap();
+    assert!(
+        matches!(
+            r.stop,
+            Stop::Interrupted {
+                epoch: 1,
+                batch: 5,
+                ..
+            }
+        ),
+        "{:?}",
+        r.stop
+    );
+    let mut d = jit();
+    d.load_checkpoint(&ckpt).unwrap();
+    d.fit(&data, &FitOptions::default()).unwrap();
+    assert!(same_bits(a.weights(), d.weights()));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Sets the interrupt flag after `at` batches in all.
