@@ -379,6 +379,66 @@ fn native_code_training_is_deterministic_and_resumes_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn checkpoint_and_csv_callbacks_write_what_keras_would() {
+    let dir = temp_dir("callbacks");
+    let best = dir.join("best.safetensors");
+    let every = dir.join("ep{epoch:02d}-{val_loss:.3f}.safetensors");
+    let log = dir.join("log.tsv");
+    let spec = digits_spec(
+        "  - flatten\n  - dense: {units: 16, activation: relu}",
+        "{adam: {learning_rate: 0.01}}",
+        4,
+    )
+    .replace(
+        "  validation_split: 0.2\n",
+        &format!(
+            "  validation_split: 0.2
+  callbacks:
+    - model_checkpoint: {{filepath: '{}', monitor: val_accuracy, save_best_only: true}}
+    - model_checkpoint: {{filepath: '{}'}}
+    - csv_logger: {{filename: '{}', separator: \"\\t\"}}
+    - terminate_on_nan
+",
+            best.display(),
+            every.display(),
+            log.display()
+        ),
+    );
+    let mut net = compile(&spec);
+    let data = net.load_data(digits()).unwrap();
+    let r = net.fit(&data, &FitOptions::default()).unwrap();
+    // The best checkpoint is the epoch with the highest val_accuracy (the first of
+    // equals, as Keras's strict comparison keeps).
+    let accs: Vec<f64> = r
+        .history
+        .iter()
+        .map(|l| l.get("val_accuracy").unwrap())
+        .collect();
+    let best_epoch = (0..accs.len()).fold(0, |b, e| if accs[e] > accs[b] { e } else { b });
+    let w = kiln::weights::load(&best).unwrap();
+    assert_eq!(w.metadata["kiln.epoch"], (best_epoch + 1).to_string());
+    // One file per epoch, named by the template.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ep"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4);
+    let l1 = r.history[0].get("val_loss").unwrap();
+    assert_eq!(names[0], format!("ep01-{l1:.3}.safetensors"));
+    // The CSV log: Keras's columns, tab-separated, epochs from 0.
+    let csv = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "epoch\taccuracy\tloss\tval_accuracy\tval_loss");
+    assert_eq!(rows.len(), 5);
+    assert!(rows[4].starts_with("3\t"));
+    let v: f64 = rows[4].split('\t').nth(3).unwrap().parse().unwrap();
+    assert_eq!(v, accs[3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Sets the interrupt flag after `at` batches in all.
 struct StopAfter {
     flag: Arc<AtomicBool>,
