@@ -210,7 +210,14 @@ fn math_functions_meet_their_error_bounds() {
         (Unary::Exp, -87.0, 88.0, f64::exp, 4e-7, true),
         (Unary::Log, 1e-30, 1e30, f64::ln, 4e-7, false),
         (Unary::Tanh, -12.0, 12.0, f64::tanh, 6e-7, false),
-        (Unary::Sigmoid, -30.0, 30.0, |x| 1.0 / (1.0 + (-x).exp()), 3e-7, false),
+        (
+            Unary::Sigmoid,
+            -30.0,
+            30.0,
+            |x| 1.0 / (1.0 + (-x).exp()),
+            3e-7,
+            false,
+        ),
         (Unary::Erf, -6.0, 6.0, libm::erf, 5e-7, false),
         (Unary::Log1p, -0.9, 50.0, f64::ln_1p, 1e-6, true),
     ];
@@ -224,7 +231,11 @@ fn math_functions_meet_their_error_bounds() {
         let xs: Vec<f32> = (0..n)
             .map(|i| {
                 let t = i as f64 / (n - 1) as f64;
-                if op == Unary::Log { (lo.ln() + t * (hi.ln() - lo.ln())).exp() as f32 } else { (lo + t * (hi - lo)) as f32 }
+                if op == Unary::Log {
+                    (lo.ln() + t * (hi.ln() - lo.ln())).exp() as f32
+                } else {
+                    (lo + t * (hi - lo)) as f32
+                }
             })
             .collect();
         let input = ArrayD::from_shape_vec(IxDyn(&[n]), xs.clone()).unwrap();
@@ -235,10 +246,17 @@ fn math_functions_meet_their_error_bounds() {
             let want = reference(*xi as f64);
             let err = (*yi as f64 - want).abs();
             // The bound plus the rounding of the f32 result itself (half an ulp).
-            let scale = if relative { want.abs() } else { 1.0f64.max(if op == Unary::Log { want.abs() } else { 1.0 }) };
+            let scale = if relative {
+                want.abs()
+            } else {
+                1.0f64.max(if op == Unary::Log { want.abs() } else { 1.0 })
+            };
             let e = err / scale;
             worst = worst.max(e);
-            assert!(e <= bound + 6e-8, "{op:?}({xi}) = {yi}, reference {want}: error {e:e} > {bound:e}");
+            assert!(
+                e <= bound + 6e-8,
+                "{op:?}({xi}) = {yi}, reference {want}: error {e:e} > {bound:e}"
+            );
         }
         assert!(worst > 0.0, "{op:?}: suspiciously exact");
     }
@@ -268,8 +286,14 @@ fn random_graphs_match_the_interpreter() {
         let rank = rng.int(1, 3);
         let shape: Vec<usize> = (0..rank).map(|_| rng.int(1, 9)).collect();
         let dims: Vec<Dim> = shape.iter().map(|&d| Dim::konst(d as i64)).collect();
-        let mut vals: Vec<Id> = vec![f.input("x0", Type::f32(dims.clone())), f.input("x1", Type::f32(dims.clone()))];
-        let mut inputs = vec![rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32), rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32)];
+        let mut vals: Vec<Id> = vec![
+            f.input("x0", Type::f32(dims.clone())),
+            f.input("x1", Type::f32(dims.clone())),
+        ];
+        let mut inputs = vec![
+            rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32),
+            rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32),
+        ];
         let full: Vec<Id> = vals.clone();
         for _ in 0..rng.int(3, 12) {
             let x = vals[rng.int(0, vals.len() - 1)];
@@ -277,7 +301,15 @@ fn random_graphs_match_the_interpreter() {
             let choice = rng.int(0, 8);
             let v = match choice {
                 0 => {
-                    let ops = [Unary::Exp, Unary::Tanh, Unary::Sigmoid, Unary::Abs, Unary::Neg, Unary::Erf, Unary::Floor];
+                    let ops = [
+                        Unary::Exp,
+                        Unary::Tanh,
+                        Unary::Sigmoid,
+                        Unary::Abs,
+                        Unary::Neg,
+                        Unary::Erf,
+                        Unary::Floor,
+                    ];
                     let op = ops[rng.int(0, ops.len() - 1)];
                     let c = f.clamp_for_test(x);
                     f.unary(op, c).unwrap()
@@ -291,16 +323,34 @@ fn random_graphs_match_the_interpreter() {
                 }
                 2 => {
                     // binary with another full-shape value of the same shape, if any
-                    let same: Vec<Id> = vals.iter().copied().filter(|&v| f.ty(v).shape == xs).collect();
+                    let same: Vec<Id> = vals
+                        .iter()
+                        .copied()
+                        .filter(|&v| f.ty(v).shape == xs)
+                        .collect();
                     let y = same[rng.int(0, same.len() - 1)];
-                    let op = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Max, Binary::Min][rng.int(0, 4)];
+                    let op = [
+                        Binary::Add,
+                        Binary::Sub,
+                        Binary::Mul,
+                        Binary::Max,
+                        Binary::Min,
+                    ][rng.int(0, 4)];
                     f.push(Op::Binary(op), &[x, y]).unwrap()
                 }
                 3 if !xs.is_empty() => {
                     // reduce some axes, keep them, broadcast back, combine
                     let axes: Vec<usize> = (0..xs.len()).filter(|_| rng.uniform() < 0.5).collect();
-                    let axes = if axes.is_empty() { vec![xs.len() - 1] } else { axes };
-                    let op = if rng.uniform() < 0.5 { ReduceOp::Sum } else { ReduceOp::Max };
+                    let axes = if axes.is_empty() {
+                        vec![xs.len() - 1]
+                    } else {
+                        axes
+                    };
+                    let op = if rng.uniform() < 0.5 {
+                        ReduceOp::Sum
+                    } else {
+                        ReduceOp::Max
+                    };
                     let r = f.reduce_keep(op, x, &axes).unwrap();
                     let all: Vec<usize> = (0..xs.len()).collect();
                     let b = f.broadcast(r, &xs, &all).unwrap();
@@ -324,8 +374,14 @@ fn random_graphs_match_the_interpreter() {
                 7 if xs.len() == 2 => {
                     let k = xs[1].clone();
                     let n = rng.int(1, 7);
-                    let w = f.input(&format!("w{}", inputs.len()), Type::f32(vec![k.clone(), Dim::konst(n as i64)]));
-                    inputs.push(rng.array(&[k.as_const().unwrap() as usize, n], -1.0, 1.0).mapv(|v| v as f32));
+                    let w = f.input(
+                        &format!("w{}", inputs.len()),
+                        Type::f32(vec![k.clone(), Dim::konst(n as i64)]),
+                    );
+                    inputs.push(
+                        rng.array(&[k.as_const().unwrap() as usize, n], -1.0, 1.0)
+                            .mapv(|v| v as f32),
+                    );
                     f.matmul(x, w, false, false).unwrap()
                 }
                 _ => {

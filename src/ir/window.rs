@@ -244,9 +244,21 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
         Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => {
             // Shapes of x, kernel and y, whichever two are given.
             let (xs, ks, ys): (Vec<usize>, Vec<usize>, Vec<usize>) = match op {
-                Op::Conv(_) => (args[0].shape().to_vec(), args[1].shape().to_vec(), shape.to_vec()),
-                Op::ConvInputGrad(_) => (shape.to_vec(), args[1].shape().to_vec(), args[0].shape().to_vec()),
-                _ => (args[0].shape().to_vec(), shape.to_vec(), args[1].shape().to_vec()),
+                Op::Conv(_) => (
+                    args[0].shape().to_vec(),
+                    args[1].shape().to_vec(),
+                    shape.to_vec(),
+                ),
+                Op::ConvInputGrad(_) => (
+                    shape.to_vec(),
+                    args[1].shape().to_vec(),
+                    args[0].shape().to_vec(),
+                ),
+                _ => (
+                    args[0].shape().to_vec(),
+                    shape.to_vec(),
+                    args[1].shape().to_vec(),
+                ),
             };
             let n = ks.len() - 2;
             let kdims: Vec<i64> = ks[..n].iter().map(|&v| v as i64).collect();
@@ -271,11 +283,19 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
                 Array2::from_shape_fn((rows, cols), |(r, col)| {
                     let (t, c) = (col / cg, col % cg);
                     let at = src[r * taps + t];
-                    if at == usize::MAX { T::zero() } else { x[at + g * cg + c] }
+                    if at == usize::MAX {
+                        T::zero()
+                    } else {
+                        x[at + g * cg + c]
+                    }
                 })
             };
-            let kmat = |k: &[T], g: usize| -> Array2<T> { Array2::from_shape_fn((cols, fg), |(row, f)| k[row * f_total + g * fg + f]) };
-            let ymat = |y: &[T], g: usize| -> Array2<T> { Array2::from_shape_fn((rows, fg), |(r, f)| y[r * f_total + g * fg + f]) };
+            let kmat = |k: &[T], g: usize| -> Array2<T> {
+                Array2::from_shape_fn((cols, fg), |(row, f)| k[row * f_total + g * fg + f])
+            };
+            let ymat = |y: &[T], g: usize| -> Array2<T> {
+                Array2::from_shape_fn((rows, fg), |(r, f)| y[r * f_total + g * fg + f])
+            };
             match op {
                 Op::Conv(_) => {
                     let (x, k) = (dense(args[0]), dense(args[1]));
