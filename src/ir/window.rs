@@ -232,7 +232,10 @@ fn for_taps(
 }
 
 fn dense<T: Real>(a: &ArrayD<T>) -> Vec<T> {
-    a.iter().copied().collect()
+    match a.as_slice() {
+        Some(s) => s.to_vec(),
+        None => a.iter().copied().collect(),
+    }
 }
 
 fn shaped<T: Real>(shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
@@ -280,21 +283,32 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
             });
             // One GEMM per group: patches [rows, taps*cg] × kernel [taps*cg, fg].
             let patches = |x: &[T], g: usize| -> Array2<T> {
-                Array2::from_shape_fn((rows, cols), |(r, col)| {
-                    let (t, c) = (col / cg, col % cg);
-                    let at = src[r * taps + t];
-                    if at == usize::MAX {
-                        T::zero()
-                    } else {
-                        x[at + g * cg + c]
+                let mut v = Vec::with_capacity(rows * cols);
+                for r in 0..rows {
+                    for t in 0..taps {
+                        let at = src[r * taps + t];
+                        if at == usize::MAX {
+                            v.extend(std::iter::repeat_n(T::zero(), cg));
+                        } else {
+                            v.extend_from_slice(&x[at + g * cg..at + g * cg + cg]);
+                        }
                     }
-                })
+                }
+                Array2::from_shape_vec((rows, cols), v).expect("rows × cols elements")
             };
             let kmat = |k: &[T], g: usize| -> Array2<T> {
-                Array2::from_shape_fn((cols, fg), |(row, f)| k[row * f_total + g * fg + f])
+                let mut v = Vec::with_capacity(cols * fg);
+                for row in 0..cols {
+                    v.extend_from_slice(&k[row * f_total + g * fg..row * f_total + g * fg + fg]);
+                }
+                Array2::from_shape_vec((cols, fg), v).expect("cols × fg elements")
             };
             let ymat = |y: &[T], g: usize| -> Array2<T> {
-                Array2::from_shape_fn((rows, fg), |(r, f)| y[r * f_total + g * fg + f])
+                let mut v = Vec::with_capacity(rows * fg);
+                for r in 0..rows {
+                    v.extend_from_slice(&y[r * f_total + g * fg..r * f_total + g * fg + fg]);
+                }
+                Array2::from_shape_vec((rows, fg), v).expect("rows × fg elements")
             };
             match op {
                 Op::Conv(_) => {

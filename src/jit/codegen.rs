@@ -45,7 +45,7 @@ pub struct Gen<'a, 'b> {
 }
 
 /// Loop kernels with at least this many elements are split across cores.
-pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 15;
+pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 18;
 
 /// Can a loop kernel run its outermost axis in parallel? Stores always can; reductions
 /// only when the outermost axis is kept (each part writes its own outputs).

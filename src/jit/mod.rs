@@ -514,10 +514,12 @@ extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
         };
         let out = interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?;
         let dst = frame[fl.sizes + call.out] as *mut f32;
-        for (i, v) in out.iter().enumerate() {
-            // SAFETY: the output buffer holds the output's element count.
-            unsafe { *dst.add(i) = *v };
-        }
+        let out = out.as_standard_layout();
+        let values = out
+            .as_slice()
+            .ok_or("a routine returned a non-contiguous array")?;
+        // SAFETY: the output buffer holds the output's element count.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len()) };
         Ok(())
     });
     match r {
