@@ -650,18 +650,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 let i = idx[*axis];
                 m.b.ins().fcvt_from_sint(types::F32, i)
             }
-            Expr::Unary(u, a) => unary(&mut m, *u, get(*a)),
-            Expr::Binary(op, a, b) => binary(&mut m, *op, get(*a), get(*b)),
-            Expr::Cmp(c, a, b) => {
-                let mask = m.mask(float_cc(*c), get(*a), get(*b));
-                m.mask_to_float(mask)
-            }
-            Expr::Select(c, a, b) => {
-                let zero = m.c(0.0);
-                let mask = m.mask(FloatCC::NotEqual, get(*c), zero);
-                m.pick(mask, get(*a), get(*b))
-            }
-            Expr::Trunc(a) => m.b.ins().trunc(get(*a)),
+            _ => compute(&mut m, e, &get),
         }
     }
 
@@ -696,18 +685,28 @@ impl<'a, 'b> Gen<'a, 'b> {
                 m.b.ins().fcvt_from_sint(types::F32X4, v)
             }
             Expr::Const(_) | Expr::Size(_) => unreachable!("invariant values are hoisted"),
-            Expr::Unary(u, a) => unary(&mut m, *u, get(*a)),
-            Expr::Binary(op, a, b) => binary(&mut m, *op, get(*a), get(*b)),
-            Expr::Cmp(c, a, b) => {
-                let mask = m.mask(float_cc(*c), get(*a), get(*b));
-                m.mask_to_float(mask)
-            }
-            Expr::Select(c, a, b) => {
-                let zero = m.c(0.0);
-                let mask = m.mask(FloatCC::NotEqual, get(*c), zero);
-                m.pick(mask, get(*a), get(*b))
-            }
-            Expr::Trunc(a) => m.b.ins().trunc(get(*a)),
+            _ => compute(&mut m, e, &get),
+        }
+    }
+}
+
+/// The operations on already computed operands, the same for scalars and vectors.
+fn compute(m: &mut Math, e: &Expr, get: &dyn Fn(usize) -> Value) -> Value {
+    match e {
+        Expr::Unary(u, a) => unary(m, *u, get(*a)),
+        Expr::Binary(op, a, b) => binary(m, *op, get(*a), get(*b)),
+        Expr::Cmp(c, a, b) => {
+            let mask = m.mask(float_cc(*c), get(*a), get(*b));
+            m.mask_to_float(mask)
+        }
+        Expr::Select(c, a, b) => {
+            let zero = m.c(0.0);
+            let mask = m.mask(FloatCC::NotEqual, get(*c), zero);
+            m.pick(mask, get(*a), get(*b))
+        }
+        Expr::Trunc(a) => m.b.ins().trunc(get(*a)),
+        Expr::Load(_) | Expr::Const(_) | Expr::Size(_) | Expr::Index(_) => {
+            unreachable!("leaves are handled by the caller")
         }
     }
 }
