@@ -2,9 +2,9 @@
 //! normalization on its moving statistics), then the loss and the metrics — what
 //! Keras's `evaluate` and the validation pass of `fit` compute per batch.
 
-use super::{Mode, forward, loss};
+use super::{Mode, forward};
 use crate::check::Graph;
-use crate::ir::{Func, Id, Result, err};
+use crate::ir::{Func, Result, err};
 
 /// Where each value of the evaluation function lives.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,31 +33,10 @@ pub fn build(graph: &Graph) -> Result<EvalStep> {
     let Some(train) = &graph.train else {
         return err("the spec has no train section");
     };
-    let Some(loss_decl) = train.decl.loss.as_ref() else {
-        return err("no loss");
-    };
     let mut lw = forward(graph, Mode::Infer, "eval")?;
-    let mut targets = Vec::new();
-    for t in &train.targets {
-        targets.push(lw.f.input(&t.name, t.ty.clone()));
-    }
-    let outputs: Vec<Id> = lw.f.outputs.iter().map(|(_, id)| *id).collect();
-    lw.f.outputs.clear();
-    let mut total = lw.f.scalar(0.0);
-    for (k, t) in train.targets.iter().enumerate() {
-        let l = loss::loss(
-            &mut lw.f,
-            &loss_decl.name,
-            &loss_decl.args,
-            outputs[t.output],
-            targets[k],
-        )?;
-        total = lw.f.add(total, l)?;
-    }
+    let (total, metrics) = super::train::objective(&mut lw, train)?;
     lw.f.output("loss", total);
-    for m in &train.metrics {
-        let t = &train.targets[0];
-        let v = loss::metric(&mut lw.f, m, outputs[t.output], targets[0])?;
+    for (m, v) in metrics {
         lw.f.output(&format!("metric/{m}"), v);
     }
     let layout = EvalLayout {

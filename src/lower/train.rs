@@ -28,16 +28,13 @@ pub struct TrainStep {
     pub layout: Layout,
 }
 
-/// Builds the training step of a checked graph with a `train` section.
-///
-/// Inputs: model inputs, params, `rng_key`, targets, optimizer state, `step`
-/// (iterations so far), `lr`. Outputs: `loss`, `metric/NAME`…, `new/{param}` for every
-/// parameter, `new/{state key}` for every state slot.
-pub fn build(graph: &Graph) -> Result<TrainStep> {
-    let Some(train) = &graph.train else {
-        return err("the spec has no train section");
-    };
-    let mut lw = forward(graph, Mode::Train, "train_step")?;
+/// Declares the targets as inputs and replaces the forward function's outputs with the
+/// loss (summed over outputs, as Keras sums multi-output losses) and the metrics.
+/// Shared by the training step and the evaluation function.
+pub(crate) fn objective(
+    lw: &mut super::Lower,
+    train: &crate::check::Train,
+) -> Result<(Id, Vec<(String, Id)>)> {
     let loss_decl = train
         .decl
         .loss
@@ -49,8 +46,6 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
     }
     let outputs: Vec<Id> = lw.f.outputs.iter().map(|(_, id)| *id).collect();
     lw.f.outputs.clear();
-
-    // Loss: the sum over outputs of each output's loss (Keras sums multi-output losses).
     let mut total = lw.f.scalar(0.0);
     for (k, t) in train.targets.iter().enumerate() {
         let l = loss::loss(
@@ -62,14 +57,28 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         )?;
         total = lw.f.add(total, l)?;
     }
-    let mut metric_vals = Vec::new();
+    let mut metrics = Vec::new();
     for m in &train.metrics {
         let t = &train.targets[0];
-        metric_vals.push((
+        metrics.push((
             m.clone(),
             loss::metric(&mut lw.f, m, outputs[t.output], targets[0])?,
         ));
     }
+    Ok((total, metrics))
+}
+
+/// Builds the training step of a checked graph with a `train` section.
+///
+/// Inputs: model inputs, params, `rng_key`, targets, optimizer state, `step`
+/// (iterations so far), `lr`. Outputs: `loss`, `metric/NAME`…, `new/{param}` for every
+/// parameter, `new/{state key}` for every state slot.
+pub fn build(graph: &Graph) -> Result<TrainStep> {
+    let Some(train) = &graph.train else {
+        return err("the spec has no train section");
+    };
+    let mut lw = forward(graph, Mode::Train, "train_step")?;
+    let (total, metric_vals) = objective(&mut lw, train)?;
 
     let opt = &train.decl.optimizer;
     let slots = optim::slots(opt);
