@@ -370,7 +370,23 @@ impl Net {
             )));
         }
         let step = lower::train::build(&self.graph)?;
-        let kernel = runtime::compile(&step.func, self.backend)?;
+        // Parameters and optimizer state are updated in place: offer each input whose
+        // updated value is an output (`KEY` → `new/KEY`) to the backend.
+        let donate: Vec<(usize, usize)> = step
+            .func
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inp)| {
+                let name = format!("new/{}", inp.name);
+                step.func
+                    .outputs
+                    .iter()
+                    .position(|(n, _)| *n == name)
+                    .map(|o| (i, o))
+            })
+            .collect();
+        let kernel = runtime::compile_donating(&step.func, self.backend, &donate)?;
         let f = kernel.func();
         let l = &step.layout;
         // Inputs, by position (lower::train::build's order), checked by name.

@@ -416,3 +416,58 @@ impl ClampForTest for Func {
         self.min(a, hi).unwrap()
     }
 }
+
+/// In-place updates: the training step writes new parameters and optimizer state into
+/// the donated inputs' memory; the values equal those of an ordinary run, exactly.
+#[test]
+fn donated_parameters_and_state_update_in_place() {
+    for spec in ["mlp", "cnn", "lstm"] {
+        let m = kiln::Model::from_path(format!("{}/specs/{spec}.yaml", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        let step = lower::train::build(&m.graph).unwrap();
+        let f = &step.func;
+        let donate: Vec<(usize, usize)> = f
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inp)| {
+                f.outputs
+                    .iter()
+                    .position(|(n, _)| *n == format!("new/{}", inp.name))
+                    .map(|o| (i, o))
+            })
+            .collect();
+        let k = runtime::compile_donating(f, Backend::Jit, &donate).unwrap();
+        // Every trainable parameter and every optimizer slot is updated in place (batch
+        // norm's moving statistics too).
+        assert_eq!(
+            donate.len(),
+            step.layout.params.len() + step.layout.state.len()
+        );
+        assert_eq!(
+            k.donated(),
+            &donate[..],
+            "{spec}: accepted {:?} of {:?}",
+            k.donated(),
+            donate
+        );
+        let mut rng = Rng::new(77);
+        let ins = random_inputs(f, Some(&m), &mut rng, 5, 6);
+        let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+        let plain = k.run(&views).unwrap();
+        // `run` must leave the caller's inputs untouched even though the code writes.
+        let again = k.run(&views).unwrap();
+        assert_eq!(plain, again, "{spec}: run changed its inputs");
+        let mut state = ins.clone();
+        let outs = k.run_inplace(&mut state).unwrap();
+        for (o, v) in outs.iter().enumerate() {
+            match (v, donate.iter().find(|p| p.1 == o)) {
+                (None, Some(&(i, _))) => {
+                    assert_eq!(state[i], plain[o], "{spec}: in-place {}", f.outputs[o].0)
+                }
+                (Some(v), _) => assert_eq!(*v, plain[o], "{spec}: output {}", f.outputs[o].0),
+                (None, None) => panic!("{spec}: output {o} missing"),
+            }
+        }
+    }
+}

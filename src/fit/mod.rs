@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::ArrayD;
 
 use crate::args::Value;
 use crate::check::Graph;
@@ -466,21 +466,44 @@ pub fn run(
             let key = scalar_array(rng_key(s.seed, step));
             let step_a = scalar_array(step as f32);
             let lr_a = scalar_array(lr);
-            let mut args: Vec<ArrayViewD<f32>> = xs.iter().map(|a| a.view()).collect();
-            args.extend(net.weights.iter().map(|(_, w)| w.view()));
-            args.push(key.view());
-            args.extend(ys.iter().map(|a| a.view()));
+            // Parameters and optimizer state move into the step and come back updated
+            // in place where the backend does that (the JIT's donated buffers).
+            let n_x = xs.len();
+            let n_y = ys.len();
+            let mut args: Vec<ArrayD<f32>> = xs;
+            for k in &tk.layout.params {
+                let w = net
+                    .weights
+                    .get_mut(k)
+                    .ok_or_else(|| NetError::Internal(format!("no weight `{k}`")))?;
+                args.push(std::mem::take(w));
+            }
+            args.push(key);
+            args.extend(ys);
             for k in &tk.layout.state {
-                match net.opt.slots.get(k) {
-                    Some(a) => args.push(a.view()),
+                match net.opt.slots.get_mut(k) {
+                    Some(a) => args.push(std::mem::take(a)),
                     None => return Err(NetError::Internal(format!("no optimizer state `{k}`"))),
                 }
             }
-            args.push(step_a.view());
-            args.push(lr_a.view());
-            let outs = tk.kernel.run(&args)?;
+            args.push(step_a);
+            args.push(lr_a);
+            let result = tk.kernel.run_inplace(&mut args);
+            // Give the arrays back whatever happened (updated on success).
+            let state_at = n_x + tk.layout.params.len() + 1 + n_y;
+            for (j, k) in tk.layout.params.iter().enumerate() {
+                if let Some(w) = net.weights.get_mut(k) {
+                    *w = std::mem::take(&mut args[n_x + j]);
+                }
+            }
+            for (j, k) in tk.layout.state.iter().enumerate() {
+                if let Some(a) = net.opt.slots.get_mut(k) {
+                    *a = std::mem::take(&mut args[state_at + j]);
+                }
+            }
             drop(args);
-            let loss = scalar(&outs[tk.loss]);
+            let mut outs = result?;
+            let loss = outs[tk.loss].as_ref().map_or(f32::NAN, scalar);
             if !loss.is_finite() {
                 let good = snapshot.epoch;
                 net.weights = snapshot.weights.clone();
@@ -495,21 +518,16 @@ pub fn run(
                 };
                 break 'epochs;
             }
-            let mut outs: Vec<Option<ArrayD<f32>>> = outs.into_iter().map(Some).collect();
-            let mut new_w = Weights::new();
+            // Outputs the backend did not write in place replace the old arrays.
             for (key, &o) in tk.layout.params.iter().zip(&tk.new_params) {
-                let a = outs[o].take().ok_or_else(|| {
-                    NetError::Internal(format!("the step returned `new/{key}` twice"))
-                })?;
-                new_w.insert(key.clone(), a);
+                if let (Some(a), Some(w)) = (outs[o].take(), net.weights.get_mut(key)) {
+                    *w = a;
+                }
             }
-            new_w.metadata = std::mem::take(&mut net.weights.metadata);
-            net.weights = new_w;
             for (key, &o) in tk.layout.state.iter().zip(&tk.new_state) {
-                let a = outs[o].take().ok_or_else(|| {
-                    NetError::Internal(format!("the step returned `new/{key}` twice"))
-                })?;
-                net.opt.slots.insert(key.clone(), a);
+                if let (Some(a), Some(s)) = (outs[o].take(), net.opt.slots.get_mut(key)) {
+                    *s = a;
+                }
             }
             net.opt.step += 1;
             let w = idx.len() as f64;

@@ -40,6 +40,8 @@ pub struct JitKernel {
     layouts: Mutex<HashMap<Vec<i64>, Arc<Layout>>>,
     /// The CLIF text, for `kiln ir --stage clif`.
     pub clif: String,
+    /// `(input, output)` pairs whose output is written into the input's memory.
+    donated: Vec<(usize, usize)>,
 }
 
 struct ModuleHolder(#[allow(dead_code)] JITModule);
@@ -129,7 +131,14 @@ fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
 
 /// Plans and compiles `f` (which should already have been through the graph passes).
 pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
-    let plan = plan::plan(f);
+    compile_donating(f, &[])
+}
+
+/// Plans and compiles `f`, letting the `(input, output)` pairs in `donate` update the
+/// input's memory in place where that is safe (see [`plan::Plan::donate`]).
+pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
+    let mut plan = plan::plan(f);
+    let donated = plan.donate(donate);
     let isa = isa()?;
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
     let ptr = module.target_config().pointer_type();
@@ -276,6 +285,7 @@ pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
         _module: ModuleHolder(module),
         first_def,
         layouts: Mutex::new(HashMap::new()),
+        donated,
         clif,
     })
 }
@@ -535,16 +545,95 @@ impl RunKernel for JitKernel {
     }
 
     fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError> {
-        let env = validate(&self.plan.func, inputs)?;
+        // Donated inputs are written to: run on private copies of them.
+        let mut owned: Vec<Option<ArrayD<f32>>> = vec![None; inputs.len()];
+        for &(i, _) in &self.donated {
+            owned[i] = Some(inputs[i].as_standard_layout().into_owned());
+        }
+        let outs = self.execute(inputs, &mut owned)?;
+        Ok(outs
+            .into_iter()
+            .enumerate()
+            .map(|(o, v)| match v {
+                Some(v) => v,
+                None => {
+                    let i = self
+                        .donated
+                        .iter()
+                        .find(|p| p.1 == o)
+                        .map(|p| p.0)
+                        .unwrap_or(0);
+                    owned[i].take().unwrap_or_default()
+                }
+            })
+            .collect())
+    }
+
+    fn donated(&self) -> &[(usize, usize)] {
+        &self.donated
+    }
+
+    fn run_inplace(
+        &self,
+        inputs: &mut [ArrayD<f32>],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let mut owned: Vec<Option<ArrayD<f32>>> = vec![None; inputs.len()];
+        for &(i, _) in &self.donated {
+            let a = std::mem::take(&mut inputs[i]);
+            owned[i] = Some(if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            });
+        }
+        let result = {
+            let views: Vec<ArrayViewD<f32>> = inputs.iter().map(|a| a.view()).collect();
+            self.execute(&views, &mut owned)
+        };
+        // The donated arrays go back to the caller (updated on success).
+        for &(i, _) in &self.donated {
+            if let Some(a) = owned[i].take() {
+                inputs[i] = a;
+            }
+        }
+        result
+    }
+}
+
+impl JitKernel {
+    /// Runs the native function. `owned[i]` replaces input `i` (donated inputs, which
+    /// the code writes); outputs written into a donated input come back as `None`.
+    fn execute(
+        &self,
+        inputs: &[ArrayViewD<f32>],
+        owned: &mut [Option<ArrayD<f32>>],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let env = {
+            let mut views: Vec<ArrayViewD<f32>> = inputs.to_vec();
+            for (i, o) in owned.iter().enumerate() {
+                if let Some(a) = o {
+                    views[i] = a.view();
+                }
+            }
+            validate(&self.plan.func, &views)?
+        };
         let layout = self.layout(&env)?;
         let fl = self.frame_layout();
+        // Read-only inputs (borrowed, made contiguous if needed) and writable donated
+        // ones (owned, standard layout).
         let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
+        let mut ptrs: Vec<i64> = contiguous.iter().map(|a| a.as_ptr() as i64).collect();
+        for (i, o) in owned.iter_mut().enumerate() {
+            if let Some(a) = o {
+                ptrs[i] = a.as_mut_ptr() as i64;
+            }
+        }
         let mut arena = vec![0f32; layout.arena_len.max(1)];
         let mut frame = vec![0i64; fl.len()];
         frame[..layout.sizes.len()].copy_from_slice(&layout.sizes);
         for (b, kind) in self.plan.bufs.iter().enumerate() {
             frame[fl.sizes + b] = match kind {
-                BufKind::Input(i) => contiguous[*i].as_ptr() as i64,
+                BufKind::Input(i) => ptrs[*i],
                 // SAFETY: offsets are within the arena (laid out above).
                 BufKind::Arena { .. } => unsafe {
                     arena.as_mut_ptr().add(layout.offsets[b]) as i64
@@ -553,6 +642,7 @@ impl RunKernel for JitKernel {
         }
         frame[fl.env_slot()] = &env as *const interp::Env as i64;
         CALL_ERROR.with(|e| *e.borrow_mut() = None);
+        // The code writes donated inputs through the mutable pointers taken above.
         (self.entry)(frame.as_mut_ptr());
         if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
             return Err(RunError(e));
@@ -562,20 +652,25 @@ impl RunKernel for JitKernel {
             .plan
             .outputs
             .iter()
-            .map(|(a, shape)| {
+            .enumerate()
+            .map(|(o, (a, shape))| {
+                if self.donated.iter().any(|p| p.1 == o) {
+                    return None;
+                }
                 let shape: Vec<usize> = shape.iter().map(|&s| sizes[s] as usize).collect();
                 let strides: Vec<i64> = a.strides.iter().map(|&s| sizes[s]).collect();
                 let base = frame[fl.sizes + a.buf] as *const f32;
                 // SAFETY: the output access lies within its buffer, alive until here.
-                unsafe { gather(base, sizes[a.offset], &strides, &shape) }
+                Some(unsafe { gather(base, sizes[a.offset], &strides, &shape) })
             })
             .collect();
+        drop(contiguous);
         drop(arena);
         Ok(outs)
     }
 }
 
-/// Compiles `f` into a runtime kernel.
-pub fn compile_kernel(f: &Func) -> Result<Arc<dyn RunKernel>, RunError> {
-    Ok(Arc::new(compile(f)?))
+/// Compiles `f` into a runtime kernel (with in-place `(input, output)` pairs).
+pub fn compile_kernel(f: &Func, donate: &[(usize, usize)]) -> Result<Arc<dyn RunKernel>, RunError> {
+    Ok(Arc::new(compile_donating(f, donate)?))
 }

@@ -658,6 +658,84 @@ pub fn plan(f: &Func) -> Plan {
 }
 
 impl Plan {
+    /// Is `a` a plain row-major view of a whole buffer with `shape`?
+    fn whole_contiguous(&self, a: &Access, shape: &[Dim]) -> bool {
+        let rm = row_major(shape);
+        self.sizes[a.offset].as_const() == Some(0)
+            && a.strides
+                .iter()
+                .zip(shape.iter().zip(&rm))
+                .all(|(&s, (d, r))| d.as_const() == Some(1) || self.sizes[s] == *r)
+    }
+
+    /// Buffers a kernel reads.
+    fn reads(k: &Kernel) -> Vec<&Access> {
+        match k {
+            Kernel::Loop(l) => l.loads.iter().collect(),
+            Kernel::Gemm(g) => vec![&g.a, &g.b],
+            Kernel::Call(c) => c.args.iter().collect(),
+        }
+    }
+
+    /// Lets outputs be written straight into the memory of inputs the caller donates
+    /// (`(input, output)` pairs, e.g. a parameter and its updated value): the in-place
+    /// optimizer update. A pair is accepted only when it is safe: the output is a whole
+    /// contiguous buffer of the input's shape, written by one elementwise loop that reads
+    /// the input (if at all) at the very element it writes, and nothing later reads the
+    /// input. Returns the accepted pairs.
+    pub fn donate(&mut self, pairs: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let mut accepted = Vec::new();
+        for &(inp, out) in pairs {
+            let Some(bi) = self.bufs.iter().position(|b| *b == BufKind::Input(inp)) else {
+                continue;
+            };
+            let Some((oa, _)) = self.outputs.get(out).cloned() else {
+                continue;
+            };
+            let bo = oa.buf;
+            if !matches!(self.bufs[bo], BufKind::Arena { .. })
+                || accepted.iter().any(|&(i, _)| i == inp)
+            {
+                continue;
+            }
+            let out_node = self.func.outputs[out].1;
+            let shape = self.func.nodes[out_node].ty.shape.clone();
+            if self.func.inputs[inp].ty.shape != shape || !self.whole_contiguous(&oa, &shape) {
+                continue;
+            }
+            let writers: Vec<usize> = (0..self.kernels.len())
+                .filter(|&j| match &self.kernels[j] {
+                    Kernel::Loop(l) => {
+                        matches!(&l.sink, Sink::Store(a) | Sink::Reduce(_, a) if a.buf == bo)
+                    }
+                    Kernel::Gemm(g) => g.c == bo,
+                    Kernel::Call(c) => c.out == bo,
+                })
+                .collect();
+            let [k] = writers[..] else { continue };
+            let Kernel::Loop(l) = &self.kernels[k] else {
+                continue;
+            };
+            let Sink::Store(sink) = &l.sink else { continue };
+            let same_element = |a: &Access| a.offset == sink.offset && a.strides == sink.strides;
+            let safe = self.kernels.iter().enumerate().all(|(j, kern)| {
+                Self::reads(kern)
+                    .into_iter()
+                    .filter(|a| a.buf == bi)
+                    .all(|a| j < k || (j == k && same_element(a)))
+            }) && self
+                .outputs
+                .iter()
+                .enumerate()
+                .all(|(o, (a, _))| o == out || a.buf != bi);
+            if safe {
+                self.bufs[bo] = BufKind::Input(inp);
+                accepted.push((inp, out));
+            }
+        }
+        accepted
+    }
+
     fn fmt_access(&self, a: &Access) -> String {
         let strides: Vec<String> = a
             .strides

@@ -49,6 +49,22 @@ pub trait Kernel: Send + Sync {
     fn func(&self) -> &Func;
     /// Runs on `inputs` (in the function's input order) and returns its outputs.
     fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError>;
+
+    /// The `(input, output)` pairs that [`Kernel::run_inplace`] updates in place.
+    fn donated(&self) -> &[(usize, usize)] {
+        &[]
+    }
+
+    /// Like `run`, but each donated input's array receives its paired output's value
+    /// (an in-place update, e.g. of parameters and optimizer state), and that output
+    /// comes back as `None`. Backends without in-place support return every output.
+    fn run_inplace(
+        &self,
+        inputs: &mut [ArrayD<f32>],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let views: Vec<ArrayViewD<f32>> = inputs.iter().map(|a| a.view()).collect();
+        Ok(self.run(&views)?.into_iter().map(Some).collect())
+    }
 }
 
 /// Checks inputs against the function's signature: count, rank, constant sizes and the
@@ -83,9 +99,19 @@ impl Kernel for Interpreted {
 
 /// Makes `f` executable with `backend` (after the graph passes).
 pub fn compile(f: &Func, backend: Backend) -> Result<Arc<dyn Kernel>, RunError> {
+    compile_donating(f, backend, &[])
+}
+
+/// Like [`compile`], offering `(input, output)` pairs for in-place updates; the backend
+/// accepts those it can do safely (see [`Kernel::donated`]).
+pub fn compile_donating(
+    f: &Func,
+    backend: Backend,
+    donate: &[(usize, usize)],
+) -> Result<Arc<dyn Kernel>, RunError> {
     let f = crate::ir::passes::optimize(f);
     match backend {
         Backend::Interp => Ok(Arc::new(Interpreted { func: f })),
-        Backend::Jit => crate::jit::compile_kernel(&f),
+        Backend::Jit => crate::jit::compile_kernel(&f, donate),
     }
 }
