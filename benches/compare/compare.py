@@ -228,6 +228,7 @@ def main():
     load0 = os.getloadavg()
     results = {}  # (case, metric) -> {fw: value}
     disturbed, discarded = [], {}  # per kept round: foreign CPU share; per case: retries
+    per_round = {}  # "case/metric/fw" -> the kept rounds' medians, in order
     rss = {}      # case -> {fw: MiB}
     wanted = set(filter(None, a.only.split(",")))
     for model, spec, batch, whats in CASES:
@@ -277,6 +278,8 @@ def main():
         discarded[case] = retries
         for (w, fw), v in samples.items():
             results.setdefault((case, w), {})[fw] = statistics.median(v)
+            per_round[f"{case}/{w}/{fw}"] = v
+        per_round[f"{case}/compile/kiln"] = kiln_compile
         rss[case] = {}
         if "kiln" in fws:
             rss[case]["kiln"] = kiln_rss
@@ -360,6 +363,7 @@ def main():
         with open(a.json, "w") as f:
             json.dump({"info": info, "threads": a.threads, "rounds": a.rounds, "runs": a.runs,
                        "results": {f"{c}/{w}": v for (c, w), v in results.items()},
+                       "per_round": per_round,
                        "peak_rss_mib": rss, "foreign_cpu_pct": foreign_pct,
                        "foreign_share_per_kept_round": disturbed, "discarded_rounds": discarded,
                        "load_before": load0}, f, indent=1)
