@@ -202,9 +202,9 @@ def main():
     ap.add_argument("--quiet-threshold", type=float, default=0.05,
                     help="a round during which other processes took more than this share "
                          "of the machine's CPU is discarded and run again")
-    ap.add_argument("--max-wait", type=float, default=600,
+    ap.add_argument("--max-wait", type=float, default=900,
                     help="seconds to wait for a quiet machine before a round")
-    ap.add_argument("--max-retries", type=int, default=6, help="retries of a disturbed round")
+    ap.add_argument("--max-retries", type=int, default=10, help="retries of a disturbed round")
     a = ap.parse_args()
 
     fws = a.frameworks.split(",")
