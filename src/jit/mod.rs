@@ -38,6 +38,9 @@ pub struct JitKernel {
     first_def: Vec<usize>,
     /// Arena layouts per set of symbol values.
     layouts: Mutex<HashMap<Vec<i64>, Arc<Layout>>>,
+    /// Arenas kept between calls: no allocation, zeroing or page faults per call (every
+    /// kernel writes a buffer before anything reads it, so stale contents never leak).
+    arenas: Mutex<Vec<Vec<f32>>>,
     /// The CLIF text, for `kiln ir --stage clif`.
     pub clif: String,
     /// `(input, output)` pairs whose output is written into the input's memory.
@@ -285,6 +288,7 @@ pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel
         _module: ModuleHolder(module),
         first_def,
         layouts: Mutex::new(HashMap::new()),
+        arenas: Mutex::new(Vec::new()),
         donated,
         clif,
     })
@@ -628,7 +632,16 @@ impl JitKernel {
                 ptrs[i] = a.as_mut_ptr() as i64;
             }
         }
-        let mut arena = vec![0f32; layout.arena_len.max(1)];
+        let need = layout.arena_len.max(1);
+        let mut arena = self
+            .arenas
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        if arena.len() < need {
+            arena = vec![0f32; need];
+        }
         let mut frame = vec![0i64; fl.len()];
         frame[..layout.sizes.len()].copy_from_slice(&layout.sizes);
         for (b, kind) in self.plan.bufs.iter().enumerate() {
@@ -665,7 +678,11 @@ impl JitKernel {
             })
             .collect();
         drop(contiguous);
-        drop(arena);
+        if let Ok(mut pool) = self.arenas.lock()
+            && pool.len() < 4
+        {
+            pool.push(arena);
+        }
         Ok(outs)
     }
 }
