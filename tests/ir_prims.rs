@@ -6,6 +6,9 @@
 //! rounding error O(ε/h) ≈ 1e-10, so a correct VJP passes with four orders of margin
 //! while a wrong one (a missing term, a wrong sign) is off by O(1).
 
+mod common;
+
+use common::Rng;
 use kiln::dim::Dim;
 use kiln::ir::elementwise::rng_uniform;
 use kiln::ir::{
@@ -13,26 +16,6 @@ use kiln::ir::{
     WindowAttrs, autodiff, interp, passes,
 };
 use ndarray::{ArrayD, IxDyn};
-
-struct Rng(u64, u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed, 0)
-    }
-    fn uniform(&mut self) -> f64 {
-        self.1 += 1;
-        rng_uniform(self.0, 7, self.1)
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    fn int(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.uniform() * (hi - lo + 1) as f64) as usize
-    }
-    fn array(&mut self, shape: &[usize], lo: f64, hi: f64) -> ArrayD<f64> {
-        ArrayD::from_shape_fn(IxDyn(shape), |_| self.range(lo, hi))
-    }
-}
 
 fn ty(a: &ArrayD<f64>) -> Type {
     Type::f32(a.shape().iter().map(|&d| Dim::konst(d as i64)).collect())
