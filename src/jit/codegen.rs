@@ -44,6 +44,21 @@ pub struct Gen<'a, 'b> {
     pub kernel_fns: Vec<Option<FuncRef>>,
 }
 
+/// Is a small-product loop kernel in the `[batch…, m, k, n]` form with B and C
+/// contiguous along `n` (what `emit_small_gemm` handles)?
+fn is_axpy_form(k: &LoopKernel) -> bool {
+    let r = k.space.len();
+    let Sink::Reduce(ReduceOp::Sum, c) = &k.sink else {
+        return false;
+    };
+    r >= 3
+        && k.loads.len() == 2
+        && k.loads[0].known[r - 1] == Some(0)
+        && k.loads[1].known[r - 1] == Some(1)
+        && c.known[r - 1] == Some(1)
+        && c.known[r - 2] == Some(0)
+}
+
 /// Loop kernels with at least this many elements are split across cores.
 pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 18;
 
@@ -104,7 +119,11 @@ impl<'a, 'b> Gen<'a, 'b> {
                         self.b.ins().brif(few, then_b, &[], else_b, &[]);
                         self.b.switch_to_block(then_b);
                         self.b.seal_block(then_b);
-                        self.emit_loop(small);
+                        if is_axpy_form(small) {
+                            self.emit_small_gemm(small);
+                        } else {
+                            self.emit_loop(small);
+                        }
                         self.b.ins().jump(merge, &[]);
                         self.b.switch_to_block(else_b);
                         self.b.seal_block(else_b);
@@ -161,6 +180,146 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(merge);
         self.b.seal_block(merge);
+    }
+
+    /// A product with few rows, `C[b, i, :] = Σ_k A[b, i, k] · B[b, k, :]`, with the
+    /// output row blocked in registers: 16 columns (four f32x4 accumulators) at a time
+    /// over the whole `k` loop, then 4, then single columns; each accumulator is
+    /// stored once. The loop kernel's accesses give the strides.
+    fn emit_small_gemm(&mut self, k: &LoopKernel) {
+        let r = k.space.len();
+        let nb = r - 3; // batch axes
+        let ext: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
+        let Sink::Reduce(_, c_acc) = &k.sink else {
+            return;
+        };
+        let accs = [k.loads[0].clone(), k.loads[1].clone(), c_acc.clone()];
+        let bases: Vec<Value> = accs
+            .iter()
+            .map(|a| {
+                let p = self.buf_ptr(a.buf);
+                let off = self.slot(a.offset);
+                let bytes = self.b.ins().ishl_imm_u(off, 2);
+                self.b.ins().iadd(p, bytes)
+            })
+            .collect();
+        let sa_k = self.stride(&accs[0], nb + 1);
+        let sb_k = self.stride(&accs[1], nb + 1);
+        let (kn, n) = (ext[nb + 1], ext[nb + 2]);
+        self.small_gemm_rows(k, &accs, &bases, &ext, 0, Vec::new(), sa_k, sb_k, kn, n);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn small_gemm_rows(
+        &mut self,
+        k: &LoopKernel,
+        accs: &[Access; 3],
+        bases: &[Value],
+        ext: &[Value],
+        axis: usize,
+        idx: Vec<Value>,
+        sa_k: Value,
+        sb_k: Value,
+        kn: Value,
+        n: Value,
+    ) {
+        let nb = k.space.len() - 3;
+        if axis <= nb {
+            // Loops over the batch axes and the rows (axis nb is m).
+            let (bs, ex) = (bases.to_vec(), ext.to_vec());
+            self.counted_loop(ext[axis], 1, |g, i| {
+                let mut idx = idx.clone();
+                idx.push(i);
+                g.small_gemm_rows(k, accs, &bs, &ex, axis + 1, idx, sa_k, sb_k, kn, n);
+            });
+            return;
+        }
+        // Row pointers for A and C, and B's batch base.
+        let mut rows = Vec::new();
+        for (a, &base) in accs.iter().zip(bases) {
+            let mut p = base;
+            for (d, &i) in idx.iter().enumerate() {
+                if a.known[d] == Some(0) {
+                    continue;
+                }
+                let s = self.stride(a, d);
+                let t = self.b.ins().imul(i, s);
+                let bytes = self.b.ins().ishl_imm_u(t, 2);
+                p = self.b.ins().iadd(p, bytes);
+            }
+            rows.push(p);
+        }
+        let (a_row, b_base, c_row) = (rows[0], rows[1], rows[2]);
+        // Column blocks of 16, then 4, then 1.
+        let col = self.b.declare_var(types::I64);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(col, zero);
+        for (width, lanes) in [(16i64, 4usize), (4, 1), (1, 0)] {
+            let header = self.b.create_block();
+            let body = self.b.create_block();
+            let exit = self.b.create_block();
+            self.b.ins().jump(header, &[]);
+            self.b.switch_to_block(header);
+            let j = self.b.use_var(col);
+            let end = self.b.ins().iadd_imm_s(j, width);
+            let go = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, n);
+            self.b.ins().brif(go, body, &[], exit, &[]);
+            self.b.switch_to_block(body);
+            let j = self.b.use_var(col);
+            let jbytes = self.b.ins().ishl_imm_u(j, 2);
+            let b_col = self.b.ins().iadd(b_base, jbytes);
+            let ty = if lanes == 0 { types::F32 } else { types::F32X4 };
+            let count = lanes.max(1);
+            let acc: Vec<Variable> = (0..count).map(|_| self.b.declare_var(ty)).collect();
+            let z = self.b.ins().f32const(0.0);
+            let zv = if lanes == 0 {
+                z
+            } else {
+                self.b.ins().splat(types::F32X4, z)
+            };
+            for &v in &acc {
+                self.b.def_var(v, zv);
+            }
+            let fma = self.fma;
+            self.counted_loop(kn, 1, |g, kk| {
+                let ao = g.b.ins().imul(kk, sa_k);
+                let ab = g.b.ins().ishl_imm_u(ao, 2);
+                let ap = g.b.ins().iadd(a_row, ab);
+                let av = g.b.ins().load(types::F32, flags(), ap, 0);
+                let av = if lanes == 0 {
+                    av
+                } else {
+                    g.b.ins().splat(types::F32X4, av)
+                };
+                let bo = g.b.ins().imul(kk, sb_k);
+                let bb = g.b.ins().ishl_imm_u(bo, 2);
+                let bp = g.b.ins().iadd(b_col, bb);
+                for (q, &v) in acc.iter().enumerate() {
+                    let bv = g.b.ins().load(ty, flags(), bp, (16 * q) as i32);
+                    let old = g.b.use_var(v);
+                    let new = if fma {
+                        g.b.ins().fma(av, bv, old)
+                    } else {
+                        let m = g.b.ins().fmul(av, bv);
+                        g.b.ins().fadd(m, old)
+                    };
+                    g.b.def_var(v, new);
+                }
+            });
+            let cp = self.b.ins().iadd(c_row, jbytes);
+            for (q, &v) in acc.iter().enumerate() {
+                let val = self.b.use_var(v);
+                self.b.ins().store(flags(), val, cp, (16 * q) as i32);
+            }
+            let j = self.b.use_var(col);
+            let next = self.b.ins().iadd_imm_s(j, width);
+            self.b.def_var(col, next);
+            self.b.ins().jump(header, &[]);
+            self.b.seal_block(body);
+            self.b.seal_block(header);
+            self.b.switch_to_block(exit);
+            self.b.seal_block(exit);
+        }
     }
 
     /// The body of a kernel function: the loop nest over `self.range`.
