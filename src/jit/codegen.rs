@@ -458,7 +458,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut scalar: Vec<Option<Value>> = vec![None; k.expr.len()];
         for (i, e) in k.expr.iter().enumerate() {
             if levels[i] == 0 {
-                let v = self.expr_scalar(e, &scalar, &[], &[], &bases, &k.loads);
+                let v = self.expr_scalar(e, &scalar, &[], &[], &bases);
                 scalar[i] = Some(v);
             }
         }
@@ -546,7 +546,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         let mut scalar = scalar0.to_vec();
         for (e, &lvl) in levels.iter().enumerate() {
             if lvl == 1 {
-                let v = self.expr_scalar(&k.expr[e], &scalar, &idx, &[], &row, &k.loads);
+                let v = self.expr_scalar(&k.expr[e], &scalar, &idx, &[], &row);
                 scalar[e] = Some(v);
             }
         }
@@ -739,16 +739,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                 continue;
             }
             let v = if vector {
-                self.expr_vector(
-                    &k.expr[e],
-                    vals,
-                    idx,
-                    j.expect("vector index"),
-                    row,
-                    &k.loads,
-                )
+                self.expr_vector(&k.expr[e], vals, j.expect("vector index"), row)
             } else {
-                self.expr_scalar(&k.expr[e], vals, idx, &[], row, &k.loads)
+                self.expr_scalar(&k.expr[e], vals, idx, &[], row)
             };
             vals[e] = Some(v);
         }
@@ -769,7 +762,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             if vals[e].is_some() {
                 continue;
             }
-            let v = self.expr_scalar(&k.expr[e], vals, &full, ptrs, &[], &k.loads);
+            let v = self.expr_scalar(&k.expr[e], vals, &full, ptrs, &[]);
             vals[e] = Some(v);
         }
         vals[k.expr.len() - 1].expect("result")
@@ -784,7 +777,6 @@ impl<'a, 'b> Gen<'a, 'b> {
         idx: &[Value],
         ptrs: &[Value],
         row: &[Value],
-        _loads: &[Access],
     ) -> Value {
         let fma = self.fma;
         let mut m = Math {
@@ -813,15 +805,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
     }
 
-    fn expr_vector(
-        &mut self,
-        e: &Expr,
-        vals: &[Option<Value>],
-        _idx: &[Value],
-        j: Value,
-        row: &[Value],
-        _loads: &[Access],
-    ) -> Value {
+    fn expr_vector(&mut self, e: &Expr, vals: &[Option<Value>], j: Value, row: &[Value]) -> Value {
         let fma = self.fma;
         let mut m = Math {
             b: &mut self.b,
