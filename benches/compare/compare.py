@@ -212,7 +212,7 @@ def main():
     env = dict(os.environ)
     env.update({
         "BENCH_THREADS": t, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
-        "MATMUL_NUM_THREADS": t,  # kiln's GEMM (matrixmultiply) thread count
+        "KILN_NUM_THREADS": t,  # kiln's thread team (GEMM splits, large loops)
         "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true").strip(),
         "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu", "KERAS_BACKEND": "jax",
         "CUDA_VISIBLE_DEVICES": "",

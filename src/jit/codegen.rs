@@ -44,9 +44,21 @@ pub struct Gen<'a, 'b> {
     pub kernel_fns: Vec<Option<FuncRef>>,
 }
 
+/// What the small-product loops share: the operand accesses and row bases, the
+/// extents, the byte strides along `k`, and the column range.
+struct SmallGemm<'x> {
+    accs: &'x [Access; 3],
+    bases: &'x [Value],
+    ext: &'x [Value],
+    sa_k: Value,
+    sb_k: Value,
+    kn: Value,
+    cols: (Value, Value),
+}
+
 /// Is a small-product loop kernel in the `[batch…, m, k, n]` form with B and C
 /// contiguous along `n` (what `emit_small_gemm` handles)?
-fn is_axpy_form(k: &LoopKernel) -> bool {
+pub fn is_axpy_form(k: &LoopKernel) -> bool {
     let r = k.space.len();
     let Sink::Reduce(ReduceOp::Sum, c) = &k.sink else {
         return false;
@@ -60,7 +72,11 @@ fn is_axpy_form(k: &LoopKernel) -> bool {
 }
 
 /// Loop kernels with at least this many elements are split across cores.
-pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 18;
+pub const PARALLEL_MIN_ELEMENTS: i64 = 1 << 14;
+
+/// Small products with at least this many multiply-adds are split across cores (by
+/// columns).
+pub const SMALL_GEMM_PARALLEL_MIN_MACS: i64 = 1 << 14;
 
 /// Can a loop kernel run its outermost axis in parallel? Stores always can; reductions
 /// only when the outermost axis is kept (each part writes its own outputs).
@@ -119,10 +135,9 @@ impl<'a, 'b> Gen<'a, 'b> {
                         self.b.ins().brif(few, then_b, &[], else_b, &[]);
                         self.b.switch_to_block(then_b);
                         self.b.seal_block(then_b);
-                        if is_axpy_form(small) {
-                            self.emit_small_gemm(small);
-                        } else {
-                            self.emit_loop(small);
+                        match self.kernel_fns[ki] {
+                            Some(fref) => self.emit_small_gemm_call(small, fref, callees.parallel),
+                            None => self.emit_loop(small),
                         }
                         self.b.ins().jump(merge, &[]);
                         self.b.switch_to_block(else_b);
@@ -161,31 +176,73 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(big, par_b, &[], seq_b, &[]);
         self.b.switch_to_block(par_b);
         self.b.seal_block(par_b);
-        let mut sig = Signature::new(CallConv::SystemV);
-        for _ in 0..3 {
-            sig.params.push(AbiParam::new(self.ptr));
-        }
-        let sref = self.b.import_signature(sig);
-        let callee = self.b.ins().iconst(self.ptr, parallel as i64);
-        let addr = self.b.ins().func_addr(self.ptr, fref);
-        let frame = self.frame;
-        self.b
-            .ins()
-            .call_indirect(sref, callee, &[frame, addr, extents[0]]);
+        self.call_parallel(parallel, fref, extents[0], 1);
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(seq_b);
         self.b.seal_block(seq_b);
         let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.ins().call(fref, &[frame, zero, extents[0]]);
+        self.b.ins().call(fref, &[self.frame, zero, extents[0]]);
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(merge);
         self.b.seal_block(merge);
     }
 
-    /// A product with few rows, `C[b, i, :] = Σ_k A[b, i, k] · B[b, k, :]`, with the
-    /// output row blocked in registers: 16 columns (four f32x4 accumulators) at a time
-    /// over the whole `k` loop, then 4, then single columns; each accumulator is
-    /// stored once. The loop kernel's accesses give the strides.
+    /// Runs a small-product kernel function over all columns: split across the team
+    /// when the product is large enough, else directly.
+    fn emit_small_gemm_call(&mut self, k: &LoopKernel, fref: FuncRef, parallel: usize) {
+        let ext: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
+        let mut macs = ext[0];
+        for &e in &ext[1..] {
+            macs = self.b.ins().imul(macs, e);
+        }
+        let n = ext[ext.len() - 1];
+        let big = self.b.ins().icmp_imm_s(
+            IntCC::SignedGreaterThanOrEqual,
+            macs,
+            SMALL_GEMM_PARALLEL_MIN_MACS,
+        );
+        let (par_b, seq_b, merge) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(big, par_b, &[], seq_b, &[]);
+        self.b.switch_to_block(par_b);
+        self.b.seal_block(par_b);
+        self.call_parallel(parallel, fref, n, 16);
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(seq_b);
+        self.b.seal_block(seq_b);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().call(fref, &[self.frame, zero, n]);
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(merge);
+        self.b.seal_block(merge);
+    }
+
+    /// Calls the parallel trampoline: `fref` over `0..n` split across the team, with
+    /// inner boundaries on multiples of `grain`.
+    fn call_parallel(&mut self, parallel: usize, fref: FuncRef, n: Value, grain: i64) {
+        let mut sig = Signature::new(CallConv::SystemV);
+        for _ in 0..4 {
+            sig.params.push(AbiParam::new(self.ptr));
+        }
+        let sref = self.b.import_signature(sig);
+        let callee = self.b.ins().iconst(self.ptr, parallel as i64);
+        let addr = self.b.ins().func_addr(self.ptr, fref);
+        let grain = self.b.ins().iconst(types::I64, grain);
+        let frame = self.frame;
+        self.b
+            .ins()
+            .call_indirect(sref, callee, &[frame, addr, n, grain]);
+    }
+
+    /// A product with few rows, `C[b, i, :] = Σ_k A[b, i, k] · B[b, k, :]`, over the
+    /// columns `self.range` (all when `None`), with the output row blocked in
+    /// registers: 32 columns (eight f32x4 accumulators, enough independent chains to
+    /// keep both FMA pipes busy) at a time over the whole `k` loop, then 16, 8 and 4,
+    /// then the last few; each accumulator is stored once. The loop kernel's accesses give
+    /// the strides.
     fn emit_small_gemm(&mut self, k: &LoopKernel) {
         let r = k.space.len();
         let nb = r - 3; // batch axes
@@ -205,38 +262,41 @@ impl<'a, 'b> Gen<'a, 'b> {
             .collect();
         let sa_k = self.stride(&accs[0], nb + 1);
         let sb_k = self.stride(&accs[1], nb + 1);
-        let (kn, n) = (ext[nb + 1], ext[nb + 2]);
-        self.small_gemm_rows(k, &accs, &bases, &ext, 0, Vec::new(), sa_k, sb_k, kn, n);
+        let sa_k = self.b.ins().ishl_imm_u(sa_k, 2);
+        let sb_k = self.b.ins().ishl_imm_u(sb_k, 2);
+        let cols = match self.range {
+            Some(r) => r,
+            None => {
+                let zero = self.b.ins().iconst(types::I64, 0);
+                (zero, ext[nb + 2])
+            }
+        };
+        let g = SmallGemm {
+            accs: &accs,
+            bases: &bases,
+            ext: &ext,
+            sa_k,
+            sb_k,
+            kn: ext[nb + 1],
+            cols,
+        };
+        self.small_gemm_rows(k, &g, 0, Vec::new());
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn small_gemm_rows(
-        &mut self,
-        k: &LoopKernel,
-        accs: &[Access; 3],
-        bases: &[Value],
-        ext: &[Value],
-        axis: usize,
-        idx: Vec<Value>,
-        sa_k: Value,
-        sb_k: Value,
-        kn: Value,
-        n: Value,
-    ) {
+    fn small_gemm_rows(&mut self, k: &LoopKernel, g: &SmallGemm, axis: usize, idx: Vec<Value>) {
         let nb = k.space.len() - 3;
         if axis <= nb {
             // Loops over the batch axes and the rows (axis nb is m).
-            let (bs, ex) = (bases.to_vec(), ext.to_vec());
-            self.counted_loop(ext[axis], 1, |g, i| {
+            self.counted_loop(g.ext[axis], 1, |gg, i| {
                 let mut idx = idx.clone();
                 idx.push(i);
-                g.small_gemm_rows(k, accs, &bs, &ex, axis + 1, idx, sa_k, sb_k, kn, n);
+                gg.small_gemm_rows(k, g, axis + 1, idx);
             });
             return;
         }
         // Row pointers for A and C, and B's batch base.
         let mut rows = Vec::new();
-        for (a, &base) in accs.iter().zip(bases) {
+        for (a, &base) in g.accs.iter().zip(g.bases) {
             let mut p = base;
             for (d, &i) in idx.iter().enumerate() {
                 if a.known[d] == Some(0) {
@@ -250,11 +310,11 @@ impl<'a, 'b> Gen<'a, 'b> {
             rows.push(p);
         }
         let (a_row, b_base, c_row) = (rows[0], rows[1], rows[2]);
-        // Column blocks of 16, then 4, then 1.
+        // Column blocks of 32, 16, 8 and 4 while they fit.
         let col = self.b.declare_var(types::I64);
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.def_var(col, zero);
-        for (width, lanes) in [(16i64, 4usize), (4, 1), (1, 0)] {
+        self.b.def_var(col, g.cols.0);
+        for lanes in [8usize, 4, 2, 1] {
+            let width = 4 * lanes as i64;
             let header = self.b.create_block();
             let body = self.b.create_block();
             let exit = self.b.create_block();
@@ -262,55 +322,14 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.b.switch_to_block(header);
             let j = self.b.use_var(col);
             let end = self.b.ins().iadd_imm_s(j, width);
-            let go = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, n);
+            let go = self
+                .b
+                .ins()
+                .icmp(IntCC::SignedLessThanOrEqual, end, g.cols.1);
             self.b.ins().brif(go, body, &[], exit, &[]);
             self.b.switch_to_block(body);
             let j = self.b.use_var(col);
-            let jbytes = self.b.ins().ishl_imm_u(j, 2);
-            let b_col = self.b.ins().iadd(b_base, jbytes);
-            let ty = if lanes == 0 { types::F32 } else { types::F32X4 };
-            let count = lanes.max(1);
-            let acc: Vec<Variable> = (0..count).map(|_| self.b.declare_var(ty)).collect();
-            let z = self.b.ins().f32const(0.0);
-            let zv = if lanes == 0 {
-                z
-            } else {
-                self.b.ins().splat(types::F32X4, z)
-            };
-            for &v in &acc {
-                self.b.def_var(v, zv);
-            }
-            let fma = self.fma;
-            self.counted_loop(kn, 1, |g, kk| {
-                let ao = g.b.ins().imul(kk, sa_k);
-                let ab = g.b.ins().ishl_imm_u(ao, 2);
-                let ap = g.b.ins().iadd(a_row, ab);
-                let av = g.b.ins().load(types::F32, flags(), ap, 0);
-                let av = if lanes == 0 {
-                    av
-                } else {
-                    g.b.ins().splat(types::F32X4, av)
-                };
-                let bo = g.b.ins().imul(kk, sb_k);
-                let bb = g.b.ins().ishl_imm_u(bo, 2);
-                let bp = g.b.ins().iadd(b_col, bb);
-                for (q, &v) in acc.iter().enumerate() {
-                    let bv = g.b.ins().load(ty, flags(), bp, (16 * q) as i32);
-                    let old = g.b.use_var(v);
-                    let new = if fma {
-                        g.b.ins().fma(av, bv, old)
-                    } else {
-                        let m = g.b.ins().fmul(av, bv);
-                        g.b.ins().fadd(m, old)
-                    };
-                    g.b.def_var(v, new);
-                }
-            });
-            let cp = self.b.ins().iadd(c_row, jbytes);
-            for (q, &v) in acc.iter().enumerate() {
-                let val = self.b.use_var(v);
-                self.b.ins().store(flags(), val, cp, (16 * q) as i32);
-            }
+            self.small_gemm_block(g, a_row, b_base, c_row, j, lanes);
             let j = self.b.use_var(col);
             let next = self.b.ins().iadd_imm_s(j, width);
             self.b.def_var(col, next);
@@ -320,6 +339,108 @@ impl<'a, 'b> Gen<'a, 'b> {
             self.b.switch_to_block(exit);
             self.b.seal_block(exit);
         }
+        // The last 1–3 columns: one more 4-column block ending at the range's end when
+        // the range is that wide (it recomputes a few columns with the same operations
+        // in the same order, so it stores the same bits), else single columns.
+        let j = self.b.use_var(col);
+        let left = self.b.ins().icmp(IntCC::SignedLessThan, j, g.cols.1);
+        let width = self.b.ins().isub(g.cols.1, g.cols.0);
+        let wide = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, width, 4);
+        let (overlap_b, single_b, done) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let check_b = self.b.create_block();
+        self.b.ins().brif(left, check_b, &[], done, &[]);
+        self.b.switch_to_block(check_b);
+        self.b.seal_block(check_b);
+        self.b.ins().brif(wide, overlap_b, &[], single_b, &[]);
+        self.b.switch_to_block(overlap_b);
+        self.b.seal_block(overlap_b);
+        let start = self.b.ins().iadd_imm_s(g.cols.1, -4);
+        self.small_gemm_block(g, a_row, b_base, c_row, start, 1);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(single_b);
+        self.b.seal_block(single_b);
+        let j = self.b.use_var(col);
+        self.counted_loop_from(j, g.cols.1, 1, |gg, j| {
+            gg.small_gemm_block(g, a_row, b_base, c_row, j, 0);
+        });
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        self.b.seal_block(done);
+    }
+
+    /// One block of the row's columns from `j`: `lanes` f32x4 accumulators (a single
+    /// f32 when 0) over the whole `k` loop, then stored.
+    fn small_gemm_block(
+        &mut self,
+        g: &SmallGemm,
+        a_row: Value,
+        b_base: Value,
+        c_row: Value,
+        j: Value,
+        lanes: usize,
+    ) {
+        let jbytes = self.b.ins().ishl_imm_u(j, 2);
+        let b_col = self.b.ins().iadd(b_base, jbytes);
+        let ty = if lanes == 0 { types::F32 } else { types::F32X4 };
+        let acc: Vec<Variable> = (0..lanes.max(1)).map(|_| self.b.declare_var(ty)).collect();
+        let z = self.b.ins().f32const(0.0);
+        let zv = if lanes == 0 {
+            z
+        } else {
+            self.b.ins().splat(types::F32X4, z)
+        };
+        for &v in &acc {
+            self.b.def_var(v, zv);
+        }
+        // Pointers into A's row and B's column block, advanced by one k per step.
+        let ap = self.b.declare_var(self.ptr);
+        let bp = self.b.declare_var(self.ptr);
+        self.b.def_var(ap, a_row);
+        self.b.def_var(bp, b_col);
+        let (fma, sa_k, sb_k) = (self.fma, g.sa_k, g.sb_k);
+        self.counted_loop(g.kn, 1, |gg, _| {
+            let a = gg.b.use_var(ap);
+            let av = gg.b.ins().load(types::F32, flags(), a, 0);
+            let av = if lanes == 0 {
+                av
+            } else {
+                gg.b.ins().splat(types::F32X4, av)
+            };
+            let bptr = gg.b.use_var(bp);
+            for (q, &v) in acc.iter().enumerate() {
+                let bv = gg.b.ins().load(ty, flags(), bptr, (16 * q) as i32);
+                let old = gg.b.use_var(v);
+                let new = if fma {
+                    gg.b.ins().fma(av, bv, old)
+                } else {
+                    let m = gg.b.ins().fmul(av, bv);
+                    gg.b.ins().fadd(m, old)
+                };
+                gg.b.def_var(v, new);
+            }
+            let a2 = gg.b.ins().iadd(a, sa_k);
+            gg.b.def_var(ap, a2);
+            let b2 = gg.b.ins().iadd(bptr, sb_k);
+            gg.b.def_var(bp, b2);
+        });
+        let cp = self.b.ins().iadd(c_row, jbytes);
+        for (q, &v) in acc.iter().enumerate() {
+            let val = self.b.use_var(v);
+            self.b.ins().store(flags(), val, cp, (16 * q) as i32);
+        }
+    }
+
+    /// The body of a small-product kernel function: its columns `self.range`.
+    pub fn emit_small_gemm_fn(&mut self, k: &LoopKernel) {
+        self.emit_small_gemm(k);
+        self.b.ins().return_(&[]);
     }
 
     /// The body of a kernel function: the loop nest over `self.range`.

@@ -9,6 +9,7 @@
 pub mod codegen;
 pub mod mathfn;
 pub mod plan;
+pub mod team;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -140,6 +141,8 @@ pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
 /// Plans and compiles `f`, letting the `(input, output)` pairs in `donate` update the
 /// input's memory in place where that is safe (see [`plan::Plan::donate`]).
 pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
+    // Start the thread team now, so the first calls don't pay for spawning it.
+    team::team();
     let mut plan = plan::plan(f);
     let donated = plan.donate(donate);
     let isa = isa()?;
@@ -183,14 +186,18 @@ pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel
     // a range of their outermost axis.
     let mut kernel_ids = Vec::new();
     for (ki, k) in plan.kernels.iter().enumerate() {
-        let Kernel::Loop(l) = k else {
-            kernel_ids.push(None);
-            continue;
+        // Split loops run over a range of their outermost axis; small products over a
+        // range of their columns.
+        let (l, small) = match k {
+            Kernel::Loop(l) if codegen::splittable(l) => (l, false),
+            Kernel::Gemm(plan::GemmKernel { small: Some(l), .. }) if codegen::is_axpy_form(l) => {
+                (l, true)
+            }
+            _ => {
+                kernel_ids.push(None);
+                continue;
+            }
         };
-        if !codegen::splittable(l) {
-            kernel_ids.push(None);
-            continue;
-        }
         let mut kctx = module.make_context();
         for t in [
             ptr,
@@ -223,7 +230,11 @@ pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel
                 range: Some((params[1], params[2])),
                 kernel_fns: Vec::new(),
             };
-            g.emit_kernel_fn(l);
+            if small {
+                g.emit_small_gemm_fn(l);
+            } else {
+                g.emit_kernel_fn(l);
+            }
             g.b.finalize(module.target_config());
         }
         clif.push_str(&kctx.func.display().to_string());
@@ -418,27 +429,43 @@ fn access_parts(frame: &[i64], fl: FrameLayout, a: &Access) -> (*const f32, i64,
     (base, frame[a.offset], strides)
 }
 
-/// Runs `f(frame, lo, hi)` over `0..n` split into one contiguous part per core. The
-/// parts write disjoint outputs (see `codegen::splittable`).
-extern "C" fn kiln_parallel(frame: *mut i64, f: usize, n: i64) {
+/// Runs `f(frame, lo, hi)` over `0..n` split into one part per thread of the team, the
+/// inner boundaries on multiples of `grain`. The parts write disjoint outputs (see
+/// `codegen::splittable` and `codegen::emit_small_gemm`).
+extern "C" fn kiln_parallel(frame: *mut i64, f: usize, n: i64, grain: i64) {
     // SAFETY: `f` is the address of a finalized kernel function with this signature,
     // owned by the running kernel.
     let kernel: extern "C" fn(*mut i64, i64, i64) = unsafe { std::mem::transmute(f) };
-    let parts = (rayon::current_num_threads() as i64).clamp(1, n.max(1));
+    let t = team::team();
+    let units = (n.max(0) + grain.max(1) - 1) / grain.max(1);
+    let parts = (t.size() as i64).clamp(1, units.max(1)) as usize;
     if parts == 1 {
         kernel(frame, 0, n);
         return;
     }
     let frame = frame as usize;
-    rayon::scope(|s| {
-        for p in 0..parts {
-            let (lo, hi) = (n * p / parts, n * (p + 1) / parts);
-            s.spawn(move |_| kernel(frame as *mut i64, lo, hi));
+    // Kernel functions do not panic (they are straight-line loops), so `run` cannot
+    // report a failure here.
+    t.run(parts, &|p| {
+        let (lo, hi) = team::split(n, parts, p, grain);
+        if lo < hi {
+            kernel(frame as *mut i64, lo, hi);
         }
     });
 }
 
-/// GEMM over the batch axes, with the operands' strides (transposes are free).
+/// Products with fewer multiply-adds than this run on one thread (measured: below it
+/// the hand-off costs more than the second core saves).
+const GEMM_PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Row or column blocks of a split product are multiples of this (matrixmultiply's
+/// micro-kernel tile).
+const GEMM_GRAIN: i64 = 16;
+
+/// GEMM over the batch axes, with the operands' strides (transposes are free). Large
+/// products are split across the team: by batch entry when there are enough, else
+/// into blocks of rows or columns, whichever makes the parts repack less (splitting
+/// rows repacks B in every part, splitting columns repacks A).
 extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: `desc` points at a descriptor owned by the running kernel.
@@ -457,40 +484,85 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
         let batch: Vec<usize> = g.batch.iter().map(|&s| frame[s] as usize).collect();
         let (pa, oa, sa) = access_parts(frame, fl, &g.a);
         let (pb, ob, sb) = access_parts(frame, fl, &g.b);
-        let pc = frame[fl.sizes + g.c] as *mut f32;
+        let pc = frame[fl.sizes + g.c] as usize;
+        let (pa, pb) = (pa as usize, pb as usize);
         let r = batch.len();
         let total: usize = batch.iter().product();
-        let mut ix = vec![0usize; r];
-        for bi in 0..total {
+        // One batch entry, rows `rows` and columns `cols` of it.
+        let block = |bi: usize, rows: (usize, usize), cols: (usize, usize)| {
             let mut rem = bi;
+            let (mut off_a, mut off_b) = (oa, ob);
             for d in (0..r).rev() {
-                ix[d] = rem % batch[d];
+                let i = (rem % batch[d]) as i64;
                 rem /= batch[d];
+                off_a += i * sa[d];
+                off_b += i * sb[d];
             }
-            let off_a = oa + (0..r).map(|d| ix[d] as i64 * sa[d]).sum::<i64>();
-            let off_b = ob + (0..r).map(|d| ix[d] as i64 * sb[d]).sum::<i64>();
+            off_a += rows.0 as i64 * sa[r];
+            off_b += cols.0 as i64 * sb[r + 1];
+            let off_c = bi * m * n + rows.0 * n + cols.0;
             // SAFETY: offsets and strides come from the plan for these buffers; the
-            // output is a contiguous [batch…, m, n] arena region.
+            // output is a contiguous [batch…, m, n] arena region and the block lies
+            // within it.
             unsafe {
                 matrixmultiply::sgemm(
-                    m,
+                    rows.1 - rows.0,
                     k,
-                    n,
+                    cols.1 - cols.0,
                     1.0,
-                    pa.offset(off_a as isize),
+                    (pa as *const f32).offset(off_a as isize),
                     sa[r] as isize,
                     sa[r + 1] as isize,
-                    pb.offset(off_b as isize),
+                    (pb as *const f32).offset(off_b as isize),
                     sb[r] as isize,
                     sb[r + 1] as isize,
                     0.0,
-                    pc.add(bi * m * n),
+                    (pc as *mut f32).add(off_c),
                     n as isize,
                     1,
                 );
             }
+        };
+        let t = team::team();
+        let macs = total.saturating_mul(m).saturating_mul(k).saturating_mul(n);
+        if t.size() == 1 || macs < GEMM_PARALLEL_MIN_MACS || m == 0 || n == 0 {
+            for bi in 0..total {
+                block(bi, (0, m), (0, n));
+            }
+            return Ok(());
         }
-        Ok(())
+        let ok = if total >= t.size() {
+            let parts = t.size().min(team::MAX_PARTS);
+            t.run(parts, &|p| {
+                let (lo, hi) = team::split(total as i64, parts, p, 1);
+                for bi in lo as usize..hi as usize {
+                    block(bi, (0, m), (0, n));
+                }
+            })
+        } else {
+            let per = t.size().div_ceil(total).min(team::MAX_PARTS / total);
+            let by_rows = n < m;
+            let extent = if by_rows { m } else { n } as i64;
+            let units = (extent + GEMM_GRAIN - 1) / GEMM_GRAIN;
+            let per = per.min(units as usize).max(1);
+            t.run(total * per, &|p| {
+                let (bi, q) = (p / per, p % per);
+                let (lo, hi) = team::split(extent, per, q, GEMM_GRAIN);
+                let range = (lo as usize, hi as usize);
+                if range.0 < range.1 {
+                    if by_rows {
+                        block(bi, range, (0, n));
+                    } else {
+                        block(bi, (0, m), range);
+                    }
+                }
+            })
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("a panic inside gemm".to_string())
+        }
     });
     match r {
         Ok(Ok(())) => {}

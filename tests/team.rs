@@ -1,0 +1,93 @@
+//! Work split across kiln's thread team, against the interpreter: matrix products cut
+//! into row or column blocks or by batch entry, small products cut by columns (with
+//! their odd-width tails), and large loops cut along their outermost axis.
+//!
+//! This file is its own test binary so that it can fix the team's size before the team
+//! starts: three threads, so that every split is uneven and some parts are stolen, on
+//! any machine (two cores or one). Tolerance as in tests/jit.rs: f32 sums in a
+//! different order agree to 2e-4 · max(1, |interp|).
+
+mod common;
+
+use common::Rng;
+use kiln::dim::Dim;
+use kiln::ir::{Func, Type, Unary, passes};
+use kiln::runtime::{self, Backend};
+use ndarray::ArrayD;
+
+fn compare(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
+    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
+    let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let interp = runtime::compile(f, Backend::Interp).unwrap();
+    let a = jit
+        .run(&views)
+        .unwrap_or_else(|e| panic!("{name}: jit: {e}"));
+    let b = interp.run(&views).unwrap();
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.shape(), y.shape(), "{name}: output {k} shape");
+        for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+            let tol = 2e-4 * q.abs().max(1.0);
+            assert!(
+                (p - q).abs() <= tol,
+                "{name}: output {k} [{i}]: jit {p} vs interp {q}"
+            );
+        }
+    }
+    // The same call again gives the same bits: which thread ran which part does not
+    // change the result.
+    let again = jit.run(&views).unwrap();
+    assert_eq!(a, again, "{name}: a second run differs");
+}
+
+fn konst(v: &[usize]) -> Vec<Dim> {
+    v.iter().map(|&d| Dim::konst(d as i64)).collect()
+}
+
+#[test]
+fn split_products_and_loops_match_the_interpreter() {
+    // SAFETY: set before any thread of this process reads the environment (the team
+    // starts on the first compiled call below), and this binary has only this test.
+    unsafe { std::env::set_var("KILN_NUM_THREADS", "3") };
+    let mut rng = Rng::new(4242);
+    let mut cases = 0;
+    for &batch in &[None, Some(1usize), Some(2), Some(5)] {
+        for &m in &[1usize, 3, 4, 5, 37, 130] {
+            for &k in &[1usize, 300] {
+                for &n in &[1usize, 3, 10, 33, 257] {
+                    for (ta, tb) in [(false, false), (true, false), (false, true)] {
+                        // Keep the sweep fast: the larger batched cases only untransposed.
+                        if batch.is_some() && (ta || tb) && m * n > 1000 {
+                            continue;
+                        }
+                        let pre: Vec<usize> = batch.into_iter().collect();
+                        let shape_of = |r: usize, c: usize, t: bool| {
+                            let mut s = pre.clone();
+                            s.extend(if t { [c, r] } else { [r, c] });
+                            s
+                        };
+                        let (sa, sb) = (shape_of(m, k, ta), shape_of(k, n, tb));
+                        let mut f = Func::new("p");
+                        let a = f.input("a", Type::f32(konst(&sa)));
+                        let b = f.input("b", Type::f32(konst(&sb)));
+                        let c = f.matmul(a, b, ta, tb).unwrap();
+                        f.output("c", c);
+                        // A loop over the product (split when it is large) and a
+                        // reduction keeping the outer axis.
+                        let t = f.unary(Unary::Tanh, c).unwrap();
+                        f.output("tanh", t);
+                        let r = f.reduce(kiln::ir::ReduceOp::Sum, t, vec![pre.len() + 1]);
+                        f.output("rows", r.unwrap());
+                        let ins = vec![
+                            rng.array(&sa, -0.9, 0.9).mapv(|v| v as f32),
+                            rng.array(&sb, -0.9, 0.9).mapv(|v| v as f32),
+                        ];
+                        let name = format!("{pre:?} m={m} k={k} n={n} ta={ta} tb={tb}");
+                        compare(&name, &passes::optimize(&f), &ins);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases > 300, "{cases} cases");
+}
