@@ -159,6 +159,170 @@ fn conv_pool_norm() {
     );
 }
 
+/// Convolutions with known spatial sizes run as generated loops (padding, patch
+/// gathering, the input gradient's scatter) around one matrix product each; the
+/// plan must not fall back to the conv routine for them. Two stacked convolutions
+/// make the training step compute the first one's input gradient too.
+#[test]
+fn convolutions_run_as_loops_and_products() {
+    let cases = [
+        ("{x: [batch, 7, 6, 3]}", "kernel_size: 3, strides: 2"),
+        (
+            "{x: [batch, 7, 6, 3]}",
+            "kernel_size: 3, dilation_rate: 2, padding: same",
+        ),
+        ("{x: [batch, 5, 5, 4]}", "kernel_size: 1"),
+        (
+            "{x: [batch, 6, 7, 2]}",
+            "kernel_size: [3, 1], strides: [2, 1], padding: same",
+        ),
+        (
+            "{x: [batch, 4, 4, 5]}",
+            "kernel_size: 2, strides: 2, padding: same",
+        ),
+    ];
+    for (inputs, args) in cases {
+        let layers = format!(
+            "  - conv2d: {{filters: 5, {args}, activation: relu}}\n  - conv2d: {{filters: 3, kernel_size: 2, padding: same}}"
+        );
+        layer(inputs, &layers);
+        assert_no_conv_routine(inputs, &layers);
+    }
+    for (inputs, args) in [
+        ("{x: [batch, 9, 3]}", "kernel_size: 3, strides: 2"),
+        (
+            "{x: [batch, 9, 3]}",
+            "kernel_size: 3, dilation_rate: 2, padding: causal",
+        ),
+        ("{x: [batch, 8, 2]}", "kernel_size: 4, padding: same"),
+    ] {
+        let layers = format!(
+            "  - conv1d: {{filters: 4, {args}}}\n  - conv1d: {{filters: 2, kernel_size: 3, padding: same}}"
+        );
+        layer(inputs, &layers);
+        assert_no_conv_routine(inputs, &layers);
+    }
+}
+
+/// Pooling with known spatial sizes runs as generated loops (the max pool's gradient
+/// stays a routine: it must pick each window's first maximum).
+#[test]
+fn pooling_runs_as_loops() {
+    for pool in ["max", "average"] {
+        for (inputs, args) in [
+            ("{x: [batch, 7, 6, 3]}", "{}"),
+            (
+                "{x: [batch, 7, 6, 3]}",
+                "{pool_size: 3, strides: 2, padding: same}",
+            ),
+            (
+                "{x: [batch, 5, 5, 4]}",
+                "{pool_size: [3, 2], strides: 1, padding: same}",
+            ),
+            ("{x: [batch, 6, 7, 2]}", "{pool_size: 2, strides: [1, 2]}"),
+        ] {
+            // A dense layer first so the training step needs the pool's gradient.
+            let layers = format!(
+                "  - dense: {{units: 3}}\n  - {pool}_pooling2d: {args}\n  - flatten\n  - dense: {{units: 2}}"
+            );
+            layer(inputs, &layers);
+            let plan = train_step_plan(inputs, &layers);
+            assert!(!plan.contains("call pool "), "{layers}:\n{plan}");
+            if pool == "average" {
+                assert!(!plan.contains("call poolgrad"), "{layers}:\n{plan}");
+            }
+        }
+        for args in [
+            "{pool_size: 3, strides: 2}",
+            "{pool_size: 2, padding: same}",
+        ] {
+            let layers = format!(
+                "  - dense: {{units: 2}}\n  - {pool}_pooling1d: {args}\n  - flatten\n  - dense: {{units: 2}}"
+            );
+            layer("{x: [batch, 9, 3]}", &layers);
+            let plan = train_step_plan("{x: [batch, 9, 3]}", &layers);
+            assert!(!plan.contains("call pool "), "{layers}:\n{plan}");
+        }
+    }
+}
+
+/// Max pooling's gradient goes to each window's first maximum: inputs full of ties
+/// (values from {0, 1, 2}) tell the routine from one that picks another maximum.
+#[test]
+fn max_pool_gradient_picks_the_first_maximum() {
+    use kiln::dim::Dim;
+    use kiln::ir::{Op, Padding, PoolKind, Type, WindowAttrs};
+    let mut rng = Rng::new(31);
+    for (shape, window, strides, padding) in [
+        (
+            vec![3usize, 6, 5, 4],
+            vec![2i64, 2],
+            vec![2i64, 2],
+            Padding::Valid,
+        ),
+        (vec![5, 7, 7, 3], vec![3, 3], vec![2, 2], Padding::Same),
+        (vec![2, 9, 2], vec![3], vec![1], Padding::Same),
+    ] {
+        let attrs = WindowAttrs {
+            window: window.clone(),
+            strides,
+            padding,
+        };
+        let dims: Vec<Dim> = shape.iter().map(|&d| Dim::konst(d as i64)).collect();
+        let mut f = Func::new("g");
+        let x = f.input("x", Type::f32(dims));
+        let y = f
+            .push(
+                Op::Pool {
+                    kind: PoolKind::Max,
+                    attrs: attrs.clone(),
+                },
+                &[x],
+            )
+            .unwrap();
+        let ys: Vec<usize> = f
+            .ty(y)
+            .shape
+            .iter()
+            .map(|d| d.as_const().unwrap() as usize)
+            .collect();
+        let dy = f.input("dy", Type::f32(f.ty(y).shape.clone()));
+        let dx = f
+            .push(
+                Op::PoolGrad {
+                    kind: PoolKind::Max,
+                    attrs,
+                },
+                &[x, dy],
+            )
+            .unwrap();
+        f.output("dx", dx);
+        let xs = rng.array(&shape, 0.0, 3.0).mapv(|v| v.floor() as f32);
+        let dys = rng.array(&ys, -1.0, 1.0).mapv(|v| v as f32);
+        compare(&format!("max pool grad {shape:?}"), &f, &[xs, dys]);
+    }
+}
+
+/// The kernel plan of a training step (MSE against the last layer's output).
+fn train_step_plan(inputs: &str, layers: &str) -> String {
+    let m = model(inputs, layers, "");
+    let out = &m.graph.layers.last().unwrap().output;
+    let shape: Vec<String> = out.shape.iter().map(|d| d.to_string()).collect();
+    let src = format!(
+        "inputs: {inputs}\nlayers:\n{layers}\ntrain:\n  targets: {{target: [{}]}}\n  loss: mse\n  optimizer: sgd\n",
+        shape.join(", ")
+    );
+    let mt = kiln::Model::from_source(&src, "t", "t.yaml").unwrap();
+    let step = lower::train::build(&mt.graph).unwrap();
+    kiln::jit::plan::plan(&step.func).print()
+}
+
+fn assert_no_conv_routine(inputs: &str, layers: &str) {
+    let plan = train_step_plan(inputs, layers);
+    assert!(!plan.contains("call conv"), "{layers}:\n{plan}");
+    assert!(plan.matches("gemm").count() >= 5, "{layers}:\n{plan}");
+}
+
 #[test]
 fn merges_reshapes_recurrent_attention() {
     layer(

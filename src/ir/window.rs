@@ -242,6 +242,54 @@ fn shaped<T: Real>(shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
     ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| super::IrError(e.to_string()))
 }
 
+/// Max pooling's gradient straight on contiguous channels-last buffers (`x` of shape
+/// `xs`, `dy` of shape `ys`, `dx` like `x`): each window's gradient goes to its first
+/// maximum, as in `eval`. Works on any run of batch entries (the shapes' first axis),
+/// so the JIT splits it across cores by batch.
+pub fn max_pool_grad(
+    xs: &[usize],
+    ys: &[usize],
+    attrs: &WindowAttrs,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    let (xg, yg) = (geo(xs), geo(ys));
+    let ones = vec![1; attrs.window.len()];
+    let w = win(&xg, &attrs.window, &attrs.strides, &ones, attrs.padding);
+    let c = xg.c;
+    dx.fill(0.0);
+    let mut best = vec![0f32; c];
+    let mut arg = vec![usize::MAX; c];
+    let mut at = usize::MAX;
+    let flush = |at: usize, arg: &mut [usize], dx: &mut [f32]| {
+        if at != usize::MAX {
+            for ch in 0..c {
+                if arg[ch] != usize::MAX {
+                    dx[arg[ch]] += dy[at + ch];
+                }
+                arg[ch] = usize::MAX;
+            }
+        }
+    };
+    for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
+        let yo = ((b * yg.h + oh) * yg.w + ow) * c;
+        if yo != at {
+            flush(at, &mut arg, dx);
+            at = yo;
+        }
+        let xo = ((b * xg.h + ih) * xg.w + iw) * c;
+        for ch in 0..c {
+            let v = x[xo + ch];
+            if arg[ch] == usize::MAX || v > best[ch] {
+                best[ch] = v;
+                arg[ch] = xo + ch;
+            }
+        }
+    });
+    flush(at, &mut arg, dx);
+}
+
 pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<ArrayD<T>> {
     match op {
         Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => {

@@ -544,10 +544,14 @@ impl<'a, 'b> Gen<'a, 'b> {
                 super::plan::BufKind::Arena { len } => *len,
                 super::plan::BufKind::Input(_) => return,
             };
+            // Whole vectors up to the length rounded up to 4: arena buffers have room
+            // past their end (see the arena layout).
             let n = self.slot(len);
+            let n = self.b.ins().iadd_imm_s(n, 3);
             let base = self.buf_ptr(out.buf);
             let v = self.b.ins().f32const(init);
-            self.counted_loop(n, 1, |g, i| {
+            let v = self.b.ins().splat(types::F32X4, v);
+            self.counted_loop(n, 4, |g, i| {
                 let a = g.b.ins().ishl_imm_u(i, 2);
                 let p = g.b.ins().iadd(base, a);
                 g.b.ins().store(flags(), v, p, 0);

@@ -22,7 +22,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{Linkage, Module, default_libcall_names};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use crate::ir::{Func, Node, interp};
+use crate::ir::{Func, Node, Op, PoolKind, WindowAttrs, interp};
 use crate::runtime::{Kernel as RunKernel, RunError, validate};
 use plan::{Access, BufKind, Kernel, Plan};
 
@@ -571,6 +571,72 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
     }
 }
 
+/// Max pooling's gradient on the call's buffers in place (no copies), split across
+/// the team by batch entry. Returns false (the generic path runs instead) unless both
+/// operands are contiguous.
+fn max_pool_grad(
+    frame: &[i64],
+    fl: FrameLayout,
+    call: &plan::CallKernel,
+    attrs: &WindowAttrs,
+) -> Result<bool, String> {
+    let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
+    let (xs, ys) = (shape(&call.arg_shapes[0]), shape(&call.arg_shapes[1]));
+    let contiguous = |a: &Access, shape: &[usize]| {
+        let mut expect = 1i64;
+        (0..shape.len()).rev().all(|d| {
+            let ok = shape[d] == 1 || frame[a.strides[d]] == expect;
+            expect *= shape[d] as i64;
+            ok
+        })
+    };
+    if !contiguous(&call.args[0], &xs) || !contiguous(&call.args[1], &ys) || xs.is_empty() {
+        return Ok(false);
+    }
+    let (px, ox, _) = access_parts(frame, fl, &call.args[0]);
+    let (pdy, ody, _) = access_parts(frame, fl, &call.args[1]);
+    // SAFETY: contiguous accesses from their offsets (plan invariant).
+    let (px, pdy) = unsafe {
+        (
+            px.offset(ox as isize) as usize,
+            pdy.offset(ody as isize) as usize,
+        )
+    };
+    let pdx = frame[fl.sizes + call.out] as usize;
+    let batch = xs[0];
+    let (xper, yper) = (
+        xs[1..].iter().product::<usize>(),
+        ys[1..].iter().product::<usize>(),
+    );
+    let t = team::team();
+    let parts = t.size().min(batch).max(1);
+    let ok = t.run(parts, &|p| {
+        let (lo, hi) = team::split(batch as i64, parts, p, 1);
+        let (lo, hi) = (lo as usize, hi as usize);
+        if lo == hi {
+            return;
+        }
+        let (mut xs, mut ys) = (xs.clone(), ys.clone());
+        xs[0] = hi - lo;
+        ys[0] = hi - lo;
+        // SAFETY: each part reads and writes only its own batch entries of buffers
+        // holding `batch` entries.
+        let (x, dy, dx) = unsafe {
+            (
+                std::slice::from_raw_parts((px as *const f32).add(lo * xper), (hi - lo) * xper),
+                std::slice::from_raw_parts((pdy as *const f32).add(lo * yper), (hi - lo) * yper),
+                std::slice::from_raw_parts_mut((pdx as *mut f32).add(lo * xper), (hi - lo) * xper),
+            )
+        };
+        crate::ir::window::max_pool_grad(&xs, &ys, attrs, x, dy, dx);
+    });
+    if ok {
+        Ok(true)
+    } else {
+        Err("a panic inside max pooling's gradient".into())
+    }
+}
+
 /// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
 /// reference implementation on the call's buffers.
 extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
@@ -583,6 +649,14 @@ extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
         let fl = d.fl;
         // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
         let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
+        if let Op::PoolGrad {
+            kind: PoolKind::Max,
+            attrs,
+        } = &node.op
+            && max_pool_grad(frame, fl, call, attrs)?
+        {
+            return Ok(());
+        }
         // SAFETY: slot `env_slot` holds a pointer to the Env that `run` keeps alive.
         let env = unsafe { &*(frame[fl.env_slot()] as *const interp::Env) };
         let mut args = Vec::new();
