@@ -280,7 +280,7 @@ fn ir(spec: &PathBuf, stage: Stage, raw: bool, step: bool) -> i32 {
             match stage {
                 Stage::Graph | Stage::Train => print!("{}", f.print()),
                 Stage::Kernels => print!("{}", crate::jit::plan::plan(&f).print()),
-                Stage::Clif => match crate::jit::compile(&f) {
+                Stage::Clif => match crate::jit::compile_with_clif(&f) {
                     Ok(k) => print!("{}", k.clif),
                     Err(e) => {
                         eprintln!("error: {e}");

@@ -16,6 +16,7 @@ use kiln::runtime::{self, Backend};
 use ndarray::ArrayD;
 
 fn compare(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
+    kiln::jit::set_verifier(true);
     let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
     let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
     let interp = runtime::compile(f, Backend::Interp).unwrap();

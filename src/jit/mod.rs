@@ -42,7 +42,8 @@ pub struct JitKernel {
     /// Arenas kept between calls: no allocation, zeroing or page faults per call (every
     /// kernel writes a buffer before anything reads it, so stale contents never leak).
     arenas: Mutex<Vec<Vec<f32>>>,
-    /// The CLIF text, for `kiln ir --stage clif`.
+    /// The CLIF text, for `kiln ir --stage clif` (empty unless compiled with
+    /// [`compile_with_clif`]).
     pub clif: String,
     /// `(input, output)` pairs whose output is written into the input's memory.
     donated: Vec<(usize, usize)>,
@@ -104,6 +105,17 @@ fn set_error(msg: String) {
     });
 }
 
+/// Whether Cranelift's verifier checks every function before codegen.
+static VERIFY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(cfg!(debug_assertions));
+
+/// Turns Cranelift's IR verifier on or off for later compiles. It is off in release
+/// builds (it costs a fifth to a quarter of compile time) and on in debug builds; the JIT
+/// tests turn it on, so every function they compile is verified.
+pub fn set_verifier(on: bool) {
+    VERIFY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether the host CPU has fused multiply-add (Cranelift then emits `vfmadd`).
 fn host_has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -126,6 +138,12 @@ fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
+    let verify = if VERIFY.load(std::sync::atomic::Ordering::Relaxed) {
+        "true"
+    } else {
+        "false"
+    };
+    set(&mut flags, "enable_verifier", verify)?;
     let builder = cranelift_native::builder()
         .map_err(|e| RunError(format!("this CPU is not supported by Cranelift: {e}")))?;
     builder
@@ -135,12 +153,21 @@ fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
 
 /// Plans and compiles `f` (which should already have been through the graph passes).
 pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
-    compile_donating(f, &[])
+    build(f, &[], false)
+}
+
+/// Like [`compile`], keeping the CLIF text in [`JitKernel::clif`].
+pub fn compile_with_clif(f: &Func) -> Result<JitKernel, RunError> {
+    build(f, &[], true)
 }
 
 /// Plans and compiles `f`, letting the `(input, output)` pairs in `donate` update the
 /// input's memory in place where that is safe (see [`plan::Plan::donate`]).
 pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
+    build(f, donate, false)
+}
+
+fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKernel, RunError> {
     // Start the thread team now, so the first calls don't pay for spawning it.
     team::team();
     let mut plan = plan::plan(f);
@@ -237,7 +264,9 @@ pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel
             }
             g.b.finalize(module.target_config());
         }
-        clif.push_str(&kctx.func.display().to_string());
+        if keep_clif {
+            clif.push_str(&kctx.func.display().to_string());
+        }
         module.define_function(kid, &mut kctx).map_err(|e| {
             RunError(format!(
                 "cranelift could not compile kernel {ki} of {}: {e:?}",
@@ -269,7 +298,9 @@ pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel
         g.emit(&callees);
         g.b.finalize(module.target_config());
     }
-    clif.push_str(&ctx.func.display().to_string());
+    if keep_clif {
+        clif.push_str(&ctx.func.display().to_string());
+    }
     module
         .define_function(id, &mut ctx)
         .map_err(|e| RunError(format!("cranelift could not compile {}: {e:?}", f.name)))?;
