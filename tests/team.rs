@@ -85,6 +85,30 @@ fn split_products_and_loops_match_the_interpreter() {
                         let name = format!("{pre:?} m={m} k={k} n={n} ta={ta} tb={tb}");
                         compare(&name, &passes::optimize(&f), &ins);
                         cases += 1;
+                        if batch.is_none() {
+                            // The same product with a fused epilogue: tanh(c·s + bias),
+                            // `s` per row (a zero inner stride), `bias` per column.
+                            let mut f = Func::new("e");
+                            let a = f.input("a", Type::f32(konst(&sa)));
+                            let b = f.input("b", Type::f32(konst(&sb)));
+                            let s = f.input("s", Type::f32(konst(&[m])));
+                            let bias = f.input("bias", Type::f32(konst(&[n])));
+                            let c = f.matmul(a, b, ta, tb).unwrap();
+                            let shape = konst(&[m, n]);
+                            let sb_ = f.broadcast(s, &shape, &[0]).unwrap();
+                            let bb = f.broadcast(bias, &shape, &[1]).unwrap();
+                            let cs = f.mul(c, sb_).unwrap();
+                            let y = f.add(cs, bb).unwrap();
+                            let t = f.unary(Unary::Tanh, y).unwrap();
+                            f.output("y", t);
+                            let f = passes::optimize(&f);
+                            let plan = kiln::jit::plan::plan(&f).print();
+                            assert!(plan.contains("epilogue"), "{name}: not fused:\n{plan}");
+                            let mut ins = ins.clone();
+                            ins.push(rng.array(&[m], 0.5, 1.5).mapv(|v| v as f32));
+                            ins.push(rng.array(&[n], -0.5, 0.5).mapv(|v| v as f32));
+                            compare(&format!("{name} epilogue"), &f, &ins);
+                        }
                     }
                 }
             }

@@ -14,7 +14,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::mathfn::Math;
-use super::plan::{Access, Expr, Kernel, LoopKernel, Plan, Sink};
+use super::plan::{Access, Epilogue, Expr, Kernel, LoopKernel, Plan, Sink};
 use crate::ir::{Binary, Cmp, ReduceOp, Unary};
 
 fn flags() -> MemFlagsData {
@@ -42,6 +42,8 @@ pub struct Gen<'a, 'b> {
     /// Per kernel: the function that runs it over a range of its outermost axis, for
     /// kernels large enough to split across cores.
     pub kernel_fns: Vec<Option<FuncRef>>,
+    /// Per kernel: a product's fused epilogue as a function over a range of rows.
+    pub epilogue_fns: Vec<Option<FuncRef>>,
 }
 
 /// What the small-product loops share: the operand accesses and row bases, the
@@ -54,6 +56,9 @@ struct SmallGemm<'x> {
     sb_k: Value,
     kn: Value,
     cols: (Value, Value),
+    /// A fused epilogue and its operands' and sink's bases (loads, then the sink).
+    epi: Option<&'x Epilogue>,
+    epi_bases: &'x [Value],
 }
 
 /// Is a small-product loop kernel in the `[batch…, m, k, n]` form with B and C
@@ -136,8 +141,15 @@ impl<'a, 'b> Gen<'a, 'b> {
                         self.b.switch_to_block(then_b);
                         self.b.seal_block(then_b);
                         match self.kernel_fns[ki] {
+                            // The small-product function applies the epilogue itself.
                             Some(fref) => self.emit_small_gemm_call(small, fref, callees.parallel),
-                            None => self.emit_loop(small),
+                            None => {
+                                self.emit_loop(small);
+                                if let Some(efn) = self.epilogue_fns[ki] {
+                                    let zero = self.b.ins().iconst(types::I64, 0);
+                                    self.b.ins().call(efn, &[self.frame, zero, m]);
+                                }
+                            }
                         }
                         self.b.ins().jump(merge, &[]);
                         self.b.switch_to_block(else_b);
@@ -243,7 +255,7 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// keep both FMA pipes busy) at a time over the whole `k` loop, then 16, 8 and 4,
     /// then the last few; each accumulator is stored once. The loop kernel's accesses give
     /// the strides.
-    fn emit_small_gemm(&mut self, k: &LoopKernel) {
+    fn emit_small_gemm(&mut self, k: &LoopKernel, epi: Option<&Epilogue>) {
         let r = k.space.len();
         let nb = r - 3; // batch axes
         let ext: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
@@ -271,6 +283,22 @@ impl<'a, 'b> Gen<'a, 'b> {
                 (zero, ext[nb + 2])
             }
         };
+        // The epilogue's operands and sink, at offset.
+        let epi_bases: Vec<Value> = epi
+            .map(|e| {
+                e.kernel
+                    .loads
+                    .iter()
+                    .chain([e.kernel.sink_access()])
+                    .map(|a| {
+                        let p = self.buf_ptr(a.buf);
+                        let off = self.slot(a.offset);
+                        let bytes = self.b.ins().ishl_imm_u(off, 2);
+                        self.b.ins().iadd(p, bytes)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let g = SmallGemm {
             accs: &accs,
             bases: &bases,
@@ -279,6 +307,8 @@ impl<'a, 'b> Gen<'a, 'b> {
             sb_k,
             kn: ext[nb + 1],
             cols,
+            epi,
+            epi_bases: &epi_bases,
         };
         self.small_gemm_rows(k, &g, 0, Vec::new());
     }
@@ -310,6 +340,28 @@ impl<'a, 'b> Gen<'a, 'b> {
             rows.push(p);
         }
         let (a_row, b_base, c_row) = (rows[0], rows[1], rows[2]);
+        // With an epilogue (no batch axes): its operands' and sink's row pointers.
+        let mut epi_rows = Vec::new();
+        if let Some(e) = g.epi {
+            let accesses: Vec<&Access> = e
+                .kernel
+                .loads
+                .iter()
+                .chain([e.kernel.sink_access()])
+                .collect();
+            for (a, &base) in accesses.into_iter().zip(g.epi_bases) {
+                let p = if a.known[0] == Some(0) {
+                    base
+                } else {
+                    let s = self.stride(a, 0);
+                    let t = self.b.ins().imul(idx[0], s);
+                    let bytes = self.b.ins().ishl_imm_u(t, 2);
+                    self.b.ins().iadd(base, bytes)
+                };
+                epi_rows.push(p);
+            }
+        }
+        let c_row = (c_row, &epi_rows[..]);
         // Column blocks of 32, 16, 8 and 4 while they fit.
         let col = self.b.declare_var(types::I64);
         self.b.def_var(col, g.cols.0);
@@ -382,7 +434,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         g: &SmallGemm,
         a_row: Value,
         b_base: Value,
-        c_row: Value,
+        (c_row, epi_rows): (Value, &[Value]),
         j: Value,
         lanes: usize,
     ) {
@@ -430,16 +482,78 @@ impl<'a, 'b> Gen<'a, 'b> {
             let b2 = gg.b.ins().iadd(bptr, sb_k);
             gg.b.def_var(bp, b2);
         });
-        let cp = self.b.ins().iadd(c_row, jbytes);
+        let Some(e) = g.epi else {
+            let cp = self.b.ins().iadd(c_row, jbytes);
+            for (q, &v) in acc.iter().enumerate() {
+                let val = self.b.use_var(v);
+                self.b.ins().store(flags(), val, cp, (16 * q) as i32);
+            }
+            return;
+        };
+        // The fused epilogue on each accumulator, stored to its sink.
+        let sink = epi_rows[epi_rows.len() - 1];
+        let sp = self.b.ins().iadd(sink, jbytes);
         for (q, &v) in acc.iter().enumerate() {
             let val = self.b.use_var(v);
-            self.b.ins().store(flags(), val, cp, (16 * q) as i32);
+            let out = self.epilogue_value(e, epi_rows, jbytes, (16 * q) as i32, val, ty);
+            self.b.ins().store(flags(), out, sp, (16 * q) as i32);
         }
     }
 
+    /// The epilogue's value for the product `acc` (of type `ty`) at the columns
+    /// `jbytes + off` of the current row (`rows`: the operands' row pointers).
+    fn epilogue_value(
+        &mut self,
+        e: &Epilogue,
+        rows: &[Value],
+        jbytes: Value,
+        off: i32,
+        acc: Value,
+        ty: Type,
+    ) -> Value {
+        let mut vals: Vec<Option<Value>> = vec![None; e.kernel.expr.len()];
+        for (i, ex) in e.kernel.expr.iter().enumerate() {
+            let v = match ex {
+                Expr::Load(l) if *l == e.acc => acc,
+                Expr::Load(l) => {
+                    if e.kernel.loads[*l].known[1] == Some(0) {
+                        let x = self.b.ins().load(types::F32, flags(), rows[*l], 0);
+                        if ty == types::F32 {
+                            x
+                        } else {
+                            self.b.ins().splat(ty, x)
+                        }
+                    } else {
+                        let p = self.b.ins().iadd(rows[*l], jbytes);
+                        self.b.ins().load(ty, flags(), p, off)
+                    }
+                }
+                Expr::Const(c) => {
+                    let x = self.b.ins().f32const(*c as f32);
+                    if ty == types::F32 {
+                        x
+                    } else {
+                        self.b.ins().splat(ty, x)
+                    }
+                }
+                _ => {
+                    let fma = self.fma;
+                    let mut m = Math {
+                        b: &mut self.b,
+                        ty,
+                        fma,
+                    };
+                    compute(&mut m, ex, &|x| vals[x].expect("operand computed"))
+                }
+            };
+            vals[i] = Some(v);
+        }
+        vals[e.kernel.expr.len() - 1].expect("result")
+    }
+
     /// The body of a small-product kernel function: its columns `self.range`.
-    pub fn emit_small_gemm_fn(&mut self, k: &LoopKernel) {
-        self.emit_small_gemm(k);
+    pub fn emit_small_gemm_fn(&mut self, k: &LoopKernel, epi: Option<&Epilogue>) {
+        self.emit_small_gemm(k, epi);
         self.b.ins().return_(&[]);
     }
 

@@ -67,6 +67,8 @@ struct Layout {
 struct Desc {
     fl: FrameLayout,
     kind: DescKind,
+    /// A GEMM's epilogue function `(frame, row_lo, row_hi)`, once finalized (0: none).
+    epilogue: std::sync::atomic::AtomicUsize,
 }
 
 enum DescKind {
@@ -198,7 +200,11 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
                 },
                 Kernel::Loop(_) => DescKind::None,
             };
-            Desc { fl, kind }
+            Desc {
+                fl,
+                kind,
+                epilogue: std::sync::atomic::AtomicUsize::new(0),
+            }
         })
         .collect();
     let callees = codegen::Callees {
@@ -211,72 +217,90 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
     let mut clif = String::new();
     // Kernels large enough to split across cores get a function of their own, run over
     // a range of their outermost axis.
+    // Per kernel: a function of its own over a range (loops split across cores run
+    // over their outermost axis, small products over their columns), and for products
+    // with an epilogue, the epilogue as a loop over a range of rows.
     let mut kernel_ids = Vec::new();
+    let mut epilogue_ids = Vec::new();
     for (ki, k) in plan.kernels.iter().enumerate() {
-        // Split loops run over a range of their outermost axis; small products over a
-        // range of their columns.
-        let (l, small) = match k {
-            Kernel::Loop(l) if codegen::splittable(l) => (l, false),
-            Kernel::Gemm(plan::GemmKernel { small: Some(l), .. }) if codegen::is_axpy_form(l) => {
-                (l, true)
+        let (main, epi) = match k {
+            Kernel::Loop(l) if codegen::splittable(l) => (Some((l, None, false)), None),
+            Kernel::Gemm(g) => {
+                let small = g
+                    .small
+                    .as_ref()
+                    .filter(|l| codegen::is_axpy_form(l))
+                    .map(|l| (l, g.epilogue.as_deref(), true));
+                (small, g.epilogue.as_ref().map(|e| &e.kernel))
             }
-            _ => {
-                kernel_ids.push(None);
-                continue;
-            }
+            _ => (None, None),
         };
-        let mut kctx = module.make_context();
-        for t in [
-            ptr,
-            cranelift_codegen::ir::types::I64,
-            cranelift_codegen::ir::types::I64,
-        ] {
-            kctx.func.signature.params.push(AbiParam::new(t));
-        }
-        let kid = module
-            .declare_function(
-                &format!("{}_k{ki}", f.name),
-                Linkage::Local,
-                &kctx.func.signature,
-            )
-            .map_err(|e| RunError(format!("cranelift: {e}")))?;
-        kctx.func.name = UserFuncName::user(0, kid.as_u32());
-        {
-            let mut b = FunctionBuilder::new(&mut kctx.func, &mut fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            b.seal_block(entry);
-            let params = b.block_params(entry).to_vec();
-            let mut g = codegen::Gen {
-                b,
-                plan: &plan,
-                frame: params[0],
+        let mut define = |name: String,
+                          what: (&plan::LoopKernel, Option<&plan::Epilogue>, bool)|
+         -> Result<cranelift_module::FuncId, RunError> {
+            let mut kctx = module.make_context();
+            for t in [
                 ptr,
-                fma: host_has_fma(),
-                range: Some((params[1], params[2])),
-                kernel_fns: Vec::new(),
-            };
-            if small {
-                g.emit_small_gemm_fn(l);
-            } else {
-                g.emit_kernel_fn(l);
+                cranelift_codegen::ir::types::I64,
+                cranelift_codegen::ir::types::I64,
+            ] {
+                kctx.func.signature.params.push(AbiParam::new(t));
             }
-            g.b.finalize(module.target_config());
-        }
-        if keep_clif {
-            clif.push_str(&kctx.func.display().to_string());
-        }
-        module.define_function(kid, &mut kctx).map_err(|e| {
-            RunError(format!(
-                "cranelift could not compile kernel {ki} of {}: {e:?}",
-                f.name
-            ))
-        })?;
-        kernel_ids.push(Some(kid));
+            let kid = module
+                .declare_function(&name, Linkage::Local, &kctx.func.signature)
+                .map_err(|e| RunError(format!("cranelift: {e}")))?;
+            kctx.func.name = UserFuncName::user(0, kid.as_u32());
+            {
+                let mut b = FunctionBuilder::new(&mut kctx.func, &mut fctx);
+                let entry = b.create_block();
+                b.append_block_params_for_function_params(entry);
+                b.switch_to_block(entry);
+                b.seal_block(entry);
+                let params = b.block_params(entry).to_vec();
+                let mut g = codegen::Gen {
+                    b,
+                    plan: &plan,
+                    frame: params[0],
+                    ptr,
+                    fma: host_has_fma(),
+                    range: Some((params[1], params[2])),
+                    kernel_fns: Vec::new(),
+                    epilogue_fns: Vec::new(),
+                };
+                let (l, e, small) = what;
+                if small {
+                    g.emit_small_gemm_fn(l, e);
+                } else {
+                    g.emit_kernel_fn(l);
+                }
+                g.b.finalize(module.target_config());
+            }
+            if keep_clif {
+                clif.push_str(&kctx.func.display().to_string());
+            }
+            module
+                .define_function(kid, &mut kctx)
+                .map_err(|e| RunError(format!("cranelift could not compile {name}: {e:?}")))?;
+            Ok(kid)
+        };
+        kernel_ids.push(match main {
+            Some(w) => Some(define(format!("{}_k{ki}", f.name), w)?),
+            None => None,
+        });
+        epilogue_ids.push(match epi {
+            Some(l) => Some(define(
+                format!("{}_k{ki}_epilogue", f.name),
+                (l, None, false),
+            )?),
+            None => None,
+        });
     }
     {
         let kernel_fns = kernel_ids
+            .iter()
+            .map(|id| id.map(|id| module.declare_func_in_func(id, &mut ctx.func)))
+            .collect();
+        let epilogue_fns = epilogue_ids
             .iter()
             .map(|id| id.map(|id| module.declare_func_in_func(id, &mut ctx.func)))
             .collect();
@@ -294,6 +318,7 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
             fma: host_has_fma(),
             range: None,
             kernel_fns,
+            epilogue_fns,
         };
         g.emit(&callees);
         g.b.finalize(module.target_config());
@@ -308,6 +333,12 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
     module
         .finalize_definitions()
         .map_err(|e| RunError(format!("cranelift: {e}")))?;
+    for (d, eid) in descs.iter().zip(&epilogue_ids) {
+        if let Some(eid) = eid {
+            let addr = module.get_finalized_function(*eid) as usize;
+            d.epilogue.store(addr, std::sync::atomic::Ordering::Release);
+        }
+    }
     let code = module.get_finalized_function(id);
     // SAFETY: the function was declared with one pointer parameter and no results and
     // finalized above; it lives as long as `module`, which the kernel owns.
@@ -318,7 +349,10 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
             Kernel::Loop(l) => match &l.sink {
                 plan::Sink::Store(a) | plan::Sink::Reduce(_, a) => a.buf,
             },
-            Kernel::Gemm(g) => g.c,
+            Kernel::Gemm(g) => {
+                first_def[g.c] = first_def[g.c].min(ki);
+                g.out()
+            }
             Kernel::Call(c) => c.out,
         };
         first_def[out] = first_def[out].min(ki);
@@ -505,6 +539,7 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
             return Err("bad gemm descriptor".to_string());
         };
         let fl = d.fl;
+        let frame_ptr = frame as usize;
         // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
         let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
         let (m, k, n) = (
@@ -554,25 +589,39 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
                 );
             }
         };
+        // The fused epilogue over rows `lo..hi` (products with an epilogue have no
+        // batch axes).
+        let epi = d.epilogue.load(std::sync::atomic::Ordering::Acquire);
+        let epilogue = |lo: usize, hi: usize| {
+            if epi != 0 && lo < hi {
+                // SAFETY: `epi` is a finalized `(frame, lo, hi)` kernel function owned by
+                // the running kernel; it reads the product rows computed above.
+                let f: extern "C" fn(*mut i64, i64, i64) = unsafe { std::mem::transmute(epi) };
+                f(frame_ptr as *mut i64, lo as i64, hi as i64);
+            }
+        };
         let t = team::team();
         let macs = total.saturating_mul(m).saturating_mul(k).saturating_mul(n);
         if t.size() == 1 || macs < GEMM_PARALLEL_MIN_MACS || m == 0 || n == 0 {
             for bi in 0..total {
                 block(bi, (0, m), (0, n));
             }
+            epilogue(0, m);
             return Ok(());
         }
         let ok = if total >= t.size() {
             let parts = t.size().min(team::MAX_PARTS);
-            t.run(parts, &|p| {
+            let ok = t.run(parts, &|p| {
                 let (lo, hi) = team::split(total as i64, parts, p, 1);
                 for bi in lo as usize..hi as usize {
                     block(bi, (0, m), (0, n));
                 }
-            })
+            });
+            epilogue(0, m);
+            ok
         } else {
             let per = t.size().div_ceil(total).min(team::MAX_PARTS / total);
-            let by_rows = n < m;
+            let by_rows = n < m || epi != 0 && total == 1 && n < 2 * m;
             let extent = if by_rows { m } else { n } as i64;
             let units = (extent + GEMM_GRAIN - 1) / GEMM_GRAIN;
             let per = per.min(units as usize).max(1);
@@ -583,11 +632,18 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
                 if range.0 < range.1 {
                     if by_rows {
                         block(bi, range, (0, n));
+                        // The rows are still in this core's cache.
+                        epilogue(range.0, range.1);
                     } else {
                         block(bi, (0, m), range);
                     }
                 }
-            })
+            }) && (by_rows
+                || epi == 0
+                || t.run(t.size(), &|p| {
+                    let (lo, hi) = team::split(m as i64, t.size(), p, 1);
+                    epilogue(lo as usize, hi as usize);
+                }))
         };
         if ok {
             Ok(())

@@ -177,6 +177,35 @@ pub struct GemmKernel {
     /// For few rows: the same product as a generated loop nest, used when
     /// `m <= SMALL_GEMM_MAX_ROWS` at run time (GEMM's packing costs more than it saves).
     pub small: Option<LoopKernel>,
+    /// A fused epilogue (bias, activation, …): an elementwise loop over `[m, n]` whose
+    /// load `acc` is the product. The generated small-product code applies it to its
+    /// accumulators before storing; after a GEMM call it runs over the rows each part
+    /// computed. Its sink, not `c`, holds the result.
+    pub epilogue: Option<Box<Epilogue>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Epilogue {
+    pub kernel: LoopKernel,
+    pub acc: usize,
+}
+
+impl GemmKernel {
+    /// The buffer holding the finished result.
+    pub fn out(&self) -> BufId {
+        match &self.epilogue {
+            Some(e) => e.kernel.sink_access().buf,
+            None => self.c,
+        }
+    }
+}
+
+impl LoopKernel {
+    pub fn sink_access(&self) -> &Access {
+        match &self.sink {
+            Sink::Store(a) | Sink::Reduce(_, a) => a,
+        }
+    }
 }
 
 /// Up to this many rows a matrix product runs as generated code instead of GEMM
@@ -556,6 +585,7 @@ impl<'f> Builder<'f> {
                         k: self.slot(&kdim),
                         n: self.slot(&shape[r - 1]),
                         small,
+                        epilogue: None,
                     };
                     self.kernels.push(Kernel::Gemm(g));
                     Val::Mem(self.contiguous(c, &shape))
@@ -601,6 +631,7 @@ impl<'f> Builder<'f> {
             let s = self.shape_slots(&f.nodes[id].ty.shape.clone());
             outputs.push((a, s));
         }
+        self.fuse_epilogues(&outputs);
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
             let touched: Vec<BufId> = match k {
@@ -611,7 +642,14 @@ impl<'f> Builder<'f> {
                     });
                     v
                 }
-                Kernel::Gemm(g) => vec![g.a.buf, g.b.buf, g.c],
+                Kernel::Gemm(g) => {
+                    let mut v = vec![g.a.buf, g.b.buf, g.c];
+                    if let Some(e) = &g.epilogue {
+                        v.extend(e.kernel.loads.iter().map(|a| a.buf));
+                        v.push(e.kernel.sink_access().buf);
+                    }
+                    v
+                }
                 Kernel::Call(c) => {
                     let mut v: Vec<BufId> = c.args.iter().map(|a| a.buf).collect();
                     v.push(c.out);
@@ -633,6 +671,93 @@ impl<'f> Builder<'f> {
             outputs,
             last_use,
         }
+    }
+
+    /// Folds an elementwise loop that consumes a matrix product element for element
+    /// into the product as its epilogue (bias and activation after a dense layer): the
+    /// loop must be the product's only reader, run over exactly `[m, n]`, store
+    /// contiguously, read its other operands with unit or zero inner strides, and
+    /// nothing between the two may write what the loop reads.
+    fn fuse_epilogues(&mut self, outputs: &[(Access, Vec<Slot>)]) {
+        let mut i = 0;
+        while i < self.kernels.len() {
+            if let Some((j, acc)) = self.epilogue_for(i, outputs) {
+                let Kernel::Loop(l) = self.kernels.remove(j) else {
+                    unreachable!("epilogue_for returns a loop kernel")
+                };
+                if let Kernel::Gemm(g) = &mut self.kernels[i] {
+                    g.epilogue = Some(Box::new(Epilogue { kernel: l, acc }));
+                }
+            }
+            i += 1;
+        }
+    }
+
+    fn epilogue_for(&self, i: usize, outputs: &[(Access, Vec<Slot>)]) -> Option<(usize, usize)> {
+        let Kernel::Gemm(g) = &self.kernels[i] else {
+            return None;
+        };
+        if !g.batch.is_empty() || outputs.iter().any(|(a, _)| a.buf == g.c) {
+            return None;
+        }
+        let reads = |k: &Kernel, b: BufId| match k {
+            Kernel::Loop(l) => l.loads.iter().any(|a| a.buf == b),
+            Kernel::Gemm(x) => {
+                x.a.buf == b
+                    || x.b.buf == b
+                    || x.epilogue
+                        .as_ref()
+                        .is_some_and(|e| e.kernel.loads.iter().any(|a| a.buf == b))
+            }
+            Kernel::Call(c) => c.args.iter().any(|a| a.buf == b),
+        };
+        let readers: Vec<usize> = (0..self.kernels.len())
+            .filter(|&k| reads(&self.kernels[k], g.c))
+            .collect();
+        let [j] = readers[..] else { return None };
+        let Kernel::Loop(l) = &self.kernels[j] else {
+            return None;
+        };
+        let n = &self.sizes[g.n];
+        let identity = |a: &Access| {
+            self.sizes[a.offset].as_const() == Some(0)
+                && a.strides.len() == 2
+                && self.sizes[a.strides[0]] == *n
+                && a.known[1] == Some(1)
+        };
+        let Sink::Store(sink) = &l.sink else {
+            return None;
+        };
+        let accs: Vec<usize> = (0..l.loads.len())
+            .filter(|&x| l.loads[x].buf == g.c)
+            .collect();
+        let [acc] = accs[..] else { return None };
+        let ok = j > i
+            && l.space == [g.m, g.n]
+            && identity(sink)
+            && identity(&l.loads[acc])
+            && l.loads
+                .iter()
+                .all(|a| matches!(a.known[1], Some(0) | Some(1)))
+            && l.expr
+                .iter()
+                .all(|e| !matches!(e, Expr::Index(_) | Expr::Size(_)));
+        if !ok {
+            return None;
+        }
+        // Nothing between the product and the loop writes what the loop reads.
+        let written = |k: &Kernel| -> BufId {
+            match k {
+                Kernel::Loop(x) => x.sink_access().buf,
+                Kernel::Gemm(x) => x.out(),
+                Kernel::Call(c) => c.out,
+            }
+        };
+        let clean = self.kernels[i + 1..j].iter().all(|k| {
+            let w = written(k);
+            w != sink.buf && l.loads.iter().all(|a| a.buf != w)
+        });
+        clean.then_some((j, acc))
     }
 
     /// The geometry of a windowed node when it can run as generated loops: one group,
@@ -771,6 +896,7 @@ impl<'f> Builder<'f> {
             k: self.slot(k),
             n: self.slot(n),
             small,
+            epilogue: None,
         };
         self.kernels.push(Kernel::Gemm(g));
         c
@@ -1133,7 +1259,13 @@ impl Plan {
     fn reads(k: &Kernel) -> Vec<&Access> {
         match k {
             Kernel::Loop(l) => l.loads.iter().collect(),
-            Kernel::Gemm(g) => vec![&g.a, &g.b],
+            Kernel::Gemm(g) => {
+                let mut v = vec![&g.a, &g.b];
+                if let Some(e) = &g.epilogue {
+                    v.extend(e.kernel.loads.iter());
+                }
+                v
+            }
             Kernel::Call(c) => c.args.iter().collect(),
         }
     }
@@ -1169,7 +1301,7 @@ impl Plan {
                     Kernel::Loop(l) => {
                         matches!(&l.sink, Sink::Store(a) | Sink::Reduce(_, a) if a.buf == bo)
                     }
-                    Kernel::Gemm(g) => g.c == bo,
+                    Kernel::Gemm(g) => g.c == bo || g.out() == bo,
                     Kernel::Call(c) => c.out == bo,
                 })
                 .collect();
@@ -1281,6 +1413,22 @@ impl Plan {
                             String::new()
                         }
                     );
+                    if let Some(e) = &g.epilogue {
+                        let l = &e.kernel;
+                        let nodes: Vec<String> = l.nodes.iter().map(|n| format!("%{n}")).collect();
+                        let _ = writeln!(
+                            s,
+                            "      epilogue fuses {} -> store {} (load{} = the product)",
+                            nodes.join(" "),
+                            self.fmt_access(l.sink_access()),
+                            e.acc
+                        );
+                        for (j, a) in l.loads.iter().enumerate() {
+                            let _ = writeln!(s, "      load{j} = {}", self.fmt_access(a));
+                        }
+                        let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
+                        let _ = writeln!(s, "      expr {}", ops.join("; "));
+                    }
                 }
                 Kernel::Call(c) => {
                     let args: Vec<String> = c.args.iter().map(|a| self.fmt_access(a)).collect();
