@@ -362,6 +362,62 @@ fn whole_models_train_steps_match() {
     }
 }
 
+/// Several training steps in a row, each backend feeding its own updated parameters
+/// and optimizer state into its next step: the compiled trajectory stays within the
+/// tolerance of the interpreted one (differences do not grow into a divergence).
+#[test]
+fn compiled_training_follows_the_interpreter_over_several_steps() {
+    kiln::jit::set_verifier(true);
+    for spec in ["mlp", "cnn", "residual"] {
+        let m = kiln::Model::from_path(format!("{}/specs/{spec}.yaml", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+        let step = lower::train::build(&m.graph).unwrap();
+        let f = &step.func;
+        let jit = runtime::compile(f, Backend::Jit).unwrap();
+        let interp = runtime::compile(f, Backend::Interp).unwrap();
+        let mut rng = Rng::new(9 + spec.len() as u64);
+        let start = random_inputs(f, Some(&m), &mut rng, 6, 7);
+        // Inputs that take an output's value for the next step.
+        let carried: Vec<(usize, usize)> = f
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inp)| {
+                f.outputs
+                    .iter()
+                    .position(|(n, _)| *n == format!("new/{}", inp.name))
+                    .map(|o| (i, o))
+            })
+            .collect();
+        assert!(carried.len() >= 4, "{spec}: {carried:?}");
+        let step_input = f.inputs.iter().position(|i| i.name == "step");
+        let (mut a, mut b) = (start.clone(), start);
+        for s in 0..5 {
+            if let Some(k) = step_input {
+                a[k] = ArrayD::from_elem(IxDyn(&[]), s as f32);
+                b[k] = a[k].clone();
+            }
+            let va: Vec<_> = a.iter().map(|x| x.view()).collect();
+            let vb: Vec<_> = b.iter().map(|x| x.view()).collect();
+            let oa = jit.run(&va).unwrap();
+            let ob = interp.run(&vb).unwrap();
+            for (k, (x, y)) in oa.iter().zip(&ob).enumerate() {
+                for (p, q) in x.iter().zip(y.iter()) {
+                    assert!(
+                        (p - q).abs() <= 2e-4 * q.abs().max(1.0),
+                        "{spec} step {s}: {}: jit {p} vs interp {q}",
+                        f.outputs[k].0
+                    );
+                }
+            }
+            for &(i, o) in &carried {
+                a[i] = oa[o].clone();
+                b[i] = ob[o].clone();
+            }
+        }
+    }
+}
+
 /// The inline transcendental functions against f64 references on dense grids, with the
 /// error bounds documented in src/jit/mathfn.rs (vector lanes and the scalar tail both:
 /// 4099 points is not a multiple of 8).

@@ -3,7 +3,7 @@
 //! their odd-width tails), and large loops cut along their outermost axis.
 //!
 //! This file is its own test binary so that it can fix the team's size before the team
-//! starts: three threads, so that every split is uneven and some parts are stolen, on
+//! starts (both tests set the same value): three threads, so that every split is uneven and some parts are stolen, on
 //! any machine (two cores or one). Tolerance as in tests/jit.rs: f32 sums in a
 //! different order agree to 2e-4 · max(1, |interp|).
 
@@ -115,4 +115,43 @@ fn split_products_and_loops_match_the_interpreter() {
         }
     }
     assert!(cases > 300, "{cases} cases");
+}
+
+/// A reduction along the innermost axis with a fused epilogue (`log(Σ exp x) · s`,
+/// `s` one value per row): applied as each row finishes, on loops split across the
+/// team or not.
+#[test]
+fn reductions_with_fused_epilogues_match_the_interpreter() {
+    // SAFETY: as above (this is the binary's second test; both set the same value).
+    unsafe { std::env::set_var("KILN_NUM_THREADS", "3") };
+    let mut rng = Rng::new(99);
+    for shape in [
+        vec![1usize, 5],
+        vec![3, 1],
+        vec![130, 257],
+        vec![2, 40000],
+        vec![4, 3, 9],
+        vec![7, 60, 50],
+    ] {
+        let r = shape.len();
+        let mut f = Func::new("r");
+        let x = f.input("x", Type::f32(konst(&shape)));
+        let s = f.input("s", Type::f32(konst(&shape[..r - 1])));
+        let e = f.unary(Unary::Exp, x).unwrap();
+        let sum = f.reduce(kiln::ir::ReduceOp::Sum, e, vec![r - 1]).unwrap();
+        let l = f.unary(Unary::Log, sum).unwrap();
+        let y = f.mul(l, s).unwrap();
+        f.output("y", y);
+        let f = passes::optimize(&f);
+        let plan = kiln::jit::plan::plan(&f).print();
+        assert!(
+            plan.contains("the reduced value"),
+            "{shape:?}: not fused:\n{plan}"
+        );
+        let ins = vec![
+            rng.array(&shape, -2.0, 2.0).mapv(|v| v as f32),
+            rng.array(&shape[..r - 1], -1.0, 1.0).mapv(|v| v as f32),
+        ];
+        compare(&format!("reduce epilogue {shape:?}"), &f, &ins);
+    }
 }

@@ -907,7 +907,44 @@ impl<'a, 'b> Gen<'a, 'b> {
             let a = self.b.use_var(acc_var);
             let r = combine(&mut self.b, op.unwrap_or(ReduceOp::Sum), old, a);
             self.b.ins().store(flags(), r, p, 0);
+            if let Some(e) = &k.epilogue {
+                // The row's element is final: the fused epilogue stores its value.
+                self.reduce_epilogue(e, &idx, r);
+            }
         }
+    }
+
+    /// A reduction's epilogue at the outer indices `idx` of a finished element `r`.
+    fn reduce_epilogue(&mut self, e: &Epilogue, idx: &[Value], r: Value) {
+        let at = |g: &mut Self, a: &Access| -> Value {
+            let p = g.buf_ptr(a.buf);
+            let mut off = g.slot(a.offset);
+            for (d, &i) in idx.iter().enumerate() {
+                if a.known[d] == Some(0) {
+                    continue;
+                }
+                let s = g.stride(a, d);
+                let t = g.b.ins().imul(i, s);
+                off = g.b.ins().iadd(off, t);
+            }
+            let bytes = g.b.ins().ishl_imm_u(off, 2);
+            g.b.ins().iadd(p, bytes)
+        };
+        let mut vals: Vec<Option<Value>> = vec![None; e.kernel.expr.len()];
+        for (i, ex) in e.kernel.expr.iter().enumerate() {
+            let v = match ex {
+                Expr::Load(l) if *l == e.acc => r,
+                Expr::Load(l) => {
+                    let p = at(self, &e.kernel.loads[*l]);
+                    self.b.ins().load(types::F32, flags(), p, 0)
+                }
+                _ => self.expr_scalar(ex, &vals, idx, &[], &[]),
+            };
+            vals[i] = Some(v);
+        }
+        let out = vals[e.kernel.expr.len() - 1].expect("result");
+        let p = at(self, e.kernel.sink_access());
+        self.b.ins().store(flags(), out, p, 0);
     }
 
     /// For a sum of products with FMA available: marks the final product as computed

@@ -345,17 +345,9 @@ fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKern
     let entry: extern "C" fn(*mut i64) = unsafe { std::mem::transmute(code) };
     let mut first_def = vec![usize::MAX; plan.bufs.len()];
     for (ki, k) in plan.kernels.iter().enumerate() {
-        let out = match k {
-            Kernel::Loop(l) => match &l.sink {
-                plan::Sink::Store(a) | plan::Sink::Reduce(_, a) => a.buf,
-            },
-            Kernel::Gemm(g) => {
-                first_def[g.c] = first_def[g.c].min(ki);
-                g.out()
-            }
-            Kernel::Call(c) => c.out,
-        };
-        first_def[out] = first_def[out].min(ki);
+        for b in plan::writes(k) {
+            first_def[b] = first_def[b].min(ki);
+        }
     }
     Ok(JitKernel {
         plan,

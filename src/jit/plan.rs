@@ -82,6 +82,10 @@ pub struct LoopKernel {
     pub sink: Sink,
     /// The IR nodes fused into this kernel (for printing).
     pub nodes: Vec<Id>,
+    /// For a reduction along the innermost axis only: an elementwise loop over the
+    /// reduced shape, applied to each finished element as it is stored (load `acc` is
+    /// the reduced value; see `Builder::fuse_epilogues`).
+    pub epilogue: Option<Box<Epilogue>>,
 }
 
 /// A call to a runtime routine.
@@ -188,6 +192,36 @@ pub struct GemmKernel {
 pub struct Epilogue {
     pub kernel: LoopKernel,
     pub acc: usize,
+}
+
+/// Every access a kernel reads (its epilogue's too).
+pub fn reads(k: &Kernel) -> Vec<&Access> {
+    fn epi(e: &Option<Box<Epilogue>>) -> Vec<&Access> {
+        e.as_ref()
+            .map(|e| e.kernel.loads.iter().collect())
+            .unwrap_or_default()
+    }
+    match k {
+        Kernel::Loop(l) => l.loads.iter().chain(epi(&l.epilogue)).collect(),
+        Kernel::Gemm(g) => [&g.a, &g.b].into_iter().chain(epi(&g.epilogue)).collect(),
+        Kernel::Call(c) => c.args.iter().collect(),
+    }
+}
+
+/// Every buffer a kernel writes.
+pub fn writes(k: &Kernel) -> Vec<BufId> {
+    let epi = |e: &Option<Box<Epilogue>>| e.as_ref().map(|e| e.kernel.sink_access().buf);
+    match k {
+        Kernel::Loop(l) => [Some(l.sink_access().buf), epi(&l.epilogue)]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Kernel::Gemm(g) => [Some(g.c), epi(&g.epilogue)]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Kernel::Call(c) => vec![c.out],
+    }
 }
 
 impl GemmKernel {
@@ -359,6 +393,7 @@ impl<'f> Builder<'f> {
             expr: Vec::new(),
             sink,
             nodes: Vec::new(),
+            epilogue: None,
         };
         let mut memo: HashMap<Id, usize> = HashMap::new();
         self.expr(root, &mut k, &mut memo, true);
@@ -518,6 +553,7 @@ impl<'f> Builder<'f> {
                             expr: vec![Expr::Load(0)],
                             sink: Sink::Store(out.clone()),
                             nodes: vec![x],
+                            epilogue: None,
                         };
                         self.kernels.push(Kernel::Loop(k));
                         a = out;
@@ -549,6 +585,7 @@ impl<'f> Builder<'f> {
                         expr: Vec::new(),
                         sink: Sink::Reduce(*op, out),
                         nodes: vec![i],
+                        epilogue: None,
                     };
                     let mut memo = HashMap::new();
                     self.expr(x, &mut k, &mut memo, false);
@@ -634,28 +671,7 @@ impl<'f> Builder<'f> {
         self.fuse_epilogues(&outputs);
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
-            let touched: Vec<BufId> = match k {
-                Kernel::Loop(l) => {
-                    let mut v: Vec<BufId> = l.loads.iter().map(|a| a.buf).collect();
-                    v.push(match &l.sink {
-                        Sink::Store(a) | Sink::Reduce(_, a) => a.buf,
-                    });
-                    v
-                }
-                Kernel::Gemm(g) => {
-                    let mut v = vec![g.a.buf, g.b.buf, g.c];
-                    if let Some(e) = &g.epilogue {
-                        v.extend(e.kernel.loads.iter().map(|a| a.buf));
-                        v.push(e.kernel.sink_access().buf);
-                    }
-                    v
-                }
-                Kernel::Call(c) => {
-                    let mut v: Vec<BufId> = c.args.iter().map(|a| a.buf).collect();
-                    v.push(c.out);
-                    v
-                }
-            };
+            let touched = reads(k).into_iter().map(|a| a.buf).chain(writes(k));
             for b in touched {
                 last_use[b] = last_use[b].max(ki);
             }
@@ -678,43 +694,112 @@ impl<'f> Builder<'f> {
     /// loop must be the product's only reader, run over exactly `[m, n]`, store
     /// contiguously, read its other operands with unit or zero inner strides, and
     /// nothing between the two may write what the loop reads.
+    ///
+    /// Likewise a loop over a reduction's result that reads it element for element
+    /// becomes the reduction's epilogue when the reduction runs along the innermost
+    /// axis only (each output element is finished when its row is).
     fn fuse_epilogues(&mut self, outputs: &[(Access, Vec<Slot>)]) {
         let mut i = 0;
         while i < self.kernels.len() {
-            if let Some((j, acc)) = self.epilogue_for(i, outputs) {
+            let found = match &self.kernels[i] {
+                Kernel::Gemm(_) => self.epilogue_for(i, outputs),
+                Kernel::Loop(_) => self.reduce_epilogue_for(i, outputs),
+                Kernel::Call(_) => None,
+            };
+            if let Some((j, acc)) = found {
                 let Kernel::Loop(l) = self.kernels.remove(j) else {
-                    unreachable!("epilogue_for returns a loop kernel")
+                    unreachable!("epilogues are loop kernels")
                 };
-                if let Kernel::Gemm(g) = &mut self.kernels[i] {
-                    g.epilogue = Some(Box::new(Epilogue { kernel: l, acc }));
+                let e = Some(Box::new(Epilogue { kernel: l, acc }));
+                match &mut self.kernels[i] {
+                    Kernel::Gemm(g) => g.epilogue = e,
+                    Kernel::Loop(r) => r.epilogue = e,
+                    Kernel::Call(_) => {}
                 }
             }
             i += 1;
         }
     }
 
+    /// The only reader of buffer `b`, if it is a loop kernel after `i` and `b` is not a
+    /// function output.
+    fn sole_loop_reader(
+        &self,
+        i: usize,
+        b: BufId,
+        outputs: &[(Access, Vec<Slot>)],
+    ) -> Option<usize> {
+        if outputs.iter().any(|(a, _)| a.buf == b) {
+            return None;
+        }
+        let readers: Vec<usize> = (0..self.kernels.len())
+            .filter(|&k| reads(&self.kernels[k]).iter().any(|a| a.buf == b))
+            .collect();
+        let [j] = readers[..] else { return None };
+        match &self.kernels[j] {
+            Kernel::Loop(l) if j > i && l.epilogue.is_none() => Some(j),
+            _ => None,
+        }
+    }
+
+    /// Whether loop kernel `j` can move up to run as part of kernel `i`: nothing in
+    /// between writes what it reads or where it stores.
+    fn movable(&self, i: usize, j: usize) -> bool {
+        let Kernel::Loop(l) = &self.kernels[j] else {
+            return false;
+        };
+        self.kernels[i + 1..j].iter().all(|k| {
+            writes(k)
+                .into_iter()
+                .all(|w| w != l.sink_access().buf && l.loads.iter().all(|a| a.buf != w))
+        })
+    }
+
+    fn reduce_epilogue_for(
+        &self,
+        i: usize,
+        outputs: &[(Access, Vec<Slot>)],
+    ) -> Option<(usize, usize)> {
+        let Kernel::Loop(r) = &self.kernels[i] else {
+            return None;
+        };
+        let Sink::Reduce(_, out) = &r.sink else {
+            return None;
+        };
+        let rank = r.space.len();
+        // Reduced along the innermost axis only.
+        if rank == 0
+            || out.known[rank - 1] != Some(0)
+            || out.known[..rank - 1].contains(&Some(0))
+            || r.epilogue.is_some()
+        {
+            return None;
+        }
+        let j = self.sole_loop_reader(i, out.buf, outputs)?;
+        let Kernel::Loop(l) = &self.kernels[j] else {
+            return None;
+        };
+        let accs: Vec<usize> = (0..l.loads.len())
+            .filter(|&x| l.loads[x].buf == out.buf)
+            .collect();
+        let [acc] = accs[..] else { return None };
+        let a = &l.loads[acc];
+        let ok = l.space[..] == r.space[..rank - 1]
+            && matches!(l.sink, Sink::Store(_))
+            && a.offset == out.offset
+            && a.strides[..] == out.strides[..rank - 1]
+            && self.movable(i, j);
+        ok.then_some((j, acc))
+    }
+
     fn epilogue_for(&self, i: usize, outputs: &[(Access, Vec<Slot>)]) -> Option<(usize, usize)> {
         let Kernel::Gemm(g) = &self.kernels[i] else {
             return None;
         };
-        if !g.batch.is_empty() || outputs.iter().any(|(a, _)| a.buf == g.c) {
+        if !g.batch.is_empty() {
             return None;
         }
-        let reads = |k: &Kernel, b: BufId| match k {
-            Kernel::Loop(l) => l.loads.iter().any(|a| a.buf == b),
-            Kernel::Gemm(x) => {
-                x.a.buf == b
-                    || x.b.buf == b
-                    || x.epilogue
-                        .as_ref()
-                        .is_some_and(|e| e.kernel.loads.iter().any(|a| a.buf == b))
-            }
-            Kernel::Call(c) => c.args.iter().any(|a| a.buf == b),
-        };
-        let readers: Vec<usize> = (0..self.kernels.len())
-            .filter(|&k| reads(&self.kernels[k], g.c))
-            .collect();
-        let [j] = readers[..] else { return None };
+        let j = self.sole_loop_reader(i, g.c, outputs)?;
         let Kernel::Loop(l) = &self.kernels[j] else {
             return None;
         };
@@ -732,8 +817,7 @@ impl<'f> Builder<'f> {
             .filter(|&x| l.loads[x].buf == g.c)
             .collect();
         let [acc] = accs[..] else { return None };
-        let ok = j > i
-            && l.space == [g.m, g.n]
+        let ok = l.space == [g.m, g.n]
             && identity(sink)
             && identity(&l.loads[acc])
             && l.loads
@@ -741,23 +825,9 @@ impl<'f> Builder<'f> {
                 .all(|a| matches!(a.known[1], Some(0) | Some(1)))
             && l.expr
                 .iter()
-                .all(|e| !matches!(e, Expr::Index(_) | Expr::Size(_)));
-        if !ok {
-            return None;
-        }
-        // Nothing between the product and the loop writes what the loop reads.
-        let written = |k: &Kernel| -> BufId {
-            match k {
-                Kernel::Loop(x) => x.sink_access().buf,
-                Kernel::Gemm(x) => x.out(),
-                Kernel::Call(c) => c.out,
-            }
-        };
-        let clean = self.kernels[i + 1..j].iter().all(|k| {
-            let w = written(k);
-            w != sink.buf && l.loads.iter().all(|a| a.buf != w)
-        });
-        clean.then_some((j, acc))
+                .all(|e| !matches!(e, Expr::Index(_) | Expr::Size(_)))
+            && self.movable(i, j);
+        ok.then_some((j, acc))
     }
 
     /// The geometry of a windowed node when it can run as generated loops: one group,
@@ -873,6 +943,7 @@ impl<'f> Builder<'f> {
                 expr: vec![Expr::Load(0)],
                 sink: Sink::Store(out.clone()),
                 nodes: vec![id],
+                epilogue: None,
             });
             a = out;
         }
@@ -942,6 +1013,7 @@ impl<'f> Builder<'f> {
             expr: vec![Expr::Const(fill)],
             sink: Sink::Store(all),
             nodes: vec![],
+            epilogue: None,
         });
         let ishape = vec![g.batch.clone(), k(g.hw[0]), k(g.hw[1]), k(g.ch)];
         let interior = self.access(pb, &g.interior_offset(), &prm);
@@ -952,6 +1024,7 @@ impl<'f> Builder<'f> {
             expr: vec![Expr::Load(0)],
             sink: Sink::Store(interior),
             nodes: vec![],
+            epilogue: None,
         });
         (pb, k(0), prm)
     }
@@ -971,6 +1044,7 @@ impl<'f> Builder<'f> {
             expr,
             sink: Sink::Reduce(ReduceOp::Sum, sink),
             nodes: vec![id],
+            epilogue: None,
         });
         let mut s = prm;
         if g.rank == 3 {
@@ -992,6 +1066,7 @@ impl<'f> Builder<'f> {
             expr: vec![Expr::Load(0)],
             sink: Sink::Store(out),
             nodes: vec![],
+            epilogue: None,
         });
         self.access(pbuf, &Dim::konst(0), &[Dim::konst(g.cols()), Dim::konst(1)])
     }
@@ -1096,6 +1171,7 @@ impl<'f> Builder<'f> {
                     expr: vec![Expr::Load(0)],
                     sink: Sink::Reduce(op, sink),
                     nodes: vec![id],
+                    epilogue: None,
                 });
                 if *kind == PoolKind::Avg {
                     let avg = self.new_arena(&oshape);
@@ -1110,6 +1186,7 @@ impl<'f> Builder<'f> {
                         expr,
                         sink: Sink::Store(store),
                         nodes: vec![],
+                        epilogue: None,
                     });
                     return Val::Mem(self.contiguous(avg, &node.ty.shape));
                 }
@@ -1197,6 +1274,7 @@ impl<'f> Builder<'f> {
             ],
             sink: Sink::Reduce(ReduceOp::Sum, out),
             nodes: Vec::new(),
+            epilogue: None,
         })
     }
 
@@ -1255,21 +1333,6 @@ impl Plan {
                 .all(|(&s, (d, r))| d.as_const() == Some(1) || self.sizes[s] == *r)
     }
 
-    /// Buffers a kernel reads.
-    fn reads(k: &Kernel) -> Vec<&Access> {
-        match k {
-            Kernel::Loop(l) => l.loads.iter().collect(),
-            Kernel::Gemm(g) => {
-                let mut v = vec![&g.a, &g.b];
-                if let Some(e) = &g.epilogue {
-                    v.extend(e.kernel.loads.iter());
-                }
-                v
-            }
-            Kernel::Call(c) => c.args.iter().collect(),
-        }
-    }
-
     /// Lets outputs be written straight into the memory of inputs the caller donates
     /// (`(input, output)` pairs, e.g. a parameter and its updated value): the in-place
     /// optimizer update. A pair is accepted only when it is safe: the output is a whole
@@ -1297,22 +1360,19 @@ impl Plan {
                 continue;
             }
             let writers: Vec<usize> = (0..self.kernels.len())
-                .filter(|&j| match &self.kernels[j] {
-                    Kernel::Loop(l) => {
-                        matches!(&l.sink, Sink::Store(a) | Sink::Reduce(_, a) if a.buf == bo)
-                    }
-                    Kernel::Gemm(g) => g.c == bo || g.out() == bo,
-                    Kernel::Call(c) => c.out == bo,
-                })
+                .filter(|&j| writes(&self.kernels[j]).contains(&bo))
                 .collect();
             let [k] = writers[..] else { continue };
             let Kernel::Loop(l) = &self.kernels[k] else {
                 continue;
             };
+            if l.epilogue.is_some() {
+                continue;
+            }
             let Sink::Store(sink) = &l.sink else { continue };
             let same_element = |a: &Access| a.offset == sink.offset && a.strides == sink.strides;
             let safe = self.kernels.iter().enumerate().all(|(j, kern)| {
-                Self::reads(kern)
+                reads(kern)
                     .into_iter()
                     .filter(|a| a.buf == bi)
                     .all(|a| j < k || (j == k && same_element(a)))
@@ -1342,6 +1402,23 @@ impl Plan {
             format!("+{off}")
         };
         format!("b{}{off}[{}]", a.buf, strides.join(","))
+    }
+
+    fn print_epilogue(&self, s: &mut String, e: &Epilogue, what: &str) {
+        let l = &e.kernel;
+        let nodes: Vec<String> = l.nodes.iter().map(|n| format!("%{n}")).collect();
+        let _ = writeln!(
+            s,
+            "      epilogue fuses {} -> store {} (load{} = {what})",
+            nodes.join(" "),
+            self.fmt_access(l.sink_access()),
+            e.acc
+        );
+        for (j, a) in l.loads.iter().enumerate() {
+            let _ = writeln!(s, "      load{j} = {}", self.fmt_access(a));
+        }
+        let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
+        let _ = writeln!(s, "      expr {}", ops.join("; "));
     }
 
     /// The textual form printed by `kiln ir --stage kernels`.
@@ -1394,6 +1471,9 @@ impl Plan {
                     }
                     let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
                     let _ = writeln!(s, "      expr {}", ops.join("; "));
+                    if let Some(e) = &l.epilogue {
+                        self.print_epilogue(&mut s, e, "the reduced value");
+                    }
                 }
                 Kernel::Gemm(g) => {
                     let _ = writeln!(
@@ -1414,20 +1494,7 @@ impl Plan {
                         }
                     );
                     if let Some(e) = &g.epilogue {
-                        let l = &e.kernel;
-                        let nodes: Vec<String> = l.nodes.iter().map(|n| format!("%{n}")).collect();
-                        let _ = writeln!(
-                            s,
-                            "      epilogue fuses {} -> store {} (load{} = the product)",
-                            nodes.join(" "),
-                            self.fmt_access(l.sink_access()),
-                            e.acc
-                        );
-                        for (j, a) in l.loads.iter().enumerate() {
-                            let _ = writeln!(s, "      load{j} = {}", self.fmt_access(a));
-                        }
-                        let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
-                        let _ = writeln!(s, "      expr {}", ops.join("; "));
+                        self.print_epilogue(&mut s, e, "the product");
                     }
                 }
                 Kernel::Call(c) => {
