@@ -139,17 +139,7 @@ pub fn run(
         }
         .map_err(|e| RunError(e.0))?;
         // Parameters and optimizer state update in place, as in training.
-        let donate: Vec<(usize, usize)> = f
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inp)| {
-                f.outputs
-                    .iter()
-                    .position(|(n, _)| *n == format!("new/{}", inp.name))
-                    .map(|o| (i, o))
-            })
-            .collect();
+        let donate = crate::lower::train::carried(&f);
         let k = crate::runtime::compile_donating(&f, Backend::Jit, &donate)?;
         compile_times.push(s.elapsed().as_secs_f64() * 1e3);
         last = Some((m, k));

@@ -372,20 +372,7 @@ impl Net {
         let step = lower::train::build(&self.graph)?;
         // Parameters and optimizer state are updated in place: offer each input whose
         // updated value is an output (`KEY` → `new/KEY`) to the backend.
-        let donate: Vec<(usize, usize)> = step
-            .func
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inp)| {
-                let name = format!("new/{}", inp.name);
-                step.func
-                    .outputs
-                    .iter()
-                    .position(|(n, _)| *n == name)
-                    .map(|o| (i, o))
-            })
-            .collect();
+        let donate = lower::train::carried(&step.func);
         let kernel = runtime::compile_donating(&step.func, self.backend, &donate)?;
         let f = kernel.func();
         let l = &step.layout;

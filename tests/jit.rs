@@ -60,28 +60,7 @@ fn random_inputs(
 }
 
 fn compare(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
-    kiln::jit::set_verifier(true);
-    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
-    let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let interp = runtime::compile(f, Backend::Interp).unwrap();
-    let a = jit
-        .run(&views)
-        .unwrap_or_else(|e| panic!("{name}: jit: {e}"));
-    let b = interp
-        .run(&views)
-        .unwrap_or_else(|e| panic!("{name}: interp: {e}"));
-    assert_eq!(a.len(), b.len());
-    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x.shape(), y.shape(), "{name}: output {k} shape");
-        for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
-            let tol = 2e-4 * q.abs().max(1.0);
-            assert!(
-                (p - q).abs() <= tol || (p.is_nan() && q.is_nan()),
-                "{name}: output {} [{i}]: jit {p} vs interp {q}",
-                f.outputs[k].0
-            );
-        }
-    }
+    common::compare_jit(name, f, inputs)
 }
 
 fn model(inputs: &str, layers: &str, train: &str) -> kiln::Model {
@@ -378,17 +357,7 @@ fn compiled_training_follows_the_interpreter_over_several_steps() {
         let mut rng = Rng::new(9 + spec.len() as u64);
         let start = random_inputs(f, Some(&m), &mut rng, 6, 7);
         // Inputs that take an output's value for the next step.
-        let carried: Vec<(usize, usize)> = f
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inp)| {
-                f.outputs
-                    .iter()
-                    .position(|(n, _)| *n == format!("new/{}", inp.name))
-                    .map(|o| (i, o))
-            })
-            .collect();
+        let carried = lower::train::carried(f);
         assert!(carried.len() >= 4, "{spec}: {carried:?}");
         let step_input = f.inputs.iter().position(|i| i.name == "step");
         let (mut a, mut b) = (start.clone(), start);
@@ -647,17 +616,7 @@ fn donated_parameters_and_state_update_in_place() {
             .unwrap();
         let step = lower::train::build(&m.graph).unwrap();
         let f = &step.func;
-        let donate: Vec<(usize, usize)> = f
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inp)| {
-                f.outputs
-                    .iter()
-                    .position(|(n, _)| *n == format!("new/{}", inp.name))
-                    .map(|o| (i, o))
-            })
-            .collect();
+        let donate = lower::train::carried(f);
         let k = runtime::compile_donating(f, Backend::Jit, &donate).unwrap();
         // Every trainable parameter and every optimizer slot is updated in place (batch
         // norm's moving statistics too).

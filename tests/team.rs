@@ -12,32 +12,10 @@ mod common;
 use common::Rng;
 use kiln::dim::Dim;
 use kiln::ir::{Func, Type, Unary, passes};
-use kiln::runtime::{self, Backend};
 use ndarray::ArrayD;
 
 fn compare(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
-    kiln::jit::set_verifier(true);
-    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
-    let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let interp = runtime::compile(f, Backend::Interp).unwrap();
-    let a = jit
-        .run(&views)
-        .unwrap_or_else(|e| panic!("{name}: jit: {e}"));
-    let b = interp.run(&views).unwrap();
-    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x.shape(), y.shape(), "{name}: output {k} shape");
-        for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
-            let tol = 2e-4 * q.abs().max(1.0);
-            assert!(
-                (p - q).abs() <= tol,
-                "{name}: output {k} [{i}]: jit {p} vs interp {q}"
-            );
-        }
-    }
-    // The same call again gives the same bits: which thread ran which part does not
-    // change the result.
-    let again = jit.run(&views).unwrap();
-    assert_eq!(a, again, "{name}: a second run differs");
+    common::compare_jit(name, f, inputs)
 }
 
 fn konst(v: &[usize]) -> Vec<Dim> {

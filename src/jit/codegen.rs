@@ -171,48 +171,38 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn emit_split(&mut self, k: &LoopKernel, fref: FuncRef, parallel: usize) {
         self.emit_reduce_init(k);
         let extents: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
-        let mut total = extents[0];
-        for &e in &extents[1..] {
-            total = self.b.ins().imul(total, e);
-        }
-        let big = self.b.ins().icmp_imm_s(
-            IntCC::SignedGreaterThanOrEqual,
-            total,
-            PARALLEL_MIN_ELEMENTS,
-        );
-        let (par_b, seq_b, merge) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        self.b.ins().brif(big, par_b, &[], seq_b, &[]);
-        self.b.switch_to_block(par_b);
-        self.b.seal_block(par_b);
-        self.call_parallel(parallel, fref, extents[0], 1);
-        self.b.ins().jump(merge, &[]);
-        self.b.switch_to_block(seq_b);
-        self.b.seal_block(seq_b);
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.ins().call(fref, &[self.frame, zero, extents[0]]);
-        self.b.ins().jump(merge, &[]);
-        self.b.switch_to_block(merge);
-        self.b.seal_block(merge);
+        self.call_maybe_parallel(&extents, PARALLEL_MIN_ELEMENTS, fref, parallel, 0, 1);
     }
 
     /// Runs a small-product kernel function over all columns: split across the team
     /// when the product is large enough, else directly.
     fn emit_small_gemm_call(&mut self, k: &LoopKernel, fref: FuncRef, parallel: usize) {
         let ext: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
-        let mut macs = ext[0];
-        for &e in &ext[1..] {
-            macs = self.b.ins().imul(macs, e);
+        let cols = ext.len() - 1;
+        self.call_maybe_parallel(&ext, SMALL_GEMM_PARALLEL_MIN_MACS, fref, parallel, cols, 16);
+    }
+
+    /// Calls `fref(frame, 0, extents[axis])`, through the parallel trampoline (inner
+    /// boundaries on multiples of `grain`) when the product of the extents (the work)
+    /// reaches `min_work`.
+    fn call_maybe_parallel(
+        &mut self,
+        extents: &[Value],
+        min_work: i64,
+        fref: FuncRef,
+        parallel: usize,
+        axis: usize,
+        grain: i64,
+    ) {
+        let mut work = extents[0];
+        for &e in &extents[1..] {
+            work = self.b.ins().imul(work, e);
         }
-        let n = ext[ext.len() - 1];
-        let big = self.b.ins().icmp_imm_s(
-            IntCC::SignedGreaterThanOrEqual,
-            macs,
-            SMALL_GEMM_PARALLEL_MIN_MACS,
-        );
+        let n = extents[axis];
+        let big = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, work, min_work);
         let (par_b, seq_b, merge) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -221,7 +211,7 @@ impl<'a, 'b> Gen<'a, 'b> {
         self.b.ins().brif(big, par_b, &[], seq_b, &[]);
         self.b.switch_to_block(par_b);
         self.b.seal_block(par_b);
-        self.call_parallel(parallel, fref, n, 16);
+        self.call_parallel(parallel, fref, n, grain);
         self.b.ins().jump(merge, &[]);
         self.b.switch_to_block(seq_b);
         self.b.seal_block(seq_b);

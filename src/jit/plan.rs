@@ -923,6 +923,18 @@ impl<'f> Builder<'f> {
         })
     }
 
+    /// Pushes a loop that copies `src` to `dst` over `shape`.
+    fn copy_loop(&mut self, shape: &[Dim], src: Access, dst: Access, nodes: Vec<Id>) {
+        self.push_loop(shape, |space| LoopKernel {
+            space,
+            loads: vec![src],
+            expr: vec![Expr::Load(0)],
+            sink: Sink::Store(dst),
+            nodes,
+            epilogue: None,
+        });
+    }
+
     /// Pushes a loop kernel over `shape` (built with its slots).
     fn push_loop(&mut self, shape: &[Dim], k: impl FnOnce(Vec<Slot>) -> LoopKernel) {
         let space = self.shape_slots(shape);
@@ -1018,14 +1030,7 @@ impl<'f> Builder<'f> {
         let ishape = vec![g.batch.clone(), k(g.hw[0]), k(g.hw[1]), k(g.ch)];
         let interior = self.access(pb, &g.interior_offset(), &prm);
         let src = self.access(xa.buf, &off, &s4);
-        self.push_loop(&ishape, |space| LoopKernel {
-            space,
-            loads: vec![src],
-            expr: vec![Expr::Load(0)],
-            sink: Sink::Store(interior),
-            nodes: vec![],
-            epilogue: None,
-        });
+        self.copy_loop(&ishape, src, interior, vec![]);
         (pb, k(0), prm)
     }
 
@@ -1060,14 +1065,7 @@ impl<'f> Builder<'f> {
         let wshape = g.window_shape();
         let pbuf = self.new_arena(&wshape);
         let out = self.contiguous(pbuf, &wshape);
-        self.push_loop(&wshape, |space| LoopKernel {
-            space,
-            loads: vec![view],
-            expr: vec![Expr::Load(0)],
-            sink: Sink::Store(out),
-            nodes: vec![],
-            epilogue: None,
-        });
+        self.copy_loop(&wshape, view, out, vec![]);
         self.access(pbuf, &Dim::konst(0), &[Dim::konst(g.cols()), Dim::konst(1)])
     }
 

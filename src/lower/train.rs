@@ -68,6 +68,23 @@ pub(crate) fn objective(
     Ok((total, metrics))
 }
 
+/// The `(input, output)` pairs of a training step whose output is the input's next
+/// value (`KEY` → `new/KEY`): parameters, optimizer state and batch-norm statistics,
+/// which the backend may update in place and a training loop feeds back.
+pub fn carried(f: &crate::ir::Func) -> Vec<(usize, usize)> {
+    f.inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, inp)| {
+            let name = format!("new/{}", inp.name);
+            f.outputs
+                .iter()
+                .position(|(n, _)| *n == name)
+                .map(|o| (i, o))
+        })
+        .collect()
+}
+
 /// Builds the training step of a checked graph with a `train` section.
 ///
 /// Inputs: model inputs, params, `rng_key`, targets, optimizer state, `step`

@@ -1,4 +1,5 @@
-//! Shared test support: a seeded generator and the finite-difference gradient check.
+//! Shared test support: a seeded generator, the finite-difference gradient check and
+//! the compiled-vs-interpreted comparison.
 #![allow(dead_code)]
 
 use kiln::dim::Dim;
@@ -118,4 +119,41 @@ fn input_node(f: &Func, i: usize) -> Id {
         .iter()
         .position(|n| n.op == kiln::ir::Op::Input(i))
         .expect("input node")
+}
+
+/// Runs `f` compiled (with Cranelift's verifier on) and interpreted on the same inputs
+/// and asserts every output agrees to 2e-4 · max(1, |interp|) (tests/jit.rs justifies
+/// the tolerance), and that a second compiled run gives the same bits: which thread ran
+/// which part of a split kernel must not change the result.
+pub fn compare_jit(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
+    use kiln::runtime::{self, Backend};
+    kiln::jit::set_verifier(true);
+    let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
+    let jit = runtime::compile(f, Backend::Jit).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let interp = runtime::compile(f, Backend::Interp).unwrap();
+    let a = jit
+        .run(&views)
+        .unwrap_or_else(|e| panic!("{name}: jit: {e}"));
+    let b = interp
+        .run(&views)
+        .unwrap_or_else(|e| panic!("{name}: interp: {e}"));
+    assert_eq!(a.len(), b.len());
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.shape(), y.shape(), "{name}: output {k} shape");
+        for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+            let tol = 2e-4 * q.abs().max(1.0);
+            assert!(
+                (p - q).abs() <= tol || (p.is_nan() && q.is_nan()),
+                "{name}: output {} [{i}]: jit {p} vs interp {q}",
+                f.outputs[k].0
+            );
+        }
+    }
+    let again = jit.run(&views).unwrap();
+    let same = a.iter().zip(&again).all(|(x, y)| {
+        x.iter()
+            .zip(y.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits() || p.is_nan() && q.is_nan())
+    });
+    assert!(same, "{name}: a second run differs");
 }
