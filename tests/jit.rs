@@ -334,7 +334,13 @@ fn whole_models_train_steps_match() {
             .unwrap();
         let step = lower::train::build(&m.graph).unwrap();
         let mut rng = Rng::new(spec.len() as u64);
-        for batch in [1, 5] {
+        // Batch 300 makes loops and products large enough to split across cores.
+        let batches: &[usize] = if ["mlp", "cnn", "residual"].contains(&spec) {
+            &[1, 5, 300]
+        } else {
+            &[1, 5]
+        };
+        for &batch in batches {
             let ins = random_inputs(&step.func, Some(&m), &mut rng, batch, 7);
             compare(&format!("{spec} step b={batch}"), &step.func, &ins);
         }
