@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+/// A spinning worker offers its core to other threads every this many spins.
+const YIELD_EVERY: u32 = 4096;
+
 /// The most parts one job may have (the width of the `claimed` mask).
 pub const MAX_PARTS: usize = 16;
 
@@ -174,8 +177,16 @@ fn worker(s: &'static Shared, me: usize) {
                 break w;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(256) || start.elapsed() < s.spin {
+            if !spins.is_multiple_of(256) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if start.elapsed() < s.spin {
+                // Give the core away if another thread (the caller, say) is waiting
+                // for it; returns at once when none is.
+                if spins.is_multiple_of(YIELD_EVERY) {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             s.sleeping[me].store(true, SeqCst);
