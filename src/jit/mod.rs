@@ -651,8 +651,8 @@ extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
 }
 
 /// Max pooling's gradient on the call's buffers in place (no copies), split across
-/// the team by batch entry. Returns false (the generic path runs instead) unless both
-/// operands are contiguous.
+/// the team by batch entry. Returns false (the generic path runs instead) for a
+/// rank-0 input.
 fn max_pool_grad(
     frame: &[i64],
     fl: FrameLayout,
@@ -661,26 +661,30 @@ fn max_pool_grad(
 ) -> Result<bool, String> {
     let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
     let (xs, ys) = (shape(&call.arg_shapes[0]), shape(&call.arg_shapes[1]));
-    let contiguous = |a: &Access, shape: &[usize]| {
-        let mut expect = 1i64;
-        (0..shape.len()).rev().all(|d| {
-            let ok = shape[d] == 1 || frame[a.strides[d]] == expect;
-            expect *= shape[d] as i64;
-            ok
-        })
-    };
-    if !contiguous(&call.args[0], &xs) || !contiguous(&call.args[1], &ys) || xs.is_empty() {
+    if xs.is_empty() {
         return Ok(false);
     }
-    let (px, ox, _) = access_parts(frame, fl, &call.args[0]);
-    let (pdy, ody, _) = access_parts(frame, fl, &call.args[1]);
-    // SAFETY: contiguous accesses from their offsets (plan invariant).
-    let (px, pdy) = unsafe {
-        (
-            px.offset(ox as isize) as usize,
-            pdy.offset(ody as isize) as usize,
-        )
+    // Each operand straight from its buffer when contiguous, else a contiguous copy
+    // (dy is often a view into a padded gradient buffer).
+    let operand = |a: &Access, shape: &[usize]| -> (usize, Option<ArrayD<f32>>) {
+        let (p, o, strides) = access_parts(frame, fl, a);
+        let mut expect = 1i64;
+        let contiguous = (0..shape.len()).rev().all(|d| {
+            let ok = shape[d] == 1 || strides[d] == expect;
+            expect *= shape[d] as i64;
+            ok
+        });
+        if contiguous {
+            // SAFETY: a contiguous access from its offset (plan invariant).
+            (unsafe { p.offset(o as isize) } as usize, None)
+        } else {
+            // SAFETY: the access lies within its buffer (plan invariant).
+            let copy = unsafe { gather(p, o, &strides, shape) };
+            (copy.as_ptr() as usize, Some(copy))
+        }
     };
+    let (px, _x_copy) = operand(&call.args[0], &xs);
+    let (pdy, _dy_copy) = operand(&call.args[1], &ys);
     let pdx = frame[fl.sizes + call.out] as usize;
     let batch = xs[0];
     let (xper, yper) = (

@@ -284,6 +284,9 @@ struct Builder<'f> {
     vals: Vec<Option<Val>>,
     uses: Vec<usize>,
     is_output: Vec<bool>,
+    /// Patch matrices already gathered, by input node and window geometry: a
+    /// convolution's kernel gradient reuses its forward pass's.
+    patch_cache: HashMap<(Id, [i64; 10]), Access>,
 }
 
 fn is_elementwise(op: &Op) -> bool {
@@ -669,6 +672,7 @@ impl<'f> Builder<'f> {
             outputs.push((a, s));
         }
         self.fuse_epilogues(&outputs);
+        self.drop_unit_axes();
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
             let touched = reads(k).into_iter().map(|a| a.buf).chain(writes(k));
@@ -686,6 +690,52 @@ impl<'f> Builder<'f> {
             kernels: self.kernels,
             outputs,
             last_use,
+        }
+    }
+
+    /// Removes axes of extent 1 from loop nests (a 1-channel convolution's patch loop
+    /// would otherwise run its innermost loop once per element).
+    fn drop_unit_axes(&mut self) {
+        let sizes = &self.sizes;
+        for k in &mut self.kernels {
+            let Kernel::Loop(l) = k else { continue };
+            if l.epilogue.is_some() {
+                continue;
+            }
+            let unit: Vec<bool> = l
+                .space
+                .iter()
+                .map(|&s| sizes[s].as_const() == Some(1))
+                .collect();
+            if !unit.contains(&true) {
+                continue;
+            }
+            let keep = |a: &mut Access| {
+                let mut d = 0;
+                a.strides.retain(|_| (!unit[d], d += 1).0);
+                let mut d = 0;
+                a.known.retain(|_| (!unit[d], d += 1).0);
+            };
+            for a in &mut l.loads {
+                keep(a);
+            }
+            match &mut l.sink {
+                Sink::Store(a) | Sink::Reduce(_, a) => keep(a),
+            }
+            let renumber: Vec<usize> = (0..unit.len())
+                .map(|d| unit[..d].iter().filter(|&&u| !u).count())
+                .collect();
+            for e in &mut l.expr {
+                if let Expr::Index(ax) = *e {
+                    *e = if unit[ax] {
+                        Expr::Const(0.0)
+                    } else {
+                        Expr::Index(renumber[ax])
+                    };
+                }
+            }
+            let mut d = 0;
+            l.space.retain(|_| (!unit[d], d += 1).0);
         }
     }
 
@@ -1060,6 +1110,30 @@ impl<'f> Builder<'f> {
 
     /// Gathers the patch matrix `[batch·oh·ow, kh·kw·c]` of node `x`.
     fn patches(&mut self, g: &WinGeo, x: Id) -> Access {
+        let key = (
+            x,
+            [
+                g.k[0],
+                g.k[1],
+                g.st[0],
+                g.st[1],
+                g.dl[0],
+                g.dl[1],
+                g.lo[0],
+                g.lo[1],
+                g.padded[0],
+                g.padded[1],
+            ],
+        );
+        if let Some(a) = self.patch_cache.get(&key) {
+            return a.clone();
+        }
+        let a = self.gather_patches(g, x);
+        self.patch_cache.insert(key, a.clone());
+        a
+    }
+
+    fn gather_patches(&mut self, g: &WinGeo, x: Id) -> Access {
         let (buf, off, strides) = self.padded_source(g, x, 0.0);
         let view = self.access(buf, &off, &Self::window_strides(g, &strides));
         let wshape = g.window_shape();
@@ -1316,6 +1390,7 @@ pub fn plan(f: &Func) -> Plan {
         vals: vec![None; f.nodes.len()],
         uses,
         is_output,
+        patch_cache: HashMap::new(),
     };
     b.run()
 }
