@@ -329,6 +329,14 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
     }
 }
 
+/// All four gradients of a recurrent layer at once, (x, kernel, recurrent, bias), each
+/// in its natural shape: `RnnGrad` selects one, so a caller that needs all four can
+/// run back-propagation through time once instead of four times.
+pub fn grads<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
+    check_acts(a)?;
+    backward(a, args)
+}
+
 fn check_acts(a: &RnnAttrs) -> Result<()> {
     for n in [&a.activation, &a.recurrent_activation] {
         if !CELL_ACTIVATIONS.contains(&n.as_str()) {

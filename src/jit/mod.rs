@@ -94,6 +94,12 @@ impl FrameLayout {
 }
 
 thread_local! {
+    /// Counts this thread's calls into compiled code (keys per-call caches).
+    static CALL_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The four gradients of the last recurrent layer back-propagated in this call, by
+    /// call and the `RnnGrad` nodes' operands (the four nodes of one layer share them).
+    static RNN_GRADS: RefCell<Option<(u64, Vec<crate::ir::Id>, Vec<ArrayD<f32>>)>> =
+        const { RefCell::new(None) };
     /// An error raised inside a runtime routine during the current call.
     static CALL_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
 }
@@ -720,6 +726,40 @@ fn max_pool_grad(
     }
 }
 
+/// One gradient of a recurrent layer. Its four `RnnGrad` nodes (x, kernel,
+/// recurrent, bias) take the same operands, so the first one of a call runs
+/// back-propagation through time once for all four and the others take theirs from
+/// the cache.
+fn rnn_grad(
+    node: &Node,
+    attrs: &crate::ir::RnnAttrs,
+    wrt: usize,
+    args: &[&ArrayD<f32>],
+    shape: &[usize],
+) -> Result<ArrayD<f32>, String> {
+    let call = CALL_ID.with(|c| c.get());
+    let cached = RNN_GRADS.with(|g| {
+        g.borrow()
+            .as_ref()
+            .filter(|(c, ids, _)| *c == call && *ids == node.args)
+            .and_then(|(_, _, v)| v.get(wrt).cloned())
+    });
+    let g = match cached {
+        Some(g) => g,
+        None => {
+            let all = crate::ir::rnn::grads(attrs, args).map_err(|e| e.0)?;
+            let g = all
+                .get(wrt)
+                .cloned()
+                .ok_or_else(|| "rnn grad index".to_string())?;
+            RNN_GRADS.with(|c| *c.borrow_mut() = Some((call, node.args.clone(), all)));
+            g
+        }
+    };
+    g.into_shape_with_order(IxDyn(shape))
+        .map_err(|e| e.to_string())
+}
+
 /// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
 /// reference implementation on the call's buffers.
 extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
@@ -755,7 +795,10 @@ extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
             d.eval(env)
                 .ok_or_else(|| crate::ir::IrError(format!("unbound {d}")))
         };
-        let out = interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?;
+        let out = match &node.op {
+            Op::RnnGrad { attrs, wrt } => rnn_grad(node, attrs, *wrt, &arg_refs, &shape)?,
+            _ => interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?,
+        };
         let dst = frame[fl.sizes + call.out] as *mut f32;
         let out = out.as_standard_layout();
         let values = out
@@ -884,6 +927,7 @@ impl JitKernel {
         }
         frame[fl.env_slot()] = &env as *const interp::Env as i64;
         CALL_ERROR.with(|e| *e.borrow_mut() = None);
+        CALL_ID.with(|c| c.set(c.get().wrapping_add(1)));
         // The code writes donated inputs through the mutable pointers taken above.
         (self.entry)(frame.as_mut_ptr());
         if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
