@@ -93,13 +93,15 @@ impl FrameLayout {
     }
 }
 
+/// A call's id, the `RnnGrad` operands and the four gradients.
+type RnnGrads = (u64, Vec<crate::ir::Id>, Vec<ArrayD<f32>>);
+
 thread_local! {
     /// Counts this thread's calls into compiled code (keys per-call caches).
     static CALL_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The four gradients of the last recurrent layer back-propagated in this call, by
     /// call and the `RnnGrad` nodes' operands (the four nodes of one layer share them).
-    static RNN_GRADS: RefCell<Option<(u64, Vec<crate::ir::Id>, Vec<ArrayD<f32>>)>> =
-        const { RefCell::new(None) };
+    static RNN_GRADS: RefCell<Option<RnnGrads>> = const { RefCell::new(None) };
     /// An error raised inside a runtime routine during the current call.
     static CALL_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
 }
