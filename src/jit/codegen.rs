@@ -106,6 +106,29 @@ impl<'a, 'b> Gen<'a, 'b> {
         let off = (self.plan.sizes.len() + buf) * 8;
         self.b.ins().load(self.ptr, flags(), self.frame, off as i32)
     }
+    /// The address of an access's first element (its buffer at its offset).
+    fn base(&mut self, a: &Access) -> Value {
+        let p = self.buf_ptr(a.buf);
+        let off = self.slot(a.offset);
+        let bytes = self.b.ins().ishl_imm_u(off, 2);
+        self.b.ins().iadd(p, bytes)
+    }
+
+    /// `p` advanced to the outer indices `idx` of access `a` (axes with a known zero
+    /// stride skipped).
+    fn advance(&mut self, mut p: Value, a: &Access, idx: &[Value]) -> Value {
+        for (d, &i) in idx.iter().enumerate() {
+            if a.known[d] == Some(0) {
+                continue;
+            }
+            let s = self.stride(a, d);
+            let t = self.b.ins().imul(i, s);
+            let bytes = self.b.ins().ishl_imm_u(t, 2);
+            p = self.b.ins().iadd(p, bytes);
+        }
+        p
+    }
+
     /// A stride as a value: a constant when known statically.
     fn stride(&mut self, a: &Access, axis: usize) -> Value {
         match a.known[axis] {
@@ -253,15 +276,7 @@ impl<'a, 'b> Gen<'a, 'b> {
             return;
         };
         let accs = [k.loads[0].clone(), k.loads[1].clone(), c_acc.clone()];
-        let bases: Vec<Value> = accs
-            .iter()
-            .map(|a| {
-                let p = self.buf_ptr(a.buf);
-                let off = self.slot(a.offset);
-                let bytes = self.b.ins().ishl_imm_u(off, 2);
-                self.b.ins().iadd(p, bytes)
-            })
-            .collect();
+        let bases: Vec<Value> = accs.iter().map(|a| self.base(a)).collect();
         let sa_k = self.stride(&accs[0], nb + 1);
         let sb_k = self.stride(&accs[1], nb + 1);
         let sa_k = self.b.ins().ishl_imm_u(sa_k, 2);
@@ -280,12 +295,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                     .loads
                     .iter()
                     .chain([e.kernel.sink_access()])
-                    .map(|a| {
-                        let p = self.buf_ptr(a.buf);
-                        let off = self.slot(a.offset);
-                        let bytes = self.b.ins().ishl_imm_u(off, 2);
-                        self.b.ins().iadd(p, bytes)
-                    })
+                    .map(|a| self.base(a))
                     .collect()
             })
             .unwrap_or_default();
@@ -315,20 +325,12 @@ impl<'a, 'b> Gen<'a, 'b> {
             return;
         }
         // Row pointers for A and C, and B's batch base.
-        let mut rows = Vec::new();
-        for (a, &base) in g.accs.iter().zip(g.bases) {
-            let mut p = base;
-            for (d, &i) in idx.iter().enumerate() {
-                if a.known[d] == Some(0) {
-                    continue;
-                }
-                let s = self.stride(a, d);
-                let t = self.b.ins().imul(i, s);
-                let bytes = self.b.ins().ishl_imm_u(t, 2);
-                p = self.b.ins().iadd(p, bytes);
-            }
-            rows.push(p);
-        }
+        let rows: Vec<Value> = g
+            .accs
+            .iter()
+            .zip(g.bases)
+            .map(|(a, &base)| self.advance(base, a, &idx))
+            .collect();
         let (a_row, b_base, c_row) = (rows[0], rows[1], rows[2]);
         // With an epilogue (no batch axes): its operands' and sink's row pointers.
         let mut epi_rows = Vec::new();
@@ -340,15 +342,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 .chain([e.kernel.sink_access()])
                 .collect();
             for (a, &base) in accesses.into_iter().zip(g.epi_bases) {
-                let p = if a.known[0] == Some(0) {
-                    base
-                } else {
-                    let s = self.stride(a, 0);
-                    let t = self.b.ins().imul(idx[0], s);
-                    let bytes = self.b.ins().ishl_imm_u(t, 2);
-                    self.b.ins().iadd(base, bytes)
-                };
-                epi_rows.push(p);
+                epi_rows.push(self.advance(base, a, &idx));
             }
         }
         let c_row = (c_row, &epi_rows[..]);
@@ -667,21 +661,11 @@ impl<'a, 'b> Gen<'a, 'b> {
     fn emit_loop_nest(&mut self, k: &LoopKernel) {
         let rank = k.space.len();
         let extents: Vec<Value> = k.space.iter().map(|&s| self.slot(s)).collect();
-        let sink_access = match &k.sink {
-            Sink::Store(a) | Sink::Reduce(_, a) => a.clone(),
-        };
+        let sink_access = k.sink_access().clone();
         // Bases (element pointers at offset) for every access.
         let mut accesses: Vec<Access> = k.loads.clone();
         accesses.push(sink_access.clone());
-        let bases: Vec<Value> = accesses
-            .iter()
-            .map(|a| {
-                let p = self.buf_ptr(a.buf);
-                let off = self.slot(a.offset);
-                let bytes = self.b.ins().ishl_imm_u(off, 2);
-                self.b.ins().iadd(p, bytes)
-            })
-            .collect();
+        let bases: Vec<Value> = accesses.iter().map(|a| self.base(a)).collect();
         let levels = levels(k, rank);
         // Kernel-invariant scalars.
         let mut scalar: Vec<Option<Value>> = vec![None; k.expr.len()];
@@ -907,18 +891,8 @@ impl<'a, 'b> Gen<'a, 'b> {
     /// A reduction's epilogue at the outer indices `idx` of a finished element `r`.
     fn reduce_epilogue(&mut self, e: &Epilogue, idx: &[Value], r: Value) {
         let at = |g: &mut Self, a: &Access| -> Value {
-            let p = g.buf_ptr(a.buf);
-            let mut off = g.slot(a.offset);
-            for (d, &i) in idx.iter().enumerate() {
-                if a.known[d] == Some(0) {
-                    continue;
-                }
-                let s = g.stride(a, d);
-                let t = g.b.ins().imul(i, s);
-                off = g.b.ins().iadd(off, t);
-            }
-            let bytes = g.b.ins().ishl_imm_u(off, 2);
-            g.b.ins().iadd(p, bytes)
+            let p = g.base(a);
+            g.advance(p, a, idx)
         };
         let mut vals: Vec<Option<Value>> = vec![None; e.kernel.expr.len()];
         for (i, ex) in e.kernel.expr.iter().enumerate() {

@@ -165,16 +165,6 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
     }
 }
 
-impl GemmKernel {
-    /// The buffer holding the finished result.
-    pub fn out(&self) -> BufId {
-        match &self.epilogue {
-            Some(e) => e.kernel.sink_access().buf,
-            None => self.c,
-        }
-    }
-}
-
 impl LoopKernel {
     pub fn sink_access(&self) -> &Access {
         match &self.sink {
