@@ -1,5 +1,14 @@
 //! The `kiln` binary: argument parsing and exit codes only; the work is in the library.
 
 fn main() {
+    // Like other command-line tools, end quietly when the reader of our output goes
+    // away (`kiln ir … | head`): Rust ignores SIGPIPE, which turns the next write into
+    // a panic.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal at startup, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::process::exit(kiln::cli::main());
 }

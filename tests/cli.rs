@@ -890,3 +890,38 @@ fn did_you_mean_is_the_same_every_run() {
             .stderr_has("did you mean `dense_a`?");
     }
 }
+
+/// A reader that stops early (`kiln ir … | head -1`) ends kiln quietly, as it does
+/// `cat`: no panic message about a broken pipe.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "ir",
+            &format!("{}/specs/cnn.yaml", env!("CARGO_MANIFEST_DIR")),
+            "--stage",
+            "clif",
+            "--step",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("function"), "{first}");
+    // The reader is gone now; kiln has far more to print.
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(status.code(), Some(101), "{err}");
+}
