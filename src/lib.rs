@@ -20,6 +20,7 @@ pub mod plot;
 pub mod runtime;
 pub mod spec;
 pub mod summary;
+pub mod types;
 pub mod weights;
 
 use std::fmt;

@@ -21,7 +21,10 @@ fn array(ty: &kiln::layers::TensorType, salt: u64, target: bool) -> ArrayD<f32> 
         .shape
         .iter()
         .enumerate()
-        .map(|(i, d)| d.as_const().map_or(if i == 0 { 40 } else { 6 }, |c| c as usize))
+        .map(|(i, d)| {
+            d.as_const()
+                .map_or(if i == 0 { 40 } else { 6 }, |c| c as usize)
+        })
         .collect();
     let n: usize = shape.iter().product();
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;

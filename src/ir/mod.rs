@@ -20,10 +20,10 @@ pub mod window;
 use std::fmt::{self, Write};
 
 use crate::dim::{Dim, fmt_shape};
-use crate::spec::DType;
+use crate::types::DType;
 
 /// The type of a value: a symbolic shape and an element type.
-pub type Type = crate::layers::TensorType;
+pub type Type = crate::types::TensorType;
 
 /// A value: the index of the node that computes it.
 pub type Id = usize;

@@ -10,7 +10,7 @@ use ndarray::{Array2, ArrayD, IxDyn};
 use super::interp::Real;
 use super::{Func, Id, Op, Result, Type, err};
 use crate::dim::Dim;
-use crate::layers::window_out;
+use crate::types::window_out;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Padding {

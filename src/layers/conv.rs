@@ -3,28 +3,8 @@
 
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
-use crate::dim::{Dim, Overflow};
-
-/// Output length of a window sliding over `len` (Keras's `compute_conv_output_shape`).
-pub fn window_out(
-    len: &Dim,
-    k: i64,
-    stride: i64,
-    dilation: i64,
-    padding: &str,
-) -> Result<Dim, Overflow> {
-    match padding {
-        // `same` and `causal` pad so that out = ceil(len / stride).
-        "same" | "causal" => len.ceil_div(stride),
-        _ => {
-            let eff = dilation
-                .checked_mul(k - 1)
-                .and_then(|x| x.checked_add(1))
-                .ok_or(Overflow)?;
-            len.add_const(-eff)?.floor_div(stride)?.add_const(1)
-        }
-    }
-}
+use crate::dim::Dim;
+use crate::types::window_out;
 
 const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {
     [

@@ -5,7 +5,6 @@
 
 mod attention;
 mod conv;
-pub use conv::window_out;
 mod core;
 mod merge;
 mod norm;
@@ -16,38 +15,8 @@ use std::ops::Range;
 
 use crate::args::{ArgSpec, Args, Value};
 use crate::diag::Diagnostic;
-use crate::dim::{Dim, Overflow, fmt_shape};
-use crate::spec::DType;
-
-/// The type of a tensor flowing between layers.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TensorType {
-    pub shape: Vec<Dim>,
-    pub dtype: DType,
-}
-
-impl TensorType {
-    pub fn new(shape: Vec<Dim>, dtype: DType) -> Self {
-        TensorType { shape, dtype }
-    }
-    pub fn f32(shape: Vec<Dim>) -> Self {
-        TensorType::new(shape, DType::F32)
-    }
-    pub fn rank(&self) -> usize {
-        self.shape.len()
-    }
-    pub fn last(&self) -> &Dim {
-        &self.shape[self.shape.len() - 1]
-    }
-    /// `[batch, 8, 8, 1]`, with ` i32` appended for integer tensors.
-    pub fn describe(&self) -> String {
-        if self.dtype == DType::F32 {
-            fmt_shape(&self.shape)
-        } else {
-            format!("{} {}", fmt_shape(&self.shape), self.dtype.name())
-        }
-    }
-}
+use crate::dim::{Dim, Overflow};
+pub use crate::types::{TensorType, group_digits};
 
 /// A trainable or non-trainable weight of a layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -338,19 +307,6 @@ fn rank_help(layer: &str, input: &TensorType, want: &[usize]) -> String {
         (_, _, _) if got > 2 && want == [2] => "add `flatten` or a global pooling layer before it".into(),
         _ => "check the layers before this one".into(),
     }
-}
-
-/// Writes `n` with thousands separators, as Keras's summary does.
-pub fn group_digits(n: i64) -> String {
-    let s = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
 }
 
 impl std::fmt::Debug for LayerKind {

@@ -15,35 +15,7 @@ use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::Dim;
 use yaml::{Kind, Node, Scalar};
 
-/// Element types of tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    I32,
-    I64,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::I32 => "i32",
-            DType::I64 => "i64",
-        }
-    }
-    pub fn is_int(self) -> bool {
-        !matches!(self, DType::F32)
-    }
-    /// Parses kiln's names and the NumPy/Keras spellings.
-    pub fn parse(s: &str) -> Option<DType> {
-        match s {
-            "f32" | "float32" | "float" => Some(DType::F32),
-            "i32" | "int32" => Some(DType::I32),
-            "i64" | "int64" | "int" => Some(DType::I64),
-            _ => None,
-        }
-    }
-}
+pub use crate::types::DType;
 
 /// A dimension as written, with its span.
 #[derive(Clone, Debug, PartialEq)]
