@@ -2,8 +2,12 @@
 //! means self-attention). Projections are Keras's EinsumDense sub-layers with kernels
 //! `[d_model, heads, key_dim]` and an output projection `[heads, value_dim, d_out]`.
 
+use super::NO_FACTS;
+use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, Default, FRACTION, arg, int};
+use crate::ir::{Id, Result};
+use crate::lower::activation;
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",
@@ -29,6 +33,8 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     ],
     arity: Arity::Range(1, 3),
     infer: mha,
+    lower: lower_attention,
+    facts: NO_FACTS,
 };
 
 fn mha(cx: &mut Ctx) -> Option<Inferred> {
@@ -104,4 +110,63 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::f32(vec![q.shape[0].clone(), q.shape[1].clone(), dout.into()]),
         params,
     })
+}
+
+/// One EinsumDense projection `[B, T, D] × [D, H, K] + [H, K]` → `[B, H, T, K]`.
+fn project(lw: &mut LowerCx, l: &Call, x: Id, which: &str) -> Result<Id> {
+    let shape = lw.f.ty(x).shape.clone();
+    let (b, t, d) = (shape[0].clone(), shape[1].clone(), shape[2].clone());
+    let k = l.param(lw, &format!("{which}/kernel"))?;
+    let kshape = lw.f.ty(k).shape.clone();
+    let (h, kd) = (kshape[1].clone(), kshape[2].clone());
+    let hk = h.mul(&kd).map_err(overflow)?;
+    let bt = b.mul(&t).map_err(overflow)?;
+    let x2 = lw.f.reshape(x, vec![bt, d.clone()])?;
+    let k2 = lw.f.reshape(k, vec![d, hk])?;
+    let mut y = lw.f.matmul(x2, k2, false, false)?;
+    if l.args.bool("use_bias") {
+        let bias = l.param(lw, &format!("{which}/bias"))?;
+        let hk = lw.f.ty(y).last().clone();
+        let b1 = lw.f.reshape(bias, vec![hk])?;
+        y = lw.f.add(y, b1)?;
+    }
+    let y4 = lw.f.reshape(y, vec![b, t, h, kd])?;
+    lw.f.transpose(y4, vec![0, 2, 1, 3])
+}
+
+/// Keras's MultiHeadAttention: scaled dot-product over the key axis, softmax, dropout
+/// on the attention probabilities in training, and the output projection.
+fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let q_in = x[0];
+    let v_in = if x.len() > 1 { x[1] } else { x[0] };
+    let k_in = if x.len() > 2 { x[2] } else { v_in };
+    let key_dim = l.args.int("key_dim") as f64;
+    let q = project(lw, l, q_in, "query")?;
+    let k = project(lw, l, k_in, "key")?;
+    let v = project(lw, l, v_in, "value")?;
+    let qs = lw.f.mul_c(q, 1.0 / key_dim.sqrt())?;
+    let scores = lw.f.matmul(qs, k, false, true)?;
+    let probs = activation::softmax(&mut lw.f, scores, 3)?;
+    let probs = dropout(lw, probs, l.args.float("dropout"))?;
+    let o = lw.f.matmul(probs, v, false, false)?; // [B, H, Tq, V]
+    let o = lw.f.transpose(o, vec![0, 2, 1, 3])?; // [B, Tq, H, V]
+    let oshape = lw.f.ty(o).shape.clone();
+    let (b, t, h, vd) = (
+        oshape[0].clone(),
+        oshape[1].clone(),
+        oshape[2].clone(),
+        oshape[3].clone(),
+    );
+    let bt = b.mul(&t).map_err(overflow)?;
+    let hv = h.mul(&vd).map_err(overflow)?;
+    let o2 = lw.f.reshape(o, vec![bt, hv.clone()])?;
+    let wo = l.param(lw, "attention_output/kernel")?;
+    let dout = lw.f.ty(wo).last().clone();
+    let wo2 = lw.f.reshape(wo, vec![hv, dout.clone()])?;
+    let mut y = lw.f.matmul(o2, wo2, false, false)?;
+    if l.args.bool("use_bias") {
+        let bo = l.param(lw, "attention_output/bias")?;
+        y = lw.f.add(y, bo)?;
+    }
+    lw.f.reshape(y, vec![b, t, dout])
 }

@@ -1,9 +1,14 @@
 //! Convolution and pooling (channels_last): conv1d/2d, max/average pooling 1d/2d and
 //! global pooling. The window arithmetic is shared and exact on symbolic lengths.
 
+use super::lower::{Call, LowerCx, mean};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{Facts, NO_FACTS};
+use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::dim::Dim;
+use crate::ir::{ConvAttrs, Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
+use crate::lower::activation;
 use crate::types::window_out;
 
 const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {
@@ -46,6 +51,11 @@ pub const CONV1D: LayerKind = LayerKind {
     args: &CONV1D_ARGS,
     arity: Arity::One,
     infer: conv,
+    lower: lower_conv,
+    facts: Facts {
+        spatial: Some(1),
+        ..NO_FACTS
+    },
 };
 
 pub const CONV2D: LayerKind = LayerKind {
@@ -54,6 +64,11 @@ pub const CONV2D: LayerKind = LayerKind {
     args: &CONV2D_ARGS,
     arity: Arity::One,
     infer: conv,
+    lower: lower_conv,
+    facts: Facts {
+        spatial: Some(2),
+        ..NO_FACTS
+    },
 };
 
 /// Integer tuple arguments are stored expanded (`3` → `[3, 3]`); a `null` default
@@ -123,7 +138,7 @@ fn spatial_out(
 }
 
 fn conv(cx: &mut Ctx) -> Option<Inferred> {
-    let n = if cx.kind.name == "conv1d" { 1 } else { 2 };
+    let n = cx.kind.facts.spatial?;
     cx.expect_float()?;
     let layout = if n == 1 {
         "[batch, steps, channels]"
@@ -194,6 +209,12 @@ pub const MAX_POOLING1D: LayerKind = LayerKind {
     args: &POOL1D_ARGS,
     arity: Arity::One,
     infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(1),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
 };
 pub const MAX_POOLING2D: LayerKind = LayerKind {
     name: "max_pooling2d",
@@ -201,6 +222,12 @@ pub const MAX_POOLING2D: LayerKind = LayerKind {
     args: &POOL2D_ARGS,
     arity: Arity::One,
     infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(2),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
 };
 pub const AVERAGE_POOLING1D: LayerKind = LayerKind {
     name: "average_pooling1d",
@@ -208,6 +235,12 @@ pub const AVERAGE_POOLING1D: LayerKind = LayerKind {
     args: &POOL1D_ARGS,
     arity: Arity::One,
     infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(1),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
 };
 pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
     name: "average_pooling2d",
@@ -215,10 +248,16 @@ pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
     args: &POOL2D_ARGS,
     arity: Arity::One,
     infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(2),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
 };
 
 fn pool(cx: &mut Ctx) -> Option<Inferred> {
-    let n = if cx.kind.name.ends_with("1d") { 1 } else { 2 };
+    let n = cx.kind.facts.spatial?;
     cx.expect_float()?;
     let layout = if n == 1 {
         "[batch, steps, channels]"
@@ -247,6 +286,12 @@ pub const GLOBAL_AVERAGE_POOLING1D: LayerKind = LayerKind {
     args: GLOBAL_ARGS,
     arity: Arity::One,
     infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(1),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
 };
 pub const GLOBAL_AVERAGE_POOLING2D: LayerKind = LayerKind {
     name: "global_average_pooling2d",
@@ -254,6 +299,12 @@ pub const GLOBAL_AVERAGE_POOLING2D: LayerKind = LayerKind {
     args: GLOBAL_ARGS,
     arity: Arity::One,
     infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(2),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
 };
 pub const GLOBAL_MAX_POOLING1D: LayerKind = LayerKind {
     name: "global_max_pooling1d",
@@ -261,6 +312,12 @@ pub const GLOBAL_MAX_POOLING1D: LayerKind = LayerKind {
     args: GLOBAL_ARGS,
     arity: Arity::One,
     infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(1),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
 };
 pub const GLOBAL_MAX_POOLING2D: LayerKind = LayerKind {
     name: "global_max_pooling2d",
@@ -268,10 +325,16 @@ pub const GLOBAL_MAX_POOLING2D: LayerKind = LayerKind {
     args: GLOBAL_ARGS,
     arity: Arity::One,
     infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(2),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
 };
 
 fn global_pool(cx: &mut Ctx) -> Option<Inferred> {
-    let n = if cx.kind.name.ends_with("1d") { 1 } else { 2 };
+    let n = cx.kind.facts.spatial?;
     cx.expect_float()?;
     let layout = if n == 1 {
         "[batch, steps, channels]"
@@ -289,6 +352,56 @@ fn global_pool(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::f32(shape),
         params: Vec::new(),
     })
+}
+
+fn lower_conv(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let a = l.args;
+    let attrs = ConvAttrs {
+        strides: a.ints("strides").to_vec(),
+        dilation: a.ints("dilation_rate").to_vec(),
+        padding: Padding::parse(a.str("padding")),
+        groups: a.int("groups"),
+    };
+    let k = l.param(lw, "kernel")?;
+    let mut y = lw.f.push(Op::Conv(attrs), &[x[0], k])?;
+    if a.bool("use_bias") {
+        let b = l.param(lw, "bias")?;
+        y = lw.f.add(y, b)?;
+    }
+    activation::apply(&mut lw.f, a.str("activation"), y)
+}
+
+fn pool_kind(l: &Call) -> Result<PoolKind> {
+    l.kind
+        .facts
+        .pool
+        .ok_or_else(|| crate::ir::IrError(format!("`{}` has no pooling kind", l.kind.name)))
+}
+
+fn lower_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let a = l.args;
+    let window = a.ints("pool_size").to_vec();
+    let strides = match a.get("strides") {
+        Value::Ints(s) => s.clone(),
+        _ => window.clone(),
+    };
+    let attrs = WindowAttrs {
+        window,
+        strides,
+        padding: Padding::parse(a.str("padding")),
+    };
+    let kind = pool_kind(l)?;
+    lw.f.push(Op::Pool { kind, attrs }, &[x[0]])
+}
+
+fn lower_global_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let rank = lw.f.ty(x[0]).rank();
+    let axes: Vec<usize> = (1..rank - 1).collect();
+    let y = match pool_kind(l)? {
+        PoolKind::Max => lw.f.reduce(ReduceOp::Max, x[0], axes)?,
+        PoolKind::Avg => mean(lw, x[0], &axes)?,
+    };
+    lw.f.reshape(y, l.output.shape.clone())
 }
 
 #[cfg(test)]

@@ -1,7 +1,13 @@
 //! Core layers: dense, embedding, dropout and the activation layers.
 
+use super::lower::{Call, LowerCx, dropout};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{Facts, NO_FACTS};
+use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
+use crate::ir::{Id, Op, Result};
+use crate::lower::activation;
+use crate::types::DType;
 
 const KERNEL_INIT: ArgSpec = arg(
     "kernel_initializer",
@@ -26,6 +32,8 @@ pub const DENSE: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: dense,
+    lower: lower_dense,
+    facts: NO_FACTS,
 };
 
 /// Dense contracts the last axis, on any rank ≥ 2 (as Keras).
@@ -74,6 +82,11 @@ pub const EMBEDDING: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: embedding,
+    lower: lower_embedding,
+    facts: Facts {
+        looks_up: true,
+        ..NO_FACTS
+    },
 };
 
 fn embedding(cx: &mut Ctx) -> Option<Inferred> {
@@ -105,6 +118,8 @@ pub const DROPOUT: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: identity,
+    lower: lower_dropout,
+    facts: NO_FACTS,
 };
 
 /// Layers that keep their input's shape and have no weights.
@@ -122,6 +137,8 @@ pub const ACTIVATION: LayerKind = LayerKind {
     args: &[arg("activation", ArgKind::Activation, Default::Required)],
     arity: Arity::One,
     infer: identity,
+    lower: lower_activation,
+    facts: NO_FACTS,
 };
 
 pub const RELU: LayerKind = LayerKind {
@@ -138,6 +155,8 @@ pub const RELU: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: identity,
+    lower: lower_relu,
+    facts: NO_FACTS,
 };
 
 pub const LEAKY_RELU: LayerKind = LayerKind {
@@ -151,6 +170,8 @@ pub const LEAKY_RELU: LayerKind = LayerKind {
     )],
     arity: Arity::One,
     infer: identity,
+    lower: lower_leaky_relu,
+    facts: NO_FACTS,
 };
 
 pub const ELU: LayerKind = LayerKind {
@@ -163,6 +184,8 @@ pub const ELU: LayerKind = LayerKind {
     )],
     arity: Arity::One,
     infer: identity,
+    lower: lower_elu,
+    facts: NO_FACTS,
 };
 
 pub const SIGMOID: LayerKind = LayerKind {
@@ -171,6 +194,8 @@ pub const SIGMOID: LayerKind = LayerKind {
     args: &[],
     arity: Arity::One,
     infer: identity,
+    lower: lower_named_activation,
+    facts: NO_FACTS,
 };
 
 pub const TANH: LayerKind = LayerKind {
@@ -179,6 +204,8 @@ pub const TANH: LayerKind = LayerKind {
     args: &[],
     arity: Arity::One,
     infer: identity,
+    lower: lower_named_activation,
+    facts: NO_FACTS,
 };
 
 pub const SOFTMAX: LayerKind = LayerKind {
@@ -187,6 +214,8 @@ pub const SOFTMAX: LayerKind = LayerKind {
     args: &[arg("axis", int(-64), Default::Int(-1))],
     arity: Arity::One,
     infer: softmax,
+    lower: lower_softmax,
+    facts: NO_FACTS,
 };
 
 fn softmax(cx: &mut Ctx) -> Option<Inferred> {
@@ -201,6 +230,8 @@ pub const GELU: LayerKind = LayerKind {
     args: &[arg("approximate", ArgKind::Bool, Default::Bool(false))],
     arity: Arity::One,
     infer: identity,
+    lower: lower_gelu,
+    facts: NO_FACTS,
 };
 
 pub const SILU: LayerKind = LayerKind {
@@ -209,4 +240,72 @@ pub const SILU: LayerKind = LayerKind {
     args: &[],
     arity: Arity::One,
     infer: identity,
+    lower: lower_named_activation,
+    facts: NO_FACTS,
 };
+
+/// Dense contracts the last axis; leading axes are flattened into one.
+fn lower_dense(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let shape = lw.f.ty(x[0]).shape.clone();
+    let r = shape.len();
+    let lead = crate::dim::product(&shape[..r - 1]).map_err(super::lower::overflow)?;
+    let x2 = lw.f.reshape(x[0], vec![lead, shape[r - 1].clone()])?;
+    let k = l.param(lw, "kernel")?;
+    let mut y = lw.f.matmul(x2, k, false, false)?;
+    if l.args.bool("use_bias") {
+        let b = l.param(lw, "bias")?;
+        y = lw.f.add(y, b)?;
+    }
+    let mut out = shape[..r - 1].to_vec();
+    out.push(lw.f.ty(y).last().clone());
+    let y = lw.f.reshape(y, out)?;
+    activation::apply(&mut lw.f, l.args.str("activation"), y)
+}
+
+fn lower_embedding(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let table = l.param(lw, "embeddings")?;
+    let idx = lw.f.push(Op::Cast(DType::I32), &[x[0]])?;
+    lw.f.push(Op::Gather, &[table, idx])
+}
+
+fn lower_dropout(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    dropout(lw, x[0], l.args.float("rate"))
+}
+
+fn lower_activation(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    activation::apply(&mut lw.f, l.args.str("activation"), x[0])
+}
+
+fn lower_relu(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let a = l.args;
+    let max = match a.get("max_value") {
+        Value::Float(v) => Some(*v),
+        Value::Int(v) => Some(*v as f64),
+        _ => None,
+    };
+    let (slope, threshold) = (a.float("negative_slope"), a.float("threshold"));
+    activation::relu_layer(&mut lw.f, x[0], max, slope, threshold)
+}
+
+fn lower_leaky_relu(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    activation::leaky(&mut lw.f, x[0], l.args.float("negative_slope"))
+}
+
+fn lower_elu(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    activation::elu(&mut lw.f, x[0], l.args.float("alpha"))
+}
+
+/// Activation layers whose name is also the name of their activation function.
+fn lower_named_activation(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    activation::apply(&mut lw.f, l.kind.name, x[0])
+}
+
+fn lower_gelu(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    activation::gelu(&mut lw.f, x[0], l.args.bool("approximate"))
+}
+
+fn lower_softmax(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let rank = lw.f.ty(x[0]).rank();
+    let axis = super::lower::norm_axis(l.args.int("axis"), rank);
+    activation::softmax(&mut lw.f, x[0], axis)
+}

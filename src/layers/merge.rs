@@ -1,9 +1,12 @@
 //! Merging layers: add, subtract, multiply (equal shapes, size-1 axes broadcast) and
 //! concatenate (equal shapes except on `axis`, whose sizes add up symbolically).
 
+use super::NO_FACTS;
+use super::lower::{Call, LowerCx, expand, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{Default, arg, int};
 use crate::dim::{Dim, fmt_shape};
+use crate::ir::{Func, Id, Op, Result};
 
 pub const ADD: LayerKind = LayerKind {
     name: "add",
@@ -11,6 +14,8 @@ pub const ADD: LayerKind = LayerKind {
     args: &[],
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
+    lower: lower_add,
+    facts: NO_FACTS,
 };
 pub const SUBTRACT: LayerKind = LayerKind {
     name: "subtract",
@@ -18,6 +23,8 @@ pub const SUBTRACT: LayerKind = LayerKind {
     args: &[],
     arity: Arity::Range(2, 2),
     infer: elementwise,
+    lower: lower_subtract,
+    facts: NO_FACTS,
 };
 pub const MULTIPLY: LayerKind = LayerKind {
     name: "multiply",
@@ -25,6 +32,8 @@ pub const MULTIPLY: LayerKind = LayerKind {
     args: &[],
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
+    lower: lower_multiply,
+    facts: NO_FACTS,
 };
 
 fn elementwise(cx: &mut Ctx) -> Option<Inferred> {
@@ -70,6 +79,8 @@ pub const CONCATENATE: LayerKind = LayerKind {
     args: &[arg("axis", int(-64), Default::Int(-1))],
     arity: Arity::Range(2, usize::MAX),
     infer: concatenate,
+    lower: lower_concatenate,
+    facts: NO_FACTS,
 };
 
 fn concatenate(cx: &mut Ctx) -> Option<Inferred> {
@@ -109,4 +120,37 @@ fn concatenate(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::new(out, dtype),
         params: Vec::new(),
     })
+}
+
+/// Folds the inputs with `op`, broadcasting size-1 axes to the output shape.
+fn fold(
+    lw: &mut LowerCx,
+    l: &Call,
+    x: &[Id],
+    op: fn(&mut Func, Id, Id) -> Result<Id>,
+) -> Result<Id> {
+    let shape = l.output.shape.clone();
+    let mut acc = expand(lw, x[0], &shape)?;
+    for &v in &x[1..] {
+        let v = expand(lw, v, &shape)?;
+        acc = op(&mut lw.f, acc, v)?;
+    }
+    Ok(acc)
+}
+
+fn lower_add(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    fold(lw, l, x, Func::add)
+}
+
+fn lower_subtract(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    fold(lw, l, x, Func::sub)
+}
+
+fn lower_multiply(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    fold(lw, l, x, Func::mul)
+}
+
+fn lower_concatenate(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let axis = norm_axis(l.args.int("axis"), l.output.rank());
+    lw.f.push(Op::Concat { axis }, x)
 }

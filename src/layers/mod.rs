@@ -6,6 +6,8 @@
 mod attention;
 mod conv;
 mod core;
+mod lower;
+pub use lower::{Call, LowerCx, Mode};
 mod merge;
 mod norm;
 mod recurrent;
@@ -16,6 +18,7 @@ use std::ops::Range;
 use crate::args::{ArgSpec, Args, Value};
 use crate::diag::Diagnostic;
 use crate::dim::{Dim, Overflow};
+use crate::ir::{Cell, Id, PoolKind};
 pub use crate::types::{TensorType, group_digits};
 
 /// A trainable or non-trainable weight of a layer.
@@ -61,6 +64,48 @@ pub struct LayerKind {
     /// The shape rule: checks the inputs against the arguments, reports problems through
     /// the context, and returns the output type and parameters.
     pub infer: fn(&mut Ctx) -> Option<Inferred>,
+    /// The lowering to graph IR with Keras's numerics: the layer's input values in,
+    /// its output value out (parameters come from the context by key).
+    pub lower: fn(&mut LowerCx, &Call, &[Id]) -> crate::ir::Result<Id>,
+    /// What the rest of kiln may need to know about this kind, as data.
+    pub facts: Facts,
+}
+
+/// Typed facts about a layer kind, so that no code outside the catalog entry has to
+/// recognize the kind by its name.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    /// The number of spatial axes of a convolution or pooling layer (1 or 2).
+    pub spatial: Option<usize>,
+    /// Max or average, for pooling layers.
+    pub pool: Option<PoolKind>,
+    /// The recurrent cell, for recurrent layers.
+    pub cell: Option<&'static CellFacts>,
+    /// The layer looks its integer input up in a table (`embedding`): the input holds
+    /// indices below the argument `input_dim`.
+    pub looks_up: bool,
+}
+
+/// The facts of a kind that has none of the above.
+pub const NO_FACTS: Facts = Facts {
+    spatial: None,
+    pool: None,
+    cell: None,
+    looks_up: false,
+};
+
+/// A recurrent layer's cell, as Keras lays out its weights.
+#[derive(Clone, Copy, Debug)]
+pub struct CellFacts {
+    pub cell: Cell,
+    /// The sub-layer holding the weights (`lstm_cell`).
+    pub prefix: &'static str,
+    /// Gates side by side in the kernel's columns (LSTM 4, GRU 3, simple RNN 1).
+    pub gates: i64,
+    /// Keras's `unit_forget_bias`: the forget gate's slice of the bias starts at 1.
+    pub unit_forget_bias: bool,
+    /// GRU's `reset_after` gives a bias of two rows (input and recurrent).
+    pub split_bias: bool,
 }
 
 /// Every layer kiln knows.
@@ -196,7 +241,7 @@ impl Ctx<'_> {
         };
         let ty = self.input().describe();
         let name = self.inputs[0].name.to_string();
-        let help = rank_help(self.kind.name, self.input(), ranks);
+        let help = rank_help(self.kind, self.input(), ranks);
         self.shape_error(
             "E0501",
             format!(
@@ -280,11 +325,10 @@ impl Ctx<'_> {
     }
 }
 
-fn rank_help(layer: &str, input: &TensorType, want: &[usize]) -> String {
+fn rank_help(kind: &LayerKind, input: &TensorType, want: &[usize]) -> String {
     let got = input.rank();
-    let spatial = layer.contains("2d") && want.contains(&4);
-    let seq = (layer.contains("1d") || ["simple_rnn", "lstm", "gru"].contains(&layer))
-        && want.contains(&3);
+    let spatial = kind.facts.spatial == Some(2) && want.contains(&4);
+    let seq = (kind.facts.spatial == Some(1) || kind.facts.cell.is_some()) && want.contains(&3);
     match (got, spatial, seq) {
         (2, true, _) => {
             // A flat square image (784 = 28×28) can be given its axes back.

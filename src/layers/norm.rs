@@ -1,8 +1,11 @@
 //! Normalization: batch_normalization and layer_normalization (Keras's defaults:
 //! axis -1, epsilon 1e-3, momentum 0.99).
 
+use super::NO_FACTS;
+use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
 use crate::args::{ArgKind, Default, FRACTION, POSITIVE_FLOAT, arg, int};
+use crate::ir::{Id, Result, Unary};
 
 pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
     name: "batch_normalization",
@@ -36,6 +39,8 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: batch_norm,
+    lower: lower_batch_norm,
+    facts: NO_FACTS,
 };
 
 fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
@@ -89,6 +94,8 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
     ],
     arity: Arity::One,
     infer: layer_norm,
+    lower: lower_layer_norm,
+    facts: NO_FACTS,
 };
 
 fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
@@ -125,4 +132,95 @@ fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
         output: cx.input().clone(),
         params,
     })
+}
+
+/// Batch normalization: batch mean and biased variance in training (and the moving
+/// averages updated as Keras does); the moving statistics at inference.
+fn lower_batch_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let x = x[0];
+    let shape = lw.f.ty(x).shape.clone();
+    let rank = shape.len();
+    let axis = norm_axis(l.args.int("axis"), rank);
+    let reduce: Vec<usize> = (0..rank).filter(|&i| i != axis).collect();
+    let eps = l.args.float("epsilon");
+    let momentum = l.args.float("momentum");
+    let mm = l.param(lw, "moving_mean")?;
+    let mv = l.param(lw, "moving_variance")?;
+    let (m, v) = if lw.mode == Mode::Train {
+        let m = mean(lw, x, &reduce)?;
+        let mb = lw.f.broadcast(m, &shape, &[axis])?;
+        let d = lw.f.sub(x, mb)?;
+        let d2 = lw.f.mul(d, d)?;
+        let v = mean(lw, d2, &reduce)?;
+        for (key, stat, batch) in [("moving_mean", mm, m), ("moving_variance", mv, v)] {
+            let old = lw.f.mul_c(stat, momentum)?;
+            let new = lw.f.mul_c(batch, 1.0 - momentum)?;
+            let upd = lw.f.add(old, new)?;
+            lw.updates.push((format!("{}/{key}", l.name), upd));
+        }
+        (m, v)
+    } else {
+        (mm, mv)
+    };
+    let ve = lw.f.add_c(v, eps)?;
+    let inv = lw.f.unary(Unary::Rsqrt, ve)?;
+    let mut scale = inv;
+    if l.args.bool("scale") {
+        let g = l.param(lw, "gamma")?;
+        scale = lw.f.mul(scale, g)?;
+    }
+    let mb = lw.f.broadcast(m, &shape, &[axis])?;
+    let sb = lw.f.broadcast(scale, &shape, &[axis])?;
+    let d = lw.f.sub(x, mb)?;
+    let mut y = lw.f.mul(d, sb)?;
+    if l.args.bool("center") {
+        let b = l.param(lw, "beta")?;
+        let bb = lw.f.broadcast(b, &shape, &[axis])?;
+        y = lw.f.add(y, bb)?;
+    }
+    Ok(y)
+}
+
+/// Layer normalization over `axis` (biased variance), gamma/beta on those axes.
+fn lower_layer_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let x = x[0];
+    let shape = lw.f.ty(x).shape.clone();
+    let rank = shape.len();
+    let axes: Vec<usize> = l
+        .args
+        .ints("axis")
+        .iter()
+        .map(|&a| norm_axis(a, rank))
+        .collect();
+    let mut sorted = axes.clone();
+    sorted.sort();
+    let kept: Vec<usize> = (0..rank).filter(|i| !sorted.contains(i)).collect();
+    let eps = l.args.float("epsilon");
+    let m = mean(lw, x, &sorted)?;
+    let mb = lw.f.broadcast(m, &shape, &kept)?;
+    let d = lw.f.sub(x, mb)?;
+    let d2 = lw.f.mul(d, d)?;
+    let v = mean(lw, d2, &sorted)?;
+    let ve = lw.f.add_c(v, eps)?;
+    let inv = lw.f.unary(Unary::Rsqrt, ve)?;
+    let ib = lw.f.broadcast(inv, &shape, &kept)?;
+    let mut y = lw.f.mul(d, ib)?;
+    // Weights have the normalized axes' sizes in the order `axis` lists them.
+    let place = |lw: &mut LowerCx, w: Id| -> Result<Id> {
+        let mut perm: Vec<usize> = (0..axes.len()).collect();
+        perm.sort_by_key(|&i| axes[i]);
+        let wt = lw.f.transpose(w, perm)?;
+        lw.f.broadcast(wt, &shape, &sorted)
+    };
+    if l.args.bool("scale") {
+        let g = l.param(lw, "gamma")?;
+        let gb = place(lw, g)?;
+        y = lw.f.mul(y, gb)?;
+    }
+    if l.args.bool("center") {
+        let b = l.param(lw, "beta")?;
+        let bb = place(lw, b)?;
+        y = lw.f.add(y, bb)?;
+    }
+    Ok(y)
 }

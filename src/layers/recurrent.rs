@@ -2,8 +2,11 @@
 //! `reset_after` true by default, bias [2, 3u]). Weights sit under Keras's cell
 //! sub-layer: `lstm/lstm_cell/kernel`.
 
+use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{CellFacts, Facts, NO_FACTS};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
+use crate::ir::{Cell, Id, Op, Result, RnnAttrs};
 
 const BASE: [ArgSpec; 10] = [
     arg("units", int(1), Default::Required),
@@ -52,6 +55,11 @@ pub const SIMPLE_RNN: LayerKind = LayerKind {
     args: &BASE,
     arity: Arity::One,
     infer: rnn,
+    lower: lower_rnn,
+    facts: Facts {
+        cell: Some(&SIMPLE_RNN_CELL),
+        ..NO_FACTS
+    },
 };
 pub const LSTM: LayerKind = LayerKind {
     name: "lstm",
@@ -59,6 +67,11 @@ pub const LSTM: LayerKind = LayerKind {
     args: &LSTM_ARGS,
     arity: Arity::One,
     infer: rnn,
+    lower: lower_rnn,
+    facts: Facts {
+        cell: Some(&LSTM_CELL),
+        ..NO_FACTS
+    },
 };
 pub const GRU: LayerKind = LayerKind {
     name: "gru",
@@ -66,6 +79,11 @@ pub const GRU: LayerKind = LayerKind {
     args: &GRU_ARGS,
     arity: Arity::One,
     infer: rnn,
+    lower: lower_rnn,
+    facts: Facts {
+        cell: Some(&GRU_CELL),
+        ..NO_FACTS
+    },
 };
 
 fn rnn(cx: &mut Ctx) -> Option<Inferred> {
@@ -73,11 +91,8 @@ fn rnn(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_rank(&[3], "[batch, steps, features]")?;
     let features = cx.known(&cx.input().last().clone(), "feature axis (the last axis)")?;
     let u = cx.args.int("units");
-    let (gates, cell) = match cx.kind.name {
-        "lstm" => (4, "lstm_cell"),
-        "gru" => (3, "gru_cell"),
-        _ => (1, "simple_rnn_cell"),
-    };
+    let facts = cx.kind.facts.cell?;
+    let (gates, cell) = (facts.gates, facts.prefix);
     let Some(gu) = u.checked_mul(gates) else {
         return cx.overflow(crate::dim::Overflow);
     };
@@ -94,7 +109,7 @@ fn rnn(cx: &mut Ctx) -> Option<Inferred> {
         ),
     ];
     if cx.args.bool("use_bias") {
-        let shape = if cx.kind.name == "gru" && cx.args.bool("reset_after") {
+        let shape = if facts.split_bias && cx.args.bool("reset_after") {
             vec![2, gu]
         } else {
             vec![gu]
@@ -111,4 +126,58 @@ fn rnn(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::f32(shape),
         params,
     })
+}
+
+pub const SIMPLE_RNN_CELL: CellFacts = CellFacts {
+    cell: Cell::Simple,
+    prefix: "simple_rnn_cell",
+    gates: 1,
+    unit_forget_bias: false,
+    split_bias: false,
+};
+pub const LSTM_CELL: CellFacts = CellFacts {
+    cell: Cell::Lstm,
+    prefix: "lstm_cell",
+    gates: 4,
+    unit_forget_bias: true,
+    split_bias: false,
+};
+pub const GRU_CELL: CellFacts = CellFacts {
+    cell: Cell::Gru,
+    prefix: "gru_cell",
+    gates: 3,
+    unit_forget_bias: false,
+    split_bias: true,
+};
+
+fn lower_rnn(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let a = l.args;
+    let facts = l
+        .kind
+        .facts
+        .cell
+        .ok_or_else(|| crate::ir::IrError(format!("`{}` has no cell", l.kind.name)))?;
+    let prefix = facts.prefix;
+    let attrs = RnnAttrs {
+        cell: facts.cell,
+        units: a.int("units"),
+        activation: a.str("activation").to_string(),
+        recurrent_activation: a
+            .opt_str("recurrent_activation")
+            .unwrap_or("sigmoid")
+            .to_string(),
+        return_sequences: a.bool("return_sequences"),
+        go_backwards: a.bool("go_backwards"),
+        reset_after: facts.split_bias && a.bool("reset_after"),
+        use_bias: a.bool("use_bias"),
+    };
+    let mut args = vec![
+        x[0],
+        l.param(lw, &format!("{prefix}/kernel"))?,
+        l.param(lw, &format!("{prefix}/recurrent_kernel"))?,
+    ];
+    if attrs.use_bias {
+        args.push(l.param(lw, &format!("{prefix}/bias"))?);
+    }
+    lw.f.push(Op::Rnn(attrs), &args)
 }

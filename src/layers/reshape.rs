@@ -1,9 +1,12 @@
 //! Reshaping: flatten, reshape (one `-1` allowed) and permute (Keras's 1-based dims).
 //! The batch axis is never touched.
 
+use super::NO_FACTS;
+use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, Default, MAX_SIZE, arg};
 use crate::dim::{Dim, fmt_shape, product};
+use crate::ir::{Id, Result};
 
 pub const FLATTEN: LayerKind = LayerKind {
     name: "flatten",
@@ -11,6 +14,8 @@ pub const FLATTEN: LayerKind = LayerKind {
     args: &[],
     arity: Arity::One,
     infer: flatten,
+    lower: lower_reshape,
+    facts: NO_FACTS,
 };
 
 /// The reshaping layers keep axis 0 (the batch) and rearrange the rest, so they need
@@ -53,6 +58,8 @@ pub const RESHAPE: LayerKind = LayerKind {
     )],
     arity: Arity::One,
     infer: reshape,
+    lower: lower_reshape,
+    facts: NO_FACTS,
 };
 
 fn reshape(cx: &mut Ctx) -> Option<Inferred> {
@@ -128,6 +135,8 @@ pub const PERMUTE: LayerKind = LayerKind {
     )],
     arity: Arity::One,
     infer: permute,
+    lower: lower_permute,
+    facts: NO_FACTS,
 };
 
 fn permute(cx: &mut Ctx) -> Option<Inferred> {
@@ -156,4 +165,15 @@ fn permute(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::new(shape, inp.dtype),
         params: Vec::new(),
     })
+}
+
+/// `flatten` and `reshape`: the checked output shape, elements in order.
+fn lower_reshape(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    lw.f.reshape(x[0], l.output.shape.clone())
+}
+
+fn lower_permute(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let mut perm = vec![0usize];
+    perm.extend(l.args.ints("dims").iter().map(|&d| d as usize));
+    lw.f.transpose(x[0], perm)
 }

@@ -45,5 +45,8 @@ pub fn build(graph: &Graph) -> Result<EvalStep> {
         params: lw.param_order.clone(),
         metrics: train.metrics.clone(),
     };
-    Ok(EvalStep { func: lw.f, layout })
+    Ok(EvalStep {
+        func: lw.cx.f,
+        layout,
+    })
 }

@@ -7,7 +7,6 @@
 
 pub mod activation;
 pub mod eval;
-pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
@@ -17,51 +16,38 @@ use std::collections::BTreeMap;
 
 use crate::check::{Graph, Source};
 use crate::ir::{Func, Id, Result, Type};
+use crate::layers::{Call, LowerCx};
 
-/// Whether the forward pass runs in training mode (dropout on, batch statistics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Infer,
-    Train,
-}
+pub use crate::layers::Mode;
 
-/// The state of lowering one model.
+/// The state of lowering one model: the layers' context plus where each layer's value
+/// is. Dereferences to the [`LowerCx`] every layer lowering sees.
 pub struct Lower<'g> {
-    pub f: Func,
+    pub cx: LowerCx,
     pub graph: &'g Graph,
-    pub mode: Mode,
-    /// Parameter key (`dense_1/kernel`) → its input value, in layer order.
-    pub params: BTreeMap<String, Id>,
-    /// Parameter keys in layer order (trainable first within each layer, as declared).
-    pub param_order: Vec<String>,
-    /// New values of non-trainable parameters (batch-norm moving statistics).
-    pub updates: Vec<(String, Id)>,
-    /// The random key for dropout (training only).
-    pub rng_key: Option<Id>,
-    salt: u64,
     values: Vec<Option<Id>>,
     inputs: Vec<Id>,
 }
 
-impl<'g> Lower<'g> {
-    /// A fresh random salt: each dropout draws its own numbers.
-    pub fn next_salt(&mut self) -> u64 {
-        self.salt += 1;
-        self.salt
+impl std::ops::Deref for Lower<'_> {
+    type Target = LowerCx;
+    fn deref(&self) -> &LowerCx {
+        &self.cx
     }
+}
 
+impl std::ops::DerefMut for Lower<'_> {
+    fn deref_mut(&mut self) -> &mut LowerCx {
+        &mut self.cx
+    }
+}
+
+impl Lower<'_> {
     pub fn value(&self, s: Source) -> Id {
         match s {
             Source::Input(i) => self.inputs[i],
             Source::Layer(i) => self.values[i].expect("layers are lowered in order"),
         }
-    }
-
-    pub fn param(&self, layer: &str, name: &str) -> Result<Id> {
-        self.params
-            .get(&format!("{layer}/{name}"))
-            .copied()
-            .ok_or_else(|| crate::ir::IrError(format!("no parameter {layer}/{name}")))
     }
 }
 
@@ -84,21 +70,23 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         }
     }
     let rng_key = (mode == Mode::Train).then(|| f.input("rng_key", Type::f32(vec![])));
+    let mut cx = LowerCx::new(f, mode, params, param_order);
+    cx.rng_key = rng_key;
     let mut lw = Lower {
-        f,
+        cx,
         graph,
-        mode,
-        params,
-        param_order,
-        updates: Vec::new(),
-        rng_key,
-        salt: 0,
         values: vec![None; graph.layers.len()],
         inputs,
     };
     for (i, l) in graph.layers.iter().enumerate() {
         let args: Vec<Id> = l.inputs.iter().map(|&s| lw.value(s)).collect();
-        let v = layers::lower(&mut lw, l, &args)?;
+        let call = Call {
+            kind: l.kind,
+            name: &l.name,
+            args: &l.args,
+            output: &l.output,
+        };
+        let v = (l.kind.lower)(&mut lw.cx, &call, &args)?;
         lw.values[i] = Some(v);
     }
     for &o in &graph.outputs {
@@ -111,5 +99,5 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
 
 /// The inference function: model inputs and parameters → model outputs.
 pub fn predict_func(graph: &Graph) -> Result<Func> {
-    Ok(forward(graph, Mode::Infer, "predict")?.f)
+    Ok(forward(graph, Mode::Infer, "predict")?.cx.f)
 }

@@ -166,5 +166,8 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         state: state_keys,
         metrics: train.metrics.clone(),
     };
-    Ok(TrainStep { func: lw.f, layout })
+    Ok(TrainStep {
+        func: lw.cx.f,
+        layout,
+    })
 }

@@ -473,7 +473,7 @@ pub fn init_param(layer: &Layer, param: &Param, seed: u64) -> Result<ArrayD<f32>
         .map(|&d| usize::try_from(d).map_err(|_| fail(format!("negative size {d}"))))
         .collect::<Result<_, _>>()?;
     let mut rng = Rng::for_weight(seed, &key, init_seed);
-    let forget_bias = layer.kind.name == "lstm"
+    let forget_bias = layer.kind.facts.cell.is_some_and(|c| c.unit_forget_bias)
         && param.name.ends_with("/bias")
         && layer.args.bool("unit_forget_bias");
     if let ([n], true) = (shape.as_slice(), forget_bias)
