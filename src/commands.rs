@@ -18,6 +18,7 @@ use crate::fit::{FitOptions, Logs, Observer, Stop};
 use crate::layers::group_digits;
 use crate::net::{Net, NetError, Options};
 use crate::runtime::Backend;
+use crate::settings::Settings;
 
 /// The executor of compiled functions, as a flag.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -340,26 +341,35 @@ pub fn train(a: &TrainArgs) -> i32 {
         eprintln!("error: give --init (start from weights) or --resume (continue a run), not both");
         return 2;
     }
-    if let Some(v) = a.validation_split
-        && !(0.0..1.0).contains(&v)
-    {
-        eprintln!("error: --validation-split must be at least 0 and below 1, but is {v}");
-        return 2;
-    }
-    if a.batch_size == Some(0) || a.epochs == Some(0) {
-        eprintln!("error: --batch-size and --epochs must be at least 1");
-        return 2;
-    }
     if let Some(w) = &a.init
         && let Err(e) = net.load_weights(w)
     {
         return fail(&e);
     }
-    if let Some(c) = &a.resume
-        && let Err(e) = net.load_checkpoint(c)
-    {
-        return fail(&e);
-    }
+    let resume = match &a.resume {
+        Some(c) => match net.load_checkpoint(c) {
+            Ok(r) => Some(r),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
+    let mut fit = FitOptions {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        shuffle: a.no_shuffle.then_some(false),
+        validation_split: a.validation_split,
+        ..FitOptions::default()
+    };
+    let ckpt_settings = resume.as_ref().and_then(|r| r.meta.settings.clone());
+    let settings = match Settings::resolve(net.graph(), &fit.overrides(), ckpt_settings.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    fit.resume = resume;
     let path = match data_path(&net, a.data.as_ref(), &a.spec) {
         Ok(p) => p,
         Err(c) => return c,
@@ -393,21 +403,10 @@ pub fn train(a: &TrainArgs) -> i32 {
             return c;
         }
     }
-    let flag = interrupt_flag();
-    let fit = FitOptions {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        seed: a.seed,
-        shuffle: a.no_shuffle.then_some(false),
-        validation_split: a.validation_split,
-        checkpoint: Some(ckpt.clone()),
-        csv_log: a.log.clone(),
-        interrupt: Some(flag),
-        ..FitOptions::default()
-    };
-    let split = a
-        .validation_split
-        .unwrap_or_else(|| crate::fit::spec_validation_split(net.graph()));
+    fit.checkpoint = Some(ckpt.clone());
+    fit.csv_log = a.log.clone();
+    fit.interrupt = Some(interrupt_flag());
+    let split = settings.validation_split();
     let n_val = if split > 0.0 {
         data.len() - (data.len() as f64 * (1.0 - split)).floor() as usize
     } else {
@@ -532,7 +531,13 @@ pub fn eval(a: &EvalArgs) -> i32 {
     };
     // The spec's own data: its validation split, as training held it out.
     let split = if a.data.is_none() {
-        crate::fit::spec_validation_split(net.graph())
+        match Settings::resolve(net.graph(), &Default::default(), None) {
+            Ok(s) => s.validation_split(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
     } else {
         0.0
     };

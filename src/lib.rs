@@ -18,6 +18,7 @@ pub mod lower;
 pub mod net;
 pub mod plot;
 pub mod runtime;
+pub mod settings;
 pub mod spec;
 pub mod summary;
 pub mod types;

@@ -356,7 +356,7 @@ train:
     let f = passes::optimize(&step.func);
     let mut inputs = vec![x];
     inputs.extend(w0.iter().map(|(_, a)| a.clone()));
-    inputs.push(ArrayD::from_elem(IxDyn(&[]), kiln::fit::rng_key(5, 0)));
+    inputs.push(ArrayD::from_elem(IxDyn(&[]), kiln::net::rng_key(5, 0)));
     inputs.push(y);
     for k in &step.layout.state {
         let p = k

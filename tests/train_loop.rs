@@ -245,7 +245,7 @@ fn a_fit_step_of_every_optimizer_equals_the_training_step_itself() {
             };
             let mut inputs = vec![rows(&arrays[0].1)];
             inputs.extend(params.iter().cloned());
-            inputs.push(ArrayD::from_elem(IxDyn(&[]), kiln::fit::rng_key(3, s)));
+            inputs.push(ArrayD::from_elem(IxDyn(&[]), kiln::net::rng_key(3, s)));
             inputs.push(rows(&arrays[1].1));
             inputs.extend(state.iter().cloned());
             inputs.push(ArrayD::from_elem(IxDyn(&[]), s as f32));
@@ -373,8 +373,15 @@ fn native_code_training_is_deterministic_and_resumes_exactly() {
         r.stop
     );
     let mut d = jit();
-    d.load_checkpoint(&ckpt).unwrap();
-    d.fit(&data, &FitOptions::default()).unwrap();
+    let resume = d.load_checkpoint(&ckpt).unwrap();
+    d.fit(
+        &data,
+        &FitOptions {
+            resume: Some(resume),
+            ..FitOptions::default()
+        },
+    )
+    .unwrap();
     assert!(same_bits(a.weights(), d.weights()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -509,8 +516,16 @@ fn resumed_mid_epoch_equals_uninterrupted() {
         }
     );
     let mut second = compile(&spec);
-    second.load_checkpoint(&ckpt).unwrap();
-    let resumed = second.fit(&data, &opts).unwrap();
+    let resume = second.load_checkpoint(&ckpt).unwrap();
+    let resumed = second
+        .fit(
+            &data,
+            &FitOptions {
+                resume: Some(resume),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
     assert!(same_bits(whole.weights(), second.weights()));
     assert_eq!(full.history, resumed.history);
     assert_eq!(full.steps, resumed.steps);

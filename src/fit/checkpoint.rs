@@ -15,21 +15,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::callbacks::{Callback, States};
-use super::{Logs, Settings, Sums};
+use super::run::Sums;
+use super::{Logs, Settings};
 use crate::data::Dataset;
-use crate::net::{Net, NetError};
+use crate::net::{Net, NetError, OptState};
 use crate::weights::{self, Weights, WeightsError};
 
 /// The metadata key of the JSON record.
-pub const META_STATE: &str = "kiln.train_state";
+pub const META_STATE: &str = weights::META_TRAIN_STATE;
 /// Readable copies of the position.
 pub const META_STEP: &str = "kiln.step";
 pub const META_EPOCH: &str = "kiln.epoch";
-
-/// Whether a tensor key belongs to the training state rather than the model.
-pub fn is_state_key(k: &str) -> bool {
-    k.starts_with("optimizer/") || k.starts_with("callback/")
-}
 
 /// The JSON record of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,10 +66,10 @@ impl Meta {
         sv.extend(sums.values.iter().map(|v| v.to_bits()));
         Meta {
             format: 1,
-            step: net.opt.step,
+            step: net.optimizer_state().step,
             epoch,
             batch,
-            lr: net.opt.lr.map(f32::to_bits),
+            lr: net.optimizer_state().lr.map(f32::to_bits),
             settings: Some(s.clone()),
             data: Some((train.len(), train.fingerprint())),
             sums: if batch > 0 { sv } else { Vec::new() },
@@ -115,10 +111,10 @@ pub struct Resume {
 /// Writes a checkpoint of `net` at the position `meta` describes.
 pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Result<(), NetError> {
     let mut w = Weights::new();
-    for (k, a) in net.weights.iter() {
+    for (k, a) in net.weights().iter() {
         w.insert(k, a.clone());
     }
-    for (k, a) in net.opt.slots.iter() {
+    for (k, a) in net.optimizer_state().slots.iter() {
         w.insert(k, a.clone());
     }
     let mut i = 0;
@@ -133,7 +129,7 @@ pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Res
         }
     }
     w.metadata
-        .insert(weights::META_MODEL.into(), net.graph.name.clone());
+        .insert(weights::META_MODEL.into(), net.graph().name.clone());
     w.metadata.insert(
         weights::META_VERSION.into(),
         env!("CARGO_PKG_VERSION").into(),
@@ -149,13 +145,13 @@ pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Res
 
 /// Writes a checkpoint between runs: weights and optimizer state; a `fit` resumed from
 /// it starts at epoch 0 with the optimizer's state and step.
-pub(crate) fn save_idle(net: &mut Net, path: &Path) -> Result<(), NetError> {
+fn save_idle(net: &mut Net, path: &Path) -> Result<(), NetError> {
     let meta = Meta {
         format: 1,
-        step: net.opt.step,
+        step: net.optimizer_state().step,
         epoch: 0,
         batch: 0,
-        lr: net.opt.lr.map(f32::to_bits),
+        lr: net.optimizer_state().lr.map(f32::to_bits),
         settings: None,
         data: None,
         sums: Vec::new(),
@@ -165,8 +161,24 @@ pub(crate) fn save_idle(net: &mut Net, path: &Path) -> Result<(), NetError> {
     save(net, path, &meta, &[])
 }
 
+impl Net {
+    /// Loads a checkpoint written by training: weights and optimizer state now, and
+    /// where training stopped as the returned [`Resume`]; pass it as
+    /// [`FitOptions::resume`](super::FitOptions::resume) and the next `fit` continues
+    /// exactly.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<Resume, NetError> {
+        load(self, path.as_ref())
+    }
+
+    /// Writes a checkpoint of the current state (weights and optimizer state; between
+    /// `fit` calls it resumes at the start of a new `fit`).
+    pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), NetError> {
+        save_idle(self, path.as_ref())
+    }
+}
+
 /// Loads a checkpoint into `net`: weights, optimizer state and position.
-pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
+fn load(net: &mut Net, path: &Path) -> Result<Resume, NetError> {
     let mut w = weights::load(path)?;
     let bad = |m: String| {
         NetError::Weights(WeightsError::Format {
@@ -221,8 +233,8 @@ pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
         e => e,
     })?;
     for b in best.iter_mut().flatten() {
-        let ordered = order_like(&net.weights, b);
-        if ordered.len() != net.weights.len() {
+        let ordered = order_like(net.weights(), b);
+        if ordered.len() != net.weights().len() {
             return Err(bad("early stopping's best weights are incomplete".into()));
         }
         *b = ordered;
@@ -234,7 +246,7 @@ pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
             .and_then(|r| r.rsplit_once('/'))
             .map(|(p, _)| p)
             .unwrap_or("");
-        match net.weights.get(param) {
+        match net.weights().get(param) {
             Some(p) if p.shape() == a.shape() => {}
             _ => {
                 return Err(bad(format!(
@@ -243,13 +255,8 @@ pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
             }
         }
     }
-    if let Ok(tk) = net.train_kernel() {
-        let missing: Vec<&String> = tk
-            .layout
-            .state
-            .iter()
-            .filter(|k| !slots.contains_key(k))
-            .collect();
+    if let Ok(keys) = net.optimizer_state_keys() {
+        let missing: Vec<&String> = keys.iter().filter(|k| !slots.contains_key(k)).collect();
         if !missing.is_empty() && !slots.is_empty() {
             return Err(bad(format!(
                 "the checkpoint's optimizer state does not match the spec's optimizer (missing `{}`)",
@@ -257,14 +264,15 @@ pub(crate) fn load(net: &mut Net, path: &Path) -> Result<(), NetError> {
             )));
         }
     }
-    net.opt.slots = slots;
-    net.opt.step = meta.step;
-    net.opt.lr = meta.lr.map(f32::from_bits);
-    net.resume = Some(Resume {
+    net.set_optimizer_state(OptState {
+        slots,
+        step: meta.step,
+        lr: meta.lr.map(f32::from_bits),
+    });
+    Ok(Resume {
         meta,
         best_weights: best,
-    });
-    Ok(())
+    })
 }
 
 /// `b`'s tensors in the order of `like`.

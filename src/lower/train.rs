@@ -21,6 +21,114 @@ pub struct Layout {
     pub metrics: Vec<String>,
 }
 
+impl Layout {
+    /// The step's inputs in order: model inputs, parameters, `rng_key`, targets,
+    /// optimizer state, `step`, `lr`. [`build`] declares them in this order and
+    /// [`StepArgs`] assembles arguments in it; nothing else writes it down.
+    pub fn input_names(&self) -> Vec<String> {
+        let mut v = self.model_inputs.clone();
+        v.extend(self.params.iter().cloned());
+        v.push("rng_key".into());
+        v.extend(self.targets.iter().cloned());
+        v.extend(self.state.iter().cloned());
+        v.push("step".into());
+        v.push("lr".into());
+        v
+    }
+
+    /// Checks that `f` (the compiled step) has exactly this layout's inputs, and finds
+    /// the position of each output.
+    pub fn bind(&self, f: &Func) -> Result<StepOutputs> {
+        let want = self.input_names();
+        let got: Vec<&str> = f.inputs.iter().map(|i| i.name.as_str()).collect();
+        if got != want.iter().map(String::as_str).collect::<Vec<_>>() {
+            return err(format!(
+                "the training step's inputs are {got:?}, expected {want:?}"
+            ));
+        }
+        let out = |name: &str| -> Result<usize> {
+            f.outputs
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| crate::ir::IrError(format!("the training step has no `{name}`")))
+        };
+        let all = |keys: &[String], prefix: &str| -> Result<Vec<usize>> {
+            keys.iter().map(|k| out(&format!("{prefix}{k}"))).collect()
+        };
+        Ok(StepOutputs {
+            loss: out("loss")?,
+            metrics: all(&self.metrics, "metric/")?,
+            new_params: all(&self.params, "new/")?,
+            new_state: all(&self.state, "new/")?,
+        })
+    }
+}
+
+/// Where a compiled training step writes each result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutputs {
+    pub loss: usize,
+    /// One per [`Layout::metrics`].
+    pub metrics: Vec<usize>,
+    /// One per [`Layout::params`].
+    pub new_params: Vec<usize>,
+    /// One per [`Layout::state`].
+    pub new_state: Vec<usize>,
+}
+
+/// The arguments of one training step, in [`Layout::input_names`] order, with the
+/// parameters and optimizer state reachable by role (they move in and come back).
+pub struct StepArgs<T> {
+    pub args: Vec<T>,
+    params_at: usize,
+    n_params: usize,
+    state_at: usize,
+    n_state: usize,
+}
+
+impl<T> StepArgs<T> {
+    /// Assembles the arguments; `params` and `state` in the layout's order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inputs: Vec<T>,
+        params: Vec<T>,
+        rng_key: T,
+        targets: Vec<T>,
+        state: Vec<T>,
+        step: T,
+        lr: T,
+    ) -> StepArgs<T> {
+        let params_at = inputs.len();
+        let n_params = params.len();
+        let n_state = state.len();
+        let mut args = inputs;
+        args.extend(params);
+        args.push(rng_key);
+        args.extend(targets);
+        let state_at = args.len();
+        args.extend(state);
+        args.push(step);
+        args.push(lr);
+        StepArgs {
+            args,
+            params_at,
+            n_params,
+            state_at,
+            n_state,
+        }
+    }
+
+    /// The parameters, in the layout's order.
+    pub fn params_mut(&mut self) -> &mut [T] {
+        &mut self.args[self.params_at..self.params_at + self.n_params]
+    }
+
+    /// The optimizer state, in the layout's order.
+    pub fn state_mut(&mut self) -> &mut [T] {
+        &mut self.args[self.state_at..self.state_at + self.n_state]
+    }
+}
+
 /// The compiled-to-IR training step.
 #[derive(Clone, Debug)]
 pub struct TrainStep {

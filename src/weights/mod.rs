@@ -255,6 +255,16 @@ impl fmt::Display for WeightsError {
 
 impl std::error::Error for WeightsError {}
 
+/// The metadata key of a checkpoint's training state (written by `crate::fit`); a
+/// weights file has none.
+pub const META_TRAIN_STATE: &str = "kiln.train_state";
+
+/// Whether a tensor key of a checkpoint belongs to the training state (optimizer
+/// slots, callbacks' saved weights) rather than to the model.
+pub fn is_state_key(k: &str) -> bool {
+    k.starts_with("optimizer/") || k.starts_with("callback/")
+}
+
 /// Reads a safetensors file of f32 tensors, checking every claim it makes.
 pub fn load(path: impl AsRef<Path>) -> Result<Weights, WeightsError> {
     let path = path.as_ref();
