@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::diag::{Diagnostic, did_you_mean};
-use crate::spec::yaml::{Kind, Node, Scalar};
+use crate::yaml::{Kind, Node, Scalar};
 
 /// What values an argument takes.
 #[derive(Clone, Copy, Debug)]

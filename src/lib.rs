@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod spec;
 pub mod summary;
 pub mod weights;
+pub mod yaml;
 
 use std::fmt;
 use std::io::Read;

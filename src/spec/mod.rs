@@ -6,14 +6,13 @@
 //! shapes, targets — is checked in [`crate::check`].
 
 pub mod train;
-pub mod yaml;
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::Dim;
-use yaml::{Kind, Node, Scalar};
+use crate::yaml::{self, Kind, Node, Scalar};
 
 /// Element types of tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
