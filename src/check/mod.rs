@@ -82,6 +82,7 @@ fn limit(diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// The state of one check: the spec, the diagnostics so far, and the layers' names.
 struct Checker<'a> {
     spec: &'a Spec,
     diags: &'a mut Vec<Diagnostic>,
@@ -129,6 +130,7 @@ impl<'a> Checker<'a> {
         self.errors > MAX_REPORTED
     }
 
+    /// Runs the steps in order; the graph only when every layer and output resolved.
     fn run(mut self, default_name: &str) -> Option<Graph> {
         let spec = self.spec;
         let inputs = self.inputs();
