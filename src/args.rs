@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::diag::{Diagnostic, did_you_mean};
-use crate::spec::yaml::{Kind, Node, Scalar};
+use crate::yaml::{Kind, Node, Scalar};
 
 /// What values an argument takes.
 #[derive(Clone, Copy, Debug)]
@@ -360,67 +360,9 @@ pub fn validate(
     // Arguments that an unknown key was probably meant to be (`unit` → `units`): the
     // typo is reported once, not again as a missing argument.
     let mut meant: Vec<&str> = Vec::new();
-    let entries: &[(Node, Node)] = match node {
-        None => &[],
-        Some(n) if n.is_null() => &[],
-        Some(n) => match n.as_map() {
-            Some(m) => m,
-            None => {
-                diags.push(
-                    Diagnostic::error(
-                        "E0403",
-                        format!(
-                            "the arguments of `{what}` must be a mapping, but this is {}",
-                            n.describe()
-                        ),
-                    )
-                    .label(n.span.clone(), "expected `{argument: value, …}`")
-                    .help(example_args(schema, what)),
-                );
-                return None;
-            }
-        },
-    };
+    let entries = arg_entries(schema, node, what, diags)?;
     for (k, v) in entries {
-        let Some(key) = k.as_str() else {
-            diags.push(
-                Diagnostic::error(
-                    "E0401",
-                    format!(
-                        "argument names of `{what}` are words, but this is {}",
-                        k.describe()
-                    ),
-                )
-                .label(k.span.clone(), "not an argument name")
-                .help(example_args(schema, what)),
-            );
-            continue;
-        };
-        let Some(spec) = schema.iter().find(|s| s.name == key) else {
-            if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == key) {
-                diags.push(
-                    Diagnostic::error(
-                        "E0402",
-                        format!("`{key}` is a Keras argument that kiln does not support: {why}"),
-                    )
-                    .label(k.span.clone(), "not supported")
-                    .help("remove this argument"),
-                );
-                continue;
-            }
-            let suggestion = did_you_mean(key, schema.iter().map(|s| s.name));
-            meant.extend(suggestion);
-            let names: Vec<&str> = schema.iter().map(|s| s.name).collect();
-            let help = match suggestion {
-                Some(s) => format!("did you mean `{s}`?"),
-                None if names.is_empty() => format!("`{what}` takes no arguments"),
-                None => format!("`{what}` takes: {}", names.join(", ")),
-            };
-            diags.push(
-                Diagnostic::error("E0401", format!("`{what}` has no argument `{key}`"))
-                    .label(k.span.clone(), "unknown argument")
-                    .help(help),
-            );
+        let Some(spec) = arg_spec(schema, k, what, &mut meant, diags) else {
             continue;
         };
         match convert(spec, v, what, diags) {
@@ -435,43 +377,133 @@ pub fn validate(
         if args.values.contains_key(spec.name) || args.spans.contains_key(spec.name) {
             continue;
         }
-        let value = match spec.default {
-            Default::Required => {
-                failed = true;
-                if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name))
-                    && !meant.contains(&spec.name)
-                {
-                    diags.push(
-                        Diagnostic::error(
-                            "E0406",
-                            format!("`{what}` needs the argument `{}`", spec.name),
-                        )
-                        .label(
-                            owner_span.clone(),
-                            format!("`{}` is missing here", spec.name),
-                        )
-                        .help(example_args(schema, what)),
-                    );
-                }
-                continue;
+        let Some(value) = default_value(spec, &args) else {
+            failed = true;
+            if !entries.iter().any(|(k, _)| k.as_str() == Some(spec.name))
+                && !meant.contains(&spec.name)
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "E0406",
+                        format!("`{what}` needs the argument `{}`", spec.name),
+                    )
+                    .label(
+                        owner_span.clone(),
+                        format!("`{}` is missing here", spec.name),
+                    )
+                    .help(example_args(schema, what)),
+                );
             }
-            Default::Null => Value::Null,
-            Default::Int(i) => match spec.kind {
-                ArgKind::IntTuple { n, .. } => Value::Ints(vec![i; n]),
-                _ => Value::Int(i),
-            },
-            Default::Float(f) => Value::Float(f),
-            Default::Bool(b) => Value::Bool(b),
-            Default::Str(s) => match spec.kind {
-                ArgKind::Initializer => Value::Named(s.to_string(), Box::default()),
-                _ => Value::Str(s.to_string()),
-            },
-            Default::Ints(v) => Value::Ints(v.to_vec()),
-            Default::SameAs(other) => args.values.get(other).cloned().unwrap_or(Value::Null),
+            continue;
         };
         args.values.insert(spec.name, value);
     }
     (!failed).then_some(args)
+}
+
+/// The written `key: value` pairs (none for a bare owner or `null`); E0403 when the
+/// arguments are not a mapping.
+fn arg_entries<'a>(
+    schema: &[ArgSpec],
+    node: Option<&'a Node>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'a [(Node, Node)]> {
+    match node {
+        None => Some(&[]),
+        Some(n) if n.is_null() => Some(&[]),
+        Some(n) => match n.as_map() {
+            Some(m) => Some(m),
+            None => {
+                diags.push(
+                    Diagnostic::error(
+                        "E0403",
+                        format!(
+                            "the arguments of `{what}` must be a mapping, but this is {}",
+                            n.describe()
+                        ),
+                    )
+                    .label(n.span.clone(), "expected `{argument: value, …}`")
+                    .help(example_args(schema, what)),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// The schema entry a key names; a key that is not a word, a Keras argument kiln does
+/// not support, or an unknown one is reported (an unknown key's likely meaning goes to
+/// `meant`).
+fn arg_spec<'s>(
+    schema: &'s [ArgSpec],
+    k: &Node,
+    what: &str,
+    meant: &mut Vec<&'s str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'s ArgSpec> {
+    let Some(key) = k.as_str() else {
+        diags.push(
+            Diagnostic::error(
+                "E0401",
+                format!(
+                    "argument names of `{what}` are words, but this is {}",
+                    k.describe()
+                ),
+            )
+            .label(k.span.clone(), "not an argument name")
+            .help(example_args(schema, what)),
+        );
+        return None;
+    };
+    if let Some(spec) = schema.iter().find(|s| s.name == key) {
+        return Some(spec);
+    }
+    if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == key) {
+        diags.push(
+            Diagnostic::error(
+                "E0402",
+                format!("`{key}` is a Keras argument that kiln does not support: {why}"),
+            )
+            .label(k.span.clone(), "not supported")
+            .help("remove this argument"),
+        );
+        return None;
+    }
+    let suggestion = did_you_mean(key, schema.iter().map(|s| s.name));
+    meant.extend(suggestion);
+    let names: Vec<&str> = schema.iter().map(|s| s.name).collect();
+    let help = match suggestion {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if names.is_empty() => format!("`{what}` takes no arguments"),
+        None => format!("`{what}` takes: {}", names.join(", ")),
+    };
+    diags.push(
+        Diagnostic::error("E0401", format!("`{what}` has no argument `{key}`"))
+            .label(k.span.clone(), "unknown argument")
+            .help(help),
+    );
+    None
+}
+
+/// The value of an argument that was not written; `None` for a required one.
+fn default_value(spec: &ArgSpec, args: &Args) -> Option<Value> {
+    Some(match spec.default {
+        Default::Required => return None,
+        Default::Null => Value::Null,
+        Default::Int(i) => match spec.kind {
+            ArgKind::IntTuple { n, .. } => Value::Ints(vec![i; n]),
+            _ => Value::Int(i),
+        },
+        Default::Float(f) => Value::Float(f),
+        Default::Bool(b) => Value::Bool(b),
+        Default::Str(s) => match spec.kind {
+            ArgKind::Initializer => Value::Named(s.to_string(), Box::default()),
+            _ => Value::Str(s.to_string()),
+        },
+        Default::Ints(v) => Value::Ints(v.to_vec()),
+        Default::SameAs(other) => args.values.get(other).cloned().unwrap_or(Value::Null),
+    })
 }
 
 /// `e.g. dense: {units: 64}` built from the required arguments.
@@ -628,31 +660,7 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             max,
             min_open,
             max_open,
-        } => {
-            let Some(f) = as_float(v) else {
-                diags.push(type_error(spec, v, what, "a number"));
-                return None;
-            };
-            let low_ok = if min_open { f > min } else { f >= min };
-            let high_ok = if max_open { f < max } else { f <= max };
-            if !f.is_finite() || !low_ok || !high_ok {
-                let rule = match (min == f64::MIN, max.is_infinite() || max == f64::MAX) {
-                    (_, _) if !f.is_finite() => "must be a finite number".to_string(),
-                    (false, true) => format!(
-                        "must be {} {min}, but it is {f}",
-                        if min_open { "greater than" } else { "at least" }
-                    ),
-                    _ => format!(
-                        "must be in {}{min}, {max}{}, but it is {f}",
-                        if min_open { "(" } else { "[" },
-                        if max_open { ")" } else { "]" }
-                    ),
-                };
-                diags.push(range_error(spec, v, what, rule));
-                return None;
-            }
-            Some(Value::Float(f))
-        }
+        } => check_float(spec, v, what, (min, min_open), (max, max_open), diags),
         ArgKind::Bool => match &v.kind {
             Kind::Scalar(Scalar::Bool(b)) => Some(Value::Bool(*b)),
             _ => {
@@ -660,42 +668,7 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                 None
             }
         },
-        ArgKind::Choice(choices) => {
-            let Some(s) = v.as_str() else {
-                diags.push(type_error(
-                    spec,
-                    v,
-                    what,
-                    &format!("one of {}", choices.join(", ")),
-                ));
-                return None;
-            };
-            let lower = s.to_lowercase();
-            if let Some(c) = choices.iter().find(|c| **c == lower) {
-                return Some(Value::Str(c.to_string()));
-            }
-            diags.push(
-                Diagnostic::error(
-                    "E0405",
-                    format!(
-                        "`{}` of `{what}` must be one of {}, not `{s}`",
-                        spec.name,
-                        list(choices)
-                    ),
-                )
-                .label(v.span.clone(), "not a valid choice")
-                .help(match did_you_mean(s, choices.iter().copied()) {
-                    Some(c) => format!("did you mean `{c}`?"),
-                    None => format!(
-                        "write one of {}, e.g. `{}: {}`",
-                        list(choices),
-                        spec.name,
-                        example(spec)
-                    ),
-                }),
-            );
-            None
-        }
+        ArgKind::Choice(choices) => check_choice(spec, v, what, choices, diags),
         ArgKind::Activation => {
             if v.is_null() {
                 return Some(Value::Str("linear".into()));
@@ -707,43 +680,7 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             check_activation(s, v.span.clone(), diags).map(Value::Str)
         }
         ArgKind::Initializer => check_initializer(spec, v, what, diags),
-        ArgKind::IntTuple { n, min } => {
-            if as_int(v).is_some() {
-                let i = check_int(spec, v, what, min, MAX_SIZE, diags)?;
-                return Some(Value::Ints(vec![i; n]));
-            }
-            let Some(items) = v.as_seq() else {
-                diags.push(type_error(
-                    spec,
-                    v,
-                    what,
-                    &format!("an integer or a list of {n} integers"),
-                ));
-                return None;
-            };
-            if items.len() != n {
-                diags.push(
-                    Diagnostic::error(
-                        "E0404",
-                        format!(
-                            "`{}` of `{what}` needs {n} integers, but this list has {}",
-                            spec.name,
-                            items.len()
-                        ),
-                    )
-                    .label(v.span.clone(), format!("expected {n} values"))
-                    .help(format!(
-                        "write one integer for all {n} axes, or a list of {n}"
-                    )),
-                );
-                return None;
-            }
-            let mut out = Vec::new();
-            for it in items {
-                out.push(check_int(spec, it, what, min, MAX_SIZE, diags)?);
-            }
-            Some(Value::Ints(out))
-        }
+        ArgKind::IntTuple { n, min } => check_int_tuple(spec, v, what, n, min, diags),
         ArgKind::IntList { min, max } => {
             let Some(items) = v.as_seq() else {
                 diags.push(type_error(spec, v, what, "a list of integers"));
@@ -759,23 +696,7 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             }
             ok.then_some(Value::Ints(out))
         }
-        ArgKind::FloatList => {
-            let Some(items) = v.as_seq() else {
-                diags.push(type_error(spec, v, what, "a list of numbers"));
-                return None;
-            };
-            let mut out = Vec::new();
-            for it in items {
-                match as_float(it) {
-                    Some(f) if f.is_finite() => out.push(f),
-                    _ => {
-                        diags.push(type_error(spec, it, what, "a finite number"));
-                        return None;
-                    }
-                }
-            }
-            Some(Value::Floats(out))
-        }
+        ArgKind::FloatList => check_float_list(spec, v, what, diags),
         ArgKind::Axes => {
             if as_int(v).is_some() {
                 return check_int(spec, v, what, -64, 64, diags).map(|i| Value::Ints(vec![i]));
@@ -813,6 +734,154 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             crate::spec::train::check_schedule(v, diags)
         }
     }
+}
+
+/// A number within `[min, max]`, each bound open when its flag says so.
+fn check_float(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    (min, min_open): (f64, bool),
+    (max, max_open): (f64, bool),
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let Some(f) = as_float(v) else {
+        diags.push(type_error(spec, v, what, "a number"));
+        return None;
+    };
+    let low_ok = if min_open { f > min } else { f >= min };
+    let high_ok = if max_open { f < max } else { f <= max };
+    if !f.is_finite() || !low_ok || !high_ok {
+        let rule = match (min == f64::MIN, max.is_infinite() || max == f64::MAX) {
+            (_, _) if !f.is_finite() => "must be a finite number".to_string(),
+            (false, true) => format!(
+                "must be {} {min}, but it is {f}",
+                if min_open { "greater than" } else { "at least" }
+            ),
+            _ => format!(
+                "must be in {}{min}, {max}{}, but it is {f}",
+                if min_open { "(" } else { "[" },
+                if max_open { ")" } else { "]" }
+            ),
+        };
+        diags.push(range_error(spec, v, what, rule));
+        return None;
+    }
+    Some(Value::Float(f))
+}
+
+/// One of a fixed set of words, matched without regard to case.
+fn check_choice(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    choices: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let Some(s) = v.as_str() else {
+        diags.push(type_error(
+            spec,
+            v,
+            what,
+            &format!("one of {}", choices.join(", ")),
+        ));
+        return None;
+    };
+    let lower = s.to_lowercase();
+    if let Some(c) = choices.iter().find(|c| **c == lower) {
+        return Some(Value::Str(c.to_string()));
+    }
+    diags.push(
+        Diagnostic::error(
+            "E0405",
+            format!(
+                "`{}` of `{what}` must be one of {}, not `{s}`",
+                spec.name,
+                list(choices)
+            ),
+        )
+        .label(v.span.clone(), "not a valid choice")
+        .help(match did_you_mean(s, choices.iter().copied()) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => format!(
+                "write one of {}, e.g. `{}: {}`",
+                list(choices),
+                spec.name,
+                example(spec)
+            ),
+        }),
+    );
+    None
+}
+
+/// An int for every one of `n` axes, or a list of `n` ints, each ≥ `min`.
+fn check_int_tuple(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    n: usize,
+    min: i64,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    if as_int(v).is_some() {
+        let i = check_int(spec, v, what, min, MAX_SIZE, diags)?;
+        return Some(Value::Ints(vec![i; n]));
+    }
+    let Some(items) = v.as_seq() else {
+        diags.push(type_error(
+            spec,
+            v,
+            what,
+            &format!("an integer or a list of {n} integers"),
+        ));
+        return None;
+    };
+    if items.len() != n {
+        diags.push(
+            Diagnostic::error(
+                "E0404",
+                format!(
+                    "`{}` of `{what}` needs {n} integers, but this list has {}",
+                    spec.name,
+                    items.len()
+                ),
+            )
+            .label(v.span.clone(), format!("expected {n} values"))
+            .help(format!(
+                "write one integer for all {n} axes, or a list of {n}"
+            )),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for it in items {
+        out.push(check_int(spec, it, what, min, MAX_SIZE, diags)?);
+    }
+    Some(Value::Ints(out))
+}
+
+/// A list of finite numbers; the first bad one is reported.
+fn check_float_list(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let Some(items) = v.as_seq() else {
+        diags.push(type_error(spec, v, what, "a list of numbers"));
+        return None;
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match as_float(it) {
+            Some(f) if f.is_finite() => out.push(f),
+            _ => {
+                diags.push(type_error(spec, it, what, "a finite number"));
+                return None;
+            }
+        }
+    }
+    Some(Value::Floats(out))
 }
 
 fn list(choices: &[&str]) -> String {

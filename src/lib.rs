@@ -23,6 +23,7 @@ pub mod spec;
 pub mod summary;
 pub mod types;
 pub mod weights;
+pub mod yaml;
 
 use std::fmt;
 use std::io::Read;

@@ -74,7 +74,7 @@ pub fn lr_at(lr: &Value, step: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::yaml;
+    use crate::yaml;
 
     fn sched(src: &str) -> Value {
         let n = yaml::parse(src).unwrap();

@@ -3,13 +3,13 @@
 
 use std::ops::Range;
 
-use super::yaml::Node;
 use super::{TensorDecl, parse_tensors};
 use crate::args::{
     self, ArgKind, ArgSpec, Args, Default, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value,
     arg, float_range, int, named,
 };
 use crate::diag::{Diagnostic, did_you_mean};
+use crate::yaml::Node;
 
 /// A named thing with validated arguments (a loss, optimizer, callback, schedule).
 #[derive(Clone, Debug, PartialEq)]
@@ -420,7 +420,7 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
     // Unknown keys get suggestions from both the fit arguments and the sections.
     let mut fit_diags = Vec::new();
     let rest_node = Node {
-        kind: super::yaml::Kind::Map(rest),
+        kind: crate::yaml::Kind::Map(rest),
         span: v.span.clone(),
     };
     let fit = args::validate(

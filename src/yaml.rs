@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 
 use crate::diag::Diagnostic;
 
@@ -253,70 +253,106 @@ fn trim_end(src: &str, r: Range<usize>) -> Range<usize> {
 pub fn parse(src: &str) -> Result<Node, Diagnostic> {
     let offsets = Offsets::new(src);
     let mut parser = Parser::new_from_str(src);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
-    let mut root: Option<Node> = None;
-    let mut total_nodes = 0usize;
-    let mut documents = 0usize;
-
+    let mut tree = Builder {
+        src,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+        total_nodes: 0,
+        documents: 0,
+    };
     loop {
         let (event, span) = match parser.next_event() {
             None => break,
             Some(Ok(ev)) => ev,
-            Some(Err(e)) => {
-                let at = offsets.byte(e.marker().index());
-                let end = src[at..]
-                    .char_indices()
-                    .nth(1)
-                    .map(|(i, _)| at + i)
-                    .unwrap_or(src.len());
-                if e.info().contains("recursion limit") {
-                    return Err(Diagnostic::error(
-                        "E0104",
-                        format!(
-                            "the spec nests deeper than the YAML parser allows ({})",
-                            e.info()
-                        ),
-                    )
-                    .label(at..end.max(at), "this is too deep")
-                    .help("a model spec needs only a few levels of nesting"));
-                }
-                if e.info().contains("unknown anchor") {
-                    return Err(unknown_anchor(src, at));
-                }
-                let mut d = Diagnostic::error("E0101", format!("this is not valid YAML: {}", e.info()))
-                    .label(at..end.max(at), "the YAML parser stopped here")
-                    .help("check the indentation and the brackets around this place; a spec is a YAML mapping like `inputs: …`, `layers: …`");
-                // The usual cause of an error a line or more later: a bracket left open.
-                if let Some((open, c)) = open_bracket(&src[..at])
-                    && src[open..at].contains('\n')
-                {
-                    let line = src[..open].matches('\n').count() + 1;
-                    let close = if c == '[' { ']' } else { '}' };
-                    d = d
-                        .secondary(open..open + 1, format!("this `{c}` is still open here"))
-                        .help(format!("the `{c}` on line {line} is never closed: add `{close}` at the end of its list"));
-                }
-                return Err(d);
-            }
+            Some(Err(e)) => return Err(syntax_error(src, &offsets, &e)),
         };
         let range = offsets.range(&span);
+        if let Some(node) = tree.event(event, range)? {
+            tree.attach(node)?;
+        }
+    }
+    Ok(tree.root.unwrap_or(Node {
+        kind: Kind::Scalar(Scalar::Null),
+        span: 0..0,
+    }))
+}
+
+/// The parser's own error as a diagnostic: nesting past its recursion limit, an alias
+/// before its anchor, or a syntax error (with the bracket left open, when that is the
+/// likely cause).
+fn syntax_error(src: &str, offsets: &Offsets, e: &ScanError) -> Diagnostic {
+    let at = offsets.byte(e.marker().index());
+    let end = src[at..]
+        .char_indices()
+        .nth(1)
+        .map(|(i, _)| at + i)
+        .unwrap_or(src.len());
+    if e.info().contains("recursion limit") {
+        return Diagnostic::error(
+            "E0104",
+            format!(
+                "the spec nests deeper than the YAML parser allows ({})",
+                e.info()
+            ),
+        )
+        .label(at..end.max(at), "this is too deep")
+        .help("a model spec needs only a few levels of nesting");
+    }
+    if e.info().contains("unknown anchor") {
+        return unknown_anchor(src, at);
+    }
+    let mut d = Diagnostic::error("E0101", format!("this is not valid YAML: {}", e.info()))
+        .label(at..end.max(at), "the YAML parser stopped here")
+        .help("check the indentation and the brackets around this place; a spec is a YAML mapping like `inputs: …`, `layers: …`");
+    // The usual cause of an error a line or more later: a bracket left open.
+    if let Some((open, c)) = open_bracket(&src[..at])
+        && src[open..at].contains('\n')
+    {
+        let line = src[..open].matches('\n').count() + 1;
+        let close = if c == '[' { ']' } else { '}' };
+        d = d
+            .secondary(open..open + 1, format!("this `{c}` is still open here"))
+            .help(format!(
+                "the `{c}` on line {line} is never closed: add `{close}` at the end of its list"
+            ));
+    }
+    d
+}
+
+/// The tree under construction from parser events: the collections still open, the
+/// anchors defined so far, and the counts the limits are checked against.
+struct Builder<'s> {
+    src: &'s str,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    total_nodes: usize,
+    documents: usize,
+}
+
+impl Builder<'_> {
+    /// Takes one event; returns the node it completes (a scalar, an alias's copy, or a
+    /// collection that ends), if any.
+    fn event(&mut self, event: Event, range: Range<usize>) -> Result<Option<Node>, Diagnostic> {
         let node = match event {
-            Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => continue,
+            Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => {
+                return Ok(None);
+            }
             Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
+                self.documents += 1;
+                if self.documents > 1 {
                     return Err(Diagnostic::error(
                         "E0102",
                         "a spec is one YAML document, but this file has more than one",
                     )
                     .label(
-                        range.start..(range.start + 3).min(src.len()),
+                        range.start..(range.start + 3).min(self.src.len()),
                         "a second document starts here",
                     )
                     .help("remove the `---` line and everything after it, or split the file"));
                 }
-                continue;
+                return Ok(None);
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 let value = match style {
@@ -327,31 +363,12 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                     kind: Kind::Scalar(value),
                     span: range,
                 };
-                if anchor != 0 {
-                    anchors.insert(anchor, n.clone());
-                }
+                self.define(anchor, &n);
                 n
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some(n) => {
-                    let size = count_nodes(n);
-                    total_nodes = total_nodes.saturating_add(size);
-                    if total_nodes > MAX_NODES {
-                        return Err(too_big(range));
-                    }
-                    n.clone()
-                }
-                None => {
-                    return Err(Diagnostic::error(
-                        "E0103",
-                        "this alias refers to an anchor that is not defined",
-                    )
-                    .label(range, "unknown anchor")
-                    .help("define the anchor with `&name` before using `*name`"));
-                }
-            },
+            Event::Alias(id) => self.alias(id, range)?,
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                if stack.len() >= MAX_DEPTH {
+                if self.stack.len() >= MAX_DEPTH {
                     return Err(Diagnostic::error(
                         "E0104",
                         format!("the spec nests deeper than {MAX_DEPTH} levels"),
@@ -373,59 +390,93 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
                         key: None,
                     }
                 };
-                stack.push(frame);
-                continue;
+                self.stack.push(frame);
+                return Ok(None);
             }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let Some(frame) = stack.pop() else { continue };
-                let (start, anchor, kind) = match frame {
-                    Frame::Seq {
-                        start,
-                        anchor,
-                        items,
-                    } => (start, anchor, Kind::Seq(items)),
-                    Frame::Map {
-                        start,
-                        anchor,
-                        entries,
-                        ..
-                    } => (start, anchor, Kind::Map(entries)),
-                };
-                let end = range.end.max(start);
-                // A flow sequence's end stops before its `]`/`}`; include the bracket.
-                let mut end = end;
-                if let Some(c) = src[end..].chars().next()
-                    && (c == ']' || c == '}')
-                {
-                    end += 1;
-                }
-                let n = Node {
-                    kind,
-                    span: trim_end(src, start..end),
-                };
-                if anchor != 0 {
-                    anchors.insert(anchor, n.clone());
-                }
-                n
-            }
+            Event::SequenceEnd | Event::MappingEnd => match self.close(range) {
+                Some(n) => n,
+                None => return Ok(None),
+            },
         };
-        total_nodes += 1;
-        if total_nodes > MAX_NODES {
+        Ok(Some(node))
+    }
+
+    /// Remembers a node under its anchor (0: no anchor).
+    fn define(&mut self, anchor: usize, n: &Node) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, n.clone());
+        }
+    }
+
+    /// A copy of the anchored node, counted at its expanded size.
+    fn alias(&mut self, id: usize, range: Range<usize>) -> Result<Node, Diagnostic> {
+        match self.anchors.get(&id) {
+            Some(n) => {
+                let size = count_nodes(n);
+                self.total_nodes = self.total_nodes.saturating_add(size);
+                if self.total_nodes > MAX_NODES {
+                    return Err(too_big(range));
+                }
+                Ok(n.clone())
+            }
+            None => Err(Diagnostic::error(
+                "E0103",
+                "this alias refers to an anchor that is not defined",
+            )
+            .label(range, "unknown anchor")
+            .help("define the anchor with `&name` before using `*name`")),
+        }
+    }
+
+    /// Ends the innermost open collection and returns it as a node.
+    fn close(&mut self, range: Range<usize>) -> Option<Node> {
+        let frame = self.stack.pop()?;
+        let (start, anchor, kind) = match frame {
+            Frame::Seq {
+                start,
+                anchor,
+                items,
+            } => (start, anchor, Kind::Seq(items)),
+            Frame::Map {
+                start,
+                anchor,
+                entries,
+                ..
+            } => (start, anchor, Kind::Map(entries)),
+        };
+        let end = range.end.max(start);
+        // A flow sequence's end stops before its `]`/`}`; include the bracket.
+        let mut end = end;
+        if let Some(c) = self.src[end..].chars().next()
+            && (c == ']' || c == '}')
+        {
+            end += 1;
+        }
+        let n = Node {
+            kind,
+            span: trim_end(self.src, start..end),
+        };
+        self.define(anchor, &n);
+        Some(n)
+    }
+
+    /// Counts a completed node and puts it where it belongs: the root, the next item of
+    /// a sequence, or a mapping's key or value.
+    fn attach(&mut self, node: Node) -> Result<(), Diagnostic> {
+        self.total_nodes += 1;
+        if self.total_nodes > MAX_NODES {
             return Err(too_big(node.span.clone()));
         }
-        match stack.last_mut() {
-            None => root = Some(node),
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => entries.push((k, node)),
             },
         }
+        Ok(())
     }
-    Ok(root.unwrap_or(Node {
-        kind: Kind::Scalar(Scalar::Null),
-        span: 0..0,
-    }))
 }
 
 /// The innermost `[` or `{` that `before` leaves open (skipping comments and quoted

@@ -1,0 +1,97 @@
+//! What the checker produces: a [`Graph`] of inputs and layers with their symbolic
+//! types and Keras parameters, its outputs, and the checked train section.
+
+use std::ops::Range;
+
+use crate::args::Args;
+use crate::layers::{LayerKind, Param, TensorType};
+use crate::spec::train::TrainDecl;
+
+/// Where a tensor comes from: a model input or a layer's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Input(usize),
+    Layer(usize),
+}
+
+/// A model input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub name: String,
+    pub ty: TensorType,
+    pub span: Range<usize>,
+}
+
+/// A checked layer.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub name: String,
+    pub kind: &'static LayerKind,
+    pub args: Args,
+    pub inputs: Vec<Source>,
+    pub output: TensorType,
+    pub params: Vec<Param>,
+    /// The layer's type key in the spec.
+    pub span: Range<usize>,
+}
+
+/// A training target, matched to the output it is compared with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub ty: TensorType,
+    /// Index into [`Graph::outputs`].
+    pub output: usize,
+}
+
+/// The checked train section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Train {
+    pub decl: TrainDecl,
+    pub targets: Vec<Target>,
+    /// Metrics with `accuracy` resolved to its Keras variant (sparse/categorical/binary).
+    pub metrics: Vec<String>,
+}
+
+/// A checked model: inputs, layers in order, outputs, training setup.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<Input>,
+    pub layers: Vec<Layer>,
+    pub outputs: Vec<Source>,
+    pub train: Option<Train>,
+}
+
+impl Graph {
+    pub fn type_of(&self, s: Source) -> &TensorType {
+        match s {
+            Source::Input(i) => &self.inputs[i].ty,
+            Source::Layer(i) => &self.layers[i].output,
+        }
+    }
+    pub fn name_of(&self, s: Source) -> &str {
+        match s {
+            Source::Input(i) => &self.inputs[i].name,
+            Source::Layer(i) => &self.layers[i].name,
+        }
+    }
+    /// (total, trainable, non-trainable) parameter counts.
+    pub fn param_counts(&self) -> (i64, i64, i64) {
+        let mut t = 0i64;
+        let mut n = 0i64;
+        for l in &self.layers {
+            for p in &l.params {
+                if p.trainable {
+                    t = t.saturating_add(p.count());
+                } else {
+                    n = n.saturating_add(p.count());
+                }
+            }
+        }
+        (t.saturating_add(n), t, n)
+    }
+}
+
+/// Largest number of parameters a model may have (every count fits in i64 with room).
+pub const MAX_PARAMS: i64 = 1 << 40;

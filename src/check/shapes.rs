@@ -1,0 +1,158 @@
+//! Shape inference, in the layers' order: each layer's kind infers its output type and
+//! Keras parameters from its arguments and its inputs' types; sizes are capped at
+//! [`MAX_PARAMS`].
+
+use std::ops::Range;
+
+use super::{Checker, Input, MAX_PARAMS, Resolved, Source};
+use crate::diag::Diagnostic;
+use crate::dim::product;
+use crate::layers::{self, Ctx, In, Inferred, Param, TensorType};
+
+impl Checker<'_> {
+    /// Every layer's output type and parameters, in order; `None` (and no parameters)
+    /// for a layer that is wrong or takes a wrong layer, so that nothing cascades.
+    pub(super) fn shapes(
+        &mut self,
+        inputs: &[Input],
+        resolved: &Resolved,
+    ) -> (Vec<Option<TensorType>>, Vec<Vec<Param>>) {
+        let mut types: Vec<Option<TensorType>> = Vec::new();
+        let mut params: Vec<Vec<Param>> = Vec::new();
+        for i in 0..self.spec.layers.len() {
+            let full = self.full();
+            let result = if full {
+                None
+            } else {
+                self.infer(i, inputs, resolved, &types)
+            };
+            match result {
+                Some(inf) => {
+                    types.push(Some(inf.output));
+                    params.push(inf.params);
+                }
+                None => {
+                    types.push(None);
+                    params.push(Vec::new());
+                }
+            }
+        }
+        (types, params)
+    }
+
+    /// Layer `i`'s inferred type and parameters, given the types of the layers before it.
+    fn infer(
+        &mut self,
+        i: usize,
+        inputs: &[Input],
+        resolved: &Resolved,
+        types: &[Option<TensorType>],
+    ) -> Option<Inferred> {
+        let spec = self.spec;
+        let decl = &spec.layers[i];
+        let origin = |s: Source| -> Range<usize> {
+            match s {
+                Source::Input(i) => inputs[i].span.clone(),
+                Source::Layer(j) => spec.layers[j].type_span.clone(),
+            }
+        };
+        let kind = resolved.kinds[i]?;
+        let a = resolved.args[i].as_ref()?;
+        let srcs = resolved.refs[i].as_ref()?;
+        let mut ins = Vec::new();
+        for &s in srcs {
+            let (name, ty) = match s {
+                Source::Input(k) => (inputs[k].name.as_str(), Some(&inputs[k].ty)),
+                Source::Layer(j) => (self.names[j].as_str(), types[j].as_ref()),
+            };
+            ins.push(In {
+                name,
+                ty: ty?,
+                origin: origin(s),
+            });
+        }
+        let mut cx = Ctx {
+            layer: &self.names[i],
+            kind,
+            span: decl.type_span.clone(),
+            args: a,
+            inputs: ins,
+            diags: self.diags,
+        };
+        let inferred = (kind.infer)(&mut cx)?;
+        let count = inferred.params.iter().try_fold(0i64, |acc, p| {
+            p.shape
+                .iter()
+                .try_fold(1i64, |x, &d| x.checked_mul(d))
+                .and_then(|c| acc.checked_add(c))
+        });
+        if count.is_none_or(|c| c > MAX_PARAMS) {
+            self.too_large(i, count);
+            return None;
+        }
+        if let Err(e) = product(&inferred.output.shape) {
+            let mut cx = Ctx {
+                layer: &self.names[i],
+                kind,
+                span: decl.type_span.clone(),
+                args: a,
+                inputs: Vec::new(),
+                diags: self.diags,
+            };
+            cx.overflow(e);
+            return None;
+        }
+        Some(inferred)
+    }
+
+    /// E0513: layer `i` would have `count` parameters (`None`: more than i64 holds).
+    fn too_large(&mut self, i: usize, count: Option<i64>) {
+        self.diags.push(
+            Diagnostic::error(
+                "E0513",
+                match count {
+                    Some(c) => format!(
+                        "`{}` would have {} parameters, more than kiln's limit of {}",
+                        self.names[i],
+                        layers::group_digits(c),
+                        layers::group_digits(MAX_PARAMS)
+                    ),
+                    None => format!(
+                        "`{}` would have more than {} parameters",
+                        self.names[i],
+                        layers::group_digits(MAX_PARAMS)
+                    ),
+                },
+            )
+            .label(
+                self.spec.layers[i].type_span.clone(),
+                "this layer is too large",
+            )
+            .help("check `units`/`filters` and the sizes of its input"),
+        );
+    }
+
+    /// E0513 when the layers are each within the limit but not together.
+    pub(super) fn check_total(&mut self, params: &[Vec<Param>]) {
+        let total: Option<i64> = params
+            .iter()
+            .flatten()
+            .try_fold(0i64, |acc, p| acc.checked_add(p.count()));
+        if total.is_none_or(|t| t > MAX_PARAMS) {
+            self.diags.push(
+                Diagnostic::error(
+                    "E0513",
+                    format!(
+                        "the model would have more than {} parameters",
+                        layers::group_digits(MAX_PARAMS)
+                    ),
+                )
+                .label(
+                    self.spec.layers_span.clone(),
+                    "these layers are too large together",
+                )
+                .help("reduce `units`/`filters`"),
+            );
+        }
+    }
+}
