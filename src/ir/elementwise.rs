@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -12,6 +12,7 @@ pub mod gather;
 pub mod interp;
 pub mod matmul;
 pub mod passes;
+pub mod real;
 pub mod reduce;
 pub mod rnn;
 pub mod structural;

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Axis};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Cmp, Func, Id, Op, Result, Type, err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 use crate::dim::Dim;
 

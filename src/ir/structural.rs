@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, ReduceOp, Result, Type, err};
 use crate::dim::{Dim, product};
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 use crate::dim::Dim;
 use crate::layers::window_out;
