@@ -44,6 +44,42 @@ pub enum Cmp {
     Ne,
 }
 
+impl Unary {
+    /// Every unary op, for readers of the textual form.
+    pub const ALL: [Unary; 12] = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Log1p,
+        Unary::Tanh,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Abs,
+        Unary::Sign,
+        Unary::Erf,
+        Unary::Sigmoid,
+        Unary::Floor,
+    ];
+}
+
+impl Binary {
+    /// Every binary op, for readers of the textual form.
+    pub const ALL: [Binary; 7] = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::Min,
+        Binary::Pow,
+    ];
+}
+
+impl Cmp {
+    /// Every comparison, for readers of the textual form.
+    pub const ALL: [Cmp; 6] = [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne];
+}
+
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
     match op {
         Op::Unary(_) => Ok(tys[0].clone()),

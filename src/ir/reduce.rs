@@ -11,6 +11,11 @@ pub enum ReduceOp {
     Max,
 }
 
+impl ReduceOp {
+    /// Every reduction, for readers of the textual form.
+    pub const ALL: [ReduceOp; 2] = [ReduceOp::Sum, ReduceOp::Max];
+}
+
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
     let Op::Reduce { axes, .. } = op else {
         return err("not a reduce");
