@@ -19,6 +19,8 @@
 //! the same.
 
 mod ops;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
