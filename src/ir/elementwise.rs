@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +42,42 @@ pub enum Cmp {
     Ge,
     Eq,
     Ne,
+}
+
+impl Unary {
+    /// Every unary op, for readers of the textual form.
+    pub const ALL: [Unary; 12] = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Log1p,
+        Unary::Tanh,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Abs,
+        Unary::Sign,
+        Unary::Erf,
+        Unary::Sigmoid,
+        Unary::Floor,
+    ];
+}
+
+impl Binary {
+    /// Every binary op, for readers of the textual form.
+    pub const ALL: [Binary; 7] = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::Min,
+        Binary::Pow,
+    ];
+}
+
+impl Cmp {
+    /// Every comparison, for readers of the textual form.
+    pub const ALL: [Cmp; 6] = [Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge, Cmp::Eq, Cmp::Ne];
 }
 
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {

@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {

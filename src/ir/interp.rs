@@ -6,35 +6,9 @@ use std::collections::HashMap;
 
 use ndarray::ArrayD;
 
+use super::real::Real;
 use super::{Func, Op, Result, err};
 use crate::dim::Dim;
-
-/// The float types the interpreter runs in.
-pub trait Real:
-    num_traits::Float
-    + num_traits::FromPrimitive
-    + ndarray::LinalgScalar
-    + ndarray::ScalarOperand
-    + std::fmt::Debug
-    + std::ops::AddAssign
-    + Send
-    + Sync
-    + 'static
-{
-    fn erf(self) -> Self;
-}
-
-impl Real for f32 {
-    fn erf(self) -> f32 {
-        libm::erff(self)
-    }
-}
-
-impl Real for f64 {
-    fn erf(self) -> f64 {
-        libm::erf(self)
-    }
-}
 
 /// Symbol bindings (`batch` → 32).
 pub type Env = HashMap<String, i64>;

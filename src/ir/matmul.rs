@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Ix3, IxDyn, linalg::general_mat_mul, s};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {

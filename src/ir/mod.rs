@@ -11,7 +11,9 @@ pub mod elementwise;
 pub mod gather;
 pub mod interp;
 pub mod matmul;
+pub mod parse;
 pub mod passes;
+pub mod real;
 pub mod reduce;
 pub mod rnn;
 pub mod structural;
@@ -29,6 +31,7 @@ pub type Type = crate::types::TensorType;
 pub type Id = usize;
 
 pub use elementwise::{Binary, Cmp, Unary};
+pub use parse::{ParseError, parse};
 pub use reduce::ReduceOp;
 pub use rnn::{Cell, RnnAttrs};
 pub use window::{ConvAttrs, Padding, PoolKind, WindowAttrs};
@@ -451,40 +454,69 @@ fn list<T: fmt::Display>(v: &[T]) -> String {
         .join(",")
 }
 
-fn fmt_op(op: &Op) -> String {
+/// The name of an op in the textual form (`reduce_sum`, `pool_max_grad`, `cmp_lt`); the
+/// reader finds ops by this name, so printer and reader cannot disagree on it.
+pub fn op_name(op: &Op) -> String {
+    let lower = |d: &dyn fmt::Debug| format!("{d:?}").to_lowercase();
     match op {
-        Op::Input(i) => format!("input {i}"),
-        Op::Const(c) => format!("const {c:?}"),
-        Op::Iota { axis } => format!("iota[axis={axis}]"),
-        Op::DimSize(d) => format!("dim_size[{d}]"),
-        Op::Rng { salt } => format!("rng_uniform[salt={salt}]"),
-        Op::Unary(u) => format!("{u:?}").to_lowercase(),
-        Op::Binary(b) => format!("{b:?}").to_lowercase(),
-        Op::Cmp(c) => format!("cmp_{}", format!("{c:?}").to_lowercase()),
+        Op::Input(_) => "input".into(),
+        Op::Const(_) => "const".into(),
+        Op::Iota { .. } => "iota".into(),
+        Op::DimSize(_) => "dim_size".into(),
+        Op::Rng { .. } => "rng_uniform".into(),
+        Op::Unary(u) => lower(u),
+        Op::Binary(b) => lower(b),
+        Op::Cmp(c) => format!("cmp_{}", lower(c)),
         Op::Select => "select".into(),
-        Op::Cast(t) => format!("cast[{}]", t.name()),
-        Op::Broadcast { dims } => format!("broadcast[dims=({})]", list(dims)),
+        Op::Cast(_) => "cast".into(),
+        Op::Broadcast { .. } => "broadcast".into(),
         Op::Reshape => "reshape".into(),
-        Op::Transpose { perm } => format!("transpose[perm=({})]", list(perm)),
-        Op::Slice { axis, start, end } => format!("slice[axis={axis}, {start}..{end}]"),
-        Op::Pad { axis, low, high } => format!("pad[axis={axis}, low={low}, high={high}]"),
-        Op::Concat { axis } => format!("concat[axis={axis}]"),
-        Op::Reduce { op, axes } => format!(
-            "reduce_{}[axes=({})]",
-            format!("{op:?}").to_lowercase(),
-            list(axes)
-        ),
-        Op::MatMul { ta, tb } => format!("matmul[ta={ta}, tb={tb}]"),
-        Op::Conv(a) => format!("conv[{a}]"),
-        Op::ConvInputGrad(a) => format!("conv_input_grad[{a}]"),
-        Op::ConvKernelGrad(a) => format!("conv_kernel_grad[{a}]"),
-        Op::Pool { kind, attrs } => format!("pool_{}[{attrs}]", format!("{kind:?}").to_lowercase()),
-        Op::PoolGrad { kind, attrs } => {
-            format!("pool_{}_grad[{attrs}]", format!("{kind:?}").to_lowercase())
-        }
+        Op::Transpose { .. } => "transpose".into(),
+        Op::Slice { .. } => "slice".into(),
+        Op::Pad { .. } => "pad".into(),
+        Op::Concat { .. } => "concat".into(),
+        Op::Reduce { op, .. } => format!("reduce_{}", lower(op)),
+        Op::MatMul { .. } => "matmul".into(),
+        Op::Conv(_) => "conv".into(),
+        Op::ConvInputGrad(_) => "conv_input_grad".into(),
+        Op::ConvKernelGrad(_) => "conv_kernel_grad".into(),
+        Op::Pool { kind, .. } => format!("pool_{}", lower(kind)),
+        Op::PoolGrad { kind, .. } => format!("pool_{}_grad", lower(kind)),
         Op::Gather => "gather".into(),
         Op::ScatterAdd => "scatter_add".into(),
-        Op::Rnn(a) => format!("rnn[{a}]"),
-        Op::RnnGrad { attrs, wrt } => format!("rnn_grad[{attrs}, wrt={wrt}]"),
+        Op::Rnn(_) => "rnn".into(),
+        Op::RnnGrad { .. } => "rnn_grad".into(),
+    }
+}
+
+/// An op as printed: its name, then its attributes in brackets (the reader in
+/// `parse.rs` reads exactly these forms).
+fn fmt_op(op: &Op) -> String {
+    let name = op_name(op);
+    match op {
+        Op::Input(i) => format!("{name} {i}"),
+        Op::Const(c) => format!("{name} {c:?}"),
+        Op::Iota { axis } => format!("{name}[axis={axis}]"),
+        Op::DimSize(d) => format!("{name}[{d}]"),
+        Op::Rng { salt } => format!("{name}[salt={salt}]"),
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Cmp(_)
+        | Op::Select
+        | Op::Reshape
+        | Op::Gather
+        | Op::ScatterAdd => name,
+        Op::Cast(t) => format!("{name}[{}]", t.name()),
+        Op::Broadcast { dims } => format!("{name}[dims=({})]", list(dims)),
+        Op::Transpose { perm } => format!("{name}[perm=({})]", list(perm)),
+        Op::Slice { axis, start, end } => format!("{name}[axis={axis}, {start}..{end}]"),
+        Op::Pad { axis, low, high } => format!("{name}[axis={axis}, low={low}, high={high}]"),
+        Op::Concat { axis } => format!("{name}[axis={axis}]"),
+        Op::Reduce { axes, .. } => format!("{name}[axes=({})]", list(axes)),
+        Op::MatMul { ta, tb } => format!("{name}[ta={ta}, tb={tb}]"),
+        Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => format!("{name}[{a}]"),
+        Op::Pool { attrs, .. } | Op::PoolGrad { attrs, .. } => format!("{name}[{attrs}]"),
+        Op::Rnn(a) => format!("{name}[{a}]"),
+        Op::RnnGrad { attrs, wrt } => format!("{name}[{attrs}, wrt={wrt}]"),
     }
 }

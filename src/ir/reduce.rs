@@ -2,13 +2,18 @@
 
 use ndarray::{ArrayD, Axis};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Cmp, Func, Id, Op, Result, Type, err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     Sum,
     Max,
+}
+
+impl ReduceOp {
+    /// Every reduction, for readers of the textual form.
+    pub const ALL: [ReduceOp; 2] = [ReduceOp::Sum, ReduceOp::Max];
 }
 
 pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {

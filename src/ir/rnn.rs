@@ -6,7 +6,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 use crate::dim::Dim;
 
@@ -15,6 +15,11 @@ pub enum Cell {
     Simple,
     Lstm,
     Gru,
+}
+
+impl Cell {
+    /// Every cell, for readers of the textual form.
+    pub const ALL: [Cell; 3] = [Cell::Simple, Cell::Lstm, Cell::Gru];
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +68,11 @@ pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
                 vec![x.shape[0].clone(), Dim::konst(a.units)]
             }))
         }
-        Op::RnnGrad { wrt, .. } => Ok(tys[*wrt].clone()),
+        // The last argument is dy; `wrt` names one of the others.
+        Op::RnnGrad { wrt, .. } => match tys.get(*wrt) {
+            Some(t) if *wrt + 1 < tys.len() => Ok((*t).clone()),
+            _ => err(format!("rnn gradient with respect to argument {wrt}")),
+        },
         _ => err("not an rnn op"),
     }
 }

@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, ReduceOp, Result, Type, err};
 use crate::dim::{Dim, product};
 
@@ -76,6 +76,9 @@ pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
             Ok(Type::new(s, t.dtype))
         }
         Op::Concat { axis } => {
+            if *axis >= t.rank() {
+                return err(format!("concat on axis {axis} of rank {}", t.rank()));
+            }
             let mut s = t.shape.clone();
             for o in &tys[1..] {
                 if o.rank() != t.rank()

@@ -7,7 +7,7 @@ use std::fmt;
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
-use super::interp::Real;
+use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
 use crate::dim::Dim;
 use crate::types::window_out;
@@ -20,6 +20,9 @@ pub enum Padding {
 }
 
 impl Padding {
+    /// Every padding, for readers of the textual form.
+    pub const ALL: [Padding; 3] = [Padding::Valid, Padding::Same, Padding::Causal];
+
     pub fn parse(s: &str) -> Padding {
         match s {
             "same" => Padding::Same,
@@ -27,7 +30,8 @@ impl Padding {
             _ => Padding::Valid,
         }
     }
-    fn name(self) -> &'static str {
+    /// The name in specs and in the textual IR.
+    pub fn name(self) -> &'static str {
         match self {
             Padding::Valid => "valid",
             Padding::Same => "same",
@@ -76,6 +80,11 @@ pub enum PoolKind {
     Avg,
 }
 
+impl PoolKind {
+    /// Every pooling kind, for readers of the textual form.
+    pub const ALL: [PoolKind; 2] = [PoolKind::Max, PoolKind::Avg];
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WindowAttrs {
     pub window: Vec<i64>,
@@ -103,6 +112,11 @@ fn spatial_out(x: &Type, k: &[i64], s: &[i64], d: &[i64], p: Padding) -> Result<
             x.rank()
         ));
     }
+    if k.iter().chain(s).chain(d).any(|&v| v < 1) {
+        return err(format!(
+            "window {k:?}, strides {s:?} and dilation {d:?} must be positive"
+        ));
+    }
     let pad = if p == Padding::Valid { "valid" } else { "same" };
     (0..n)
         .map(|i| {
@@ -116,24 +130,24 @@ pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
     match op {
         Op::Conv(a) => {
             let (x, k) = (tys[0], tys[1]);
-            let n = k.rank().saturating_sub(2);
+            if k.rank() < 3 {
+                return err(format!("conv kernel of rank {}", k.rank()));
+            }
+            let n = k.rank() - 2;
             let ks: Option<Vec<i64>> = k.shape[..n].iter().map(Dim::as_const).collect();
             let ks = ks.ok_or_else(|| super::IrError("symbolic kernel".into()))?;
+            let spatial = spatial_out(x, &ks, &a.strides, &a.dilation, a.padding)?;
             let mut s = vec![x.shape[0].clone()];
-            s.extend(spatial_out(x, &ks, &a.strides, &a.dilation, a.padding)?);
+            s.extend(spatial);
             s.push(k.last().clone());
             Ok(Type::f32(s))
         }
         Op::Pool { attrs, .. } => {
             let x = tys[0];
+            let ones = vec![1; attrs.window.len()];
+            let spatial = spatial_out(x, &attrs.window, &attrs.strides, &ones, attrs.padding)?;
             let mut s = vec![x.shape[0].clone()];
-            s.extend(spatial_out(
-                x,
-                &attrs.window,
-                &attrs.strides,
-                &vec![1; attrs.window.len()],
-                attrs.padding,
-            )?);
+            s.extend(spatial);
             s.push(x.last().clone());
             Ok(Type::f32(s))
         }
