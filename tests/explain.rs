@@ -206,3 +206,26 @@ fn explain_prints_the_page_of_a_code_however_it_is_written() {
     assert_eq!(Some(page), codes::lookup("E0504").map(CodeInfo::page));
     assert!(kiln::diag::explain("E0999").is_none());
 }
+
+/// The pages quote kiln's limits in words; they must be the limits the code enforces.
+#[test]
+fn explanations_quote_the_limits_kiln_enforces() {
+    use kiln::layers::group_digits;
+    let quoted = [
+        ("E0104", kiln::spec::yaml::MAX_DEPTH.to_string()),
+        ("E0105", group_digits(kiln::spec::yaml::MAX_NODES as i64)),
+        ("E0106", group_digits(kiln::spec::MAX_SPEC_BYTES as i64)),
+        ("E0108", kiln::check::MAX_REPORTED.to_string()),
+        ("W0108", kiln::check::MAX_REPORTED.to_string()),
+        ("E0302", group_digits(kiln::args::MAX_SIZE)),
+        ("E0513", group_digits(kiln::check::MAX_PARAMS)),
+    ];
+    for (code, limit) in quoted {
+        let info = codes::lookup(code).expect("registered");
+        assert!(
+            info.explanation.contains(&limit),
+            "{code} should say the limit is {limit}: {}",
+            info.explanation
+        );
+    }
+}

@@ -46,8 +46,8 @@ layers:
         title: "a dimension is neither a size nor a name",
         explanation: "\
 A dimension is a positive integer or a name. Shapes are not evaluated, so `28*28` is
-neither; write the size itself. Symbolic sizes computed by layers (`seq / 2` after a
-pooling) are derived by kiln, not written in the spec.
+neither; write the size itself. Sizes that layers compute from a symbol (after a
+pooling, say) are derived by kiln, not written in the spec.
 ",
         wrong: Example::Spec(include_str!("../../../specs/errors/dim_expression.yaml")),
         fixed: Example::Spec(

@@ -33,7 +33,7 @@ layers:
         explanation: "\
 Inputs and layers share one namespace, and each name is used once: layers refer to
 each other by name, and weights are stored under them (`hidden/kernel`). Layers without
-a `name` get Keras's automatic names (`dense`, `dense_1`, …), which never clash.
+a `name` get Keras's automatic names (`dense`, `dense_1`, …).
 ",
         wrong: Example::Spec(include_str!(
             "../../../specs/errors/duplicate_layer_name.yaml"
@@ -203,8 +203,8 @@ layers:
         code: "W0702",
         title: "an input is not used by any output",
         explanation: "\
-No output depends on this input. Data for it would still have to be given, and is
-ignored. Take it in a layer with `input:` or `inputs:`, or remove it.
+No output depends on this input, so whatever is fed to it is ignored. Take it in a
+layer with `input:` or `inputs:`, or remove it.
 ",
         wrong: Example::Spec(
             "\

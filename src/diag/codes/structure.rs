@@ -49,8 +49,8 @@ layers:
         code: "E0203",
         title: "the model's `name` is not a string",
         explanation: "\
-`name` is the model's name, a single word of text (it names the default weight file and
-shows in the summary). Without it, the model is named after the spec file.
+`name` is the model's name, a single word of text, shown in the summary and in
+`kiln check`'s one-line report. Without it, the model is named after the spec file.
 ",
         wrong: Example::Spec(include_str!("../../../specs/errors/name_not_a_string.yaml")),
         fixed: Example::Spec(
