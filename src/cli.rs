@@ -91,6 +91,8 @@ enum Command {
     Eval(crate::commands::EvalArgs),
     /// Run the forward pass on input arrays and write the outputs.
     Predict(crate::commands::PredictArgs),
+    /// Explain a diagnostic code (E0504, W0701): what it means, a wrong and a fixed spec.
+    Explain { code: String },
 }
 
 fn color() -> bool {
@@ -131,6 +133,16 @@ pub fn main() -> i32 {
         Command::Train(a) => crate::commands::train(&a),
         Command::Eval(a) => crate::commands::eval(&a),
         Command::Predict(a) => crate::commands::predict(&a),
+        Command::Explain { code } => match diag::explain(&code) {
+            Some(page) => {
+                print!("{page}");
+                0
+            }
+            None => {
+                eprintln!("error: no such code `{code}`; codes look like E0504");
+                2
+            }
+        },
     }
 }
 

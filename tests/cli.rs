@@ -925,3 +925,20 @@ fn a_closed_output_pipe_is_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(status.code(), Some(101), "{err}");
 }
+
+/// `kiln explain CODE` prints a code's page (however the code is written) and refuses
+/// codes kiln does not have as a usage error.
+#[test]
+fn explain_prints_a_page_and_refuses_unknown_codes() {
+    let run = kiln(&["explain", "E0504"]);
+    run.expect(0)
+        .stdout_has("E0504: ")
+        .stdout_has("A spec with this mistake:")
+        .stdout_has("The same spec, fixed:");
+    assert_eq!(kiln(&["explain", "e0504"]).expect(0).stdout, run.stdout);
+    kiln(&["explain", "W0701"]).expect(0).stdout_has("W0701: ");
+    kiln(&["explain", "E0999"])
+        .expect(2)
+        .stderr_has("no such code `E0999`; codes look like E0504");
+    kiln(&["explain"]).expect(2);
+}

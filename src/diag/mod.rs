@@ -3,7 +3,12 @@
 //! Every diagnostic has a stable code, one plain sentence, a primary label at the exact
 //! span of the user's text, optional secondary labels (where a conflicting shape came
 //! from) and help. Rendering goes through miette so the output reads like rustc's; the
-//! JSON form is for editors and scripts.
+//! JSON form is for editors and scripts. [`codes`] holds every code's explanation
+//! (`kiln explain`).
+
+pub mod codes;
+
+pub use codes::explain;
 
 use std::fmt;
 use std::ops::Range;
