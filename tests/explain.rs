@@ -212,8 +212,8 @@ fn explain_prints_the_page_of_a_code_however_it_is_written() {
 fn explanations_quote_the_limits_kiln_enforces() {
     use kiln::layers::group_digits;
     let quoted = [
-        ("E0104", kiln::spec::yaml::MAX_DEPTH.to_string()),
-        ("E0105", group_digits(kiln::spec::yaml::MAX_NODES as i64)),
+        ("E0104", kiln::yaml::MAX_DEPTH.to_string()),
+        ("E0105", group_digits(kiln::yaml::MAX_NODES as i64)),
         ("E0106", group_digits(kiln::spec::MAX_SPEC_BYTES as i64)),
         ("E0108", kiln::check::MAX_REPORTED.to_string()),
         ("W0108", kiln::check::MAX_REPORTED.to_string()),
