@@ -194,7 +194,6 @@ pub fn load(spec: &PathBuf) -> Result<Model, i32> {
 
 fn report(e: &Error) {
     match e {
-        Error::Io { .. } => eprintln!("error: {e}"),
         Error::Spec(s) => {
             eprint!("{}", s.render(color()));
             let n = s.diagnostics.iter().filter(|d| d.is_error()).count();
@@ -204,6 +203,7 @@ fn report(e: &Error) {
                 if n == 1 { "" } else { "s" }
             );
         }
+        e => eprintln!("error: {e}"),
     }
 }
 

@@ -14,9 +14,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::ArrayViewD;
 
 use crate::data::{self, DataError, Dataset, LoadOptions};
+use crate::error::Error;
 use crate::fit::{FitOptions, Logs, Observer, Stop};
 use crate::layers::group_digits;
-use crate::net::{Net, NetError, Options};
+use crate::net::{Net, Options};
 use crate::runtime::Backend;
 use crate::settings::Settings;
 
@@ -122,7 +123,7 @@ pub struct PredictArgs {
     pub backend: BackendArg,
 }
 
-fn fail(e: &NetError) -> i32 {
+fn fail(e: &Error) -> i32 {
     eprintln!("error: {e}");
     e.exit_code()
 }

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod data;
 pub mod diag;
 pub mod dim;
+pub mod error;
 pub mod fit;
 pub mod ir;
 pub mod jit;
@@ -25,15 +26,15 @@ pub mod types;
 pub mod weights;
 pub mod yaml;
 
-use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use check::Graph;
 pub use data::Dataset;
 pub use diag::Diagnostic;
+pub use error::{Error, SpecError};
 pub use fit::{FitOptions, FitReport, Logs};
-pub use net::{Net, NetError, Options};
+pub use net::{Net, Options};
 
 /// A spec that parsed and checked clean.
 #[derive(Debug)]
@@ -48,73 +49,12 @@ pub struct Model {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Why a spec could not be loaded.
-#[derive(Debug)]
-pub enum Error {
-    /// The file could not be read (exit code 2).
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    /// The spec is wrong: every diagnostic, with the source to show them against
-    /// (exit code 1).
-    Spec(SpecError),
-}
-
-/// A spec's diagnostics together with its text.
-#[derive(Debug)]
-pub struct SpecError {
-    /// The file name to show.
-    pub file: String,
-    pub source: String,
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-impl SpecError {
-    /// Renders every diagnostic the way `kiln check` prints them.
-    pub fn render(&self, color: bool) -> String {
-        let src = diag::Source {
-            name: &self.file,
-            text: &self.source,
-        };
-        diag::render(&src, &self.diagnostics, color)
-    }
-    /// The JSON form of `kiln check --format json`.
-    pub fn to_json(&self) -> String {
-        let src = diag::Source {
-            name: &self.file,
-            text: &self.source,
-        };
-        diag::to_json(&src, &self.diagnostics)
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io { path, error } => write!(f, "cannot read {}: {error}", path.display()),
-            Error::Spec(e) => f.write_str(&e.render(false)),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl Error {
-    /// The process exit code for this error (DESIGN §3).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Io { .. } => 2,
-            Error::Spec(_) => 1,
-        }
-    }
-}
-
 /// Reads a spec file: bounded in size, and with non-UTF-8 bytes reported as a
 /// diagnostic at their place rather than as an I/O failure.
 pub fn read_spec(path: &Path) -> Result<String, Error> {
     let io = |error| Error::Io {
         path: path.to_path_buf(),
+        action: "read",
         error,
     };
     let file = std::fs::File::open(path).map_err(io)?;

@@ -18,7 +18,8 @@ use super::callbacks::{Callback, States};
 use super::run::Sums;
 use super::{Logs, Settings};
 use crate::data::Dataset;
-use crate::net::{Net, NetError, OptState};
+use crate::error::Error;
+use crate::net::{Net, OptState};
 use crate::weights::{self, Weights, WeightsError};
 
 /// The metadata key of the JSON record.
@@ -109,7 +110,7 @@ pub struct Resume {
 }
 
 /// Writes a checkpoint of `net` at the position `meta` describes.
-pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Result<(), NetError> {
+pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Result<(), Error> {
     let mut w = Weights::new();
     for (k, a) in net.weights().iter() {
         w.insert(k, a.clone());
@@ -137,7 +138,7 @@ pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Res
     w.metadata.insert(META_STEP.into(), meta.step.to_string());
     w.metadata.insert(META_EPOCH.into(), meta.epoch.to_string());
     let json = serde_json::to_string(meta)
-        .map_err(|e| NetError::Internal(format!("cannot encode the checkpoint: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the checkpoint: {e}")))?;
     w.metadata.insert(META_STATE.into(), json);
     weights::save(path, &w)?;
     Ok(())
@@ -145,7 +146,7 @@ pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Res
 
 /// Writes a checkpoint between runs: weights and optimizer state; a `fit` resumed from
 /// it starts at epoch 0 with the optimizer's state and step.
-fn save_idle(net: &mut Net, path: &Path) -> Result<(), NetError> {
+fn save_idle(net: &mut Net, path: &Path) -> Result<(), Error> {
     let meta = Meta {
         format: 1,
         step: net.optimizer_state().step,
@@ -166,22 +167,22 @@ impl Net {
     /// where training stopped as the returned [`Resume`]; pass it as
     /// [`FitOptions::resume`](super::FitOptions::resume) and the next `fit` continues
     /// exactly.
-    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<Resume, NetError> {
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<Resume, Error> {
         load(self, path.as_ref())
     }
 
     /// Writes a checkpoint of the current state (weights and optimizer state; between
     /// `fit` calls it resumes at the start of a new `fit`).
-    pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), NetError> {
+    pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
         save_idle(self, path.as_ref())
     }
 }
 
 /// Loads a checkpoint into `net`: weights, optimizer state and position.
-fn load(net: &mut Net, path: &Path) -> Result<Resume, NetError> {
+fn load(net: &mut Net, path: &Path) -> Result<Resume, Error> {
     let mut w = weights::load(path)?;
     let bad = |m: String| {
-        NetError::Weights(WeightsError::Format {
+        Error::Weights(WeightsError::Format {
             path: path.to_path_buf(),
             key: None,
             message: m,
@@ -224,8 +225,8 @@ fn load(net: &mut Net, path: &Path) -> Result<Resume, NetError> {
         }
     }
     net.set_weights(w).map_err(|e| match e {
-        NetError::Weights(WeightsError::Mismatch { problems, .. }) => {
-            NetError::Weights(WeightsError::Mismatch {
+        Error::Weights(WeightsError::Mismatch { problems, .. }) => {
+            Error::Weights(WeightsError::Mismatch {
                 path: path.to_path_buf(),
                 problems,
             })

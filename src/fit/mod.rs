@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::data::Dataset;
+use crate::error::Error;
 pub use crate::net::Logs;
-use crate::net::{Net, NetError};
+use crate::net::Net;
 use crate::settings::Overrides;
 pub use crate::settings::Settings;
 
@@ -70,7 +71,7 @@ impl FitOptions {
 
 impl Net {
     /// Keras's `fit` on `data`, silently. See [`Net::fit_with`].
-    pub fn fit(&mut self, data: &Dataset, opts: &FitOptions) -> Result<FitReport, NetError> {
+    pub fn fit(&mut self, data: &Dataset, opts: &FitOptions) -> Result<FitReport, Error> {
         self.fit_with(data, opts, &mut Silent)
     }
 
@@ -81,7 +82,7 @@ impl Net {
         data: &Dataset,
         opts: &FitOptions,
         observer: &mut dyn Observer,
-    ) -> Result<FitReport, NetError> {
+    ) -> Result<FitReport, Error> {
         run(self, data, opts, observer)
     }
 }

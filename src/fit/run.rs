@@ -12,8 +12,9 @@ use super::callbacks::{self, Callback, CsvLog};
 use super::{FitOptions, FitReport, Logs, Observer, Settings, Stop, checkpoint};
 use crate::args::Value;
 use crate::data::{self, Dataset};
+use crate::error::Error;
 use crate::lower::schedule;
-use crate::net::{Net, NetError, OptState, rng_key};
+use crate::net::{Net, OptState, rng_key};
 use crate::settings::metric_names;
 use crate::weights::Weights;
 
@@ -80,7 +81,7 @@ pub fn run(
     data: &Dataset,
     opts: &FitOptions,
     obs: &mut dyn Observer,
-) -> Result<FitReport, NetError> {
+) -> Result<FitReport, Error> {
     let mut r = Run::start(net, data, opts, obs)?;
     let mut stop = Stop::Completed;
     let mut epoch = r.start_epoch;
@@ -104,16 +105,16 @@ impl<'a> Run<'a> {
         data: &Dataset,
         opts: &'a FitOptions,
         obs: &'a mut dyn Observer,
-    ) -> Result<Run<'a>, NetError> {
+    ) -> Result<Run<'a>, Error> {
         let graph = net.graph().clone();
         let Some(train) = graph.train.as_ref() else {
-            return Err(NetError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "the spec of `{}` has no `train` section",
                 graph.name
             )));
         };
         if data.targets.len() != train.targets.len() {
-            return Err(NetError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "training needs the targets ({}), and {} has none",
                 train
                     .targets
@@ -127,7 +128,7 @@ impl<'a> Run<'a> {
         let resume = opts.resume.clone();
         let ckpt_settings = resume.as_ref().and_then(|r| r.meta.settings.clone());
         let s = Settings::resolve(&graph, &opts.overrides(), ckpt_settings.as_ref())
-            .map_err(NetError::Invalid)?;
+            .map_err(Error::Invalid)?;
         let (train_data, val_data) = match &opts.validation_data {
             Some(v) => (data.clone(), Some(v.clone())),
             None => data.split(s.validation_split())?,
@@ -215,10 +216,13 @@ impl<'a> Run<'a> {
     }
 
     /// The CSV logs: the spec's `csv_logger` callbacks and `FitOptions::csv_log`.
-    fn open_csv_logs(&mut self) -> Result<(), NetError> {
+    fn open_csv_logs(&mut self) -> Result<(), Error> {
         let open = |path: PathBuf, sep: &str, append: bool, hist: &[Logs]| {
-            CsvLog::open(path.clone(), sep, append, hist)
-                .map_err(|error| NetError::Io { path, error })
+            CsvLog::open(path.clone(), sep, append, hist).map_err(|error| Error::Io {
+                path,
+                action: "write",
+                error,
+            })
         };
         for c in &self.cbs {
             if let Callback::CsvLogger {
@@ -267,7 +271,7 @@ impl<'a> Run<'a> {
     }
 
     /// Runs the batches of `epoch`; `Some` when training stops inside it.
-    fn epoch(&mut self, epoch: usize) -> Result<Option<Stop>, NetError> {
+    fn epoch(&mut self, epoch: usize) -> Result<Option<Stop>, Error> {
         let (n, bs) = (self.train.len(), self.s.batch_size);
         let steps = data::num_batches(n, bs);
         self.obs.on_epoch_begin(epoch, self.s.epochs, steps);
@@ -319,7 +323,7 @@ impl<'a> Run<'a> {
         batch: usize,
         step: u64,
         loss: f32,
-    ) -> Result<Stop, NetError> {
+    ) -> Result<Stop, Error> {
         self.net.set_weights(self.snapshot.weights.clone())?;
         self.net.set_optimizer_state(self.snapshot.opt.clone());
         self.history.truncate(self.snapshot.history_len);
@@ -334,7 +338,7 @@ impl<'a> Run<'a> {
     }
 
     /// Interrupted after `batch` batches of `epoch`: write the checkpoint.
-    fn interrupt(&mut self, epoch: usize, batch: usize) -> Result<Stop, NetError> {
+    fn interrupt(&mut self, epoch: usize, batch: usize) -> Result<Stop, Error> {
         let path = self.opts.checkpoint.clone();
         if let Some(p) = &path {
             let meta = self.meta(epoch, batch);
@@ -362,7 +366,7 @@ impl<'a> Run<'a> {
 
     /// After `epochs_done` epochs: validation, callbacks, logs, checkpoints; `Some`
     /// when training stops here.
-    fn end_epoch(&mut self, epochs_done: usize) -> Result<Option<Stop>, NetError> {
+    fn end_epoch(&mut self, epochs_done: usize) -> Result<Option<Stop>, Error> {
         let epoch = epochs_done - 1;
         let steps = data::num_batches(self.train.len(), self.s.batch_size);
         let seconds = self.epoch_seconds.last().copied().unwrap_or(0.0);
@@ -386,8 +390,9 @@ impl<'a> Run<'a> {
             self.net.set_learning_rate(Some(l));
         }
         for c in &mut self.csv_logs {
-            c.row(epoch, &logs).map_err(|error| NetError::Io {
+            c.row(epoch, &logs).map_err(|error| Error::Io {
                 path: PathBuf::from("csv log"),
+                action: "write",
                 error,
             })?;
         }
@@ -416,7 +421,7 @@ impl<'a> Run<'a> {
     }
 
     /// on_train_end: early stopping's messages and best weights; the report.
-    fn finish(self, stop: Stop) -> Result<FitReport, NetError> {
+    fn finish(self, stop: Stop) -> Result<FitReport, Error> {
         let mut restored_best = None;
         if !matches!(stop, Stop::Interrupted { .. }) {
             for c in &self.cbs {
@@ -455,11 +460,7 @@ impl<'a> Run<'a> {
 
 /// The spec's callbacks (none with `no_callbacks`), refusing reduce-LR-on-plateau
 /// next to a learning-rate schedule as Keras does.
-fn spec_callbacks(
-    net: &Net,
-    opts: &FitOptions,
-    is_schedule: bool,
-) -> Result<Vec<Callback>, NetError> {
+fn spec_callbacks(net: &Net, opts: &FitOptions, is_schedule: bool) -> Result<Vec<Callback>, Error> {
     if opts.no_callbacks {
         return Ok(Vec::new());
     }
@@ -472,7 +473,7 @@ fn spec_callbacks(
             .iter()
             .any(|c| matches!(c, Callback::ReduceLrOnPlateau { .. }))
     {
-        return Err(NetError::Invalid(
+        return Err(Error::Invalid(
             "`reduce_lr_on_plateau` sets the learning rate, but the optimizer's `learning_rate` is a schedule, which decides it (Keras refuses this too): use a number as the learning rate, or drop one of them".into(),
         ));
     }

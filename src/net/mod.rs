@@ -21,7 +21,6 @@
 //! handed in are checked against the spec (names, dtypes, shapes, symbols) before any
 //! compiled code runs. A `Net` can be shared across threads for inference.
 
-mod error;
 mod logs;
 mod step;
 
@@ -32,10 +31,11 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::check::Graph;
 use crate::data::{Dataset, LoadOptions};
+use crate::error::Error;
 use crate::runtime::{self, Backend, Kernel};
 use crate::weights::{self, Weights, WeightsError};
 use crate::{Model, lower};
-pub use error::NetError;
+
 pub use logs::Logs;
 use step::{EvalKernel, TrainKernel};
 pub use step::{OptState, StepOutput, rng_key};
@@ -67,11 +67,11 @@ impl Model {
     /// Compiles the model's forward pass and initializes its weights (Keras's
     /// initializers, from `opts.seed` or the spec's seed). Training and evaluation
     /// functions are compiled when first used.
-    pub fn compile(&self, opts: &Options) -> Result<Net, NetError> {
+    pub fn compile(&self, opts: &Options) -> Result<Net, Error> {
         let seed = opts
             .seed
             .unwrap_or_else(|| weights::default_seed(&self.graph));
-        let w = weights::init(&self.graph, seed).map_err(|e| NetError::Invalid(e.to_string()))?;
+        let w = weights::init(&self.graph, seed).map_err(|e| Error::Invalid(e.to_string()))?;
         let f = lower::predict_func(&self.graph)?;
         let predict = runtime::compile(&f, opts.backend)?;
         let spec_dir = self
@@ -143,14 +143,14 @@ impl Net {
     }
 
     /// Replaces the weights (checked against the model: every key, every shape).
-    pub fn set_weights(&mut self, w: Weights) -> Result<(), NetError> {
+    pub fn set_weights(&mut self, w: Weights) -> Result<(), Error> {
         self.weights = model_weights(&self.graph, Path::new("weights"), w)?;
         Ok(())
     }
 
     /// Loads weights from a safetensors file: a weights file, or a checkpoint (whose
     /// optimizer state is ignored; use [`Net::load_checkpoint`] to resume training).
-    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), NetError> {
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         let w = weights::load(path)?;
         self.weights = model_weights(&self.graph, path, w)?;
@@ -158,7 +158,7 @@ impl Net {
     }
 
     /// Writes the weights (safetensors, atomically).
-    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), NetError> {
+    pub fn save_weights(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let mut w = self.weights.clone();
         w.metadata.clear();
         w.metadata
@@ -174,7 +174,7 @@ impl Net {
     /// Reads a data file (`.npz`, `.npy`, `.csv`) and checks it against the model,
     /// with targets when the spec has a `train` section. A relative path is taken as
     /// given (relative to the working directory).
-    pub fn load_data(&self, path: impl AsRef<Path>) -> Result<Dataset, NetError> {
+    pub fn load_data(&self, path: impl AsRef<Path>) -> Result<Dataset, Error> {
         let opts = LoadOptions {
             targets: self.graph.train.is_some(),
             ..LoadOptions::default()
@@ -190,10 +190,10 @@ impl Net {
 
     /// Runs the forward pass (inference mode) on named inputs and returns the model's
     /// single output. Inputs are checked against the spec first.
-    pub fn predict(&self, inputs: &[(&str, ArrayViewD<f32>)]) -> Result<ArrayD<f32>, NetError> {
+    pub fn predict(&self, inputs: &[(&str, ArrayViewD<f32>)]) -> Result<ArrayD<f32>, Error> {
         let mut outs = self.predict_all(inputs)?;
         if outs.len() != 1 {
-            return Err(NetError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "the model has {} outputs; use `predict_all`",
                 outs.len()
             )));
@@ -205,7 +205,7 @@ impl Net {
     pub fn predict_all(
         &self,
         inputs: &[(&str, ArrayViewD<f32>)],
-    ) -> Result<Vec<(String, ArrayD<f32>)>, NetError> {
+    ) -> Result<Vec<(String, ArrayD<f32>)>, Error> {
         let with_types: Vec<(&str, ArrayViewD<f32>, Option<crate::data::Dtype>)> =
             inputs.iter().map(|(n, a)| (*n, a.view(), None)).collect();
         crate::data::check_predict_inputs(&self.graph, &with_types, &|_| None)?;
@@ -216,14 +216,14 @@ impl Net {
     pub(crate) fn predict_checked(
         &self,
         inputs: &[(&str, ArrayViewD<f32>)],
-    ) -> Result<Vec<(String, ArrayD<f32>)>, NetError> {
+    ) -> Result<Vec<(String, ArrayD<f32>)>, Error> {
         let mut args: Vec<ArrayViewD<f32>> = Vec::new();
         for i in &self.graph.inputs {
             let a = inputs
                 .iter()
                 .find(|(n, _)| *n == i.name)
                 .map(|(_, a)| a.view())
-                .ok_or_else(|| NetError::Invalid(format!("the input `{}` is missing", i.name)))?;
+                .ok_or_else(|| Error::Invalid(format!("the input `{}` is missing", i.name)))?;
             args.push(a);
         }
         for (_, w) in self.weights.iter() {

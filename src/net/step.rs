@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{Logs, Net, NetError, scalar, scalar_array};
+use super::{Logs, Net, scalar, scalar_array};
 use crate::data::Dataset;
+use crate::error::Error;
 use crate::lower::{self, train::StepArgs, train::StepOutputs};
 use crate::runtime::{self, Kernel};
 use crate::settings;
@@ -68,17 +69,17 @@ impl Net {
     }
 
     /// The optimizer state's keys in the training step's order (compiles the step).
-    pub fn optimizer_state_keys(&mut self) -> Result<Vec<String>, NetError> {
+    pub fn optimizer_state_keys(&mut self) -> Result<Vec<String>, Error> {
         Ok(self.train_kernel()?.layout.state.clone())
     }
 
     /// The compiled training step (compiled on first use).
-    fn train_kernel(&mut self) -> Result<Arc<TrainKernel>, NetError> {
+    fn train_kernel(&mut self) -> Result<Arc<TrainKernel>, Error> {
         if let Some(t) = &self.train {
             return Ok(t.clone());
         }
         if self.graph.train.is_none() {
-            return Err(NetError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "the spec of `{}` has no `train` section: add one with targets, a loss and an optimizer",
                 self.graph.name
             )));
@@ -99,7 +100,7 @@ impl Net {
     }
 
     /// Builds the zero optimizer slots the step expects, keeping any already there.
-    fn ensure_slots(&mut self, keys: &[String]) -> Result<(), NetError> {
+    fn ensure_slots(&mut self, keys: &[String]) -> Result<(), Error> {
         for k in keys {
             if self.opt.slots.contains_key(k) {
                 continue;
@@ -108,12 +109,12 @@ impl Net {
                 .strip_prefix("optimizer/")
                 .and_then(|r| r.rsplit_once('/'))
                 .map(|(p, _)| p)
-                .ok_or_else(|| NetError::Internal(format!("bad optimizer state key `{k}`")))?;
+                .ok_or_else(|| Error::internal(format!("bad optimizer state key `{k}`")))?;
             let shape = self
                 .weights
                 .get(param)
                 .map(|a| a.shape().to_vec())
-                .ok_or_else(|| NetError::Internal(format!("no parameter `{param}` for `{k}`")))?;
+                .ok_or_else(|| Error::internal(format!("no parameter `{param}` for `{k}`")))?;
             self.opt
                 .slots
                 .insert(k.clone(), ArrayD::zeros(ndarray::IxDyn(&shape)));
@@ -135,7 +136,7 @@ impl Net {
         targets: Vec<ArrayD<f32>>,
         lr: f32,
         rng_key: f32,
-    ) -> Result<StepOutput, NetError> {
+    ) -> Result<StepOutput, Error> {
         let tk = self.train_kernel()?;
         self.ensure_slots(&tk.layout.state)?;
         let l = &tk.layout;
@@ -146,7 +147,7 @@ impl Net {
                 .map(|k| {
                     w.get_mut(k)
                         .map(std::mem::take)
-                        .ok_or_else(|| NetError::Internal(format!("no {what} `{k}`")))
+                        .ok_or_else(|| Error::internal(format!("no {what} `{k}`")))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -213,16 +214,16 @@ impl Net {
     }
 
     /// The compiled evaluation function (compiled on first use).
-    fn eval_kernel(&self) -> Result<Arc<EvalKernel>, NetError> {
+    fn eval_kernel(&self) -> Result<Arc<EvalKernel>, Error> {
         let mut slot = self
             .eval
             .lock()
-            .map_err(|_| NetError::Internal("a thread panicked while compiling".into()))?;
+            .map_err(|_| Error::internal("a thread panicked while compiling"))?;
         if let Some(e) = slot.as_ref() {
             return Ok(e.clone());
         }
         if self.graph.train.is_none() {
-            return Err(NetError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "the spec of `{}` has no `train` section, so there is no loss to evaluate",
                 self.graph.name
             )));
@@ -230,11 +231,11 @@ impl Net {
         let step = lower::eval::build(&self.graph)?;
         let kernel = runtime::compile(&step.func, self.backend)?;
         let f = kernel.func();
-        let out = |name: &str| -> Result<usize, NetError> {
+        let out = |name: &str| -> Result<usize, Error> {
             f.outputs
                 .iter()
                 .position(|(n, _)| n == name)
-                .ok_or_else(|| NetError::Internal(format!("the eval function has no `{name}`")))
+                .ok_or_else(|| Error::internal(format!("the eval function has no `{name}`")))
         };
         let e = Arc::new(EvalKernel {
             loss: out("loss")?,
@@ -254,16 +255,14 @@ impl Net {
     /// `batch_size` (the spec's by default, as `kiln eval` does), averaged weighted by
     /// batch size, in inference mode. Keys: `loss` and each metric as the spec names
     /// it.
-    pub fn evaluate(&self, data: &Dataset, batch_size: Option<usize>) -> Result<Logs, NetError> {
+    pub fn evaluate(&self, data: &Dataset, batch_size: Option<usize>) -> Result<Logs, Error> {
         if data.targets.is_empty() {
-            return Err(NetError::Invalid(
+            return Err(Error::Invalid(
                 "evaluation needs targets, and this data has none".into(),
             ));
         }
         if batch_size == Some(0) {
-            return Err(NetError::Invalid(
-                "the batch size must be at least 1".into(),
-            ));
+            return Err(Error::Invalid("the batch size must be at least 1".into()));
         }
         let bs = batch_size.unwrap_or_else(|| settings::spec_batch_size(&self.graph));
         let e = self.eval_kernel()?;
