@@ -10,6 +10,7 @@ pub mod commands;
 pub mod data;
 pub mod diag;
 pub mod dim;
+pub mod exec;
 pub mod fit;
 pub mod ir;
 pub mod jit;
