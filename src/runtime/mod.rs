@@ -70,3 +70,56 @@ pub fn compile_donating(
         Backend::Jit => Arc::new(crate::jit::compile_donating(&f, donate)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The `crate::` paths a source file (or every file under a folder) names outside
+    /// comments.
+    fn imports(path: &Path, found: &mut Vec<(String, String)>) {
+        if path.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .expect("readable source folder")
+                .map(|e| e.expect("folder entry").path())
+                .collect();
+            entries.sort();
+            for p in entries {
+                imports(&p, found);
+            }
+            return;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            return;
+        }
+        let text = std::fs::read_to_string(path).expect("readable source file");
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.push((path.display().to_string(), name));
+            }
+        }
+    }
+
+    /// The back end's floors: `ir` ← `exec` ← `jit` ← `runtime`. `exec` names neither
+    /// backend, and `jit` never names `runtime` (backend selection lives here only).
+    #[test]
+    fn backend_modules_depend_one_way() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        imports(&src.join("exec.rs"), &mut found);
+        imports(&src.join("jit"), &mut found);
+        assert!(found.len() > 10, "the scan saw the back end's imports");
+        let wrong: Vec<_> = found
+            .iter()
+            .filter(|(file, name)| {
+                name == "runtime" || (file.ends_with("exec.rs") && name == "jit")
+            })
+            .collect();
+        assert!(wrong.is_empty(), "imports against the floors: {wrong:?}");
+    }
+}
