@@ -137,6 +137,9 @@ fn cranelift(e: impl std::fmt::Display) -> RunError {
     RunError(format!("cranelift: {e}"))
 }
 
+/// Per kernel: the id of one of its functions over a range, if it has one.
+type FnIds = Vec<Option<FuncId>>;
+
 /// The module being filled with one plan's functions.
 struct Emitter<'p> {
     module: JITModule,
@@ -192,12 +195,8 @@ impl Emitter<'_> {
         Ok(kid)
     }
 
-    /// Every kernel's functions over a range: `(own, epilogue)` per kernel.
-    #[allow(clippy::type_complexity)]
-    fn define_kernel_fns(
-        &mut self,
-        name: &str,
-    ) -> Result<(Vec<Option<FuncId>>, Vec<Option<FuncId>>), RunError> {
+    /// Every kernel's functions over a range: its own and its epilogue's, per kernel.
+    fn define_kernel_fns(&mut self, name: &str) -> Result<(FnIds, FnIds), RunError> {
         let plan = self.plan;
         let mut kernel_ids = Vec::new();
         let mut epilogue_ids = Vec::new();

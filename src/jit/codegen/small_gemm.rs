@@ -140,9 +140,20 @@ impl Gen<'_, '_> {
             self.b.switch_to_block(exit);
             self.b.seal_block(exit);
         }
-        // The last 1–3 columns: one more 4-column block ending at the range's end when
-        // the range is that wide (it recomputes a few columns with the same operations
-        // in the same order, so it stores the same bits), else single columns.
+        self.small_gemm_tail(g, a_row, b_base, c_row, col);
+    }
+
+    /// The row's last 1–3 columns from `col`: one more 4-column block ending at the
+    /// range's end when the range is that wide (it recomputes a few columns with the same
+    /// operations in the same order, so it stores the same bits), else single columns.
+    fn small_gemm_tail(
+        &mut self,
+        g: &SmallGemm,
+        a_row: Value,
+        b_base: Value,
+        c_row: (Value, &[Value]),
+        col: Variable,
+    ) {
         let j = self.b.use_var(col);
         let left = self.b.ins().icmp(IntCC::SignedLessThan, j, g.cols.1);
         let width = self.b.ins().isub(g.cols.1, g.cols.0);
