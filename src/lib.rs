@@ -11,6 +11,7 @@ pub mod data;
 pub mod diag;
 pub mod dim;
 pub mod error;
+pub mod exec;
 pub mod fit;
 pub mod ir;
 pub mod jit;

@@ -2,14 +2,18 @@
 //! the same inputs (f32 arrays, integer tensors held exactly as f32) and validates
 //! them — shapes, and the consistency of symbolic dims — before any code runs.
 //!
-//! Backends: `Interp` (the reference interpreter, `ir::interp`) and `Jit` (native code
-//! from Cranelift, `crate::jit`, when available).
+//! Backends: `Interp` (the reference interpreter, `ir::interp`, run by [`Interpreted`]
+//! here) and `Jit` (native code from Cranelift, `crate::jit`). [`compile_donating`] is
+//! the one place that chooses and builds a backend for a function. The [`Kernel`]
+//! trait, [`RunError`] and [`validate`] live in `crate::exec`, below both backends, and
+//! are re-exported here: `ir` ← `exec` ← `jit` ← `runtime`, so `jit` never imports
+//! `runtime`.
 
-use std::fmt;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
+pub use crate::exec::{Kernel, RunError, validate};
 use crate::ir::{Func, interp};
 
 /// Which executor runs compiled functions.
@@ -30,55 +34,6 @@ impl Backend {
             _ => None,
         }
     }
-}
-
-/// A run-time failure: bad inputs (named, with expected vs found) or an internal error.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunError(pub String);
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for RunError {}
-
-/// An executable function. Shared across threads for inference.
-pub trait Kernel: Send + Sync {
-    /// The function it runs (its inputs and outputs name what `run` takes and returns).
-    fn func(&self) -> &Func;
-    /// Runs on `inputs` (in the function's input order) and returns its outputs.
-    fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError>;
-
-    /// The `(input, output)` pairs that [`Kernel::run_inplace`] updates in place.
-    fn donated(&self) -> &[(usize, usize)] {
-        &[]
-    }
-
-    /// Like `run`, but each donated input's array receives its paired output's value
-    /// (an in-place update, e.g. of parameters and optimizer state), and that output
-    /// comes back as `None`. Backends without in-place support return every output.
-    fn run_inplace(
-        &self,
-        inputs: &mut [ArrayD<f32>],
-    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
-        let views: Vec<ArrayViewD<f32>> = inputs.iter().map(|a| a.view()).collect();
-        Ok(self.run(&views)?.into_iter().map(Some).collect())
-    }
-}
-
-/// Checks inputs against the function's signature: count, rank, constant sizes and the
-/// consistency of symbols. Errors name the input and give expected vs found.
-pub fn validate(f: &Func, inputs: &[ArrayViewD<f32>]) -> Result<interp::Env, RunError> {
-    if inputs.len() != f.inputs.len() {
-        return Err(RunError(format!(
-            "expected {} inputs, got {}",
-            f.inputs.len(),
-            inputs.len()
-        )));
-    }
-    let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape()).collect();
-    interp::bind(f, &shapes).map_err(|e| RunError(e.0))
 }
 
 /// The interpreter as a backend.
@@ -110,8 +65,61 @@ pub fn compile_donating(
     donate: &[(usize, usize)],
 ) -> Result<Arc<dyn Kernel>, RunError> {
     let f = crate::ir::passes::optimize(f);
-    match backend {
-        Backend::Interp => Ok(Arc::new(Interpreted { func: f })),
-        Backend::Jit => crate::jit::compile_kernel(&f, donate),
+    Ok(match backend {
+        Backend::Interp => Arc::new(Interpreted { func: f }),
+        Backend::Jit => Arc::new(crate::jit::compile_donating(&f, donate)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The `crate::` paths a source file (or every file under a folder) names outside
+    /// comments.
+    fn imports(path: &Path, found: &mut Vec<(String, String)>) {
+        if path.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .expect("readable source folder")
+                .map(|e| e.expect("folder entry").path())
+                .collect();
+            entries.sort();
+            for p in entries {
+                imports(&p, found);
+            }
+            return;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            return;
+        }
+        let text = std::fs::read_to_string(path).expect("readable source file");
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.push((path.display().to_string(), name));
+            }
+        }
+    }
+
+    /// The back end's floors: `ir` ← `exec` ← `jit` ← `runtime`. `exec` names neither
+    /// backend, and `jit` never names `runtime` (backend selection lives here only).
+    #[test]
+    fn backend_modules_depend_one_way() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        imports(&src.join("exec.rs"), &mut found);
+        imports(&src.join("jit"), &mut found);
+        assert!(found.len() > 10, "the scan saw the back end's imports");
+        let wrong: Vec<_> = found
+            .iter()
+            .filter(|(file, name)| {
+                name == "runtime" || (file.ends_with("exec.rs") && name == "jit")
+            })
+            .collect();
+        assert!(wrong.is_empty(), "imports against the floors: {wrong:?}");
     }
 }

@@ -1,0 +1,118 @@
+//! The frame the native code reads (the evaluated size table, one pointer per buffer,
+//! the symbol environment), the descriptors it hands to runtime routines, and the
+//! per-call state those routines share (the call's id and the first error raised).
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::AtomicUsize;
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::plan::{self, Access};
+use crate::ir::Node;
+
+/// What a runtime routine needs: the frame's layout and its operands' descriptions.
+pub(super) struct Desc {
+    pub(super) fl: FrameLayout,
+    pub(super) kind: DescKind,
+    /// A GEMM's epilogue function `(frame, row_lo, row_hi)`, once finalized (0: none).
+    pub(super) epilogue: AtomicUsize,
+}
+
+pub(super) enum DescKind {
+    Gemm(plan::GemmKernel),
+    Call { node: Node, call: plan::CallKernel },
+    None,
+}
+
+/// Layout of the frame the native function reads.
+#[derive(Clone, Copy)]
+pub(super) struct FrameLayout {
+    pub(super) sizes: usize,
+    pub(super) bufs: usize,
+}
+
+impl FrameLayout {
+    pub(super) fn env_slot(&self) -> usize {
+        self.sizes + self.bufs
+    }
+    pub(super) fn len(&self) -> usize {
+        self.sizes + self.bufs + 2
+    }
+}
+
+thread_local! {
+    /// Counts this thread's calls into compiled code (keys per-call caches).
+    pub(super) static CALL_ID: Cell<u64> = const { Cell::new(0) };
+    /// An error raised inside a runtime routine during the current call.
+    pub(super) static CALL_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records the first error of the current call (the call returns it as a `RunError`).
+pub(super) fn set_error(msg: String) {
+    CALL_ERROR.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    });
+}
+
+/// Copies a strided view out of raw memory into an owned array (a straight copy when
+/// the view is contiguous, else an odometer over the axes).
+///
+/// # Safety
+/// `base` must point to memory covering every element the access reaches.
+pub(super) unsafe fn gather(
+    base: *const f32,
+    offset: i64,
+    strides: &[i64],
+    shape: &[usize],
+) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut expect = 1i64;
+    let mut contiguous = true;
+    for d in (0..shape.len()).rev() {
+        if shape[d] != 1 && strides[d] != expect {
+            contiguous = false;
+        }
+        expect *= shape[d] as i64;
+    }
+    if contiguous {
+        // SAFETY: a contiguous access covers `n` elements from `offset`.
+        let src = unsafe { std::slice::from_raw_parts(base.offset(offset as isize), n) };
+        out.extend_from_slice(src);
+    } else if n > 0 {
+        let r = shape.len();
+        let mut ix = vec![0usize; r];
+        let mut o = offset;
+        for _ in 0..n {
+            // SAFETY: every index stays within the access (caller's contract).
+            out.push(unsafe { *base.offset(o as isize) });
+            // Advance the odometer.
+            let mut d = r;
+            while d > 0 {
+                d -= 1;
+                ix[d] += 1;
+                o += strides[d];
+                if ix[d] < shape[d] {
+                    break;
+                }
+                o -= strides[d] * shape[d] as i64;
+                ix[d] = 0;
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), out).expect("element count matches the shape")
+}
+
+/// An access's buffer pointer, offset and strides, read from the frame.
+pub(super) fn access_parts(
+    frame: &[i64],
+    fl: FrameLayout,
+    a: &Access,
+) -> (*const f32, i64, Vec<i64>) {
+    let base = frame[fl.sizes + a.buf] as *const f32;
+    let strides = a.strides.iter().map(|&s| frame[s]).collect();
+    (base, frame[a.offset], strides)
+}

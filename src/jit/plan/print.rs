@@ -1,0 +1,156 @@
+//! The plan's textual form (`kiln ir --stage kernels`).
+
+use std::fmt::Write;
+
+use super::{
+    Access, BufKind, CallKernel, Epilogue, GemmKernel, Kernel, LoopKernel, Plan,
+    SMALL_GEMM_MAX_ROWS, Sink, Slot,
+};
+
+impl Plan {
+    fn fmt_access(&self, a: &Access) -> String {
+        let strides: Vec<String> = a
+            .strides
+            .iter()
+            .map(|&s| self.sizes[s].to_string())
+            .collect();
+        let off = &self.sizes[a.offset];
+        let off = if off.as_const() == Some(0) {
+            String::new()
+        } else {
+            format!("+{off}")
+        };
+        format!("b{}{off}[{}]", a.buf, strides.join(","))
+    }
+
+    fn print_epilogue(&self, s: &mut String, e: &Epilogue, what: &str) {
+        let l = &e.kernel;
+        let nodes: Vec<String> = l.nodes.iter().map(|n| format!("%{n}")).collect();
+        let _ = writeln!(
+            s,
+            "      epilogue fuses {} -> store {} (load{} = {what})",
+            nodes.join(" "),
+            self.fmt_access(l.sink_access()),
+            e.acc
+        );
+        for (j, a) in l.loads.iter().enumerate() {
+            let _ = writeln!(s, "      load{j} = {}", self.fmt_access(a));
+        }
+        let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
+        let _ = writeln!(s, "      expr {}", ops.join("; "));
+    }
+
+    /// The textual form printed by `kiln ir --stage kernels`.
+    pub fn print(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "plan @{} ({} kernels, {} buffers)",
+            self.func.name,
+            self.kernels.len(),
+            self.bufs.len()
+        );
+        for (i, b) in self.bufs.iter().enumerate() {
+            match b {
+                BufKind::Input(k) => {
+                    let _ = writeln!(s, "  b{i} = input \"{}\"", self.func.inputs[*k].name);
+                }
+                BufKind::Arena { len } => {
+                    let _ = writeln!(s, "  b{i} = arena[{}]", self.sizes[*len]);
+                }
+            }
+        }
+        for (i, k) in self.kernels.iter().enumerate() {
+            match k {
+                Kernel::Loop(l) => self.print_loop(&mut s, i, l),
+                Kernel::Gemm(g) => self.print_gemm(&mut s, i, g),
+                Kernel::Call(c) => self.print_call(&mut s, i, c),
+            }
+        }
+        let outs: Vec<String> = self
+            .func
+            .outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|((n, _), (a, _))| format!("\"{n}\" = {}", self.fmt_access(a)))
+            .collect();
+        let _ = writeln!(s, "  return {}", outs.join(", "));
+        s
+    }
+
+    /// A shape given as size-table slots: `d0, d1, …`.
+    fn fmt_shape(&self, slots: &[Slot]) -> String {
+        slots
+            .iter()
+            .map(|&x| self.sizes[x].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn print_loop(&self, s: &mut String, i: usize, l: &LoopKernel) {
+        let sink = match &l.sink {
+            Sink::Store(a) => format!("store {}", self.fmt_access(a)),
+            Sink::Reduce(op, a) => format!(
+                "reduce_{} {}",
+                format!("{op:?}").to_lowercase(),
+                self.fmt_access(a)
+            ),
+        };
+        let nodes: Vec<String> = l.nodes.iter().map(|n| format!("%{n}")).collect();
+        let _ = writeln!(
+            s,
+            "  k{i}: loop [{}] fuses {} -> {sink}",
+            self.fmt_shape(&l.space),
+            nodes.join(" ")
+        );
+        for (j, a) in l.loads.iter().enumerate() {
+            let _ = writeln!(s, "      load{j} = {}", self.fmt_access(a));
+        }
+        let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
+        let _ = writeln!(s, "      expr {}", ops.join("; "));
+        if let Some(e) = &l.epilogue {
+            self.print_epilogue(s, e, "the reduced value");
+        }
+    }
+
+    fn print_gemm(&self, s: &mut String, i: usize, g: &GemmKernel) {
+        let _ = writeln!(
+            s,
+            "  k{i}: gemm %{} batch [{}] m={} k={} n={}: {} x {} -> b{} (matrixmultiply{})",
+            g.node,
+            self.fmt_shape(&g.batch),
+            self.sizes[g.m],
+            self.sizes[g.k],
+            self.sizes[g.n],
+            self.fmt_access(&g.a),
+            self.fmt_access(&g.b),
+            g.c,
+            if g.small.is_some() {
+                format!("; generated loop when m <= {SMALL_GEMM_MAX_ROWS}")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(e) = &g.epilogue {
+            self.print_epilogue(s, e, "the product");
+        }
+    }
+
+    fn print_call(&self, s: &mut String, i: usize, c: &CallKernel) {
+        let args: Vec<String> = c.args.iter().map(|a| self.fmt_access(a)).collect();
+        let op = format!("{:?}", self.func.nodes[c.node].op);
+        let op = op
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or("")
+            .to_lowercase();
+        let _ = writeln!(
+            s,
+            "  k{i}: call {op} %{}({}) -> b{} [{}]",
+            c.node,
+            args.join(", "),
+            c.out,
+            self.fmt_shape(&c.out_shape)
+        );
+    }
+}

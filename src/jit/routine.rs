@@ -1,0 +1,180 @@
+//! Runtime routines: complex primitives (recurrent cells, gather, grouped
+//! convolutions, max pooling's gradient, …) run with their reference implementation on
+//! the call's buffers.
+
+use std::cell::RefCell;
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::frame::{CALL_ID, Desc, DescKind, FrameLayout, access_parts, gather, set_error};
+use super::plan::{self, Access};
+use super::team;
+use crate::ir::{Node, Op, PoolKind, WindowAttrs, interp};
+
+/// A call's id, the `RnnGrad` operands and the four gradients.
+type RnnGrads = (u64, Vec<crate::ir::Id>, Vec<ArrayD<f32>>);
+
+thread_local! {
+    /// The four gradients of the last recurrent layer back-propagated in this call, by
+    /// call and the `RnnGrad` nodes' operands (the four nodes of one layer share them).
+    static RNN_GRADS: RefCell<Option<RnnGrads>> = const { RefCell::new(None) };
+}
+
+/// Max pooling's gradient on the call's buffers in place (no copies), split across
+/// the team by batch entry. Returns false (the generic path runs instead) for a
+/// rank-0 input.
+fn max_pool_grad(
+    frame: &[i64],
+    fl: FrameLayout,
+    call: &plan::CallKernel,
+    attrs: &WindowAttrs,
+) -> Result<bool, String> {
+    let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
+    let (xs, ys) = (shape(&call.arg_shapes[0]), shape(&call.arg_shapes[1]));
+    if xs.is_empty() {
+        return Ok(false);
+    }
+    // Each operand straight from its buffer when contiguous, else a contiguous copy
+    // (dy is often a view into a padded gradient buffer).
+    let operand = |a: &Access, shape: &[usize]| -> (usize, Option<ArrayD<f32>>) {
+        let (p, o, strides) = access_parts(frame, fl, a);
+        let mut expect = 1i64;
+        let contiguous = (0..shape.len()).rev().all(|d| {
+            let ok = shape[d] == 1 || strides[d] == expect;
+            expect *= shape[d] as i64;
+            ok
+        });
+        if contiguous {
+            // SAFETY: a contiguous access from its offset (plan invariant).
+            (unsafe { p.offset(o as isize) } as usize, None)
+        } else {
+            // SAFETY: the access lies within its buffer (plan invariant).
+            let copy = unsafe { gather(p, o, &strides, shape) };
+            (copy.as_ptr() as usize, Some(copy))
+        }
+    };
+    let (px, _x_copy) = operand(&call.args[0], &xs);
+    let (pdy, _dy_copy) = operand(&call.args[1], &ys);
+    let pdx = frame[fl.sizes + call.out] as usize;
+    let batch = xs[0];
+    let (xper, yper) = (
+        xs[1..].iter().product::<usize>(),
+        ys[1..].iter().product::<usize>(),
+    );
+    let t = team::team();
+    let parts = t.size().min(batch).max(1);
+    let ok = t.run(parts, &|p| {
+        let (lo, hi) = team::split(batch as i64, parts, p, 1);
+        let (lo, hi) = (lo as usize, hi as usize);
+        if lo == hi {
+            return;
+        }
+        let (mut xs, mut ys) = (xs.clone(), ys.clone());
+        xs[0] = hi - lo;
+        ys[0] = hi - lo;
+        // SAFETY: each part reads and writes only its own batch entries of buffers
+        // holding `batch` entries.
+        let (x, dy, dx) = unsafe {
+            (
+                std::slice::from_raw_parts((px as *const f32).add(lo * xper), (hi - lo) * xper),
+                std::slice::from_raw_parts((pdy as *const f32).add(lo * yper), (hi - lo) * yper),
+                std::slice::from_raw_parts_mut((pdx as *mut f32).add(lo * xper), (hi - lo) * xper),
+            )
+        };
+        crate::ir::window::max_pool_grad(&xs, &ys, attrs, x, dy, dx);
+    });
+    if ok {
+        Ok(true)
+    } else {
+        Err("a panic inside max pooling's gradient".into())
+    }
+}
+
+/// One gradient of a recurrent layer. Its four `RnnGrad` nodes (x, kernel,
+/// recurrent, bias) take the same operands, so the first one of a call runs
+/// back-propagation through time once for all four and the others take theirs from
+/// the cache.
+fn rnn_grad(
+    node: &Node,
+    attrs: &crate::ir::RnnAttrs,
+    wrt: usize,
+    args: &[&ArrayD<f32>],
+    shape: &[usize],
+) -> Result<ArrayD<f32>, String> {
+    let call = CALL_ID.with(|c| c.get());
+    let cached = RNN_GRADS.with(|g| {
+        g.borrow()
+            .as_ref()
+            .filter(|(c, ids, _)| *c == call && *ids == node.args)
+            .and_then(|(_, _, v)| v.get(wrt).cloned())
+    });
+    let g = match cached {
+        Some(g) => g,
+        None => {
+            let all = crate::ir::rnn::grads(attrs, args).map_err(|e| e.0)?;
+            let g = all
+                .get(wrt)
+                .cloned()
+                .ok_or_else(|| "rnn grad index".to_string())?;
+            RNN_GRADS.with(|c| *c.borrow_mut() = Some((call, node.args.clone(), all)));
+            g
+        }
+    };
+    g.into_shape_with_order(IxDyn(shape))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
+/// reference implementation on the call's buffers.
+pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `desc` points at a descriptor owned by the running kernel.
+        let d = unsafe { &*desc };
+        let DescKind::Call { node, call } = &d.kind else {
+            return Err("bad call descriptor".to_string());
+        };
+        let fl = d.fl;
+        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
+        let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
+        if let Op::PoolGrad {
+            kind: PoolKind::Max,
+            attrs,
+        } = &node.op
+            && max_pool_grad(frame, fl, call, attrs)?
+        {
+            return Ok(());
+        }
+        // SAFETY: slot `env_slot` holds a pointer to the Env that `run` keeps alive.
+        let env = unsafe { &*(frame[fl.env_slot()] as *const interp::Env) };
+        let mut args = Vec::new();
+        for (a, shape) in call.args.iter().zip(&call.arg_shapes) {
+            let (p, o, s) = access_parts(frame, fl, a);
+            let shape: Vec<usize> = shape.iter().map(|&x| frame[x] as usize).collect();
+            // SAFETY: the access lies within its buffer (plan invariant).
+            args.push(unsafe { gather(p, o, &s, &shape) });
+        }
+        let arg_refs: Vec<&ArrayD<f32>> = args.iter().collect();
+        let shape: Vec<usize> = call.out_shape.iter().map(|&x| frame[x] as usize).collect();
+        let dimv = |d: &crate::dim::Dim| {
+            d.eval(env)
+                .ok_or_else(|| crate::ir::IrError(format!("unbound {d}")))
+        };
+        let out = match &node.op {
+            Op::RnnGrad { attrs, wrt } => rnn_grad(node, attrs, *wrt, &arg_refs, &shape)?,
+            _ => interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?,
+        };
+        let dst = frame[fl.sizes + call.out] as *mut f32;
+        let out = out.as_standard_layout();
+        let values = out
+            .as_slice()
+            .ok_or("a routine returned a non-contiguous array")?;
+        // SAFETY: the output buffer holds the output's element count.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len()) };
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => set_error(e),
+        Err(_) => set_error("a panic inside a runtime routine".into()),
+    }
+}

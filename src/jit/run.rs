@@ -1,0 +1,187 @@
+//! Running the native code: inputs validated, the frame filled (sizes, buffer
+//! pointers into the inputs and a pooled arena), the entry called, outputs copied out;
+//! donated inputs are written in place.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use super::JitKernel;
+use super::arena::Layout;
+use super::frame::{CALL_ERROR, CALL_ID, FrameLayout, gather};
+use super::plan::BufKind;
+use crate::exec::{Kernel, RunError, validate};
+use crate::ir::{Func, interp};
+
+impl Kernel for JitKernel {
+    fn func(&self) -> &Func {
+        &self.plan.func
+    }
+
+    fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError> {
+        // Donated inputs are written to: run on private copies of them.
+        let mut owned: Vec<Option<ArrayD<f32>>> = vec![None; inputs.len()];
+        for &(i, _) in &self.donated {
+            owned[i] = Some(inputs[i].as_standard_layout().into_owned());
+        }
+        let outs = self.execute(inputs, &mut owned)?;
+        Ok(outs
+            .into_iter()
+            .enumerate()
+            .map(|(o, v)| match v {
+                Some(v) => v,
+                None => {
+                    let i = self
+                        .donated
+                        .iter()
+                        .find(|p| p.1 == o)
+                        .map(|p| p.0)
+                        .unwrap_or(0);
+                    owned[i].take().unwrap_or_default()
+                }
+            })
+            .collect())
+    }
+
+    fn donated(&self) -> &[(usize, usize)] {
+        &self.donated
+    }
+
+    fn run_inplace(
+        &self,
+        inputs: &mut [ArrayD<f32>],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let mut owned: Vec<Option<ArrayD<f32>>> = vec![None; inputs.len()];
+        for &(i, _) in &self.donated {
+            let a = std::mem::take(&mut inputs[i]);
+            owned[i] = Some(if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            });
+        }
+        let result = {
+            let views: Vec<ArrayViewD<f32>> = inputs.iter().map(|a| a.view()).collect();
+            self.execute(&views, &mut owned)
+        };
+        // The donated arrays go back to the caller (updated on success).
+        for &(i, _) in &self.donated {
+            if let Some(a) = owned[i].take() {
+                inputs[i] = a;
+            }
+        }
+        result
+    }
+}
+
+impl JitKernel {
+    fn frame_layout(&self) -> FrameLayout {
+        FrameLayout {
+            sizes: self.plan.sizes.len(),
+            bufs: self.plan.bufs.len(),
+        }
+    }
+
+    /// Runs the native function. `owned[i]` replaces input `i` (donated inputs, which
+    /// the code writes); outputs written into a donated input come back as `None`.
+    fn execute(
+        &self,
+        inputs: &[ArrayViewD<f32>],
+        owned: &mut [Option<ArrayD<f32>>],
+    ) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
+        let env = {
+            let mut views: Vec<ArrayViewD<f32>> = inputs.to_vec();
+            for (i, o) in owned.iter().enumerate() {
+                if let Some(a) = o {
+                    views[i] = a.view();
+                }
+            }
+            validate(&self.plan.func, &views)?
+        };
+        let layout = self.layout(&env)?;
+        // Read-only inputs (borrowed, made contiguous if needed) and writable donated
+        // ones (owned, standard layout).
+        let contiguous: Vec<_> = inputs.iter().map(|a| a.as_standard_layout()).collect();
+        let mut ptrs: Vec<i64> = contiguous.iter().map(|a| a.as_ptr() as i64).collect();
+        for (i, o) in owned.iter_mut().enumerate() {
+            if let Some(a) = o {
+                ptrs[i] = a.as_mut_ptr() as i64;
+            }
+        }
+        let mut arena = self.take_arena(layout.arena_len.max(1));
+        let mut frame = self.frame(&layout, &ptrs, &mut arena, &env);
+        CALL_ERROR.with(|e| *e.borrow_mut() = None);
+        CALL_ID.with(|c| c.set(c.get().wrapping_add(1)));
+        // The code writes donated inputs through the mutable pointers taken above.
+        (self.entry)(frame.as_mut_ptr());
+        if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
+            return Err(RunError(e));
+        }
+        let outs = self.outputs(&frame, &layout.sizes);
+        drop(contiguous);
+        if let Ok(mut pool) = self.arenas.lock()
+            && pool.len() < 4
+        {
+            pool.push(arena);
+        }
+        Ok(outs)
+    }
+
+    /// An arena of at least `need` elements, from the pool when one is there.
+    fn take_arena(&self, need: usize) -> Vec<f32> {
+        let mut arena = self
+            .arenas
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        if arena.len() < need {
+            arena = vec![0f32; need];
+        }
+        arena
+    }
+
+    /// The frame for one call: the evaluated sizes, a pointer per buffer (the inputs'
+    /// `ptrs` or places in `arena`), and the symbol environment.
+    fn frame(
+        &self,
+        layout: &Layout,
+        ptrs: &[i64],
+        arena: &mut [f32],
+        env: &interp::Env,
+    ) -> Vec<i64> {
+        let fl = self.frame_layout();
+        let mut frame = vec![0i64; fl.len()];
+        frame[..layout.sizes.len()].copy_from_slice(&layout.sizes);
+        for (b, kind) in self.plan.bufs.iter().enumerate() {
+            frame[fl.sizes + b] = match kind {
+                BufKind::Input(i) => ptrs[*i],
+                // SAFETY: offsets are within the arena (laid out above).
+                BufKind::Arena { .. } => unsafe {
+                    arena.as_mut_ptr().add(layout.offsets[b]) as i64
+                },
+            };
+        }
+        frame[fl.env_slot()] = env as *const interp::Env as i64;
+        frame
+    }
+
+    /// Copies the outputs out of the buffers the frame points at (`None` for those
+    /// written into a donated input).
+    fn outputs(&self, frame: &[i64], sizes: &[i64]) -> Vec<Option<ArrayD<f32>>> {
+        let fl = self.frame_layout();
+        self.plan
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(o, (a, shape))| {
+                if self.donated.iter().any(|p| p.1 == o) {
+                    return None;
+                }
+                let shape: Vec<usize> = shape.iter().map(|&s| sizes[s] as usize).collect();
+                let strides: Vec<i64> = a.strides.iter().map(|&s| sizes[s]).collect();
+                let base = frame[fl.sizes + a.buf] as *const f32;
+                // SAFETY: the output access lies within its buffer, alive until here.
+                Some(unsafe { gather(base, sizes[a.offset], &strides, &shape) })
+            })
+            .collect()
+    }
+}

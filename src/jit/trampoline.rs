@@ -1,0 +1,235 @@
+//! The routines the native code calls back: the parallel split of a kernel function
+//! over the team, and GEMM (matrixmultiply), split across the team when large, with a
+//! product's fused epilogue run over the rows each part computed. Errors and panics
+//! inside them become the call's error, never unwinding into native code.
+
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
+use super::plan::GemmKernel;
+use super::team;
+
+/// Runs `f(frame, lo, hi)` over `0..n` split into one part per thread of the team, the
+/// inner boundaries on multiples of `grain`. The parts write disjoint outputs (see
+/// `codegen::splittable` and `codegen::emit_small_gemm`).
+pub(super) extern "C" fn kiln_parallel(frame: *mut i64, f: usize, n: i64, grain: i64) {
+    // SAFETY: `f` is the address of a finalized kernel function with this signature,
+    // owned by the running kernel.
+    let kernel: extern "C" fn(*mut i64, i64, i64) = unsafe { std::mem::transmute(f) };
+    let t = team::team();
+    let units = (n.max(0) + grain.max(1) - 1) / grain.max(1);
+    let parts = (t.size() as i64).clamp(1, units.max(1)) as usize;
+    if parts == 1 {
+        kernel(frame, 0, n);
+        return;
+    }
+    let frame = frame as usize;
+    // Kernel functions do not panic (they are straight-line loops), so `run` cannot
+    // report a failure here.
+    t.run(parts, &|p| {
+        let (lo, hi) = team::split(n, parts, p, grain);
+        if lo < hi {
+            kernel(frame as *mut i64, lo, hi);
+        }
+    });
+}
+
+/// Products with fewer multiply-adds than this run on one thread (measured: below it
+/// the hand-off costs more than the second core saves).
+const GEMM_PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Row or column blocks of a split product are multiples of this (matrixmultiply's
+/// micro-kernel tile).
+const GEMM_GRAIN: i64 = 16;
+
+/// GEMM over the batch axes, with the operands' strides (transposes are free). Large
+/// products are split across the team: by batch entry when there are enough, else
+/// into blocks of rows or columns, whichever makes the parts repack less (splitting
+/// rows repacks B in every part, splitting columns repacks A).
+pub(super) extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: `desc` points at a descriptor owned by the running kernel.
+        let d = unsafe { &*desc };
+        let DescKind::Gemm(g) = &d.kind else {
+            return Err("bad gemm descriptor".to_string());
+        };
+        let fl = d.fl;
+        let frame_ptr = frame as usize;
+        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
+        let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
+        let call = GemmCall::new(frame, frame_ptr, fl, g, d);
+        if call.run() {
+            Ok(())
+        } else {
+            Err("a panic inside gemm".to_string())
+        }
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => set_error(e),
+        Err(_) => set_error("a panic inside gemm".into()),
+    }
+}
+
+/// One GEMM call with its sizes and operands read from the frame: `[batch…, m, k]` ·
+/// `[batch…, k, n]` into a contiguous `[batch…, m, n]` buffer (pointers as addresses,
+/// so parts on other threads can share it).
+struct GemmCall {
+    m: usize,
+    k: usize,
+    n: usize,
+    batch: Vec<usize>,
+    /// Batch entries (the product of `batch`).
+    total: usize,
+    pa: usize,
+    oa: i64,
+    sa: Vec<i64>,
+    pb: usize,
+    ob: i64,
+    sb: Vec<i64>,
+    pc: usize,
+    /// The frame's address, for the epilogue function.
+    frame: usize,
+    /// The fused epilogue function `(frame, lo, hi)` (0: none).
+    epi: usize,
+}
+
+impl GemmCall {
+    fn new(frame: &[i64], frame_ptr: usize, fl: FrameLayout, g: &GemmKernel, d: &Desc) -> Self {
+        let (m, k, n) = (
+            frame[g.m] as usize,
+            frame[g.k] as usize,
+            frame[g.n] as usize,
+        );
+        let batch: Vec<usize> = g.batch.iter().map(|&s| frame[s] as usize).collect();
+        let (pa, oa, sa) = access_parts(frame, fl, &g.a);
+        let (pb, ob, sb) = access_parts(frame, fl, &g.b);
+        let pc = frame[fl.sizes + g.c] as usize;
+        let total: usize = batch.iter().product();
+        // The fused epilogue over rows `lo..hi` (products with an epilogue have no
+        // batch axes).
+        let epi = d.epilogue.load(std::sync::atomic::Ordering::Acquire);
+        GemmCall {
+            m,
+            k,
+            n,
+            batch,
+            total,
+            pa: pa as usize,
+            oa,
+            sa,
+            pb: pb as usize,
+            ob,
+            sb,
+            pc,
+            frame: frame_ptr,
+            epi,
+        }
+    }
+
+    /// One batch entry, rows `rows` and columns `cols` of it.
+    fn block(&self, bi: usize, rows: (usize, usize), cols: (usize, usize)) {
+        let (r, m, n) = (self.batch.len(), self.m, self.n);
+        let (sa, sb) = (&self.sa, &self.sb);
+        let mut rem = bi;
+        let (mut off_a, mut off_b) = (self.oa, self.ob);
+        for d in (0..r).rev() {
+            let i = (rem % self.batch[d]) as i64;
+            rem /= self.batch[d];
+            off_a += i * sa[d];
+            off_b += i * sb[d];
+        }
+        off_a += rows.0 as i64 * sa[r];
+        off_b += cols.0 as i64 * sb[r + 1];
+        let off_c = bi * m * n + rows.0 * n + cols.0;
+        // SAFETY: offsets and strides come from the plan for these buffers; the
+        // output is a contiguous [batch…, m, n] arena region and the block lies
+        // within it.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows.1 - rows.0,
+                self.k,
+                cols.1 - cols.0,
+                1.0,
+                (self.pa as *const f32).offset(off_a as isize),
+                sa[r] as isize,
+                sa[r + 1] as isize,
+                (self.pb as *const f32).offset(off_b as isize),
+                sb[r] as isize,
+                sb[r + 1] as isize,
+                0.0,
+                (self.pc as *mut f32).add(off_c),
+                n as isize,
+                1,
+            );
+        }
+    }
+
+    /// The fused epilogue over rows `lo..hi` (nothing without one).
+    fn epilogue(&self, lo: usize, hi: usize) {
+        if self.epi != 0 && lo < hi {
+            // SAFETY: `epi` is a finalized `(frame, lo, hi)` kernel function owned by
+            // the running kernel; it reads the product rows computed above.
+            let f: extern "C" fn(*mut i64, i64, i64) = unsafe { std::mem::transmute(self.epi) };
+            f(self.frame as *mut i64, lo as i64, hi as i64);
+        }
+    }
+
+    /// Runs the whole product (and its epilogue), split across the team when large;
+    /// false when a part panicked.
+    fn run(&self) -> bool {
+        let (m, n, total) = (self.m, self.n, self.total);
+        let t = team::team();
+        let macs = total
+            .saturating_mul(m)
+            .saturating_mul(self.k)
+            .saturating_mul(n);
+        if t.size() == 1 || macs < GEMM_PARALLEL_MIN_MACS || m == 0 || n == 0 {
+            for bi in 0..total {
+                self.block(bi, (0, m), (0, n));
+            }
+            self.epilogue(0, m);
+            return true;
+        }
+        if total >= t.size() {
+            let parts = t.size().min(team::MAX_PARTS);
+            let ok = t.run(parts, &|p| {
+                let (lo, hi) = team::split(total as i64, parts, p, 1);
+                for bi in lo as usize..hi as usize {
+                    self.block(bi, (0, m), (0, n));
+                }
+            });
+            self.epilogue(0, m);
+            return ok;
+        }
+        self.run_blocks(t)
+    }
+
+    /// Fewer batch entries than threads: each entry split into blocks of rows or
+    /// columns (then the epilogue over row ranges).
+    fn run_blocks(&self, t: &team::Team) -> bool {
+        let (m, n, total, epi) = (self.m, self.n, self.total, self.epi);
+        let per = t.size().div_ceil(total).min(team::MAX_PARTS / total);
+        let by_rows = n < m || epi != 0 && total == 1 && n < 2 * m;
+        let extent = if by_rows { m } else { n } as i64;
+        let units = (extent + GEMM_GRAIN - 1) / GEMM_GRAIN;
+        let per = per.min(units as usize).max(1);
+        t.run(total * per, &|p| {
+            let (bi, q) = (p / per, p % per);
+            let (lo, hi) = team::split(extent, per, q, GEMM_GRAIN);
+            let range = (lo as usize, hi as usize);
+            if range.0 < range.1 {
+                if by_rows {
+                    self.block(bi, range, (0, n));
+                    // The rows are still in this core's cache.
+                    self.epilogue(range.0, range.1);
+                } else {
+                    self.block(bi, (0, m), range);
+                }
+            }
+        }) && (by_rows
+            || epi == 0
+            || t.run(t.size(), &|p| {
+                let (lo, hi) = team::split(m as i64, t.size(), p, 1);
+                self.epilogue(lo as usize, hi as usize);
+            }))
+    }
+}
