@@ -5,8 +5,7 @@
 pub mod args;
 pub mod bench;
 pub mod check;
-pub mod cli;
-pub mod commands;
+
 pub mod data;
 pub mod diag;
 pub mod dim;

@@ -1,4 +1,7 @@
-//! The `kiln` binary: argument parsing and exit codes only; the work is in the library.
+//! The `kiln` binary: argument parsing and exit codes only (`cli/`); the work is in the
+//! library, which the CLI reaches only through its public items.
+
+mod cli;
 
 fn main() {
     // Like other command-line tools, end quietly when the reader of our output goes
@@ -10,5 +13,5 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    std::process::exit(kiln::cli::main());
+    std::process::exit(cli::main());
 }

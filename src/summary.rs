@@ -3,7 +3,7 @@
 //! totals, with the same counts Keras gives for the same model.
 
 use crate::check::{Graph, Source};
-use crate::dim::Dim;
+use crate::dim::{Dim, fmt_shape};
 use crate::layers::group_digits;
 
 fn shape(dims: &[Dim]) -> String {
@@ -108,6 +108,30 @@ pub fn render(g: &Graph) -> String {
         out.push_str(&format!(" Outputs: {}\n", outs.join(", ")));
     }
     out
+}
+
+/// `ok: digits_cnn — 6 layers, 12,345 params; image [batch, 8, 8, 1] → logits [batch, 10]`
+pub fn one_line(g: &Graph) -> String {
+    let ins: Vec<String> = g
+        .inputs
+        .iter()
+        .map(|i| format!("{} {}", i.name, i.ty.describe()))
+        .collect();
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|&s| format!("{} {}", g.name_of(s), fmt_shape(&g.type_of(s).shape)))
+        .collect();
+    let (total, _, _) = g.param_counts();
+    format!(
+        "ok: {} — {} layer{}, {} params; {} → {}",
+        g.name,
+        g.layers.len(),
+        if g.layers.len() == 1 { "" } else { "s" },
+        group_digits(total),
+        ins.join(", "),
+        outs.join(", ")
+    )
 }
 
 #[cfg(test)]

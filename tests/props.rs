@@ -1535,7 +1535,7 @@ fn check_mutant(bytes: Vec<u8>) -> Result<(), TestCaseError> {
             let out = match r {
                 Ok(m) => {
                     let summary = kiln::summary::render(&m.graph);
-                    let line = kiln::cli::one_line(&m);
+                    let line = kiln::summary::one_line(&m.graph);
                     let warnings = m.render_warnings(false);
                     Ok((summary, line, warnings))
                 }

@@ -1,0 +1,203 @@
+//! `kiln eval` and `kiln predict`: trained weights applied to data.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kiln::data::{self, Dataset, LoadOptions};
+use kiln::layers::group_digits;
+use kiln::settings::Settings;
+use ndarray::ArrayViewD;
+
+use super::{BackendArg, CliError, Result, compile, data_path, needs_train};
+
+/// `kiln eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    pub spec: PathBuf,
+    /// Weights or a checkpoint (.safetensors).
+    #[arg(long, value_name = "W")]
+    pub weights: PathBuf,
+    /// The data [default: the spec's `train.data`, its validation split].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// For .csv data: the column holding the target.
+    #[arg(long)]
+    pub target_column: Option<String>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, value_enum, default_value = "jit")]
+    pub backend: BackendArg,
+}
+
+/// `kiln predict`.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    pub spec: PathBuf,
+    /// Weights or a checkpoint (.safetensors).
+    #[arg(long, value_name = "W")]
+    pub weights: PathBuf,
+    /// An input array: `NAME=FILE.npy`, or `FILE.npy` for a model with one input (or a
+    /// .npz whose arrays are named after the inputs). Repeat for several inputs.
+    #[arg(long, value_name = "[NAME=]FILE", required = true)]
+    pub input: Vec<String>,
+    /// Where to write the outputs: `.npy` (one output) or `.npz` (by output name).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "jit")]
+    pub backend: BackendArg,
+}
+
+/// `kiln eval`.
+pub fn eval(a: &EvalArgs) -> Result {
+    let mut net = compile(&a.spec, a.backend, None)?;
+    needs_train(&net, &a.spec, "evaluated (it has no loss)")?;
+    net.load_weights(&a.weights)?;
+    let path = data_path(&net, a.data.as_ref(), &a.spec)?;
+    let opts = LoadOptions {
+        target_column: a.target_column.clone(),
+        targets: true,
+    };
+    let data = Dataset::load(&path, net.graph(), &opts)?;
+    // The spec's own data: its validation split, as training held it out.
+    let split = if a.data.is_none() {
+        Settings::resolve(net.graph(), &Default::default(), None)
+            .map_err(CliError::Usage)?
+            .validation_split()
+    } else {
+        0.0
+    };
+    let (what, data) = match data.split(split)? {
+        (_, Some(v)) => (
+            format!(
+                "the validation split ({}) of {}",
+                kiln::fit::callbacks::python_float(split),
+                path.display()
+            ),
+            v,
+        ),
+        (all, None) => (path.display().to_string(), all),
+    };
+    let t0 = Instant::now();
+    let logs = net.evaluate(&data, a.batch_size)?;
+    println!(
+        "evaluated {} on {} examples of {what} in {:.2}s",
+        net.graph().name,
+        group_digits(data.len() as i64),
+        t0.elapsed().as_secs_f64()
+    );
+    for (k, v) in logs.sorted() {
+        println!("{k}: {v:.4}");
+    }
+    Ok(())
+}
+
+/// One input file of `kiln predict`, as `NAME=FILE` or `FILE`.
+fn input_arrays(
+    graph: &kiln::Graph,
+    spec: &str,
+    arrays: &mut Vec<(String, data::Loaded, PathBuf)>,
+) -> Result {
+    let (name, file) = match spec.split_once('=') {
+        Some((n, f)) if !n.is_empty() && !n.contains(['/', '\\']) => {
+            (Some(n.to_string()), PathBuf::from(f))
+        }
+        _ => (None, PathBuf::from(spec)),
+    };
+    match (data::read(&file)?, name) {
+        (data::Content::Single(l), Some(n)) => arrays.push((n, l, file)),
+        (data::Content::Single(l), None) => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let n = if graph.inputs.len() == 1 {
+                graph.inputs[0].name.clone()
+            } else if graph.inputs.iter().any(|i| i.name == stem) {
+                stem
+            } else {
+                let names: Vec<&str> = graph.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(CliError::Invalid(format!(
+                    "{}: the model has {} inputs ({}); say which this is: --input NAME={}",
+                    file.display(),
+                    names.len(),
+                    names.join(", "),
+                    file.display()
+                )));
+            };
+            arrays.push((n, l, file));
+        }
+        (data::Content::Named(v), None) => {
+            let targets: Vec<String> = graph
+                .train
+                .as_ref()
+                .map(|t| t.targets.iter().map(|t| t.name.clone()).collect())
+                .unwrap_or_default();
+            for (n, l) in v {
+                // A data archive may also hold the targets: they are not inputs.
+                if targets.contains(&n) && !graph.inputs.iter().any(|i| i.name == n) {
+                    continue;
+                }
+                arrays.push((n, l, file.clone()));
+            }
+        }
+        (data::Content::Named(_), Some(n)) => {
+            return Err(CliError::Invalid(format!(
+                "{}: `{n}=` names one array, but this archive holds several; give a .npy file",
+                file.display()
+            )));
+        }
+        (data::Content::Table(_), _) => {
+            return Err(CliError::Invalid(format!(
+                "{}: predict reads .npy (or .npz) arrays, not CSV tables",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `kiln predict`.
+pub fn predict(a: &PredictArgs) -> Result {
+    let mut net = compile(&a.spec, a.backend, None)?;
+    net.load_weights(&a.weights)?;
+    let graph = net.graph().clone();
+    // Read every input file; an unnamed one is the model's only input (or named by
+    // its file stem), a .npz contributes its arrays by name.
+    let mut arrays: Vec<(String, data::Loaded, PathBuf)> = Vec::new();
+    for spec in &a.input {
+        input_arrays(&graph, spec, &mut arrays)?;
+    }
+    let with_types: Vec<(&str, ArrayViewD<f32>, Option<data::Dtype>)> = arrays
+        .iter()
+        .map(|(n, l, _)| (n.as_str(), l.data.view(), Some(l.dtype)))
+        .collect();
+    let file_of = |n: &str| {
+        arrays
+            .iter()
+            .find(|(m, _, _)| m == n)
+            .map(|(_, _, p)| p.clone())
+    };
+    data::check_predict_inputs(&graph, &with_types, &file_of)?;
+    let inputs: Vec<(&str, ArrayViewD<f32>)> = arrays
+        .iter()
+        .map(|(n, l, _)| (n.as_str(), l.data.view()))
+        .collect();
+    let t0 = Instant::now();
+    let outs = net.predict_all(&inputs)?;
+    let secs = t0.elapsed().as_secs_f64();
+    data::write(&a.output, &outs)?;
+    let desc: Vec<String> = outs
+        .iter()
+        .map(|(n, o)| {
+            let d: Vec<String> = o.shape().iter().map(|x| x.to_string()).collect();
+            format!("{n} [{}]", d.join(", "))
+        })
+        .collect();
+    println!(
+        "wrote {}: {} ({:.1} ms)",
+        a.output.display(),
+        desc.join(", "),
+        secs * 1e3
+    );
+    Ok(())
+}

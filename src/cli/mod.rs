@@ -1,0 +1,269 @@
+//! The command line (DESIGN §3), a thin client of the library: `main` parses the
+//! arguments, runs one command and maps its error to the exit code in one place
+//! ([`CliError::exit_code`]): 0 success, 1 the spec or the data is wrong (or training
+//! diverged), 2 usage, I/O or an internal failure, 130 interrupted by Ctrl-C.
+
+mod apply;
+mod inspect;
+mod progress;
+mod train;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln::runtime::Backend;
+use kiln::{Error, Model, Net, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A declarative model compiler: YAML specs, checked shapes, native code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and shape-check a spec; print every mistake at its line.
+    Check {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        format: inspect::Format,
+    },
+    /// Print a table of layers, output shapes and parameter counts, like Keras's summary().
+    Summary { spec: PathBuf },
+    /// Print a stage of compilation: `graph` (the inference function) or `train` (one
+    /// whole training step), after the graph passes unless `--raw`.
+    Ir {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "graph")]
+        stage: inspect::Stage,
+        /// Print the IR as lowered, before dead-code elimination, CSE and simplification.
+        #[arg(long)]
+        raw: bool,
+        /// With `kernels` or `clif`: show the training step instead of inference.
+        #[arg(long)]
+        step: bool,
+    },
+    /// Measure compile time, forward latency and train-step time (medians).
+    Bench {
+        spec: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Print `{"compile_ms", "forward_ms", "train_step_ms", "batch_size"}`.
+        #[arg(long)]
+        json: bool,
+        /// Timed repetitions after warm-up.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
+    Init {
+        spec: PathBuf,
+        /// Where to write the weights (`.safetensors`).
+        #[arg(long)]
+        out: PathBuf,
+        /// The random seed [default: the spec's `train.seed`, else 0].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
+    Train(train::TrainArgs),
+    /// Print the loss and metrics of weights on data.
+    Eval(apply::EvalArgs),
+    /// Run the forward pass on input arrays and write the outputs.
+    Predict(apply::PredictArgs),
+    /// Explain a diagnostic code (E0504, W0701): what it means, a wrong and a fixed spec.
+    Explain { code: String },
+}
+
+/// Why a command failed; [`CliError::exit_code`] is the one mapping to exit codes.
+#[derive(Debug)]
+pub enum CliError {
+    /// A library error: spec errors are drawn against the spec, the rest said in a
+    /// sentence; the exit code is the library's ([`Error::exit_code`]).
+    Lib(Error),
+    /// The command line asks for something that cannot be done (exit 2).
+    Usage(String),
+    /// The spec or the data does not suit this command (exit 1).
+    Invalid(String),
+    /// A spec error already shown in another form (`check --format json`) (exit 1).
+    Shown,
+    /// Training diverged; the explanation was printed (exit 1).
+    Diverged,
+    /// Stopped by Ctrl-C after writing a checkpoint (exit 130).
+    Interrupted,
+}
+
+impl CliError {
+    /// The process exit code (DESIGN §3).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Lib(e) => e.exit_code(),
+            CliError::Usage(_) => 2,
+            CliError::Invalid(_) | CliError::Shown | CliError::Diverged => 1,
+            CliError::Interrupted => 130,
+        }
+    }
+
+    /// Prints the error on stderr (what was not printed already).
+    fn report(&self) {
+        match self {
+            CliError::Lib(Error::Spec(s)) => {
+                eprint!("{}", s.render(color()));
+                let n = s.diagnostics.iter().filter(|d| d.is_error()).count();
+                eprintln!(
+                    "error: {} has {n} error{}",
+                    s.file,
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            CliError::Lib(e) => eprintln!("error: {e}"),
+            CliError::Usage(m) | CliError::Invalid(m) => eprintln!("error: {m}"),
+            CliError::Shown | CliError::Diverged | CliError::Interrupted => {}
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Lib(e)
+    }
+}
+
+impl From<kiln::data::DataError> for CliError {
+    fn from(e: kiln::data::DataError) -> Self {
+        CliError::Lib(Error::Data(e))
+    }
+}
+
+impl From<kiln::weights::WeightsError> for CliError {
+    fn from(e: kiln::weights::WeightsError) -> Self {
+        CliError::Lib(Error::Weights(e))
+    }
+}
+
+/// What a command returns.
+pub type Result<T = ()> = std::result::Result<T, CliError>;
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Runs the CLI with the process's arguments and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
+fn run(command: Command) -> Result {
+    match command {
+        Command::Check { spec, format } => inspect::check(&spec, format),
+        Command::Ir {
+            spec,
+            stage,
+            raw,
+            step,
+        } => inspect::ir(&spec, stage, raw, step),
+        Command::Bench {
+            spec,
+            batch_size,
+            json,
+            runs,
+        } => inspect::bench(&spec, batch_size, json, runs),
+        Command::Summary { spec } => {
+            let m = load(&spec)?;
+            print!("{}", kiln::summary::render(&m.graph));
+            Ok(())
+        }
+        Command::Init { spec, out, seed } => inspect::init(&spec, &out, seed),
+        Command::Train(a) => train::train(&a),
+        Command::Eval(a) => apply::eval(&a),
+        Command::Predict(a) => apply::predict(&a),
+        Command::Explain { code } => match kiln::diag::explain(&code) {
+            Some(page) => {
+                print!("{page}");
+                Ok(())
+            }
+            None => Err(CliError::Usage(format!(
+                "no such code `{code}`; codes look like E0504"
+            ))),
+        },
+    }
+}
+
+/// Loads a spec, printing its warnings on stderr.
+fn load(spec: &PathBuf) -> Result<Model> {
+    let m = Model::from_path(spec)?;
+    if !m.warnings.is_empty() {
+        eprint!("{}", m.render_warnings(color()));
+    }
+    Ok(m)
+}
+
+/// The executor of compiled functions, as a flag.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum BackendArg {
+    /// Native code (Cranelift).
+    #[default]
+    Jit,
+    /// The reference interpreter.
+    Interp,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Jit => Backend::Jit,
+            BackendArg::Interp => Backend::Interp,
+        }
+    }
+}
+
+/// Loads the spec and compiles it.
+fn compile(spec: &PathBuf, backend: BackendArg, seed: Option<u64>) -> Result<Net> {
+    let model = load(spec)?;
+    Ok(model.compile(&Options {
+        backend: backend.into(),
+        seed,
+    })?)
+}
+
+/// Refuses a spec without a `train` section for a command that needs one.
+fn needs_train(net: &Net, spec: &std::path::Path, what: &str) -> Result {
+    if net.graph().train.is_none() {
+        return Err(CliError::Invalid(format!(
+            "{} has no `train` section, so it cannot be {what}: add targets, a loss and an optimizer under `train:`",
+            spec.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The data file: the flag's, else the spec's (relative to the spec).
+fn data_path(net: &Net, flag: Option<&PathBuf>, spec: &std::path::Path) -> Result<PathBuf> {
+    flag.cloned()
+        .or_else(|| net.spec_data_path())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "no data: {} has no `train.data`; give a file with `--data FILE.npz`",
+                spec.display()
+            ))
+        })
+}
