@@ -907,7 +907,7 @@ impl<'a> Checker<'a> {
                 // `targets:` is written but none of it parsed: already reported.
                 return None;
             }
-            let example = target_example(&loss.name, g.type_of(g.outputs[0]));
+            let example = target_example(loss.kind.name, g.type_of(g.outputs[0]));
             self.diags.push(
                 Diagnostic::error(
                     "E0608",
@@ -983,7 +983,7 @@ impl<'a> Checker<'a> {
             let out = g.outputs[out_idx];
             let ty = tensor_type(d);
             self.check_target(
-                &loss.name,
+                loss.kind.name,
                 loss.args.bool("from_logits"),
                 d,
                 &ty,
@@ -1008,7 +1008,7 @@ impl<'a> Checker<'a> {
                 if m != "accuracy" {
                     return m.clone();
                 }
-                match loss.name.as_str() {
+                match loss.kind.name {
                     "sparse_categorical_crossentropy" => "sparse_categorical_accuracy".into(),
                     "categorical_crossentropy" => "categorical_accuracy".into(),
                     "binary_crossentropy" => "binary_accuracy".into(),

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod layers;
 pub mod lower;
 pub mod net;
 pub mod plot;
+pub mod rng;
 pub mod runtime;
 pub mod spec;
 pub mod summary;

@@ -26,9 +26,9 @@ use std::time::Instant;
 use ndarray::ArrayD;
 
 use crate::args::Value;
+use crate::catalog::schedules as schedule;
 use crate::check::Graph;
 use crate::data::{self, Dataset};
-use crate::lower::schedule;
 use crate::net::{Net, NetError, scalar, scalar_array};
 use crate::weights::Weights;
 use callbacks::{Callback, CsvLog};
@@ -237,7 +237,7 @@ pub fn rng_key(seed: u64, step: u64) -> f32 {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&seed.to_le_bytes());
     b[8..].copy_from_slice(&step.to_le_bytes());
-    (crate::weights::rng::hash64(0x6b69_6c6e_2f64_726f, &b) >> 40) as f32
+    (crate::rng::hash64(0x6b69_6c6e_2f64_726f, &b) >> 40) as f32
 }
 
 /// Running sums of an epoch: examples seen, loss × batch size, metrics × batch size.
@@ -358,7 +358,7 @@ pub fn run(
             .decl
             .callbacks
             .iter()
-            .map(Callback::from_spec)
+            .map(callbacks::from_spec)
             .collect()
     };
     if is_schedule
@@ -383,7 +383,7 @@ pub fn run(
             let mut bw = r.best_weights.into_iter();
             for c in cbs.iter_mut() {
                 if let Callback::EarlyStopping { state, .. } = c {
-                    state.best_weights = bw.next().flatten();
+                    state.best_weights = bw.next().flatten().map(callbacks::Snapshot::new);
                 }
             }
         }
@@ -638,7 +638,7 @@ pub fn run(
                         state.stopped_epoch + 1
                     ));
                 }
-                if *restore_best_weights && let Some(w) = &state.best_weights {
+                if *restore_best_weights && let Some(w) = callbacks::best_weights(state) {
                     obs.on_message(&format!(
                         "Restoring model weights from the end of the best epoch: {}.",
                         state.best_epoch + 1

@@ -1,9 +1,9 @@
 //! Each layer of the catalog lowered to primitives with Keras's numerics. One function
 //! per layer family; `lower` dispatches on the layer's type.
 
-use super::activation::{self, apply};
 use super::{Lower, Mode};
 use crate::args::Value;
+use crate::catalog::activations::{self as activation, apply};
 use crate::check::Layer;
 use crate::dim::{Dim, product};
 use crate::ir::{
