@@ -15,6 +15,9 @@ pub struct MetricKind {
     pub args: &'static [ArgSpec],
     /// Per-example values, 1.0/0.0 for accuracies (before the mean over the batch).
     pub per_example: fn(&mut Func, Id, Id) -> Result<Id>,
+    /// Compares with integer class indices (the output's shape without its class axis)
+    /// rather than targets of the output's shape.
+    pub sparse_labels: bool,
     /// Keras's `accuracy` is not one metric: it becomes the accuracy that fits the loss
     /// and the shapes (`resolve(loss, output, target)`), as Keras's `compile` decides.
     pub resolve: Option<fn(&LossKind, &Type, &Type) -> &'static MetricKind>,
@@ -87,6 +90,7 @@ pub static ACCURACY: MetricKind = MetricKind {
         let m = accuracy_by_shape(f.ty(pred), f.ty(target));
         (m.per_example)(f, pred, target)
     },
+    sparse_labels: false,
     resolve: Some(accuracy_for),
 };
 
@@ -99,6 +103,7 @@ pub static SPARSE_CATEGORICAL_ACCURACY: MetricKind = MetricKind {
         let am = argmax(f, pred)?;
         f.cmp(Cmp::Eq, am, labels)
     },
+    sparse_labels: true,
     resolve: None,
 };
 
@@ -112,6 +117,7 @@ pub static CATEGORICAL_ACCURACY: MetricKind = MetricKind {
         let b = argmax(f, t)?;
         f.cmp(Cmp::Eq, a, b)
     },
+    sparse_labels: false,
     resolve: None,
 };
 
@@ -125,6 +131,7 @@ pub static BINARY_ACCURACY: MetricKind = MetricKind {
         let p = f.cmp(Cmp::Gt, pred, half)?;
         f.cmp(Cmp::Eq, p, t)
     },
+    sparse_labels: false,
     resolve: None,
 };
 
@@ -137,6 +144,7 @@ pub static MAE: MetricKind = MetricKind {
         let e = f.sub(pred, t)?;
         f.unary(Unary::Abs, e)
     },
+    sparse_labels: false,
     resolve: None,
 };
 
@@ -149,6 +157,7 @@ pub static MSE: MetricKind = MetricKind {
         let e = f.sub(pred, t)?;
         f.mul(e, e)
     },
+    sparse_labels: false,
     resolve: None,
 };
 
