@@ -410,142 +410,163 @@ impl Callback {
 pub fn on_epoch_end(cbs: &mut [Callback], epoch: usize, host: &mut dyn Host) {
     for c in cbs.iter_mut() {
         match c {
-            Callback::EarlyStopping {
-                monitor,
-                direction,
-                min_delta,
-                patience,
-                baseline,
-                restore_best_weights,
-                start_from_epoch,
-                state,
-            } => {
-                let Some(current) = host.log(monitor) else {
-                    host.message(format!(
-                        "warning: early stopping monitors `{monitor}`, which is not available; available: {}",
-                        host.log_names().join(", ")
-                    ));
-                    continue;
-                };
-                if epoch < *start_from_epoch {
-                    continue;
-                }
-                if *restore_best_weights && state.best_weights.is_none() {
-                    state.best_weights = Some(host.snapshot());
-                    state.best_epoch = epoch;
-                }
-                state.wait += 1;
-                let better = |v: f64, reference: Option<f64>| match reference {
-                    None => true,
-                    Some(r) => match direction {
-                        Direction::Min => v - *min_delta < r,
-                        Direction::Max => v - *min_delta > r,
-                    },
-                };
-                if better(current, state.best.map(unbits)) {
-                    state.best = Some(bits(current));
-                    state.best_epoch = epoch;
-                    if *restore_best_weights {
-                        state.best_weights = Some(host.snapshot());
-                    }
-                    if baseline.is_none() || better(current, *baseline) {
-                        state.wait = 0;
-                    }
-                    continue;
-                }
-                if state.wait >= *patience && epoch > 0 {
-                    state.stopped_epoch = epoch;
-                    host.stop();
-                }
-            }
-            Callback::ReduceLrOnPlateau {
-                monitor,
-                direction,
-                factor,
-                patience,
-                min_delta,
-                cooldown,
-                min_lr,
-                state,
-            } => {
-                host.set_log("learning_rate", f64::from(host.lr()));
-                let Some(current) = host.log(monitor) else {
-                    host.message(format!(
-                        "warning: reduce_lr_on_plateau monitors `{monitor}`, which is not available; available: {}",
-                        host.log_names().join(", ")
-                    ));
-                    continue;
-                };
-                if state.cooldown_counter > 0 {
-                    state.cooldown_counter -= 1;
-                    state.wait = 0;
-                }
-                let best = unbits(state.best);
-                let improved = match direction {
-                    Direction::Min => current < best - *min_delta,
-                    Direction::Max => current > best + *min_delta,
-                };
-                if improved {
-                    state.best = bits(current);
-                    state.wait = 0;
-                } else if state.cooldown_counter == 0 {
-                    state.wait += 1;
-                    let lr_now = host.lr();
-                    if state.wait >= *patience && lr_now > *min_lr as f32 {
-                        let new = (f64::from(lr_now) * *factor).max(*min_lr) as f32;
-                        host.set_lr(new);
-                        host.message(format!(
-                            "Epoch {}: ReduceLROnPlateau reducing learning rate to {new}.",
-                            epoch + 1
-                        ));
-                        state.cooldown_counter = *cooldown;
-                        state.wait = 0;
-                    }
-                }
-            }
-            Callback::ModelCheckpoint {
-                filepath,
-                monitor,
-                direction,
-                save_best_only,
-                state,
-            } => {
-                let path = match host.checkpoint_path(filepath) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        host.message(format!("warning: model_checkpoint: {e}"));
-                        continue;
-                    }
-                };
-                if !*save_best_only {
-                    host.save(path);
-                    continue;
-                }
-                let Some(current) = host.log(monitor) else {
-                    host.message(format!(
-                        "warning: model_checkpoint can save the best model only with `{monitor}` available, skipping"
-                    ));
-                    continue;
-                };
-                let best = unbits(state.best);
-                let better = match direction {
-                    Direction::Min => current < best,
-                    Direction::Max => current > best,
-                };
-                if better {
-                    host.message(format!(
-                        "Epoch {}: {monitor} improved from {} to {}, saving model to {}",
-                        epoch + 1,
-                        fmt5(best),
-                        fmt5(current),
-                        path.display()
-                    ));
-                    state.best = bits(current);
-                    host.save(path);
-                }
-            }
+            Callback::EarlyStopping { .. } => early_stopping_end(c, epoch, host),
+            Callback::ReduceLrOnPlateau { .. } => plateau_end(c, epoch, host),
+            Callback::ModelCheckpoint { .. } => checkpoint_end(c, epoch, host),
             Callback::CsvLogger { .. } | Callback::TerminateOnNan => {}
         }
+    }
+}
+
+/// Early stopping: stop when the monitored value has not improved for `patience` epochs.
+fn early_stopping_end(c: &mut Callback, epoch: usize, host: &mut dyn Host) {
+    let Callback::EarlyStopping {
+        monitor,
+        direction,
+        min_delta,
+        patience,
+        baseline,
+        restore_best_weights,
+        start_from_epoch,
+        state,
+    } = c
+    else {
+        return;
+    };
+    let Some(current) = host.log(monitor) else {
+        host.message(format!(
+            "warning: early stopping monitors `{monitor}`, which is not available; available: {}",
+            host.log_names().join(", ")
+        ));
+        return;
+    };
+    if epoch < *start_from_epoch {
+        return;
+    }
+    if *restore_best_weights && state.best_weights.is_none() {
+        state.best_weights = Some(host.snapshot());
+        state.best_epoch = epoch;
+    }
+    state.wait += 1;
+    let better = |v: f64, reference: Option<f64>| match reference {
+        None => true,
+        Some(r) => match direction {
+            Direction::Min => v - *min_delta < r,
+            Direction::Max => v - *min_delta > r,
+        },
+    };
+    if better(current, state.best.map(unbits)) {
+        state.best = Some(bits(current));
+        state.best_epoch = epoch;
+        if *restore_best_weights {
+            state.best_weights = Some(host.snapshot());
+        }
+        if baseline.is_none() || better(current, *baseline) {
+            state.wait = 0;
+        }
+        return;
+    }
+    if state.wait >= *patience && epoch > 0 {
+        state.stopped_epoch = epoch;
+        host.stop();
+    }
+}
+
+/// Reduce-LR-on-plateau: scale the learning rate down when the monitored value stalls.
+fn plateau_end(c: &mut Callback, epoch: usize, host: &mut dyn Host) {
+    let Callback::ReduceLrOnPlateau {
+        monitor,
+        direction,
+        factor,
+        patience,
+        min_delta,
+        cooldown,
+        min_lr,
+        state,
+    } = c
+    else {
+        return;
+    };
+    host.set_log("learning_rate", f64::from(host.lr()));
+    let Some(current) = host.log(monitor) else {
+        host.message(format!(
+            "warning: reduce_lr_on_plateau monitors `{monitor}`, which is not available; available: {}",
+            host.log_names().join(", ")
+        ));
+        return;
+    };
+    if state.cooldown_counter > 0 {
+        state.cooldown_counter -= 1;
+        state.wait = 0;
+    }
+    let best = unbits(state.best);
+    let improved = match direction {
+        Direction::Min => current < best - *min_delta,
+        Direction::Max => current > best + *min_delta,
+    };
+    if improved {
+        state.best = bits(current);
+        state.wait = 0;
+    } else if state.cooldown_counter == 0 {
+        state.wait += 1;
+        let lr_now = host.lr();
+        if state.wait >= *patience && lr_now > *min_lr as f32 {
+            let new = (f64::from(lr_now) * *factor).max(*min_lr) as f32;
+            host.set_lr(new);
+            host.message(format!(
+                "Epoch {}: ReduceLROnPlateau reducing learning rate to {new}.",
+                epoch + 1
+            ));
+            state.cooldown_counter = *cooldown;
+            state.wait = 0;
+        }
+    }
+}
+
+/// Model checkpoint: save every epoch, or when the monitored value improves.
+fn checkpoint_end(c: &mut Callback, epoch: usize, host: &mut dyn Host) {
+    let Callback::ModelCheckpoint {
+        filepath,
+        monitor,
+        direction,
+        save_best_only,
+        state,
+    } = c
+    else {
+        return;
+    };
+    let path = match host.checkpoint_path(filepath) {
+        Ok(p) => p,
+        Err(e) => {
+            host.message(format!("warning: model_checkpoint: {e}"));
+            return;
+        }
+    };
+    if !*save_best_only {
+        host.save(path);
+        return;
+    }
+    let Some(current) = host.log(monitor) else {
+        host.message(format!(
+            "warning: model_checkpoint can save the best model only with `{monitor}` available, skipping"
+        ));
+        return;
+    };
+    let best = unbits(state.best);
+    let better = match direction {
+        Direction::Min => current < best,
+        Direction::Max => current > best,
+    };
+    if better {
+        host.message(format!(
+            "Epoch {}: {monitor} improved from {} to {}, saving model to {}",
+            epoch + 1,
+            fmt5(best),
+            fmt5(current),
+            path.display()
+        ));
+        state.best = bits(current);
+        host.save(path);
     }
 }
 
