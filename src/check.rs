@@ -1005,26 +1005,8 @@ impl<'a> Checker<'a> {
             .metrics
             .iter()
             .map(|(m, _)| {
-                if m != "accuracy" {
-                    return m.clone();
-                }
-                match loss.kind.name {
-                    "sparse_categorical_crossentropy" => "sparse_categorical_accuracy".into(),
-                    "categorical_crossentropy" => "categorical_accuracy".into(),
-                    "binary_crossentropy" => "binary_accuracy".into(),
-                    // Keras picks by shapes for other losses.
-                    _ => {
-                        let out = g.type_of(g.outputs[targets[0].output]);
-                        let tgt = &targets[0].ty;
-                        if out.shape.last().and_then(Dim::as_const) == Some(1) {
-                            "binary_accuracy".into()
-                        } else if tgt.rank() < out.rank() {
-                            "sparse_categorical_accuracy".into()
-                        } else {
-                            "categorical_accuracy".into()
-                        }
-                    }
-                }
+                let out = g.type_of(g.outputs[targets[0].output]);
+                m.resolved(loss.kind, out, &targets[0].ty).name.to_string()
             })
             .collect();
         Some(Train {

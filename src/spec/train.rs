@@ -9,7 +9,7 @@ use super::{TensorDecl, parse_tensors};
 use crate::args::{self, ArgKind, ArgSpec, Args, Default, FRACTION, Value, arg, int, named};
 use crate::catalog::callbacks::{CALLBACKS, CallbackKind};
 use crate::catalog::losses::{LOSSES, LossKind};
-use crate::catalog::metrics::METRICS;
+use crate::catalog::metrics::{METRICS, MetricKind};
 use crate::catalog::optimizers::{self, CLIPPING, OPTIMIZERS, OptimizerKind};
 use crate::catalog::{self, Entry};
 use crate::diag::{Diagnostic, did_you_mean};
@@ -55,8 +55,8 @@ pub struct TrainDecl {
     pub targets_broken: bool,
     pub loss: Option<Named<LossKind>>,
     pub optimizer: Named<OptimizerKind>,
-    /// Metrics as written, canonicalized (`acc` → `accuracy`), with spans.
-    pub metrics: Vec<(String, Range<usize>)>,
+    /// Metrics as written (`acc` is `accuracy`), with spans.
+    pub metrics: Vec<(&'static MetricKind, Range<usize>)>,
     /// batch_size, epochs, seed, shuffle, validation_split.
     pub fit: Args,
     pub data: Option<DataDecl>,
@@ -298,7 +298,10 @@ fn optimizer(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Option<Named<Optim
 }
 
 /// `train.metrics`, canonicalized; also whether any was wrong (reported).
-fn metrics(v: &Node, diags: &mut Vec<Diagnostic>) -> (Vec<(String, Range<usize>)>, bool) {
+fn metrics(
+    v: &Node,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<(&'static MetricKind, Range<usize>)>, bool) {
     let mut metrics = Vec::new();
     let mut failed = false;
     let Some(m) = v.get("metrics") else {
@@ -322,7 +325,7 @@ fn metrics(v: &Node, diags: &mut Vec<Diagnostic>) -> (Vec<(String, Range<usize>)
             continue;
         };
         match catalog::find(METRICS, &s.to_lowercase()) {
-            Some(k) => metrics.push((k.name.to_string(), it.span.clone())),
+            Some(k) => metrics.push((k, it.span.clone())),
             None => {
                 failed = true;
                 diags.push(
@@ -395,7 +398,7 @@ fn callbacks(v: &Node, diags: &mut Vec<Diagnostic>) -> Vec<Named<CallbackKind>> 
 /// their `val_` forms with a validation split).
 fn check_monitors(
     callbacks: &[Named<CallbackKind>],
-    metrics: &[(String, Range<usize>)],
+    metrics: &[(&'static MetricKind, Range<usize>)],
     metrics_failed: bool,
     has_val: bool,
     diags: &mut Vec<Diagnostic>,
@@ -403,8 +406,8 @@ fn check_monitors(
     let mut known: Vec<String> = vec!["loss".into()];
     for (m, _) in metrics {
         // Once each: a metric listed 30,000 times must not make every check below slow.
-        if !known.contains(m) {
-            known.push(m.clone());
+        if !known.iter().any(|k| k == m.name) {
+            known.push(m.name.to_string());
         }
     }
     let with_val: Vec<String> = known.iter().map(|k| format!("val_{k}")).collect();
