@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use crate::args::{self, Args};
+use crate::catalog::losses::{LossKind, Targets};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::{Dim, fmt_shape, product};
 use crate::layers::{self, Arity, Ctx, In, LayerKind, Param, TensorType};
@@ -907,7 +908,7 @@ impl<'a> Checker<'a> {
                 // `targets:` is written but none of it parsed: already reported.
                 return None;
             }
-            let example = target_example(loss.kind.name, g.type_of(g.outputs[0]));
+            let example = target_example(loss.kind, g.type_of(g.outputs[0]));
             self.diags.push(
                 Diagnostic::error(
                     "E0608",
@@ -983,7 +984,7 @@ impl<'a> Checker<'a> {
             let out = g.outputs[out_idx];
             let ty = tensor_type(d);
             self.check_target(
-                loss.kind.name,
+                loss.kind,
                 loss.args.bool("from_logits"),
                 d,
                 &ty,
@@ -1019,7 +1020,7 @@ impl<'a> Checker<'a> {
     #[allow(clippy::too_many_arguments)]
     fn check_target(
         &mut self,
-        loss: &str,
+        kind: &LossKind,
         from_logits: bool,
         d: &TensorDecl,
         ty: &TensorType,
@@ -1039,19 +1040,20 @@ impl<'a> Checker<'a> {
                 || (ty.rank() + 1 == want.len() && want.last().and_then(Dim::as_const) == Some(1) && ty.shape[..] == want[..want.len() - 1])
                 || (ty.rank() == want.len() + 1 && ty.last().as_const() == Some(1) && ty.shape[..want.len()] == *want)
         };
-        let (want, int_labels): (Vec<Dim>, bool) = match loss {
-            "sparse_categorical_crossentropy" => {
-                (oty.shape[..oty.rank().saturating_sub(1)].to_vec(), true)
-            }
-            _ => (oty.shape.clone(), false),
+        let loss = kind.name;
+        let int_labels = kind.targets == Targets::SparseLabels;
+        let want: Vec<Dim> = if int_labels {
+            oty.shape[..oty.rank().saturating_sub(1)].to_vec()
+        } else {
+            oty.shape.clone()
         };
         if !shape_ok(&want) {
-            let why = match loss {
-                "sparse_categorical_crossentropy" => format!(
-                    "`sparse_categorical_crossentropy` takes one class index per example, so the target's shape is the output's without its class axis: {}",
+            let why = match kind.targets {
+                Targets::SparseLabels => format!(
+                    "`{loss}` takes one class index per example, so the target's shape is the output's without its class axis: {}",
                     fmt_shape(&want)
                 ),
-                _ => format!(
+                Targets::Dense { .. } => format!(
                     "`{loss}` compares the target with the output element by element, so their shapes must be equal"
                 ),
             };
@@ -1077,12 +1079,12 @@ impl<'a> Checker<'a> {
                 .secondary(loss_span.clone(), "this loss")
                 .help(format!(
                     "{why}{}",
-                    if loss == "categorical_crossentropy" && ty.rank() + 1 == oty.rank() {
-                        "; for integer class labels use `sparse_categorical_crossentropy`"
-                    } else if loss == "sparse_categorical_crossentropy" && ty.rank() == oty.rank() {
-                        "; for one-hot targets use `categorical_crossentropy`"
-                    } else {
-                        ""
+                    match kind.counterpart {
+                        Some(c) if !int_labels && ty.rank() + 1 == oty.rank() =>
+                            format!("; for integer class labels use `{}`", c.name),
+                        Some(c) if int_labels && ty.rank() == oty.rank() =>
+                            format!("; for one-hot targets use `{}`", c.name),
+                        _ => String::new(),
                     }
                 )),
             );
@@ -1090,18 +1092,30 @@ impl<'a> Checker<'a> {
         }
         if int_labels && !ty.dtype.is_int() {
             self.diags.push(
-                Diagnostic::error("E0610", format!("`sparse_categorical_crossentropy` takes integer class indices, but the target `{}` is f32", d.name))
-                    .label(d.shape_span.clone(), "declared f32 (the default)")
-                    .secondary(loss_span, "this loss")
-                    .help(format!("declare it as `{}: {{shape: {}, dtype: i32}}`", d.name, fmt_shape(&ty.shape))),
+                Diagnostic::error(
+                    "E0610",
+                    format!(
+                        "`{loss}` takes integer class indices, but the target `{}` is f32",
+                        d.name
+                    ),
+                )
+                .label(d.shape_span.clone(), "declared f32 (the default)")
+                .secondary(loss_span, "this loss")
+                .help(format!(
+                    "declare it as `{}: {{shape: {}, dtype: i32}}`",
+                    d.name,
+                    fmt_shape(&ty.shape)
+                )),
             );
             return;
         }
-        if !int_labels && ty.dtype.is_int() && loss != "binary_crossentropy" {
-            let help = if loss == "categorical_crossentropy" {
-                "integer labels need `sparse_categorical_crossentropy`; `categorical_crossentropy` takes one-hot f32 targets"
-            } else {
-                "declare the target as f32"
+        if kind.targets == (Targets::Dense { ints_ok: false }) && ty.dtype.is_int() {
+            let help = match kind.counterpart {
+                Some(c) => format!(
+                    "integer labels need `{}`; `{loss}` takes one-hot f32 targets",
+                    c.name
+                ),
+                None => "declare the target as f32".to_string(),
             };
             self.diags.push(
                 Diagnostic::error(
@@ -1122,7 +1136,7 @@ impl<'a> Checker<'a> {
         if let Source::Layer(i) = out {
             let act = output_activation(&g.layers[i]);
             let probs = matches!(act, "softmax" | "sigmoid");
-            let ce = loss.contains("crossentropy");
+            let ce = kind.cross_entropy;
             if ce && from_logits && probs {
                 self.diags.push(
                     Diagnostic::warning(
@@ -1164,9 +1178,9 @@ fn tensor_type(d: &TensorDecl) -> TensorType {
 }
 
 /// A `targets:` line that fits a loss and an output, for help texts.
-fn target_example(loss: &str, out: &TensorType) -> String {
-    match loss {
-        "sparse_categorical_crossentropy" => {
+fn target_example(loss: &LossKind, out: &TensorType) -> String {
+    match loss.targets {
+        Targets::SparseLabels => {
             format!(
                 "{{label: {{shape: {}, dtype: i32}}}}",
                 fmt_shape(&out.shape[..out.rank().saturating_sub(1)])

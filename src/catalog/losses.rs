@@ -29,6 +29,9 @@ pub struct LossKind {
     /// The accuracy Keras's `accuracy` metric means with this loss (`None`: chosen by
     /// the shapes of output and target).
     pub accuracy: Option<&'static MetricKind>,
+    /// The same loss for the other form of labels (one-hot ↔ class indices), which
+    /// help texts suggest when the targets have that form.
+    pub counterpart: Option<&'static LossKind>,
 }
 entry!(LossKind);
 
@@ -134,6 +137,7 @@ pub static MEAN_SQUARED_ERROR: LossKind = LossKind {
     targets: REGRESSION,
     cross_entropy: false,
     accuracy: None,
+    counterpart: None,
 };
 
 pub static MEAN_ABSOLUTE_ERROR: LossKind = LossKind {
@@ -144,6 +148,7 @@ pub static MEAN_ABSOLUTE_ERROR: LossKind = LossKind {
     targets: REGRESSION,
     cross_entropy: false,
     accuracy: None,
+    counterpart: None,
 };
 
 pub static HUBER: LossKind = LossKind {
@@ -166,6 +171,7 @@ pub static HUBER: LossKind = LossKind {
     targets: REGRESSION,
     cross_entropy: false,
     accuracy: None,
+    counterpart: None,
 };
 
 fn binary_crossentropy(f: &mut Func, args: &Args, pred: Id, target: Id) -> Result<Id> {
@@ -210,6 +216,7 @@ pub static BINARY_CROSSENTROPY: LossKind = LossKind {
     targets: Targets::Dense { ints_ok: true },
     cross_entropy: true,
     accuracy: Some(&metrics::BINARY_ACCURACY),
+    counterpart: None,
 };
 
 pub static CATEGORICAL_CROSSENTROPY: LossKind = LossKind {
@@ -225,6 +232,7 @@ pub static CATEGORICAL_CROSSENTROPY: LossKind = LossKind {
     targets: Targets::Dense { ints_ok: false },
     cross_entropy: true,
     accuracy: Some(&metrics::CATEGORICAL_ACCURACY),
+    counterpart: Some(&SPARSE_CATEGORICAL_CROSSENTROPY),
 };
 
 pub static SPARSE_CATEGORICAL_CROSSENTROPY: LossKind = LossKind {
@@ -239,6 +247,7 @@ pub static SPARSE_CATEGORICAL_CROSSENTROPY: LossKind = LossKind {
     targets: Targets::SparseLabels,
     cross_entropy: true,
     accuracy: Some(&metrics::SPARSE_CATEGORICAL_ACCURACY),
+    counterpart: Some(&CATEGORICAL_CROSSENTROPY),
 };
 
 /// Every loss, with Keras's argument names and defaults.
