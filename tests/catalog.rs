@@ -471,3 +471,33 @@ fn every_callback_parses_with_defaults_runs_and_keeps_its_state() {
         }
     }
 }
+
+#[test]
+fn layers_default_to_catalog_entries() {
+    let mut seen = 0;
+    for layer in kiln::layers::REGISTRY {
+        for a in layer.args {
+            let Default::Str(name) = a.default else {
+                continue;
+            };
+            match a.kind {
+                ArgKind::Initializer => {
+                    let init = kiln::catalog::initializers::lookup(name);
+                    assert!(init.is_some(), "{}.{}: {name}", layer.name, a.name);
+                    seen += 1;
+                }
+                ArgKind::Activation => {
+                    assert!(
+                        activations::lookup(name).is_some(),
+                        "{}.{}: {name}",
+                        layer.name,
+                        a.name
+                    );
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(seen > 0);
+}
