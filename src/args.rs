@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use crate::catalog::{self, initializers, schedules};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::yaml::{Kind, Node, Scalar};
 
@@ -112,115 +113,9 @@ pub const FRACTION: ArgKind = ArgKind::Float {
 /// inside kernels, and a larger layer would not fit in memory anyway.
 pub const MAX_SIZE: i64 = i32::MAX as i64;
 
-/// Keras activation names kiln accepts wherever Keras accepts an activation.
-pub const ACTIVATIONS: &[&str] = &[
-    "linear",
-    "relu",
-    "relu6",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "sigmoid",
-    "hard_sigmoid",
-    "tanh",
-    "softmax",
-    "log_softmax",
-    "softplus",
-    "softsign",
-    "gelu",
-    "silu",
-    "swish",
-    "hard_silu",
-    "hard_swish",
-    "exponential",
-    "mish",
-];
-
-const SEED: ArgSpec = arg("seed", int(0), Default::Null);
-
-/// Keras initializers and their arguments.
-pub const INITIALIZERS: &[(&str, &[ArgSpec])] = &[
-    ("zeros", &[]),
-    ("ones", &[]),
-    (
-        "constant",
-        &[arg(
-            "value",
-            float_range(f64::MIN, f64::MAX),
-            Default::Float(0.0),
-        )],
-    ),
-    ("glorot_uniform", &[SEED]),
-    ("glorot_normal", &[SEED]),
-    ("he_uniform", &[SEED]),
-    ("he_normal", &[SEED]),
-    ("lecun_uniform", &[SEED]),
-    ("lecun_normal", &[SEED]),
-    (
-        "orthogonal",
-        &[arg("gain", POSITIVE_FLOAT, Default::Float(1.0)), SEED],
-    ),
-    (
-        "random_uniform",
-        &[
-            arg(
-                "minval",
-                float_range(f64::MIN, f64::MAX),
-                Default::Float(-0.05),
-            ),
-            arg(
-                "maxval",
-                float_range(f64::MIN, f64::MAX),
-                Default::Float(0.05),
-            ),
-            SEED,
-        ],
-    ),
-    (
-        "random_normal",
-        &[
-            arg("mean", float_range(f64::MIN, f64::MAX), Default::Float(0.0)),
-            arg("stddev", POSITIVE_FLOAT, Default::Float(0.05)),
-            SEED,
-        ],
-    ),
-    (
-        "truncated_normal",
-        &[
-            arg("mean", float_range(f64::MIN, f64::MAX), Default::Float(0.0)),
-            arg("stddev", POSITIVE_FLOAT, Default::Float(0.05)),
-            SEED,
-        ],
-    ),
-    (
-        "variance_scaling",
-        &[
-            arg("scale", POSITIVE_FLOAT, Default::Float(1.0)),
-            arg(
-                "mode",
-                ArgKind::Choice(&["fan_in", "fan_out", "fan_avg"]),
-                Default::Str("fan_in"),
-            ),
-            arg(
-                "distribution",
-                ArgKind::Choice(&["truncated_normal", "untruncated_normal", "uniform"]),
-                Default::Str("truncated_normal"),
-            ),
-            SEED,
-        ],
-    ),
-];
-
-/// Keras's short aliases for initializer names.
-fn initializer_alias(name: &str) -> &str {
-    match name {
-        "uniform" => "random_uniform",
-        "normal" => "random_normal",
-        "zero" => "zeros",
-        "one" => "ones",
-        other => other,
-    }
-}
+/// Keras activation names (and aliases) kiln accepts wherever Keras accepts an
+/// activation: the activation catalog's.
+pub static ACTIVATIONS: &[&str] = &crate::catalog::activations::NAMES;
 
 /// A validated value.
 #[derive(Clone, Debug, PartialEq)]
@@ -731,7 +626,7 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                 }
                 return Some(Value::Float(f));
             }
-            crate::spec::train::check_schedule(v, diags)
+            check_schedule(v, diags)
         }
     }
 }
@@ -941,8 +836,9 @@ fn check_initializer(
         ));
         return None;
     };
-    let canonical = initializer_alias(&name.to_lowercase()).to_string();
-    let Some((_, schema)) = INITIALIZERS.iter().find(|(n, _)| *n == canonical) else {
+    let canonical = name.to_lowercase();
+    let Some(kind) = initializers::lookup(&canonical) else {
+        let names = catalog::names(initializers::INITIALIZERS);
         diags.push(
             Diagnostic::error(
                 "E0408",
@@ -950,7 +846,7 @@ fn check_initializer(
             )
             .label(name_span, "unknown initializer")
             .help(
-                match did_you_mean(name, INITIALIZERS.iter().map(|(n, _)| *n)) {
+                match did_you_mean(name, names.clone()) {
                     Some(c) => format!("did you mean `{c}`?"),
                     // PyTorch's names for the same initializers.
                     None if canonical.contains("xavier") || canonical.contains("kaiming") => {
@@ -963,17 +859,51 @@ fn check_initializer(
                     }
                     None => format!(
                         "known initializers: {}",
-                        INITIALIZERS
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        names.collect::<Vec<_>>().join(", ")
                     ),
                 },
             ),
         );
         return None;
     };
-    let a = validate(schema, args, &canonical, name_span, diags)?;
-    Some(Value::Named(canonical, Box::new(a)))
+    let a = validate(kind.args, args, kind.name, name_span, diags)?;
+    Some(Value::Named(kind.name.to_string(), Box::new(a)))
+}
+
+/// Validates a learning-rate schedule (`{exponential_decay: {…}}`) against the
+/// schedule catalog.
+pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
+    let Some((name, span, args)) = named(v) else {
+        diags.push(
+            Diagnostic::error(
+                "E0403",
+                format!(
+                    "`learning_rate` must be a number or a schedule, but this is {}",
+                    v.describe()
+                ),
+            )
+            .label(
+                v.span.clone(),
+                "expected e.g. `0.001` or `{exponential_decay: {…}}`",
+            ),
+        );
+        return None;
+    };
+    let Some(kind) = schedules::lookup(&name.to_lowercase()) else {
+        let names = catalog::names(schedules::SCHEDULES);
+        diags.push(catalog::unknown(
+            name,
+            span,
+            "a learning-rate schedule",
+            "learning-rate schedule",
+            names,
+        ));
+        return None;
+    };
+    let a = validate(kind.args, args, kind.name, span.clone(), diags)?;
+    if let Err(d) = (kind.check)(&a, span) {
+        diags.push(d);
+        return None;
+    }
+    Some(Value::Named(kind.name.to_string(), Box::new(a)))
 }

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod catalog;
 pub mod check;
 
 pub mod data;
@@ -18,6 +19,7 @@ pub mod layers;
 pub mod lower;
 pub mod net;
 pub mod plot;
+pub mod rng;
 pub mod runtime;
 pub mod settings;
 pub mod spec;

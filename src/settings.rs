@@ -112,6 +112,12 @@ pub fn metric_names(graph: &Graph) -> Vec<String> {
     graph
         .train
         .as_ref()
-        .map(|t| t.decl.metrics.iter().map(|(m, _)| m.clone()).collect())
+        .map(|t| {
+            t.decl
+                .metrics
+                .iter()
+                .map(|(m, _)| m.name.to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }

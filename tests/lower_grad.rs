@@ -307,7 +307,7 @@ fn losses() {
             Type::f32(vec![kiln::dim::Dim::sym("batch"), 3.into()]),
         );
         let tgt = f.input("target", train.targets[0].ty.clone());
-        let l = lower::loss::loss(&mut f, &decl.name, &decl.args, pred, tgt).unwrap();
+        let l = decl.kind.lower(&mut f, &decl.args, pred, tgt).unwrap();
         let mut rng = Rng::new(loss.len() as u64);
         let p = if act.contains("softmax") || act.contains("sigmoid") {
             rng.array(&[4, 3], 0.05, 0.9)
@@ -325,7 +325,7 @@ fn losses() {
         // The value against a direct formula.
         f.output("loss", l);
         let got = interp::eval::<f64>(&f, &[p.clone(), t.clone()]).unwrap()[0][[]];
-        let want = reference_loss(&decl.name, &decl.args, &p, &t);
+        let want = reference_loss(decl.kind.name, &decl.args, &p, &t);
         assert!(
             (got - want).abs() < 1e-12 * want.abs().max(1.0),
             "{loss}: {got} vs {want}"

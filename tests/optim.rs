@@ -3,8 +3,9 @@
 //! clipping and weight decay. The model is linear with an MSE loss so the reference
 //! gradient is exact: dL/dW = xᵀ·2(xW + b − y)/(B·U).
 
+use kiln::catalog::schedules as schedule;
 use kiln::ir::interp;
-use kiln::lower::{schedule, train};
+use kiln::lower::train;
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
 const B: usize = 4;
@@ -162,10 +163,10 @@ fn run(optimizer: &str) {
         }
         let t = (it + 1) as f64;
         let mut wv: Vec<f64> = r.w.iter().copied().collect();
-        keras_step(&opt.name, a, &mut wv, &gw, &mut r.sw[0], t, lr);
+        keras_step(opt.kind.name, a, &mut wv, &gw, &mut r.sw[0], t, lr);
         r.w = Array2::from_shape_vec((I, U), wv).unwrap();
         let mut bv = r.b.to_vec();
-        keras_step(&opt.name, a, &mut bv, &gb, &mut r.sb[0], t, lr);
+        keras_step(opt.kind.name, a, &mut bv, &gb, &mut r.sb[0], t, lr);
         r.b = Array1::from_vec(bv);
         let got_w = &state["dense/kernel"];
         for (g, w) in got_w.iter().zip(r.w.iter()) {

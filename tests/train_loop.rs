@@ -251,7 +251,7 @@ fn a_fit_step_of_every_optimizer_equals_the_training_step_itself() {
             inputs.push(ArrayD::from_elem(IxDyn(&[]), s as f32));
             inputs.push(ArrayD::from_elem(
                 IxDyn(&[]),
-                kiln::lower::schedule::lr_at(lr_v, s) as f32,
+                kiln::catalog::schedules::lr_at(lr_v, s) as f32,
             ));
             let outs = interp::eval::<f32>(&f, &inputs).unwrap();
             let get = |name: &str| {

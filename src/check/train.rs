@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::{Checker, Graph, Layer, Source, Target, Train, tensor_type};
+use crate::catalog::losses::{LossKind, Targets};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::{Dim, fmt_shape};
 use crate::layers::TensorType;
@@ -14,7 +15,7 @@ use crate::spec::train::TrainDecl;
 /// What a target is checked against: the loss (name, `from_logits`, span) and the
 /// output it is compared with.
 struct Against<'g> {
-    loss: &'g str,
+    loss: &'static LossKind,
     from_logits: bool,
     loss_span: Range<usize>,
     g: &'g Graph,
@@ -35,7 +36,7 @@ impl Checker<'_> {
                 // `targets:` is written but none of it parsed: already reported.
                 return None;
             }
-            let example = target_example(&loss.name, g.type_of(g.outputs[0]));
+            let example = target_example(loss.kind, g.type_of(g.outputs[0]));
             self.diags.push(
                 Diagnostic::error(
                     "E0608",
@@ -58,7 +59,7 @@ impl Checker<'_> {
             };
             let ty = tensor_type(d);
             let against = Against {
-                loss: &loss.name,
+                loss: loss.kind,
                 from_logits: loss.args.bool("from_logits"),
                 loss_span: loss.span.clone(),
                 g,
@@ -78,7 +79,10 @@ impl Checker<'_> {
         let metrics = t
             .metrics
             .iter()
-            .map(|(m, _)| metric(m, &loss.name, g, &targets))
+            .map(|(m, _)| {
+                let out = g.type_of(g.outputs[targets[0].output]);
+                m.resolved(loss.kind, out, &targets[0].ty).name.to_string()
+            })
             .collect();
         Some(Train {
             decl: t.clone(),
@@ -149,7 +153,7 @@ impl Checker<'_> {
     /// against probabilities (W0602, W0603). Stops at the first error.
     fn check_target(&mut self, d: &TensorDecl, ty: &TensorType, a: &Against) {
         let oty = a.g.type_of(a.out);
-        let int_labels = a.loss == "sparse_categorical_crossentropy";
+        let int_labels = a.loss.targets == Targets::SparseLabels;
         let want: Vec<Dim> = if int_labels {
             oty.shape[..oty.rank().saturating_sub(1)].to_vec()
         } else {
@@ -170,15 +174,17 @@ impl Checker<'_> {
 
     /// E0609: the target's shape is not the one the loss needs for this output.
     fn target_shape_error(&mut self, d: &TensorDecl, ty: &TensorType, want: &[Dim], a: &Against) {
-        let loss = a.loss;
+        let kind = a.loss;
+        let loss = kind.name;
+        let int_labels = kind.targets == Targets::SparseLabels;
         let oty = a.g.type_of(a.out);
         let oname = a.g.name_of(a.out);
-        let why = match loss {
-            "sparse_categorical_crossentropy" => format!(
-                "`sparse_categorical_crossentropy` takes one class index per example, so the target's shape is the output's without its class axis: {}",
+        let why = match kind.targets {
+            Targets::SparseLabels => format!(
+                "`{loss}` takes one class index per example, so the target's shape is the output's without its class axis: {}",
                 fmt_shape(want)
             ),
-            _ => format!(
+            Targets::Dense { .. } => format!(
                 "`{loss}` compares the target with the output element by element, so their shapes must be equal"
             ),
         };
@@ -204,12 +210,12 @@ impl Checker<'_> {
             .secondary(a.loss_span.clone(), "this loss")
             .help(format!(
                 "{why}{}",
-                if loss == "categorical_crossentropy" && ty.rank() + 1 == oty.rank() {
-                    "; for integer class labels use `sparse_categorical_crossentropy`"
-                } else if loss == "sparse_categorical_crossentropy" && ty.rank() == oty.rank() {
-                    "; for one-hot targets use `categorical_crossentropy`"
-                } else {
-                    ""
+                match kind.counterpart {
+                    Some(c) if !int_labels && ty.rank() + 1 == oty.rank() =>
+                        format!("; for integer class labels use `{}`", c.name),
+                    Some(c) if int_labels && ty.rank() == oty.rank() =>
+                        format!("; for one-hot targets use `{}`", c.name),
+                    _ => String::new(),
                 }
             )),
         );
@@ -224,21 +230,34 @@ impl Checker<'_> {
         int_labels: bool,
         a: &Against,
     ) -> bool {
-        let loss = a.loss;
+        let kind = a.loss;
+        let loss = kind.name;
         if int_labels && !ty.dtype.is_int() {
             self.diags.push(
-                Diagnostic::error("E0610", format!("`sparse_categorical_crossentropy` takes integer class indices, but the target `{}` is f32", d.name))
-                    .label(d.shape_span.clone(), "declared f32 (the default)")
-                    .secondary(a.loss_span.clone(), "this loss")
-                    .help(format!("declare it as `{}: {{shape: {}, dtype: i32}}`", d.name, fmt_shape(&ty.shape))),
+                Diagnostic::error(
+                    "E0610",
+                    format!(
+                        "`{loss}` takes integer class indices, but the target `{}` is f32",
+                        d.name
+                    ),
+                )
+                .label(d.shape_span.clone(), "declared f32 (the default)")
+                .secondary(a.loss_span.clone(), "this loss")
+                .help(format!(
+                    "declare it as `{}: {{shape: {}, dtype: i32}}`",
+                    d.name,
+                    fmt_shape(&ty.shape)
+                )),
             );
             return true;
         }
-        if !int_labels && ty.dtype.is_int() && loss != "binary_crossentropy" {
-            let help = if loss == "categorical_crossentropy" {
-                "integer labels need `sparse_categorical_crossentropy`; `categorical_crossentropy` takes one-hot f32 targets"
-            } else {
-                "declare the target as f32"
+        if kind.targets == (Targets::Dense { ints_ok: false }) && ty.dtype.is_int() {
+            let help = match kind.counterpart {
+                Some(c) => format!(
+                    "integer labels need `{}`; `{loss}` takes one-hot f32 targets",
+                    c.name
+                ),
+                None => "declare the target as f32".to_string(),
             };
             self.diags.push(
                 Diagnostic::error(
@@ -261,10 +280,10 @@ impl Checker<'_> {
     /// W0602/W0603: a cross-entropy told `from_logits` on probabilities, or not told on
     /// logits (an output layer ending in `act`).
     fn logits_warning(&mut self, act: &str, a: &Against) {
-        let loss = a.loss;
+        let loss = a.loss.name;
         let oname = a.g.name_of(a.out);
         let probs = matches!(act, "softmax" | "sigmoid");
-        let ce = loss.contains("crossentropy");
+        let ce = a.loss.cross_entropy;
         if ce && a.from_logits && probs {
             self.diags.push(
                 Diagnostic::warning(
@@ -314,30 +333,6 @@ fn shape_fits(ty: &TensorType, want: &[Dim]) -> bool {
         || (ty.rank() == want.len() + 1 && ty.last().as_const() == Some(1) && ty.shape[..want.len()] == *want)
 }
 
-/// A metric's Keras name: `accuracy` resolved to its variant for this loss and shapes.
-fn metric(m: &str, loss: &str, g: &Graph, targets: &[Target]) -> String {
-    if m != "accuracy" {
-        return m.to_string();
-    }
-    match loss {
-        "sparse_categorical_crossentropy" => "sparse_categorical_accuracy".into(),
-        "categorical_crossentropy" => "categorical_accuracy".into(),
-        "binary_crossentropy" => "binary_accuracy".into(),
-        // Keras picks by shapes for other losses.
-        _ => {
-            let out = g.type_of(g.outputs[targets[0].output]);
-            let tgt = &targets[0].ty;
-            if out.shape.last().and_then(Dim::as_const) == Some(1) {
-                "binary_accuracy".into()
-            } else if tgt.rank() < out.rank() {
-                "sparse_categorical_accuracy".into()
-            } else {
-                "categorical_accuracy".into()
-            }
-        }
-    }
-}
-
 /// The activation a layer ends with, for the logits/probabilities check.
 fn output_activation(l: &Layer) -> &str {
     match l.kind.name {
@@ -349,9 +344,9 @@ fn output_activation(l: &Layer) -> &str {
 }
 
 /// A `targets:` line that fits a loss and an output, for help texts.
-fn target_example(loss: &str, out: &TensorType) -> String {
-    match loss {
-        "sparse_categorical_crossentropy" => {
+fn target_example(loss: &LossKind, out: &TensorType) -> String {
+    match loss.targets {
+        Targets::SparseLabels => {
             format!(
                 "{{label: {{shape: {}, dtype: i32}}}}",
                 fmt_shape(&out.shape[..out.rank().saturating_sub(1)])

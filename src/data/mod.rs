@@ -510,7 +510,7 @@ fn check_values(
                 .decl
                 .loss
                 .as_ref()
-                .is_some_and(|l| l.name == "sparse_categorical_crossentropy")
+                .is_some_and(|l| l.kind.targets == crate::catalog::losses::Targets::SparseLabels)
             && let Some(t) = train.targets.iter().find(|t| t.name == w.name)
         {
             let out = graph.outputs[t.output];
@@ -1019,7 +1019,7 @@ impl Dataset {
             for v in a.iter() {
                 bytes.extend_from_slice(&v.to_bits().to_le_bytes());
             }
-            h = crate::weights::rng::hash64(h ^ 0x6461_7461, &bytes);
+            h = crate::rng::hash64(h ^ 0x6461_7461, &bytes);
         }
         h
     }
@@ -1098,7 +1098,7 @@ pub fn check_predict_inputs(
 /// A seeded permutation of `0..n` (Fisher–Yates on a Philox stream): the order of the
 /// examples in one epoch. The same (seed, epoch) gives the same order on every machine.
 pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let stream = crate::weights::rng::hash64(0x6b69_6c6e_2f73_6875, &epoch.to_le_bytes());
+    let stream = crate::rng::hash64(0x6b69_6c6e_2f73_6875, &epoch.to_le_bytes());
     let mut rng = crate::weights::Rng::new(seed, stream);
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {

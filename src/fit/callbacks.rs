@@ -1,258 +1,22 @@
-//! Keras's callbacks, with Keras 3's semantics (keras/src/callbacks/*.py): early
-//! stopping (with `restore_best_weights`), model checkpoints (every epoch or the best
-//! only), reduce-LR-on-plateau, a CSV log and terminate-on-NaN.
-//!
-//! Each callback's state (counters, best values, best weights) is part of a
-//! checkpoint, so that a resumed run makes exactly the decisions an uninterrupted one
-//! would.
+//! The fit loop's side of Keras's callbacks (the callbacks themselves are the
+//! catalog's, [`crate::catalog::callbacks`]): building them from the spec, running
+//! them at the end of an epoch against the loop's logs, learning rate and weights, the
+//! checkpoint paths they name, and the CSV log.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::Logs;
+use crate::catalog::callbacks::{self as catalog, Host};
+pub use crate::catalog::callbacks::{
+    Callback, CallbackKind, CheckpointState, Direction, EarlyState, PlateauState, Snapshot, States,
+};
 use crate::spec::train::Named;
 use crate::weights::Weights;
 
-/// Whether smaller or larger is better for a monitored quantity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Direction {
-    Min,
-    Max,
-}
-
-/// EarlyStopping's rule for `mode: auto` (Keras 3): `loss` and the error metrics go
-/// down, accuracies go up.
-fn early_stopping_direction(mode: &str, monitor: &str) -> Direction {
-    match mode {
-        "min" => Direction::Min,
-        "max" => Direction::Max,
-        _ => {
-            let m = monitor.strip_prefix("val_").unwrap_or(monitor);
-            if m.contains("accuracy") || m == "acc" {
-                Direction::Max
-            } else {
-                Direction::Min
-            }
-        }
-    }
-}
-
-/// ModelCheckpoint's and ReduceLROnPlateau's rule for `mode: auto`: "acc" in the name
-/// means larger is better.
-fn acc_direction(mode: &str, monitor: &str) -> Direction {
-    match mode {
-        "min" => Direction::Min,
-        "max" => Direction::Max,
-        _ if monitor.contains("acc") => Direction::Max,
-        _ => Direction::Min,
-    }
-}
-
-/// State of `early_stopping`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EarlyState {
-    pub wait: u64,
-    pub best: Option<u64>,
-    pub best_epoch: usize,
-    pub stopped_epoch: usize,
-    #[serde(skip)]
-    pub best_weights: Option<Weights>,
-    pub has_best_weights: bool,
-}
-
-/// State of `reduce_lr_on_plateau`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PlateauState {
-    pub wait: u64,
-    pub cooldown_counter: u64,
-    /// f64 bits of the best value so far.
-    pub best: u64,
-}
-
-/// State of `model_checkpoint`: the best value so far (f64 bits).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointState {
-    pub best: u64,
-}
-
-/// One callback: its arguments and its state.
-#[derive(Clone, Debug)]
-pub enum Callback {
-    EarlyStopping {
-        monitor: String,
-        direction: Direction,
-        /// Signed as Keras makes it: negative for `min`.
-        min_delta: f64,
-        patience: u64,
-        baseline: Option<f64>,
-        restore_best_weights: bool,
-        start_from_epoch: usize,
-        state: EarlyState,
-    },
-    ModelCheckpoint {
-        filepath: String,
-        monitor: String,
-        direction: Direction,
-        save_best_only: bool,
-        state: CheckpointState,
-    },
-    ReduceLrOnPlateau {
-        monitor: String,
-        direction: Direction,
-        factor: f64,
-        patience: u64,
-        min_delta: f64,
-        cooldown: u64,
-        min_lr: f64,
-        state: PlateauState,
-    },
-    CsvLogger {
-        filename: String,
-        separator: String,
-        append: bool,
-    },
-    TerminateOnNan,
-}
-
-/// The serialized state of every callback, in order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct States {
-    pub early: Vec<EarlyState>,
-    pub plateau: Vec<PlateauState>,
-    pub checkpoint: Vec<CheckpointState>,
-}
-
-fn bits(v: f64) -> u64 {
-    v.to_bits()
-}
-fn unbits(b: u64) -> f64 {
-    f64::from_bits(b)
-}
-
-impl Callback {
-    /// Builds a callback from the spec; the arguments were validated by the checker.
-    pub fn from_spec(n: &Named) -> Callback {
-        let a = &n.args;
-        let monitor = a.opt_str("monitor").unwrap_or("val_loss").to_string();
-        let mode = a.opt_str("mode").unwrap_or("auto");
-        match n.name.as_str() {
-            "early_stopping" => {
-                let direction = early_stopping_direction(mode, &monitor);
-                let md = a.float("min_delta").abs();
-                Callback::EarlyStopping {
-                    monitor,
-                    direction,
-                    min_delta: if direction == Direction::Min { -md } else { md },
-                    patience: a.int("patience").max(0) as u64,
-                    baseline: match a.get("baseline") {
-                        crate::args::Value::Float(f) => Some(*f),
-                        crate::args::Value::Int(i) => Some(*i as f64),
-                        _ => None,
-                    },
-                    restore_best_weights: a.bool("restore_best_weights"),
-                    start_from_epoch: a.int("start_from_epoch").max(0) as usize,
-                    state: EarlyState::default(),
-                }
-            }
-            "model_checkpoint" => {
-                let direction = acc_direction(mode, &monitor);
-                Callback::ModelCheckpoint {
-                    filepath: a.str("filepath").to_string(),
-                    monitor,
-                    direction,
-                    save_best_only: a.bool("save_best_only"),
-                    state: CheckpointState {
-                        best: bits(if direction == Direction::Min {
-                            f64::INFINITY
-                        } else {
-                            f64::NEG_INFINITY
-                        }),
-                    },
-                }
-            }
-            "reduce_lr_on_plateau" => {
-                let direction = acc_direction(mode, &monitor);
-                Callback::ReduceLrOnPlateau {
-                    monitor,
-                    direction,
-                    factor: a.float("factor"),
-                    patience: a.int("patience").max(0) as u64,
-                    min_delta: a.float("min_delta"),
-                    cooldown: a.int("cooldown").max(0) as u64,
-                    min_lr: a.float("min_lr"),
-                    state: PlateauState {
-                        wait: 0,
-                        cooldown_counter: 0,
-                        best: bits(if direction == Direction::Min {
-                            f64::INFINITY
-                        } else {
-                            f64::NEG_INFINITY
-                        }),
-                    },
-                }
-            }
-            "csv_logger" => Callback::CsvLogger {
-                filename: a.str("filename").to_string(),
-                separator: a.opt_str("separator").unwrap_or(",").to_string(),
-                append: a.bool("append"),
-            },
-            _ => Callback::TerminateOnNan,
-        }
-    }
-
-    /// The state of the callbacks, for a checkpoint.
-    pub fn save_states(cbs: &[Callback]) -> States {
-        let mut s = States::default();
-        for c in cbs {
-            match c {
-                Callback::EarlyStopping { state, .. } => {
-                    let mut st = state.clone();
-                    st.has_best_weights = st.best_weights.is_some();
-                    st.best_weights = None;
-                    s.early.push(st)
-                }
-                Callback::ReduceLrOnPlateau { state, .. } => s.plateau.push(state.clone()),
-                Callback::ModelCheckpoint { state, .. } => s.checkpoint.push(state.clone()),
-                _ => {}
-            }
-        }
-        s
-    }
-
-    /// Restores the callbacks' states from a checkpoint (best weights are restored by
-    /// the caller). Returns false when the checkpoint's callbacks differ from these.
-    pub fn load_states(cbs: &mut [Callback], s: &States) -> bool {
-        let (mut e, mut p, mut k) = (0, 0, 0);
-        for c in cbs.iter_mut() {
-            match c {
-                Callback::EarlyStopping { state, .. } => {
-                    let Some(x) = s.early.get(e) else {
-                        return false;
-                    };
-                    *state = x.clone();
-                    e += 1;
-                }
-                Callback::ReduceLrOnPlateau { state, .. } => {
-                    let Some(x) = s.plateau.get(p) else {
-                        return false;
-                    };
-                    *state = x.clone();
-                    p += 1;
-                }
-                Callback::ModelCheckpoint { state, .. } => {
-                    let Some(x) = s.checkpoint.get(k) else {
-                        return false;
-                    };
-                    *state = x.clone();
-                    k += 1;
-                }
-                _ => {}
-            }
-        }
-        e == s.early.len() && p == s.plateau.len() && k == s.checkpoint.len()
-    }
+/// Builds a callback from the spec; the arguments were validated by the checker.
+pub fn from_spec(n: &Named<CallbackKind>) -> Callback {
+    (n.kind.build)(&n.args)
 }
 
 /// What the callbacks decided at the end of an epoch.
@@ -268,6 +32,51 @@ pub struct EpochDecision {
     pub messages: Vec<String>,
 }
 
+/// The loop as the callbacks see it at the end of one epoch.
+struct EpochEnd<'a> {
+    epoch: usize,
+    logs: &'a mut Logs,
+    lr: f32,
+    weights: &'a Weights,
+    spec_dir: &'a Path,
+    decision: EpochDecision,
+}
+
+impl Host for EpochEnd<'_> {
+    fn log(&self, name: &str) -> Option<f64> {
+        self.logs.get(name)
+    }
+    fn set_log(&mut self, name: &str, v: f64) {
+        self.logs.set(name, v);
+    }
+    fn log_names(&self) -> Vec<String> {
+        self.logs.names()
+    }
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+        self.decision.new_lr = Some(lr);
+    }
+    fn stop(&mut self) {
+        self.decision.stop = true;
+    }
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.weights.clone())
+    }
+    fn checkpoint_path(&self, template: &str) -> Result<PathBuf, String> {
+        let p = format_path(template, self.epoch, self.logs)?;
+        Ok(crate::net::join_clean(self.spec_dir, Path::new(&p)))
+    }
+    fn save(&mut self, path: PathBuf) {
+        self.decision.save.push(path);
+    }
+    fn message(&mut self, m: String) {
+        self.decision.messages.push(m);
+    }
+}
+
 /// Runs every callback's `on_epoch_end` in order (Keras's order: the list as written).
 /// `lr` is the optimizer's learning rate (f32, as Keras's variable); when a plateau
 /// callback is present, `learning_rate` is added to the logs before later callbacks
@@ -280,159 +89,21 @@ pub fn on_epoch_end(
     weights: &Weights,
     spec_dir: &Path,
 ) -> EpochDecision {
-    let mut d = EpochDecision::default();
-    let mut lr_now = lr;
-    for c in cbs.iter_mut() {
-        match c {
-            Callback::EarlyStopping {
-                monitor,
-                direction,
-                min_delta,
-                patience,
-                baseline,
-                restore_best_weights,
-                start_from_epoch,
-                state,
-            } => {
-                let Some(current) = logs.get(monitor) else {
-                    d.messages.push(format!(
-                        "warning: early stopping monitors `{monitor}`, which is not available; available: {}",
-                        logs.names().join(", ")
-                    ));
-                    continue;
-                };
-                if epoch < *start_from_epoch {
-                    continue;
-                }
-                if *restore_best_weights && state.best_weights.is_none() {
-                    state.best_weights = Some(weights.clone());
-                    state.best_epoch = epoch;
-                }
-                state.wait += 1;
-                let better = |v: f64, reference: Option<f64>| match reference {
-                    None => true,
-                    Some(r) => match direction {
-                        Direction::Min => v - *min_delta < r,
-                        Direction::Max => v - *min_delta > r,
-                    },
-                };
-                if better(current, state.best.map(unbits)) {
-                    state.best = Some(bits(current));
-                    state.best_epoch = epoch;
-                    if *restore_best_weights {
-                        state.best_weights = Some(weights.clone());
-                    }
-                    if baseline.is_none() || better(current, *baseline) {
-                        state.wait = 0;
-                    }
-                    continue;
-                }
-                if state.wait >= *patience && epoch > 0 {
-                    state.stopped_epoch = epoch;
-                    d.stop = true;
-                }
-            }
-            Callback::ReduceLrOnPlateau {
-                monitor,
-                direction,
-                factor,
-                patience,
-                min_delta,
-                cooldown,
-                min_lr,
-                state,
-            } => {
-                logs.set("learning_rate", f64::from(lr_now));
-                let Some(current) = logs.get(monitor) else {
-                    d.messages.push(format!(
-                        "warning: reduce_lr_on_plateau monitors `{monitor}`, which is not available; available: {}",
-                        logs.names().join(", ")
-                    ));
-                    continue;
-                };
-                if state.cooldown_counter > 0 {
-                    state.cooldown_counter -= 1;
-                    state.wait = 0;
-                }
-                let best = unbits(state.best);
-                let improved = match direction {
-                    Direction::Min => current < best - *min_delta,
-                    Direction::Max => current > best + *min_delta,
-                };
-                if improved {
-                    state.best = bits(current);
-                    state.wait = 0;
-                } else if state.cooldown_counter == 0 {
-                    state.wait += 1;
-                    if state.wait >= *patience {
-                        let old = f64::from(lr_now);
-                        if lr_now > *min_lr as f32 {
-                            let new = (old * *factor).max(*min_lr);
-                            lr_now = new as f32;
-                            d.new_lr = Some(lr_now);
-                            d.messages.push(format!(
-                                "Epoch {}: ReduceLROnPlateau reducing learning rate to {lr_now}.",
-                                epoch + 1
-                            ));
-                            state.cooldown_counter = *cooldown;
-                            state.wait = 0;
-                        }
-                    }
-                }
-            }
-            Callback::ModelCheckpoint {
-                filepath,
-                monitor,
-                direction,
-                save_best_only,
-                state,
-            } => {
-                let path = match format_path(filepath, epoch, logs) {
-                    Ok(p) => crate::net::join_clean(spec_dir, Path::new(&p)),
-                    Err(e) => {
-                        d.messages.push(format!("warning: model_checkpoint: {e}"));
-                        continue;
-                    }
-                };
-                if !*save_best_only {
-                    d.save.push(path);
-                    continue;
-                }
-                let Some(current) = logs.get(monitor) else {
-                    d.messages.push(format!(
-                        "warning: model_checkpoint can save the best model only with `{monitor}` available, skipping"
-                    ));
-                    continue;
-                };
-                let best = unbits(state.best);
-                let better = match direction {
-                    Direction::Min => current < best,
-                    Direction::Max => current > best,
-                };
-                if better {
-                    d.messages.push(format!(
-                        "Epoch {}: {monitor} improved from {} to {}, saving model to {}",
-                        epoch + 1,
-                        fmt5(best),
-                        fmt5(current),
-                        path.display()
-                    ));
-                    state.best = bits(current);
-                    d.save.push(path);
-                }
-            }
-            Callback::CsvLogger { .. } | Callback::TerminateOnNan => {}
-        }
-    }
-    d
+    let mut host = EpochEnd {
+        epoch,
+        logs,
+        lr,
+        weights,
+        spec_dir,
+        decision: EpochDecision::default(),
+    };
+    catalog::on_epoch_end(cbs, epoch, &mut host);
+    host.decision
 }
 
-fn fmt5(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 { "inf".into() } else { "-inf".into() }
-    } else {
-        format!("{v:.5}")
-    }
+/// The best weights an early-stopping callback kept, if any.
+pub fn best_weights(state: &EarlyState) -> Option<&Weights> {
+    state.best_weights.as_ref().and_then(Snapshot::get)
 }
 
 /// Keras's (Python's) `str.format` of a checkpoint path: `{epoch}`, `{epoch:02d}`,

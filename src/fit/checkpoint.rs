@@ -121,7 +121,7 @@ pub(crate) fn save(net: &Net, path: &Path, meta: &Meta, cbs: &[Callback]) -> Res
     let mut i = 0;
     for c in cbs {
         if let Callback::EarlyStopping { state, .. } = c {
-            if let Some(b) = &state.best_weights {
+            if let Some(b) = super::callbacks::best_weights(state) {
                 for (k, a) in b.iter() {
                     w.insert(format!("callback/{i}/best/{k}"), a.clone());
                 }

@@ -11,9 +11,9 @@ use std::time::Instant;
 use super::callbacks::{self, Callback, CsvLog};
 use super::{FitOptions, FitReport, Logs, Observer, Settings, Stop, checkpoint};
 use crate::args::Value;
+use crate::catalog::schedules as schedule;
 use crate::data::{self, Dataset};
 use crate::error::Error;
-use crate::lower::schedule;
 use crate::net::{Net, OptState, rng_key};
 use crate::settings::metric_names;
 use crate::weights::Weights;
@@ -198,7 +198,7 @@ impl<'a> Run<'a> {
             let mut bw = r.best_weights.into_iter();
             for c in self.cbs.iter_mut() {
                 if let Callback::EarlyStopping { state, .. } = c {
-                    state.best_weights = bw.next().flatten();
+                    state.best_weights = bw.next().flatten().map(callbacks::Snapshot::new);
                 }
             }
         }
@@ -437,7 +437,7 @@ impl<'a> Run<'a> {
                             state.stopped_epoch + 1
                         ));
                     }
-                    if *restore_best_weights && let Some(w) = &state.best_weights {
+                    if *restore_best_weights && let Some(w) = callbacks::best_weights(state) {
                         self.obs.on_message(&format!(
                             "Restoring model weights from the end of the best epoch: {}.",
                             state.best_epoch + 1
@@ -466,7 +466,7 @@ fn spec_callbacks(net: &Net, opts: &FitOptions, is_schedule: bool) -> Result<Vec
     }
     let train = net.graph().train.as_ref();
     let cbs: Vec<Callback> = train
-        .map(|t| t.decl.callbacks.iter().map(Callback::from_spec).collect())
+        .map(|t| t.decl.callbacks.iter().map(callbacks::from_spec).collect())
         .unwrap_or_default();
     if is_schedule
         && cbs

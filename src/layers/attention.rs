@@ -6,8 +6,8 @@ use super::NO_FACTS;
 use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, Default, FRACTION, arg, int};
+use crate::catalog::activations as activation;
 use crate::ir::{Id, Result};
-use crate::lower::activation;
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",

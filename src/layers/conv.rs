@@ -6,9 +6,9 @@ use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
+use crate::catalog::activations as activation;
 use crate::dim::Dim;
 use crate::ir::{ConvAttrs, Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
-use crate::lower::activation;
 use crate::types::window_out;
 
 const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {

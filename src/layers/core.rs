@@ -5,8 +5,8 @@ use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
+use crate::catalog::activations as activation;
 use crate::ir::{Id, Op, Result};
-use crate::lower::activation;
 use crate::types::DType;
 
 const KERNEL_INIT: ArgSpec = arg(

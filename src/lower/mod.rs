@@ -5,11 +5,7 @@
 //! single function: (inputs, targets, params, state, step, lr, rng key) →
 //! (loss, metrics, new params, new state).
 
-pub mod activation;
 pub mod eval;
-pub mod loss;
-pub mod optim;
-pub mod schedule;
 pub mod train;
 
 use std::collections::BTreeMap;

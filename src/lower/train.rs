@@ -2,7 +2,8 @@
 //! metrics, reverse-mode gradients, clipping, weight decay and the optimizer update,
 //! batch-norm moving statistics included.
 
-use super::{Mode, forward, loss, optim};
+use super::{Mode, forward};
+use crate::catalog::{metrics, optimizers};
 use crate::check::Graph;
 use crate::ir::{Func, Id, Result, Type, autodiff, err};
 
@@ -156,21 +157,19 @@ pub(crate) fn objective(
     lw.f.outputs.clear();
     let mut total = lw.f.scalar(0.0);
     for (k, t) in train.targets.iter().enumerate() {
-        let l = loss::loss(
-            &mut lw.f,
-            &loss_decl.name,
-            &loss_decl.args,
-            outputs[t.output],
-            targets[k],
-        )?;
+        let l = loss_decl
+            .kind
+            .lower(&mut lw.f, &loss_decl.args, outputs[t.output], targets[k])?;
         total = lw.f.add(total, l)?;
     }
     let mut metrics = Vec::new();
     for m in &train.metrics {
         let t = &train.targets[0];
+        let kind =
+            metrics::lookup(m).ok_or_else(|| crate::ir::IrError(format!("unknown metric {m}")))?;
         metrics.push((
             m.clone(),
-            loss::metric(&mut lw.f, m, outputs[t.output], targets[0])?,
+            kind.lower(&mut lw.f, outputs[t.output], targets[0])?,
         ));
     }
     Ok((total, metrics))
@@ -206,7 +205,7 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
     let (total, metric_vals) = objective(&mut lw, train)?;
 
     let opt = &train.decl.optimizer;
-    let slots = optim::slots(opt);
+    let slots = (opt.kind.slots)(&opt.args);
     let mut state_keys = Vec::new();
     let mut state_ids = Vec::new();
     let mut trainable_flags = Vec::new();
@@ -234,20 +233,19 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
     let lr = lw.f.input("lr", Type::f32(vec![]));
 
     let grads = autodiff::grad(&mut lw.f, total, &trainable_ids)?;
-    let grads = optim::clip(&mut lw.f, opt, &grads)?;
+    let grads = optimizers::clip(&mut lw.f, &opt.args, &grads)?;
     let t = lw.f.add_c(step, 1.0)?;
     let mut new_params = std::collections::HashMap::new();
     let mut new_state = Vec::new();
     for (i, key) in trainable_keys.iter().enumerate() {
-        let (w, s) = optim::update(
-            &mut lw.f,
-            opt,
-            trainable_ids[i],
-            grads[i],
-            &state_ids[i],
+        let var = optimizers::Var {
+            w: trainable_ids[i],
+            g: grads[i],
+            state: &state_ids[i],
             t,
             lr,
-        )?;
+        };
+        let (w, s) = opt.kind.update(&mut lw.f, &opt.args, var)?;
         new_params.insert(key.clone(), w);
         new_state.extend(s);
     }

@@ -298,5 +298,5 @@ pub fn rng_key(seed: u64, step: u64) -> f32 {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&seed.to_le_bytes());
     b[8..].copy_from_slice(&step.to_le_bytes());
-    (crate::weights::rng::hash64(0x6b69_6c6e_2f64_726f, &b) >> 40) as f32
+    (crate::rng::hash64(0x6b69_6c6e_2f64_726f, &b) >> 40) as f32
 }

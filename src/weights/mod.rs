@@ -12,7 +12,6 @@
 //! of the model, nor on their order.
 
 pub mod init;
-pub mod rng;
 pub mod safetensors;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,8 +26,8 @@ use ndarray::ArrayD;
 use crate::check::{Graph, Layer};
 use crate::diag::did_you_mean;
 use crate::layers::Param;
+pub use crate::rng::Rng;
 pub use init::Initializer;
-pub use rng::Rng;
 
 /// Metadata keys kiln writes (safetensors metadata maps strings to strings).
 pub const META_MODEL: &str = "kiln.model";
