@@ -203,6 +203,51 @@ fn map2<T: Real>(m: &Array2<T>, f: impl Fn(T) -> T) -> Array2<T> {
     m.mapv(f)
 }
 
+/// One GRU step forward (gates z, r, h) from the previous output `h` and the input
+/// projection `xz` [B,3u]: the new output and the recurrent pre-activations [B,3u]
+/// (with reset_after false, the candidate's part is (r*h) U_h).
+fn gru_forward<T: Real>(
+    a: &RnnAttrs,
+    wt: &Weights<T>,
+    h: &Array2<T>,
+    xz: &Array2<T>,
+) -> (Array2<T>, Array2<T>) {
+    let (b, u) = (h.nrows(), a.units as usize);
+    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
+    let (zi, ri, hi) = (0..u, u..2 * u, 2 * u..3 * u);
+    let hz = if a.reset_after {
+        let mut hz = h.dot(&wt.u);
+        add_row(&mut hz, &wt.br);
+        hz
+    } else {
+        // z and r see h U; the candidate sees (r*h) U_h, computed below.
+        let mut hz = Array2::zeros((b, 3 * u));
+        hz.slice_mut(s![.., 0..2 * u])
+            .assign(&h.dot(&wt.u.slice(s![.., 0..2 * u])));
+        hz
+    };
+    let zg = map2(
+        &(&xz.slice(s![.., zi.clone()]) + &hz.slice(s![.., zi])),
+        |v| act(ract_n, v).0,
+    );
+    let rg = map2(
+        &(&xz.slice(s![.., ri.clone()]) + &hz.slice(s![.., ri])),
+        |v| act(ract_n, v).0,
+    );
+    let mut hz = hz;
+    let pre_h = if a.reset_after {
+        &xz.slice(s![.., hi.clone()]) + &(&rg * &hz.slice(s![.., hi.clone()]))
+    } else {
+        let rh = &rg * h;
+        let cand = rh.dot(&wt.u.slice(s![.., hi.clone()]));
+        hz.slice_mut(s![.., hi.clone()]).assign(&cand);
+        &xz.slice(s![.., hi.clone()]) + &cand
+    };
+    let hh = map2(&pre_h, |v| act(act_n, v).0);
+    let one_minus = map2(&zg, |v| T::one() - v);
+    (&zg * h + &one_minus * &hh, hz)
+}
+
 /// Per-step outputs [T][B,u] and the saved steps.
 type Trace<T> = (Vec<Array2<T>>, Vec<Step<T>>);
 
@@ -258,38 +303,8 @@ fn forward<T: Real>(a: &RnnAttrs, x: &ArrayD<T>, wt: &Weights<T>) -> Result<Trac
                 });
             }
             Cell::Gru => {
-                let (zi, ri, hi) = (0..u, u..2 * u, 2 * u..3 * u);
-                let hz = if a.reset_after {
-                    let mut hz = h.dot(&wt.u);
-                    add_row(&mut hz, &wt.br);
-                    hz
-                } else {
-                    // z and r see h U; the candidate sees (r*h) U_h, computed below.
-                    let mut hz = Array2::zeros((b, 3 * u));
-                    hz.slice_mut(s![.., 0..2 * u])
-                        .assign(&h.dot(&wt.u.slice(s![.., 0..2 * u])));
-                    hz
-                };
-                let zg = map2(
-                    &(&xz.slice(s![.., zi.clone()]) + &hz.slice(s![.., zi])),
-                    |v| act(ract_n, v).0,
-                );
-                let rg = map2(
-                    &(&xz.slice(s![.., ri.clone()]) + &hz.slice(s![.., ri])),
-                    |v| act(ract_n, v).0,
-                );
-                let mut hz = hz;
-                let pre_h = if a.reset_after {
-                    &xz.slice(s![.., hi.clone()]) + &(&rg * &hz.slice(s![.., hi.clone()]))
-                } else {
-                    let rh = &rg * &h;
-                    let cand = rh.dot(&wt.u.slice(s![.., hi.clone()]));
-                    hz.slice_mut(s![.., hi.clone()]).assign(&cand);
-                    &xz.slice(s![.., hi.clone()]) + &cand
-                };
-                let hh = map2(&pre_h, |v| act(act_n, v).0);
-                let one_minus = map2(&zg, |v| T::one() - v);
-                h = &zg * &h + &one_minus * &hh;
+                let (h_new, hz) = gru_forward(a, wt, &h, &xz);
+                h = h_new;
                 saved.push(Step {
                     h_prev,
                     c_prev,
