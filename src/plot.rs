@@ -46,6 +46,9 @@ fn quantities(history: &[Logs]) -> Vec<String> {
     q
 }
 
+/// The drawing area of one panel (or of the whole image).
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
 /// Renders the curves of `history` (one `Logs` per epoch) as PNG bytes. `title` goes
 /// above the panels.
 pub fn render(history: &[Logs], title: &str) -> Result<Vec<u8>, String> {
@@ -69,86 +72,105 @@ pub fn render(history: &[Logs], title: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?;
         let panels = body.split_evenly((1, qs.len()));
         for (q, area) in qs.iter().zip(panels.iter()) {
-            let series = |key: &str| -> Vec<(f64, f64)> {
-                history
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(e, l)| l.get(key).map(|v| ((e + 1) as f64, v)))
-                    .filter(|(_, v)| v.is_finite())
-                    .collect()
-            };
-            let train = series(q);
-            let val = series(&format!("val_{q}"));
-            let all: Vec<f64> = train.iter().chain(&val).map(|p| p.1).collect();
-            let (mut lo, mut hi) = all
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                    (a.min(v), b.max(v))
-                });
-            if !lo.is_finite() {
-                (lo, hi) = (0.0, 1.0);
-            }
-            let pad = ((hi - lo) * 0.08).max(1e-6);
-            let n = history.len() as f64;
-            let mut chart = ChartBuilder::on(area)
-                .caption(q, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(56)
-                .build_cartesian_2d(0.8..(n + 0.2).max(1.2), (lo - pad)..(hi + pad))
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .x_labels((history.len()).clamp(2, 10))
-                .x_label_formatter(&|x| format!("{}", x.round() as i64))
-                .y_label_formatter(&|y| {
-                    let s = format!("{y:.4}");
-                    let s = s.trim_end_matches('0');
-                    s.trim_end_matches('.').to_string()
-                })
-                .label_style(("sans-serif", 13))
-                .light_line_style(TRANSPARENT)
-                .bold_line_style(RGBColor(225, 225, 225))
-                .draw()
-                .map_err(|e| e.to_string())?;
-            for (pts, color, label) in [(&train, TRAIN, "training"), (&val, VAL, "validation")] {
-                if pts.is_empty() {
-                    continue;
-                }
-                chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                    .map_err(|e| e.to_string())?
-                    .label(label)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(|e| e.to_string())?;
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .label_font(("sans-serif", 13))
-                .position(if q == "loss" || q == "mae" || q == "mse" {
-                    SeriesLabelPosition::UpperRight
-                } else {
-                    SeriesLabelPosition::LowerRight
-                })
-                .draw()
-                .map_err(|e| e.to_string())?;
+            draw_panel(area, q, history)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
+    encode_png(&buf, w, h)
+}
+
+/// The finite values of `key` per epoch, as (epoch from 1, value).
+fn series(history: &[Logs], key: &str) -> Vec<(f64, f64)> {
+    history
+        .iter()
+        .enumerate()
+        .filter_map(|(e, l)| l.get(key).map(|v| ((e + 1) as f64, v)))
+        .filter(|(_, v)| v.is_finite())
+        .collect()
+}
+
+/// The value axis's (low, high) end: the values' range plus 8% either side, or
+/// [0, 1] when there is no finite value.
+fn value_range(train: &[(f64, f64)], val: &[(f64, f64)]) -> (f64, f64) {
+    let all: Vec<f64> = train.iter().chain(val).map(|p| p.1).collect();
+    let (mut lo, mut hi) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    (lo - pad, hi + pad)
+}
+
+/// One panel: quantity `q`'s axes, its training and validation curves, and a legend.
+fn draw_panel(area: &Area<'_>, q: &str, history: &[Logs]) -> Result<(), String> {
+    let train = series(history, q);
+    let val = series(history, &format!("val_{q}"));
+    let (lo, hi) = value_range(&train, &val);
+    let n = history.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(q, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.8..(n + 0.2).max(1.2), lo..hi)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_labels((history.len()).clamp(2, 10))
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .y_label_formatter(&|y| {
+            let s = format!("{y:.4}");
+            let s = s.trim_end_matches('0');
+            s.trim_end_matches('.').to_string()
+        })
+        .label_style(("sans-serif", 13))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (pts, color, label) in [(&train, TRAIN, "training"), (&val, VAL, "validation")] {
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font(("sans-serif", 13))
+        .position(if q == "loss" || q == "mae" || q == "mse" {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::LowerRight
+        })
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// An 8-bit RGB buffer of `w` × `h` pixels as PNG bytes.
+fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
     let mut png_bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut png_bytes, w, h);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().map_err(|e| e.to_string())?;
-        wr.write_image_data(&buf).map_err(|e| e.to_string())?;
+        wr.write_image_data(buf).map_err(|e| e.to_string())?;
     }
     Ok(png_bytes)
 }

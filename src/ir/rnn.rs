@@ -203,6 +203,51 @@ fn map2<T: Real>(m: &Array2<T>, f: impl Fn(T) -> T) -> Array2<T> {
     m.mapv(f)
 }
 
+/// One GRU step forward (gates z, r, h) from the previous output `h` and the input
+/// projection `xz` [B,3u]: the new output and the recurrent pre-activations [B,3u]
+/// (with reset_after false, the candidate's part is (r*h) U_h).
+fn gru_forward<T: Real>(
+    a: &RnnAttrs,
+    wt: &Weights<T>,
+    h: &Array2<T>,
+    xz: &Array2<T>,
+) -> (Array2<T>, Array2<T>) {
+    let (b, u) = (h.nrows(), a.units as usize);
+    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
+    let (zi, ri, hi) = (0..u, u..2 * u, 2 * u..3 * u);
+    let hz = if a.reset_after {
+        let mut hz = h.dot(&wt.u);
+        add_row(&mut hz, &wt.br);
+        hz
+    } else {
+        // z and r see h U; the candidate sees (r*h) U_h, computed below.
+        let mut hz = Array2::zeros((b, 3 * u));
+        hz.slice_mut(s![.., 0..2 * u])
+            .assign(&h.dot(&wt.u.slice(s![.., 0..2 * u])));
+        hz
+    };
+    let zg = map2(
+        &(&xz.slice(s![.., zi.clone()]) + &hz.slice(s![.., zi])),
+        |v| act(ract_n, v).0,
+    );
+    let rg = map2(
+        &(&xz.slice(s![.., ri.clone()]) + &hz.slice(s![.., ri])),
+        |v| act(ract_n, v).0,
+    );
+    let mut hz = hz;
+    let pre_h = if a.reset_after {
+        &xz.slice(s![.., hi.clone()]) + &(&rg * &hz.slice(s![.., hi.clone()]))
+    } else {
+        let rh = &rg * h;
+        let cand = rh.dot(&wt.u.slice(s![.., hi.clone()]));
+        hz.slice_mut(s![.., hi.clone()]).assign(&cand);
+        &xz.slice(s![.., hi.clone()]) + &cand
+    };
+    let hh = map2(&pre_h, |v| act(act_n, v).0);
+    let one_minus = map2(&zg, |v| T::one() - v);
+    (&zg * h + &one_minus * &hh, hz)
+}
+
 /// Per-step outputs [T][B,u] and the saved steps.
 type Trace<T> = (Vec<Array2<T>>, Vec<Step<T>>);
 
@@ -258,38 +303,8 @@ fn forward<T: Real>(a: &RnnAttrs, x: &ArrayD<T>, wt: &Weights<T>) -> Result<Trac
                 });
             }
             Cell::Gru => {
-                let (zi, ri, hi) = (0..u, u..2 * u, 2 * u..3 * u);
-                let hz = if a.reset_after {
-                    let mut hz = h.dot(&wt.u);
-                    add_row(&mut hz, &wt.br);
-                    hz
-                } else {
-                    // z and r see h U; the candidate sees (r*h) U_h, computed below.
-                    let mut hz = Array2::zeros((b, 3 * u));
-                    hz.slice_mut(s![.., 0..2 * u])
-                        .assign(&h.dot(&wt.u.slice(s![.., 0..2 * u])));
-                    hz
-                };
-                let zg = map2(
-                    &(&xz.slice(s![.., zi.clone()]) + &hz.slice(s![.., zi])),
-                    |v| act(ract_n, v).0,
-                );
-                let rg = map2(
-                    &(&xz.slice(s![.., ri.clone()]) + &hz.slice(s![.., ri])),
-                    |v| act(ract_n, v).0,
-                );
-                let mut hz = hz;
-                let pre_h = if a.reset_after {
-                    &xz.slice(s![.., hi.clone()]) + &(&rg * &hz.slice(s![.., hi.clone()]))
-                } else {
-                    let rh = &rg * &h;
-                    let cand = rh.dot(&wt.u.slice(s![.., hi.clone()]));
-                    hz.slice_mut(s![.., hi.clone()]).assign(&cand);
-                    &xz.slice(s![.., hi.clone()]) + &cand
-                };
-                let hh = map2(&pre_h, |v| act(act_n, v).0);
-                let one_minus = map2(&zg, |v| T::one() - v);
-                h = &zg * &h + &one_minus * &hh;
+                let (h_new, hz) = gru_forward(a, wt, &h, &xz);
+                h = h_new;
                 saved.push(Step {
                     h_prev,
                     c_prev,
@@ -357,159 +372,235 @@ fn check_acts(a: &RnnAttrs) -> Result<()> {
     Ok(())
 }
 
+/// Adds each column's sum over the rows of `m` to `acc`.
+fn colsum<T: Real>(m: &Array2<T>, acc: &mut [T]) {
+    for row in m.rows() {
+        for (s, &v) in acc.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+}
+
+/// The running state of back-propagation through time: the parameter and input
+/// gradients accumulated so far, and the gradients flowing into the previous step's
+/// hidden (and, for LSTM, cell) state.
+struct Bptt<T> {
+    dx: ArrayD<T>,
+    dw: Array2<T>,
+    du: Array2<T>,
+    /// Input bias (and, for GRU with reset_after, recurrent bias) gradients.
+    dbi: Vec<T>,
+    dbr: Vec<T>,
+    dh: Array2<T>,
+    dc: Array2<T>,
+}
+
+impl<T: Real> Bptt<T> {
+    fn new(x: &ArrayD<T>, wt: &Weights<T>, u: usize) -> Bptt<T> {
+        let (b, steps, nin) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let gcols = wt.w.ncols();
+        Bptt {
+            dx: ArrayD::<T>::zeros(IxDyn(&[b, steps, nin])),
+            dw: Array2::<T>::zeros(wt.w.raw_dim()),
+            du: Array2::<T>::zeros(wt.u.raw_dim()),
+            dbi: vec![T::zero(); gcols],
+            dbr: vec![T::zero(); gcols],
+            dh: Array2::<T>::zeros((b, u)),
+            dc: Array2::<T>::zeros((b, u)),
+        }
+    }
+
+    /// Adds step `k`'s share of the output gradient `dy` to `dh`.
+    fn add_output_grad(
+        &mut self,
+        a: &RnnAttrs,
+        dy: &ArrayD<T>,
+        k: usize,
+        steps: usize,
+    ) -> Result<()> {
+        if a.return_sequences {
+            self.dh = &self.dh + &dy.slice(s![.., k, ..]);
+        } else if k == steps - 1 {
+            self.dh = &self.dh
+                + &dy
+                    .view()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|e| super::IrError(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Accumulates one step of a simple or LSTM cell, whose input and recurrent
+    /// projections share the pre-activation gradient `dz`.
+    fn accumulate(
+        &mut self,
+        wt: &Weights<T>,
+        st: &Step<T>,
+        xt: &Array2<T>,
+        t: usize,
+        dz: &Array2<T>,
+    ) {
+        self.dw = &self.dw + &xt.t().dot(dz);
+        self.du = &self.du + &st.h_prev.t().dot(dz);
+        colsum(dz, &mut self.dbi);
+        self.dx.slice_mut(s![.., t, ..]).assign(&dz.dot(&wt.w.t()));
+        self.dh = dz.dot(&wt.u.t());
+    }
+
+    /// The gradients for (x, kernel, recurrent, bias) in their natural shapes.
+    fn finish(self, a: &RnnAttrs) -> Result<Vec<ArrayD<T>>> {
+        let gcols = self.dbi.len();
+        let db = if a.cell == Cell::Gru && a.reset_after {
+            let mut v = self.dbi;
+            v.extend(self.dbr);
+            ArrayD::from_shape_vec(IxDyn(&[2, gcols]), v)
+        } else {
+            ArrayD::from_shape_vec(IxDyn(&[gcols]), self.dbi)
+        }
+        .map_err(|e| super::IrError(e.to_string()))?;
+        Ok(vec![self.dx, self.dw.into_dyn(), self.du.into_dyn(), db])
+    }
+}
+
+/// LSTM gate gradients for one step: the pre-activation gradient [B,4u] (gates i, f,
+/// c, o); carries the cell-state gradient `dc` back one step.
+fn lstm_step<T: Real>(a: &RnnAttrs, st: &Step<T>, dh: &Array2<T>, dc: &mut Array2<T>) -> Array2<T> {
+    let u = a.units as usize;
+    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
+    let z = &st.z;
+    let pick = |r: std::ops::Range<usize>| z.slice(s![.., r]).to_owned();
+    let (zi, zf, zg, zo) = (
+        pick(0..u),
+        pick(u..2 * u),
+        pick(2 * u..3 * u),
+        pick(3 * u..4 * u),
+    );
+    let i = map2(&zi, |v| act(ract_n, v).0);
+    let f = map2(&zf, |v| act(ract_n, v).0);
+    let g = map2(&zg, |v| act(act_n, v).0);
+    let o = map2(&zo, |v| act(ract_n, v).0);
+    let ac = map2(&st.c, |v| act(act_n, v).0);
+    let dac = map2(&st.c, |v| act(act_n, v).1);
+    let d_o = dh * &ac;
+    *dc = &*dc + &(&(dh * &o) * &dac);
+    let di = &*dc * &g;
+    let dg = &*dc * &i;
+    let df = &*dc * &st.c_prev;
+    let dz_i = &di * &map2(&zi, |v| act(ract_n, v).1);
+    let dz_f = &df * &map2(&zf, |v| act(ract_n, v).1);
+    let dz_g = &dg * &map2(&zg, |v| act(act_n, v).1);
+    let dz_o = &d_o * &map2(&zo, |v| act(ract_n, v).1);
+    *dc = &*dc * &f;
+    let mut dz = Array2::<T>::zeros((dh.nrows(), 4 * u));
+    dz.slice_mut(s![.., 0..u]).assign(&dz_i);
+    dz.slice_mut(s![.., u..2 * u]).assign(&dz_f);
+    dz.slice_mut(s![.., 2 * u..3 * u]).assign(&dz_g);
+    dz.slice_mut(s![.., 3 * u..4 * u]).assign(&dz_o);
+    dz
+}
+
+/// One GRU step (gates z, r, h): gate gradients and their accumulation, including
+/// the candidate's own recurrent path when reset_after is false.
+fn gru_step<T: Real>(
+    a: &RnnAttrs,
+    wt: &Weights<T>,
+    st: &Step<T>,
+    xt: &Array2<T>,
+    t: usize,
+    acc: &mut Bptt<T>,
+) {
+    let u = a.units as usize;
+    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
+    let (xz, hz, hp, dh) = (&st.z, &st.hz, &st.h_prev, &acc.dh);
+    let pre_z = &xz.slice(s![.., 0..u]) + &hz.slice(s![.., 0..u]);
+    let pre_r = &xz.slice(s![.., u..2 * u]) + &hz.slice(s![.., u..2 * u]);
+    let zg = map2(&pre_z, |v| act(ract_n, v).0);
+    let rg = map2(&pre_r, |v| act(ract_n, v).0);
+    let hzh = hz.slice(s![.., 2 * u..3 * u]).to_owned();
+    let pre_h = if a.reset_after {
+        &xz.slice(s![.., 2 * u..3 * u]) + &(&rg * &hzh)
+    } else {
+        &xz.slice(s![.., 2 * u..3 * u]) + &hzh
+    };
+    let hh = map2(&pre_h, |v| act(act_n, v).0);
+    let dzg = dh * &(hp - &hh);
+    let dhh = dh * &map2(&zg, |v| T::one() - v);
+    let mut dhp = dh * &zg;
+    let da_h = &dhh * &map2(&pre_h, |v| act(act_n, v).1);
+    let b = dh.nrows();
+    let mut dxz = Array2::<T>::zeros((b, 3 * u));
+    let mut dhz = Array2::<T>::zeros((b, 3 * u));
+    let dr = if a.reset_after {
+        dhz.slice_mut(s![.., 2 * u..3 * u]).assign(&(&da_h * &rg));
+        &da_h * &hzh
+    } else {
+        // cand = (r*h) U_h
+        let uh = wt.u.slice(s![.., 2 * u..3 * u]);
+        let drh = da_h.dot(&uh.t());
+        let rh = &rg * hp;
+        let mut duh = acc.du.slice_mut(s![.., 2 * u..3 * u]);
+        duh += &rh.t().dot(&da_h);
+        dhp = &dhp + &(&drh * &rg);
+        &drh * hp
+    };
+    let dpz = &dzg * &map2(&pre_z, |v| act(ract_n, v).1);
+    let dpr = &dr * &map2(&pre_r, |v| act(ract_n, v).1);
+    dxz.slice_mut(s![.., 0..u]).assign(&dpz);
+    dxz.slice_mut(s![.., u..2 * u]).assign(&dpr);
+    dxz.slice_mut(s![.., 2 * u..3 * u]).assign(&da_h);
+    dhz.slice_mut(s![.., 0..u]).assign(&dpz);
+    dhz.slice_mut(s![.., u..2 * u]).assign(&dpr);
+    // Recurrent path into h_prev (the candidate part was handled above when
+    // reset_after is false).
+    let (ucols, dcols) = if a.reset_after {
+        (0..3 * u, dhz.clone())
+    } else {
+        (0..2 * u, dhz.slice(s![.., 0..2 * u]).to_owned())
+    };
+    let uu = wt.u.slice(s![.., ucols.clone()]);
+    dhp = &dhp + &dcols.dot(&uu.t());
+    let mut duc = acc.du.slice_mut(s![.., ucols]);
+    duc += &hp.t().dot(&dcols);
+    colsum(&dxz, &mut acc.dbi);
+    if a.reset_after {
+        colsum(&dhz, &mut acc.dbr);
+    }
+    acc.dw = &acc.dw + &xt.t().dot(&dxz);
+    acc.dx.slice_mut(s![.., t, ..]).assign(&dxz.dot(&wt.w.t()));
+    acc.dh = dhp;
+}
+
 /// Back-propagation through time; returns gradients for (x, kernel, recurrent, bias).
 fn backward<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
     let x = args[0];
     let dy = args[args.len() - 1];
     let wt = weights(a, args)?;
     let (_, saved) = forward(a, x, &wt)?;
-    let (b, steps, nin) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-    let u = a.units as usize;
-    let gcols = wt.w.ncols();
-    let mut dx = ArrayD::<T>::zeros(IxDyn(&[b, steps, nin]));
-    let mut dw = Array2::<T>::zeros(wt.w.raw_dim());
-    let mut du = Array2::<T>::zeros(wt.u.raw_dim());
-    let mut dbi = vec![T::zero(); gcols];
-    let mut dbr = vec![T::zero(); gcols];
-    let mut dh = Array2::<T>::zeros((b, u));
-    let mut dc = Array2::<T>::zeros((b, u));
-    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
-    let colsum = |m: &Array2<T>, acc: &mut [T]| {
-        for row in m.rows() {
-            for (s, &v) in acc.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
-    };
+    let steps = x.shape()[1];
+    let act_n = a.activation.as_str();
+    let mut acc = Bptt::new(x, &wt, a.units as usize);
     for k in (0..steps).rev() {
         let t = if a.go_backwards { steps - 1 - k } else { k };
-        if a.return_sequences {
-            dh = dh + dy.slice(s![.., k, ..]);
-        } else if k == steps - 1 {
-            dh = dh
-                + dy.view()
-                    .into_dimensionality::<ndarray::Ix2>()
-                    .map_err(|e| super::IrError(e.to_string()))?;
-        }
+        acc.add_output_grad(a, dy, k, steps)?;
         let st = &saved[k];
         let xt = x
             .slice(s![.., t, ..])
             .to_owned()
             .into_dimensionality::<ndarray::Ix2>()
             .map_err(|e| super::IrError(e.to_string()))?;
-        // dxz: gradient of the input projection's pre-activation; dhz: of h_prev's.
-        let (dxz, dhz) = match a.cell {
-            Cell::Simple => {
-                let da = &dh * &map2(&st.z, |v| act(act_n, v).1);
-                (da.clone(), da)
-            }
-            Cell::Lstm => {
-                let z = &st.z;
-                let pick = |r: std::ops::Range<usize>| z.slice(s![.., r]).to_owned();
-                let (zi, zf, zg, zo) = (
-                    pick(0..u),
-                    pick(u..2 * u),
-                    pick(2 * u..3 * u),
-                    pick(3 * u..4 * u),
-                );
-                let i = map2(&zi, |v| act(ract_n, v).0);
-                let f = map2(&zf, |v| act(ract_n, v).0);
-                let g = map2(&zg, |v| act(act_n, v).0);
-                let o = map2(&zo, |v| act(ract_n, v).0);
-                let ac = map2(&st.c, |v| act(act_n, v).0);
-                let dac = map2(&st.c, |v| act(act_n, v).1);
-                let d_o = &dh * &ac;
-                dc = &dc + &(&(&dh * &o) * &dac);
-                let di = &dc * &g;
-                let dg = &dc * &i;
-                let df = &dc * &st.c_prev;
-                let dz_i = &di * &map2(&zi, |v| act(ract_n, v).1);
-                let dz_f = &df * &map2(&zf, |v| act(ract_n, v).1);
-                let dz_g = &dg * &map2(&zg, |v| act(act_n, v).1);
-                let dz_o = &d_o * &map2(&zo, |v| act(ract_n, v).1);
-                dc = &dc * &f;
-                let mut dz = Array2::<T>::zeros((b, 4 * u));
-                dz.slice_mut(s![.., 0..u]).assign(&dz_i);
-                dz.slice_mut(s![.., u..2 * u]).assign(&dz_f);
-                dz.slice_mut(s![.., 2 * u..3 * u]).assign(&dz_g);
-                dz.slice_mut(s![.., 3 * u..4 * u]).assign(&dz_o);
-                (dz.clone(), dz)
-            }
+        // The gradient of the step's pre-activation, shared by the input projection
+        // and h_prev's.
+        let dz = match a.cell {
+            Cell::Simple => &acc.dh * &map2(&st.z, |v| act(act_n, v).1),
+            Cell::Lstm => lstm_step(a, st, &acc.dh, &mut acc.dc),
             Cell::Gru => {
-                let (xz, hz, hp) = (&st.z, &st.hz, &st.h_prev);
-                let pre_z = &xz.slice(s![.., 0..u]) + &hz.slice(s![.., 0..u]);
-                let pre_r = &xz.slice(s![.., u..2 * u]) + &hz.slice(s![.., u..2 * u]);
-                let zg = map2(&pre_z, |v| act(ract_n, v).0);
-                let rg = map2(&pre_r, |v| act(ract_n, v).0);
-                let hzh = hz.slice(s![.., 2 * u..3 * u]).to_owned();
-                let pre_h = if a.reset_after {
-                    &xz.slice(s![.., 2 * u..3 * u]) + &(&rg * &hzh)
-                } else {
-                    &xz.slice(s![.., 2 * u..3 * u]) + &hzh
-                };
-                let hh = map2(&pre_h, |v| act(act_n, v).0);
-                let dzg = &dh * &(hp - &hh);
-                let dhh = &dh * &map2(&zg, |v| T::one() - v);
-                let mut dhp = &dh * &zg;
-                let da_h = &dhh * &map2(&pre_h, |v| act(act_n, v).1);
-                let mut dxz = Array2::<T>::zeros((b, 3 * u));
-                let mut dhz = Array2::<T>::zeros((b, 3 * u));
-                let dr = if a.reset_after {
-                    dhz.slice_mut(s![.., 2 * u..3 * u]).assign(&(&da_h * &rg));
-                    &da_h * &hzh
-                } else {
-                    // cand = (r*h) U_h
-                    let uh = wt.u.slice(s![.., 2 * u..3 * u]);
-                    let drh = da_h.dot(&uh.t());
-                    let rh = &rg * hp;
-                    let mut duh = du.slice_mut(s![.., 2 * u..3 * u]);
-                    duh += &rh.t().dot(&da_h);
-                    dhp = &dhp + &(&drh * &rg);
-                    &drh * hp
-                };
-                let dpz = &dzg * &map2(&pre_z, |v| act(ract_n, v).1);
-                let dpr = &dr * &map2(&pre_r, |v| act(ract_n, v).1);
-                dxz.slice_mut(s![.., 0..u]).assign(&dpz);
-                dxz.slice_mut(s![.., u..2 * u]).assign(&dpr);
-                dxz.slice_mut(s![.., 2 * u..3 * u]).assign(&da_h);
-                dhz.slice_mut(s![.., 0..u]).assign(&dpz);
-                dhz.slice_mut(s![.., u..2 * u]).assign(&dpr);
-                // Recurrent path into h_prev (the candidate part was handled above
-                // when reset_after is false).
-                let (ucols, dcols) = if a.reset_after {
-                    (0..3 * u, dhz.clone())
-                } else {
-                    (0..2 * u, dhz.slice(s![.., 0..2 * u]).to_owned())
-                };
-                let uu = wt.u.slice(s![.., ucols.clone()]);
-                dhp = &dhp + &dcols.dot(&uu.t());
-                let mut duc = du.slice_mut(s![.., ucols]);
-                duc += &hp.t().dot(&dcols);
-                colsum(&dxz, &mut dbi);
-                if a.reset_after {
-                    colsum(&dhz, &mut dbr);
-                }
-                dw = dw + xt.t().dot(&dxz);
-                dx.slice_mut(s![.., t, ..]).assign(&dxz.dot(&wt.w.t()));
-                dh = dhp;
+                gru_step(a, &wt, st, &xt, t, &mut acc);
                 continue;
             }
         };
-        dw = dw + xt.t().dot(&dxz);
-        du = du + st.h_prev.t().dot(&dhz);
-        colsum(&dxz, &mut dbi);
-        dx.slice_mut(s![.., t, ..]).assign(&dxz.dot(&wt.w.t()));
-        dh = dhz.dot(&wt.u.t());
+        acc.accumulate(&wt, st, &xt, t, &dz);
     }
-    let db = if a.cell == Cell::Gru && a.reset_after {
-        let mut v = dbi;
-        v.extend(dbr);
-        ArrayD::from_shape_vec(IxDyn(&[2, gcols]), v)
-    } else {
-        ArrayD::from_shape_vec(IxDyn(&[gcols]), dbi)
-    }
-    .map_err(|e| super::IrError(e.to_string()))?;
-    Ok(vec![dx, dw.into_dyn(), du.into_dyn(), db])
+    acc.finish(a)
 }
 
 pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {

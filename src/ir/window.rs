@@ -304,179 +304,257 @@ pub fn max_pool_grad(
     flush(at, &mut arg, dx);
 }
 
-pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<ArrayD<T>> {
-    match op {
-        Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) => {
-            // Shapes of x, kernel and y, whichever two are given.
-            let (xs, ks, ys): (Vec<usize>, Vec<usize>, Vec<usize>) = match op {
-                Op::Conv(_) => (
-                    args[0].shape().to_vec(),
-                    args[1].shape().to_vec(),
-                    shape.to_vec(),
-                ),
-                Op::ConvInputGrad(_) => (
-                    shape.to_vec(),
-                    args[1].shape().to_vec(),
-                    args[0].shape().to_vec(),
-                ),
-                _ => (
-                    args[0].shape().to_vec(),
-                    shape.to_vec(),
-                    args[1].shape().to_vec(),
-                ),
-            };
-            let n = ks.len() - 2;
-            let kdims: Vec<i64> = ks[..n].iter().map(|&v| v as i64).collect();
-            let (xg, yg) = (geo(&xs), geo(&ys));
-            let w = win(&xg, &kdims, &a.strides, &a.dilation, a.padding);
-            let cg = ks[n]; // input channels per group
-            let f_total = ks[n + 1];
-            let groups = a.groups as usize;
-            let fg = f_total / groups; // filters per group
-            let taps = w.k[0] * w.k[1];
-            let rows = yg.b * yg.h * yg.w;
-            let cols = taps * cg;
-            // im2col: for each output position and tap, the input element index (or
-            // none where the tap falls in the padding).
-            let mut src = vec![usize::MAX; rows * taps];
-            for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
-                let r = (b * yg.h + oh) * yg.w + ow;
-                src[r * taps + kh * w.k[1] + kw] = ((b * xg.h + ih) * xg.w + iw) * xg.c;
-            });
-            // One GEMM per group: patches [rows, taps*cg] × kernel [taps*cg, fg].
-            let patches = |x: &[T], g: usize| -> Array2<T> {
-                let mut v = Vec::with_capacity(rows * cols);
-                for r in 0..rows {
-                    for t in 0..taps {
-                        let at = src[r * taps + t];
-                        if at == usize::MAX {
-                            v.extend(std::iter::repeat_n(T::zero(), cg));
-                        } else {
-                            v.extend_from_slice(&x[at + g * cg..at + g * cg + cg]);
-                        }
-                    }
-                }
-                Array2::from_shape_vec((rows, cols), v).expect("rows × cols elements")
-            };
-            let kmat = |k: &[T], g: usize| -> Array2<T> {
-                let mut v = Vec::with_capacity(cols * fg);
-                for row in 0..cols {
-                    v.extend_from_slice(&k[row * f_total + g * fg..row * f_total + g * fg + fg]);
-                }
-                Array2::from_shape_vec((cols, fg), v).expect("cols × fg elements")
-            };
-            let ymat = |y: &[T], g: usize| -> Array2<T> {
-                let mut v = Vec::with_capacity(rows * fg);
-                for r in 0..rows {
-                    v.extend_from_slice(&y[r * f_total + g * fg..r * f_total + g * fg + fg]);
-                }
-                Array2::from_shape_vec((rows, fg), v).expect("rows × fg elements")
-            };
-            match op {
-                Op::Conv(_) => {
-                    let (x, k) = (dense(args[0]), dense(args[1]));
-                    let mut y = vec![T::zero(); shape.iter().product()];
-                    for g in 0..groups {
-                        let out = patches(&x, g).dot(&kmat(&k, g));
-                        for ((r, f), v) in out.indexed_iter() {
-                            y[r * f_total + g * fg + f] = *v;
-                        }
-                    }
-                    shaped(shape, y)
-                }
-                Op::ConvInputGrad(_) => {
-                    let (dy, k) = (dense(args[0]), dense(args[1]));
-                    let mut dx = vec![T::zero(); shape.iter().product()];
-                    for g in 0..groups {
-                        // dpatches = dy · kᵀ, then col2im (scatter-add).
-                        let dp = ymat(&dy, g).dot(&kmat(&k, g).t());
-                        for ((r, col), v) in dp.indexed_iter() {
-                            let (t, c) = (col / cg, col % cg);
-                            let at = src[r * taps + t];
-                            if at != usize::MAX {
-                                dx[at + g * cg + c] += *v;
-                            }
-                        }
-                    }
-                    shaped(shape, dx)
-                }
-                _ => {
-                    let (x, dy) = (dense(args[0]), dense(args[1]));
-                    let mut dk = vec![T::zero(); shape.iter().product()];
-                    for g in 0..groups {
-                        let m = patches(&x, g).t().dot(&ymat(&dy, g));
-                        for ((row, f), v) in m.indexed_iter() {
-                            dk[row * f_total + g * fg + f] = *v;
-                        }
-                    }
-                    shaped(shape, dk)
+/// A convolution lowered to one GEMM per group over im2col patches: the geometry
+/// shared by the forward pass and both gradients.
+struct ConvPlan {
+    /// Input channels per group.
+    cg: usize,
+    /// Filters in total and per group.
+    f_total: usize,
+    fg: usize,
+    groups: usize,
+    /// Window taps, output positions and patch columns (`taps * cg`).
+    taps: usize,
+    rows: usize,
+    cols: usize,
+    /// im2col: for each output position and tap, the input element index (or
+    /// `usize::MAX` where the tap falls in the padding).
+    src: Vec<usize>,
+}
+
+impl ConvPlan {
+    /// The plan for shapes `xs` (input), `ks` (kernel) and `ys` (output).
+    fn new(a: &ConvAttrs, xs: &[usize], ks: &[usize], ys: &[usize]) -> ConvPlan {
+        let n = ks.len() - 2;
+        let kdims: Vec<i64> = ks[..n].iter().map(|&v| v as i64).collect();
+        let (xg, yg) = (geo(xs), geo(ys));
+        let w = win(&xg, &kdims, &a.strides, &a.dilation, a.padding);
+        let cg = ks[n];
+        let f_total = ks[n + 1];
+        let groups = a.groups as usize;
+        let fg = f_total / groups;
+        let taps = w.k[0] * w.k[1];
+        let rows = yg.b * yg.h * yg.w;
+        let cols = taps * cg;
+        let mut src = vec![usize::MAX; rows * taps];
+        for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
+            let r = (b * yg.h + oh) * yg.w + ow;
+            src[r * taps + kh * w.k[1] + kw] = ((b * xg.h + ih) * xg.w + iw) * xg.c;
+        });
+        ConvPlan {
+            cg,
+            f_total,
+            fg,
+            groups,
+            taps,
+            rows,
+            cols,
+            src,
+        }
+    }
+
+    /// Group `g`'s patches of `x`: [rows, taps*cg].
+    fn patches<T: Real>(&self, x: &[T], g: usize) -> Array2<T> {
+        let (cg, taps) = (self.cg, self.taps);
+        let mut v = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for t in 0..taps {
+                let at = self.src[r * taps + t];
+                if at == usize::MAX {
+                    v.extend(std::iter::repeat_n(T::zero(), cg));
+                } else {
+                    v.extend_from_slice(&x[at + g * cg..at + g * cg + cg]);
                 }
             }
         }
-        Op::Pool { kind, attrs } | Op::PoolGrad { kind, attrs } => {
-            let xs = args[0].shape().to_vec();
-            let ys: Vec<usize> = if matches!(op, Op::Pool { .. }) {
-                shape.to_vec()
-            } else {
-                args[1].shape().to_vec()
-            };
-            let (xg, yg) = (geo(&xs), geo(&ys));
-            let ones = vec![1; attrs.window.len()];
-            let w = win(&xg, &attrs.window, &attrs.strides, &ones, attrs.padding);
-            let c = xg.c;
-            let xidx = |b: usize, h: usize, ww: usize| ((b * xg.h + h) * xg.w + ww) * c;
-            let yidx = |b: usize, h: usize, ww: usize| ((b * yg.h + h) * yg.w + ww) * c;
-            let x = dense(args[0]);
-            let ny = yg.b * yg.h * yg.w * c;
-            // Per output element: running max (and its input index) or sum and count.
-            let mut best = vec![T::neg_infinity(); ny];
-            let mut arg = vec![usize::MAX; ny];
-            let mut sum = vec![T::zero(); ny];
-            let mut count = vec![0usize; yg.b * yg.h * yg.w];
-            for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
-                let (yo, xo) = (yidx(b, oh, ow), xidx(b, ih, iw));
-                count[yo / c] += 1;
-                for ch in 0..c {
-                    let v = x[xo + ch];
-                    if v > best[yo + ch] || arg[yo + ch] == usize::MAX {
-                        best[yo + ch] = v;
-                        arg[yo + ch] = xo + ch;
-                    }
-                    sum[yo + ch] += v;
-                }
-            });
-            let cnt = |i: usize| T::from_usize(count[i / c].max(1)).unwrap_or_else(T::one);
-            match op {
-                Op::Pool { .. } => {
-                    let y = match kind {
-                        PoolKind::Max => best,
-                        PoolKind::Avg => (0..ny).map(|i| sum[i] / cnt(i)).collect(),
-                    };
-                    shaped(shape, y)
-                }
-                _ => {
-                    let dy = dense(args[1]);
-                    let mut dx = vec![T::zero(); x.len()];
-                    match kind {
-                        PoolKind::Max => {
-                            for i in 0..ny {
-                                if arg[i] != usize::MAX {
-                                    dx[arg[i]] += dy[i];
-                                }
-                            }
-                        }
-                        PoolKind::Avg => {
-                            for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
-                                let (yo, xo) = (yidx(b, oh, ow), xidx(b, ih, iw));
-                                for ch in 0..c {
-                                    dx[xo + ch] += dy[yo + ch] / cnt(yo + ch);
-                                }
-                            });
-                        }
-                    }
-                    shaped(shape, dx)
+        Array2::from_shape_vec((self.rows, self.cols), v).expect("rows × cols elements")
+    }
+
+    /// Group `g`'s slice of kernel `k`: [taps*cg, fg].
+    fn kmat<T: Real>(&self, k: &[T], g: usize) -> Array2<T> {
+        let (f_total, fg) = (self.f_total, self.fg);
+        let mut v = Vec::with_capacity(self.cols * fg);
+        for row in 0..self.cols {
+            v.extend_from_slice(&k[row * f_total + g * fg..row * f_total + g * fg + fg]);
+        }
+        Array2::from_shape_vec((self.cols, fg), v).expect("cols × fg elements")
+    }
+
+    /// Group `g`'s slice of output-shaped `y`: [rows, fg].
+    fn ymat<T: Real>(&self, y: &[T], g: usize) -> Array2<T> {
+        let (f_total, fg) = (self.f_total, self.fg);
+        let mut v = Vec::with_capacity(self.rows * fg);
+        for r in 0..self.rows {
+            v.extend_from_slice(&y[r * f_total + g * fg..r * f_total + g * fg + fg]);
+        }
+        Array2::from_shape_vec((self.rows, fg), v).expect("rows × fg elements")
+    }
+
+    /// y = patches(x) · kernel, per group.
+    fn forward<T: Real>(&self, x: &[T], k: &[T], shape: &[usize]) -> Result<ArrayD<T>> {
+        let mut y = vec![T::zero(); shape.iter().product()];
+        for g in 0..self.groups {
+            let out = self.patches(x, g).dot(&self.kmat(k, g));
+            for ((r, f), v) in out.indexed_iter() {
+                y[r * self.f_total + g * self.fg + f] = *v;
+            }
+        }
+        shaped(shape, y)
+    }
+
+    /// dx: dpatches = dy · kᵀ per group, then col2im (scatter-add).
+    fn input_grad<T: Real>(&self, dy: &[T], k: &[T], shape: &[usize]) -> Result<ArrayD<T>> {
+        let cg = self.cg;
+        let mut dx = vec![T::zero(); shape.iter().product()];
+        for g in 0..self.groups {
+            let dp = self.ymat(dy, g).dot(&self.kmat(k, g).t());
+            for ((r, col), v) in dp.indexed_iter() {
+                let (t, c) = (col / cg, col % cg);
+                let at = self.src[r * self.taps + t];
+                if at != usize::MAX {
+                    dx[at + g * cg + c] += *v;
                 }
             }
+        }
+        shaped(shape, dx)
+    }
+
+    /// dk = patches(x)ᵀ · dy, per group.
+    fn kernel_grad<T: Real>(&self, x: &[T], dy: &[T], shape: &[usize]) -> Result<ArrayD<T>> {
+        let mut dk = vec![T::zero(); shape.iter().product()];
+        for g in 0..self.groups {
+            let m = self.patches(x, g).t().dot(&self.ymat(dy, g));
+            for ((row, f), v) in m.indexed_iter() {
+                dk[row * self.f_total + g * self.fg + f] = *v;
+            }
+        }
+        shaped(shape, dk)
+    }
+}
+
+/// One pass of a pooling window over `x`: per output element, the running max (and
+/// its input index, the first maximum) and the sum, and per output position the
+/// number of in-bounds taps.
+struct PoolScan<T> {
+    xg: Geo,
+    yg: Geo,
+    w: Win,
+    best: Vec<T>,
+    arg: Vec<usize>,
+    sum: Vec<T>,
+    count: Vec<usize>,
+}
+
+impl<T: Real> PoolScan<T> {
+    /// Scans `x` (shape `xs`) into an output of shape `ys`.
+    fn new(attrs: &WindowAttrs, xs: &[usize], ys: &[usize], x: &[T]) -> PoolScan<T> {
+        let (xg, yg) = (geo(xs), geo(ys));
+        let ones = vec![1; attrs.window.len()];
+        let w = win(&xg, &attrs.window, &attrs.strides, &ones, attrs.padding);
+        let c = xg.c;
+        let ny = yg.b * yg.h * yg.w * c;
+        let mut scan = PoolScan {
+            best: vec![T::neg_infinity(); ny],
+            arg: vec![usize::MAX; ny],
+            sum: vec![T::zero(); ny],
+            count: vec![0usize; yg.b * yg.h * yg.w],
+            xg,
+            yg,
+            w,
+        };
+        let PoolScan {
+            xg,
+            yg,
+            w,
+            best,
+            arg,
+            sum,
+            count,
+        } = &mut scan;
+        for_taps(xg, yg, w, |b, oh, ow, _, _, ih, iw| {
+            let (yo, xo) = (offset(yg, b, oh, ow), offset(xg, b, ih, iw));
+            count[yo / c] += 1;
+            for ch in 0..c {
+                let v = x[xo + ch];
+                if v > best[yo + ch] || arg[yo + ch] == usize::MAX {
+                    best[yo + ch] = v;
+                    arg[yo + ch] = xo + ch;
+                }
+                sum[yo + ch] += v;
+            }
+        });
+        scan
+    }
+
+    /// The in-bounds tap count behind output element `i` (at least 1).
+    fn cnt(&self, i: usize) -> T {
+        T::from_usize(self.count[i / self.xg.c].max(1)).unwrap_or_else(T::one)
+    }
+
+    /// The pooled output: the maxima or the in-bounds means.
+    fn forward(self, kind: PoolKind, shape: &[usize]) -> Result<ArrayD<T>> {
+        let y = match kind {
+            PoolKind::Max => self.best,
+            PoolKind::Avg => (0..self.sum.len())
+                .map(|i| self.sum[i] / self.cnt(i))
+                .collect(),
+        };
+        shaped(shape, y)
+    }
+
+    /// dx from `dy`: max sends each gradient to its first maximum, average spreads it
+    /// evenly over the in-bounds taps.
+    fn grad(&self, kind: PoolKind, dy: &[T], nx: usize, shape: &[usize]) -> Result<ArrayD<T>> {
+        let mut dx = vec![T::zero(); nx];
+        match kind {
+            PoolKind::Max => {
+                for (i, &at) in self.arg.iter().enumerate() {
+                    if at != usize::MAX {
+                        dx[at] += dy[i];
+                    }
+                }
+            }
+            PoolKind::Avg => {
+                let c = self.xg.c;
+                for_taps(&self.xg, &self.yg, &self.w, |b, oh, ow, _, _, ih, iw| {
+                    let (yo, xo) = (offset(&self.yg, b, oh, ow), offset(&self.xg, b, ih, iw));
+                    for ch in 0..c {
+                        dx[xo + ch] += dy[yo + ch] / self.cnt(yo + ch);
+                    }
+                });
+            }
+        }
+        shaped(shape, dx)
+    }
+}
+
+/// The flat offset of (batch, h, w, channel 0) in a contiguous channels-last buffer.
+fn offset(g: &Geo, b: usize, h: usize, w: usize) -> usize {
+    ((b * g.h + h) * g.w + w) * g.c
+}
+
+pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<ArrayD<T>> {
+    match op {
+        Op::Conv(a) => {
+            let plan = ConvPlan::new(a, args[0].shape(), args[1].shape(), shape);
+            plan.forward(&dense(args[0]), &dense(args[1]), shape)
+        }
+        Op::ConvInputGrad(a) => {
+            let plan = ConvPlan::new(a, shape, args[1].shape(), args[0].shape());
+            plan.input_grad(&dense(args[0]), &dense(args[1]), shape)
+        }
+        Op::ConvKernelGrad(a) => {
+            let plan = ConvPlan::new(a, args[0].shape(), shape, args[1].shape());
+            plan.kernel_grad(&dense(args[0]), &dense(args[1]), shape)
+        }
+        Op::Pool { kind, attrs } => {
+            let x = dense(args[0]);
+            PoolScan::new(attrs, args[0].shape(), shape, &x).forward(*kind, shape)
+        }
+        Op::PoolGrad { kind, attrs } => {
+            let x = dense(args[0]);
+            let scan = PoolScan::new(attrs, args[0].shape(), args[1].shape(), &x);
+            scan.grad(*kind, &dense(args[1]), x.len(), shape)
         }
         _ => err(format!("{op:?} is not a window op")),
     }
