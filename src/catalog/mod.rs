@@ -124,7 +124,7 @@ pub fn align(f: &mut Func, target: Id, pred: Id, sparse: bool) -> Result<Id> {
     let p = f.ty(pred).shape.clone();
     let want = if sparse { p[..p.len() - 1].to_vec() } else { p };
     // f32's dtype, reached through the IR's type (the catalog does not import `spec`).
-    let f32_dtype = Type::f32(vec![]).dtype;
+    let f32_dtype = crate::types::DType::F32;
     let t = f.push(Op::Cast(f32_dtype), &[target])?;
     f.reshape(t, want)
 }
