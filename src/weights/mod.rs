@@ -258,7 +258,7 @@ impl std::error::Error for WeightsError {}
 /// Reads a safetensors file of f32 tensors, checking every claim it makes.
 pub fn load(path: impl AsRef<Path>) -> Result<Weights, WeightsError> {
     let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|error| WeightsError::Io {
+    let bytes = safetensors::read_file(path).map_err(|error| WeightsError::Io {
         path: path.to_path_buf(),
         action: "read",
         error,
