@@ -38,15 +38,53 @@ pub fn parse(text: &str) -> Result<Table, String> {
     from_reader(text.as_bytes()).map_err(|e| e.message)
 }
 
+/// The CSV reader's buffer. A record ends at most this far behind the bytes read, so
+/// line breaks further back are only counted: a file of blank lines keeps no list.
+const CSV_BUFFER: usize = 8 * 1024;
+
 /// The input, counting its line breaks on the way to the CSV reader.
 struct Counted<R> {
     inner: R,
     /// Bytes read so far.
     read: u64,
-    /// Offsets of line breaks read ahead of the records handled so far.
+    /// Offsets of line breaks read but not yet counted (at most `2 * CSV_BUFFER`).
     breaks: VecDeque<u64>,
-    /// Line breaks before the end of the last record handled.
+    /// Line breaks counted: all of them before the end of the last record handled.
     before: usize,
+    /// The offset of the last break counted.
+    last: Option<u64>,
+}
+
+impl<R> Counted<R> {
+    fn new(inner: R) -> Counted<R> {
+        Counted {
+            inner,
+            read: 0,
+            breaks: VecDeque::new(),
+            before: 0,
+            last: None,
+        }
+    }
+
+    fn count_before(&mut self, end: u64) {
+        while let Some(&at) = self.breaks.front().filter(|&&at| at < end) {
+            self.before += 1;
+            self.last = Some(at);
+            self.breaks.pop_front();
+        }
+    }
+
+    /// The line (1-based) a record starts on, given the byte offset where it ends:
+    /// the breaks before its end, less those inside its fields and its own terminator.
+    /// A record that runs to the end of the file inside an unclosed quote has no
+    /// terminator though its last byte is a break; it still starts below the previous
+    /// record, which `next` (the first line after that record) bounds.
+    fn line_of(&mut self, end: u64, record: &csv::ByteRecord, next: usize) -> usize {
+        self.count_before(end);
+        let inside = record.as_slice().iter().filter(|&&b| b == b'\n').count();
+        let terminator = usize::from(self.last.is_some() && self.last == end.checked_sub(1));
+        (1 + self.before.saturating_sub(inside + terminator)).max(next)
+    }
 }
 
 impl<R: Read> Read for Counted<R> {
@@ -56,26 +94,8 @@ impl<R: Read> Read for Counted<R> {
             self.breaks.push_back(self.read + i as u64);
         }
         self.read += n as u64;
+        self.count_before(self.read.saturating_sub(2 * CSV_BUFFER as u64));
         Ok(n)
-    }
-}
-
-impl<R> Counted<R> {
-    /// The line (1-based) a record starts on, given the byte offset where it ends:
-    /// the breaks before its end, less those inside its fields and its own terminator.
-    /// A record that runs to the end of the file inside an unclosed quote has no
-    /// terminator though its last byte is a break; it still starts below the previous
-    /// record, which `next` (the first line after that record) bounds.
-    fn line_of(&mut self, end: u64, record: &csv::ByteRecord, next: usize) -> usize {
-        let mut last = None;
-        while let Some(&at) = self.breaks.front().filter(|&&at| at < end) {
-            self.before += 1;
-            last = Some(at);
-            self.breaks.pop_front();
-        }
-        let inside = record.as_slice().iter().filter(|&&b| b == b'\n').count();
-        let terminator = usize::from(last.is_some() && last == end.checked_sub(1));
-        (1 + self.before.saturating_sub(inside + terminator)).max(next)
     }
 }
 
@@ -159,12 +179,8 @@ pub fn from_reader(input: impl Read) -> Result<Table, Error> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(Counted {
-            inner: input,
-            read: 0,
-            breaks: VecDeque::new(),
-            before: 0,
-        });
+        .buffer_capacity(CSV_BUFFER)
+        .from_reader(Counted::new(input));
     let mut record = csv::ByteRecord::new();
     let mut header: Option<Vec<String>> = None;
     let mut columns: Vec<Vec<f64>> = Vec::new();
@@ -273,5 +289,20 @@ mod tests {
         let e = from_reader(&b"a,b\n1,\xff\n"[..]).unwrap_err();
         assert!(!e.io);
         assert_eq!(e.message, "line 2, field 2: the text is not UTF-8");
+    }
+
+    #[test]
+    fn line_numbers_hold_after_many_blank_lines_and_keep_no_list_of_them() {
+        let blank = "\r\n".repeat(100_000);
+        let t = parse(&format!("{blank}a,b\n{blank}1,2\n")).unwrap();
+        assert_eq!(t.lines, vec![200_002]);
+        let e = parse(&format!("{blank}a,b\n1,x\n")).unwrap_err();
+        assert_eq!(e, "line 100002, column `b`: `x` is not a number");
+        let mut c = Counted::new(blank.as_bytes());
+        let mut buf = [0u8; CSV_BUFFER];
+        while c.read(&mut buf).unwrap() > 0 {
+            assert!(c.breaks.len() <= 2 * CSV_BUFFER);
+        }
+        assert_eq!(c.before + c.breaks.len(), 100_000);
     }
 }
