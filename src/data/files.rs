@@ -2,7 +2,7 @@
 //! bounded by [`MAX_FILE_BYTES`]; every write is atomic.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 
 use ndarray::ArrayD;
@@ -61,10 +61,10 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(bytes)
 }
 
-/// Streams a `.csv` file through the `csv` crate (never more than
+/// Streams a `.csv` file through the `csv` crate, which buffers it (never more than
 /// [`MAX_FILE_BYTES`], even from a file that grows while it is read).
 fn read_table(path: &Path) -> Result<csv::Table, DataError> {
-    let file = BufReader::new(open(path)?).take(MAX_FILE_BYTES);
+    let file = open(path)?.take(MAX_FILE_BYTES);
     csv::from_reader(file).map_err(|e| DataError {
         io: e.io,
         ..DataError::new(Some(path), e.message)
