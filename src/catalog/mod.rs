@@ -19,7 +19,7 @@ pub mod schedules;
 
 use crate::args::ArgSpec;
 use crate::diag::{Diagnostic, did_you_mean};
-use crate::ir::{Func, Id, Op, ReduceOp, Result, Type};
+use crate::ir::{Func, Id, Op, ReduceOp, Result};
 
 /// What every catalog entry has.
 pub trait Entry: Sync + 'static {

@@ -1,12 +1,15 @@
-//! The `.npy` format (numpy's `np.save`), read without trusting the file and written
-//! as little-endian f32.
+//! The `.npy` format (numpy's `np.save`), read through the `npyz` crate without
+//! trusting the file, and written as little-endian f32.
 //!
 //! Read: format versions 1, 2 and 3; dtypes bool, int8–64, uint8–64, float16/32/64 in
-//! either byte order; C or Fortran order. Every claim of the header (its length, the
-//! shape, the element count against the bytes present) is checked; a corrupt file is
-//! an error, never a panic or a huge allocation.
+//! either byte order; C or Fortran order. npyz parses the header (a Python literal) and
+//! the elements; kiln checks every claim first (the header's length, the dtype, the
+//! shape's element count against the bytes present), so a corrupt file is an error,
+//! never a panic or a huge allocation. Writing stays a few lines here: one fixed header
+//! padded to 64 bytes around the raw f32 data.
 
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+use npyz::{DType, Endianness, NpyFile, Order, TypeChar};
 
 /// What kind of numbers an array held in its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,192 +62,153 @@ pub struct Loaded {
 /// The largest header kiln reads (numpy's own headers are under 1 KiB).
 const MAX_HEADER: usize = 1 << 20;
 
-fn parse_descr(d: &str) -> Result<Dtype, String> {
-    let bytes = d.as_bytes();
-    if bytes.len() < 2 {
-        return Err(format!("unknown dtype `{d}`"));
-    }
-    let (order, rest) = match bytes[0] {
-        b'<' | b'>' | b'|' | b'=' => (bytes[0], &d[1..]),
-        _ => (b'=', d),
+/// Kiln's name for a file's element type, or why kiln cannot use it.
+fn dtype_of(dtype: &DType) -> Result<Dtype, String> {
+    let ts = match dtype {
+        DType::Plain(ts) => ts,
+        DType::Record(_) => {
+            return Err("it holds a structured array (named fields), not plain numbers".into());
+        }
+        DType::Array(..) => {
+            return Err("it holds an array of sub-arrays, not plain numbers".into());
+        }
     };
-    let big_endian = order == b'>';
-    let (code, size) = rest.split_at(1);
-    let (kind, signed) = match code {
-        "f" => (Kind::Float, true),
-        "i" => (Kind::Int, true),
-        "u" => (Kind::Int, false),
-        "b" => (Kind::Bool, false),
-        "O" => {
+    let size = ts.size_field();
+    let (kind, signed, ok) = match ts.type_char() {
+        TypeChar::Float => (Kind::Float, true, matches!(size, 2 | 4 | 8)),
+        TypeChar::Int => (Kind::Int, true, matches!(size, 1 | 2 | 4 | 8)),
+        TypeChar::Uint => (Kind::Int, false, matches!(size, 1 | 2 | 4 | 8)),
+        TypeChar::Bool => (Kind::Bool, false, size == 1),
+        TypeChar::Object => {
             return Err(
                 "it holds Python objects (dtype `object`), which kiln does not read: save a numeric array"
                     .into(),
             );
         }
-        "U" | "S" => {
+        TypeChar::ByteStr | TypeChar::UnicodeStr => {
             return Err(format!(
-                "it holds strings (dtype `{d}`), not numbers: save a numeric array"
+                "it holds strings (dtype `{ts}`), not numbers: save a numeric array"
             ));
         }
-        _ => return Err(format!("unsupported dtype `{d}`")),
-    };
-    let size: usize = size.parse().map_err(|_| format!("unknown dtype `{d}`"))?;
-    let ok = match kind {
-        Kind::Float => matches!(size, 2 | 4 | 8),
-        Kind::Int => matches!(size, 1 | 2 | 4 | 8),
-        Kind::Bool => size == 1,
+        _ => (Kind::Float, true, false),
     };
     if !ok {
-        return Err(format!("unsupported dtype `{d}`"));
+        return Err(format!("unsupported dtype `{ts}`"));
     }
     Ok(Dtype {
         kind,
-        size,
+        size: size as usize,
         signed,
-        big_endian,
+        big_endian: ts.endianness() == Endianness::Big,
     })
 }
 
-/// The value of `'key':` in a header dict, as the raw text up to the next top-level
-/// comma or closing brace.
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let pat1 = format!("'{key}'");
-    let pat2 = format!("\"{key}\"");
-    let at = header.find(&pat1).or_else(|| header.find(&pat2))?;
-    let rest = &header[at + pat1.len()..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    for (i, c) in rest.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '(' | '[') => depth += 1,
-            (None, ')' | ']') => {
-                depth -= 1;
-                if depth < 0 {
-                    return None;
-                }
-            }
-            (None, ',' | '}') if depth == 0 => return Some(rest[..i].trim()),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
-    let inner = s
-        .strip_prefix('(')
-        .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| format!("the shape `{s}` is not a tuple"))?;
-    let mut shape = Vec::new();
-    for part in inner.split(',') {
-        let p = part.trim().trim_end_matches('L');
-        if p.is_empty() {
-            continue;
-        }
-        shape.push(
-            p.parse::<usize>()
-                .map_err(|_| format!("the shape `{s}` is not a tuple of sizes"))?,
-        );
-    }
-    if shape.len() > 32 {
-        return Err(format!("the shape has {} axes", shape.len()));
-    }
-    Ok(shape)
-}
-
-/// Parses the bytes of a `.npy` file. Errors say what is wrong, in words.
-pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+/// The length of the header and where it starts, checked against the bytes present
+/// before npyz is asked to read it (npyz allocates what the length field claims).
+fn header_span(bytes: &[u8]) -> Result<usize, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("it is not a .npy file (the numpy magic bytes are missing)".into());
     }
-    let major = bytes[6];
-    let (header_len, start) = match major {
+    let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err("the .npy header is cut short".into());
-            }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
-        }
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        2 | 3 => return Err("the .npy header is cut short".into()),
         v => return Err(format!("unsupported .npy format version {v}")),
     };
     if header_len > MAX_HEADER || start + header_len > bytes.len() {
         return Err("the .npy header is cut short or corrupt".into());
     }
-    let header = std::str::from_utf8(&bytes[start..start + header_len])
-        .map_err(|_| "the .npy header is not text".to_string())?;
-    let descr = dict_value(header, "descr").ok_or("the .npy header has no `descr`")?;
-    if descr.starts_with('[') {
-        return Err("it holds a structured array (named fields), not plain numbers".into());
+    Ok(start + header_len)
+}
+
+/// Whether the header's `shape` is a tuple, as numpy requires (`np.load` refuses a
+/// list; npyz would accept one).
+fn shape_is_tuple(header: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(header);
+    ["'shape'", "\"shape\""].iter().any(|key| {
+        text.split_once(key).is_some_and(|(_, rest)| {
+            rest.trim_start()
+                .strip_prefix(':')
+                .is_some_and(|v| v.trim_start().starts_with('('))
+        })
+    })
+}
+
+/// Reads the elements as `T`, each converted to f32.
+fn read_as<T: npyz::Deserialize>(
+    npy: NpyFile<&[u8]>,
+    f: impl FnMut(T) -> f32,
+) -> Result<Vec<f32>, String> {
+    let v = npy
+        .into_vec::<T>()
+        .map_err(|e| format!("the .npy data cannot be read: {e}"))?;
+    Ok(v.into_iter().map(f).collect())
+}
+
+/// Reads integers, noting whether any lies beyond ±2²⁴ (not exact in f32).
+fn read_ints<T: npyz::Deserialize + Copy + Into<i128>>(
+    npy: NpyFile<&[u8]>,
+    inexact: &mut bool,
+) -> Result<Vec<f32>, String> {
+    read_as(npy, |x: T| {
+        let x: i128 = x.into();
+        if x.unsigned_abs() > 1 << 24 {
+            *inexact = true;
+        }
+        x as f32
+    })
+}
+
+/// Parses the bytes of a `.npy` file through npyz. Kiln checks first what npyz would
+/// trust (the header's length, the dtype, the shape against the bytes present), so a
+/// corrupt file is an error, never a panic or a huge allocation.
+pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+    let data_start = header_span(bytes)?;
+    let npy = NpyFile::new(bytes).map_err(|e| format!("the .npy header cannot be read: {e}"))?;
+    let dtype = dtype_of(&npy.dtype())?;
+    if !shape_is_tuple(&bytes[..data_start]) {
+        return Err("the .npy header's shape is not a tuple of sizes".into());
     }
-    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let dtype = parse_descr(descr)?;
-    let fortran = match dict_value(header, "fortran_order") {
-        Some("True") => true,
-        Some("False") => false,
-        _ => return Err("the .npy header has no valid `fortran_order`".into()),
-    };
-    let shape = parse_shape(dict_value(header, "shape").ok_or("the .npy header has no `shape`")?)?;
-    let count = shape
+    if npy.shape().len() > 32 {
+        return Err(format!("the shape has {} axes", npy.shape().len()));
+    }
+    let shape: Vec<usize> = npy
+        .shape()
         .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or("the shape's element count overflows")?;
-    let data = &bytes[start + header_len..];
-    let need = count
-        .checked_mul(dtype.size)
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "the shape's element count overflows".to_string())?;
+    let need = shape
+        .iter()
+        .try_fold(dtype.size, |a, &d| a.checked_mul(d))
         .ok_or("the shape's byte count overflows")?;
-    if data.len() < need {
+    let present = bytes.len() - data_start;
+    if present < need {
         return Err(format!(
-            "the file is cut short: shape {:?} of {} needs {need} bytes of data, it has {}",
+            "the file is cut short: shape {:?} of {} needs {need} bytes of data, it has {present}",
             shape,
             dtype.name(),
-            data.len()
         ));
     }
+    let fortran = npy.order() == Order::Fortran;
     let mut inexact = false;
-    let mut values = Vec::new();
-    values
-        .try_reserve_exact(count)
-        .map_err(|_| "the array does not fit in memory".to_string())?;
-    for chunk in data[..need].chunks_exact(dtype.size) {
-        let mut b = [0u8; 8];
-        b[..dtype.size].copy_from_slice(chunk);
-        if dtype.big_endian {
-            b[..dtype.size].reverse();
-        }
-        let v: f32 = match (dtype.kind, dtype.size, dtype.signed) {
-            (Kind::Bool, _, _) => {
-                if b[0] > 1 {
-                    return Err(format!("a bool element has the byte value {}", b[0]));
-                }
-                f32::from(b[0])
-            }
-            (Kind::Float, 2, _) => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-            (Kind::Float, 4, _) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            (Kind::Float, _, _) => f64::from_le_bytes(b) as f32,
-            (Kind::Int, size, signed) => {
-                let raw = u64::from_le_bytes(b);
-                let shift = 64 - 8 * size as u32;
-                let x: i128 = if signed {
-                    i128::from(((raw << shift) as i64) >> shift)
-                } else {
-                    i128::from(raw)
-                };
-                if x.unsigned_abs() > 1 << 24 {
-                    inexact = true;
-                }
-                x as f32
-            }
-        };
-        values.push(v);
-    }
+    let values = match (dtype.kind, dtype.size, dtype.signed) {
+        (Kind::Bool, _, _) => read_as(npy, |b: bool| f32::from(u8::from(b)))?,
+        (Kind::Float, 2, _) => read_as(npy, |x: npyz::half::f16| x.to_f32())?,
+        (Kind::Float, 4, _) => read_as(npy, |x: f32| x)?,
+        (Kind::Float, _, _) => read_as(npy, |x: f64| x as f32)?,
+        (Kind::Int, 1, true) => read_ints::<i8>(npy, &mut inexact)?,
+        (Kind::Int, 2, true) => read_ints::<i16>(npy, &mut inexact)?,
+        (Kind::Int, 4, true) => read_ints::<i32>(npy, &mut inexact)?,
+        (Kind::Int, _, true) => read_ints::<i64>(npy, &mut inexact)?,
+        (Kind::Int, 1, false) => read_ints::<u8>(npy, &mut inexact)?,
+        (Kind::Int, 2, false) => read_ints::<u16>(npy, &mut inexact)?,
+        (Kind::Int, 4, false) => read_ints::<u32>(npy, &mut inexact)?,
+        (Kind::Int, _, false) => read_ints::<u64>(npy, &mut inexact)?,
+    };
     let arr = if fortran {
         ArrayD::from_shape_vec(IxDyn(&shape).f(), values)
             .map(|a| a.as_standard_layout().into_owned())
@@ -257,18 +221,6 @@ pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
         dtype,
         inexact,
     })
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
-    let exp = (h >> 10) & 0x1f;
-    let frac = f32::from(h & 0x3ff);
-    match exp {
-        0 => sign * frac * 2f32.powi(-24),
-        0x1f if frac == 0.0 => sign * f32::INFINITY,
-        0x1f => f32::NAN,
-        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(i32::from(e) - 15),
-    }
 }
 
 /// Serializes an f32 array as a version-1 `.npy` file (`<f4`, C order).
@@ -362,5 +314,25 @@ mod tests {
         for n in 0..good.len() {
             let _ = parse(&good[..n]);
         }
+    }
+
+    #[test]
+    fn claims_larger_than_the_file_are_refused_before_any_allocation() {
+        // 64 bytes claiming 2^38 f32 values (1 TiB): ndarray-npy 0.10 allocates that
+        // and aborts the process; kiln compares it with the bytes present.
+        let e = parse(&npy("<f4", "(274877906944,)", false, &[0; 8])).unwrap_err();
+        assert!(e.starts_with("the file is cut short"), "{e}");
+        // A version-2 header whose length field claims 4 GiB (npyz would allocate it).
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&u32::MAX.to_le_bytes());
+        v2.extend_from_slice(b"{}");
+        assert!(parse(&v2).unwrap_err().contains("cut short or corrupt"));
+        // A version-3 header and big-endian float16 values read as numpy writes them.
+        let h = "{'descr': '>f2', 'fortran_order': False, 'shape': (2,), }\n";
+        let mut v3 = b"\x93NUMPY\x03\x00".to_vec();
+        v3.extend_from_slice(&(h.len() as u32).to_le_bytes());
+        v3.extend_from_slice(h.as_bytes());
+        v3.extend_from_slice(&[0x3c, 0x00, 0xc0, 0x00]);
+        assert_eq!(parse(&v3).unwrap().data.as_slice().unwrap(), &[1.0, -2.0]);
     }
 }

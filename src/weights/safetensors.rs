@@ -1,17 +1,32 @@
-//! The safetensors format, read and written by hand: an 8-byte little-endian header
-//! length N, N bytes of JSON (`{"key": {"dtype": "F32", "shape": [..], "data_offsets":
-//! [begin, end]}, …, "__metadata__": {"k": "v"}}`, space-padded), then the data section.
+//! The safetensors format, through the `safetensors` crate, with kiln's checks on top:
+//! an 8-byte little-endian header length N, N bytes of JSON (`{"key": {"dtype": "F32",
+//! "shape": [..], "data_offsets": [begin, end]}, …, "__metadata__": {"k": "v"}}`,
+//! space-padded), then the data section.
 //!
-//! Reading trusts nothing in the file: the header length is bounded by the file's size,
-//! every claimed size is computed with checked arithmetic and must match the bytes the
-//! file really has, and the tensors must tile the data section exactly (no overlap, no
-//! gap, nothing after the last one), as the format's specification requires. Nothing is
-//! allocated because the file says so: the only buffers are the file's own bytes and
-//! arrays whose sizes were checked against them.
+//! Reading trusts nothing in the file. Kiln first checks every claim of the header and
+//! says what is wrong in its own words, naming the tensor: the header length is
+//! bounded by the file's size, a key appears once, the dtype is F32, every claimed size
+//! is computed with checked arithmetic and must match the bytes the file really has,
+//! and the tensors must tile the data section exactly (no overlap, no gap, nothing
+//! after the last one). Then the crate parses the same bytes (checking the layout once
+//! more) and kiln copies its tensor views into arrays, in the file's offset order.
+//! Nothing is allocated because the file says so. [`read_file`] maps a regular file
+//! into memory rather than copying it.
+//!
+//! Writing: the crate's `Metadata` lays the tensors out in the weights' own order and
+//! encodes the header; kiln sorts the header's JSON (so the same weights always give the
+//! same bytes: the crate keeps `__metadata__` in a `HashMap`, whose order changes from
+//! run to run) and streams the data to the writer [`super::save`] gives it (a temporary
+//! file, synced, then renamed).
 
-use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::ops::Deref;
+use std::path::Path;
 
+use ::safetensors::tensor::{Metadata, TensorInfo};
+use ::safetensors::{Dtype, SafeTensorError, SafeTensors};
 use ndarray::{ArrayD, IxDyn};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value as Json;
@@ -21,16 +36,22 @@ use super::Weights;
 /// The key under which safetensors keeps string metadata.
 pub const METADATA_KEY: &str = "__metadata__";
 
-/// Largest header kiln reads, as the reference implementation (100 MB).
+/// Largest header kiln reads or writes, as the reference implementation (100 MB).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Every dtype the format defines, with the name kiln uses in messages.
 const DTYPES: &[(&str, &str)] = &[
     ("BOOL", "bool"),
+    ("F4", "f4"),
+    ("F6_E2M3", "f6"),
+    ("F6_E3M2", "f6"),
     ("U8", "u8"),
     ("I8", "i8"),
     ("F8_E5M2", "f8"),
     ("F8_E4M3", "f8"),
+    ("F8_E8M0", "f8"),
+    ("F8_E4M3FNUZ", "f8"),
+    ("F8_E5M2FNUZ", "f8"),
     ("I16", "i16"),
     ("U16", "u16"),
     ("F16", "f16"),
@@ -38,6 +59,7 @@ const DTYPES: &[(&str, &str)] = &[
     ("I32", "i32"),
     ("U32", "u32"),
     ("F32", "f32"),
+    ("C64", "c64"),
     ("F64", "f64"),
     ("I64", "i64"),
     ("U64", "u64"),
@@ -55,6 +77,55 @@ fn err<T>(key: Option<&str>, message: String) -> Result<T, FormatError> {
         key: key.map(str::to_string),
         message,
     })
+}
+
+/// What the crate refused (kiln's own checks come first, so this is a second line).
+fn refused(e: SafeTensorError) -> FormatError {
+    let key = match &e {
+        SafeTensorError::InvalidOffset(k) | SafeTensorError::TensorNotFound(k) => Some(k.clone()),
+        _ => None,
+    };
+    FormatError {
+        key,
+        message: format!("the safetensors reader refuses the file: {e}"),
+    }
+}
+
+/// A file's bytes: mapped into memory when it is a regular file, read otherwise (a
+/// pipe, an empty file).
+pub enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
+/// Opens a weights file for [`parse`]: mapped when it can be, so that the file's bytes
+/// are not copied once more before they become arrays.
+pub fn read_file(path: &Path) -> io::Result<FileBytes> {
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > 0 {
+        // SAFETY: the map is only read, and only while `parse` copies the tensors out
+        // of it. Kiln never changes a weights file in place (it writes a new file and
+        // renames it over the old one), so the mapped bytes stay as they were; another
+        // program truncating the file meanwhile is outside what kiln can guard against,
+        // as with any reader of a memory-mapped file.
+        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+            return Ok(FileBytes::Mapped(map));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(FileBytes::Read(bytes))
 }
 
 /// The header's top-level entries in file order, keeping duplicates (which serde_json's
@@ -88,7 +159,6 @@ fn fmt_dims(dims: &[u64]) -> String {
 
 struct Claim {
     key: String,
-    shape: Vec<u64>,
     begin: u64,
     end: u64,
 }
@@ -184,14 +254,13 @@ fn claim(key: &str, v: &Json) -> Result<Claim, FormatError> {
     }
     Ok(Claim {
         key: key.to_string(),
-        shape,
         begin,
         end,
     })
 }
 
-/// Parses a whole safetensors file. Never panics, whatever the bytes.
-pub fn parse(bytes: &[u8]) -> Result<Weights, FormatError> {
+/// The header's JSON text and the data section, after checking the header length.
+fn split(bytes: &[u8]) -> Result<(&str, &[u8]), FormatError> {
     let len = bytes.len() as u64;
     if len == 0 {
         return err(
@@ -229,9 +298,7 @@ pub fn parse(bytes: &[u8]) -> Result<Weights, FormatError> {
     }
     // n ≤ len - 8, so these fit in usize.
     let header_end = 8 + n as usize;
-    let header = &bytes[8..header_end];
-    let data = &bytes[header_end..];
-    let Ok(text) = std::str::from_utf8(header) else {
+    let Ok(text) = std::str::from_utf8(&bytes[8..header_end]) else {
         return err(
             None,
             "the header is not UTF-8 text, so this is not a safetensors file".into(),
@@ -243,47 +310,47 @@ pub fn parse(bytes: &[u8]) -> Result<Weights, FormatError> {
             "the header is not a JSON object, so this is not a safetensors file".into(),
         );
     }
+    Ok((text, &bytes[header_end..]))
+}
+
+/// Every tensor's claim, each key once, and string-only metadata.
+fn claims(text: &str) -> Result<Vec<Claim>, FormatError> {
     let entries = match serde_json::from_str::<Entries>(text) {
         Ok(e) => e.0,
         Err(e) => return err(None, format!("the header is not valid JSON: {e}")),
     };
-    let mut weights = Weights::new();
     let mut claims: Vec<Claim> = Vec::with_capacity(entries.len());
     let mut seen = std::collections::HashSet::new();
     for (key, v) in &entries {
         if !seen.insert(key.as_str()) {
             return err(Some(key), format!("`{key}` appears twice in the header"));
         }
-        if key == METADATA_KEY {
-            let Some(m) = v.as_object() else {
-                return err(
-                    None,
-                    format!("`{METADATA_KEY}` in the header is not an object of strings"),
-                );
-            };
-            for (mk, mv) in m {
-                match mv.as_str() {
-                    Some(s) => {
-                        weights.metadata.insert(mk.clone(), s.to_string());
-                    }
-                    None => {
-                        return err(
-                            None,
-                            format!(
-                                "metadata `{mk}` is not a string (safetensors metadata maps strings to strings)"
-                            ),
-                        );
-                    }
-                }
-            }
+        if key != METADATA_KEY {
+            claims.push(claim(key, v)?);
             continue;
         }
-        claims.push(claim(key, v)?);
+        let Some(m) = v.as_object() else {
+            return err(
+                None,
+                format!("`{METADATA_KEY}` in the header is not an object of strings"),
+            );
+        };
+        if let Some((mk, _)) = m.iter().find(|(_, mv)| !mv.is_string()) {
+            return err(
+                None,
+                format!(
+                    "metadata `{mk}` is not a string (safetensors metadata maps strings to strings)"
+                ),
+            );
+        }
     }
-    // The tensors must tile the data section: sorted by offset, each begins where the
-    // previous one ended, the first at 0 and the last at the end.
+    Ok(claims)
+}
+
+/// The tensors must tile the data section: sorted by offset, each begins where the
+/// previous one ended, the first at 0 and the last at the end.
+fn check_tiling(mut claims: Vec<Claim>, data_len: u64) -> Result<(), FormatError> {
     claims.sort_by_key(|c| (c.begin, c.end));
-    let data_len = data.len() as u64;
     let mut at = 0u64;
     let mut prev: Option<&str> = None;
     for c in &claims {
@@ -327,39 +394,45 @@ pub fn parse(bytes: &[u8]) -> Result<Weights, FormatError> {
             ),
         );
     }
-    for c in claims {
-        // Every size here was checked against the file's own bytes above.
-        let raw = &data[c.begin as usize..c.end as usize];
-        let values: Vec<f32> = raw
+    Ok(())
+}
+
+/// Parses a whole safetensors file. Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8]) -> Result<Weights, FormatError> {
+    let (text, data) = split(bytes)?;
+    check_tiling(claims(text)?, data.len() as u64)?;
+    // Kiln's checks passed; the crate reads the same bytes.
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(refused)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(refused)?;
+    let mut weights = Weights::new();
+    if let Some(m) = metadata.metadata() {
+        weights.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    }
+    for key in metadata.offset_keys() {
+        let view = tensors.tensor(&key).map_err(refused)?;
+        if view.dtype() != Dtype::F32 {
+            return err(Some(&key), format!("`{key}` is not F32"));
+        }
+        let values: Vec<f32> = view
+            .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let shape: Option<Vec<usize>> = c.shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-        let array = shape
-            .and_then(|s| ArrayD::from_shape_vec(IxDyn(&s), values).ok())
-            .ok_or_else(|| FormatError {
-                key: Some(c.key.clone()),
-                message: format!("`{}` has a shape kiln cannot hold in memory", c.key),
+        let array =
+            ArrayD::from_shape_vec(IxDyn(view.shape()), values).map_err(|e| FormatError {
+                key: Some(key.clone()),
+                message: format!("`{key}` does not fit its shape: {e}"),
             })?;
-        weights.insert(c.key, array);
+        weights.insert(key, array);
     }
     Ok(weights)
 }
 
-/// The JSON header (padded so the data starts at a multiple of 8 bytes) and the data
-/// section's length.
+/// The header, laid out by the crate (tensors in the weights' order, each after the
+/// last) and padded so the data starts at a multiple of 8 bytes.
 fn header(w: &Weights) -> Result<String, FormatError> {
-    let mut h = String::from("{");
-    let mut first = true;
-    if !w.metadata.is_empty() {
-        let m = serde_json::to_string(&w.metadata).map_err(|e| FormatError {
-            key: None,
-            message: format!("cannot encode the metadata: {e}"),
-        })?;
-        let _ = write!(h, "\"{METADATA_KEY}\":{m}");
-        first = false;
-    }
-    let mut offset = 0u64;
+    let mut infos = Vec::with_capacity(w.len());
+    let mut offset = 0usize;
     for (key, a) in w.iter() {
         if key == METADATA_KEY {
             return err(
@@ -367,28 +440,49 @@ fn header(w: &Weights) -> Result<String, FormatError> {
                 format!("`{METADATA_KEY}` is reserved by safetensors and cannot name a tensor"),
             );
         }
-        let bytes = (a.len() as u64).checked_mul(4).ok_or_else(|| FormatError {
-            key: Some(key.to_string()),
-            message: format!("`{key}` is too large"),
-        })?;
-        let end = offset.checked_add(bytes).ok_or_else(|| FormatError {
-            key: Some(key.to_string()),
-            message: "the weights are too large for one file".into(),
-        })?;
-        let dims: Vec<u64> = a.shape().iter().map(|&d| d as u64).collect();
-        let name = serde_json::to_string(key).unwrap_or_default();
-        let _ = write!(
-            h,
-            "{}{name}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
-            if first { "" } else { "," },
-            fmt_dims(&dims).replace(' ', "")
-        );
-        first = false;
+        let end = a
+            .len()
+            .checked_mul(4)
+            .and_then(|bytes| offset.checked_add(bytes))
+            .ok_or_else(|| FormatError {
+                key: Some(key.to_string()),
+                message: "the weights are too large for one file".into(),
+            })?;
+        infos.push((
+            key.to_string(),
+            TensorInfo {
+                dtype: Dtype::F32,
+                shape: a.shape().to_vec(),
+                data_offsets: (offset, end),
+            },
+        ));
         offset = end;
     }
-    h.push('}');
-    while (8 + h.len()) % 8 != 0 {
+    let meta = (!w.metadata.is_empty()).then(|| {
+        w.metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>()
+    });
+    let layout = Metadata::new(meta, infos).map_err(refused)?;
+    // Through a `Value`, whose objects are sorted maps: the same bytes every time.
+    let mut h = serde_json::to_value(&layout)
+        .and_then(|v| serde_json::to_string(&v))
+        .map_err(|e| FormatError {
+            key: None,
+            message: format!("cannot encode the header: {e}"),
+        })?;
+    while h.len() % 8 != 0 {
         h.push(' ');
+    }
+    if h.len() as u64 > MAX_HEADER_BYTES {
+        return err(
+            None,
+            format!(
+                "the header would be {} bytes; safetensors readers take at most {MAX_HEADER_BYTES}",
+                h.len()
+            ),
+        );
     }
     Ok(h)
 }
@@ -428,238 +522,5 @@ pub fn to_bytes(w: &Weights) -> Result<Vec<u8>, FormatError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(header: &str, data: &[u8]) -> Vec<u8> {
-        let mut v = (header.len() as u64).to_le_bytes().to_vec();
-        v.extend_from_slice(header.as_bytes());
-        v.extend_from_slice(data);
-        v
-    }
-
-    fn error(bytes: &[u8]) -> FormatError {
-        match parse(bytes) {
-            Ok(_) => panic!("parsed"),
-            Err(e) => e,
-        }
-    }
-
-    #[test]
-    fn round_trips_and_pads_to_eight() {
-        let mut w = Weights::new();
-        w.insert(
-            "b",
-            ArrayD::from_shape_vec(IxDyn(&[3]), vec![1.0, -0.0, f32::NAN]).unwrap(),
-        );
-        w.insert("a/x\"y", ArrayD::from_elem(IxDyn(&[2, 0]), 0.0));
-        w.insert("s", ArrayD::from_elem(IxDyn(&[]), 7.5));
-        w.metadata.insert("kiln.seed".into(), "3".into());
-        let bytes = to_bytes(&w).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-        assert_eq!((8 + n) % 8, 0);
-        let back = parse(&bytes).unwrap();
-        assert_eq!(back.keys().collect::<Vec<_>>(), ["b", "a/x\"y", "s"]);
-        assert_eq!(back.metadata, w.metadata);
-        for (k, a) in w.iter() {
-            let b = back.get(k).unwrap();
-            assert_eq!(a.shape(), b.shape());
-            assert!(
-                a.iter()
-                    .zip(b.iter())
-                    .all(|(x, y)| x.to_bits() == y.to_bits())
-            );
-        }
-    }
-
-    #[test]
-    fn reads_files_written_by_others() {
-        // As the reference writer lays it out: keys in any order, offsets decide.
-        let h = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"v":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}   "#;
-        let mut data = Vec::new();
-        for x in [1.0f32, 2.0, 3.0] {
-            data.extend_from_slice(&x.to_le_bytes());
-        }
-        let w = parse(&file(h, &data)).unwrap();
-        assert_eq!(w.get("v").unwrap().as_slice().unwrap(), &[1.0]);
-        assert_eq!(w.get("w").unwrap().as_slice().unwrap(), &[2.0, 3.0]);
-        assert_eq!(w.metadata["format"], "pt");
-    }
-
-    #[test]
-    fn rejects_lying_headers() {
-        let f32x = |n: usize| vec![0u8; 4 * n];
-        let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
-            (vec![], None, "empty"),
-            (vec![1, 2, 3], None, "too short"),
-            (u64::MAX.to_le_bytes().to_vec(), None, "claims"),
-            (
-                file("{}", &[]).into_iter().take(9).collect(),
-                None,
-                "claims",
-            ),
-            (file("not json", &[]), None, "not a JSON object"),
-            (file("{\"a\": 1", &[]), None, "not valid JSON"),
-            (file("[1, 2]", &[]), None, "not a JSON object"),
-            (
-                {
-                    let mut v = 4u64.to_le_bytes().to_vec();
-                    v.extend_from_slice(&[b'{', 0xff, 0xfe, b'}']);
-                    v
-                },
-                None,
-                "not UTF-8",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#,
-                    &[0; 4],
-                ),
-                Some("k"),
-                "F16",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}"#,
-                    &[0; 4],
-                ),
-                Some("k"),
-                "I32",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}}"#,
-                    &[0; 4],
-                ),
-                Some("k"),
-                "unknown dtype",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
-                    &f32x(2),
-                ),
-                Some("k"),
-                "cover 8 bytes",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-                    &f32x(2),
-                ),
-                Some("k"),
-                "past the end",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]}}"#,
-                    &f32x(4),
-                ),
-                Some("k"),
-                "overflows",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
-                    &f32x(1),
-                ),
-                Some("k"),
-                "non-negative",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#,
-                    &f32x(3),
-                ),
-                Some("k"),
-                "end before",
-            ),
-            (
-                file(
-                    r#"{"k":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#,
-                    &f32x(1),
-                ),
-                Some("k"),
-                "data_offsets",
-            ),
-            (
-                file(r#"{"k":{"dtype":"F32","data_offsets":[0,4]}}"#, &f32x(1)),
-                Some("k"),
-                "no shape",
-            ),
-            (file(r#"{"k":[1]}"#, &[]), Some("k"), "not an object"),
-            (
-                file(
-                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
-                    &f32x(3),
-                ),
-                Some("b"),
-                "overlaps `a`",
-            ),
-            (
-                file(
-                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                    &f32x(2),
-                ),
-                Some("a"),
-                "gaps",
-            ),
-            (
-                file(
-                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-                    &f32x(2),
-                ),
-                None,
-                "unclaimed",
-            ),
-            (
-                file(
-                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                    &f32x(2),
-                ),
-                Some("a"),
-                "twice",
-            ),
-            (
-                file(r#"{"__metadata__":{"x":1}}"#, &[]),
-                None,
-                "not a string",
-            ),
-        ];
-        for (bytes, key, words) in cases {
-            let e = error(&bytes);
-            assert_eq!(e.key.as_deref(), key, "{e:?}");
-            assert!(e.message.contains(words), "{:?} lacks {words:?}", e.message);
-            if let Some(k) = key {
-                assert!(e.message.contains(&format!("`{k}`")), "{:?}", e.message);
-            }
-        }
-    }
-
-    #[test]
-    fn every_prefix_of_a_good_file_is_an_error_not_a_panic() {
-        let mut w = Weights::new();
-        w.insert("x", ArrayD::from_elem(IxDyn(&[2, 3]), 1.5));
-        w.insert("y", ArrayD::from_elem(IxDyn(&[4]), -1.0));
-        let bytes = to_bytes(&w).unwrap();
-        for cut in 0..bytes.len() {
-            assert!(parse(&bytes[..cut]).is_err(), "prefix {cut}");
-        }
-        // Any single corrupted byte either still parses or is an error; never a panic.
-        for i in 0..bytes.len() {
-            for flip in [0x01u8, 0x80, 0xff] {
-                let mut b = bytes.clone();
-                b[i] ^= flip;
-                let _ = parse(&b);
-            }
-        }
-    }
-
-    #[test]
-    fn refuses_to_write_the_reserved_key() {
-        let mut w = Weights::new();
-        w.insert(METADATA_KEY, ArrayD::from_elem(IxDyn(&[1]), 0.0));
-        let e = to_bytes(&w).unwrap_err();
-        assert_eq!(e.key.as_deref(), Some(METADATA_KEY));
-    }
-}
+#[path = "safetensors_tests.rs"]
+mod tests;
