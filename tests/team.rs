@@ -7,6 +7,7 @@
 //! any machine (two cores or one). Tolerance as in tests/jit.rs: f32 sums in a
 //! different order agree to 2e-4 · max(1, |interp|).
 
+#[path = "suite/common.rs"]
 mod common;
 
 use common::Rng;

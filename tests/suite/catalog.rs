@@ -5,7 +5,7 @@
 //! schedules and initializers producing values, callbacks running and keeping state.
 //! A new entry is covered here without touching this file.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! We allow |jit − interp| ≤ 2e-4 · max(1, |interp|), which a real bug (a wrong
 //! index, a missed element, a wrong stride) exceeds by orders of magnitude.
 
-mod common;
+use crate::common;
 
 use common::{Rng, concrete};
 use kiln::ir::{Func, passes};

@@ -2,7 +2,7 @@
 //! differences in f64 (inference and training forms), and forward values against
 //! direct formulas where Keras's definition is simple to state.
 
-mod common;
+use crate::common;
 
 use common::{Rng, concrete, fd_check};
 use kiln::ir::{Func, Type, interp};

@@ -1,0 +1,22 @@
+//! kiln's tests as one binary (one link instead of one per file). `team` stays a binary of
+//! its own: it sets the thread team's size for its whole process.
+
+mod catalog;
+mod cli;
+mod common;
+mod data_files;
+mod errors;
+mod explain;
+mod floors;
+mod init_cli;
+mod ir_passes;
+mod ir_prims;
+mod jit;
+mod layers;
+mod lower_grad;
+mod optim;
+mod predict_cli;
+mod props;
+mod train_bits;
+mod train_cli;
+mod train_loop;
