@@ -3,9 +3,13 @@
 //! activation layers apply them; the helpers below also serve layers with arguments
 //! (`leaky_relu`'s slope, `elu`'s alpha, `gelu`'s approximation, `relu`'s clipping).
 
+use std::ops::Range;
+
 use super::{entry, find};
-use crate::args::ArgSpec;
+use crate::args::{ArgKind, ArgSpec, CatalogArg, Value, type_error};
+use crate::diag::{Diagnostic, did_you_mean};
 use crate::ir::{Cmp, Func, Id, ReduceOp, Result, Unary, err};
+use crate::yaml::Node;
 
 /// An activation function.
 pub struct ActivationKind {
@@ -132,6 +136,46 @@ pub static NAMES: [&str; count_names(ACTIVATIONS)] = {
 /// The activation called `name` (or an alias), exactly as written.
 pub fn lookup(name: &str) -> Option<&'static ActivationKind> {
     find(ACTIVATIONS, name)
+}
+
+/// The kind of an `activation:` argument: an activation name or alias, in any case;
+/// an explicit null is `linear`.
+pub static ARG: CatalogArg = CatalogArg {
+    what: "activation",
+    example: "relu",
+    default: |s| Value::Str(s.to_string()),
+    check: check_arg,
+};
+/// [`ARG`] as a schema kind.
+pub const ACTIVATION: ArgKind = ArgKind::Catalog(&ARG);
+
+fn check_arg(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) -> Option<Value> {
+    if v.is_null() {
+        return Some(Value::Str("linear".into()));
+    }
+    let Some(s) = v.as_str() else {
+        diags.push(type_error(spec, v, what, "an activation name"));
+        return None;
+    };
+    check_name(s, v.span.clone(), diags).map(Value::Str)
+}
+
+/// Checks an activation name, reporting an unknown one with a suggestion; returns it
+/// lower-cased.
+pub fn check_name(s: &str, span: Range<usize>, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let lower = s.to_lowercase();
+    if NAMES.contains(&lower.as_str()) {
+        return Some(lower);
+    }
+    diags.push(
+        Diagnostic::error("E0407", format!("`{s}` is not an activation kiln knows"))
+            .label(span, "unknown activation")
+            .help(match did_you_mean(s, NAMES.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => format!("known activations: {}", NAMES.join(", ")),
+            }),
+    );
+    None
 }
 
 /// Applies the activation called `name` (a name the checker accepted).

@@ -7,11 +7,18 @@
 //! bounds hold exactly in f32: uniform draws lie in `[f32(minval), f32(maxval))`,
 //! truncated normals in `[f32(mean - 2·stddev), f32(mean + 2·stddev)]`.
 
+use std::ops::Range;
+
 use ndarray::{Array1, Array2, ArrayD, IxDyn, s};
 
-use super::{entry, find};
-use crate::args::{ArgKind, ArgSpec, Args, Default, POSITIVE_FLOAT, Value, arg, float_range, int};
+use super::{entry, find, names};
+use crate::args::{
+    ArgKind, ArgSpec, Args, CatalogArg, Default, POSITIVE_FLOAT, Value, arg, float_range, int,
+    named, type_error, validate,
+};
+use crate::diag::{Diagnostic, did_you_mean};
 use crate::rng::Rng;
+use crate::yaml::Node;
 
 /// Keras's `0.87962566103423978`: the standard deviation of a standard normal truncated
 /// to ±2, by which `variance_scaling` divides to keep the variance it asks for.
@@ -266,6 +273,79 @@ pub static INITIALIZERS: &[&InitializerKind] = &[
 /// The initializer called `name` (or an alias), exactly as written.
 pub fn lookup(name: &str) -> Option<&'static InitializerKind> {
     find(INITIALIZERS, name)
+}
+
+/// The kind of an `…_initializer:` argument: an initializer name (any case), or
+/// `{name: {arguments}}` validated against the initializer's schema.
+pub static ARG: CatalogArg = CatalogArg {
+    what: "initializer",
+    example: "…",
+    default: |s| Value::Named(s.to_string(), Box::default()),
+    check: check_initializer,
+};
+/// [`ARG`] as a schema kind.
+pub const INITIALIZER: ArgKind = ArgKind::Catalog(&ARG);
+
+fn check_initializer(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let Some((name, name_span, args)) = named(v) else {
+        diags.push(type_error(
+            spec,
+            v,
+            what,
+            "an initializer name or `{name: {arguments}}`",
+        ));
+        return None;
+    };
+    let canonical = name.to_lowercase();
+    let Some(kind) = lookup(&canonical) else {
+        diags.push(unknown_initializer(name, &canonical, name_span));
+        return None;
+    };
+    let a = validate(kind.args, args, kind.name, name_span, diags)?;
+    Some(Value::Named(kind.name.to_string(), Box::new(a)))
+}
+
+/// E0408, suggesting the closest name, or Keras's name for PyTorch's.
+fn unknown_initializer(name: &str, canonical: &str, span: Range<usize>) -> Diagnostic {
+    let names = names(INITIALIZERS);
+    Diagnostic::error(
+        "E0408",
+        format!("`{name}` is not an initializer kiln knows"),
+    )
+    .label(span, "unknown initializer")
+    .help(match did_you_mean(name, names.clone()) {
+        Some(c) => format!("did you mean `{c}`?"),
+        // PyTorch's names for the same initializers.
+        None if canonical.contains("xavier") || canonical.contains("kaiming") => {
+            let family = if canonical.contains("xavier") {
+                "glorot"
+            } else {
+                "he"
+            };
+            let dist = if canonical.contains("normal") {
+                "normal"
+            } else {
+                "uniform"
+            };
+            format!(
+                "Keras calls {} initialization `{family}_…`: did you mean `{family}_{dist}`?",
+                if family == "glorot" {
+                    "Xavier"
+                } else {
+                    "Kaiming"
+                }
+            )
+        }
+        None => format!(
+            "known initializers: {}",
+            names.collect::<Vec<_>>().join(", ")
+        ),
+    })
 }
 
 impl Initializer {

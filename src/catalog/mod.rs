@@ -7,7 +7,9 @@
 //! an entry matches on its name: the spec parser resolves a name to its entry once
 //! (`find`), and everything after that calls the entry's functions.
 //!
-//! The catalog sits low: it imports only `ir`, `args`, `dim`, `diag` and `rng`.
+//! The catalog sits low: it imports only `ir`, `args`, `dim`, `types`, `diag`, `rng`
+//! and `yaml`. `args` never imports it: the catalog fills `args`'s `ArgKind::Catalog`
+//! hooks (`activations::ARG`, `initializers::ARG`, `schedules::ARG`).
 
 pub mod activations;
 pub mod callbacks;

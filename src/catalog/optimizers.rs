@@ -2,7 +2,7 @@
 //! variable, else global_clipnorm, else clipvalue), then weight decay
 //! (`w -= w * weight_decay * lr`), then the optimizer's own rule — all as graph IR.
 
-use super::{entry, find};
+use super::{entry, find, schedules};
 use crate::args::{
     ArgKind, ArgSpec, Args, Default, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value, arg, float_range,
 };
@@ -117,7 +117,7 @@ const fn weight_decay(d: Default) -> ArgSpec {
     arg("weight_decay", NON_NEGATIVE_FLOAT, d)
 }
 const fn learning_rate(d: f64) -> ArgSpec {
-    arg("learning_rate", ArgKind::LearningRate, Default::Float(d))
+    arg("learning_rate", schedules::LEARNING_RATE, Default::Float(d))
 }
 const BETA: ArgKind = ArgKind::Float {
     min: 0.0,

@@ -4,12 +4,13 @@
 
 use std::ops::Range;
 
-use super::{entry, find};
+use super::{entry, find, names, unknown};
 use crate::args::{
-    ArgKind, ArgSpec, Args, Default, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value, arg, float_range,
-    int,
+    ArgKind, ArgSpec, Args, CatalogArg, Default, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, Value, arg,
+    as_float, float_range, int, named, range_error, validate,
 };
 use crate::diag::Diagnostic;
+use crate::yaml::Node;
 
 /// A learning-rate schedule.
 pub struct ScheduleKind {
@@ -183,6 +184,75 @@ pub static SCHEDULES: &[&ScheduleKind] = &[
 /// The schedule called `name` (or an alias), exactly as written.
 pub fn lookup(name: &str) -> Option<&'static ScheduleKind> {
     find(SCHEDULES, name)
+}
+
+/// The kind of an optimizer's `learning_rate:` argument: a number greater than 0, or a
+/// schedule `{name: {arguments}}`.
+pub static ARG: CatalogArg = CatalogArg {
+    what: "learning rate",
+    example: "0.1",
+    default: |s| Value::Str(s.to_string()),
+    check: check_learning_rate,
+};
+/// [`ARG`] as a schema kind.
+pub const LEARNING_RATE: ArgKind = ArgKind::Catalog(&ARG);
+
+fn check_learning_rate(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    if let Some(f) = as_float(v) {
+        if !(f.is_finite() && f > 0.0) {
+            diags.push(range_error(
+                spec,
+                v,
+                what,
+                format!("must be greater than 0, but it is {f}"),
+            ));
+            return None;
+        }
+        return Some(Value::Float(f));
+    }
+    check_schedule(v, diags)
+}
+
+/// Validates a learning-rate schedule (`{exponential_decay: {…}}`) against the
+/// schedule catalog.
+pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
+    let Some((name, span, args)) = named(v) else {
+        diags.push(
+            Diagnostic::error(
+                "E0403",
+                format!(
+                    "`learning_rate` must be a number or a schedule, but this is {}",
+                    v.describe()
+                ),
+            )
+            .label(
+                v.span.clone(),
+                "expected e.g. `0.001` or `{exponential_decay: {…}}`",
+            ),
+        );
+        return None;
+    };
+    let Some(kind) = lookup(&name.to_lowercase()) else {
+        diags.push(unknown(
+            name,
+            span,
+            "a learning-rate schedule",
+            "learning-rate schedule",
+            names(SCHEDULES),
+        ));
+        return None;
+    };
+    let a = validate(kind.args, args, kind.name, span.clone(), diags)?;
+    if let Err(d) = (kind.check)(&a, span) {
+        diags.push(d);
+        return None;
+    }
+    Some(Value::Named(kind.name.to_string(), Box::new(a)))
 }
 
 /// The learning rate at optimizer iteration `step` of a validated `learning_rate`

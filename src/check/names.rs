@@ -81,7 +81,7 @@ impl Checker<'_> {
                     format!("a spec is YAML, not Python: write `- {s}: {{argument: value, …}}`")
                 }
             }
-            _ if args::ACTIVATIONS.contains(&written) => format!(
+            _ if crate::catalog::activations::NAMES.contains(&written) => format!(
                 "`{written}` is an activation, not a layer: write `- activation: {{activation: {written}}}`, or pass `activation: {written}` to the layer before"
             ),
             (Some(s), None) => format!("did you mean `{s}`?"),

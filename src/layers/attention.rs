@@ -7,6 +7,7 @@ use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, Default, FRACTION, arg, int};
 use crate::catalog::activations as activation;
+use crate::catalog::initializers;
 use crate::ir::{Id, Result};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
@@ -21,12 +22,12 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
         arg("output_shape", int(1), Default::Null),
         arg(
             "kernel_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("glorot_uniform"),
         ),
         arg(
             "bias_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
         arg("seed", int(0), Default::Null),

@@ -7,6 +7,7 @@ use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
+use crate::catalog::initializers;
 use crate::dim::Dim;
 use crate::ir::{ConvAttrs, Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
 use crate::types::window_out;
@@ -27,16 +28,16 @@ const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10]
             Default::Int(1),
         ),
         arg("groups", int(1), Default::Int(1)),
-        arg("activation", ArgKind::Activation, Default::Str("linear")),
+        arg("activation", activation::ACTIVATION, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
         arg(
             "kernel_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("glorot_uniform"),
         ),
         arg(
             "bias_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
     ]

@@ -6,17 +6,18 @@ use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
 use crate::catalog::activations as activation;
+use crate::catalog::initializers;
 use crate::ir::{Id, Op, Result};
 use crate::types::DType;
 
 const KERNEL_INIT: ArgSpec = arg(
     "kernel_initializer",
-    ArgKind::Initializer,
+    initializers::INITIALIZER,
     Default::Str("glorot_uniform"),
 );
 const BIAS_INIT: ArgSpec = arg(
     "bias_initializer",
-    ArgKind::Initializer,
+    initializers::INITIALIZER,
     Default::Str("zeros"),
 );
 
@@ -25,7 +26,7 @@ pub const DENSE: LayerKind = LayerKind {
     class: "Dense",
     args: &[
         arg("units", int(1), Default::Required),
-        arg("activation", ArgKind::Activation, Default::Str("linear")),
+        arg("activation", activation::ACTIVATION, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
         KERNEL_INIT,
         BIAS_INIT,
@@ -76,7 +77,7 @@ pub const EMBEDDING: LayerKind = LayerKind {
         arg("output_dim", int(1), Default::Required),
         arg(
             "embeddings_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("random_uniform"),
         ),
     ],
@@ -134,7 +135,7 @@ pub fn identity(cx: &mut Ctx) -> Option<Inferred> {
 pub const ACTIVATION: LayerKind = LayerKind {
     name: "activation",
     class: "Activation",
-    args: &[arg("activation", ArgKind::Activation, Default::Required)],
+    args: &[arg("activation", activation::ACTIVATION, Default::Required)],
     arity: Arity::One,
     infer: identity,
     lower: lower_activation,

@@ -5,6 +5,7 @@ use super::NO_FACTS;
 use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
 use crate::args::{ArgKind, Default, FRACTION, POSITIVE_FLOAT, arg, int};
+use crate::catalog::initializers;
 use crate::ir::{Id, Result, Unary};
 
 pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
@@ -18,22 +19,22 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
         arg("scale", ArgKind::Bool, Default::Bool(true)),
         arg(
             "beta_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
         arg(
             "gamma_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("ones"),
         ),
         arg(
             "moving_mean_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
         arg(
             "moving_variance_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("ones"),
         ),
     ],
@@ -83,12 +84,12 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
         arg("scale", ArgKind::Bool, Default::Bool(true)),
         arg(
             "beta_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
         arg(
             "gamma_initializer",
-            ArgKind::Initializer,
+            initializers::INITIALIZER,
             Default::Str("ones"),
         ),
     ],

@@ -6,25 +6,26 @@ use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{CellFacts, Facts, NO_FACTS};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
+use crate::catalog::{activations, initializers};
 use crate::ir::{Cell, Id, Op, Result, RnnAttrs};
 
 const BASE: [ArgSpec; 10] = [
     arg("units", int(1), Default::Required),
-    arg("activation", ArgKind::Activation, Default::Str("tanh")),
+    arg("activation", activations::ACTIVATION, Default::Str("tanh")),
     arg("use_bias", ArgKind::Bool, Default::Bool(true)),
     arg(
         "kernel_initializer",
-        ArgKind::Initializer,
+        initializers::INITIALIZER,
         Default::Str("glorot_uniform"),
     ),
     arg(
         "recurrent_initializer",
-        ArgKind::Initializer,
+        initializers::INITIALIZER,
         Default::Str("orthogonal"),
     ),
     arg(
         "bias_initializer",
-        ArgKind::Initializer,
+        initializers::INITIALIZER,
         Default::Str("zeros"),
     ),
     arg("return_sequences", ArgKind::Bool, Default::Bool(false)),
@@ -38,7 +39,7 @@ const fn gated(extra: ArgSpec) -> [ArgSpec; 12] {
     let b = BASE;
     let ra = arg(
         "recurrent_activation",
-        ArgKind::Activation,
+        activations::ACTIVATION,
         Default::Str("sigmoid"),
     );
     [

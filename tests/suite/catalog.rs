@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use common::{Rng, fd_check};
 use kiln::args::{ArgKind, ArgSpec, Default, Value};
 use kiln::catalog::callbacks::{self, CALLBACKS, Callback, Host, Snapshot};
-use kiln::catalog::initializers::{INITIALIZERS, Initializer};
+use kiln::catalog::initializers::{self, INITIALIZERS, Initializer};
 use kiln::catalog::losses::{LOSSES, LossKind, Targets};
 use kiln::catalog::metrics::METRICS;
 use kiln::catalog::optimizers::OPTIMIZERS;
@@ -312,7 +312,7 @@ fn every_schedule_parses_with_defaults_and_gives_rates() {
 
 fn sched(src: &str) -> Value {
     let n = kiln::yaml::parse(src).unwrap();
-    kiln::args::check_schedule(&n, &mut Vec::new()).unwrap()
+    kiln::catalog::schedules::check_schedule(&n, &mut Vec::new()).unwrap()
 }
 
 #[test]
@@ -380,7 +380,7 @@ fn every_activation_parses_lowers_and_differentiates() {
                 "inputs: {{x: [batch, 4]}}\nlayers:\n  - dense: {{units: 3, activation: {name}}}\n"
             );
             check(&src);
-            assert!(kiln::args::ACTIVATIONS.contains(&name));
+            assert!(kiln::catalog::activations::NAMES.contains(&name));
         }
         let mut f = Func::new(act.name);
         let x = f.input("x", Type::f32(vec![4.into(), 3.into()]));
@@ -481,12 +481,12 @@ fn layers_default_to_catalog_entries() {
                 continue;
             };
             match a.kind {
-                ArgKind::Initializer => {
-                    let init = kiln::catalog::initializers::lookup(name);
+                ArgKind::Catalog(c) if std::ptr::eq(c, &initializers::ARG) => {
+                    let init = initializers::lookup(name);
                     assert!(init.is_some(), "{}.{}: {name}", layer.name, a.name);
                     seen += 1;
                 }
-                ArgKind::Activation => {
+                ArgKind::Catalog(c) if std::ptr::eq(c, &activations::ARG) => {
                     assert!(
                         activations::lookup(name).is_some(),
                         "{}.{}: {name}",

@@ -106,7 +106,7 @@ fn layer(inputs: &str, layers: &str) {
 #[test]
 fn dense_and_activations() {
     layer("{x: [batch, 5]}", "  - dense: {units: 7, activation: relu}");
-    for act in kiln::args::ACTIVATIONS {
+    for act in kiln::catalog::activations::NAMES {
         layer(
             "{x: [batch, 6]}",
             &format!("  - dense: {{units: 5, activation: {act}}}"),

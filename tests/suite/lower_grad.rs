@@ -97,7 +97,7 @@ fn core_layers() {
 
 #[test]
 fn activations() {
-    for act in kiln::args::ACTIVATIONS {
+    for act in kiln::catalog::activations::NAMES {
         grad_check_layer(
             "{x: [batch, 4]}",
             &format!("  - dense: {{units: 3, activation: {act}}}"),
