@@ -98,7 +98,9 @@ fn modules_import_only_modules_on_lower_floors() {
             continue;
         }
         let Some(own) = floor_of(&top) else {
-            wrong.push(format!("`{top}` is on no floor: add it to FLOORS and ARCHITECTURE.md"));
+            wrong.push(format!(
+                "`{top}` is on no floor: add it to FLOORS and ARCHITECTURE.md"
+            ));
             continue;
         };
         seen.insert(top.clone(), ());
@@ -119,7 +121,10 @@ fn modules_import_only_modules_on_lower_floors() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     for f in FLOORS.iter().flat_map(|f| f.iter()) {
-        assert!(seen.contains_key(*f), "FLOORS names `{f}`, which is no module");
+        assert!(
+            seen.contains_key(*f),
+            "FLOORS names `{f}`, which is no module"
+        );
     }
 }
 
@@ -127,5 +132,8 @@ fn modules_import_only_modules_on_lower_floors() {
 fn the_import_scanner_sees_grouped_and_plain_paths() {
     let found = imports("use crate::{ir::Func, dim};\nlet x = crate::types::DType::F32;");
     assert_eq!(found, vec!["ir", "dim", "types"]);
-    assert_eq!(code("// crate::fit\nlet a = 1;\n#[cfg(test)]\nmod t { crate::net }"), "let a = 1;");
+    assert_eq!(
+        code("// crate::fit\nlet a = 1;\n#[cfg(test)]\nmod t { crate::net }"),
+        "let a = 1;"
+    );
 }

@@ -414,8 +414,9 @@ fn candidates(kind: &kiln::args::ArgKind) -> Vec<String> {
         // A permutation of the non-batch axes, or a target shape of every element.
         ArgKind::IntList { .. } => vec!["[2, 1]".into(), "[12]".into(), "[-1]".into()],
         ArgKind::Float { min, max, .. } => vec![((min.max(0.0) + max.min(1.0)) / 2.0).to_string()],
-        // A name from a catalog (an activation).
-        _ => vec!["relu".into()],
+        // A value from a catalog (an activation name): the kind's own example.
+        ArgKind::Catalog(c) => vec![c.example.to_string()],
+        _ => Vec::new(),
     }
 }
 
@@ -465,9 +466,11 @@ fn every_registered_layer_checks_lowers_and_differentiates() {
             if kiln::Model::from_source(&src, "t", "t.yaml").is_ok() {
                 break layer;
             }
-            let Some(k) = (0..choice.len()).find(|&k| choice[k] + 1 < required[k].1.len())
-            else {
-                panic!("no arguments for `{}` check on {input}: {required:?}", kind.name);
+            let Some(k) = (0..choice.len()).find(|&k| choice[k] + 1 < required[k].1.len()) else {
+                panic!(
+                    "no arguments for `{}` check on {input}: {required:?}",
+                    kind.name
+                );
             };
             choice[k] += 1;
             for c in choice.iter_mut().take(k) {
