@@ -139,8 +139,38 @@ impl miette::Diagnostic for Error {
                 .help
                 .as_ref()
                 .map(|h| Box::new(h) as Box<dyn fmt::Display>),
+            Error::Spec(e) => e
+                .diagnostics
+                .first()
+                .and_then(|d| d.help.as_ref())
+                .map(|h| Box::new(h) as Box<dyn fmt::Display>),
             _ => None,
         }
+    }
+    /// The spec's text, so that a miette handler draws the labels in it.
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        match self {
+            Error::Spec(e) => Some(&e.source),
+            _ => None,
+        }
+    }
+    /// The first diagnostic's labels (the rendered message holds every diagnostic).
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        let Error::Spec(e) = self else {
+            return None;
+        };
+        let d = e.diagnostics.first()?;
+        let n = e.source.len();
+        Some(Box::new(d.labels.iter().map(move |l| {
+            let start = l.span.start.min(n);
+            let len = l.span.end.min(n).saturating_sub(start);
+            let text = Some(l.message.clone());
+            if l.primary {
+                miette::LabeledSpan::new_primary_with_span(text, (start, len))
+            } else {
+                miette::LabeledSpan::new_with_span(text, (start, len))
+            }
+        })))
     }
 }
 

@@ -1,12 +1,18 @@
 //! kiln: a declarative model compiler. A YAML spec in the spirit of Keras is parsed,
-//! shape-checked with symbolic dimensions, and (in later stages) lowered, differentiated
-//! and JIT-compiled. See ARCHITECTURE.md for the map of this crate.
+//! shape-checked with symbolic dimensions, lowered to a graph IR, differentiated and
+//! JIT-compiled with Cranelift. See ARCHITECTURE.md for the map of this crate.
+//!
+//! What a program embedding kiln needs is re-exported here: [`Model`] (a checked spec),
+//! [`Net`] (a compiled model: predict, evaluate, one training step, weights), `fit`
+//! ([`FitOptions`], [`FitReport`]), [`Dataset`], [`Error`], and the `ndarray` crate the
+//! arrays come from. The modules below are the compiler's floors (ARCHITECTURE.md,
+//! "Floors"), public for tools and tests that work on the IR; the command line is not
+//! part of the library.
 
 pub mod args;
 pub mod bench;
 pub mod catalog;
 pub mod check;
-
 pub mod data;
 pub mod diag;
 pub mod dim;
@@ -36,7 +42,11 @@ pub use data::Dataset;
 pub use diag::Diagnostic;
 pub use error::{Error, SpecError};
 pub use fit::{FitOptions, FitReport, Logs};
-pub use net::{Net, Options};
+pub use ndarray;
+pub use net::{Net, OptState, Options, StepOutput};
+pub use runtime::Backend;
+pub use settings::Settings;
+pub use weights::Weights;
 
 /// A spec that parsed and checked clean.
 #[derive(Debug)]

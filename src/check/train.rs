@@ -334,12 +334,16 @@ fn shape_fits(ty: &TensorType, want: &[Dim]) -> bool {
 }
 
 /// The activation a layer ends with, for the logits/probabilities check.
+/// An activation layer (`softmax`, `sigmoid`, …) ends in the activation of its own
+/// name; a layer with an `activation` argument ends in that (a recurrent layer's
+/// `activation` is its cell's, not its output's).
 fn output_activation(l: &Layer) -> &str {
-    match l.kind.name {
-        "softmax" | "sigmoid" => l.kind.name,
-        "activation" => l.args.str("activation"),
-        "dense" | "conv1d" | "conv2d" => l.args.str("activation"),
-        _ => "other",
+    if crate::catalog::activations::lookup(l.kind.name).is_some() {
+        l.kind.name
+    } else if l.kind.args.iter().any(|a| a.name == "activation") && l.kind.facts.cell.is_none() {
+        l.args.str("activation")
+    } else {
+        "other"
     }
 }
 

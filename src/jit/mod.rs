@@ -11,8 +11,8 @@
 //! The JIT implements [`crate::exec::Kernel`] and depends on `ir` and `exec` only;
 //! choosing it as a backend happens in `crate::runtime`.
 
-pub mod codegen;
-pub mod mathfn;
+mod codegen;
+mod mathfn;
 pub mod plan;
 pub mod team;
 

@@ -13,6 +13,7 @@ mod ir_passes;
 mod ir_prims;
 mod jit;
 mod layers;
+mod library;
 mod lower_grad;
 mod optim;
 mod predict_cli;
