@@ -153,7 +153,9 @@ fn draw_panel(area: &Area<'_>, q: &str, history: &[Logs]) -> Result<(), String> 
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .label_font(("sans-serif", 13))
-        .position(if q == "loss" || q == "mae" || q == "mse" {
+        // Keras's `mode: auto` rule: "acc" in a name means larger is better, so its
+        // curve rises and the legend goes low; losses and errors fall.
+        .position(if !q.contains("acc") {
             SeriesLabelPosition::UpperRight
         } else {
             SeriesLabelPosition::LowerRight
