@@ -258,7 +258,7 @@ fn rank_zero_inputs_are_diagnostics_not_panics() {
 
 #[test]
 fn an_empty_mapping_as_a_layer_is_a_diagnostic_not_a_panic() {
-    // Found by tests/props.rs: `- {}` indexed the missing second key of the entry.
+    // Found by tests/suite/props: `- {}` indexed the missing second key of the entry.
     check_text("inputs:\n  x: [batch, 4]\nlayers:\n  - {}\n  - dense: {units: 2}\n")
         .expect(1)
         .stderr_has("E0213");
