@@ -24,6 +24,7 @@ pub mod jit;
 pub mod layers;
 pub mod lower;
 pub mod net;
+pub mod paths;
 pub mod plot;
 pub mod rng;
 pub mod runtime;

@@ -167,6 +167,12 @@ pub fn predict(a: &PredictArgs) -> Result {
     for spec in &a.input {
         input_arrays(&graph, spec, &mut arrays)?;
     }
+    let mut ins = vec![
+        ("the spec", a.spec.as_path()),
+        ("--weights", a.weights.as_path()),
+    ];
+    ins.extend(arrays.iter().map(|(_, _, p)| ("--input", p.as_path())));
+    kiln::paths::guard_outputs(&ins, &[("--output", &a.output)]).map_err(CliError::Usage)?;
     let with_types: Vec<(&str, ArrayViewD<f32>, Option<data::Dtype>)> = arrays
         .iter()
         .map(|(n, l, _)| (n.as_str(), l.data.view(), Some(l.dtype)))

@@ -106,6 +106,8 @@ pub fn bench(spec: &Path, batch_size: usize, json: bool, runs: usize) -> Result 
 
 /// `kiln init`: 0 written, 1 the spec is wrong, 2 the file could not be written.
 pub fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>) -> Result {
+    kiln::paths::guard_outputs(&[("the spec", spec)], &[("--out", out)])
+        .map_err(CliError::Usage)?;
     let m = load(spec)?;
     let seed = seed.unwrap_or_else(|| kiln::weights::default_seed(&m.graph));
     let w = kiln::weights::init(&m.graph, seed).map_err(|e| CliError::Usage(e.to_string()))?;

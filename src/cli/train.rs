@@ -146,6 +146,7 @@ pub fn train(a: &TrainArgs) -> Result {
     };
     let data = Dataset::load(&path, net.graph(), &opts)?;
     let (out, ckpt) = outputs(a);
+    guard_outputs(a, &path, &out, &ckpt)?;
     for p in [Some(&out), Some(&ckpt), a.plot.as_ref(), a.log.as_ref()]
         .into_iter()
         .flatten()
@@ -174,6 +175,22 @@ pub fn train(a: &TrainArgs) -> Result {
         ckpt.display()
     );
     Ok(())
+}
+
+/// Refuses outputs that are inputs or each other (`kiln::paths::guard_outputs`). A
+/// resumed checkpoint that is also `--checkpoint` is rewritten on purpose.
+fn guard_outputs(a: &TrainArgs, data: &Path, out: &Path, ckpt: &Path) -> Result {
+    let resume = a
+        .resume
+        .as_deref()
+        .filter(|r| !kiln::paths::same_file(r, ckpt));
+    let mut inputs = vec![("the spec", a.spec.as_path()), ("the data", data)];
+    inputs.extend(a.init.as_deref().map(|p| ("--init", p)));
+    inputs.extend(resume.map(|p| ("--resume", p)));
+    let mut outs = vec![("--out", out), ("--checkpoint", ckpt)];
+    outs.extend(a.log.as_deref().map(|p| ("--log", p)));
+    outs.extend(a.plot.as_deref().map(|p| ("--plot", p)));
+    kiln::paths::guard_outputs(&inputs, &outs).map_err(CliError::Usage)
 }
 
 /// The weights' and the checkpoint's paths: the flags', else beside the spec.

@@ -16,10 +16,8 @@ pub mod safetensors;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::ArrayD;
 
@@ -308,63 +306,9 @@ pub fn save(path: impl AsRef<Path>, w: &Weights) -> Result<(), WeightsError> {
     })
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes a file atomically through `write` (see [`save`]). Public within the crate so
-/// that checkpoints and other outputs can share it.
-pub(crate) fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (tmp, file) = loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < u64::MAX => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let result = (|| {
-        if let Ok(meta) = fs::metadata(path)
-            && meta.is_file()
-        {
-            // Keep the permissions of the file being replaced.
-            let _ = file.set_permissions(meta.permissions());
-        }
-        let mut out = BufWriter::new(&file);
-        write(&mut out)?;
-        out.flush()?;
-        drop(out);
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    drop(file);
-    match result {
-        Ok(()) => {
-            // Make the rename itself durable (best effort: not every platform can sync a
-            // directory).
-            if let Ok(d) = File::open(&dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
+/// Atomic writing lives with the other output-path rules (`crate::paths`); it is
+/// reached from here too, as weights were its first user.
+pub(crate) use crate::paths::write_atomic;
 
 /// Every weight of the graph as `(key, shape)`, in layer order.
 pub fn expected(graph: &Graph) -> Vec<(String, Vec<usize>)> {

@@ -2,6 +2,11 @@ use super::*;
 use crate::Model;
 use crate::layers::REGISTRY;
 use ndarray::IxDyn;
+use std::fs;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A model using every layer type in the catalog, with Keras's keys and shapes for
 /// each weight written out by hand.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. Keep in step with ARCHITECTURE.md.
 const FLOORS: &[&[&str]] = &[
     &["dim", "diag", "rng"],
-    &["types", "yaml"],
+    &["types", "yaml", "paths"],
     &["ir", "args"],
     &["catalog", "exec"],
     &["layers", "jit"],
