@@ -9,7 +9,10 @@
 
 use std::ops::Range;
 
-use ndarray::{Array1, Array2, ArrayD, IxDyn, s};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::{householder, qr::no_pivoting::factor};
+use faer::{Conj, Mat, Par};
+use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::{entry, find, names};
 use crate::args::{
@@ -505,54 +508,61 @@ fn orthogonal(shape: &[usize], gain: f64, rng: &mut Rng) -> Result<Vec<f32>, Str
 /// The thin Q factor (`m × n`, `m ≥ n`) of `a` by Householder reflections, with each
 /// column multiplied by the sign of R's diagonal entry (so that R's diagonal is
 /// non-negative: the unique QR, the one Keras's sign correction gives).
-pub fn householder_q(mut r: Array2<f64>) -> Result<Array2<f64>, String> {
-    let (m, n) = r.dim();
+///
+/// faer's blocked QR (compact WY, the trailing updates as matrix products) factors `a`;
+/// Q is then accumulated backwards from the identity's first `n` columns, each block of
+/// reflectors applied only to the rows and columns it can change (LAPACK's `dorgqr`).
+/// Sequential, so the result does not depend on the number of threads.
+pub fn householder_q(a: Array2<f64>) -> Result<Array2<f64>, String> {
+    let (m, n) = a.dim();
     if m < n {
         return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
     }
-    let mut reflectors: Vec<Array1<f64>> = Vec::with_capacity(n);
-    let mut diag = Vec::with_capacity(n);
-    for k in 0..n {
-        let x = r.slice(s![k.., k]);
-        let norm = x.dot(&x).sqrt();
-        let alpha = if x[0] >= 0.0 { -norm } else { norm };
-        let mut v = x.to_owned();
-        v[0] -= alpha;
-        let vnorm = v.dot(&v).sqrt();
-        if vnorm == 0.0 {
-            // The column is already zero below the diagonal: no reflection.
-            diag.push(r[[k, k]]);
-            reflectors.push(Array1::zeros(m - k));
-            continue;
-        }
-        v /= vnorm;
-        let mut block = r.slice_mut(s![k.., k..]);
-        let w = v.dot(&block);
-        for (i, mut row) in block.rows_mut().into_iter().enumerate() {
-            row.scaled_add(-2.0 * v[i], &w);
-        }
-        diag.push(alpha);
-        reflectors.push(v);
+    if n == 0 {
+        return Ok(Array2::zeros((m, 0)));
     }
-    let mut q = Array2::<f64>::zeros((m, n));
-    for i in 0..n {
-        q[[i, i]] = 1.0;
+    let par = Par::Seq;
+    let mut qr = Mat::<f64>::from_fn(m, n, |i, j| a[[i, j]]);
+    drop(a);
+    let bs = factor::recommended_block_size::<f64>(m, n);
+    let mut tau = Mat::<f64>::zeros(bs, n);
+    let need = factor::qr_in_place_scratch::<f64>(m, n, bs, par, std::default::Default::default())
+        .or(householder::apply_block_householder_on_the_left_in_place_scratch::<f64>(m, bs, n));
+    let mut buf =
+        MemBuffer::try_new(need).map_err(|_| format!("no memory for the QR of {m} × {n}"))?;
+    let stack = MemStack::new(&mut buf);
+    factor::qr_in_place(
+        qr.as_mut(),
+        tau.as_mut(),
+        par,
+        stack,
+        std::default::Default::default(),
+    );
+    let mut q = Mat::<f64>::identity(m, n);
+    let mut end = n;
+    let mut width = match n % bs {
+        0 => bs,
+        rest => rest,
+    };
+    while end > 0 {
+        let start = end - width;
+        householder::apply_block_householder_on_the_left_in_place_with_conj(
+            qr.get(start.., start..end),
+            tau.get(..width, start..end),
+            Conj::No,
+            q.get_mut(start.., start..),
+            par,
+            stack,
+        );
+        end = start;
+        width = bs;
     }
-    for (k, v) in reflectors.iter().enumerate().rev() {
-        let mut block = q.slice_mut(s![k.., ..]);
-        let w = v.dot(&block);
-        for (i, mut row) in block.rows_mut().into_iter().enumerate() {
-            row.scaled_add(-2.0 * v[i], &w);
-        }
-    }
-    for (j, d) in diag.iter().enumerate() {
-        // Keras multiplies by sign(d), which is 0 for d = 0; a zero column would not be
-        // orthogonal, so kiln keeps the column as it is there (probability zero anyway).
-        if *d < 0.0 {
-            q.column_mut(j).mapv_inplace(|x| -x);
-        }
-    }
-    Ok(q)
+    // Keras multiplies by sign(d), which is 0 for d = 0; a zero column would not be
+    // orthogonal, so kiln keeps the column as it is there (probability zero anyway).
+    let flip: Vec<f64> = (0..n)
+        .map(|j| if qr[(j, j)] < 0.0 { -1.0 } else { 1.0 })
+        .collect();
+    Ok(Array2::from_shape_fn((m, n), |(i, j)| flip[j] * q[(i, j)]))
 }
 
 #[cfg(test)]
