@@ -283,3 +283,64 @@ fn an_npz_member_may_not_expand_past_the_data_limit() {
     assert!(kiln::data::read_limited(&path, 8 << 20).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn byte_limits_are_read_from_the_environment() {
+    use kiln::weights::safetensors::parse_bytes;
+    assert_eq!(parse_bytes("1000"), Some(1000));
+    assert_eq!(parse_bytes("512K"), Some(512 << 10));
+    assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+    assert_eq!(parse_bytes("16 GB"), Some(16 << 30));
+    assert_eq!(parse_bytes("1.5G"), None);
+    assert_eq!(parse_bytes("lots"), None);
+    assert_eq!(parse_bytes("99999999999T"), None);
+
+    let dir = temp_dir("env");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/mlp.yaml");
+    let w = dir.join("w.safetensors");
+    let x = dir.join("x.npy");
+    kiln::data::write(&x, &[("x".into(), ndarray::ArrayD::zeros(vec![2, 784]))]).unwrap();
+    let kiln = |env: (&str, &str), args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .env(env.0, env.1)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let y = dir.join("y.npy");
+    let init = [
+        "init".as_ref(),
+        spec.as_os_str(),
+        "--out".as_ref(),
+        w.as_os_str(),
+    ];
+    assert_eq!(kiln(("KILN_MAX_DATA_BYTES", "1G"), &init).0, Some(0));
+    let predict = [
+        "predict".as_ref(),
+        spec.as_os_str(),
+        "--weights".as_ref(),
+        w.as_os_str(),
+        "--input".as_ref(),
+        x.as_os_str(),
+        "--output".as_ref(),
+        y.as_os_str(),
+    ];
+    let (code, err) = kiln(("KILN_MAX_DATA_BYTES", "1000"), &predict);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("at most 1000 bytes") && err.contains("KILN_MAX_DATA_BYTES"),
+        "{err}"
+    );
+    let (code, err) = kiln(("KILN_MAX_WEIGHTS_BYTES", "1000"), &predict);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("at most 1000 bytes"), "{err}");
+    let (code, err) = kiln(("KILN_MAX_WEIGHTS_BYTES", "lots"), &predict);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("KILN_MAX_WEIGHTS_BYTES=`lots`"), "{err}");
+    assert_eq!(kiln(("KILN_MAX_DATA_BYTES", "1G"), &predict).0, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
