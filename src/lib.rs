@@ -77,9 +77,14 @@ pub fn read_spec(path: &Path) -> Result<String, Error> {
         .map_err(io)?;
     let file_name = path.display().to_string();
     if bytes.len() > spec::MAX_SPEC_BYTES {
+        // A device or a pipe has no size: say what was read.
         let size = std::fs::metadata(path)
             .map(|m| m.len())
-            .unwrap_or(bytes.len() as u64);
+            .ok()
+            .filter(|&n| n >= bytes.len() as u64)
+            .map_or(format!("more than {}", spec::MAX_SPEC_BYTES), |n| {
+                n.to_string()
+            });
         return Err(Error::Spec(SpecError {
             file: file_name,
             source: String::new(),

@@ -6,6 +6,25 @@ use crate::check::{Graph, Source};
 use crate::dim::{Dim, fmt_shape};
 use crate::layers::group_digits;
 
+/// Most names one cell or list of the summary shows: a `concatenate` of 10,000 inputs
+/// would otherwise widen every row of the table to hold all of them (output quadratic
+/// in the spec).
+pub const MAX_LISTED: usize = 8;
+
+/// The first of `total` names (at least [`MAX_LISTED`] of them when there are that
+/// many) joined by `, `: [`MAX_LISTED`] of them, then how many more.
+fn listed<S: AsRef<str>>(first: &[S], total: usize) -> String {
+    let shown: Vec<&str> = first.iter().take(MAX_LISTED).map(AsRef::as_ref).collect();
+    let mut out = shown.join(", ");
+    if total > shown.len() {
+        out.push_str(&format!(
+            ", … and {} more",
+            group_digits((total - shown.len()) as i64)
+        ));
+    }
+    out
+}
+
 fn shape(dims: &[Dim]) -> String {
     let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     if parts.len() == 1 {
@@ -40,12 +59,17 @@ pub fn render(g: &Graph) -> String {
     }
     for l in &g.layers {
         let count: i64 = l.params.iter().map(|p| p.count()).sum();
-        let connected: Vec<&str> = l.inputs.iter().map(|&s| g.name_of(s)).collect();
+        let connected: Vec<&str> = l
+            .inputs
+            .iter()
+            .take(MAX_LISTED)
+            .map(|&s| g.name_of(s))
+            .collect();
         rows.push([
             format!("{} ({})", l.name, l.kind.class),
             shape(&l.output.shape),
             group_digits(count),
-            connected.join(", "),
+            listed(&connected, l.inputs.len()),
         ]);
     }
     let header = ["Layer (type)", "Output Shape", "Param #", "Connected to"];
@@ -105,7 +129,7 @@ pub fn render(g: &Graph) -> String {
             .first()
             .is_some_and(|s| *s != Source::Layer(g.layers.len().wrapping_sub(1)))
     {
-        out.push_str(&format!(" Outputs: {}\n", outs.join(", ")));
+        out.push_str(&format!(" Outputs: {}\n", listed(&outs, outs.len())));
     }
     out
 }
@@ -115,11 +139,13 @@ pub fn one_line(g: &Graph) -> String {
     let ins: Vec<String> = g
         .inputs
         .iter()
+        .take(MAX_LISTED)
         .map(|i| format!("{} {}", i.name, i.ty.describe()))
         .collect();
     let outs: Vec<String> = g
         .outputs
         .iter()
+        .take(MAX_LISTED)
         .map(|&s| format!("{} {}", g.name_of(s), fmt_shape(&g.type_of(s).shape)))
         .collect();
     let (total, _, _) = g.param_counts();
@@ -129,8 +155,8 @@ pub fn one_line(g: &Graph) -> String {
         g.layers.len(),
         if g.layers.len() == 1 { "" } else { "s" },
         group_digits(total),
-        ins.join(", "),
-        outs.join(", ")
+        listed(&ins, g.inputs.len()),
+        listed(&outs, g.outputs.len())
     )
 }
 

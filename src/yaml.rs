@@ -3,8 +3,9 @@
 //! This is the only file in kiln that talks to a YAML library (saphyr's event
 //! parser); everything above it sees [`Node`]. The tree is built from events by an
 //! explicit stack, so hostile input cannot overflow the Rust stack, and it is bounded:
-//! nesting depth, node count (alias expansion included) and source size all have
-//! limits that turn into diagnostics instead of hangs or runaway memory.
+//! nesting depth, node count and expanded size in bytes (alias expansion included: an
+//! alias counts as a copy of what its anchor holds) all have limits that turn into
+//! diagnostics instead of hangs or runaway memory.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -17,6 +18,10 @@ use crate::diag::Diagnostic;
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes a spec may expand to, aliases counted at their expanded size.
 pub const MAX_NODES: usize = 200_000;
+/// Most bytes of scalar text a spec may expand to, aliases counted at their expanded
+/// size: 16 times the largest spec file, so that only aliases can reach it (one 100 KB
+/// string behind 100,000 aliases would otherwise be copied 10 GB's worth).
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
 
 /// A resolved scalar (YAML 1.2 core schema for plain scalars; quoted ones are strings).
 #[derive(Clone, Debug, PartialEq)]
@@ -132,14 +137,30 @@ enum Frame {
     },
 }
 
-fn count_nodes(n: &Node) -> usize {
+/// The size of a node as the limits count it: its nodes, and the bytes of its scalars'
+/// text.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+/// The bytes a scalar adds to a spec's expanded size.
+fn scalar_bytes(s: &Scalar) -> usize {
+    match s {
+        Scalar::Str(t) | Scalar::BigInt(t) => t.len(),
+        _ => 0,
+    }
+}
+
+fn measure(n: &Node) -> Size {
     // Iterative, so that counting never recurses deeply.
     let mut stack = vec![n];
-    let mut count = 0;
+    let mut size = Size::default();
     while let Some(n) = stack.pop() {
-        count += 1;
+        size.nodes += 1;
         match &n.kind {
-            Kind::Scalar(_) => {}
+            Kind::Scalar(s) => size.bytes = size.bytes.saturating_add(scalar_bytes(s)),
             Kind::Seq(items) => stack.extend(items.iter()),
             Kind::Map(entries) => {
                 for (k, v) in entries {
@@ -149,7 +170,7 @@ fn count_nodes(n: &Node) -> usize {
             }
         }
     }
-    count
+    size
 }
 
 /// Resolves a plain scalar by the YAML 1.2 core schema.
@@ -258,7 +279,7 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
-        total_nodes: 0,
+        total: Size::default(),
         documents: 0,
     };
     loop {
@@ -325,9 +346,11 @@ fn syntax_error(src: &str, offsets: &Offsets, e: &ScanError) -> Diagnostic {
 struct Builder<'s> {
     src: &'s str,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and its size (measured once, not at every alias).
+    anchors: HashMap<usize, (Node, Size)>,
     root: Option<Node>,
-    total_nodes: usize,
+    /// The expanded size so far.
+    total: Size,
     documents: usize,
 }
 
@@ -359,6 +382,7 @@ impl Builder<'_> {
                     ScalarStyle::Plain => resolve_plain(&text),
                     _ => Scalar::Str(text.into_owned()),
                 };
+                self.total.bytes = self.total.bytes.saturating_add(scalar_bytes(&value));
                 let n = Node {
                     kind: Kind::Scalar(value),
                     span: range,
@@ -404,18 +428,18 @@ impl Builder<'_> {
     /// Remembers a node under its anchor (0: no anchor).
     fn define(&mut self, anchor: usize, n: &Node) {
         if anchor != 0 {
-            self.anchors.insert(anchor, n.clone());
+            self.anchors.insert(anchor, (n.clone(), measure(n)));
         }
     }
 
     /// A copy of the anchored node, counted at its expanded size.
     fn alias(&mut self, id: usize, range: Range<usize>) -> Result<Node, Diagnostic> {
         match self.anchors.get(&id) {
-            Some(n) => {
-                let size = count_nodes(n);
-                self.total_nodes = self.total_nodes.saturating_add(size);
-                if self.total_nodes > MAX_NODES {
-                    return Err(too_big(range));
+            Some((n, size)) => {
+                self.total.nodes = self.total.nodes.saturating_add(size.nodes);
+                self.total.bytes = self.total.bytes.saturating_add(size.bytes);
+                if let Some(d) = self.over_limit(range) {
+                    return Err(d);
                 }
                 Ok(n.clone())
             }
@@ -425,6 +449,20 @@ impl Builder<'_> {
             )
             .label(range, "unknown anchor")
             .help("define the anchor with `&name` before using `*name`")),
+        }
+    }
+
+    /// The limit the expansion so far passes, as a diagnostic at `span`, if any.
+    fn over_limit(&self, span: Range<usize>) -> Option<Diagnostic> {
+        if self.total.nodes > MAX_NODES {
+            Some(too_big(span, format!("more than {MAX_NODES} YAML nodes")))
+        } else if self.total.bytes > MAX_EXPANDED_BYTES {
+            Some(too_big(
+                span,
+                format!("more than {MAX_EXPANDED_BYTES} bytes of text"),
+            ))
+        } else {
+            None
         }
     }
 
@@ -463,9 +501,9 @@ impl Builder<'_> {
     /// Counts a completed node and puts it where it belongs: the root, the next item of
     /// a sequence, or a mapping's key or value.
     fn attach(&mut self, node: Node) -> Result<(), Diagnostic> {
-        self.total_nodes += 1;
-        if self.total_nodes > MAX_NODES {
-            return Err(too_big(node.span.clone()));
+        self.total.nodes += 1;
+        if let Some(d) = self.over_limit(node.span.clone()) {
+            return Err(d);
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -557,13 +595,10 @@ fn unknown_anchor(src: &str, at: usize) -> Diagnostic {
     d
 }
 
-fn too_big(span: Range<usize>) -> Diagnostic {
-    Diagnostic::error(
-        "E0105",
-        format!("the spec expands to more than {MAX_NODES} YAML nodes"),
-    )
+fn too_big(span: Range<usize>, what: String) -> Diagnostic {
+    Diagnostic::error("E0105", format!("the spec expands to {what}"))
     .label(span, "expansion passes the limit here")
-    .help("aliases (`*name`) that repeat other aliases grow exponentially; write the spec out plainly")
+    .help("aliases (`*name`) that repeat other aliases, or a long text, make a spec far larger than its file; write the spec out plainly")
 }
 
 #[cfg(test)]
@@ -615,6 +650,19 @@ mod tests {
         }
         let e = parse(&src).unwrap_err();
         assert_eq!(e.code, "E0105");
+    }
+
+    #[test]
+    fn aliases_of_a_long_string_are_counted_by_their_bytes() {
+        let mut src = format!("a: &a \"{}\"\nb: [", "x".repeat(100_000));
+        src.push_str(&["*a"; 1000].join(", "));
+        src.push_str("]\n");
+        let e = parse(&src).unwrap_err();
+        assert_eq!(e.code, "E0105");
+        assert!(e.message.contains("bytes"), "{}", e.message);
+        // The same aliases of a short string are fine.
+        let short = src.replacen(&"x".repeat(100_000), "x", 1);
+        assert!(parse(&short).is_ok());
     }
 
     #[test]

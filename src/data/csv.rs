@@ -42,11 +42,17 @@ pub fn parse(text: &str) -> Result<Table, String> {
 /// line breaks further back are only counted: a file of blank lines keeps no list.
 const CSV_BUFFER: usize = 8 * 1024;
 
-/// The input, counting its line breaks on the way to the CSV reader.
+/// The input, counting its line breaks on the way to the CSV reader, and stopping
+/// (as at the end of the file) at a NUL byte or past `limit` bytes: the reader would
+/// otherwise buffer a record without end from `/dev/zero` or a file that keeps growing.
 struct Counted<R> {
     inner: R,
     /// Bytes read so far.
     read: u64,
+    /// The most bytes to read.
+    limit: u64,
+    /// Why reading stopped early, if it did.
+    stopped: Option<Stop>,
     /// Offsets of line breaks read but not yet counted (at most `2 * CSV_BUFFER`).
     breaks: VecDeque<u64>,
     /// Line breaks counted: all of them before the end of the last record handled.
@@ -55,11 +61,22 @@ struct Counted<R> {
     last: Option<u64>,
 }
 
+/// Why [`Counted`] stopped reading before the end of its input.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// A NUL byte, at this offset: binary data, not text.
+    Nul(u64),
+    /// More than the limit.
+    TooLarge,
+}
+
 impl<R> Counted<R> {
-    fn new(inner: R) -> Counted<R> {
+    fn new(inner: R, limit: u64) -> Counted<R> {
         Counted {
             inner,
             read: 0,
+            limit,
+            stopped: None,
             breaks: VecDeque::new(),
             before: 0,
             last: None,
@@ -89,7 +106,21 @@ impl<R> Counted<R> {
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if self.stopped.is_some() {
+            return Ok(0);
+        }
+        // One byte past the limit tells a file of exactly `limit` bytes from a longer one.
+        let room = self.limit.saturating_add(1).saturating_sub(self.read);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let mut n = self.inner.read(&mut buf[..want])?;
+        if self.read + n as u64 > self.limit {
+            self.stopped = Some(Stop::TooLarge);
+            return Ok(0);
+        }
+        if let Some(at) = buf[..n].iter().position(|&b| b == 0) {
+            self.stopped = Some(Stop::Nul(self.read + at as u64));
+            n = at;
+        }
         for (i, _) in buf[..n].iter().enumerate().filter(|(_, b)| **b == b'\n') {
             self.breaks.push_back(self.read + i as u64);
         }
@@ -139,6 +170,14 @@ fn check_header(line: usize, header: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A field as quoted in a message: whole when short, else its first 100 characters.
+fn quoted(f: &str) -> String {
+    match f.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}… ({} characters)", &f[..cut], f.chars().count()),
+        None => f.to_string(),
+    }
+}
+
 /// One value: a finite number, or an error naming its line and column.
 fn value(line: usize, column: &str, f: &str) -> Result<f64, Error> {
     let v: f64 = f.parse().map_err(|_| {
@@ -147,10 +186,10 @@ fn value(line: usize, column: &str, f: &str) -> Result<f64, Error> {
         } else if let Some((first, _)) = f.split_once('\n') {
             format!(
                 "line {line}, column `{column}`: `{}…` is not a number; it runs over several lines, so a quote is probably not closed",
-                first.trim_end()
+                quoted(first.trim_end())
             )
         } else {
-            format!("line {line}, column `{column}`: `{f}` is not a number")
+            format!("line {line}, column `{column}`: `{}` is not a number", quoted(f))
         })
     })?;
     if !v.is_finite() {
@@ -176,11 +215,32 @@ fn read_error(e: csv::Error) -> Error {
 
 /// Reads a table from a stream, record by record.
 pub fn from_reader(input: impl Read) -> Result<Table, Error> {
+    from_reader_limited(input, u64::MAX)
+}
+
+/// Reads a table from a stream, record by record, reading at most `limit` bytes.
+pub fn from_reader_limited(input: impl Read, limit: u64) -> Result<Table, Error> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(CSV_BUFFER)
-        .from_reader(Counted::new(input));
+        .from_reader(Counted::new(input, limit));
+    let table = read_records(&mut reader);
+    // Where reading stopped early, that is the error: what the records say after the
+    // stop is about a cut file.
+    match reader.get_ref().stopped {
+        Some(Stop::Nul(at)) => Err(Error::bad(format!(
+            "byte {at} is a NUL byte: this is binary data, not CSV text"
+        ))),
+        Some(Stop::TooLarge) => Err(Error::bad(format!(
+            "the file is more than {limit} bytes; kiln reads data files of at most {limit} bytes"
+        ))),
+        None => table,
+    }
+}
+
+/// The records of a table: the header, then rows of numbers.
+fn read_records<R: Read>(reader: &mut csv::Reader<Counted<R>>) -> Result<Table, Error> {
     let mut record = csv::ByteRecord::new();
     let mut header: Option<Vec<String>> = None;
     let mut columns: Vec<Vec<f64>> = Vec::new();
@@ -298,7 +358,7 @@ mod tests {
         assert_eq!(t.lines, vec![200_002]);
         let e = parse(&format!("{blank}a,b\n1,x\n")).unwrap_err();
         assert_eq!(e, "line 100002, column `b`: `x` is not a number");
-        let mut c = Counted::new(blank.as_bytes());
+        let mut c = Counted::new(blank.as_bytes(), u64::MAX);
         let mut buf = [0u8; CSV_BUFFER];
         while c.read(&mut buf).unwrap() > 0 {
             assert!(c.breaks.len() <= 2 * CSV_BUFFER);

@@ -1,5 +1,7 @@
 //! Reading and writing data files, by extension: `.npz`, `.npy`, `.csv`. Every read is
-//! bounded by [`MAX_FILE_BYTES`]; every write is atomic.
+//! bounded by the bytes actually read (not by what the file system says, which is 0 for
+//! a device or a pipe): at most [`max_data_bytes`] from a file, and as much from any one
+//! `.npz` member once decompressed. Every write is atomic.
 
 use std::fs::File;
 use std::io::Read;
@@ -10,8 +12,22 @@ use ndarray::ArrayD;
 use super::npy::{self, Loaded};
 use super::{DataError, csv, npz};
 
-/// The largest data file kiln reads, and the most any one `.npz` member may expand to.
-pub const MAX_FILE_BYTES: u64 = 16 << 30;
+/// The largest data file kiln reads by default, and the most any one `.npz` member may
+/// expand to (less when less memory is available: see [`max_data_bytes`]).
+pub const MAX_FILE_BYTES: u64 = crate::weights::safetensors::DEFAULT_MAX_READ_BYTES;
+
+/// The environment variable that bounds the size of a data file kiln reads.
+pub const MAX_DATA_ENV: &str = "KILN_MAX_DATA_BYTES";
+
+/// The most bytes kiln reads from one data file, and lets one `.npz` member expand to:
+/// `KILN_MAX_DATA_BYTES` when set, else the smaller of [`MAX_FILE_BYTES`] and the
+/// memory available.
+pub fn max_data_bytes() -> Result<u64, DataError> {
+    crate::weights::safetensors::max_read_bytes(MAX_DATA_ENV).map_err(|m| DataError {
+        io: true,
+        ..DataError::new(None, m)
+    })
+}
 
 /// The contents of a data file, before they are matched to a model.
 #[derive(Clone, Debug)]
@@ -24,55 +40,83 @@ pub enum Content {
     Table(csv::Table),
 }
 
-/// Opens a data file after checking that it is a file kiln may read whole.
-fn open(path: &Path) -> Result<File, DataError> {
-    let io = |e: std::io::Error| DataError {
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+    move |e| DataError {
         io: true,
         ..DataError::new(Some(path), format!("cannot read the file: {e}"))
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    }
+}
+
+/// The error for a file past the limit; `size` is what is known of its size.
+fn too_large(path: &Path, size: String, limit: u64) -> DataError {
+    DataError::new(
+        Some(path),
+        format!("the file is {size} bytes; kiln reads data files of at most {limit} bytes"),
+    )
+    .help(format!(
+        "a device or a stream that never ends is not a data file; for a larger file, set {MAX_DATA_ENV}"
+    ))
+}
+
+/// Opens a data file after checking that it is not a directory, nor a regular file
+/// larger than `limit`.
+fn open(path: &Path, limit: u64) -> Result<File, DataError> {
+    let meta = std::fs::metadata(path).map_err(io_error(path))?;
     if meta.is_dir() {
         return Err(DataError::new(
             Some(path),
             "this is a directory, not a data file",
         ));
     }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(DataError::new(
-            Some(path),
-            format!(
-                "the file is {} bytes; kiln reads at most {MAX_FILE_BYTES}",
-                meta.len()
-            ),
-        ));
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_large(path, meta.len().to_string(), limit));
     }
-    File::open(path).map_err(io)
+    File::open(path).map_err(io_error(path))
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads a file whole, at most `limit` bytes. A file that does not start with one of
+/// the format's `magic` prefixes is read no further than that (the parser then says
+/// what it is not), so that `/dev/zero` or `/dev/urandom` cost a few bytes.
+fn read_bytes(path: &Path, limit: u64, magic: &[u8]) -> Result<Vec<u8>, DataError> {
+    let mut input = open(path, limit)?.take(limit.saturating_add(1));
     let mut bytes = Vec::new();
-    open(path)?
-        .take(MAX_FILE_BYTES)
+    (&mut input)
+        .take(magic.len() as u64)
         .read_to_end(&mut bytes)
-        .map_err(|e| DataError {
-            io: true,
-            ..DataError::new(Some(path), format!("cannot read the file: {e}"))
-        })?;
+        .map_err(io_error(path))?;
+    if bytes != magic {
+        return Ok(bytes);
+    }
+    input.read_to_end(&mut bytes).map_err(io_error(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(path, format!("more than {limit}"), limit));
+    }
     Ok(bytes)
 }
 
 /// Streams a `.csv` file through the `csv` crate, which buffers it (never more than
-/// [`MAX_FILE_BYTES`], even from a file that grows while it is read).
-fn read_table(path: &Path) -> Result<csv::Table, DataError> {
-    let file = open(path)?.take(MAX_FILE_BYTES);
-    csv::from_reader(file).map_err(|e| DataError {
+/// `limit` bytes, even from a device or a file that grows while it is read).
+fn read_table(path: &Path, limit: u64) -> Result<csv::Table, DataError> {
+    let file = open(path, limit)?;
+    csv::from_reader_limited(file, limit).map_err(|e| DataError {
         io: e.io,
         ..DataError::new(Some(path), e.message)
     })
 }
 
-/// Reads a data file by its extension: `.npz`, `.npy` or `.csv`.
+/// Reads a data file by its extension: `.npz`, `.npy` or `.csv`, bounded by
+/// [`max_data_bytes`].
 pub fn read(path: &Path) -> Result<Content, DataError> {
+    let limit = max_data_bytes().map_err(|e| DataError {
+        file: Some(path.to_path_buf()),
+        ..e
+    })?;
+    read_limited(path, limit)
+}
+
+/// [`read`] with an explicit bound: at most `limit` bytes read from the file, and at
+/// most `limit` bytes from any one `.npz` member once decompressed.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Content, DataError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -81,16 +125,14 @@ pub fn read(path: &Path) -> Result<Content, DataError> {
     let bad = |m: String| DataError::new(Some(path), m);
     match ext.as_str() {
         "npz" => {
-            let bytes = read_bytes(path)?;
-            npz::parse(&bytes, MAX_FILE_BYTES)
-                .map(Content::Named)
-                .map_err(bad)
+            let bytes = read_bytes(path, limit, b"PK")?;
+            npz::parse(&bytes, limit).map(Content::Named).map_err(bad)
         }
         "npy" => {
-            let bytes = read_bytes(path)?;
+            let bytes = read_bytes(path, limit, b"\x93NUMPY")?;
             npy::parse(&bytes).map(Content::Single).map_err(bad)
         }
-        "csv" => read_table(path).map(Content::Table),
+        "csv" => read_table(path, limit).map(Content::Table),
         _ => Err(bad(format!(
             "kiln reads data from .npz, .npy and .csv files, not `.{ext}`"
         ))

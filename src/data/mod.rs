@@ -31,5 +31,7 @@ pub use batches::{batch_indices, describe, num_batches, permutation};
 pub use check::check_predict_inputs;
 pub use dataset::{Dataset, LoadOptions};
 pub use error::DataError;
-pub use files::{Content, MAX_FILE_BYTES, read, read_array, write};
+pub use files::{
+    Content, MAX_DATA_ENV, MAX_FILE_BYTES, max_data_bytes, read, read_array, read_limited, write,
+};
 pub use npy::{Dtype, Kind, Loaded};

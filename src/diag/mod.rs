@@ -37,6 +37,47 @@ pub struct Label {
 /// quadratic in their number.
 pub const MAX_SECONDARY: usize = 16;
 
+/// Most characters of text between backticks a diagnostic quotes: a name of 300,000
+/// characters, reused through aliases, would otherwise be printed whole in every
+/// message about it.
+pub const MAX_QUOTED: usize = 100;
+
+/// Most characters of one message, label or help text (a list of every name in a large
+/// spec is cut here).
+pub const MAX_TEXT: usize = 2000;
+
+/// `text` with every quoted part (between backticks) longer than [`MAX_QUOTED`]
+/// characters shortened, saying how long it was, and the whole cut at [`MAX_TEXT`].
+pub fn shorten(text: String) -> String {
+    if text.len() <= MAX_QUOTED {
+        return text;
+    }
+    let mut out = String::new();
+    let parts: Vec<&str> = text.split('`').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let chars = part.chars().count();
+        // Odd parts are quoted, unless the last backtick is never closed.
+        if i % 2 == 1 && i + 1 < parts.len() && chars > MAX_QUOTED {
+            out.push('`');
+            out.extend(part.chars().take(MAX_QUOTED));
+            out.push_str(&format!("…` ({chars} characters)"));
+            continue;
+        }
+        if i > 0 && !(i % 2 == 0 && parts[i - 1].chars().count() > MAX_QUOTED) {
+            out.push('`');
+        }
+        out.push_str(part);
+    }
+    match out.char_indices().nth(MAX_TEXT) {
+        Some((cut, _)) => {
+            out.truncate(cut);
+            out.push('…');
+            out
+        }
+        None => out,
+    }
+}
+
 /// One finding about a spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
@@ -52,7 +93,7 @@ impl Diagnostic {
         Diagnostic {
             code,
             severity: Severity::Error,
-            message: message.into(),
+            message: shorten(message.into()),
             labels: Vec::new(),
             help: None,
         }
@@ -67,7 +108,7 @@ impl Diagnostic {
     pub fn label(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
         self.labels.push(Label {
             span,
-            message: message.into(),
+            message: shorten(message.into()),
             primary: true,
         });
         self
@@ -79,18 +120,18 @@ impl Diagnostic {
         }
         self.labels.push(Label {
             span,
-            message: message.into(),
+            message: shorten(message.into()),
             primary: false,
         });
         self
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.help = Some(shorten(help.into()));
         self
     }
     pub fn maybe_help(mut self, help: Option<String>) -> Self {
         if help.is_some() {
-            self.help = help;
+            self.help = help.map(shorten);
         }
         self
     }
@@ -200,18 +241,36 @@ impl miette::Diagnostic for MietteView<'_> {
 /// Longest source line drawn under a diagnostic, in bytes.
 const MAX_DRAWN_LINE: usize = 1000;
 
-/// The length in bytes of the line holding `offset`.
-fn line_length(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    let start = text.as_bytes()[..offset]
+/// The length in bytes of the longest line miette draws for a label over `span`: the
+/// lines it covers and one line of context on either side.
+fn drawn_width(text: &str, span: &Range<usize>) -> usize {
+    let bytes = text.as_bytes();
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    // Back to the start of the line before, forward to the end of the line after.
+    let mut from = bytes[..start]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap_or(0);
+    from = bytes[..from]
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let end = text.as_bytes()[offset..]
+    let mut to = bytes[end..]
         .iter()
         .position(|&b| b == b'\n')
-        .map_or(text.len(), |i| offset + i);
-    end - start
+        .map_or(text.len(), |i| end + i);
+    if to < text.len() {
+        to = bytes[to + 1..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| to + 1 + i);
+    }
+    bytes[from..to]
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Renders diagnostics as people read them. `color` picks ANSI colors; without it the
@@ -227,12 +286,13 @@ pub fn render(source: &Source, diags: &[Diagnostic], color: bool) -> String {
         .with_links(false);
     let mut out = String::new();
     for d in diags {
-        // A label on a very long line (a spec written as one flow-style line) would be
-        // drawn whole, for every diagnostic: megabytes of output, slowly. Say where.
+        // A label on or next to a very long line (a spec written as one flow-style line,
+        // a long name) would be drawn whole, for every diagnostic: megabytes of output,
+        // slowly. Say where.
         let at = d
             .labels
             .iter()
-            .any(|l| line_length(source.text, l.span.start) > MAX_DRAWN_LINE)
+            .any(|l| drawn_width(source.text, &l.span) > MAX_DRAWN_LINE)
             .then(|| d.primary_span())
             .flatten()
             .map(|span| {
@@ -396,6 +456,36 @@ mod tests {
         assert_eq!(did_you_mean("trian", ["train", "inputs"]), Some("train"));
         assert_eq!(levenshtein("ab", "ba"), 1);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn long_quotes_and_texts_are_shortened() {
+        let name = "n".repeat(300_000);
+        let d = Diagnostic::error("E0702", format!("the name `{name}` is used twice"))
+            .label(0..1, format!("`{name}` again"))
+            .help(format!("rename one `{name}`; keep `x`"));
+        let short = format!("`{}…` (300000 characters)", "n".repeat(MAX_QUOTED));
+        assert_eq!(d.message, format!("the name {short} is used twice"));
+        assert_eq!(d.labels[0].message, format!("{short} again"));
+        assert_eq!(
+            d.help.as_deref(),
+            Some(&*format!("rename one {short}; keep `x`"))
+        );
+        // Short quotes are untouched, and so is a lone backtick.
+        let plain = format!("a `b` and {} ` c", "d".repeat(200));
+        assert_eq!(shorten(plain.clone()), plain);
+        let long = "word ".repeat(2000);
+        assert_eq!(shorten(long).chars().count(), MAX_TEXT + 1);
+    }
+
+    #[test]
+    fn lines_drawn_around_a_label_are_measured() {
+        let text = format!("a: 1\nb: {}\nc: 2\nd: 3\ne: 4\n", "x".repeat(5000));
+        let at = |s: &str| text.find(s).unwrap();
+        assert_eq!(drawn_width(&text, &(at("c:")..at("c:") + 1)), 5003);
+        assert_eq!(drawn_width(&text, &(at("a:")..at("a:") + 1)), 5003);
+        assert_eq!(drawn_width(&text, &(at("d:")..at("d:") + 1)), 4);
+        assert_eq!(drawn_width(&text, &(at("e:")..at("e:") + 1)), 4);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Layer entries (`layers:`): a type, its arguments, and the `name`/`input`/`inputs`
 //! keys that are the spec's rather than the layer's.
 
-use super::{LayerDecl, is_identifier, parse_refs, scalar_text};
+use super::{LayerDecl, is_identifier, parse_refs, scalar_text, too_long_name};
 use crate::diag::Diagnostic;
 use crate::yaml::{Kind, Node};
 
@@ -159,11 +159,12 @@ fn layer_args(
                     if let Some(s) = other {
                         decl.name = Some((s.to_string(), av.span.clone()));
                     }
-                    diags.push(
-                    Diagnostic::error("E0208", "a layer name is an identifier (letters, digits and `_`, not starting with a digit)")
-                        .label(av.span.clone(), "not a valid name")
-                        .help("for example `name: logits`"),
-                    )
+                    let long = other.and_then(|s| too_long_name(s, av.span.clone()));
+                    diags.push(long.unwrap_or_else(|| {
+                        Diagnostic::error("E0208", "a layer name is an identifier (letters, digits and `_`, not starting with a digit)")
+                            .label(av.span.clone(), "not a valid name")
+                            .help("for example `name: logits`")
+                    }))
                 }
             },
             Some(key @ ("input" | "inputs")) => {

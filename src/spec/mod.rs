@@ -180,7 +180,13 @@ fn check_sections(entries: &[(Node, Node)], diags: &mut Vec<Diagnostic>) {
 /// The model's `name:`, if written as a string.
 fn parse_name(root: &Node, diags: &mut Vec<Diagnostic>) -> Option<Ref> {
     root.get("name").and_then(|n| match n.as_str() {
-        Some(s) => Some((s.to_string(), n.span.clone())),
+        Some(s) => match too_long_name(s, n.span.clone()) {
+            Some(d) => {
+                diags.push(d);
+                None
+            }
+            None => Some((s.to_string(), n.span.clone())),
+        },
         None => {
             diags.push(
                 Diagnostic::error(
@@ -296,8 +302,27 @@ fn check_duplicate_keys(root: &Node, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Is `s` usable as a layer, input or symbol name?
+/// Longest name a spec may use (a model, input, target, layer or symbol), in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// E0208 for a name longer than [`MAX_NAME_CHARS`], if `s` is one.
+pub(crate) fn too_long_name(s: &str, span: Range<usize>) -> Option<Diagnostic> {
+    let chars = s.chars().count();
+    (chars > MAX_NAME_CHARS).then(|| {
+        Diagnostic::error(
+            "E0208",
+            format!("this name is {chars} characters long; names have at most {MAX_NAME_CHARS}"),
+        )
+        .label(span, "name too long")
+        .help("use a short name, e.g. `hidden_1`")
+    })
+}
+
+/// Is `s` usable as a layer, input or symbol name? (At most [`MAX_NAME_CHARS`] long.)
 pub fn is_identifier(s: &str) -> bool {
+    if s.len() > MAX_NAME_CHARS {
+        return false;
+    }
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -1,6 +1,8 @@
 //! Tensor declarations (`inputs:` and `train.targets:`): names, shapes and dtypes.
 
-use super::{DType, DimDecl, TensorDecl, is_identifier, scalar_text};
+use super::{
+    DType, DimDecl, MAX_NAME_CHARS, TensorDecl, is_identifier, scalar_text, too_long_name,
+};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::Dim;
 use crate::yaml::{Kind, Node, Scalar};
@@ -68,6 +70,10 @@ pub fn parse_shape(v: &Node, what: &str, diags: &mut Vec<Diagnostic>) -> Option<
                 dim: Dim::sym(s),
                 span: it.span.clone(),
             }),
+            Kind::Scalar(Scalar::Str(s)) if s.chars().count() > MAX_NAME_CHARS => {
+                ok = false;
+                diags.extend(too_long_name(s, it.span.clone()));
+            }
             _ => {
                 ok = false;
                 let written = match it.as_str() {
@@ -157,6 +163,9 @@ pub fn parse_tensors(
 
 /// E0208 for a declared name that is not an identifier, with a fixed spelling.
 fn invalid_name(k: &Node) -> Diagnostic {
+    if let Some(d) = k.as_str().and_then(|s| too_long_name(s, k.span.clone())) {
+        return d;
+    }
     Diagnostic::error(
         "E0208",
         "names are identifiers (letters, digits and `_`, not starting with a digit)",

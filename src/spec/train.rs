@@ -302,7 +302,9 @@ fn metrics(
     v: &Node,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<(&'static MetricKind, Range<usize>)>, bool) {
-    let mut metrics = Vec::new();
+    let mut metrics: Vec<(&'static MetricKind, Range<usize>)> = Vec::new();
+    // A metric listed again: the index of its first listing, the second, and how many.
+    let mut repeats: Vec<(usize, Range<usize>, usize)> = Vec::new();
     let mut failed = false;
     let Some(m) = v.get("metrics") else {
         return (metrics, failed);
@@ -325,7 +327,13 @@ fn metrics(
             continue;
         };
         match catalog::find(METRICS, &s.to_lowercase()) {
-            Some(k) => metrics.push((k, it.span.clone())),
+            Some(k) => match metrics.iter().position(|(m, _)| std::ptr::eq(*m, k)) {
+                Some(first) => match repeats.iter_mut().find(|(f, _, _)| *f == first) {
+                    Some((_, _, n)) => *n += 1,
+                    None => repeats.push((first, it.span.clone(), 2)),
+                },
+                None => metrics.push((k, it.span.clone())),
+            },
             None => {
                 failed = true;
                 diags.push(
@@ -338,6 +346,18 @@ fn metrics(
                 )
             }
         }
+    }
+    for (first, again, times) in repeats {
+        let (k, first_span) = &metrics[first];
+        diags.push(
+            Diagnostic::error(
+                "E0613",
+                format!("`{}` is listed {times} times in `metrics`", k.name),
+            )
+            .label(again, "listed again here")
+            .secondary(first_span.clone(), "first listed here")
+            .help("list each metric once: training reports one value per metric"),
+        );
     }
     (metrics, failed)
 }

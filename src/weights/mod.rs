@@ -265,11 +265,7 @@ pub fn is_state_key(k: &str) -> bool {
 /// Reads a safetensors file of f32 tensors, checking every claim it makes.
 pub fn load(path: impl AsRef<Path>) -> Result<Weights, WeightsError> {
     let path = path.as_ref();
-    let bytes = safetensors::read_file(path).map_err(|error| WeightsError::Io {
-        path: path.to_path_buf(),
-        action: "read",
-        error,
-    })?;
+    let bytes = safetensors::read_file(path)?;
     safetensors::parse(&bytes).map_err(|e| WeightsError::Format {
         path: path.to_path_buf(),
         key: e.key,

@@ -31,7 +31,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value as Json;
 
-use super::Weights;
+use super::{Weights, WeightsError};
 
 /// The key under which safetensors keeps string metadata.
 pub const METADATA_KEY: &str = "__metadata__";
@@ -91,6 +91,67 @@ fn refused(e: SafeTensorError) -> FormatError {
     }
 }
 
+/// The most bytes of one file kiln reads when nothing says otherwise: 16 GiB.
+pub const DEFAULT_MAX_READ_BYTES: u64 = 16 << 30;
+
+/// The environment variable that bounds the size of a weights file kiln reads.
+pub const MAX_WEIGHTS_ENV: &str = "KILN_MAX_WEIGHTS_BYTES";
+
+/// The memory the system says is available (Linux's `MemAvailable`), if it says.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// A number of bytes as a person writes it: `1000000`, `512K`, `64MiB`, `16G`, `2GB`
+/// (K, M, G, T are powers of 1024, with or without `B` or `iB`).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// The most bytes of one file kiln reads: the environment variable `var` when it is
+/// set, else the smaller of [`DEFAULT_MAX_READ_BYTES`] and the memory available (what
+/// is read is held in memory). A value that is not a number of bytes is an error.
+pub fn max_read_bytes(var: &str) -> Result<u64, String> {
+    match std::env::var(var) {
+        Ok(v) => parse_bytes(&v).ok_or_else(|| {
+            format!("{var}=`{v}` is not a number of bytes (write e.g. `1000000`, `512M` or `16G`)")
+        }),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "{var}={} is not a number of bytes",
+            v.to_string_lossy()
+        )),
+        Err(std::env::VarError::NotPresent) => Ok(available_memory()
+            .unwrap_or(DEFAULT_MAX_READ_BYTES)
+            .min(DEFAULT_MAX_READ_BYTES)),
+    }
+}
+
 /// A file's bytes: mapped into memory when it is a regular file, read otherwise (a
 /// pipe, an empty file).
 pub enum FileBytes {
@@ -108,11 +169,39 @@ impl Deref for FileBytes {
     }
 }
 
-/// Opens a weights file for [`parse`]: mapped when it can be, so that the file's bytes
-/// are not copied once more before they become arrays.
-pub fn read_file(path: &Path) -> io::Result<FileBytes> {
-    let mut file = File::open(path)?;
-    let meta = file.metadata()?;
+/// Opens a weights file for [`parse`], bounded by [`MAX_WEIGHTS_ENV`] (see
+/// [`max_read_bytes`]).
+pub fn read_file(path: &Path) -> Result<FileBytes, WeightsError> {
+    let limit = max_read_bytes(MAX_WEIGHTS_ENV).map_err(|m| WeightsError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        error: io::Error::other(m),
+    })?;
+    read_file_limited(path, limit)
+}
+
+/// Opens a weights file for [`parse`]: mapped when it is a regular file, so that the
+/// file's bytes are not copied once more before they become arrays; read otherwise (a
+/// pipe, a device, an empty file), never more than `limit` bytes and never past what
+/// the header says the file holds.
+pub fn read_file_limited(path: &Path, limit: u64) -> Result<FileBytes, WeightsError> {
+    let io = |error| WeightsError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        error,
+    };
+    let too_big = |size: String| WeightsError::Format {
+        path: path.to_path_buf(),
+        key: None,
+        message: format!(
+            "the file is {size} bytes; kiln reads weights files of at most {limit} bytes (set {MAX_WEIGHTS_ENV} to change this)"
+        ),
+    };
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_big(meta.len().to_string()));
+    }
     if meta.is_file() && meta.len() > 0 {
         // SAFETY: the map is only read, and only while `parse` copies the tensors out
         // of it. Kiln never changes a weights file in place (it writes a new file and
@@ -123,9 +212,38 @@ pub fn read_file(path: &Path) -> io::Result<FileBytes> {
             return Ok(FileBytes::Mapped(map));
         }
     }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    let mut input = file.take(limit.saturating_add(1));
+    let bytes = read_stream(&mut input).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(format!("more than {limit}")));
+    }
     Ok(FileBytes::Read(bytes))
+}
+
+/// Reads a safetensors stream part by part: the header length, the header, then as
+/// many data bytes as the header's tensors claim, and one more (so that [`parse`] sees
+/// trailing bytes). As soon as a part is wrong it stops and returns what it has, for
+/// [`parse`] to say what is wrong: `/dev/zero` or `/dev/urandom` take a few bytes.
+fn read_stream(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    input.take(8).read_to_end(&mut bytes)?;
+    let Ok(n8) = <[u8; 8]>::try_from(&bytes[..]) else {
+        return Ok(bytes);
+    };
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER_BYTES {
+        return Ok(bytes);
+    }
+    input.take(n).read_to_end(&mut bytes)?;
+    let claimed = std::str::from_utf8(&bytes[8..])
+        .ok()
+        .filter(|t| t.starts_with('{'))
+        .and_then(|t| claims(t).ok())
+        .map(|c| c.iter().map(|c| c.end).max().unwrap_or(0));
+    if let Some(data) = claimed {
+        input.take(data.saturating_add(1)).read_to_end(&mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 /// The header's top-level entries in file order, keeping duplicates (which serde_json's
@@ -279,20 +397,20 @@ fn split(bytes: &[u8]) -> Result<(&str, &[u8]), FormatError> {
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER_BYTES {
+        return err(
+            None,
+            format!(
+                "the header claims {n} bytes; kiln reads headers of at most {MAX_HEADER_BYTES} bytes"
+            ),
+        );
+    }
     if n > len - 8 {
         return err(
             None,
             format!(
                 "the header claims {n} bytes, but only {} bytes follow its length: the file is truncated or not safetensors",
                 len - 8
-            ),
-        );
-    }
-    if n > MAX_HEADER_BYTES {
-        return err(
-            None,
-            format!(
-                "the header is {n} bytes; kiln reads headers of at most {MAX_HEADER_BYTES} bytes"
             ),
         );
     }

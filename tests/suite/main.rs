@@ -9,6 +9,7 @@ mod errors;
 mod explain;
 mod floors;
 mod hostile_files;
+mod hostile_inputs;
 mod init_cli;
 mod ir_passes;
 mod ir_prims;

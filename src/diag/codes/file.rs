@@ -90,11 +90,12 @@ layers:
     },
     CodeInfo {
         code: "E0105",
-        title: "the spec expands to too many YAML nodes",
+        title: "the spec expands to too many YAML nodes or bytes",
         explanation: "\
 Aliases (`*name`) repeat what their anchor holds, and kiln counts every repetition: a
-spec may expand to at most 200,000 YAML nodes. Anchors that repeat other aliases grow
-exponentially (the \"billion laughs\" file), so a few short lines can pass the limit.
+spec may expand to at most 200,000 YAML nodes and 16 MiB (16,777,216 bytes) of text.
+Anchors that repeat other aliases grow exponentially (the \"billion laughs\" file), and
+an alias of a long string copies all of it, so a few short lines can pass a limit.
 Use aliases for repeated layer arguments, not to generate structure.
 ",
         wrong: Example::Spec(include_str!("../../../specs/errors/alias_bomb.yaml")),

@@ -147,11 +147,12 @@ layers:
     },
     CodeInfo {
         code: "E0208",
-        title: "a name is not an identifier",
+        title: "a name is not an identifier, or is too long",
         explanation: "\
 Names of inputs, targets and layers are identifiers: letters, digits and `_`, not
 starting with a digit. They become weight keys (`dense_1/kernel`) and array names in
-data files, so dashes, spaces and dots are not allowed.
+data files, so dashes, spaces and dots are not allowed. Every name, the model's too,
+has at most 256 characters.
 ",
         wrong: Example::Spec(include_str!(
             "../../../specs/errors/input_name_invalid.yaml"

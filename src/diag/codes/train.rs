@@ -311,6 +311,39 @@ train:
         ),
     },
     CodeInfo {
+        code: "E0613",
+        title: "a metric is listed twice",
+        explanation: "\
+Each metric is computed and reported once per epoch under its name, so `metrics:` lists
+each one once. An alias counts as the metric it names: `acc` is `accuracy`, `mae` is
+`mean_absolute_error`. Remove the repetition.
+",
+        wrong: Example::Spec(
+            "\
+inputs:
+  x: [batch, 16]
+layers:
+  - dense: {units: 3}
+train:
+  targets: {y: {shape: [batch], dtype: i32}}
+  loss: {sparse_categorical_crossentropy: {from_logits: true}}
+  metrics: [accuracy, acc]
+",
+        ),
+        fixed: Example::Spec(
+            "\
+inputs:
+  x: [batch, 16]
+layers:
+  - dense: {units: 3}
+train:
+  targets: {y: {shape: [batch], dtype: i32}}
+  loss: {sparse_categorical_crossentropy: {from_logits: true}}
+  metrics: [accuracy]
+",
+        ),
+    },
+    CodeInfo {
         code: "W0601",
         title: "a callback monitors a validation quantity, but nothing is held out",
         explanation: "\
