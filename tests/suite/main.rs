@@ -8,6 +8,7 @@ mod data_files;
 mod errors;
 mod explain;
 mod floors;
+mod hostile_cli;
 mod init_cli;
 mod ir_passes;
 mod ir_prims;
