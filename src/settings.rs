@@ -49,7 +49,7 @@ impl Settings {
         {
             return Err(format!(
                 "the validation split must be in [0, 1), but it is {}",
-                crate::error::short_number(v)
+                crate::diag::short_number(v)
             ));
         }
         let fit = graph.train.as_ref().map(|t| &t.decl.fit);

@@ -9,8 +9,8 @@ use ndarray::{ArrayD, ArrayViewD};
 use super::DataError;
 use super::npy::{Dtype, Kind};
 use crate::check::{Graph, Source};
+use crate::diag::short_number;
 use crate::dim::Dim;
-use crate::error::short_number;
 use crate::layers::TensorType;
 use crate::spec::DType;
 

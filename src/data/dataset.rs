@@ -256,7 +256,7 @@ impl Dataset {
                 None,
                 format!(
                     "validation_split must be below 1, but is {}",
-                    crate::error::short_number(fraction)
+                    crate::diag::short_number(fraction)
                 ),
             ));
         }
@@ -269,7 +269,7 @@ impl Dataset {
                     "{} has {n} example{}, too few to hold out a validation split of {}: the {} part would be empty",
                     self.source,
                     if n == 1 { "" } else { "s" },
-                    crate::error::short_number(fraction),
+                    crate::diag::short_number(fraction),
                     if at == 0 { "training" } else { "validation" }
                 ),
             )
