@@ -145,7 +145,9 @@ pub fn run(
         last = Some((m, k));
     }
     let (m, step_kernel) = last.expect("five compiles ran");
-    let weights = crate::weights::init(&m.graph, 0).map_err(|e| RunError(e.to_string()))?;
+    // A weight too big for memory is the spec's fault (exit 1), as from `init` and `train`.
+    let weights =
+        crate::weights::init(&m.graph, 0).map_err(|e| BenchError::Spec(crate::Error::from(e)))?;
     let classes = m
         .graph
         .outputs

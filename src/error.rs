@@ -189,6 +189,13 @@ impl From<WeightsError> for Error {
         Error::Weights(e)
     }
 }
+/// A weight that cannot be drawn (it does not fit in memory) is a property of the
+/// spec: exit code 1, from every command.
+impl From<crate::weights::InitError> for Error {
+    fn from(e: crate::weights::InitError) -> Self {
+        Error::Invalid(e.to_string())
+    }
+}
 impl From<IrError> for Error {
     fn from(e: IrError) -> Self {
         Error::Internal {

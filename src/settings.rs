@@ -48,7 +48,8 @@ impl Settings {
             && !(0.0..1.0).contains(&v)
         {
             return Err(format!(
-                "the validation split must be in [0, 1), but it is {v}"
+                "the validation split must be in [0, 1), but it is {}",
+                crate::diag::short_number(v)
             ));
         }
         let fit = graph.train.as_ref().map(|t| &t.decl.fit);

@@ -1,14 +1,15 @@
 //! `kiln eval` and `kiln predict`: trained weights applied to data.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln::data::{self, Dataset, LoadOptions};
+use kiln::fit::checkpoint::check_finite;
 use kiln::layers::group_digits;
 use kiln::settings::Settings;
 use ndarray::ArrayViewD;
 
-use super::{BackendArg, CliError, Result, compile, data_path, needs_train};
+use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
 
 /// `kiln eval`.
 #[derive(clap::Args, Debug)]
@@ -23,7 +24,7 @@ pub struct EvalArgs {
     /// For .csv data: the column holding the target.
     #[arg(long)]
     pub target_column: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
     pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
@@ -52,6 +53,7 @@ pub fn eval(a: &EvalArgs) -> Result {
     let mut net = compile(&a.spec, a.backend, None)?;
     needs_train(&net, &a.spec, "evaluated (it has no loss)")?;
     net.load_weights(&a.weights)?;
+    check_finite(&a.weights, net.weights())?;
     let path = data_path(&net, a.data.as_ref(), &a.spec)?;
     let opts = LoadOptions {
         target_column: a.target_column.clone(),
@@ -156,10 +158,32 @@ fn input_arrays(
     Ok(())
 }
 
+/// Refuses, before any work, an output path without a `.npy` or `.npz` extension
+/// (which says the format to write).
+fn output_format(path: &Path) -> Result {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("npy" | "npz") => Ok(()),
+        Some(e) if !e.is_empty() => Err(CliError::Usage(format!(
+            "{}: kiln writes .npy or .npz files, not `.{e}`: give --output a `.npy` (one output) or `.npz` (one array per output) extension",
+            path.display()
+        ))),
+        _ => Err(CliError::Usage(format!(
+            "{}: the output needs a `.npy` (one output) or `.npz` (one array per output) extension, which says the format to write",
+            path.display()
+        ))),
+    }
+}
+
 /// `kiln predict`.
 pub fn predict(a: &PredictArgs) -> Result {
+    output_format(&a.output)?;
     let mut net = compile(&a.spec, a.backend, None)?;
     net.load_weights(&a.weights)?;
+    check_finite(&a.weights, net.weights())?;
     let graph = net.graph().clone();
     // Read every input file; an unnamed one is the model's only input (or named by
     // its file stem), a .npz contributes its arrays by name.

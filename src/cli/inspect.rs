@@ -90,7 +90,7 @@ pub fn bench(spec: &Path, batch_size: usize, json: bool, runs: usize) -> Result 
     let text = kiln::read_spec(spec)?;
     let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let file = spec.display().to_string();
-    match kiln::bench::run(&text, name, &file, batch_size, runs.max(1)) {
+    match kiln::bench::run(&text, name, &file, batch_size, runs) {
         Ok(r) => {
             if json {
                 println!("{}", r.to_json());
@@ -104,13 +104,14 @@ pub fn bench(spec: &Path, batch_size: usize, json: bool, runs: usize) -> Result 
     }
 }
 
-/// `kiln init`: 0 written, 1 the spec is wrong, 2 the file could not be written.
+/// `kiln init`: 0 written, 1 the spec is wrong (a weight too big for memory included),
+/// 2 the file could not be written.
 pub fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>) -> Result {
     kiln::paths::guard_outputs(&[("the spec", spec)], &[("--out", out)])
         .map_err(CliError::Usage)?;
     let m = load(spec)?;
     let seed = seed.unwrap_or_else(|| kiln::weights::default_seed(&m.graph));
-    let w = kiln::weights::init(&m.graph, seed).map_err(|e| CliError::Usage(e.to_string()))?;
+    let w = kiln::weights::init(&m.graph, seed).map_err(Error::from)?;
     kiln::weights::save(out, &w)?;
     println!(
         "wrote {}: {} (seed {seed})",

@@ -5,6 +5,7 @@
 
 mod apply;
 mod inspect;
+mod numbers;
 mod progress;
 mod train;
 
@@ -52,13 +53,13 @@ enum Command {
     /// Measure compile time, forward latency and train-step time (medians).
     Bench {
         spec: PathBuf,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
         batch_size: usize,
         /// Print `{"compile_ms", "forward_ms", "train_step_ms", "batch_size"}`.
         #[arg(long)]
         json: bool,
         /// Timed repetitions after warm-up.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
         runs: usize,
     },
     /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
@@ -68,7 +69,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// The random seed [default: the spec's `train.seed`, else 0].
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = numbers::seed)]
         seed: Option<u64>,
     },
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.

@@ -12,7 +12,7 @@ use kiln::runtime::Backend;
 use kiln::settings::Settings;
 
 use super::progress::Progress;
-use super::{BackendArg, CliError, Result, compile, data_path, needs_train};
+use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
 
 /// `kiln train`.
 #[derive(clap::Args, Debug)]
@@ -37,18 +37,18 @@ pub struct TrainArgs {
     /// Continue a run from a checkpoint, exactly where it stopped.
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
     pub batch_size: Option<usize>,
     /// Seed of the initial weights, the shuffling and dropout [default: the spec's].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = numbers::seed)]
     pub seed: Option<u64>,
     /// Keep the data's order in every epoch.
     #[arg(long)]
     pub no_shuffle: bool,
     /// Hold out the last fraction of the data for validation [default: the spec's].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = numbers::fraction)]
     pub validation_split: Option<f64>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
@@ -122,6 +122,7 @@ pub fn train(a: &TrainArgs) -> Result {
     }
     if let Some(w) = &a.init {
         net.load_weights(w)?;
+        kiln::fit::checkpoint::check_finite(w, net.weights())?;
     }
     let resume = match &a.resume {
         Some(c) => Some(net.load_checkpoint(c)?),

@@ -9,6 +9,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use super::DataError;
 use super::npy::{Dtype, Kind};
 use crate::check::{Graph, Source};
+use crate::diag::short_number;
 use crate::dim::Dim;
 use crate::layers::TensorType;
 use crate::spec::DType;
@@ -300,11 +301,12 @@ fn check_integers(file: Option<&Path>, wants: &[Want], haves: &[Have]) -> Result
             return Err(DataError::new(
                 file,
                 format!(
-                    "the {} `{}` is {} but the array `{}` holds {v} at flat index {i}",
+                    "the {} `{}` is {} but the array `{}` holds {} at flat index {i}",
                     w.role,
                     w.name,
                     w.ty.dtype.name(),
-                    h.name
+                    h.name,
+                    short_number(*v)
                 ),
             )
             .array(h.name));
@@ -380,7 +382,8 @@ pub(super) fn check_values(
                 return Err(DataError::new(
                     file,
                     format!(
-                        "the label {v} at example {i} of `{name}` is out of range: `{}` has {classes} classes, so labels are 0 to {}",
+                        "the label {} at example {i} of `{name}` is out of range: `{}` has {classes} classes, so labels are 0 to {}",
+                        short_number(*v),
                         graph.name_of(out),
                         classes - 1
                     ),
@@ -392,39 +395,58 @@ pub(super) fn check_values(
                 )));
             }
         }
-        // indices into an embedding
-        if w.role == "input"
-            && let Some(k) = graph.inputs.iter().position(|i| i.name == w.name)
+        if w.role == "input" {
+            check_indices(file, graph, name, a.view())?;
+        }
+    }
+    Ok(())
+}
+
+/// Indices within the table of every embedding the input `name` feeds: checked before
+/// running, so that the message names the file, the input and the layer.
+fn check_indices(
+    file: Option<&Path>,
+    graph: &Graph,
+    name: &str,
+    a: ArrayViewD<f32>,
+) -> Result<(), DataError> {
+    let Some(k) = graph.inputs.iter().position(|i| i.name == name) else {
+        return Ok(());
+    };
+    for l in &graph.layers {
+        if !(l.kind.facts.looks_up && l.inputs.contains(&Source::Input(k))) {
+            continue;
+        }
+        let n = l.args.int("input_dim");
+        if let Some((i, v)) = a
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(**v >= 0.0 && **v < n as f32))
         {
-            for l in &graph.layers {
-                if l.kind.facts.looks_up && l.inputs.contains(&Source::Input(k)) {
-                    let n = l.args.int("input_dim");
-                    if let Some((i, v)) = a
-                        .iter()
-                        .enumerate()
-                        .find(|(_, v)| **v < 0.0 || **v >= n as f32)
-                    {
-                        return Err(DataError::new(
-                            file,
-                            format!(
-                                "the index {v} at {} of `{name}` is out of range for `{}`, whose input_dim is {n} (indices 0 to {})",
-                                unravel(i, a.shape()),
-                                l.name,
-                                n - 1
-                            ),
-                        )
-                        .array(name));
-                    }
-                }
-            }
+            return Err(DataError::new(
+                file,
+                format!(
+                    "the index {} at {} of the input `{name}` is out of range for the embedding `{}`, whose input_dim is {n} (indices 0 to {})",
+                    short_number(*v),
+                    unravel(i, a.shape()),
+                    l.name,
+                    n - 1
+                ),
+            )
+            .array(name)
+            .help(format!(
+                "indices must be below `{}`'s input_dim: check the data's vocabulary, or raise input_dim to cover it",
+                l.name
+            )));
         }
     }
     Ok(())
 }
 
 /// Checks arrays handed to the forward pass (`predict`) against the model's inputs:
-/// every input present and no other, dtypes, shapes and symbols. `dtypes` gives what
-/// each array held in its file, when it came from one.
+/// every input present and no other, dtypes, shapes and symbols, indices within each
+/// embedding's table. `dtypes` gives what each array held in its file, when it came
+/// from one.
 pub fn check_predict_inputs(
     graph: &Graph,
     arrays: &[(&str, ArrayViewD<f32>, Option<Dtype>)],
@@ -489,5 +511,10 @@ pub fn check_predict_inputs(
         )?;
     }
     let file = haves.first().and_then(|h| file_of(h.name));
-    check_arrays(file.as_deref(), &ws, &haves, None).map(|_| ())
+    check_arrays(file.as_deref(), &ws, &haves, None)?;
+    // Indices into an embedding, before running: against the file each came from.
+    for h in &haves {
+        check_indices(file_of(h.name).as_deref(), graph, h.name, h.data.view())?;
+    }
+    Ok(())
 }

@@ -254,7 +254,10 @@ impl Dataset {
         if fraction >= 1.0 || fraction.is_nan() {
             return Err(DataError::new(
                 None,
-                format!("validation_split must be below 1, but is {fraction}"),
+                format!(
+                    "validation_split must be below 1, but is {}",
+                    crate::diag::short_number(fraction)
+                ),
             ));
         }
         let n = self.len;
@@ -263,9 +266,10 @@ impl Dataset {
             return Err(DataError::new(
                 None,
                 format!(
-                    "{} has {n} example{}, too few to hold out a validation split of {fraction}: the {} part would be empty",
+                    "{} has {n} example{}, too few to hold out a validation split of {}: the {} part would be empty",
                     self.source,
                     if n == 1 { "" } else { "s" },
+                    crate::diag::short_number(fraction),
                     if at == 0 { "training" } else { "validation" }
                 ),
             )

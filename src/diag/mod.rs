@@ -438,6 +438,38 @@ pub fn did_you_mean<'a>(
     best.map(|(_, c)| c)
 }
 
+/// A number echoed in a message, in short form: integers as integers (`10000`), other
+/// values in their shortest round-tripping form, with an exponent when very large or
+/// small (`0.25`, `1e-300`, `1e300`), never hundreds of digits.
+pub fn short_number<T: Copy + Into<f64> + fmt::Debug>(v: T) -> String {
+    let x: f64 = v.into();
+    if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e16 {
+        format!("{x:.0}")
+    } else {
+        format!("{v:?}")
+    }
+}
+
+#[cfg(test)]
+mod short_number_tests {
+    use super::short_number;
+
+    #[test]
+    fn numbers_print_short() {
+        assert_eq!(short_number(10000.0), "10000");
+        assert_eq!(short_number(-1.0), "-1");
+        assert_eq!(short_number(0.25), "0.25");
+        assert_eq!(short_number(-0.5), "-0.5");
+        assert_eq!(short_number(1e-300), "1e-300");
+        assert_eq!(short_number(1e300), "1e300");
+        assert_eq!(short_number(f64::NAN), "NaN");
+        assert_eq!(short_number(f64::INFINITY), "inf");
+        assert_eq!(short_number(0.1f32), "0.1");
+        assert_eq!(short_number(1e30f32), "1e30");
+        assert_eq!(short_number(-0.0), "-0");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

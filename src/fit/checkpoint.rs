@@ -181,6 +181,7 @@ impl Net {
 /// Loads a checkpoint into `net`: weights, optimizer state and position.
 fn load(net: &mut Net, path: &Path) -> Result<Resume, Error> {
     let mut w = weights::load(path)?;
+    check_finite(path, &w)?;
     let bad = |m: String| {
         Error::Weights(WeightsError::Format {
             path: path.to_path_buf(),
@@ -274,6 +275,48 @@ fn load(net: &mut Net, path: &Path) -> Result<Resume, Error> {
         meta,
         best_weights: best,
     })
+}
+
+/// Refuses weights (or a checkpoint's tensors) holding NaN or infinite values, naming
+/// the file, the tensor and the first such value: kiln writes neither weights nor
+/// checkpoints from a run whose loss stopped being finite, so such a file is damaged,
+/// and training or predicting from it would only give NaN.
+pub fn check_finite(path: &Path, w: &Weights) -> Result<(), Error> {
+    for (k, a) in w.iter() {
+        let Some(first) = a.iter().position(|v| !v.is_finite()) else {
+            continue;
+        };
+        let nan = a.iter().filter(|v| v.is_nan()).count();
+        let inf = a.iter().filter(|v| v.is_infinite()).count();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let what = match (nan, inf) {
+            (n, 0) => format!("{n} NaN value{}", plural(n)),
+            (0, i) => format!("{i} infinite value{}", plural(i)),
+            (n, i) => format!("{n} NaN and {i} infinite value{}", plural(i)),
+        };
+        return Err(Error::Weights(WeightsError::Format {
+            path: path.to_path_buf(),
+            key: Some(k.to_string()),
+            message: format!(
+                "the tensor `{k}` holds {what}, the first at {}: the file is damaged (kiln never writes non-finite weights); use an earlier checkpoint, or other weights",
+                position(first, a.shape())
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// The position of flat index `i` in `shape`, as `[a, b]`.
+fn position(mut i: usize, shape: &[usize]) -> String {
+    let mut ix = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            ix[k] = i % d;
+            i /= d;
+        }
+    }
+    let p: Vec<String> = ix.iter().map(usize::to_string).collect();
+    format!("[{}]", p.join(", "))
 }
 
 /// `b`'s tensors in the order of `like`.

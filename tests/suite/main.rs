@@ -8,6 +8,7 @@ mod data_files;
 mod errors;
 mod explain;
 mod floors;
+mod hostile_cli;
 mod hostile_files;
 mod hostile_inputs;
 mod init_cli;
