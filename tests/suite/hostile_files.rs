@@ -190,14 +190,17 @@ fn outputs_that_are_inputs_are_refused_and_nothing_changes() {
         &[&predict[..], &["--input", "x.npy", "--output", "x.npy"]].concat(),
         &["--output x.npy is the same file as --input x.npy"],
     );
+    // The weights under another name with an output's extension (a hard link): the
+    // same inode, refused by the guard rather than by the extension check.
+    std::fs::hard_link(dir.join("w.safetensors"), dir.join("w_alias.npz")).unwrap();
     refused(
         &dir,
         &[
             &predict[..],
-            &["--input", "x=x.npy", "--output", "./w.safetensors"],
+            &["--input", "x=x.npy", "--output", "./w_alias.npz"],
         ]
         .concat(),
-        &["--output ./w.safetensors", "--weights w.safetensors"],
+        &["--output ./w_alias.npz", "--weights w.safetensors"],
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
