@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod data_files;
 mod errors;
+mod examples;
 mod explain;
 mod floors;
 mod hostile_cli;
