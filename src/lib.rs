@@ -25,6 +25,7 @@ pub mod layers;
 pub mod lower;
 pub mod net;
 pub mod paths;
+#[cfg(feature = "cli")]
 pub mod plot;
 pub mod rng;
 pub mod runtime;
