@@ -45,7 +45,7 @@ pub use diag::Diagnostic;
 pub use error::{Error, SpecError};
 pub use fit::{FitOptions, FitReport, Logs};
 pub use ndarray;
-pub use net::{Net, OptState, Options, StepOutput};
+pub use net::{Input, Net, OptState, Options, StepOutput};
 pub use runtime::Backend;
 pub use settings::Settings;
 pub use weights::Weights;

@@ -21,6 +21,7 @@
 //! handed in are checked against the spec (names, dtypes, shapes, symbols) before any
 //! compiled code runs. A `Net` can be shared across threads for inference.
 
+mod input;
 mod logs;
 mod step;
 
@@ -36,6 +37,7 @@ use crate::runtime::{self, Backend, Kernel};
 use crate::weights::{self, Weights, WeightsError};
 use crate::{Model, lower};
 
+pub use input::Input;
 pub use logs::Logs;
 use step::{EvalKernel, TrainKernel};
 pub use step::{OptState, StepOutput, rng_key};
@@ -61,6 +63,9 @@ pub struct Net {
     train: Option<Arc<TrainKernel>>,
     eval: Mutex<Option<Arc<EvalKernel>>>,
     opt: OptState,
+    /// The seed the `Net` was compiled with: weights, and dropout's keys in
+    /// [`Net::train_on_batch`].
+    seed: u64,
 }
 
 impl Model {
@@ -89,6 +94,7 @@ impl Model {
             train: None,
             eval: Mutex::new(None),
             opt: OptState::default(),
+            seed,
         })
     }
 }
@@ -131,6 +137,10 @@ impl Net {
     /// The current weights, in the model's order.
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+    /// The seed the `Net` was compiled with ([`Options::seed`], else the spec's).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
     /// Optimizer iterations done so far.
     pub fn step(&self) -> u64 {

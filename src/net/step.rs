@@ -7,6 +7,8 @@ use std::sync::Arc;
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::{Logs, Net, scalar, scalar_array};
+use crate::args::Value;
+use crate::catalog::schedules;
 use crate::data::Dataset;
 use crate::error::Error;
 use crate::lower::{self, train::StepArgs, train::StepOutputs};
@@ -192,6 +194,52 @@ impl Net {
             loss: value(o.loss),
             metrics: o.metrics.iter().map(|&i| value(i)).collect(),
         })
+    }
+
+    /// Keras's `train_on_batch(x, y)`: one training step on named inputs and targets,
+    /// checked against the spec first (names, dtypes, shapes, integer values), with the
+    /// `Net`'s current learning rate (the optimizer's `learning_rate` schedule at
+    /// [`Net::step`], else the number set last) and dropout's key
+    /// [`rng_key`]`(`[`Net::seed`]`, step)` — as [`Net::fit`] would run this batch.
+    /// Returns the batch's loss and metrics (before the update).
+    pub fn train_on_batch(
+        &mut self,
+        inputs: &[(&str, ArrayViewD<f32>)],
+        targets: &[(&str, ArrayViewD<f32>)],
+    ) -> Result<StepOutput, Error> {
+        let Some(train) = self.graph.train.as_ref() else {
+            return Err(Error::Invalid(format!(
+                "the spec of `{}` has no `train` section: add one with targets, a loss and an optimizer",
+                self.graph.name
+            )));
+        };
+        let lr_value = train.decl.optimizer.args.get("learning_rate").clone();
+        let arrays = inputs
+            .iter()
+            .chain(targets)
+            .map(|(n, a)| (n.to_string(), a.to_owned()))
+            .collect();
+        let data = Dataset::from_arrays(&self.graph, arrays)?;
+        if data.targets.is_empty() {
+            return Err(Error::Invalid(
+                "training needs targets, and none were given".into(),
+            ));
+        }
+        if data.is_empty() {
+            return Err(Error::Invalid("the batch is empty".into()));
+        }
+        if self.opt.lr.is_none() {
+            self.opt.lr = Some(schedules::lr_at(&lr_value, 0) as f32);
+        }
+        let lr = if matches!(lr_value, Value::Named(..)) {
+            schedules::lr_at(&lr_value, self.opt.step) as f32
+        } else {
+            self.opt.lr.unwrap_or(0.001)
+        };
+        let key = rng_key(self.seed, self.opt.step);
+        let xs = data.inputs.into_iter().map(|(_, a)| a).collect();
+        let ys = data.targets.into_iter().map(|(_, a)| a).collect();
+        self.train_step(xs, ys, lr, key)
     }
 
     fn give_back(

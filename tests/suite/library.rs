@@ -78,3 +78,120 @@ fn a_custom_loop_of_train_steps_equals_fit() {
         assert!(same, "{ka} differs");
     }
 }
+
+/// `train_on_batch` over batches in order, from a fresh model, ends bit-identical to
+/// `fit` over the same data (one epoch, no shuffling), with a learning-rate schedule
+/// and dropout: it uses the `Net`'s seed, step and schedule as `fit` does.
+#[test]
+fn train_on_batch_in_order_equals_fit() {
+    let spec = "inputs:\n  x: [batch, 3]\nlayers:\n  - dense: {units: 4, activation: relu}\n  - dropout: {rate: 0.25}\n  - dense: {units: 2, name: out}\ntrain:\n  targets: {y: [batch, 2]}\n  loss: mse\n  metrics: [mae]\n  optimizer: {adam: {learning_rate: {exponential_decay: {initial_learning_rate: 0.01, decay_steps: 1, decay_rate: 0.5}}}}\n  batch_size: 4\n  seed: 7\n";
+    let m = kiln::Model::from_source(spec, "t", "t.yaml").unwrap();
+    let x = kiln::ndarray::ArrayD::from_shape_fn(vec![10, 3], |i| (i[0] * 3 + i[1]) as f32 / 30.0);
+    let y = kiln::ndarray::ArrayD::from_shape_fn(vec![10, 2], |i| (i[0] + i[1]) as f32 / 10.0);
+    let mut a = m.compile(&kiln::Options::default()).unwrap();
+    let data = kiln::Dataset::from_arrays(
+        a.graph(),
+        vec![("x".into(), x.clone()), ("y".into(), y.clone())],
+    )
+    .unwrap();
+    let opts = kiln::FitOptions {
+        epochs: Some(1),
+        shuffle: Some(false),
+        ..kiln::FitOptions::default()
+    };
+    let report = a.fit(&data, &opts).unwrap();
+    assert_eq!(report.steps, 3);
+
+    let mut b = m.compile(&kiln::Options::default()).unwrap();
+    assert_eq!(b.seed(), 7);
+    for (lo, hi) in [(0usize, 4usize), (4, 8), (8, 10)] {
+        let xs = x.slice(kiln::ndarray::s![lo..hi, ..]).into_dyn();
+        let ys = y.slice(kiln::ndarray::s![lo..hi, ..]).into_dyn();
+        let out = b.train_on_batch(&[("x", xs)], &[("y", ys)]).unwrap();
+        assert!(out.loss.is_finite());
+        assert_eq!(out.metrics.len(), 1);
+    }
+    assert_eq!(b.step(), 3);
+    for ((ka, wa), (kb, wb)) in a.weights().iter().zip(b.weights().iter()) {
+        assert_eq!(ka, kb);
+        let same = wa
+            .iter()
+            .zip(wb.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{ka} differs");
+    }
+}
+
+/// `train_on_batch` checks its arrays against the spec and leaves the model untouched
+/// when they do not fit.
+#[test]
+fn train_on_batch_refuses_bad_arrays() {
+    let spec = "inputs:\n  x: [batch, 3]\nlayers:\n  - dense: {units: 2}\ntrain:\n  targets: {y: [batch, 2]}\n  loss: mse\n  optimizer: sgd\n";
+    let m = kiln::Model::from_source(spec, "t", "t.yaml").unwrap();
+    let mut net = m.compile(&kiln::Options::default()).unwrap();
+    let x = kiln::ndarray::ArrayD::<f32>::zeros(vec![4, 3]);
+    let wrong = kiln::ndarray::ArrayD::<f32>::zeros(vec![4, 5]);
+    let y = kiln::ndarray::ArrayD::<f32>::zeros(vec![4, 2]);
+    let e = net
+        .train_on_batch(&[("x", wrong.view())], &[("y", y.view())])
+        .unwrap_err();
+    assert!(e.to_string().contains('x'), "{e}");
+    let e = net
+        .train_on_batch(&[("x", x.view())], &[("z", y.view())])
+        .unwrap_err();
+    assert!(e.to_string().contains('z'), "{e}");
+    assert_eq!(net.step(), 0);
+    net.train_on_batch(&[("x", x.view())], &[("y", y.view())])
+        .unwrap();
+    assert_eq!(net.step(), 1);
+}
+
+/// Token ids predict as i32 arrays, the same bits as their f32 form; a 2-D f32 view
+/// needs no `into_dyn`; an array of the wrong element type is refused by name.
+#[test]
+fn predict_typed_takes_i32_token_ids_and_any_dimension() {
+    let spec = "inputs:\n  tokens: {shape: [batch, seq], dtype: i32}\nlayers:\n  - embedding: {input_dim: 20, output_dim: 3}\n  - global_average_pooling1d: {}\n  - dense: {units: 2}\n";
+    let m = kiln::Model::from_source(spec, "t", "t.yaml").unwrap();
+    let net = m.compile(&kiln::Options::default()).unwrap();
+    let ids =
+        kiln::ndarray::Array2::<i32>::from_shape_fn((2, 5), |(i, j)| (i * 7 + j * 3) as i32 % 20);
+    let as_f32 = ids.mapv(|v| v as f32);
+    let typed = net.predict_typed(&[("tokens", ids.view().into())]).unwrap();
+    let plain = net
+        .predict(&[("tokens", as_f32.view().into_dyn())])
+        .unwrap();
+    assert_eq!(typed.shape(), &[2, 2]);
+    let same = typed
+        .iter()
+        .zip(plain.iter())
+        .all(|(p, q)| p.to_bits() == q.to_bits());
+    assert!(same, "{typed} vs {plain}");
+
+    let e = net
+        .predict_typed(&[("tokens", as_f32.view().into())])
+        .unwrap_err();
+    assert!(e.to_string().contains("tokens"), "{e}");
+    let too_big = kiln::ndarray::Array2::<i32>::from_elem((1, 2), 20);
+    assert!(
+        net.predict_typed(&[("tokens", too_big.view().into())])
+            .is_err()
+    );
+
+    let dense = kiln::Model::from_source(
+        "inputs:\n  x: [batch, 3]\nlayers:\n  - dense: {units: 2}\n",
+        "d",
+        "d.yaml",
+    )
+    .unwrap()
+    .compile(&kiln::Options::default())
+    .unwrap();
+    let x = kiln::ndarray::Array2::<f32>::from_shape_fn((4, 3), |(i, j)| (i + j) as f32);
+    let typed = dense.predict_typed(&[("x", x.view().into())]).unwrap();
+    let plain = dense.predict(&[("x", x.view().into_dyn())]).unwrap();
+    assert_eq!(typed, plain);
+    let ints = kiln::ndarray::Array2::<i32>::zeros((4, 3));
+    let e = dense
+        .predict_typed(&[("x", ints.view().into())])
+        .unwrap_err();
+    assert!(e.to_string().contains("f32"), "{e}");
+}
