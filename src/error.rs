@@ -160,17 +160,7 @@ impl miette::Diagnostic for Error {
             return None;
         };
         let d = e.diagnostics.first()?;
-        let n = e.source.len();
-        Some(Box::new(d.labels.iter().map(move |l| {
-            let start = l.span.start.min(n);
-            let len = l.span.end.min(n).saturating_sub(start);
-            let text = Some(l.message.clone());
-            if l.primary {
-                miette::LabeledSpan::new_primary_with_span(text, (start, len))
-            } else {
-                miette::LabeledSpan::new_with_span(text, (start, len))
-            }
-        })))
+        Some(Box::new(diag::labeled_spans(d, e.source.len())))
     }
 }
 

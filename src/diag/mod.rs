@@ -225,17 +225,21 @@ impl miette::Diagnostic for MietteView<'_> {
         if self.diag.labels.is_empty() || self.at.is_some() {
             return None;
         }
-        let n = self.text_len;
-        Some(Box::new(self.diag.labels.iter().map(move |l| {
-            let start = l.span.start.min(n);
-            let len = l.span.end.min(n).saturating_sub(start);
-            if l.primary {
-                LabeledSpan::new_primary_with_span(Some(l.message.clone()), (start, len))
-            } else {
-                LabeledSpan::new_with_span(Some(l.message.clone()), (start, len))
-            }
-        })))
+        Some(Box::new(labeled_spans(self.diag, self.text_len)))
     }
+}
+
+/// A diagnostic's labels as miette draws them, clamped to a text of `text_len` bytes.
+pub fn labeled_spans(d: &Diagnostic, text_len: usize) -> impl Iterator<Item = LabeledSpan> + '_ {
+    d.labels.iter().map(move |l| {
+        let start = l.span.start.min(text_len);
+        let len = l.span.end.min(text_len).saturating_sub(start);
+        if l.primary {
+            LabeledSpan::new_primary_with_span(Some(l.message.clone()), (start, len))
+        } else {
+            LabeledSpan::new_with_span(Some(l.message.clone()), (start, len))
+        }
+    })
 }
 
 /// Longest source line drawn under a diagnostic, in bytes.

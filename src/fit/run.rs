@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use super::callbacks::{self, Callback, CsvLog};
 use super::{FitOptions, FitReport, Logs, Observer, Settings, Stop, checkpoint};
-use crate::args::Value;
-use crate::catalog::schedules as schedule;
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::net::{Net, OptState, rng_key};
@@ -63,8 +61,6 @@ struct Run<'a> {
     train: Dataset,
     val: Option<Dataset>,
     names: Vec<String>,
-    lr_value: Value,
-    is_schedule: bool,
     cbs: Vec<Callback>,
     csv_logs: Vec<CsvLog>,
     history: Vec<Logs>,
@@ -144,12 +140,8 @@ impl<'a> Run<'a> {
         }
         // Compiles the step and checks the optimizer state now, before any epoch.
         net.optimizer_state_keys()?;
-        let lr_value = train.decl.optimizer.args.get("learning_rate").clone();
-        let is_schedule = matches!(lr_value, Value::Named(..));
-        if net.optimizer_state().lr.is_none() {
-            net.set_learning_rate(Some(schedule::lr_at(&lr_value, 0) as f32));
-        }
-        let cbs = spec_callbacks(net, opts, is_schedule)?;
+        net.start_learning_rate();
+        let cbs = spec_callbacks(net, opts, net.learning_rate_is_schedule())?;
         let names = metric_names(&graph);
         let snapshot = Snapshot {
             weights: net.weights().clone(),
@@ -167,8 +159,6 @@ impl<'a> Run<'a> {
             val: val_data,
             sums: Sums::new(names.len()),
             names,
-            lr_value,
-            is_schedule,
             cbs,
             csv_logs: Vec::new(),
             history: Vec::new(),
@@ -260,16 +250,6 @@ impl<'a> Run<'a> {
             .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
-    /// This step's learning rate: the schedule's at the step, else the current one.
-    fn lr(&self) -> f32 {
-        let opt = self.net.optimizer_state();
-        if self.is_schedule {
-            schedule::lr_at(&self.lr_value, opt.step) as f32
-        } else {
-            opt.lr.unwrap_or(0.001)
-        }
-    }
-
     /// Runs the batches of `epoch`; `Some` when training stops inside it.
     fn epoch(&mut self, epoch: usize) -> Result<Option<Stop>, Error> {
         let (n, bs) = (self.train.len(), self.s.batch_size);
@@ -293,7 +273,7 @@ impl<'a> Run<'a> {
             let idx = data::batch_indices(&order, bs, b);
             let (xs, ys) = self.train.gather(idx);
             let step = self.net.optimizer_state().step;
-            let lr = self.lr();
+            let lr = self.net.learning_rate();
             let out = self
                 .net
                 .train_step(xs, ys, lr, rng_key(self.s.seed, step))?;

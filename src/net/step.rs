@@ -70,6 +70,37 @@ impl Net {
         self.opt.lr = lr;
     }
 
+    /// The optimizer's `learning_rate` as the spec gives it (a number or a schedule).
+    fn spec_learning_rate(&self) -> Option<&Value> {
+        let t = self.graph.train.as_ref()?;
+        Some(t.decl.optimizer.args.get("learning_rate"))
+    }
+
+    /// Whether the optimizer's learning rate is a schedule (which then decides every
+    /// step's rate; reduce-LR-on-plateau cannot set it).
+    pub fn learning_rate_is_schedule(&self) -> bool {
+        matches!(self.spec_learning_rate(), Some(Value::Named(..)))
+    }
+
+    /// Sets the current learning rate to the spec's (its schedule's first value)
+    /// unless one is set already: what training starts from.
+    pub fn start_learning_rate(&mut self) {
+        if self.opt.lr.is_none()
+            && let Some(v) = self.spec_learning_rate()
+        {
+            self.opt.lr = Some(schedules::lr_at(v, 0) as f32);
+        }
+    }
+
+    /// The learning rate of the next step: the schedule's at [`Net::step`], else the
+    /// current rate (Keras's 0.001 before one is set).
+    pub fn learning_rate(&self) -> f32 {
+        match self.spec_learning_rate() {
+            Some(v @ Value::Named(..)) => schedules::lr_at(v, self.opt.step) as f32,
+            _ => self.opt.lr.unwrap_or(0.001),
+        }
+    }
+
     /// The optimizer state's keys in the training step's order (compiles the step).
     pub fn optimizer_state_keys(&mut self) -> Result<Vec<String>, Error> {
         Ok(self.train_kernel()?.layout.state.clone())
@@ -207,13 +238,12 @@ impl Net {
         inputs: &[(&str, ArrayViewD<f32>)],
         targets: &[(&str, ArrayViewD<f32>)],
     ) -> Result<StepOutput, Error> {
-        let Some(train) = self.graph.train.as_ref() else {
+        if self.graph.train.is_none() {
             return Err(Error::Invalid(format!(
                 "the spec of `{}` has no `train` section: add one with targets, a loss and an optimizer",
                 self.graph.name
             )));
         };
-        let lr_value = train.decl.optimizer.args.get("learning_rate").clone();
         let arrays = inputs
             .iter()
             .chain(targets)
@@ -228,14 +258,8 @@ impl Net {
         if data.is_empty() {
             return Err(Error::Invalid("the batch is empty".into()));
         }
-        if self.opt.lr.is_none() {
-            self.opt.lr = Some(schedules::lr_at(&lr_value, 0) as f32);
-        }
-        let lr = if matches!(lr_value, Value::Named(..)) {
-            schedules::lr_at(&lr_value, self.opt.step) as f32
-        } else {
-            self.opt.lr.unwrap_or(0.001)
-        };
+        self.start_learning_rate();
+        let lr = self.learning_rate();
         let key = rng_key(self.seed, self.opt.step);
         let xs = data.inputs.into_iter().map(|(_, a)| a).collect();
         let ys = data.targets.into_iter().map(|(_, a)| a).collect();
