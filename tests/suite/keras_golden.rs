@@ -77,6 +77,11 @@ fn views<'a>(g: &'a [(&'a str, &'a ArrayD<f32>)]) -> Vec<(&'a str, ArrayViewD<'a
     g.iter().map(|(k, a)| (*k, a.view())).collect()
 }
 
+/// Within the tolerance (false for NaN).
+fn close(got: f32, want: f32) -> bool {
+    (got - want).abs() <= ATOL + RTOL * want.abs()
+}
+
 /// Where `got` and `want` differ by more than the tolerance: the first index, both values.
 fn mismatch(got: &ArrayD<f32>, want: &ArrayD<f32>) -> Option<String> {
     if got.shape() != want.shape() {
@@ -86,7 +91,7 @@ fn mismatch(got: &ArrayD<f32>, want: &ArrayD<f32>) -> Option<String> {
         .iter()
         .zip(want.iter())
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= ATOL + RTOL * w.abs()))
+        .filter(|(_, (g, w))| !close(**g, **w))
         .max_by(|a, b| {
             let d = |(g, w): (&f32, &f32)| (g - w).abs();
             d(a.1).total_cmp(&d(b.1))
@@ -127,7 +132,7 @@ fn run(name: &str, fx: &Fixture, backend: Backend) -> Vec<String> {
         .train_on_batch(&inputs, &views(&y))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let want = loss.iter().next().copied().unwrap_or(f32::NAN);
-    if !((step.loss - want).abs() <= ATOL + RTOL * want.abs()) {
+    if !close(step.loss, want) {
         bad.push(format!("loss: kiln {}, Keras {want}", step.loss));
     }
     let after = fx.weights("w1");
