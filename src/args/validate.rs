@@ -7,7 +7,8 @@ use super::values::{
     as_int, check_choice, check_float, check_float_list, check_int, check_int_tuple, example_args,
     type_error,
 };
-use super::{ArgKind, ArgSpec, Args, Default, UNSUPPORTED, Value};
+use super::{ArgKind, ArgSpec, Args, Default, Value};
+use crate::diag::keras::{self, Family};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::yaml::{Kind, Node, Scalar};
 
@@ -127,7 +128,7 @@ fn arg_spec<'s>(
     if let Some(spec) = schema.iter().find(|s| s.name == key) {
         return Some(spec);
     }
-    if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == key) {
+    if let Some(why) = keras::lookup(Family::Argument, key).map(|e| e.instead) {
         diags.push(
             Diagnostic::error(
                 "E0402",

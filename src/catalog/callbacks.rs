@@ -192,7 +192,7 @@ pub struct CallbackKind {
     /// The callback with its state, from validated arguments.
     pub build: fn(&Args) -> Callback,
 }
-entry!(CallbackKind);
+entry!(CallbackKind, Callback);
 
 const MONITOR: ArgSpec = arg("monitor", ArgKind::Str, Default::Str("val_loss"));
 const MODE: ArgSpec = arg(
