@@ -59,6 +59,12 @@ pub enum ArgKind {
     Axes,
     /// Free text (file paths, monitored quantities).
     Str,
+    /// A file kiln writes, in a format its extension names: one of `extensions`
+    /// (`.safetensors`), so that a Keras `.keras` or `.h5` name is refused rather than
+    /// filled with another format.
+    File {
+        extensions: &'static [&'static str],
+    },
 }
 
 /// How the catalog checks the values of one [`ArgKind::Catalog`] kind.

@@ -253,7 +253,13 @@ pub static MODEL_CHECKPOINT: CallbackKind = CallbackKind {
     name: "model_checkpoint",
     aliases: &[],
     args: &[
-        arg("filepath", ArgKind::Str, Default::Required),
+        arg(
+            "filepath",
+            ArgKind::File {
+                extensions: &[".safetensors"],
+            },
+            Default::Required,
+        ),
         MONITOR,
         arg("save_best_only", ArgKind::Bool, Default::Bool(false)),
         MODE,
