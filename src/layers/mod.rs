@@ -77,7 +77,8 @@ pub struct LayerKind {
 /// recognize the kind by its name.
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
-    /// The number of spatial axes of a convolution or pooling layer (1 or 2).
+    /// The number of spatial axes of a convolution, pooling or spatial dropout layer (1
+    /// or 2).
     pub spatial: Option<usize>,
     /// Max or average, for pooling layers.
     pub pool: Option<PoolKind>,

@@ -6,7 +6,7 @@
 
 use super::core::identity;
 use super::lower::{Call, LowerCx, Mode};
-use super::{Arity, Ctx, Inferred, LayerKind, NO_FACTS};
+use super::{Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS};
 use crate::args::{Default, FRACTION, arg, float_range, int};
 use crate::dim::Dim;
 use crate::ir::{Cmp, Func, Id, IrError, Op, Result, Type, Unary};
@@ -21,7 +21,10 @@ pub const SPATIAL_DROPOUT1D: LayerKind = LayerKind {
     arity: Arity::One,
     infer: spatial1d,
     lower: lower_spatial_dropout,
-    facts: NO_FACTS,
+    facts: Facts {
+        spatial: Some(1),
+        ..NO_FACTS
+    },
 };
 
 pub const SPATIAL_DROPOUT2D: LayerKind = LayerKind {
@@ -31,7 +34,10 @@ pub const SPATIAL_DROPOUT2D: LayerKind = LayerKind {
     arity: Arity::One,
     infer: spatial2d,
     lower: lower_spatial_dropout,
-    facts: NO_FACTS,
+    facts: Facts {
+        spatial: Some(2),
+        ..NO_FACTS
+    },
 };
 
 fn spatial1d(cx: &mut Ctx) -> Option<Inferred> {

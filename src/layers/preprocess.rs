@@ -91,11 +91,45 @@ fn check_numbers(
     Some(Value::Floats(out))
 }
 
+/// `axis` of `normalization`: an axis, a list of axes, or `null` (Keras's `None`: one
+/// statistic over every axis, as an empty list).
+static AXES: CatalogArg = CatalogArg {
+    what: "axes",
+    example: "-1",
+    default: |_| Value::Ints(vec![-1]),
+    check: check_axes,
+};
+
+fn check_axes(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) -> Option<Value> {
+    if v.is_null() {
+        return Some(Value::Ints(Vec::new()));
+    }
+    let one = |n: &Node| as_float(n).filter(|f| f.fract() == 0.0 && f.abs() <= 64.0);
+    if let Some(a) = one(v) {
+        return Some(Value::Ints(vec![a as i64]));
+    }
+    let items = v
+        .as_seq()
+        .map(|items| items.iter().map(one).collect::<Option<Vec<_>>>());
+    match items {
+        Some(Some(axes)) => Some(Value::Ints(axes.into_iter().map(|a| a as i64).collect())),
+        _ => {
+            diags.push(type_error(
+                spec,
+                v,
+                what,
+                "an axis, a list of axes, or null",
+            ));
+            None
+        }
+    }
+}
+
 pub const NORMALIZATION: LayerKind = LayerKind {
     name: "normalization",
     class: "Normalization",
     args: &[
-        arg("axis", ArgKind::Axes, Default::Ints(&[-1])),
+        arg("axis", ArgKind::Catalog(&AXES), Default::Ints(&[-1])),
         arg("mean", ArgKind::Catalog(&NUMBERS), Default::Null),
         arg("variance", ArgKind::Catalog(&NUMBERS), Default::Null),
         arg("invert", ArgKind::Bool, Default::Bool(false)),

@@ -540,3 +540,171 @@ fn spatial_dropout_drops_whole_channels() {
         }
     }
 }
+
+fn net(spec: &str) -> kiln::Net {
+    let m = kiln::Model::from_source(spec, "t", "t.yaml").unwrap_or_else(|e| panic!("{spec}\n{e}"));
+    m.compile(&kiln::Options::default()).unwrap()
+}
+
+fn data(n: &kiln::Net, arrays: Vec<(&str, ArrayD<f32>)>) -> kiln::Dataset {
+    let arrays = arrays
+        .into_iter()
+        .map(|(k, a)| (k.to_string(), a))
+        .collect();
+    kiln::Dataset::from_arrays(n.graph(), arrays).unwrap()
+}
+
+/// Keras 3 (checked with `model.evaluate`): a dense of ones on inputs of ones with
+/// `kernel_regularizer: L2(1.0)` and `activity_regularizer: L1(0.5)`, targets zero:
+/// mse 9 + l2 3·1 + activity 0.5·Σ|3|·4 / batch 4 = 13.5, in evaluation and in the
+/// training step's loss.
+#[test]
+fn regularizers_add_to_the_loss_as_in_keras() {
+    let spec = "inputs:\n  x: [batch, 3]\nlayers:\n  - dense: {units: 1, kernel_initializer: ones, kernel_regularizer: {l2: {l2: 1.0}}, activity_regularizer: {l1: {l1: 0.5}}}\ntrain:\n  targets: {y: [batch, 1]}\n  loss: mse\n  optimizer: sgd\n";
+    let mut n = net(spec);
+    let d = data(
+        &n,
+        vec![
+            ("x", ArrayD::from_elem(IxDyn(&[4, 3]), 1.0)),
+            ("y", ArrayD::zeros(IxDyn(&[4, 1]))),
+        ],
+    );
+    let logs = n.evaluate(&d, Some(4)).unwrap();
+    assert!((logs.get("loss").unwrap() - 13.5).abs() < 1e-5, "{logs:?}");
+    let x = ArrayD::from_elem(IxDyn(&[4, 3]), 1.0f32);
+    let y = ArrayD::<f32>::zeros(IxDyn(&[4, 1]));
+    let out = n
+        .train_on_batch(&[("x", x.view())], &[("y", y.view())])
+        .unwrap();
+    assert!((out.loss - 13.5).abs() < 1e-5, "{}", out.loss);
+    // The step's gradient has the penalty's: d/dk (mse) = 2·3·1 = 6 per weight, + 2·k
+    // from l2, + 0.5 (sign of the output, divided by the batch, summed over it) from
+    // the activity term: k = 1 - 0.01·(6 + 2 + 0.5).
+    let k = n.weights().get("dense/kernel").unwrap();
+    for &v in k.iter() {
+        assert!((v - (1.0 - 0.01 * 8.5)).abs() < 1e-6, "{v}");
+    }
+    // Keras's `l1_l2` string builds L1L2() with both factors 0: no penalty at all.
+    let plain = net(&spec.replace(
+        "kernel_regularizer: {l2: {l2: 1.0}}, activity_regularizer: {l1: {l1: 0.5}}",
+        "kernel_regularizer: l1_l2, bias_regularizer: l1l2",
+    ));
+    let logs = plain.evaluate(&d, Some(4)).unwrap();
+    assert!((logs.get("loss").unwrap() - 9.0).abs() < 1e-5, "{logs:?}");
+}
+
+const ADAPT_SPEC: &str = "inputs:\n  x: [batch, 2, 3]\nlayers:\n  - normalization: {name: norm}\n  - flatten\n  - dense: {units: 1}\ntrain:\n  targets: {y: [batch, 1]}\n  loss: mse\n  optimizer: sgd\n  epochs: 1\n  batch_size: 4\n";
+
+/// Examples whose features have known means and variances per position.
+fn adapt_data(n: &kiln::Net) -> (kiln::Dataset, ArrayD<f32>) {
+    let x = ArrayD::from_shape_fn(IxDyn(&[10, 2, 3]), |i| {
+        (i[0] as f32 - 4.5) * (i[2] as f32 + 1.0) + i[1] as f32 * 10.0
+    });
+    let y = ArrayD::zeros(IxDyn(&[10, 1]));
+    (data(n, vec![("x", x.clone()), ("y", y)]), x)
+}
+
+#[test]
+fn fit_adapts_normalization_on_its_input() {
+    let mut n = net(ADAPT_SPEC);
+    let (d, x) = adapt_data(&n);
+    n.fit(&d, &kiln::FitOptions::default()).unwrap();
+    // axis -1: a mean and a (biased) variance per feature over the examples and steps.
+    let mean = n.weights().get("norm/mean").unwrap().clone();
+    let var = n.weights().get("norm/variance").unwrap().clone();
+    assert_eq!(mean.shape(), [3]);
+    for c in 0..3 {
+        let v: Vec<f64> = x
+            .index_axis(ndarray::Axis(2), c)
+            .iter()
+            .map(|&a| f64::from(a))
+            .collect();
+        let (m, s) = mean_var(&v);
+        assert!(
+            (f64::from(mean[[c]]) - m).abs() < 1e-5,
+            "{c}: {} vs {m}",
+            mean[[c]]
+        );
+        assert!(
+            (f64::from(var[[c]]) - s).abs() < 1e-4 * s,
+            "{c}: {} vs {s}",
+            var[[c]]
+        );
+    }
+    // Keras never counts: `count` stays 0.
+    assert_eq!(
+        n.weights()
+            .get("norm/count")
+            .unwrap()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        [0.0]
+    );
+    // Statistics that are no longer the initial ones are kept by a later fit.
+    let mut w = n.weights().clone();
+    w.insert("norm/mean", ArrayD::from_elem(IxDyn(&[3]), 7.0));
+    n.set_weights(w).unwrap();
+    n.fit(&d, &kiln::FitOptions::default()).unwrap();
+    assert!(
+        n.weights()
+            .get("norm/mean")
+            .unwrap()
+            .iter()
+            .all(|&m| m == 7.0)
+    );
+}
+
+#[test]
+fn fit_adapts_on_the_same_numbers_as_keras() {
+    // The Keras fixture adapted `norm` (axis -1) and `vnorm` (axis null) on its inputs.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keras");
+    let bytes = std::fs::read(dir.join("simple_preprocess.npz")).unwrap();
+    let arrays = kiln::data::npz::parse(&bytes, u64::MAX).unwrap();
+    let get = |k: &str| arrays.iter().find(|(n, _)| n == k).unwrap().1.data.clone();
+    let m = kiln::Model::from_path(dir.join("simple_preprocess.yaml")).unwrap();
+    let mut n = m.compile(&kiln::Options::default()).unwrap();
+    let d = data(
+        &n,
+        vec![("x", get("x.x")), ("v", get("x.v")), ("y", get("y.y"))],
+    );
+    let opts = kiln::FitOptions {
+        epochs: Some(1),
+        ..kiln::FitOptions::default()
+    };
+    n.fit(&d, &opts).unwrap();
+    for key in ["norm/mean", "norm/variance", "vnorm/mean", "vnorm/variance"] {
+        let (got, want) = (n.weights().get(key).unwrap(), get(&format!("w0.{key}")));
+        assert_eq!(got.shape(), want.shape(), "{key}");
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert!(
+                (g - w).abs() <= 1e-6 + 1e-5 * w.abs(),
+                "{key}: kiln {g}, Keras {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn normalization_deeper_in_the_model_is_refused_at_fit() {
+    let spec = ADAPT_SPEC.replace(
+        "  - normalization: {name: norm}\n",
+        "  - dense: {units: 3, name: d}\n  - normalization: {name: norm}\n",
+    );
+    let mut n = net(&spec);
+    let (d, _) = adapt_data(&n);
+    let e = n
+        .fit(&d, &kiln::FitOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`norm`")
+            && e.contains("follows `d`")
+            && e.contains("give `mean` and `variance`"),
+        "{e}"
+    );
+    // With its statistics given, it trains.
+    let given = spec.replace("{name: norm}", "{name: norm, mean: 0, variance: 1}");
+    let mut n = net(&given);
+    n.fit(&d, &kiln::FitOptions::default()).unwrap();
+}
