@@ -20,7 +20,7 @@ use crate::args::{
     validate,
 };
 use crate::diag::Diagnostic;
-use crate::ir::{Func, Id, ReduceOp, Result, Unary};
+use crate::ir::{Cmp, Func, Id, ReduceOp, Result};
 use crate::yaml::Node;
 
 /// A regularizer of the catalog.
@@ -41,7 +41,7 @@ impl RegularizerKind {
         let axes: Vec<usize> = (0..f.ty(x).rank()).collect();
         let mut total = f.scalar(0.0);
         if l1 != 0.0 {
-            let a = f.unary(Unary::Abs, x)?;
+            let a = abs_jax(f, x)?;
             let s = f.reduce(ReduceOp::Sum, a, axes.clone())?;
             let t = f.mul_c(s, l1)?;
             total = f.add(total, t)?;
@@ -54,6 +54,18 @@ impl RegularizerKind {
         }
         Ok(total)
     }
+}
+
+/// `|x|` whose gradient is JAX's (Keras's backend here): +1 at 0, where the sign's
+/// would be 0. At zero-initialized biases this decides the first step of an `l1`
+/// penalty: `x · s` with `s = 1 where x ≥ 0, else -1`, `s` a constant of the graph.
+fn abs_jax(f: &mut Func, x: Id) -> Result<Id> {
+    let zero = f.scalar(0.0);
+    let nonneg = f.cmp(Cmp::Ge, x, zero)?;
+    let one = f.scalar(1.0);
+    let minus = f.scalar(-1.0);
+    let s = f.select(nonneg, one, minus)?;
+    f.mul(x, s)
 }
 
 const FACTOR: ArgKind = NON_NEGATIVE_FLOAT;

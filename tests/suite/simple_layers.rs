@@ -708,3 +708,18 @@ fn normalization_deeper_in_the_model_is_refused_at_fit() {
     let mut n = net(&given);
     n.fit(&d, &kiln::FitOptions::default()).unwrap();
 }
+
+/// The loss with every kind of regularizer (weights and activity) differentiates as
+/// finite differences say, and compiles to what the interpreter computes.
+#[test]
+fn regularized_loss_gradients() {
+    let spec = "inputs:\n  x: [batch, 4, 3]\nlayers:\n  - conv1d: {filters: 2, kernel_size: 2, kernel_regularizer: l1, bias_regularizer: {l2: {l2: 0.3}}, activity_regularizer: {l1_l2: {l1: 0.02, l2: 0.05}}}\n  - layer_normalization: {gamma_regularizer: l2, beta_regularizer: {l1: {l1: 0.1}}}\n  - flatten\n  - dense: {units: 2, kernel_regularizer: {l1_l2: {l1: 0.01, l2: 0.02}}, activity_regularizer: l1}\ntrain:\n  targets: {y: [batch, 2]}\n  loss: mse\n  optimizer: sgd\n";
+    let m = kiln::Model::from_source(spec, "t", "t.yaml").unwrap();
+    let e = kiln::lower::eval::build(&m.graph).unwrap();
+    let loss = e.func.outputs[0].1;
+    let mut rng = Rng::new(11);
+    let (vals, diff) = values(&e.func, &mut rng);
+    fd_check("regularized loss", &e.func, loss, &vals, &diff, &mut rng);
+    let f32s: Vec<ArrayD<f32>> = vals.iter().map(|a| a.mapv(|v| v as f32)).collect();
+    compare_jit("regularized loss", &e.func, &f32s);
+}
