@@ -31,7 +31,7 @@ pub struct RegularizerKind {
     /// `(l1, l2)` factors from validated arguments (defaults filled in).
     pub factors: fn(&Args) -> (f64, f64),
 }
-entry!(RegularizerKind);
+entry!(RegularizerKind, Regularizer);
 
 impl RegularizerKind {
     /// Keras's penalty of `x`: `l1 * sum(|x|) + l2 * sum(x²)`, a term only where its
@@ -153,7 +153,7 @@ fn find_or_report(
 ) -> Option<&'static RegularizerKind> {
     let k = lookup(&name.to_lowercase());
     if k.is_none() {
-        diags.push(unknown(
+        diags.push(unknown::<RegularizerKind>(
             name,
             span,
             "a regularizer",
