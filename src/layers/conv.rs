@@ -7,12 +7,12 @@ use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
-use crate::catalog::initializers;
+use crate::catalog::{initializers, regularizers};
 use crate::dim::Dim;
 use crate::ir::{ConvAttrs, Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
 use crate::types::window_out;
 
-const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {
+const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13] {
     [
         arg("filters", int(1), Default::Required),
         arg(
@@ -40,11 +40,14 @@ const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10]
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::KERNEL,
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ]
 }
 
-const CONV1D_ARGS: [ArgSpec; 10] = conv_args(1, &["valid", "same", "causal"]);
-const CONV2D_ARGS: [ArgSpec; 10] = conv_args(2, &["valid", "same"]);
+const CONV1D_ARGS: [ArgSpec; 13] = conv_args(1, &["valid", "same", "causal"]);
+const CONV2D_ARGS: [ArgSpec; 13] = conv_args(2, &["valid", "same"]);
 
 pub const CONV1D: LayerKind = LayerKind {
     name: "conv1d",
