@@ -14,6 +14,7 @@ mod graph;
 mod shapes;
 mod structure;
 mod train;
+mod train_options;
 
 use std::fmt::Write;
 
@@ -148,6 +149,7 @@ pub fn all() -> impl Iterator<Item = &'static CodeInfo> {
         arguments::CODES,
         shapes::CODES,
         train::CODES,
+        train_options::CODES,
         graph::CODES,
     ]
     .into_iter()
