@@ -21,6 +21,8 @@ pub struct EvalLayout {
     /// step.
     pub metrics: Vec<String>,
     pub metric_parts: Vec<usize>,
+    /// The number of values in each metric's state.
+    pub metric_sizes: Vec<usize>,
 }
 
 /// The evaluation function and its layout.
@@ -41,7 +43,7 @@ pub fn build(graph: &Graph) -> Result<EvalStep> {
     };
     let mut lw = forward(graph, Mode::Infer, "eval")?;
     let obj = super::train::objective(&mut lw, graph, train)?;
-    let (metrics, metric_parts) = obj.output(&mut lw.f);
+    let (metrics, metric_parts, metric_sizes) = obj.output(&mut lw.f)?;
     let layout = EvalLayout {
         model_inputs: graph.inputs.iter().map(|i| i.name.clone()).collect(),
         targets: train.targets.iter().map(|t| t.name.clone()).collect(),
@@ -50,6 +52,7 @@ pub fn build(graph: &Graph) -> Result<EvalStep> {
         output_losses: obj.output_loss_names(),
         metrics,
         metric_parts,
+        metric_sizes,
     };
     Ok(EvalStep {
         func: lw.cx.f,

@@ -28,6 +28,8 @@ pub struct Layout {
     /// `metric/NAME/{metric_parts[i] - 1}` (see [`crate::catalog::metrics::Stat`]).
     pub metrics: Vec<String>,
     pub metric_parts: Vec<usize>,
+    /// The number of values in each metric's state (all its outputs' elements).
+    pub metric_sizes: Vec<usize>,
 }
 
 impl Layout {
@@ -182,22 +184,33 @@ pub(crate) struct Objective {
 
 impl Objective {
     /// Declares the objective's values as the function's outputs (`loss`,
-    /// `loss/NAME`, `metric/NAME/i`); returns the metric names and state sizes.
-    pub(crate) fn output(&self, f: &mut Func) -> (Vec<String>, Vec<usize>) {
+    /// `loss/NAME`, `metric/NAME/i`); returns the metric names, their numbers of
+    /// outputs and their numbers of state values.
+    pub(crate) fn output(&self, f: &mut Func) -> Result<(Vec<String>, Vec<usize>, Vec<usize>)> {
         f.output("loss", self.total);
         for (n, v) in &self.output_losses {
             f.output(&format!("loss/{n}"), *v);
         }
         let mut names = Vec::new();
         let mut parts = Vec::new();
+        let mut sizes = Vec::new();
         for (m, ids) in &self.metrics {
+            let mut size = 0;
             for (i, v) in ids.iter().enumerate() {
                 f.output(&format!("metric/{m}/{i}"), *v);
+                let n = crate::dim::product(&f.ty(*v).shape)
+                    .ok()
+                    .and_then(|d| d.as_const())
+                    .ok_or_else(|| {
+                        crate::ir::IrError(format!("metric `{m}` has a state of unknown size"))
+                    })?;
+                size += n as usize;
             }
             names.push(m.clone());
             parts.push(ids.len());
+            sizes.push(size);
         }
-        (names, parts)
+        Ok((names, parts, sizes))
     }
 
     pub(crate) fn output_loss_names(&self) -> Vec<String> {
@@ -341,7 +354,7 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         new_params.insert(key, v);
     }
 
-    let (metrics, metric_parts) = obj.output(&mut lw.f);
+    let (metrics, metric_parts, metric_sizes) = obj.output(&mut lw.f)?;
     for key in &lw.param_order.clone() {
         let v = new_params.get(key).copied().unwrap_or(lw.params[key]);
         lw.f.output(&format!("new/{key}"), v);
@@ -359,6 +372,7 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         output_losses: obj.output_loss_names(),
         metrics,
         metric_parts,
+        metric_sizes,
     };
     Ok(TrainStep {
         func: lw.cx.f,

@@ -303,7 +303,7 @@ impl Net {
         let tk = self.train_kernel()?;
         Ok(Tally::new(
             tk.layout.output_losses.len(),
-            tk.layout.metric_parts.clone(),
+            tk.layout.metric_sizes.clone(),
         ))
     }
 
@@ -416,7 +416,7 @@ impl Net {
             metrics: lower::train::metric_outputs(&l.metrics, &l.metric_parts, |n| {
                 out(n).map_err(|e| crate::ir::IrError(e.to_string()))
             })?,
-            parts: l.metric_parts.clone(),
+            parts: l.metric_sizes.clone(),
             sample_weight: l.sample_weight,
             kernel: kernel.clone(),
         });

@@ -468,8 +468,10 @@ pub fn check_monitors(
         // A misspelled metric (already reported) may be the one monitored.
         if !known.iter().any(|k| k == mon) && !metrics_failed {
             // `val_accuracy` without `accuracy` among the metrics.
-            let metric =
-                catalog::find(METRICS, mon.strip_prefix("val_").unwrap_or(mon)).map(|k| k.name);
+            // (With several outputs a listed metric is logged under its output's name.)
+            let metric = catalog::find(METRICS, mon.strip_prefix("val_").unwrap_or(mon))
+                .map(|k| k.name)
+                .filter(|m| !known.iter().any(|k| k.ends_with(&format!("_{m}"))));
             diags.push(
                 Diagnostic::error(
                     "E0607",

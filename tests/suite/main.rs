@@ -26,3 +26,4 @@ mod props;
 mod train_bits;
 mod train_cli;
 mod train_loop;
+mod train_options;
