@@ -47,7 +47,7 @@ pub struct MetricKind {
     /// and the shapes (`resolve(loss, output, target)`), as Keras's `compile` decides.
     pub resolve: Option<fn(&LossKind, &Type, &Type) -> &'static MetricKind>,
 }
-entry!(MetricKind);
+entry!(MetricKind, Metric);
 
 impl MetricKind {
     /// What one batch adds to the metric's state: arrays whose elements, in order, are

@@ -147,7 +147,7 @@ fn lookup<K: Entry>(
         return None;
     };
     let Some(k) = catalog::find(registry, &name.to_lowercase()) else {
-        diags.push(catalog::unknown(
+        diags.push(catalog::unknown::<K>(
             name,
             span,
             &format!("a {kind}"),
@@ -324,7 +324,7 @@ fn optimizer(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Option<Named<Optim
         return None;
     };
     let Some(kind) = optimizers::lookup(&name.to_lowercase()) else {
-        diags.push(catalog::unknown(
+        diags.push(catalog::unknown::<optimizers::OptimizerKind>(
             name,
             span,
             "an optimizer",

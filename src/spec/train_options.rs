@@ -267,15 +267,24 @@ fn metric(it: &Node, what: &str, diags: &mut Vec<Diagnostic>) -> Option<MetricDe
         return None;
     };
     let Some(kind) = catalog::find(METRICS, &s.to_lowercase()) else {
+        if let Some(d) = crate::diag::keras::not_yet(
+            crate::diag::keras::Family::Metric,
+            s,
+            span.clone(),
+            catalog::all_names(METRICS),
+        ) {
+            diags.push(d);
+            return None;
+        }
         diags.push(
             Diagnostic::error("E0605", format!("`{s}` is not a metric kiln knows"))
                 .label(span, "unknown metric")
-                .help(match did_you_mean(s, catalog::all_names(METRICS)) {
-                    Some(c) => format!("did you mean `{c}`?"),
-                    None => format!(
-                        "known metrics: {}",
-                        catalog::names(METRICS).collect::<Vec<_>>().join(", ")
-                    ),
+                .help({
+                    let all = catalog::all_names(METRICS).collect::<Vec<_>>().join(", ");
+                    match did_you_mean(s, catalog::all_names(METRICS)) {
+                        Some(c) => format!("did you mean `{c}`? kiln's metrics: {all}"),
+                        None => format!("kiln's metrics: {all}"),
+                    }
                 }),
         );
         return None;

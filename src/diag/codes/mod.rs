@@ -11,6 +11,7 @@
 mod arguments;
 mod file;
 mod graph;
+mod keras;
 mod shapes;
 mod structure;
 mod train;
@@ -151,6 +152,7 @@ pub fn all() -> impl Iterator<Item = &'static CodeInfo> {
         train::CODES,
         train_options::CODES,
         graph::CODES,
+        keras::CODES,
     ]
     .into_iter()
     .flatten()
