@@ -311,3 +311,82 @@ train:
     assert!((e.get("loss").unwrap() as f32 - total).abs() <= 1e-6 * total.abs());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The weighted loss's gradient against finite differences, for every loss (the
+/// weights are data, not differentiated), and its value against the formula: the
+/// weighted values summed and divided by their count, not by the sum of the weights.
+#[test]
+fn weighted_losses_differentiate_and_divide_by_the_count() {
+    use super::common::{Rng, fd_check};
+    use kiln::dim::Dim;
+    use kiln::ir::{Func, Type, interp};
+    for loss in kiln::catalog::losses::LOSSES {
+        let args = kiln::args::validate(loss.args, None, loss.name, 0..0, &mut Vec::new()).unwrap();
+        let sparse = loss.targets == kiln::catalog::losses::Targets::SparseLabels;
+        let mut f = Func::new("weighted");
+        let pred = f.input("pred", Type::f32(vec![Dim::sym("batch"), 3.into()]));
+        let tshape = if sparse {
+            vec![Dim::sym("batch")]
+        } else {
+            vec![Dim::sym("batch"), 3.into()]
+        };
+        let tgt = f.input("target", Type::f32(tshape));
+        let w = f.input("w", Type::f32(vec![Dim::sym("batch")]));
+        let l = loss
+            .lower_weighted(&mut f, &args, pred, tgt, Some(w))
+            .unwrap();
+        let plain = loss.lower(&mut f, &args, pred, tgt).unwrap();
+        let mut rng = Rng::new(loss.name.len() as u64 + 3);
+        let p = rng.array(&[5, 3], 0.05, 0.9);
+        let t = if sparse {
+            ArrayD::from_shape_vec(kiln::ndarray::IxDyn(&[5]), vec![0.0, 2.0, 1.0, 1.0, 0.0])
+                .unwrap()
+        } else {
+            rng.array(&[5, 3], 0.0, 1.0)
+                .mapv(|v| if v > 0.5 { 1.0 } else { 0.0 })
+        };
+        let wv = rng.array(&[5], 0.2, 3.0);
+        f.outputs = vec![("l".into(), l), ("plain".into(), plain)];
+        let outs = interp::eval::<f64>(&f, &[p.clone(), t.clone(), wv.clone()]).unwrap();
+        // Each example's value: the unweighted loss of that example alone.
+        let mut sum = 0.0;
+        for i in 0..5 {
+            let pi = p
+                .slice(kiln::ndarray::s![i..i + 1, ..])
+                .to_owned()
+                .into_dyn();
+            let ti = if sparse {
+                t.slice(kiln::ndarray::s![i..i + 1]).to_owned().into_dyn()
+            } else {
+                t.slice(kiln::ndarray::s![i..i + 1, ..])
+                    .to_owned()
+                    .into_dyn()
+            };
+            let one = interp::eval::<f64>(
+                &f,
+                &[
+                    pi,
+                    ti,
+                    wv.slice(kiln::ndarray::s![i..i + 1]).to_owned().into_dyn(),
+                ],
+            )
+            .unwrap();
+            sum += one[1][[]] * wv[[i]];
+        }
+        let want = sum / 5.0;
+        let got = outs[0][[]];
+        assert!(
+            (got - want).abs() < 1e-12 * want.abs().max(1.0),
+            "{}: {got} vs {want}",
+            loss.name
+        );
+        fd_check(
+            loss.name,
+            &f,
+            l,
+            &[p, t, wv],
+            &[true, false, false],
+            &mut rng,
+        );
+    }
+}
