@@ -63,12 +63,6 @@ impl LossKind {
         };
         mean_all(f, values)
     }
-
-    /// The rank of the per-example values for an output of rank `out_rank`: one value
-    /// per example (1) for most outputs, one per step and example for sequences.
-    pub fn values_rank(&self, out_rank: usize) -> usize {
-        out_rank.saturating_sub(1).max(1)
-    }
 }
 
 /// Mean over the last axis.

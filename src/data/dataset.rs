@@ -333,6 +333,11 @@ impl Dataset {
         let row = y.len().checked_div(n).unwrap_or(0);
         let flat: Vec<f32> = y.iter().copied().collect();
         let one_hot = y.ndim() > 1 && y.shape().last() != Some(&1);
+        // Keras's `class_weight.get(class, 1.0)`: the first weight given for a class.
+        let mut by_class = std::collections::HashMap::new();
+        for (c, w) in weights {
+            by_class.entry(*c).or_insert(*w as f32);
+        }
         let w: Vec<f32> = (0..n)
             .map(|i| {
                 let r = &flat[i * row..(i + 1) * row];
@@ -348,10 +353,7 @@ impl Dataset {
                 } else {
                     r.first().map_or(0, |v| v.round_ties_even() as i64)
                 };
-                weights
-                    .iter()
-                    .find(|(c, _)| *c == class)
-                    .map_or(1.0, |(_, w)| *w as f32)
+                by_class.get(&class).copied().unwrap_or(1.0)
             })
             .collect();
         self.sample_weight = Some(

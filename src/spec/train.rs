@@ -455,8 +455,12 @@ pub fn check_monitors(
     has_val: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let mut known: Vec<String> = known.to_vec();
-    known.dedup();
+    let mut seen = std::collections::HashSet::new();
+    let mut known: Vec<String> = known
+        .iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .cloned()
+        .collect();
     let with_val: Vec<String> = known.iter().map(|k| format!("val_{k}")).collect();
     known.extend(with_val);
     for cb in callbacks {

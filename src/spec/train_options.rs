@@ -218,10 +218,33 @@ pub(super) fn metrics(
         ),
         _ => PerOutput::All(metric_list(v, what, &mut failed, diags)),
     };
-    for list in out.values() {
-        repeated(list, what, diags);
-    }
+    // A metric listed again is reported once and kept once.
+    let out = match out {
+        PerOutput::All(l) => PerOutput::All(once(l, what, diags)),
+        PerOutput::Named(m) => PerOutput::Named(
+            m.into_iter()
+                .map(|(n, s, l)| (n, s, once(l, what, diags)))
+                .collect(),
+        ),
+        PerOutput::Listed(ls, s) => {
+            PerOutput::Listed(ls.into_iter().map(|l| once(l, what, diags)).collect(), s)
+        }
+    };
     (out, failed)
+}
+
+/// The list with each metric once (E0613 for the others).
+fn once(mut list: Vec<MetricDecl>, what: &str, diags: &mut Vec<Diagnostic>) -> Vec<MetricDecl> {
+    repeated(&list, what, diags);
+    let mut seen: Vec<&'static MetricKind> = Vec::new();
+    list.retain(|m| {
+        let new = !seen.iter().any(|k| std::ptr::eq(*k, m.kind));
+        if new {
+            seen.push(m.kind);
+        }
+        new
+    });
+    list
 }
 
 /// One metric or a list of them; `null` is none (Keras's `None` for an output).
