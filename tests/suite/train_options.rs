@@ -390,3 +390,54 @@ fn weighted_losses_differentiate_and_divide_by_the_count() {
         );
     }
 }
+
+/// Metrics listed many times for several outputs, and many class weights, are checked
+/// in time linear in the spec: each repetition reported once, each metric kept once.
+#[test]
+fn repeated_per_output_metrics_are_reported_once_and_kept_once() {
+    let many = ["mae"; 30_000].join(", ");
+    let classes: Vec<String> = (0..30_000).map(|c| format!("{c}: 1.5")).collect();
+    let src = format!(
+        "inputs:\n  x: [batch, 4]\nlayers:\n  - dense: {{units: 2, name: a}}\n  - dense: {{units: 3, name: b, input: x}}\noutputs: [a, b]\ntrain:\n  targets: {{ya: [batch, 2], yb: [batch, 3]}}\n  loss: [mse, mse]\n  metrics: {{a: [{many}], b: [{many}, rmse]}}\n  weighted_metrics: [[{many}], []]\n  class_weight: {{{}}}\n",
+        classes.join(", ")
+    );
+    let err = match kiln::Model::from_source(&src, "t", "t.yaml") {
+        Err(kiln::Error::Spec(e)) => e,
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    let codes: Vec<&str> = err.diagnostics.iter().map(|d| d.code).collect();
+    // Three lists repeat `mae` (reported once each); `rmse` is not a Keras metric name.
+    assert_eq!(
+        codes.iter().filter(|c| **c == "E0613").count(),
+        3,
+        "{codes:?}"
+    );
+    let fixed = src
+        .replace(&format!("{many}, rmse"), "root_mean_squared_error")
+        .replace(&format!("[{many}]"), "[mae]");
+    let err = match kiln::Model::from_source(&fixed, "t", "t.yaml") {
+        Err(kiln::Error::Spec(e)) => e,
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    // Class weights with two outputs: Keras refuses them.
+    let codes: Vec<&str> = err.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["E0633"]);
+    let ok = kiln::Model::from_source(
+        &fixed.replace(&format!("  class_weight: {{{}}}\n", classes.join(", ")), ""),
+        "t",
+        "t.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let names: Vec<String> = ok.graph.train.as_ref().unwrap().log_names(&ok.graph);
+    assert_eq!(
+        names,
+        [
+            "loss",
+            "a_loss",
+            "b_loss",
+            "a_mae",
+            "b_root_mean_squared_error",
+            "a_weighted_mae"
+        ]
+    );
+}
