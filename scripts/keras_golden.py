@@ -7,6 +7,11 @@ line may set how the case is run:
 
     # keras-golden: {batch: 4, dims: {seq: 5}, int_high: 20, train: true, seed: 1}
 
+The spec's training options go to Keras as `compile` and `fit` take them: per-output
+`loss`, `loss_weights`, `metrics` (with arguments) and `weighted_metrics`; a
+`sample_weight` array is drawn and stored as a target array of that name, and
+`class_weight` is passed to `train_on_batch`.
+
 This script builds the same model in Keras from the spec (layer names are Keras class
 names in snake_case, arguments are Keras's own), draws inputs and targets, and writes
 `tests/golden/keras/NAME.npz` with
@@ -15,6 +20,8 @@ names in snake_case, arguments are Keras's own), draws inputs and targets, and w
     w0.KEY     Keras's initial weights, keyed as kiln keys them (DESIGN §2)
     out.NAME   Keras's inference output for each model output
     loss       the loss of one `train_on_batch` (before its update)   [if train]
+    log.NAME   every value that `train_on_batch` logged (per-output losses, metrics)
+    eval.NAME  `evaluate` before the step in batches of `evaluate_batch` [if set]
     w1.KEY     the weights after that step                            [if train]
 
 Regenerate (Keras 3 with the JAX backend, from PyPI):
@@ -244,9 +251,11 @@ def draw_inputs(spec, rng, opts):
 
 def draw_targets(spec, model, rng, opts):
     train = spec["train"]
-    loss_name, _ = entry(train["loss"])
     ys = {}
-    for (name, decl), out in zip(train["targets"].items(), model.outputs):
+    for (name, decl), out, out_name in zip(
+        train["targets"].items(), model.outputs, model.output_names
+    ):
+        loss_name, _ = entry(loss_for_output(train["loss"], out_name, model.output_names))
         shape, dtype = input_decl(decl)
         shape = concrete(shape, opts)
         classes_ = out.shape[-1]
@@ -290,9 +299,95 @@ def adapt(model, input_names, xs):
 
 def compile_model(model, spec):
     train = spec["train"]
-    loss = from_catalog(train["loss"], LOSSES, "loss")
     opt = from_catalog(train["optimizer"], OPTIMIZERS, "optimizer", optimizer_arg)
-    model.compile(optimizer=opt, loss=loss)
+    model.compile(optimizer=opt, **compile_options(train, model.output_names))
+
+
+# Training options per output and per example (loss dicts and lists, loss_weights,
+# metrics with arguments, sample_weight, class_weight), as Keras's compile/fit take them.
+
+
+def is_one_loss(loss):
+    """A loss written once for every output: a name or `{loss_name: {args}}`."""
+    if isinstance(loss, str):
+        return True
+    if isinstance(loss, dict) and len(loss) == 1:
+        (name, _), = loss.items()
+        return name in LOSSES or name in ("mse", "mae")
+    return False
+
+
+def loss_for_output(loss, out_name, out_names):
+    """The loss (as the spec writes it) of the output `out_name`."""
+    if is_one_loss(loss):
+        return loss
+    if isinstance(loss, list):
+        return loss[out_names.index(out_name)]
+    return loss[out_name]
+
+
+def metric(value):
+    """A metric as the spec writes it (`name` or `{name: {args}}`) as a Keras metric."""
+    name, args = entry(value)
+    if not args:
+        return name
+    return METRICS[name](**args)
+
+
+def metric_lists(value):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: [metric(m) for m in (v if isinstance(v, list) else [v])] for k, v in value.items()}
+    if isinstance(value, list):
+        return [[metric(x) for x in m] if isinstance(m, list) else metric(m) for m in value]
+    return [metric(value)]
+
+
+def compile_options(train, out_names):
+    """`compile`'s loss, loss_weights, metrics and weighted_metrics from the spec."""
+    loss = train["loss"]
+    if is_one_loss(loss):
+        keras_loss = from_catalog(loss, LOSSES, "loss")
+    elif isinstance(loss, list):
+        keras_loss = [from_catalog(l, LOSSES, "loss") for l in loss]
+    else:
+        keras_loss = {k: from_catalog(v, LOSSES, "loss") for k, v in loss.items()}
+    out = {"loss": keras_loss}
+    if "loss_weights" in train:
+        out["loss_weights"] = train["loss_weights"]
+    for key in ("metrics", "weighted_metrics"):
+        if key in train:
+            out[key] = metric_lists(train[key])
+    return out
+
+
+def fit_weights(train, rng, opts):
+    """`train_on_batch`'s sample_weight (drawn, stored as a target array named as the
+    spec names it) or class_weight; returns (kwargs, arrays to store)."""
+    if "sample_weight" in train:
+        w = rng.uniform(0.25, 2.0, size=[opts.get("batch", 4)]).astype(np.float32)
+        return {"sample_weight": w}, {f"y.{train['sample_weight']}": w}
+    if "class_weight" in train:
+        return {"class_weight": {int(k): float(v) for k, v in train["class_weight"].items()}}, {}
+    return {}, {}
+
+
+def evaluate_logs(model, xs, ys, input_names, spec, kwargs, opts):
+    """With `evaluate_batch: B` in the header: Keras's `evaluate` of the initial model
+    in batches of B (metrics kept over every batch, as over an epoch), as `eval.NAME`."""
+    if "evaluate_batch" not in opts:
+        return {}
+    y = [ys[k] for k in spec["train"]["targets"]]
+    logs = model.evaluate(
+        [xs[n] for n in input_names],
+        y if len(y) > 1 else y[0],
+        batch_size=opts["evaluate_batch"],
+        sample_weight=kwargs.get("sample_weight"),
+        return_dict=True,
+        verbose=0,
+    )
+    return {f"eval.{k}": np.asarray(v, dtype=np.float32) for k, v in logs.items()}
 
 
 def header(text):
@@ -326,9 +421,14 @@ def run_case(name):
     if opts.get("train", True):
         compile_model(model, spec)
         y = [ys[k] for k in spec["train"]["targets"]]
-        loss = model.train_on_batch([xs[n] for n in input_names], y if len(y) > 1 else y[0])
-        loss = loss[0] if isinstance(loss, (list, tuple)) else loss
-        arrays["loss"] = np.asarray(loss, dtype=np.float32)
+        kwargs, extra = fit_weights(spec["train"], rng, opts)
+        arrays.update(extra)
+        arrays.update(evaluate_logs(model, xs, ys, input_names, spec, kwargs, opts))
+        logs = model.train_on_batch(
+            [xs[n] for n in input_names], y if len(y) > 1 else y[0], return_dict=True, **kwargs
+        )
+        arrays["loss"] = np.asarray(logs["loss"], dtype=np.float32)
+        arrays.update({f"log.{k}": np.asarray(v, dtype=np.float32) for k, v in logs.items()})
         arrays.update({f"w1.{k}": v for k, v in weights(model).items()})
     np.savez(os.path.join(CASES, name + ".npz"), **arrays)
     print(f"{name}: {len(arrays)} arrays")

@@ -108,17 +108,19 @@ fn spec_validation_split(graph: &Graph) -> f64 {
     }
 }
 
-/// The metrics' names as the spec writes them (`accuracy`, `mae`).
+/// The metrics' names as training logs them (`accuracy`, `out_b_accuracy`), in the
+/// order of [`crate::StepOutput::metrics`].
 pub fn metric_names(graph: &Graph) -> Vec<String> {
     graph
         .train
         .as_ref()
-        .map(|t| {
-            t.decl
-                .metrics
-                .iter()
-                .map(|(m, _)| m.name.to_string())
-                .collect()
-        })
+        .map(|t| t.metrics.iter().map(|m| m.name.clone()).collect())
         .unwrap_or_default()
+}
+
+/// The spec's validation data file (`train.validation_data`), as written (relative to
+/// the spec's folder).
+pub fn spec_validation_data(graph: &Graph) -> Option<&str> {
+    let t = graph.train.as_ref()?;
+    t.decl.validation_data.as_ref().map(|(p, _)| p.as_str())
 }

@@ -38,8 +38,30 @@ entry!(LossKind, Loss);
 impl LossKind {
     /// The loss as a scalar: the per-example values, then their mean.
     pub fn lower(&self, f: &mut Func, args: &Args, pred: Id, target: Id) -> Result<Id> {
+        self.lower_weighted(f, args, pred, target, None)
+    }
+
+    /// The loss as Keras's `Loss.__call__` reduces it (`sum_over_batch_size`): the
+    /// per-example values times the sample weights (`[batch]`, along the first axis),
+    /// summed and divided by the number of values — not by the sum of the weights.
+    pub fn lower_weighted(
+        &self,
+        f: &mut Func,
+        args: &Args,
+        pred: Id,
+        target: Id,
+        weight: Option<Id>,
+    ) -> Result<Id> {
         let per_example = (self.per_example)(f, args, pred, target)?;
-        mean_all(f, per_example)
+        let values = match weight {
+            Some(w) => {
+                let shape = f.ty(per_example).shape.clone();
+                let wb = f.broadcast(w, &shape, &[0])?;
+                f.mul(per_example, wb)?
+            }
+            None => per_example,
+        };
+        mean_all(f, values)
     }
 }
 

@@ -4,8 +4,10 @@
 use std::ops::Range;
 
 use crate::args::Args;
+use crate::catalog::losses::LossKind;
+use crate::catalog::metrics::MetricKind;
 use crate::layers::{LayerKind, Param, TensorType};
-use crate::spec::train::TrainDecl;
+use crate::spec::train::{Named, TrainDecl};
 
 /// Where a tensor comes from: a model input or a layer's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,13 +37,32 @@ pub struct Layer {
     pub span: Range<usize>,
 }
 
-/// A training target, matched to the output it is compared with.
+/// A training target, matched to the output it is compared with, and that output's
+/// loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     pub name: String,
     pub ty: TensorType,
     /// Index into [`Graph::outputs`].
     pub output: usize,
+    /// The output's loss.
+    pub loss: Named<LossKind>,
+    /// Keras's `loss_weights` for the output (none: 1).
+    pub loss_weight: Option<f64>,
+}
+
+/// A metric on one output, as training computes and logs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricUse {
+    /// The name in logs (`accuracy`, `out_b_accuracy`, `weighted_mae`).
+    pub name: String,
+    /// The metric, `accuracy` resolved to its Keras variant (sparse/categorical/binary).
+    pub kind: &'static MetricKind,
+    pub args: Args,
+    /// Index into [`Train::targets`].
+    pub target: usize,
+    /// One of `weighted_metrics`: weighted by the sample weights.
+    pub weighted: bool,
 }
 
 /// The checked train section.
@@ -49,8 +70,30 @@ pub struct Target {
 pub struct Train {
     pub decl: TrainDecl,
     pub targets: Vec<Target>,
-    /// Metrics with `accuracy` resolved to its Keras variant (sparse/categorical/binary).
-    pub metrics: Vec<String>,
+    /// Every metric of every output, in Keras's order (metrics, then weighted ones).
+    pub metrics: Vec<MetricUse>,
+    /// Each output's loss is logged too (`OUTPUT_loss`): the model has several.
+    pub output_losses: bool,
+    /// Training takes a sample weight per example (`sample_weight` or
+    /// `class_weight`).
+    pub weighted: bool,
+}
+
+impl Train {
+    /// The name of target `k`'s loss in logs (`OUTPUT_loss`), when outputs' losses are
+    /// logged.
+    pub fn output_loss_name(&self, k: usize, g: &Graph) -> Option<String> {
+        self.output_losses
+            .then(|| format!("{}_loss", g.name_of(g.outputs[self.targets[k].output])))
+    }
+
+    /// Every name training logs, in order: `loss`, the outputs' losses, the metrics.
+    pub fn log_names(&self, g: &Graph) -> Vec<String> {
+        let mut v = vec!["loss".to_string()];
+        v.extend((0..self.targets.len()).filter_map(|k| self.output_loss_name(k, g)));
+        v.extend(self.metrics.iter().map(|m| m.name.clone()));
+        v
+    }
 }
 
 /// A checked model: inputs, layers in order, outputs, training setup.

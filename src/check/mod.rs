@@ -12,11 +12,12 @@
 
 mod graph;
 mod names;
+mod outputs;
 mod refs;
 mod shapes;
 mod train;
 
-pub use graph::{Graph, Input, Layer, MAX_PARAMS, Source, Target, Train};
+pub use graph::{Graph, Input, Layer, MAX_PARAMS, MetricUse, Source, Target, Train};
 
 use std::ops::Range;
 

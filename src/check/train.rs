@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, did_you_mean};
 use crate::dim::{Dim, fmt_shape};
 use crate::layers::TensorType;
 use crate::spec::TensorDecl;
-use crate::spec::train::TrainDecl;
+use crate::spec::train::{PerOutput, TrainDecl};
 
 /// What a target is checked against: the loss (name, `from_logits`, span) and the
 /// output it is compared with.
@@ -26,6 +26,9 @@ impl Checker<'_> {
     /// The checked train section; `None` when a target is wrong (reported).
     pub(super) fn train(&mut self, t: &TrainDecl, g: &Graph) -> Option<Train> {
         let loss = t.loss.as_ref()?;
+        if t.losses_broken {
+            return None;
+        }
         let errors_before = self.diags.iter().filter(|d| d.is_error()).count();
         if t.targets_broken {
             // A target declaration is wrong and already reported.
@@ -36,27 +39,34 @@ impl Checker<'_> {
                 // `targets:` is written but none of it parsed: already reported.
                 return None;
             }
-            let example = target_example(loss.kind, g.type_of(g.outputs[0]));
+            let first = loss.values()[0];
+            let example = target_example(first.kind, g.type_of(g.outputs[0]));
             self.diags.push(
                 Diagnostic::error(
                     "E0608",
                     "`train` declares no `targets`: the labels the loss compares the output with",
                 )
                 .label(
-                    loss.span.clone(),
+                    first.span.clone(),
                     "this loss has nothing to compare the output with",
                 )
                 .help(format!("for this model and loss: `targets: {example}`")),
             );
             return None;
         }
-        let mut targets = Vec::new();
-        for (pos, d) in t.targets.iter().enumerate() {
-            let out_idx = match self.target_output(t, pos, g) {
-                Ok(k) => k,
+        let mut matched = Vec::new();
+        for pos in 0..t.targets.len() {
+            match self.target_output(t, pos, g) {
+                Ok(k) => matched.push((pos, k)),
                 Err(Stop::Target) => continue,
                 Err(Stop::Section) => return None,
-            };
+            }
+        }
+        let outs: Vec<usize> = matched.iter().map(|&(_, k)| k).collect();
+        let losses = self.output_losses(t, &outs, g)?;
+        let mut targets = Vec::new();
+        for (&(pos, out_idx), (loss, loss_weight)) in matched.iter().zip(losses) {
+            let d = &t.targets[pos];
             let ty = tensor_type(d);
             let against = Against {
                 loss: loss.kind,
@@ -70,25 +80,33 @@ impl Checker<'_> {
                 name: d.name.clone(),
                 ty,
                 output: out_idx,
+                loss,
+                loss_weight,
             });
         }
         let errors_after = self.diags.iter().filter(|d| d.is_error()).count();
         if errors_after > errors_before {
             return None;
         }
-        let metrics = t
-            .metrics
-            .iter()
-            .map(|(m, _)| {
-                let out = g.type_of(g.outputs[targets[0].output]);
-                m.resolved(loss.kind, out, &targets[0].ty).name.to_string()
-            })
-            .collect();
-        Some(Train {
+        let metrics = self.output_metrics(t, &targets, g)?;
+        if !self.sample_weights(t, &targets, g) {
+            return None;
+        }
+        let train = Train {
             decl: t.clone(),
+            output_losses: g.outputs.len() > 1,
+            weighted: t.sample_weight.is_some() || t.class_weight.is_some(),
             targets,
             metrics,
-        })
+        };
+        let parser_checked = g.outputs.len() == 1
+            && matches!(t.loss, Some(PerOutput::All(_)))
+            && matches!(t.metrics, PerOutput::All(_))
+            && matches!(t.weighted_metrics, PerOutput::All(_));
+        if !parser_checked {
+            self.monitors(t, &train, g);
+        }
+        Some(train)
     }
 
     /// The index into `g.outputs` of the output that target `pos` is compared with: the
@@ -326,7 +344,7 @@ fn origin(g: &Graph, o: Source) -> Range<usize> {
 }
 
 /// Does a target of type `ty` fit an output whose target shape is `want`?
-fn shape_fits(ty: &TensorType, want: &[Dim]) -> bool {
+pub(super) fn shape_fits(ty: &TensorType, want: &[Dim]) -> bool {
     ty.shape == want
         // Keras squeezes a trailing size-1 axis on either side.
         || (ty.rank() + 1 == want.len() && want.last().and_then(Dim::as_const) == Some(1) && ty.shape[..] == want[..want.len() - 1])

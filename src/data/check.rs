@@ -52,9 +52,20 @@ pub(super) fn wants(graph: &Graph, targets: bool) -> Vec<Want> {
             ty: t.ty.clone(),
             role: "target",
         }));
+        // The sample weights: one per example, along the targets' example axis.
+        if let (Some((name, _)), Some(first)) = (&t.decl.sample_weight, t.targets.first()) {
+            w.push(Want {
+                name: name.clone(),
+                ty: crate::types::TensorType::f32(first.ty.shape[..1].to_vec()),
+                role: SAMPLE_WEIGHT,
+            });
+        }
     }
     w
 }
+
+/// The role of the sample-weight array among the arrays a model wants.
+pub(super) const SAMPLE_WEIGHT: &str = "sample weight";
 
 /// The symbol of the example axis: the leading dim shared by every input and target.
 pub(super) fn example_symbol(file: Option<&Path>, wants: &[Want]) -> Result<String, DataError> {
@@ -373,12 +384,8 @@ pub(super) fn check_values(
         // labels of a sparse categorical cross-entropy
         if w.role == "target"
             && let Some(train) = &graph.train
-            && train
-                .decl
-                .loss
-                .as_ref()
-                .is_some_and(|l| l.kind.targets == crate::catalog::losses::Targets::SparseLabels)
             && let Some(t) = train.targets.iter().find(|t| t.name == w.name)
+            && t.loss.kind.targets == crate::catalog::losses::Targets::SparseLabels
         {
             let out = graph.outputs[t.output];
             if let Some(classes) = graph.type_of(out).shape.last().and_then(Dim::as_const)

@@ -28,6 +28,9 @@ pub struct Dataset {
     pub inputs: Vec<(String, ArrayD<f32>)>,
     /// Targets, in declaration order (empty when loaded without targets).
     pub targets: Vec<(String, ArrayD<f32>)>,
+    /// Each example's weight `[examples]` (the spec's `sample_weight` array, or its
+    /// `class_weight` applied by [`Dataset::set_class_weights`]).
+    pub sample_weight: Option<ArrayD<f32>>,
     len: usize,
 }
 
@@ -181,10 +184,13 @@ impl Dataset {
         };
         let mut inputs = Vec::new();
         let mut targets = Vec::new();
+        let mut sample_weight = None;
         for w in &ws {
             let a = take(&w.name).as_standard_layout().into_owned();
             if w.role == "input" {
                 inputs.push((w.name.clone(), a));
+            } else if w.role == super::check::SAMPLE_WEIGHT {
+                sample_weight = Some(a);
             } else {
                 targets.push((w.name.clone(), a));
             }
@@ -213,6 +219,7 @@ impl Dataset {
             source,
             inputs,
             targets,
+            sample_weight,
             len,
         })
     }
@@ -242,6 +249,10 @@ impl Dataset {
             source: self.source.clone(),
             inputs: cut(&self.inputs),
             targets: cut(&self.targets),
+            sample_weight: self.sample_weight.as_ref().map(|w| {
+                w.slice_axis(ndarray::Axis(0), (start..end).into())
+                    .to_owned()
+            }),
             len: end - start,
         }
     }
@@ -304,11 +315,64 @@ impl Dataset {
         )
     }
 
+    /// The sample weights of the examples at `idx`, in that order.
+    pub fn gather_weights(&self, idx: &[usize]) -> Option<ArrayD<f32>> {
+        self.sample_weight
+            .as_ref()
+            .map(|w| w.select(ndarray::Axis(0), idx))
+    }
+
+    /// Keras's `class_weight`: each example's weight is its class's (1 for a class
+    /// not listed), the class read from the first target as Keras's
+    /// `class_weight_to_sample_weights` reads it: the index of the largest value when
+    /// the target has a last axis of more than one (one-hot), else the value
+    /// rounded.
+    pub fn set_class_weights(&mut self, weights: &[(i64, f64)]) {
+        let Some((_, y)) = self.targets.first() else {
+            return;
+        };
+        let n = y.shape().first().copied().unwrap_or(0);
+        let row = y.len().checked_div(n).unwrap_or(0);
+        let flat: Vec<f32> = y.iter().copied().collect();
+        let one_hot = y.ndim() > 1 && y.shape().last() != Some(&1);
+        // Keras's `class_weight.get(class, 1.0)`: the first weight given for a class.
+        let mut by_class = std::collections::HashMap::new();
+        for (c, w) in weights {
+            by_class.entry(*c).or_insert(*w as f32);
+        }
+        let w: Vec<f32> = (0..n)
+            .map(|i| {
+                let r = &flat[i * row..(i + 1) * row];
+                let class = if one_hot {
+                    // np.argmax: the first largest.
+                    let mut best = 0;
+                    for (k, v) in r.iter().enumerate() {
+                        if *v > r[best] {
+                            best = k;
+                        }
+                    }
+                    best as i64
+                } else {
+                    r.first().map_or(0, |v| v.round_ties_even() as i64)
+                };
+                by_class.get(&class).copied().unwrap_or(1.0)
+            })
+            .collect();
+        self.sample_weight = Some(
+            ArrayD::from_shape_vec(IxDyn(&[n]), w).unwrap_or_else(|_| ArrayD::ones(IxDyn(&[n]))),
+        );
+    }
+
     /// A fingerprint of the contents (for checking that a resumed run sees the same
     /// data).
     pub fn fingerprint(&self) -> u64 {
         let mut h = 0u64;
-        for (n, a) in self.inputs.iter().chain(&self.targets) {
+        let weights = self
+            .sample_weight
+            .iter()
+            .map(|w| ("sample_weight".to_string(), w.clone()));
+        let all: Vec<(String, ArrayD<f32>)> = weights.collect();
+        for (n, a) in self.inputs.iter().chain(&self.targets).chain(&all) {
             let mut bytes = n.as_bytes().to_vec();
             for d in a.shape() {
                 bytes.extend_from_slice(&(*d as u64).to_le_bytes());

@@ -13,33 +13,11 @@ use super::{FitOptions, FitReport, Logs, Observer, Settings, Stop, checkpoint};
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::net::{Net, OptState, rng_key};
-use crate::settings::metric_names;
+use crate::settings::spec_validation_data;
 use crate::weights::Weights;
 
-/// Running sums of an epoch: examples seen, loss × batch size, metrics × batch size.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Sums {
-    pub count: f64,
-    pub values: Vec<f64>,
-}
-
-impl Sums {
-    fn new(metrics: usize) -> Sums {
-        Sums {
-            count: 0.0,
-            values: vec![0.0; 1 + metrics],
-        }
-    }
-    fn logs(&self, names: &[String]) -> Logs {
-        let mut l = Logs::default();
-        let c = self.count.max(1.0);
-        l.set("loss", self.values[0] / c);
-        for (k, n) in names.iter().enumerate() {
-            l.set(n, self.values[k + 1] / c);
-        }
-        l
-    }
-}
+/// Running sums of an epoch (Keras's metric states): see [`crate::net::Tally`].
+pub(crate) type Sums = crate::net::Tally;
 
 /// What is rolled back when the loss diverges: the state at the end of the last good
 /// epoch.
@@ -60,7 +38,6 @@ struct Run<'a> {
     s: Settings,
     train: Dataset,
     val: Option<Dataset>,
-    names: Vec<String>,
     cbs: Vec<Callback>,
     csv_logs: Vec<CsvLog>,
     history: Vec<Logs>,
@@ -125,10 +102,16 @@ impl<'a> Run<'a> {
         let ckpt_settings = resume.as_ref().and_then(|r| r.meta.settings.clone());
         let s = Settings::resolve(&graph, &opts.overrides(), ckpt_settings.as_ref())
             .map_err(Error::Invalid)?;
-        let (train_data, val_data) = match &opts.validation_data {
-            Some(v) => (data.clone(), Some(v.clone())),
-            None => data.split(s.validation_split())?,
+        let (train_data, val_data) = match (&opts.validation_data, spec_validation_data(&graph)) {
+            (Some(v), _) => (data.clone(), Some(v.clone())),
+            // Keras: `validation_data` wins over `validation_split`.
+            (None, Some(p)) => {
+                let path = crate::net::join_clean(net.spec_dir(), Path::new(p));
+                (data.clone(), Some(net.load_data(path)?))
+            }
+            (None, None) => data.split(s.validation_split())?,
         };
+        let train_data = net.with_class_weights(train_data);
         if let Some(r) = &resume
             && let Some((n, fp)) = r.meta.data
             && (n != train_data.len() || fp != train_data.fingerprint())
@@ -143,7 +126,7 @@ impl<'a> Run<'a> {
         net.start_learning_rate();
         super::adapt::adapt(net, data)?;
         let cbs = spec_callbacks(net, opts, net.learning_rate_is_schedule())?;
-        let names = metric_names(&graph);
+        let sums = net.tally()?;
         let snapshot = Snapshot {
             weights: net.weights().clone(),
             opt: net.optimizer_state().clone(),
@@ -158,8 +141,7 @@ impl<'a> Run<'a> {
             s,
             train: train_data,
             val: val_data,
-            sums: Sums::new(names.len()),
-            names,
+            sums,
             cbs,
             csv_logs: Vec::new(),
             history: Vec::new(),
@@ -268,27 +250,24 @@ impl<'a> Run<'a> {
             0
         };
         if first == 0 {
-            self.sums = Sums::new(self.names.len());
+            self.sums.reset();
         }
         for b in first..steps {
             let idx = data::batch_indices(&order, bs, b);
             let (xs, ys) = self.train.gather(idx);
+            let w = self.train.gather_weights(idx);
             let step = self.net.optimizer_state().step;
             let lr = self.net.learning_rate();
             let out = self
                 .net
-                .train_step(xs, ys, lr, rng_key(self.s.seed, step))?;
+                .train_step_weighted(xs, ys, w, lr, rng_key(self.s.seed, step))?;
             if !out.loss.is_finite() {
                 return Ok(Some(self.roll_back(epoch, b, step, out.loss)?));
             }
-            let w = idx.len() as f64;
-            self.sums.count += w;
-            self.sums.values[0] += f64::from(out.loss) * w;
-            for (k, v) in out.metrics.iter().enumerate() {
-                self.sums.values[k + 1] += f64::from(*v) * w;
-            }
+            self.sums
+                .add(out.loss, &out.output_losses, &out.metric_states, idx.len());
             self.obs
-                .on_batch_end(b + 1, steps, &self.sums.logs(&self.names));
+                .on_batch_end(b + 1, steps, &self.net.tally_logs(&self.sums));
             if self.interrupted() && b + 1 < steps {
                 return Ok(Some(self.interrupt(epoch, b + 1)?));
             }
@@ -353,7 +332,7 @@ impl<'a> Run<'a> {
         let epoch = epochs_done - 1;
         let steps = data::num_batches(self.train.len(), self.s.batch_size);
         let seconds = self.epoch_seconds.last().copied().unwrap_or(0.0);
-        let mut logs = self.sums.logs(&self.names);
+        let mut logs = self.net.tally_logs(&self.sums);
         if let Some(v) = &self.val {
             let vl = self.net.evaluate(v, Some(self.s.batch_size))?;
             for (k, x) in vl.iter() {

@@ -13,8 +13,16 @@ pub struct EvalLayout {
     pub targets: Vec<String>,
     /// Every parameter key in layer order.
     pub params: Vec<String>,
-    /// Metric names (outputs `metric/NAME`), as in the training step.
+    /// Whether it takes `sample_weight` after the targets, as the training step.
+    pub sample_weight: bool,
+    /// The outputs' own losses (`loss/NAME`), as in the training step.
+    pub output_losses: Vec<String>,
+    /// Metric names and state sizes (outputs `metric/NAME/i`), as in the training
+    /// step.
     pub metrics: Vec<String>,
+    pub metric_parts: Vec<usize>,
+    /// The number of values in each metric's state.
+    pub metric_sizes: Vec<usize>,
 }
 
 /// The evaluation function and its layout.
@@ -26,24 +34,25 @@ pub struct EvalStep {
 
 /// Builds the evaluation function of a checked graph with a `train` section.
 ///
-/// Inputs: model inputs, params (layer order), targets. Outputs: `loss` (the mean over
-/// the batch, summed over outputs as in training), then `metric/NAME` for each metric
-/// (the mean over the batch).
+/// Inputs: model inputs, params (layer order), targets (and `sample_weight`). Outputs:
+/// `loss` (summed over outputs as in training), each output's loss `loss/NAME`, then
+/// each metric's state for the batch `metric/NAME/i`.
 pub fn build(graph: &Graph) -> Result<EvalStep> {
     let Some(train) = &graph.train else {
         return err("the spec has no train section");
     };
     let mut lw = forward(graph, Mode::Infer, "eval")?;
-    let (total, metrics) = super::train::objective(&mut lw, train)?;
-    lw.f.output("loss", total);
-    for (m, v) in metrics {
-        lw.f.output(&format!("metric/{m}"), v);
-    }
+    let obj = super::train::objective(&mut lw, graph, train)?;
+    let (metrics, metric_parts, metric_sizes) = obj.output(&mut lw.f)?;
     let layout = EvalLayout {
         model_inputs: graph.inputs.iter().map(|i| i.name.clone()).collect(),
         targets: train.targets.iter().map(|t| t.name.clone()).collect(),
         params: lw.param_order.clone(),
-        metrics: train.metrics.clone(),
+        sample_weight: obj.sample_weight,
+        output_losses: obj.output_loss_names(),
+        metrics,
+        metric_parts,
+        metric_sizes,
     };
     Ok(EvalStep {
         func: lw.cx.f,

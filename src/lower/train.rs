@@ -3,7 +3,7 @@
 //! batch-norm moving statistics included.
 
 use super::{Mode, forward};
-use crate::catalog::{metrics, optimizers, regularizers};
+use crate::catalog::{optimizers, regularizers};
 use crate::check::{Graph, Source};
 use crate::ir::{Func, Id, Result, Type, autodiff, err};
 
@@ -18,19 +18,33 @@ pub struct Layout {
     pub trainable: Vec<bool>,
     /// Optimizer state keys: `optimizer/{param}/{slot}`.
     pub state: Vec<String>,
-    /// Metric names (outputs `metric/NAME`).
+    /// Whether the step takes `sample_weight` (one weight per example) after the
+    /// targets.
+    pub sample_weight: bool,
+    /// The logged names of the outputs' own losses (outputs `loss/NAME`), when the
+    /// model has several.
+    pub output_losses: Vec<String>,
+    /// Metric names as logged; metric `i`'s state is the outputs `metric/NAME/0`, …,
+    /// `metric/NAME/{metric_parts[i] - 1}` (see [`crate::catalog::metrics::Stat`]).
     pub metrics: Vec<String>,
+    pub metric_parts: Vec<usize>,
+    /// The number of values in each metric's state (all its outputs' elements).
+    pub metric_sizes: Vec<usize>,
 }
 
 impl Layout {
-    /// The step's inputs in order: model inputs, parameters, `rng_key`, targets,
-    /// optimizer state, `step`, `lr`. [`build`] declares them in this order and
-    /// [`StepArgs`] assembles arguments in it; nothing else writes it down.
+    /// The step's inputs in order: model inputs, parameters, `rng_key`, targets (and
+    /// `sample_weight`), optimizer state, `step`, `lr`. [`build`] declares them in
+    /// this order and [`StepArgs`] assembles arguments in it; nothing else writes it
+    /// down.
     pub fn input_names(&self) -> Vec<String> {
         let mut v = self.model_inputs.clone();
         v.extend(self.params.iter().cloned());
         v.push("rng_key".into());
         v.extend(self.targets.iter().cloned());
+        if self.sample_weight {
+            v.push(SAMPLE_WEIGHT.into());
+        }
         v.extend(self.state.iter().cloned());
         v.push("step".into());
         v.push("lr".into());
@@ -58,7 +72,8 @@ impl Layout {
         };
         Ok(StepOutputs {
             loss: out("loss")?,
-            metrics: all(&self.metrics, "metric/")?,
+            output_losses: all(&self.output_losses, "loss/")?,
+            metrics: metric_outputs(&self.metrics, &self.metric_parts, out)?,
             new_params: all(&self.params, "new/")?,
             new_state: all(&self.state, "new/")?,
         })
@@ -69,8 +84,10 @@ impl Layout {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutputs {
     pub loss: usize,
-    /// One per [`Layout::metrics`].
-    pub metrics: Vec<usize>,
+    /// One per [`Layout::output_losses`].
+    pub output_losses: Vec<usize>,
+    /// One list of state outputs per [`Layout::metrics`].
+    pub metrics: Vec<Vec<usize>>,
     /// One per [`Layout::params`].
     pub new_params: Vec<usize>,
     /// One per [`Layout::state`].
@@ -88,7 +105,8 @@ pub struct StepArgs<T> {
 }
 
 impl<T> StepArgs<T> {
-    /// Assembles the arguments; `params` and `state` in the layout's order.
+    /// Assembles the arguments; `params` and `state` in the layout's order, `targets`
+    /// followed by the sample weights when the layout takes them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         inputs: Vec<T>,
@@ -137,43 +155,124 @@ pub struct TrainStep {
     pub layout: Layout,
 }
 
-/// Declares the targets as inputs and replaces the forward function's outputs with the
-/// loss (summed over outputs, as Keras sums multi-output losses) and the metrics.
-/// Shared by the training step and the evaluation function.
+/// The name of the step's sample-weight input.
+pub const SAMPLE_WEIGHT: &str = "sample_weight";
+
+/// The positions of each metric's state outputs (`metric/NAME/i`).
+pub(crate) fn metric_outputs(
+    names: &[String],
+    parts: &[usize],
+    out: impl Fn(&str) -> Result<usize>,
+) -> Result<Vec<Vec<usize>>> {
+    names
+        .iter()
+        .zip(parts)
+        .map(|(n, &p)| (0..p).map(|i| out(&format!("metric/{n}/{i}"))).collect())
+        .collect()
+}
+
+/// What training computes from the outputs and targets: the loss (each output's loss
+/// times its weight, summed, as Keras's `CompileLoss`), each output's own loss (logged
+/// when there are several) and each metric's state for the batch.
+pub(crate) struct Objective {
+    pub total: Id,
+    pub output_losses: Vec<(String, Id)>,
+    pub metrics: Vec<(String, Vec<Id>)>,
+    /// Whether `sample_weight` is an input.
+    pub sample_weight: bool,
+}
+
+impl Objective {
+    /// Declares the objective's values as the function's outputs (`loss`,
+    /// `loss/NAME`, `metric/NAME/i`); returns the metric names, their numbers of
+    /// outputs and their numbers of state values.
+    pub(crate) fn output(&self, f: &mut Func) -> Result<(Vec<String>, Vec<usize>, Vec<usize>)> {
+        f.output("loss", self.total);
+        for (n, v) in &self.output_losses {
+            f.output(&format!("loss/{n}"), *v);
+        }
+        let mut names = Vec::new();
+        let mut parts = Vec::new();
+        let mut sizes = Vec::new();
+        for (m, ids) in &self.metrics {
+            let mut size = 0;
+            for (i, v) in ids.iter().enumerate() {
+                f.output(&format!("metric/{m}/{i}"), *v);
+                let n = crate::dim::product(&f.ty(*v).shape)
+                    .ok()
+                    .and_then(|d| d.as_const())
+                    .ok_or_else(|| {
+                        crate::ir::IrError(format!("metric `{m}` has a state of unknown size"))
+                    })?;
+                size += n as usize;
+            }
+            names.push(m.clone());
+            parts.push(ids.len());
+            sizes.push(size);
+        }
+        Ok((names, parts, sizes))
+    }
+
+    pub(crate) fn output_loss_names(&self) -> Vec<String> {
+        self.output_losses.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Declares the targets (and the sample weights) as inputs and replaces the forward
+/// function's outputs with the [`Objective`]. Shared by the training step and the
+/// evaluation function.
 pub(crate) fn objective(
     lw: &mut super::Lower,
+    graph: &Graph,
     train: &crate::check::Train,
-) -> Result<(Id, Vec<(String, Id)>)> {
-    let loss_decl = train
-        .decl
-        .loss
-        .as_ref()
-        .ok_or_else(|| crate::ir::IrError("no loss".into()))?;
+) -> Result<Objective> {
     let mut targets = Vec::new();
     for t in &train.targets {
         targets.push(lw.f.input(&t.name, t.ty.clone()));
     }
+    let weight = if train.weighted {
+        let batch = train.targets[0].ty.shape[0].clone();
+        Some(lw.f.input(SAMPLE_WEIGHT, Type::f32(vec![batch])))
+    } else {
+        None
+    };
     let outputs: Vec<Id> = lw.f.outputs.iter().map(|(_, id)| *id).collect();
     lw.f.outputs.clear();
     let mut total = lw.f.scalar(0.0);
+    let mut output_losses = Vec::new();
     for (k, t) in train.targets.iter().enumerate() {
-        let l = loss_decl
-            .kind
-            .lower(&mut lw.f, &loss_decl.args, outputs[t.output], targets[k])?;
+        let l = t.loss.kind.lower_weighted(
+            &mut lw.f,
+            &t.loss.args,
+            outputs[t.output],
+            targets[k],
+            weight,
+        )?;
+        if let Some(name) = train.output_loss_name(k, graph) {
+            output_losses.push((name, l));
+        }
+        let l = match t.loss_weight {
+            Some(w) => lw.f.mul_c(l, w)?,
+            None => l,
+        };
         total = lw.f.add(total, l)?;
     }
     let total = regularization(lw, total)?;
     let mut metrics = Vec::new();
     for m in &train.metrics {
-        let t = &train.targets[0];
-        let kind =
-            metrics::lookup(m).ok_or_else(|| crate::ir::IrError(format!("unknown metric {m}")))?;
-        metrics.push((
-            m.clone(),
-            kind.lower(&mut lw.f, outputs[t.output], targets[0])?,
-        ));
+        let t = &train.targets[m.target];
+        let w = if m.weighted { weight } else { None };
+        let state = m
+            .kind
+            .update(&mut lw.f, &m.args, outputs[t.output], targets[m.target], w)?;
+        metrics.push((m.name.clone(), state));
     }
-    Ok((total, metrics))
+    Ok(Objective {
+        total,
+        output_losses,
+        metrics,
+        sample_weight: weight.is_some(),
+    })
 }
 
 /// Adds Keras's `model.losses` to `total`: each layer's weight regularizers
@@ -231,15 +330,17 @@ pub fn carried(f: &crate::ir::Func) -> Vec<(usize, usize)> {
 
 /// Builds the training step of a checked graph with a `train` section.
 ///
-/// Inputs: model inputs, params, `rng_key`, targets, optimizer state, `step`
-/// (iterations so far), `lr`. Outputs: `loss`, `metric/NAME`…, `new/{param}` for every
+/// Inputs: model inputs, params, `rng_key`, targets (and `sample_weight`), optimizer
+/// state, `step` (iterations so far), `lr`. Outputs: `loss`, `loss/OUTPUT_loss`…,
+/// `metric/NAME/i`…, `new/{param}` for every
 /// parameter, `new/{state key}` for every state slot.
 pub fn build(graph: &Graph) -> Result<TrainStep> {
     let Some(train) = &graph.train else {
         return err("the spec has no train section");
     };
     let mut lw = forward(graph, Mode::Train, "train_step")?;
-    let (total, metric_vals) = objective(&mut lw, train)?;
+    let obj = objective(&mut lw, graph, train)?;
+    let total = obj.total;
 
     let opt = &train.decl.optimizer;
     let slots = (opt.kind.slots)(&opt.args);
@@ -290,10 +391,7 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         new_params.insert(key, v);
     }
 
-    lw.f.output("loss", total);
-    for (m, v) in &metric_vals {
-        lw.f.output(&format!("metric/{m}"), *v);
-    }
+    let (metrics, metric_parts, metric_sizes) = obj.output(&mut lw.f)?;
     for key in &lw.param_order.clone() {
         let v = new_params.get(key).copied().unwrap_or(lw.params[key]);
         lw.f.output(&format!("new/{key}"), v);
@@ -307,7 +405,11 @@ pub fn build(graph: &Graph) -> Result<TrainStep> {
         params: lw.param_order.clone(),
         trainable: trainable_flags,
         state: state_keys,
-        metrics: train.metrics.clone(),
+        sample_weight: obj.sample_weight,
+        output_losses: obj.output_loss_names(),
+        metrics,
+        metric_parts,
+        metric_sizes,
     };
     Ok(TrainStep {
         func: lw.cx.f,

@@ -38,7 +38,7 @@ use crate::weights::{self, Weights, WeightsError};
 use crate::{Model, lower};
 
 pub use input::Input;
-pub use logs::Logs;
+pub use logs::{Logs, Tally};
 use step::{EvalKernel, TrainKernel};
 pub use step::{OptState, StepOutput, rng_key};
 

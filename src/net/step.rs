@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{Logs, Net, scalar, scalar_array};
+use super::{Logs, Net, Tally, scalar, scalar_array};
 use crate::args::Value;
 use crate::catalog::schedules;
 use crate::data::Dataset;
@@ -27,7 +27,10 @@ pub(super) struct TrainKernel {
 pub(super) struct EvalKernel {
     pub kernel: Arc<dyn Kernel>,
     pub loss: usize,
-    pub metrics: Vec<usize>,
+    pub output_losses: Vec<usize>,
+    pub metrics: Vec<Vec<usize>>,
+    pub parts: Vec<usize>,
+    pub sample_weight: bool,
 }
 
 /// The optimizer's state (as Keras keeps it on the model): its slots, its iteration
@@ -48,8 +51,15 @@ pub struct OptState {
 pub struct StepOutput {
     /// The batch's loss.
     pub loss: f32,
-    /// The batch's metrics, in the spec's order ([`crate::settings::metric_names`]).
+    /// The batch's metrics alone (as Keras's `train_on_batch` returns them), in the
+    /// order of [`crate::settings::metric_names`].
     pub metrics: Vec<f32>,
+    /// Each output's own loss when the model has several (`OUTPUT_loss`), in the
+    /// order of the targets.
+    pub output_losses: Vec<f32>,
+    /// Each metric's state for this batch: values that sum over batches to the
+    /// state of an epoch ([`Tally`]).
+    pub metric_states: Vec<Vec<f32>>,
 }
 
 impl Net {
@@ -170,7 +180,25 @@ impl Net {
         lr: f32,
         rng_key: f32,
     ) -> Result<StepOutput, Error> {
+        self.train_step_weighted(inputs, targets, None, lr, rng_key)
+    }
+
+    /// [`Net::train_step`] with each example's weight in the loss (and weighted
+    /// metrics), Keras's `sample_weight`: `[batch]`, ones when `None`. Weights are
+    /// taken only by a spec with `sample_weight` or `class_weight`.
+    pub fn train_step_weighted(
+        &mut self,
+        inputs: Vec<ArrayD<f32>>,
+        mut targets: Vec<ArrayD<f32>>,
+        sample_weight: Option<ArrayD<f32>>,
+        lr: f32,
+        rng_key: f32,
+    ) -> Result<StepOutput, Error> {
         let tk = self.train_kernel()?;
+        let batch = inputs
+            .first()
+            .map_or(0, |a| a.shape().first().copied().unwrap_or(0));
+        weights_arg(tk.layout.sample_weight, sample_weight, batch, &mut targets)?;
         self.ensure_slots(&tk.layout.state)?;
         let l = &tk.layout;
         // Parameters and optimizer state move into the step and come back updated in
@@ -221,9 +249,75 @@ impl Net {
         }
         self.opt.step += 1;
         let value = |i: usize| outs[i].as_ref().map_or(f32::NAN, scalar);
-        Ok(StepOutput {
+        let metric_states: Vec<Vec<f32>> = o
+            .metrics
+            .iter()
+            .map(|ids| {
+                ids.iter()
+                    .flat_map(|&i| outs[i].as_ref().map(state_values).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let mut step = StepOutput {
             loss: value(o.loss),
-            metrics: o.metrics.iter().map(|&i| value(i)).collect(),
+            metrics: Vec::new(),
+            output_losses: o.output_losses.iter().map(|&i| value(i)).collect(),
+            metric_states,
+        };
+        step.metrics = self.metric_values(&step.metric_states);
+        Ok(step)
+    }
+
+    /// Each metric's value from its state (a batch's, or summed over batches).
+    fn metric_values(&self, states: &[Vec<f32>]) -> Vec<f32> {
+        let Some(t) = &self.graph.train else {
+            return Vec::new();
+        };
+        t.metrics
+            .iter()
+            .zip(states)
+            .map(|(m, s)| {
+                let s: Vec<f64> = s.iter().map(|&v| f64::from(v)).collect();
+                m.kind.result(&m.args, &s) as f32
+            })
+            .collect()
+    }
+
+    /// The data with the spec's `class_weight` turned into its sample weights, as
+    /// Keras's `fit(class_weight=…)` does (unchanged without class weights).
+    pub fn with_class_weights(&self, mut data: Dataset) -> Dataset {
+        if let Some(cw) = self
+            .graph
+            .train
+            .as_ref()
+            .and_then(|t| t.decl.class_weight.as_ref())
+        {
+            data.set_class_weights(&cw.weights);
+        }
+        data
+    }
+
+    /// Empty running sums for this model's loss, output losses and metrics (compiles
+    /// the training step).
+    pub fn tally(&mut self) -> Result<Tally, Error> {
+        let tk = self.train_kernel()?;
+        Ok(Tally::new(
+            tk.layout.output_losses.len(),
+            tk.layout.metric_sizes.clone(),
+        ))
+    }
+
+    /// The logs of running sums: `loss`, each output's loss, each metric (its value
+    /// computed from its state), named as Keras logs them.
+    pub fn tally_logs(&self, tally: &Tally) -> Logs {
+        let Some(t) = &self.graph.train else {
+            return Logs::default();
+        };
+        let names = t.log_names(&self.graph);
+        tally.logs(&names[1..], |i, s| {
+            t.metrics
+                .get(i)
+                .map_or(f64::NAN, |m| m.kind.result(&m.args, s))
         })
     }
 
@@ -261,9 +355,11 @@ impl Net {
         self.start_learning_rate();
         let lr = self.learning_rate();
         let key = rng_key(self.seed, self.opt.step);
+        let data = self.with_class_weights(data);
+        let w = data.sample_weight.clone();
         let xs = data.inputs.into_iter().map(|(_, a)| a).collect();
         let ys = data.targets.into_iter().map(|(_, a)| a).collect();
-        self.train_step(xs, ys, lr, key)
+        self.train_step_weighted(xs, ys, w, lr, key)
     }
 
     fn give_back(
@@ -309,14 +405,19 @@ impl Net {
                 .position(|(n, _)| n == name)
                 .ok_or_else(|| Error::internal(format!("the eval function has no `{name}`")))
         };
+        let l = &step.layout;
         let e = Arc::new(EvalKernel {
             loss: out("loss")?,
-            metrics: step
-                .layout
-                .metrics
+            output_losses: l
+                .output_losses
                 .iter()
-                .map(|m| out(&format!("metric/{m}")))
+                .map(|n| out(&format!("loss/{n}")))
                 .collect::<Result<_, _>>()?,
+            metrics: lower::train::metric_outputs(&l.metrics, &l.metric_parts, |n| {
+                out(n).map_err(|e| crate::ir::IrError(e.to_string()))
+            })?,
+            parts: l.metric_sizes.clone(),
+            sample_weight: l.sample_weight,
             kernel: kernel.clone(),
         });
         *slot = Some(e.clone());
@@ -338,30 +439,57 @@ impl Net {
         }
         let bs = batch_size.unwrap_or_else(|| settings::spec_batch_size(&self.graph));
         let e = self.eval_kernel()?;
-        let names = settings::metric_names(&self.graph);
-        let mut sums = vec![0.0f64; 1 + names.len()];
+        let mut tally = Tally::new(e.output_losses.len(), e.parts.clone());
         let order: Vec<usize> = (0..data.len()).collect();
         for b in 0..crate::data::num_batches(data.len(), bs) {
             let idx = crate::data::batch_indices(&order, bs, b);
-            let (xs, ys) = data.gather(idx);
+            let (xs, mut ys) = data.gather(idx);
+            weights_arg(
+                e.sample_weight,
+                data.gather_weights(idx),
+                idx.len(),
+                &mut ys,
+            )?;
             let mut args: Vec<ArrayViewD<f32>> = xs.iter().map(|a| a.view()).collect();
             args.extend(self.weights.iter().map(|(_, w)| w.view()));
             args.extend(ys.iter().map(|a| a.view()));
             let outs = e.kernel.run(&args)?;
-            let n = idx.len() as f64;
-            sums[0] += f64::from(scalar(&outs[e.loss])) * n;
-            for (k, &m) in e.metrics.iter().enumerate() {
-                sums[k + 1] += f64::from(scalar(&outs[m])) * n;
-            }
+            let states: Vec<Vec<f32>> = e
+                .metrics
+                .iter()
+                .map(|ids| ids.iter().flat_map(|&i| state_values(&outs[i])).collect())
+                .collect();
+            let losses: Vec<f32> = e.output_losses.iter().map(|&i| scalar(&outs[i])).collect();
+            tally.add(scalar(&outs[e.loss]), &losses, &states, idx.len());
         }
-        let n = data.len() as f64;
-        let mut logs = Logs::default();
-        logs.set("loss", sums[0] / n);
-        for (k, name) in names.iter().enumerate() {
-            logs.set(name, sums[k + 1] / n);
-        }
-        Ok(logs)
+        Ok(self.tally_logs(&tally))
     }
+}
+
+/// A state output's values in order (a scalar is one value).
+fn state_values(a: &ArrayD<f32>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+/// Appends the sample weights to a step's targets when it takes them (ones when none
+/// are given); refuses weights for a step that takes none.
+fn weights_arg(
+    takes: bool,
+    w: Option<ArrayD<f32>>,
+    batch: usize,
+    targets: &mut Vec<ArrayD<f32>>,
+) -> Result<(), Error> {
+    match (takes, w) {
+        (true, Some(w)) => targets.push(w),
+        (true, None) => targets.push(ArrayD::ones(ndarray::IxDyn(&[batch]))),
+        (false, Some(_)) => {
+            return Err(Error::Invalid(
+                "sample weights were given, but the spec sets neither `sample_weight` nor `class_weight`".into(),
+            ));
+        }
+        (false, None) => {}
+    }
+    Ok(())
 }
 
 /// The random key of dropout at optimizer step `step` of a run seeded `seed`: 24 bits

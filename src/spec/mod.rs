@@ -9,6 +9,7 @@
 mod layer;
 mod tensor;
 pub mod train;
+mod train_options;
 
 pub use tensor::{parse_shape, parse_tensors};
 
@@ -118,7 +119,8 @@ pub fn parse(src: &str) -> (Option<Spec>, Vec<Diagnostic>) {
     let (inputs, inputs_span) = inputs_section(&root, &mut broken_inputs, &mut diags);
     let (layers, layers_span) = layers_section(&root, &mut diags);
     let outputs = section(&root, "outputs").and_then(|(_, v)| parse_refs(v, "outputs", &mut diags));
-    let train = section(&root, "train").and_then(|(_, v)| train::parse(v, &mut diags));
+    let n_outputs = outputs.as_ref().map_or(1, Vec::len);
+    let train = section(&root, "train").and_then(|(_, v)| train::parse(v, n_outputs, &mut diags));
     let spec = Spec {
         name,
         inputs,

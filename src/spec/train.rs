@@ -8,11 +8,14 @@ use super::{TensorDecl, parse_tensors};
 use crate::args::{self, ArgKind, ArgSpec, Args, Default, FRACTION, Value, arg, int, named};
 use crate::catalog::callbacks::{CALLBACKS, CallbackKind};
 use crate::catalog::losses::{LOSSES, LossKind};
-use crate::catalog::metrics::{METRICS, MetricKind};
+use crate::catalog::metrics::METRICS;
 use crate::catalog::optimizers::{self, CLIPPING, OPTIMIZERS, OptimizerKind};
 use crate::catalog::{self, Entry};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::yaml::Node;
+
+use super::train_options;
+pub use super::train_options::{ClassWeight, MetricDecl, PerOutput};
 
 /// A catalog entry as the spec names it, with its validated arguments (a loss,
 /// optimizer, callback).
@@ -53,10 +56,25 @@ pub struct TrainDecl {
     /// Some target declaration is wrong (already reported): targets are not matched to
     /// outputs, so that the mistake is not reported again as a count mismatch.
     pub targets_broken: bool,
-    pub loss: Option<Named<LossKind>>,
+    /// The loss, or one per output.
+    pub loss: Option<PerOutput<Named<LossKind>>>,
+    /// Some loss is wrong (already reported).
+    pub losses_broken: bool,
+    /// Keras's `loss_weights`: the factor of each output's loss in the total.
+    pub loss_weights: Option<PerOutput<f64>>,
     pub optimizer: Named<OptimizerKind>,
-    /// Metrics as written (`acc` is `accuracy`), with spans.
-    pub metrics: Vec<(&'static MetricKind, Range<usize>)>,
+    /// Metrics as written (`acc` is `accuracy`), for every output or per output.
+    pub metrics: PerOutput<Vec<MetricDecl>>,
+    /// Keras's `weighted_metrics`: metrics weighted by the sample weights.
+    pub weighted_metrics: PerOutput<Vec<MetricDecl>>,
+    /// Some metric is wrong (already reported).
+    pub metrics_broken: bool,
+    /// Keras's `fit(class_weight=…)`.
+    pub class_weight: Option<ClassWeight>,
+    /// The data array holding each example's weight (Keras's `fit(sample_weight=…)`).
+    pub sample_weight: Option<(String, Range<usize>)>,
+    /// A second data file validated on after each epoch, relative to the spec.
+    pub validation_data: Option<(String, Range<usize>)>,
     /// batch_size, epochs, seed, shuffle, validation_split.
     pub fit: Args,
     pub data: Option<DataDecl>,
@@ -87,8 +105,13 @@ const DATA: &[ArgSpec] = &[
 const SPECIAL: &[&str] = &[
     "targets",
     "loss",
+    "loss_weights",
     "optimizer",
     "metrics",
+    "weighted_metrics",
+    "class_weight",
+    "sample_weight",
+    "validation_data",
     "data",
     "callbacks",
 ];
@@ -142,7 +165,8 @@ fn lookup<K: Entry>(
 }
 
 /// Parses `train:`.
-pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
+/// Parses `train:`; `outputs`: how many outputs the spec lists (1 when it lists none).
+pub fn parse(v: &Node, outputs: usize, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
     let Some(entries) = v.as_map() else {
         diags.push(
             Diagnostic::error(
@@ -163,34 +187,71 @@ pub fn parse(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<TrainDecl> {
         ),
         None => (Vec::new(), None),
     };
-    let loss = match v.get("loss") {
-        Some(l) => lookup(LOSSES, l, "loss", diags),
+    let (loss, losses_broken) = match v.get("loss") {
+        Some(l) => train_options::losses(l, |n, d| lookup(LOSSES, n, "loss", d), diags),
         None => {
             diags.push(
                 Diagnostic::error("E0604", "`train` has no `loss`")
                     .label(v.span.start..v.span.start, "add `loss: …` to this section")
                     .help("add a loss, e.g. `loss: {sparse_categorical_crossentropy: {from_logits: true}}`"),
             );
-            None
+            (None, false)
         }
     };
+    let loss_weights = v
+        .get("loss_weights")
+        .and_then(|w| train_options::loss_weights(w, diags));
     let optimizer = optimizer(v, diags)?;
-    let (metrics, metrics_failed) = metrics(v, diags);
+    let (metrics, metrics_failed) = match v.get("metrics") {
+        Some(m) => train_options::metrics(m, "metrics", diags),
+        None => (PerOutput::All(Vec::new()), false),
+    };
+    let (weighted_metrics, weighted_failed) = match v.get("weighted_metrics") {
+        Some(m) => train_options::metrics(m, "weighted_metrics", diags),
+        None => (PerOutput::All(Vec::new()), false),
+    };
+    let class_weight = v
+        .get("class_weight")
+        .and_then(|c| train_options::class_weight(c, diags));
+    let sample_weight = v
+        .get("sample_weight")
+        .and_then(|w| train_options::string(w, "sample_weight", "weight", diags));
+    let validation_data = v
+        .get("validation_data")
+        .and_then(|d| train_options::string(d, "validation_data", "data/val.npz", diags));
     let data = v.get("data").and_then(|d| data(d, diags));
     let callbacks = callbacks(v, diags);
     let has_val = fit
         .as_ref()
         .is_some_and(|f| f.float("validation_split") > 0.0)
-        || data.as_ref().is_some_and(|d| d.validation_split > 0.0);
-    check_monitors(&callbacks, &metrics, metrics_failed, has_val, diags);
+        || data.as_ref().is_some_and(|d| d.validation_split > 0.0)
+        || validation_data.is_some();
+    let metrics_broken = metrics_failed || weighted_failed;
+    // With one output the logged names are known here; with several, the checker
+    // (which knows the outputs' names) checks the monitors.
+    let per_output = matches!(loss, Some(PerOutput::Named(..) | PerOutput::Listed(..)))
+        || !matches!(metrics, PerOutput::All(_))
+        || !matches!(weighted_metrics, PerOutput::All(_))
+        || outputs > 1;
+    if !per_output {
+        let known = log_names_one_output(&metrics, &weighted_metrics);
+        check_monitors(&callbacks, &known, metrics_broken, has_val, diags);
+    }
     Some(TrainDecl {
         span: v.span.clone(),
         targets,
         targets_span,
         targets_broken: !broken_targets.is_empty(),
         loss,
+        losses_broken,
+        loss_weights,
         optimizer: optimizer?,
         metrics,
+        weighted_metrics,
+        metrics_broken,
+        class_weight,
+        sample_weight,
+        validation_data,
         fit: fit?,
         data,
         callbacks,
@@ -297,83 +358,6 @@ fn optimizer(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Option<Named<Optim
     Some(Some(Named { kind, span, args }))
 }
 
-/// `train.metrics`, canonicalized; also whether any was wrong (reported).
-fn metrics(
-    v: &Node,
-    diags: &mut Vec<Diagnostic>,
-) -> (Vec<(&'static MetricKind, Range<usize>)>, bool) {
-    let mut metrics: Vec<(&'static MetricKind, Range<usize>)> = Vec::new();
-    // A metric listed again: the index of its first listing, the second, and how many.
-    let mut repeats: Vec<(usize, Range<usize>, usize)> = Vec::new();
-    let mut failed = false;
-    let Some(m) = v.get("metrics") else {
-        return (metrics, failed);
-    };
-    let items: Vec<&Node> = match m.as_seq() {
-        Some(s) => s.iter().collect(),
-        None => vec![m],
-    };
-    for it in items {
-        let Some(s) = it.as_str() else {
-            diags.push(
-                Diagnostic::error(
-                    "E0605",
-                    format!("a metric is a name, but this is {}", it.describe()),
-                )
-                .label(it.span.clone(), "expected a metric name")
-                .help("metrics are names, e.g. `metrics: [accuracy]`"),
-            );
-            failed = true;
-            continue;
-        };
-        match catalog::find(METRICS, &s.to_lowercase()) {
-            Some(k) => match metrics.iter().position(|(m, _)| std::ptr::eq(*m, k)) {
-                Some(first) => match repeats.iter_mut().find(|(f, _, _)| *f == first) {
-                    Some((_, _, n)) => *n += 1,
-                    None => repeats.push((first, it.span.clone(), 2)),
-                },
-                None => metrics.push((k, it.span.clone())),
-            },
-            None => {
-                failed = true;
-                if let Some(d) = crate::diag::keras::not_yet(
-                    crate::diag::keras::Family::Metric,
-                    s,
-                    it.span.clone(),
-                    catalog::all_names(METRICS),
-                ) {
-                    diags.push(d);
-                    continue;
-                }
-                diags.push(
-                    Diagnostic::error("E0605", format!("`{s}` is not a metric kiln knows"))
-                        .label(it.span.clone(), "unknown metric")
-                        .help({
-                            let all = catalog::all_names(METRICS).collect::<Vec<_>>().join(", ");
-                            match did_you_mean(s, catalog::all_names(METRICS)) {
-                                Some(c) => format!("did you mean `{c}`? kiln's metrics: {all}"),
-                                None => format!("kiln's metrics: {all}"),
-                            }
-                        }),
-                )
-            }
-        }
-    }
-    for (first, again, times) in repeats {
-        let (k, first_span) = &metrics[first];
-        diags.push(
-            Diagnostic::error(
-                "E0613",
-                format!("`{}` is listed {times} times in `metrics`", k.name),
-            )
-            .label(again, "listed again here")
-            .secondary(first_span.clone(), "first listed here")
-            .help("list each metric once: training reports one value per metric"),
-        );
-    }
-    (metrics, failed)
-}
-
 /// `train.data`: a path, or `{path, validation_split, target_column}`.
 fn data(d: &Node, diags: &mut Vec<Diagnostic>) -> Option<DataDecl> {
     let node_span = d.span.clone();
@@ -426,22 +410,57 @@ fn callbacks(v: &Node, diags: &mut Vec<Diagnostic>) -> Vec<Named<CallbackKind>> 
         .collect()
 }
 
-/// Monitored quantities must be ones training will report (`loss`, the metrics, and
-/// their `val_` forms with a validation split).
-fn check_monitors(
+/// Keras's log names for one output's metrics: each metric's name, a weighted metric
+/// whose name is taken `weighted_NAME`, all after `prefix` (`OUTPUT_` with several
+/// outputs).
+pub fn metric_log_names(
+    prefix: &str,
+    metrics: &[MetricDecl],
+    weighted: &[MetricDecl],
+) -> Vec<String> {
+    let mut names: Vec<String> = metrics
+        .iter()
+        .map(|m| format!("{prefix}{}", m.kind.name))
+        .collect();
+    for m in weighted {
+        let n = format!("{prefix}{}", m.kind.name);
+        if names.contains(&n) {
+            names.push(format!("{prefix}weighted_{}", m.kind.name));
+        } else {
+            names.push(n);
+        }
+    }
+    names
+}
+
+/// What training logs for a one-output model: `loss` and the metrics' names.
+fn log_names_one_output(
+    metrics: &PerOutput<Vec<MetricDecl>>,
+    weighted: &PerOutput<Vec<MetricDecl>>,
+) -> Vec<String> {
+    let flat = |p: &PerOutput<Vec<MetricDecl>>| -> Vec<MetricDecl> {
+        p.values().into_iter().flatten().cloned().collect()
+    };
+    let mut known = vec!["loss".to_string()];
+    known.extend(metric_log_names("", &flat(metrics), &flat(weighted)));
+    known
+}
+
+/// Monitored quantities must be ones training will report (`known`: `loss`, the
+/// metrics, without their `val_` forms), and `val_` ones need validation data.
+pub fn check_monitors(
     callbacks: &[Named<CallbackKind>],
-    metrics: &[(&'static MetricKind, Range<usize>)],
+    known: &[String],
     metrics_failed: bool,
     has_val: bool,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let mut known: Vec<String> = vec!["loss".into()];
-    for (m, _) in metrics {
-        // Once each: a metric listed 30,000 times must not make every check below slow.
-        if !known.iter().any(|k| k == m.name) {
-            known.push(m.name.to_string());
-        }
-    }
+    let mut seen = std::collections::HashSet::new();
+    let mut known: Vec<String> = known
+        .iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .cloned()
+        .collect();
     let with_val: Vec<String> = known.iter().map(|k| format!("val_{k}")).collect();
     known.extend(with_val);
     for cb in callbacks {
@@ -453,8 +472,10 @@ fn check_monitors(
         // A misspelled metric (already reported) may be the one monitored.
         if !known.iter().any(|k| k == mon) && !metrics_failed {
             // `val_accuracy` without `accuracy` among the metrics.
-            let metric =
-                catalog::find(METRICS, mon.strip_prefix("val_").unwrap_or(mon)).map(|k| k.name);
+            // (With several outputs a listed metric is logged under its output's name.)
+            let metric = catalog::find(METRICS, mon.strip_prefix("val_").unwrap_or(mon))
+                .map(|k| k.name)
+                .filter(|m| !known.iter().any(|k| k.ends_with(&format!("_{m}"))));
             diags.push(
                 Diagnostic::error(
                     "E0607",

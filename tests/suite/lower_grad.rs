@@ -300,7 +300,7 @@ fn losses() {
         );
         let m = kiln::Model::from_source(&src, "t", "t").unwrap_or_else(|e| panic!("{e}"));
         let train = m.graph.train.as_ref().unwrap();
-        let decl = train.decl.loss.as_ref().unwrap();
+        let decl = &train.targets[0].loss;
         let mut f = Func::new("loss");
         let pred = f.input(
             "pred",

@@ -28,3 +28,4 @@ mod simple_layers;
 mod train_bits;
 mod train_cli;
 mod train_loop;
+mod train_options;

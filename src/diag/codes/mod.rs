@@ -15,6 +15,7 @@ mod keras;
 mod shapes;
 mod structure;
 mod train;
+mod train_options;
 
 use std::fmt::Write;
 
@@ -149,6 +150,7 @@ pub fn all() -> impl Iterator<Item = &'static CodeInfo> {
         arguments::CODES,
         shapes::CODES,
         train::CODES,
+        train_options::CODES,
         graph::CODES,
         keras::CODES,
     ]

@@ -33,8 +33,8 @@ train:
         explanation: "\
 A loss, an optimizer, a learning-rate schedule or a callback is written as its name
 (`loss: mse`) or as a mapping from its name to its arguments
-(`loss: {huber: {delta: 0.5}}`). A model has one loss, so a list of losses is not
-accepted.
+(`loss: {huber: {delta: 0.5}}`). A loss for each of several outputs is a mapping
+from output names to losses, or a list of losses in the order of the outputs.
 ",
         wrong: Example::Spec(include_str!("../../../specs/errors/loss_not_a_name.yaml")),
         fixed: Example::Spec(
