@@ -17,6 +17,7 @@ mod init_cli;
 mod ir_passes;
 mod ir_prims;
 mod jit;
+mod keras_golden;
 mod layers;
 mod library;
 mod lower_grad;
