@@ -592,3 +592,19 @@ fn conv_autoencoder_trains() {
     }
     assert!(losses[7] < losses[0], "the loss did not fall: {losses:?}");
 }
+
+/// A symbolic length that a layer cuts below zero at run time (inputs too short) is an
+/// error, not a panic.
+#[test]
+fn lengths_cut_below_zero_at_run_time_are_errors() {
+    for layer in [
+        "cropping1d: {cropping: [2, 2]}",
+        "conv1d: {filters: 2, kernel_size: 5}",
+    ] {
+        let m = model("{x: [batch, seq, 2]}", &format!("  - {layer}"));
+        let net = m.compile(&kiln::Options::default()).unwrap();
+        let x = ArrayD::<f32>::zeros(IxDyn(&[2, 3, 2]));
+        let got = net.predict(&[("x", x.view())]);
+        assert!(got.is_err(), "{layer}: {got:?}");
+    }
+}
