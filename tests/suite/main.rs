@@ -18,6 +18,7 @@ mod ir_passes;
 mod ir_prims;
 mod jit;
 mod keras_golden;
+mod keras_names;
 mod layers;
 mod library;
 mod lower_grad;
