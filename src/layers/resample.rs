@@ -102,7 +102,7 @@ fn check_amounts(
                     }
                 }
                 _ => {
-                    diags.push(type_error(spec, it, what, "a pair [before, after]"));
+                    diags.push(type_error(spec, v, what, forms));
                     return None;
                 }
             }
