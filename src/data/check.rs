@@ -106,11 +106,15 @@ pub(super) fn check_arrays(
     example_sym: Option<&str>,
 ) -> Result<HashMap<String, i64>, DataError> {
     let mut env = Env::default();
+    // Every array's problems in one report; an array's first problem hides its others.
+    let mut errors = Vec::new();
     for (w, h) in wants.iter().zip(haves) {
-        check_dtype(file, w, h)?;
-        check_rank(file, w, h)?;
-        bind_dims(file, w, h, &mut env, example_sym)?;
+        let checked = check_dtype(file, w, h)
+            .and_then(|()| check_rank(file, w, h))
+            .and_then(|()| bind_dims(file, w, h, &mut env, example_sym));
+        errors.extend(checked.err());
     }
+    DataError::all(errors)?;
     check_compound(file, wants, haves, &env.size)?;
     check_integers(file, wants, haves)?;
     Ok(env.size)
@@ -335,6 +339,7 @@ pub(super) fn check_values(
     wants: &[Want],
     arrays: &[(String, &ArrayD<f32>)],
 ) -> Result<(), DataError> {
+    let mut errors = Vec::new();
     for (w, (name, a)) in wants.iter().zip(arrays) {
         let bad: Vec<usize> = a
             .iter()
@@ -351,16 +356,19 @@ pub(super) fn check_values(
                 (n, 0) => format!("{n} NaN value{}", if n == 1 { "" } else { "s" }),
                 (n, i) => format!("{n} NaN and {i} infinite values"),
             };
-            return Err(DataError::new(
-                file,
-                format!(
-                    "the array `{name}` holds {what}; the first is at {} (example {})",
-                    unravel(first, a.shape()),
-                    first / (a.len() / a.shape().first().copied().unwrap_or(1).max(1)).max(1)
-                ),
-            )
-            .array(name)
-            .help("remove or fill the missing values before training"));
+            errors.push(
+                DataError::new(
+                    file,
+                    format!(
+                        "the array `{name}` holds {what}; the first is at {} (example {})",
+                        unravel(first, a.shape()),
+                        first / (a.len() / a.shape().first().copied().unwrap_or(1).max(1)).max(1)
+                    ),
+                )
+                .array(name)
+                .help("remove or fill the missing values before training"),
+            );
+            continue;
         }
         // labels of a sparse categorical cross-entropy
         if w.role == "target"
@@ -379,7 +387,7 @@ pub(super) fn check_values(
                     .enumerate()
                     .find(|(_, v)| **v < 0.0 || **v >= classes as f32)
             {
-                return Err(DataError::new(
+                errors.push(DataError::new(
                     file,
                     format!(
                         "the label {} at example {i} of `{name}` is out of range: `{}` has {classes} classes, so labels are 0 to {}",
@@ -396,10 +404,10 @@ pub(super) fn check_values(
             }
         }
         if w.role == "input" {
-            check_indices(file, graph, name, a.view())?;
+            errors.extend(check_indices(file, graph, name, a.view()).err());
         }
     }
-    Ok(())
+    DataError::all(errors)
 }
 
 /// Indices within the table of every embedding the input `name` feeds: checked before

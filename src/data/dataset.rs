@@ -124,6 +124,7 @@ impl Dataset {
     ) -> Result<Dataset, DataError> {
         let ws = wants(graph, opts.targets);
         let mut haves = Vec::new();
+        let mut missing = Vec::new();
         for w in &ws {
             match named.iter().find(|(n, _)| *n == w.name) {
                 Some((n, l)) => haves.push(Have {
@@ -165,10 +166,11 @@ impl Dataset {
                     } else {
                         e = e.help("name the arrays after the spec's inputs and targets, e.g. `np.savez('data.npz', image=x, label=y)`");
                     }
-                    return Err(e);
+                    missing.push(e);
                 }
             }
         }
+        DataError::all(missing)?;
         let ex = example_symbol(file, &ws)?;
         check_arrays(file, &ws, &haves, Some(&ex))?;
         drop(haves);

@@ -16,6 +16,8 @@ pub struct DataError {
     pub help: Option<String>,
     /// Reading the file failed (exit code 2) rather than its contents being wrong (1).
     pub io: bool,
+    /// Further problems found in the same pass, so that one run reports them all.
+    pub also: Box<[DataError]>,
 }
 
 impl DataError {
@@ -27,7 +29,20 @@ impl DataError {
             message: message.into(),
             help: None,
             io: false,
+            also: Box::default(),
         }
+    }
+
+    /// The first of `errors` carrying the rest; `Ok` when there are none.
+    pub(super) fn all(mut errors: Vec<DataError>) -> Result<(), DataError> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut first = errors.remove(0);
+        let mut also = std::mem::take(&mut first.also).into_vec();
+        also.extend(errors);
+        first.also = also.into_boxed_slice();
+        Err(first)
     }
     pub(super) fn array(mut self, name: &str) -> DataError {
         self.array = Some(name.to_string());
@@ -51,6 +66,9 @@ impl fmt::Display for DataError {
         f.write_str(&self.message)?;
         if let Some(h) = &self.help {
             write!(f, "\n  help: {h}")?;
+        }
+        for e in &self.also {
+            write!(f, "\nerror: {e}")?;
         }
         Ok(())
     }

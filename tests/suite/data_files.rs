@@ -421,3 +421,57 @@ fn npy_reads_what_numpy_writes() {
     assert!(e.contains("2 outputs (y, z)"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every problem of a data file in one report, each with its help line: two missing
+/// arrays, then (with them present) two arrays of the wrong shape, then a NaN and a
+/// label out of range.
+#[test]
+fn data_problems_are_reported_all_at_once() {
+    let g = graph(
+        "inputs:
+  a: [batch, 3]
+  b: [batch, 2]
+layers:
+  - dense: {units: 4, input: a, name: da}
+  - dense: {units: 4, input: b, name: db}
+  - add: {inputs: [da, db]}
+train:
+  targets: {label: {shape: [batch], dtype: i32}}
+  loss: {sparse_categorical_crossentropy: {from_logits: true}}
+  optimizer: adam
+",
+    );
+    let arr = |shape: &[usize], v: f32| ArrayD::from_elem(IxDyn(shape), v);
+    let load = |named: Vec<(&str, ArrayD<f32>)>| -> DataError {
+        let named = named.into_iter().map(|(n, a)| (n.to_string(), a)).collect();
+        Dataset::from_arrays(&g, named).expect_err("bad data")
+    };
+    let count = |e: &DataError| 1 + e.also.len();
+    // Two arrays missing.
+    let e = load(vec![("a", arr(&[4, 3], 0.0))]);
+    assert_eq!(count(&e), 2, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("`b`") && text.contains("`label`"), "{text}");
+    assert_eq!(text.matches("help:").count(), 2, "{text}");
+    // Two arrays of the wrong shape.
+    let e = load(vec![
+        ("a", arr(&[4, 5], 0.0)),
+        ("b", arr(&[4], 0.0)),
+        ("label", arr(&[4], 1.0)),
+    ]);
+    assert_eq!(count(&e), 2, "{e}");
+    // A NaN in an input and a label out of range.
+    let mut a = arr(&[4, 3], 0.0);
+    a[[2, 1]] = f32::NAN;
+    let e = load(vec![
+        ("a", a),
+        ("b", arr(&[4, 2], 0.0)),
+        ("label", arr(&[4], 7.0)),
+    ]);
+    assert_eq!(count(&e), 2, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("NaN") && text.contains("out of range"),
+        "{text}"
+    );
+}
