@@ -346,6 +346,11 @@ const STACKS: &[(&str, &str)] = &[
         "{x: [batch, 7, 2]}",
         "  - separable_conv1d: {filters: 3, kernel_size: 3, strides: 2}",
     ),
+    // Large enough at batch 19 for the JIT to split its loops across cores.
+    (
+        "{x: [batch, 12, 11, 8]}",
+        "  - depthwise_conv2d: {kernel_size: 3, padding: same, depth_multiplier: 2}\n  - depthwise_conv2d: {kernel_size: 2, strides: 2}",
+    ),
     (
         "{x: [batch, 5, 5, 2]}",
         "  - separable_conv2d: {filters: 3, kernel_size: 3, padding: same, depth_multiplier: 2}",
@@ -606,5 +611,29 @@ fn lengths_cut_below_zero_at_run_time_are_errors() {
         let x = ArrayD::<f32>::zeros(IxDyn(&[2, 3, 2]));
         let got = net.predict(&[("x", x.view())]);
         assert!(got.is_err(), "{layer}: {got:?}");
+    }
+}
+
+/// Depthwise and separable convolutions with known spatial sizes run as generated
+/// loops in the JIT (forward and both gradients), not as the grouped-convolution
+/// routine; `compiled_matches_interpreted` checks their values.
+#[test]
+fn depthwise_convolutions_run_as_loops() {
+    for (inputs, layers) in STACKS {
+        if !layers.contains("depthwise") && !layers.contains("separable") || inputs.contains("seq")
+        {
+            continue;
+        }
+        let m = model(inputs, layers);
+        let out = &m.graph.layers.last().unwrap().output;
+        let shape: Vec<String> = out.shape.iter().map(|d| d.to_string()).collect();
+        let src = format!(
+            "inputs: {inputs}\nlayers:\n{layers}\ntrain:\n  targets: {{target: [{}]}}\n  loss: mse\n  optimizer: sgd\n",
+            shape.join(", ")
+        );
+        let mt = kiln::Model::from_source(&src, "t", "t.yaml").unwrap();
+        let step = lower::train::build(&mt.graph).unwrap();
+        let plan = kiln::jit::plan::plan(&step.func).print();
+        assert!(!plan.contains("call conv"), "{layers}:\n{plan}");
     }
 }
