@@ -23,6 +23,10 @@ Regenerate (Keras 3 with the JAX backend, from PyPI):
     python3 scripts/keras_golden.py            # every case
     python3 scripts/keras_golden.py NAME ...   # some cases
 
+Every `normalization` without `mean` and `variance` is adapted on the case's inputs
+first (as kiln's fit does). `position_embedding` is keras_hub's layer
+(`pip install --no-deps keras-hub` is enough).
+
 `train: false` compares the inference output only (for layers whose training mode is
 random, such as dropout or gaussian_noise, whose random numbers differ from Keras's).
 """
@@ -69,6 +73,32 @@ def classes(module):
 LAYERS = classes(keras.layers)
 for alias, cls in LAYER_ALIASES.items():
     LAYERS[alias] = getattr(keras.layers, cls)
+
+
+def keras_hub_layers():
+    """keras_hub's layers that kiln has (`position_embedding`), if keras_hub is installed.
+
+    Its modules are loaded without running `keras_hub/__init__.py`, which needs
+    tokenizer packages these layers do not use (`pip install --no-deps keras-hub`).
+    """
+    import importlib.util
+    import types
+
+    found = importlib.util.find_spec("keras_hub")
+    if found is None:
+        return {}
+    root = os.path.dirname(found.origin)
+    for name, path in (("keras_hub", root), ("keras_hub.src", os.path.join(root, "src"))):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.__path__ = [path]
+            sys.modules[name] = stub
+    from keras_hub.src.layers.modeling.position_embedding import PositionEmbedding
+
+    return {"position_embedding": PositionEmbedding}
+
+
+LAYERS.update(keras_hub_layers())
 LOSSES = classes(keras.losses)
 OPTIMIZERS = classes(keras.optimizers)
 SCHEDULES = classes(keras.optimizers.schedules)
@@ -114,8 +144,10 @@ def layer_arg(key, value):
         name, args = entry(value)
         return INITIALIZERS[name](**args) if args else name
     if key.endswith("_regularizer"):
+        # Built from the class, as Keras's string identifiers are (`l1_l2` is the
+        # class's exported name; Keras's only string for it is `l1l2`).
         name, args = entry(value)
-        return REGULARIZERS[name](**args) if args else name
+        return REGULARIZERS[name](**args)
     if key in ("layer", "backward_layer"):
         return build_layer(value)
     if key == "activation" and isinstance(value, dict):
@@ -243,6 +275,19 @@ def weights(model):
     return out
 
 
+def adapt(model, input_names, xs):
+    """Keras's `adapt` on the case's inputs for every `Normalization` without `mean`
+    and `variance`, as kiln's fit does before its first step (the layer must sit on a
+    model input)."""
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Normalization) or layer.input_mean is not None:
+            continue
+        at = [i for i, t in enumerate(model.inputs) if t is layer.input]
+        if not at:
+            raise ValueError(f"`{layer.name}` adapts but is not on a model input")
+        layer.adapt(xs[input_names[at[0]]])
+
+
 def compile_model(model, spec):
     train = spec["train"]
     loss = from_catalog(train["loss"], LOSSES, "loss")
@@ -269,6 +314,7 @@ def run_case(name):
     rng = np.random.default_rng(seed)
     xs = draw_inputs(spec, rng, opts)
     ys = draw_targets(spec, model, rng, opts)
+    adapt(model, input_names, xs)
     arrays = {f"x.{k}": v for k, v in xs.items()}
     arrays.update({f"y.{k}": v for k, v in ys.items()})
     arrays.update({f"w0.{k}": v for k, v in weights(model).items()})

@@ -357,6 +357,19 @@ pub fn lookup(name: &str) -> Option<&'static CallbackKind> {
 }
 
 impl Callback {
+    /// The file the callback writes, as the spec names it (relative to the spec), when
+    /// its name is fixed: a csv_logger's file, a model_checkpoint's path without
+    /// `{epoch}`-style fields.
+    pub fn output_file(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Callback::CsvLogger { filename, .. } => Some(("the spec's csv_logger", filename)),
+            Callback::ModelCheckpoint { filepath, .. } if !filepath.contains('{') => {
+                Some(("the spec's model_checkpoint", filepath))
+            }
+            _ => None,
+        }
+    }
+
     /// The state of the callbacks, for a checkpoint.
     pub fn save_states(cbs: &[Callback]) -> States {
         let mut s = States::default();

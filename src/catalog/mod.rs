@@ -1,5 +1,5 @@
 //! The catalog: every loss, metric, optimizer, learning-rate schedule, initializer,
-//! activation and callback kiln knows, each as one typed value that carries all its
+//! activation, regularizer and callback kiln knows, each as one typed value that carries all its
 //! facts — Keras's name and aliases, its argument schema, and its behaviour (IR
 //! lowering, optimizer state and update, host-side learning rate, sampler, callback).
 //!
@@ -17,6 +17,7 @@ pub mod initializers;
 pub mod losses;
 pub mod metrics;
 pub mod optimizers;
+pub mod regularizers;
 pub mod schedules;
 
 use crate::args::ArgSpec;

@@ -155,7 +155,8 @@ pub fn train(a: &TrainArgs) -> Result {
     };
     let data = Dataset::load(&path, net.graph(), &opts)?;
     let (out, ckpt) = outputs(a);
-    guard_outputs(a, &path, &out, &ckpt)?;
+    let spec_files = kiln::fit::callbacks::output_files(&net);
+    guard_outputs(a, &path, &out, &ckpt, &spec_files)?;
     for p in [Some(&out), Some(&ckpt), a.plot.as_ref(), a.log.as_ref()]
         .into_iter()
         .flatten()
@@ -209,19 +210,27 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Refuses outputs that are inputs or each other (`kiln::paths::guard_outputs`). A
-/// resumed checkpoint that is also `--checkpoint` is rewritten on purpose.
-fn guard_outputs(a: &TrainArgs, data: &Path, out: &Path, ckpt: &Path) -> Result {
-    let resume = a
-        .resume
-        .as_deref()
-        .filter(|r| !kiln::paths::same_file(r, ckpt));
+/// Refuses outputs that are inputs or each other (`kiln::paths::guard_outputs`),
+/// including the files the spec's callbacks write. A resumed checkpoint that is also
+/// `--checkpoint` (or a model_checkpoint's file) is rewritten on purpose.
+fn guard_outputs(
+    a: &TrainArgs,
+    data: &Path,
+    out: &Path,
+    ckpt: &Path,
+    spec_files: &[(&str, PathBuf)],
+) -> Result {
+    let resume = a.resume.as_deref().filter(|r| {
+        !kiln::paths::same_file(r, ckpt)
+            && !spec_files.iter().any(|(_, f)| kiln::paths::same_file(r, f))
+    });
     let mut inputs = vec![("the spec", a.spec.as_path()), ("the data", data)];
     inputs.extend(a.init.as_deref().map(|p| ("--init", p)));
     inputs.extend(resume.map(|p| ("--resume", p)));
     let mut outs = vec![("--out", out), ("--checkpoint", ckpt)];
     outs.extend(a.log.as_deref().map(|p| ("--log", p)));
     outs.extend(a.plot.as_deref().map(|p| ("--plot", p)));
+    outs.extend(spec_files.iter().map(|(who, p)| (*who, p.as_path())));
     kiln::paths::guard_outputs(&inputs, &outs).map_err(CliError::Usage)
 }
 

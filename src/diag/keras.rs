@@ -354,22 +354,22 @@ pub static KERAS: &[KerasName] = &[
     k(
         Argument,
         "kernel_regularizer",
-        "regularizers are not supported yet",
+        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
     ),
     k(
         Argument,
         "bias_regularizer",
-        "regularizers are not supported yet",
+        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
     ),
     k(
         Argument,
         "activity_regularizer",
-        "regularizers are not supported yet",
+        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
     ),
     k(
         Argument,
         "recurrent_regularizer",
-        "regularizers are not supported yet",
+        "regularizers on recurrent layers are not supported yet",
     ),
     k(
         Argument,

@@ -19,6 +19,24 @@ pub fn from_spec(n: &Named<CallbackKind>) -> Callback {
     (n.kind.build)(&n.args)
 }
 
+/// The files the spec's callbacks write, resolved against the spec's folder, with who
+/// writes each: callers guard them like their own outputs (never over the data).
+pub fn output_files(net: &crate::net::Net) -> Vec<(&'static str, PathBuf)> {
+    let Some(train) = &net.graph().train else {
+        return Vec::new();
+    };
+    train
+        .decl
+        .callbacks
+        .iter()
+        .map(from_spec)
+        .filter_map(|c| {
+            let (who, f) = c.output_file()?;
+            Some((who, crate::net::join_clean(net.spec_dir(), Path::new(f))))
+        })
+        .collect()
+}
+
 /// What the callbacks decided at the end of an epoch.
 #[derive(Debug, Default)]
 pub struct EpochDecision {

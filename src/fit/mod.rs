@@ -15,6 +15,7 @@
 //! weighted by batch size. After each epoch the held-out validation data is evaluated
 //! in inference mode, then the callbacks run in the order the spec lists them.
 
+mod adapt;
 pub mod callbacks;
 pub mod checkpoint;
 

@@ -141,6 +141,7 @@ impl<'a> Run<'a> {
         // Compiles the step and checks the optimizer state now, before any epoch.
         net.optimizer_state_keys()?;
         net.start_learning_rate();
+        super::adapt::adapt(net, data)?;
         let cbs = spec_callbacks(net, opts, net.learning_rate_is_schedule())?;
         let names = metric_names(&graph);
         let snapshot = Snapshot {

@@ -9,7 +9,7 @@ use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, NO_FACTS};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
-use crate::catalog::initializers;
+use crate::catalog::{initializers, regularizers};
 use crate::dim::Dim;
 use crate::ir::{ConvAttrs, Id, Op, Padding, Result};
 use crate::types::window_out;
@@ -18,7 +18,7 @@ const fn window(n: usize) -> ArgKind {
     ArgKind::IntTuple { n, min: 1 }
 }
 
-const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10] {
+const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13] {
     [
         arg("filters", int(1), Default::Required),
         arg("kernel_size", window(n), Default::Required),
@@ -38,16 +38,19 @@ const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 10]
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::KERNEL,
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ]
 }
 
-const CONV1D_ARGS: [ArgSpec; 10] = conv_args(1, &["valid", "same", "causal"]);
-const CONV2D_ARGS: [ArgSpec; 10] = conv_args(2, &["valid", "same"]);
+const CONV1D_ARGS: [ArgSpec; 13] = conv_args(1, &["valid", "same", "causal"]);
+const CONV2D_ARGS: [ArgSpec; 13] = conv_args(2, &["valid", "same"]);
 
 const VALID_SAME: &[&str] = &["valid", "same"];
 
 /// Keras's `DepthwiseConv1D/2D` arguments, in its order.
-const fn depthwise_args(n: usize) -> [ArgSpec; 9] {
+const fn depthwise_args(n: usize) -> [ArgSpec; 11] {
     [
         arg("kernel_size", window(n), Default::Required),
         arg("strides", window(n), Default::Int(1)),
@@ -70,11 +73,13 @@ const fn depthwise_args(n: usize) -> [ArgSpec; 9] {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ]
 }
 
 /// Keras's `SeparableConv1D/2D` arguments, in its order.
-const fn separable_args(n: usize) -> [ArgSpec; 11] {
+const fn separable_args(n: usize) -> [ArgSpec; 13] {
     [
         arg("filters", int(1), Default::Required),
         arg("kernel_size", window(n), Default::Required),
@@ -103,13 +108,15 @@ const fn separable_args(n: usize) -> [ArgSpec; 11] {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ]
 }
 
-const DEPTHWISE1D_ARGS: [ArgSpec; 9] = depthwise_args(1);
-const DEPTHWISE2D_ARGS: [ArgSpec; 9] = depthwise_args(2);
-const SEPARABLE1D_ARGS: [ArgSpec; 11] = separable_args(1);
-const SEPARABLE2D_ARGS: [ArgSpec; 11] = separable_args(2);
+const DEPTHWISE1D_ARGS: [ArgSpec; 11] = depthwise_args(1);
+const DEPTHWISE2D_ARGS: [ArgSpec; 11] = depthwise_args(2);
+const SEPARABLE1D_ARGS: [ArgSpec; 13] = separable_args(1);
+const SEPARABLE2D_ARGS: [ArgSpec; 13] = separable_args(2);
 
 const fn spatial(n: usize) -> Facts {
     Facts {

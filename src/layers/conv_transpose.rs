@@ -15,11 +15,11 @@ use super::lower::{Call, LowerCx, overflow};
 use super::{Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS, TensorType};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
-use crate::catalog::initializers;
+use crate::catalog::{initializers, regularizers};
 use crate::dim::{Dim, Overflow};
 use crate::ir::{ConvAttrs, Id, Op, Padding, Result, Type};
 
-const fn transpose_args(n: usize) -> [ArgSpec; 10] {
+const fn transpose_args(n: usize) -> [ArgSpec; 13] {
     let window = ArgKind::IntTuple { n, min: 1 };
     [
         arg("filters", int(1), Default::Required),
@@ -48,11 +48,14 @@ const fn transpose_args(n: usize) -> [ArgSpec; 10] {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::KERNEL,
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ]
 }
 
-const TRANSPOSE1D_ARGS: [ArgSpec; 10] = transpose_args(1);
-const TRANSPOSE2D_ARGS: [ArgSpec; 10] = transpose_args(2);
+const TRANSPOSE1D_ARGS: [ArgSpec; 13] = transpose_args(1);
+const TRANSPOSE2D_ARGS: [ArgSpec; 13] = transpose_args(2);
 
 pub const CONV1D_TRANSPOSE: LayerKind = LayerKind {
     name: "conv1d_transpose",

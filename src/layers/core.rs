@@ -1,4 +1,5 @@
-//! Core layers: dense, embedding, dropout and the activation layers.
+//! Core layers: dense, embedding, dropout, the activation layers, identity and
+//! repeat_vector.
 
 use super::lower::{Call, LowerCx, dropout};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
@@ -6,7 +7,7 @@ use super::{Facts, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
 use crate::catalog::activations as activation;
-use crate::catalog::initializers;
+use crate::catalog::{initializers, regularizers};
 use crate::ir::{Id, Op, Result};
 use crate::types::DType;
 
@@ -30,6 +31,9 @@ pub const DENSE: LayerKind = LayerKind {
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
         KERNEL_INIT,
         BIAS_INIT,
+        regularizers::KERNEL,
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
     ],
     arity: Arity::One,
     infer: dense,
@@ -80,6 +84,12 @@ pub const EMBEDDING: LayerKind = LayerKind {
             initializers::INITIALIZER,
             Default::Str("random_uniform"),
         ),
+        arg(
+            "embeddings_regularizer",
+            regularizers::REGULARIZER,
+            Default::Null,
+        ),
+        regularizers::ACTIVITY,
     ],
     arity: Arity::One,
     infer: embedding,
@@ -309,4 +319,52 @@ fn lower_softmax(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let rank = lw.f.ty(x[0]).rank();
     let axis = super::lower::norm_axis(l.args.int("axis"), rank);
     activation::softmax(&mut lw.f, x[0], axis)
+}
+
+pub const IDENTITY: LayerKind = LayerKind {
+    name: "identity",
+    class: "Identity",
+    args: &[],
+    arity: Arity::One,
+    infer: pass_through,
+    lower: lower_identity,
+    facts: NO_FACTS,
+};
+
+/// Keras's `Identity` passes any tensor through, integer ones included.
+fn pass_through(cx: &mut Ctx) -> Option<Inferred> {
+    Some(Inferred {
+        output: cx.input().clone(),
+        params: Vec::new(),
+    })
+}
+
+fn lower_identity(_: &mut LowerCx, _: &Call, x: &[Id]) -> Result<Id> {
+    Ok(x[0])
+}
+
+pub const REPEAT_VECTOR: LayerKind = LayerKind {
+    name: "repeat_vector",
+    class: "RepeatVector",
+    args: &[arg("n", int(1), Default::Required)],
+    arity: Arity::One,
+    infer: repeat_vector,
+    lower: lower_repeat_vector,
+    facts: NO_FACTS,
+};
+
+/// [batch, features] → [batch, n, features].
+fn repeat_vector(cx: &mut Ctx) -> Option<Inferred> {
+    cx.expect_float()?;
+    cx.expect_rank(&[2], "[batch, features]")?;
+    let mut shape = cx.input().shape.clone();
+    shape.insert(1, cx.args.int("n").into());
+    Some(Inferred {
+        output: TensorType::f32(shape),
+        params: Vec::new(),
+    })
+}
+
+fn lower_repeat_vector(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    lw.f.broadcast(x[0], &l.output.shape, &[0, 2])
 }

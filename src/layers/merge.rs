@@ -1,12 +1,13 @@
-//! Merging layers: add, subtract, multiply (equal shapes, size-1 axes broadcast) and
-//! concatenate (equal shapes except on `axis`, whose sizes add up symbolically).
+//! Merging layers: add, subtract, multiply, maximum, minimum, average (equal shapes,
+//! size-1 axes broadcast), concatenate (equal shapes except on `axis`, whose sizes add
+//! up symbolically) and dot (Keras's `batch_dot`).
 
 use super::NO_FACTS;
 use super::lower::{Call, LowerCx, expand, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use crate::args::{Default, arg, int};
+use crate::args::{ArgKind, Default, arg, int};
 use crate::dim::{Dim, fmt_shape};
-use crate::ir::{Func, Id, Op, Result};
+use crate::ir::{Func, Id, Op, ReduceOp, Result, Unary};
 
 pub const ADD: LayerKind = LayerKind {
     name: "add",
@@ -33,6 +34,34 @@ pub const MULTIPLY: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_multiply,
+    facts: NO_FACTS,
+};
+
+pub const MAXIMUM: LayerKind = LayerKind {
+    name: "maximum",
+    class: "Maximum",
+    args: &[],
+    arity: Arity::Range(2, usize::MAX),
+    infer: elementwise,
+    lower: lower_maximum,
+    facts: NO_FACTS,
+};
+pub const MINIMUM: LayerKind = LayerKind {
+    name: "minimum",
+    class: "Minimum",
+    args: &[],
+    arity: Arity::Range(2, usize::MAX),
+    infer: elementwise,
+    lower: lower_minimum,
+    facts: NO_FACTS,
+};
+pub const AVERAGE: LayerKind = LayerKind {
+    name: "average",
+    class: "Average",
+    args: &[],
+    arity: Arity::Range(2, usize::MAX),
+    infer: elementwise,
+    lower: lower_average,
     facts: NO_FACTS,
 };
 
@@ -150,7 +179,160 @@ fn lower_multiply(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     fold(lw, l, x, Func::mul)
 }
 
+fn lower_maximum(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    fold(lw, l, x, Func::max)
+}
+
+fn lower_minimum(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    fold(lw, l, x, Func::min)
+}
+
+/// Keras's `Average`: the sum, divided by the number of inputs.
+fn lower_average(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let sum = fold(lw, l, x, Func::add)?;
+    let n = lw.f.scalar(x.len() as f64);
+    lw.f.div(sum, n)
+}
+
 fn lower_concatenate(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let axis = norm_axis(l.args.int("axis"), l.output.rank());
     lw.f.push(Op::Concat { axis }, x)
+}
+
+pub const DOT: LayerKind = LayerKind {
+    name: "dot",
+    class: "Dot",
+    args: &[
+        arg("axes", ArgKind::Axes, Default::Required),
+        arg("normalize", ArgKind::Bool, Default::Bool(false)),
+    ],
+    arity: Arity::Range(2, 2),
+    infer: dot,
+    lower: lower_dot,
+    facts: NO_FACTS,
+};
+
+/// The two contracted axes, non-negative (Keras: an int is the same axis of both, a
+/// negative one counted from the end of each).
+fn dot_axes(axes: &[i64], ranks: [usize; 2]) -> [i64; 2] {
+    let pick = |i: usize| if axes.len() == 1 { axes[0] } else { axes[i] };
+    [0, 1].map(|i| {
+        let a = pick(i);
+        if a < 0 { a + ranks[i] as i64 } else { a }
+    })
+}
+
+/// Keras's `Dot.compute_output_shape`: the first input's shape without its contracted
+/// axis, then the second's without its batch and contracted axes; `[batch, 1]` when
+/// that leaves only the batch axis.
+fn dot(cx: &mut Ctx) -> Option<Inferred> {
+    cx.expect_float()?;
+    let given = cx.args.ints("axes").to_vec();
+    if given.len() > 2 {
+        return cx.arg_error(
+            "axes",
+            "E0508",
+            format!(
+                "`dot` takes one axis or two (one per input), not {}",
+                given.len()
+            ),
+            "write `axes: -1`, or `axes: [2, 1]` for the first and the second input",
+        );
+    }
+    let (s1, s2) = (cx.inputs[0].ty.shape.clone(), cx.inputs[1].ty.shape.clone());
+    if s1.len() < 2 || s2.len() < 2 {
+        return cx.shape_error(
+            "E0501",
+            "`dot` needs two inputs of rank 2 or more (a batch axis and a feature axis)".into(),
+            "declare the inputs with a batch axis, e.g. [batch, 8]",
+        );
+    }
+    let [a0, a1] = dot_axes(&given, [s1.len(), s2.len()]);
+    for (a, r) in [(a0, s1.len()), (a1, s2.len())] {
+        if a <= 0 || a >= r as i64 {
+            return cx.arg_error(
+                "axes",
+                "E0508",
+                format!("`dot` cannot contract axis {a} of a rank-{r} input (axis 0 is the batch)"),
+                "contract a feature axis: from 1 to the last (or negative from the end)",
+            );
+        }
+    }
+    let (a0, a1) = (a0 as usize, a1 as usize);
+    if s1[a0] != s2[a1] || s1[0] != s2[0] {
+        let (n1, n2) = (cx.inputs[0].name.to_string(), cx.inputs[1].name.to_string());
+        return cx.shape_error(
+            "E0504",
+            format!(
+                "`dot` contracts axis {a0} of `{n1}` ({}) with axis {a1} of `{n2}` ({}); they need equal sizes and the same batch",
+                fmt_shape(&s1),
+                fmt_shape(&s2)
+            ),
+            "check `axes`: it names the axis of each input that is summed over",
+        );
+    }
+    let mut out: Vec<Dim> = s1
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != a0)
+        .map(|(_, d)| d.clone())
+        .collect();
+    out.extend(
+        s2.iter()
+            .enumerate()
+            .filter(|&(i, _)| i != 0 && i != a1)
+            .map(|(_, d)| d.clone()),
+    );
+    if out.len() == 1 {
+        out.push(Dim::konst(1));
+    }
+    Some(Inferred {
+        output: TensorType::f32(out),
+        params: Vec::new(),
+    })
+}
+
+/// Keras's `normalize` (L2, order 2): `x · min(rsqrt(Σ x²), 1/ε)` along `axis`.
+fn l2_normalize(lw: &mut LowerCx, x: Id, axis: usize) -> Result<Id> {
+    let shape = lw.f.ty(x).shape.clone();
+    let sq = lw.f.mul(x, x)?;
+    let s = lw.f.reduce(ReduceOp::Sum, sq, vec![axis])?;
+    let inv = lw.f.unary(Unary::Rsqrt, s)?;
+    let cap = lw.f.scalar(1.0 / crate::catalog::EPSILON);
+    let inv = lw.f.min(inv, cap)?;
+    let kept: Vec<usize> = (0..shape.len()).filter(|&i| i != axis).collect();
+    let ib = lw.f.broadcast(inv, &shape, &kept)?;
+    lw.f.mul(x, ib)
+}
+
+/// `batch_dot` as a broadcast product summed over the contracted axis: each input's
+/// contracted axis moved last, both broadcast to [batch, rest of x…, rest of y…, k].
+fn lower_dot(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let (r1, r2) = (lw.f.ty(x[0]).rank(), lw.f.ty(x[1]).rank());
+    let [a0, a1] = dot_axes(l.args.ints("axes"), [r1, r2]).map(|a| a as usize);
+    let (mut u, mut v) = (x[0], x[1]);
+    if l.args.bool("normalize") {
+        u = l2_normalize(lw, u, a0)?;
+        v = l2_normalize(lw, v, a1)?;
+    }
+    let last_of = |r: usize, a: usize| -> Vec<usize> {
+        let mut p: Vec<usize> = (0..r).filter(|&i| i != a).collect();
+        p.push(a);
+        p
+    };
+    let u = lw.f.transpose(u, last_of(r1, a0))?;
+    let v = lw.f.transpose(v, last_of(r2, a1))?;
+    let (su, sv) = (lw.f.ty(u).shape.clone(), lw.f.ty(v).shape.clone());
+    // [batch, u's rest…, v's rest…, k]
+    let mut full = su[..r1 - 1].to_vec();
+    full.extend(sv[1..r2 - 1].iter().cloned());
+    full.push(su[r1 - 1].clone());
+    let n = full.len();
+    let du: Vec<usize> = (0..r1 - 1).chain([n - 1]).collect();
+    let dv: Vec<usize> = [0].into_iter().chain(r1 - 1..n).collect();
+    let ub = lw.f.broadcast(u, &full, &du)?;
+    let vb = lw.f.broadcast(v, &full, &dv)?;
+    let p = lw.f.mul(ub, vb)?;
+    let s = lw.f.reduce(ReduceOp::Sum, p, vec![n - 1])?;
+    lw.f.reshape(s, l.output.shape.clone())
 }

@@ -10,8 +10,10 @@ mod core;
 mod lower;
 pub use lower::{Call, LowerCx, Mode};
 mod merge;
+mod noise;
 mod norm;
 mod pool;
+mod preprocess;
 mod recurrent;
 mod resample;
 mod reshape;
@@ -78,7 +80,8 @@ pub struct LayerKind {
 /// recognize the kind by its name.
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
-    /// The number of spatial axes of a convolution or pooling layer (1 or 2).
+    /// The number of spatial axes of a convolution, pooling or spatial dropout layer (1
+    /// or 2).
     pub spatial: Option<usize>,
     /// Max or average, for pooling layers.
     pub pool: Option<PoolKind>,
@@ -87,6 +90,28 @@ pub struct Facts {
     /// The layer looks its integer input up in a table (`embedding`): the input holds
     /// indices below the argument `input_dim`.
     pub looks_up: bool,
+    /// Keras's `adapt`: weights computed from the training data before training.
+    pub adapt: Option<&'static Adapt>,
+}
+
+/// A layer whose non-trainable weights Keras computes from data (`adapt`), which `fit`
+/// does before the first step while they are still the initial ones.
+pub struct Adapt {
+    /// Whether a layer with these arguments is adapted (not when its statistics are
+    /// given as arguments).
+    pub wanted: fn(&Args) -> bool,
+    /// The adapted weights (key under the layer, value) from all the examples of the
+    /// array reaching the layer (examples on the first axis).
+    pub compute: fn(&Args, &ndarray::ArrayD<f32>) -> Vec<Adapted>,
+}
+
+/// One adapted weight: its key under the layer and its value.
+pub type Adapted = (&'static str, ndarray::ArrayD<f32>);
+
+impl std::fmt::Debug for Adapt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Adapt")
+    }
 }
 
 /// The facts of a kind that has none of the above.
@@ -95,6 +120,7 @@ pub const NO_FACTS: Facts = Facts {
     pool: None,
     cell: None,
     looks_up: false,
+    adapt: None,
 };
 
 /// A recurrent layer's cell, as Keras lays out its weights.
@@ -125,6 +151,15 @@ pub static REGISTRY: &[&LayerKind] = &[
     &core::SOFTMAX,
     &core::GELU,
     &core::SILU,
+    &core::IDENTITY,
+    &core::REPEAT_VECTOR,
+    &noise::SPATIAL_DROPOUT1D,
+    &noise::SPATIAL_DROPOUT2D,
+    &noise::GAUSSIAN_NOISE,
+    &noise::GAUSSIAN_DROPOUT,
+    &preprocess::RESCALING,
+    &preprocess::NORMALIZATION,
+    &preprocess::POSITION_EMBEDDING,
     &conv::CONV1D,
     &conv::CONV2D,
     &conv::DEPTHWISE_CONV1D,
@@ -156,6 +191,10 @@ pub static REGISTRY: &[&LayerKind] = &[
     &merge::SUBTRACT,
     &merge::MULTIPLY,
     &merge::CONCATENATE,
+    &merge::MAXIMUM,
+    &merge::MINIMUM,
+    &merge::AVERAGE,
+    &merge::DOT,
     &recurrent::SIMPLE_RNN,
     &recurrent::LSTM,
     &recurrent::GRU,

@@ -4,9 +4,16 @@
 use super::NO_FACTS;
 use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
-use crate::args::{ArgKind, Default, FRACTION, POSITIVE_FLOAT, arg, int};
-use crate::catalog::initializers;
+use crate::args::{ArgKind, ArgSpec, Default, FRACTION, POSITIVE_FLOAT, arg, int};
+use crate::catalog::{initializers, regularizers};
 use crate::ir::{Id, Result, Unary};
+
+const BETA_REG: ArgSpec = arg("beta_regularizer", regularizers::REGULARIZER, Default::Null);
+const GAMMA_REG: ArgSpec = arg(
+    "gamma_regularizer",
+    regularizers::REGULARIZER,
+    Default::Null,
+);
 
 pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
     name: "batch_normalization",
@@ -37,6 +44,8 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
             initializers::INITIALIZER,
             Default::Str("ones"),
         ),
+        BETA_REG,
+        GAMMA_REG,
     ],
     arity: Arity::One,
     infer: batch_norm,
@@ -92,6 +101,8 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
             initializers::INITIALIZER,
             Default::Str("ones"),
         ),
+        BETA_REG,
+        GAMMA_REG,
     ],
     arity: Arity::One,
     infer: layer_norm,

@@ -3,8 +3,8 @@
 //! batch-norm moving statistics included.
 
 use super::{Mode, forward};
-use crate::catalog::{metrics, optimizers};
-use crate::check::Graph;
+use crate::catalog::{metrics, optimizers, regularizers};
+use crate::check::{Graph, Source};
 use crate::ir::{Func, Id, Result, Type, autodiff, err};
 
 /// Where each value of the training step lives: input names in declaration order and
@@ -162,6 +162,7 @@ pub(crate) fn objective(
             .lower(&mut lw.f, &loss_decl.args, outputs[t.output], targets[k])?;
         total = lw.f.add(total, l)?;
     }
+    let total = regularization(lw, total)?;
     let mut metrics = Vec::new();
     for m in &train.metrics {
         let t = &train.targets[0];
@@ -173,6 +174,42 @@ pub(crate) fn objective(
         ));
     }
     Ok((total, metrics))
+}
+
+/// Adds Keras's `model.losses` to `total`: each layer's weight regularizers
+/// (`kernel_regularizer` on its trainable `kernel`, `embeddings_regularizer` on
+/// `embeddings`, …) and its activity regularizer (on its output, divided by the batch
+/// size, as Keras's `Layer.__call__`).
+fn regularization(lw: &mut super::Lower, mut total: Id) -> Result<Id> {
+    let graph = lw.graph;
+    for (i, l) in graph.layers.iter().enumerate() {
+        for (&arg, v) in l.args.iter() {
+            let Some(weight) = arg.strip_suffix(regularizers::SUFFIX) else {
+                continue;
+            };
+            if arg == regularizers::ACTIVITY_ARG {
+                let y = lw.value(Source::Layer(i));
+                if let Some(mut term) = regularizers::penalty(&mut lw.f, v, y)? {
+                    if let Some(batch) = lw.f.ty(y).shape.first().cloned() {
+                        let n = lw.f.dim_size(&batch);
+                        term = lw.f.div(term, n)?;
+                    }
+                    total = lw.f.add(total, term)?;
+                }
+                continue;
+            }
+            for p in &l.params {
+                if !p.trainable || p.name.rsplit('/').next() != Some(weight) {
+                    continue;
+                }
+                let w = lw.params[&format!("{}/{}", l.name, p.name)];
+                if let Some(term) = regularizers::penalty(&mut lw.f, v, w)? {
+                    total = lw.f.add(total, term)?;
+                }
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The `(input, output)` pairs of a training step whose output is the input's next

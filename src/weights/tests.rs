@@ -55,7 +55,23 @@ layers:
   - layer_normalization
   - global_average_pooling1d: {name: pooled_seq}
   - global_max_pooling1d: {input: average_pooling1d, name: pooled_conv}
-  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2]}
+  - identity: {input: seq}
+  - spatial_dropout1d: {rate: 0.1}
+  - gaussian_noise: {stddev: 0.1}
+  - gaussian_dropout: {rate: 0.1}
+  - normalization
+  - position_embedding: {sequence_length: 12}
+  - maximum: {inputs: [normalization, position_embedding]}
+  - minimum: {inputs: [normalization, position_embedding]}
+  - average: {inputs: [maximum, minimum]}
+  - rescaling: {scale: 0.5}
+  - dot: {inputs: [rescaling, rescaling], axes: 2}
+  - global_average_pooling1d: {name: pooled_dot}
+  - repeat_vector: {n: 2}
+  - flatten: {name: flat_rep}
+  - spatial_dropout2d: {rate: 0.1, input: image}
+  - global_average_pooling2d: {name: pooled_sd}
+  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, flat_rep, pooled_sd]}
   - dense: {units: 6}
   - dropout: {rate: 0.1}
   - activation: {activation: relu}
@@ -119,7 +135,11 @@ const KERAS_WEIGHTS: &[(&str, &[usize])] = &[
     ("multi_head_attention/attention_output/bias", &[5]),
     ("layer_normalization/gamma", &[5]),
     ("layer_normalization/beta", &[5]),
-    ("dense/kernel", &[35, 6]),
+    ("normalization/mean", &[6]),
+    ("normalization/variance", &[6]),
+    ("normalization/count", &[]),
+    ("position_embedding/embeddings", &[12, 6]),
+    ("dense/kernel", &[58, 6]),
     ("dense/bias", &[6]),
     ("logits/kernel", &[6, 2]),
     ("logits/bias", &[2]),

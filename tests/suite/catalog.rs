@@ -44,6 +44,16 @@ fn example(a: &ArgSpec) -> String {
             .join(format!("kiln-catalog-{}-{}", std::process::id(), a.name))
             .display()
             .to_string(),
+        // A file name with the first extension the argument accepts.
+        ArgKind::File { extensions } => std::env::temp_dir()
+            .join(format!(
+                "kiln-catalog-{}-{}{}",
+                std::process::id(),
+                a.name,
+                extensions.first().copied().unwrap_or("")
+            ))
+            .display()
+            .to_string(),
         k => panic!("no example for {k:?}"),
     }
 }

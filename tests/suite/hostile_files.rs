@@ -326,3 +326,58 @@ fn a_killed_runs_temporary_files_are_removed_by_the_next_write() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The files a spec's callbacks write are guarded like the command's own outputs: a
+/// csv_logger or model_checkpoint aimed at the data, the spec or `--out` is refused
+/// before training, and nothing changes.
+#[test]
+fn callback_files_in_the_spec_never_clobber_inputs() {
+    let dir = setup("callbacks");
+    let spec_with = |cb: &str| SPEC.to_string() + &format!("  callbacks: [{cb}]\n");
+    let cases = [
+        (
+            "{csv_logger: {filename: d.npz}}",
+            "the spec's csv_logger d.npz",
+        ),
+        ("{csv_logger: {filename: ./s2.yaml}}", "the spec"),
+        (
+            "{model_checkpoint: {filepath: o.safetensors, monitor: loss}}",
+            "--out o.safetensors",
+        ),
+    ];
+    for (cb, fragment) in cases {
+        std::fs::write(dir.join("s2.yaml"), spec_with(cb)).unwrap();
+        refused(
+            &dir,
+            &[
+                "train",
+                "s2.yaml",
+                "--out",
+                "o.safetensors",
+                "--backend",
+                "interp",
+            ],
+            &[fragment],
+        );
+    }
+    // A log beside the data is fine.
+    std::fs::write(
+        dir.join("s2.yaml"),
+        spec_with("{csv_logger: {filename: log.csv}}"),
+    )
+    .unwrap();
+    let o = kiln(
+        &dir,
+        &[
+            "train",
+            "s2.yaml",
+            "--out",
+            "o.safetensors",
+            "--backend",
+            "interp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(dir.join("log.csv").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -44,7 +44,7 @@ fn values(
                 rng.int(0, n - 1) as f64
             }));
             diff.push(false);
-        } else if inp.name.ends_with("moving_variance") {
+        } else if inp.name.ends_with("variance") {
             vals.push(rng.array(&shape, 0.5, 1.5));
             diff.push(true);
         } else {
@@ -409,13 +409,15 @@ fn reference_loss(name: &str, a: &kiln::args::Args, p: &ArrayD<f64>, t: &ArrayD<
 fn candidates(kind: &kiln::args::ArgKind) -> Vec<String> {
     use kiln::args::ArgKind;
     match kind {
-        ArgKind::Int { min, .. } => vec![(*min).max(2).to_string()],
+        // A small count, or a size that covers every test input's axes.
+        ArgKind::Int { min, .. } => vec![(*min).max(2).to_string(), 16.to_string()],
         ArgKind::IntTuple { min, .. } => vec![(*min).max(2).to_string()],
         // A permutation of the non-batch axes, or a target shape of every element.
         ArgKind::IntList { .. } => vec!["[2, 1]".into(), "[12]".into(), "[-1]".into()],
         ArgKind::Float { min, max, .. } => vec![((min.max(0.0) + max.min(1.0)) / 2.0).to_string()],
         // A value from a catalog (an activation name): the kind's own example.
         ArgKind::Catalog(c) => vec![c.example.to_string()],
+        ArgKind::Axes => vec!["-1".into()],
         _ => Vec::new(),
     }
 }
@@ -453,7 +455,7 @@ fn every_registered_layer_checks_lowers_and_differentiates() {
         };
         // Every combination of candidate values, until one checks.
         let mut choice = vec![0usize; required.len()];
-        let layer = loop {
+        let (input, layer) = loop {
             let args: Vec<String> = required
                 .iter()
                 .zip(&choice)
@@ -462,9 +464,13 @@ fn every_registered_layer_checks_lowers_and_differentiates() {
             let mut all = args.join(", ");
             all.push_str(&wiring);
             let layer = format!("  - {}: {{{}}}", kind.name, all.trim_start_matches(", "));
-            let src = format!("inputs: {input}\nlayers:\n{layer}\n");
-            if kiln::Model::from_source(&src, "t", "t.yaml").is_ok() {
-                break layer;
+            // The input from the facts, else a flat one (layers on [batch, features]).
+            let checks = |input: &str| {
+                let src = format!("inputs: {input}\nlayers:\n{layer}\n");
+                kiln::Model::from_source(&src, "t", "t.yaml").is_ok()
+            };
+            if let Some(input) = [input, "{x: [batch, 4]}"].into_iter().find(|i| checks(i)) {
+                break (input, layer);
             }
             let Some(k) = (0..choice.len()).find(|&k| choice[k] + 1 < required[k].1.len()) else {
                 panic!(

@@ -25,6 +25,7 @@ mod lower_grad;
 mod optim;
 mod predict_cli;
 mod props;
+mod simple_layers;
 mod train_bits;
 mod train_cli;
 mod train_loop;

@@ -86,8 +86,8 @@ layers:
         title: "a Keras argument kiln does not support",
         explanation: "\
 The argument exists in Keras but not in kiln. Some have another place in a spec
-(`input_shape` is declared under `inputs:`); others, such as regularizers and
-constraints, are not supported yet. The message says which. Remove the argument.
+(`input_shape` is declared under `inputs:`); others, such as constraints, are not
+supported yet. The message says which. Remove the argument.
 ",
         wrong: Example::Spec(include_str!("../../../specs/errors/keras_input_shape.yaml")),
         fixed: Example::Spec(
