@@ -58,5 +58,23 @@ pub fn validate(f: &Func, inputs: &[ArrayViewD<f32>]) -> Result<interp::Env, Run
         )));
     }
     let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape()).collect();
-    interp::bind(f, &shapes).map_err(|e| RunError(e.0))
+    let env = interp::bind(f, &shapes).map_err(|e| RunError(e.0))?;
+    no_negative_sizes(f, &env)?;
+    Ok(env)
+}
+
+/// Every size the function computes is at least zero for these inputs: a symbolic
+/// length that a layer shortens (`seq - 4` after a cropping or a valid window) can go
+/// below zero on inputs that are too short, which is the inputs' fault, not a crash.
+fn no_negative_sizes(f: &Func, env: &interp::Env) -> Result<(), RunError> {
+    for n in &f.nodes {
+        for d in n.ty.shape.iter().filter(|d| !d.is_const()) {
+            if let Some(v) = d.eval(env).filter(|&v| v < 0) {
+                return Err(RunError(format!(
+                    "these inputs are too short: an axis of length `{d}` would be {v} long (a window, cropping or stride shortens it); give longer inputs"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
         | Op::Concat { .. } => super::structural::vjp(f, node, g),
         Op::Reduce { .. } => super::reduce::vjp(f, node, g),
         Op::MatMul { .. } => super::matmul::vjp(f, node, g),
-        Op::Conv(_) | Op::Pool { .. } => super::window::vjp(f, node, g),
+        Op::Conv(_) | Op::ConvInputGrad(_) | Op::Pool { .. } => super::window::vjp(f, node, g),
         Op::Gather => super::gather::vjp(f, node, g),
         Op::Rnn(_) => super::rnn::vjp(f, node, g),
         Op::Input(_) | Op::Const(_) | Op::Iota { .. } | Op::DimSize(_) => Ok(vec![]),

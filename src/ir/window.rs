@@ -570,6 +570,16 @@ pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let dk = f.push_typed(Op::ConvKernelGrad(a.clone()), &[x, g], kt);
             Ok(vec![Some(dx), Some(dk)])
         }
+        // The input gradient is linear in both operands: it is the transpose of the
+        // convolution (a transposed convolution's forward pass), so its own gradients
+        // are the convolution of `g` and the kernel gradient of `g` against `dy`.
+        Op::ConvInputGrad(a) => {
+            let (dy, k) = (n.args[0], n.args[1]);
+            let (dyt, kt) = (f.ty(dy).clone(), f.ty(k).clone());
+            let ddy = f.push_typed(Op::Conv(a.clone()), &[g, k], dyt);
+            let dk = f.push_typed(Op::ConvKernelGrad(a.clone()), &[g, dy], kt);
+            Ok(vec![Some(ddy), Some(dk)])
+        }
         Op::Pool { kind, attrs } => {
             let x = n.args[0];
             let dx = f.push(

@@ -1,32 +1,30 @@
-//! Convolution and pooling (channels_last): conv1d/2d, max/average pooling 1d/2d and
-//! global pooling. The window arithmetic is shared and exact on symbolic lengths.
+//! Convolutions (channels_last): conv1d/2d, depthwise_conv1d/2d, separable_conv1d/2d,
+//! and the window arithmetic they share with pooling and transposed convolutions, exact
+//! on symbolic lengths. A depthwise convolution is a grouped convolution with one group
+//! per input channel (its kernel reshaped to `[k..., 1, in * depth_multiplier]`), as
+//! Keras computes it; a separable one is that followed by a 1×1 convolution.
 
-use super::lower::{Call, LowerCx, mean};
+use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, NO_FACTS};
-use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
 use crate::catalog::{initializers, regularizers};
 use crate::dim::Dim;
-use crate::ir::{ConvAttrs, Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
+use crate::ir::{ConvAttrs, Id, Op, Padding, Result};
 use crate::types::window_out;
+
+const fn window(n: usize) -> ArgKind {
+    ArgKind::IntTuple { n, min: 1 }
+}
 
 const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13] {
     [
         arg("filters", int(1), Default::Required),
-        arg(
-            "kernel_size",
-            ArgKind::IntTuple { n, min: 1 },
-            Default::Required,
-        ),
-        arg("strides", ArgKind::IntTuple { n, min: 1 }, Default::Int(1)),
+        arg("kernel_size", window(n), Default::Required),
+        arg("strides", window(n), Default::Int(1)),
         arg("padding", ArgKind::Choice(paddings), Default::Str("valid")),
-        arg(
-            "dilation_rate",
-            ArgKind::IntTuple { n, min: 1 },
-            Default::Int(1),
-        ),
+        arg("dilation_rate", window(n), Default::Int(1)),
         arg("groups", int(1), Default::Int(1)),
         arg("activation", activation::ACTIVATION, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -49,6 +47,84 @@ const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13]
 const CONV1D_ARGS: [ArgSpec; 13] = conv_args(1, &["valid", "same", "causal"]);
 const CONV2D_ARGS: [ArgSpec; 13] = conv_args(2, &["valid", "same"]);
 
+const VALID_SAME: &[&str] = &["valid", "same"];
+
+/// Keras's `DepthwiseConv1D/2D` arguments, in its order.
+const fn depthwise_args(n: usize) -> [ArgSpec; 11] {
+    [
+        arg("kernel_size", window(n), Default::Required),
+        arg("strides", window(n), Default::Int(1)),
+        arg(
+            "padding",
+            ArgKind::Choice(VALID_SAME),
+            Default::Str("valid"),
+        ),
+        arg("depth_multiplier", int(1), Default::Int(1)),
+        arg("dilation_rate", window(n), Default::Int(1)),
+        arg("activation", activation::ACTIVATION, Default::Str("linear")),
+        arg("use_bias", ArgKind::Bool, Default::Bool(true)),
+        arg(
+            "depthwise_initializer",
+            initializers::INITIALIZER,
+            Default::Str("glorot_uniform"),
+        ),
+        arg(
+            "bias_initializer",
+            initializers::INITIALIZER,
+            Default::Str("zeros"),
+        ),
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
+    ]
+}
+
+/// Keras's `SeparableConv1D/2D` arguments, in its order.
+const fn separable_args(n: usize) -> [ArgSpec; 13] {
+    [
+        arg("filters", int(1), Default::Required),
+        arg("kernel_size", window(n), Default::Required),
+        arg("strides", window(n), Default::Int(1)),
+        arg(
+            "padding",
+            ArgKind::Choice(VALID_SAME),
+            Default::Str("valid"),
+        ),
+        arg("dilation_rate", window(n), Default::Int(1)),
+        arg("depth_multiplier", int(1), Default::Int(1)),
+        arg("activation", activation::ACTIVATION, Default::Str("linear")),
+        arg("use_bias", ArgKind::Bool, Default::Bool(true)),
+        arg(
+            "depthwise_initializer",
+            initializers::INITIALIZER,
+            Default::Str("glorot_uniform"),
+        ),
+        arg(
+            "pointwise_initializer",
+            initializers::INITIALIZER,
+            Default::Str("glorot_uniform"),
+        ),
+        arg(
+            "bias_initializer",
+            initializers::INITIALIZER,
+            Default::Str("zeros"),
+        ),
+        regularizers::BIAS,
+        regularizers::ACTIVITY,
+    ]
+}
+
+const DEPTHWISE1D_ARGS: [ArgSpec; 11] = depthwise_args(1);
+const DEPTHWISE2D_ARGS: [ArgSpec; 11] = depthwise_args(2);
+const SEPARABLE1D_ARGS: [ArgSpec; 13] = separable_args(1);
+const SEPARABLE2D_ARGS: [ArgSpec; 13] = separable_args(2);
+
+const fn spatial(n: usize) -> Facts {
+    Facts {
+        spatial: Some(n),
+        ..NO_FACTS
+    }
+}
+
 pub const CONV1D: LayerKind = LayerKind {
     name: "conv1d",
     class: "Conv1D",
@@ -56,10 +132,7 @@ pub const CONV1D: LayerKind = LayerKind {
     arity: Arity::One,
     infer: conv,
     lower: lower_conv,
-    facts: Facts {
-        spatial: Some(1),
-        ..NO_FACTS
-    },
+    facts: spatial(1),
 };
 
 pub const CONV2D: LayerKind = LayerKind {
@@ -69,15 +142,52 @@ pub const CONV2D: LayerKind = LayerKind {
     arity: Arity::One,
     infer: conv,
     lower: lower_conv,
-    facts: Facts {
-        spatial: Some(2),
-        ..NO_FACTS
-    },
+    facts: spatial(2),
+};
+
+pub const DEPTHWISE_CONV1D: LayerKind = LayerKind {
+    name: "depthwise_conv1d",
+    class: "DepthwiseConv1D",
+    args: &DEPTHWISE1D_ARGS,
+    arity: Arity::One,
+    infer: depthwise,
+    lower: lower_depthwise,
+    facts: spatial(1),
+};
+
+pub const DEPTHWISE_CONV2D: LayerKind = LayerKind {
+    name: "depthwise_conv2d",
+    class: "DepthwiseConv2D",
+    args: &DEPTHWISE2D_ARGS,
+    arity: Arity::One,
+    infer: depthwise,
+    lower: lower_depthwise,
+    facts: spatial(2),
+};
+
+pub const SEPARABLE_CONV1D: LayerKind = LayerKind {
+    name: "separable_conv1d",
+    class: "SeparableConv1D",
+    args: &SEPARABLE1D_ARGS,
+    arity: Arity::One,
+    infer: separable,
+    lower: lower_separable,
+    facts: spatial(1),
+};
+
+pub const SEPARABLE_CONV2D: LayerKind = LayerKind {
+    name: "separable_conv2d",
+    class: "SeparableConv2D",
+    args: &SEPARABLE2D_ARGS,
+    arity: Arity::One,
+    infer: separable,
+    lower: lower_separable,
+    facts: spatial(2),
 };
 
 /// Integer tuple arguments are stored expanded (`3` → `[3, 3]`); a `null` default
 /// (pooling strides) falls back to another argument.
-fn tuple(cx: &Ctx, name: &str, fallback: &str, n: usize) -> Vec<i64> {
+pub(super) fn tuple(cx: &Ctx, name: &str, fallback: &str, n: usize) -> Vec<i64> {
     let v = cx.args.ints(name);
     if v.len() == n {
         return v.to_vec();
@@ -88,7 +198,7 @@ fn tuple(cx: &Ctx, name: &str, fallback: &str, n: usize) -> Vec<i64> {
 
 /// Checks that a window fits its input along every spatial axis and returns the
 /// output's spatial lengths.
-fn spatial_out(
+pub(super) fn spatial_out(
     cx: &mut Ctx,
     n: usize,
     k: &[i64],
@@ -141,7 +251,9 @@ fn spatial_out(
     Some(out)
 }
 
-fn conv(cx: &mut Ctx) -> Option<Inferred> {
+/// Checks a spatial layer's input (f32, rank `spatial + 2`) and returns its number of
+/// spatial axes.
+pub(super) fn spatial_input(cx: &mut Ctx) -> Option<usize> {
     let n = cx.kind.facts.spatial?;
     cx.expect_float()?;
     let layout = if n == 1 {
@@ -150,18 +262,39 @@ fn conv(cx: &mut Ctx) -> Option<Inferred> {
         "[batch, height, width, channels]"
     };
     cx.expect_rank(&[n + 2], layout)?;
-    let k = tuple(cx, "kernel_size", "kernel_size", n);
+    Some(n)
+}
+
+/// A convolution's strides and dilation, refusing both above 1 as Keras does.
+pub(super) fn strides_dilation(cx: &mut Ctx, n: usize) -> Option<(Vec<i64>, Vec<i64>)> {
     let s = tuple(cx, "strides", "strides", n);
     let d = tuple(cx, "dilation_rate", "dilation_rate", n);
     if s.iter().any(|&x| x > 1) && d.iter().any(|&x| x > 1) {
-        return cx.arg_error(
+        cx.arg_error(
             "dilation_rate",
             "E0514",
             format!("`{}` cannot use `strides` > 1 together with `dilation_rate` > 1 (Keras forbids it too)", cx.kind.name),
             "use strides 1 with dilation, or dilation 1 with strides",
         );
+        return None;
     }
+    Some((s, d))
+}
+
+/// The output shape of a convolution's window over the input, with `channels` output
+/// channels, and the kernel size.
+fn conv_shape(cx: &mut Ctx, n: usize, channels: i64) -> Option<(Vec<Dim>, Vec<i64>)> {
+    let k = tuple(cx, "kernel_size", "kernel_size", n);
+    let (s, d) = strides_dilation(cx, n)?;
     let padding = cx.args.str("padding").to_string();
+    let mut shape = vec![cx.input().shape[0].clone()];
+    shape.extend(spatial_out(cx, n, &k, &s, &d, &padding, "conv")?);
+    shape.push(channels.into());
+    Some((shape, k))
+}
+
+fn conv(cx: &mut Ctx) -> Option<Inferred> {
+    let n = spatial_input(cx)?;
     let channels = cx.known(&cx.input().last().clone(), "channel axis (the last axis)")?;
     let filters = cx.args.int("filters");
     let groups = cx.args.int("groups");
@@ -173,10 +306,7 @@ fn conv(cx: &mut Ctx) -> Option<Inferred> {
             "pick a number of groups that divides both",
         );
     }
-    let mut shape = vec![cx.input().shape[0].clone()];
-    shape.extend(spatial_out(cx, n, &k, &s, &d, &padding, "conv")?);
-    shape.push(filters.into());
-    let mut kshape = k.clone();
+    let (shape, mut kshape) = conv_shape(cx, n, filters)?;
     kshape.push(channels / groups);
     kshape.push(filters);
     let mut params = vec![cx.param("kernel", kshape, "kernel_initializer")];
@@ -189,223 +319,120 @@ fn conv(cx: &mut Ctx) -> Option<Inferred> {
     })
 }
 
-const fn pool_args(n: usize) -> [ArgSpec; 3] {
-    [
-        arg(
-            "pool_size",
-            ArgKind::IntTuple { n, min: 1 },
-            Default::Int(2),
-        ),
-        arg("strides", ArgKind::IntTuple { n, min: 1 }, Default::Null),
-        arg(
-            "padding",
-            ArgKind::Choice(&["valid", "same"]),
-            Default::Str("valid"),
-        ),
-    ]
-}
-const POOL1D_ARGS: [ArgSpec; 3] = pool_args(1);
-const POOL2D_ARGS: [ArgSpec; 3] = pool_args(2);
-
-pub const MAX_POOLING1D: LayerKind = LayerKind {
-    name: "max_pooling1d",
-    class: "MaxPooling1D",
-    args: &POOL1D_ARGS,
-    arity: Arity::One,
-    infer: pool,
-    lower: lower_pool,
-    facts: Facts {
-        spatial: Some(1),
-        pool: Some(PoolKind::Max),
-        ..NO_FACTS
-    },
-};
-pub const MAX_POOLING2D: LayerKind = LayerKind {
-    name: "max_pooling2d",
-    class: "MaxPooling2D",
-    args: &POOL2D_ARGS,
-    arity: Arity::One,
-    infer: pool,
-    lower: lower_pool,
-    facts: Facts {
-        spatial: Some(2),
-        pool: Some(PoolKind::Max),
-        ..NO_FACTS
-    },
-};
-pub const AVERAGE_POOLING1D: LayerKind = LayerKind {
-    name: "average_pooling1d",
-    class: "AveragePooling1D",
-    args: &POOL1D_ARGS,
-    arity: Arity::One,
-    infer: pool,
-    lower: lower_pool,
-    facts: Facts {
-        spatial: Some(1),
-        pool: Some(PoolKind::Avg),
-        ..NO_FACTS
-    },
-};
-pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
-    name: "average_pooling2d",
-    class: "AveragePooling2D",
-    args: &POOL2D_ARGS,
-    arity: Arity::One,
-    infer: pool,
-    lower: lower_pool,
-    facts: Facts {
-        spatial: Some(2),
-        pool: Some(PoolKind::Avg),
-        ..NO_FACTS
-    },
-};
-
-fn pool(cx: &mut Ctx) -> Option<Inferred> {
-    let n = cx.kind.facts.spatial?;
-    cx.expect_float()?;
-    let layout = if n == 1 {
-        "[batch, steps, channels]"
-    } else {
-        "[batch, height, width, channels]"
-    };
-    cx.expect_rank(&[n + 2], layout)?;
-    let k = tuple(cx, "pool_size", "pool_size", n);
-    // Keras: strides default to pool_size.
-    let s = tuple(cx, "strides", "pool_size", n);
-    let padding = cx.args.str("padding").to_string();
-    let mut shape = vec![cx.input().shape[0].clone()];
-    shape.extend(spatial_out(cx, n, &k, &s, &vec![1; n], &padding, "pool")?);
-    shape.push(cx.input().last().clone());
-    Some(Inferred {
-        output: TensorType::f32(shape),
-        params: Vec::new(),
-    })
-}
-
-const GLOBAL_ARGS: &[ArgSpec] = &[arg("keepdims", ArgKind::Bool, Default::Bool(false))];
-
-pub const GLOBAL_AVERAGE_POOLING1D: LayerKind = LayerKind {
-    name: "global_average_pooling1d",
-    class: "GlobalAveragePooling1D",
-    args: GLOBAL_ARGS,
-    arity: Arity::One,
-    infer: global_pool,
-    lower: lower_global_pool,
-    facts: Facts {
-        spatial: Some(1),
-        pool: Some(PoolKind::Avg),
-        ..NO_FACTS
-    },
-};
-pub const GLOBAL_AVERAGE_POOLING2D: LayerKind = LayerKind {
-    name: "global_average_pooling2d",
-    class: "GlobalAveragePooling2D",
-    args: GLOBAL_ARGS,
-    arity: Arity::One,
-    infer: global_pool,
-    lower: lower_global_pool,
-    facts: Facts {
-        spatial: Some(2),
-        pool: Some(PoolKind::Avg),
-        ..NO_FACTS
-    },
-};
-pub const GLOBAL_MAX_POOLING1D: LayerKind = LayerKind {
-    name: "global_max_pooling1d",
-    class: "GlobalMaxPooling1D",
-    args: GLOBAL_ARGS,
-    arity: Arity::One,
-    infer: global_pool,
-    lower: lower_global_pool,
-    facts: Facts {
-        spatial: Some(1),
-        pool: Some(PoolKind::Max),
-        ..NO_FACTS
-    },
-};
-pub const GLOBAL_MAX_POOLING2D: LayerKind = LayerKind {
-    name: "global_max_pooling2d",
-    class: "GlobalMaxPooling2D",
-    args: GLOBAL_ARGS,
-    arity: Arity::One,
-    infer: global_pool,
-    lower: lower_global_pool,
-    facts: Facts {
-        spatial: Some(2),
-        pool: Some(PoolKind::Max),
-        ..NO_FACTS
-    },
-};
-
-fn global_pool(cx: &mut Ctx) -> Option<Inferred> {
-    let n = cx.kind.facts.spatial?;
-    cx.expect_float()?;
-    let layout = if n == 1 {
-        "[batch, steps, channels]"
-    } else {
-        "[batch, height, width, channels]"
-    };
-    cx.expect_rank(&[n + 2], layout)?;
-    let inp = cx.input();
-    let mut shape = vec![inp.shape[0].clone()];
-    if cx.args.bool("keepdims") {
-        shape.extend(std::iter::repeat_n(Dim::konst(1), n));
+/// The input channels and the depthwise output's channels (`in * depth_multiplier`).
+fn depthwise_channels(cx: &mut Ctx) -> Option<(i64, i64)> {
+    let channels = cx.known(&cx.input().last().clone(), "channel axis (the last axis)")?;
+    let out = channels.checked_mul(cx.args.int("depth_multiplier"));
+    match out {
+        Some(o) if o <= crate::args::MAX_SIZE => Some((channels, o)),
+        _ => {
+            cx.overflow(crate::dim::Overflow);
+            None
+        }
     }
-    shape.push(inp.last().clone());
+}
+
+fn depthwise(cx: &mut Ctx) -> Option<Inferred> {
+    let n = spatial_input(cx)?;
+    let (channels, out) = depthwise_channels(cx)?;
+    let (shape, mut kshape) = conv_shape(cx, n, out)?;
+    kshape.push(channels);
+    kshape.push(cx.args.int("depth_multiplier"));
+    let mut params = vec![cx.param("kernel", kshape, "depthwise_initializer")];
+    if cx.args.bool("use_bias") {
+        params.push(cx.param("bias", vec![out], "bias_initializer"));
+    }
     Some(Inferred {
         output: TensorType::f32(shape),
-        params: Vec::new(),
+        params,
     })
 }
 
-fn lower_conv(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
-    let a = l.args;
-    let attrs = ConvAttrs {
-        strides: a.ints("strides").to_vec(),
-        dilation: a.ints("dilation_rate").to_vec(),
-        padding: Padding::parse(a.str("padding")),
-        groups: a.int("groups"),
-    };
-    let k = l.param(lw, "kernel")?;
-    let mut y = lw.f.push(Op::Conv(attrs), &[x[0], k])?;
-    if a.bool("use_bias") {
+fn separable(cx: &mut Ctx) -> Option<Inferred> {
+    let n = spatial_input(cx)?;
+    let (channels, mid) = depthwise_channels(cx)?;
+    let filters = cx.args.int("filters");
+    let (shape, mut kshape) = conv_shape(cx, n, filters)?;
+    kshape.push(channels);
+    kshape.push(cx.args.int("depth_multiplier"));
+    let mut pshape = vec![1; n];
+    pshape.push(mid);
+    pshape.push(filters);
+    let mut params = vec![
+        cx.param("depthwise_kernel", kshape, "depthwise_initializer"),
+        cx.param("pointwise_kernel", pshape, "pointwise_initializer"),
+    ];
+    if cx.args.bool("use_bias") {
+        params.push(cx.param("bias", vec![filters], "bias_initializer"));
+    }
+    Some(Inferred {
+        output: TensorType::f32(shape),
+        params,
+    })
+}
+
+/// The layer's bias (when `use_bias`) and activation on `y`.
+pub(super) fn bias_activation(lw: &mut LowerCx, l: &Call, mut y: Id) -> Result<Id> {
+    if l.args.bool("use_bias") {
         let b = l.param(lw, "bias")?;
         y = lw.f.add(y, b)?;
     }
-    activation::apply(&mut lw.f, a.str("activation"), y)
+    activation::apply(&mut lw.f, l.args.str("activation"), y)
 }
 
-fn pool_kind(l: &Call) -> Result<PoolKind> {
-    l.kind
-        .facts
-        .pool
-        .ok_or_else(|| crate::ir::IrError(format!("`{}` has no pooling kind", l.kind.name)))
-}
-
-fn lower_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+/// The layer's strides, dilation and padding as a convolution's attributes.
+fn conv_attrs(l: &Call, groups: i64) -> ConvAttrs {
     let a = l.args;
-    let window = a.ints("pool_size").to_vec();
-    let strides = match a.get("strides") {
-        Value::Ints(s) => s.clone(),
-        _ => window.clone(),
-    };
-    let attrs = WindowAttrs {
-        window,
-        strides,
+    ConvAttrs {
+        strides: a.ints("strides").to_vec(),
+        dilation: a.ints("dilation_rate").to_vec(),
         padding: Padding::parse(a.str("padding")),
-    };
-    let kind = pool_kind(l)?;
-    lw.f.push(Op::Pool { kind, attrs }, &[x[0]])
+        groups,
+    }
 }
 
-fn lower_global_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
-    let rank = lw.f.ty(x[0]).rank();
-    let axes: Vec<usize> = (1..rank - 1).collect();
-    let y = match pool_kind(l)? {
-        PoolKind::Max => lw.f.reduce(ReduceOp::Max, x[0], axes)?,
-        PoolKind::Avg => mean(lw, x[0], &axes)?,
+fn lower_conv(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let k = l.param(lw, "kernel")?;
+    let y =
+        lw.f.push(Op::Conv(conv_attrs(l, l.args.int("groups"))), &[x[0], k])?;
+    bias_activation(lw, l, y)
+}
+
+/// A depthwise convolution of `x` with `kernel` `[k..., in, m]`: the kernel as
+/// `[k..., 1, in * m]` in a convolution with one group per input channel, so output
+/// channel `c * m + j` is input channel `c` under filter `j` (Keras's order).
+fn depthwise_conv(lw: &mut LowerCx, l: &Call, x: Id, kernel: Id) -> Result<Id> {
+    let mut kshape = lw.f.ty(kernel).shape.clone();
+    let r = kshape.len();
+    let (c, m) = (kshape[r - 2].clone(), kshape[r - 1].clone());
+    let groups = c
+        .as_const()
+        .ok_or_else(|| crate::ir::IrError("depthwise kernel of unknown channels".into()))?;
+    kshape[r - 1] = c.mul(&m).map_err(super::lower::overflow)?;
+    kshape[r - 2] = Dim::konst(1);
+    let k = lw.f.reshape(kernel, kshape)?;
+    lw.f.push(Op::Conv(conv_attrs(l, groups)), &[x, k])
+}
+
+fn lower_depthwise(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let k = l.param(lw, "kernel")?;
+    let y = depthwise_conv(lw, l, x[0], k)?;
+    bias_activation(lw, l, y)
+}
+
+fn lower_separable(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    let dk = l.param(lw, "depthwise_kernel")?;
+    let pk = l.param(lw, "pointwise_kernel")?;
+    let mid = depthwise_conv(lw, l, x[0], dk)?;
+    let n = lw.f.ty(pk).rank() - 2;
+    let pointwise = ConvAttrs {
+        strides: vec![1; n],
+        dilation: vec![1; n],
+        padding: Padding::Valid,
+        groups: 1,
     };
-    lw.f.reshape(y, l.output.shape.clone())
+    let y = lw.f.push(Op::Conv(pointwise), &[mid, pk])?;
+    bias_activation(lw, l, y)
 }
 
 #[cfg(test)]

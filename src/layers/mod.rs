@@ -5,14 +5,17 @@
 
 mod attention;
 mod conv;
+mod conv_transpose;
 mod core;
 mod lower;
 pub use lower::{Call, LowerCx, Mode};
 mod merge;
 mod noise;
 mod norm;
+mod pool;
 mod preprocess;
 mod recurrent;
+mod resample;
 mod reshape;
 
 use std::ops::Range;
@@ -159,14 +162,26 @@ pub static REGISTRY: &[&LayerKind] = &[
     &preprocess::POSITION_EMBEDDING,
     &conv::CONV1D,
     &conv::CONV2D,
-    &conv::MAX_POOLING1D,
-    &conv::MAX_POOLING2D,
-    &conv::AVERAGE_POOLING1D,
-    &conv::AVERAGE_POOLING2D,
-    &conv::GLOBAL_AVERAGE_POOLING1D,
-    &conv::GLOBAL_AVERAGE_POOLING2D,
-    &conv::GLOBAL_MAX_POOLING1D,
-    &conv::GLOBAL_MAX_POOLING2D,
+    &conv::DEPTHWISE_CONV1D,
+    &conv::DEPTHWISE_CONV2D,
+    &conv::SEPARABLE_CONV1D,
+    &conv::SEPARABLE_CONV2D,
+    &conv_transpose::CONV1D_TRANSPOSE,
+    &conv_transpose::CONV2D_TRANSPOSE,
+    &pool::MAX_POOLING1D,
+    &pool::MAX_POOLING2D,
+    &pool::AVERAGE_POOLING1D,
+    &pool::AVERAGE_POOLING2D,
+    &pool::GLOBAL_AVERAGE_POOLING1D,
+    &pool::GLOBAL_AVERAGE_POOLING2D,
+    &pool::GLOBAL_MAX_POOLING1D,
+    &pool::GLOBAL_MAX_POOLING2D,
+    &resample::UP_SAMPLING1D,
+    &resample::UP_SAMPLING2D,
+    &resample::ZERO_PADDING1D,
+    &resample::ZERO_PADDING2D,
+    &resample::CROPPING1D,
+    &resample::CROPPING2D,
     &norm::BATCH_NORMALIZATION,
     &norm::LAYER_NORMALIZATION,
     &reshape::FLATTEN,

@@ -18,6 +18,12 @@ inputs:
   tokens: {shape: [batch, 10], dtype: i32}
 layers:
   - conv2d: {filters: 4, kernel_size: 3, padding: same, input: image}
+  - up_sampling2d
+  - conv2d_transpose: {filters: 4, kernel_size: 3}
+  - depthwise_conv2d: {kernel_size: 3}
+  - separable_conv2d: {filters: 4, kernel_size: 3}
+  - cropping2d: {cropping: 4}
+  - zero_padding2d: {padding: 1}
   - batch_normalization
   - max_pooling2d: {pool_size: 2}
   - average_pooling2d: {pool_size: 2}
@@ -29,6 +35,12 @@ layers:
   - permute: {dims: [2, 1]}
   - flatten: {name: flat2}
   - conv1d: {filters: 5, kernel_size: 2, input: seq}
+  - up_sampling1d
+  - conv1d_transpose: {filters: 5, kernel_size: 3}
+  - depthwise_conv1d: {kernel_size: 3}
+  - separable_conv1d: {filters: 5, kernel_size: 3}
+  - cropping1d: {cropping: 4}
+  - zero_padding1d: {padding: [1, 0]}
   - max_pooling1d: {pool_size: 2}
   - average_pooling1d: {pool_size: 2}
   - global_average_pooling1d: {input: conv1d}
@@ -83,12 +95,26 @@ train:
 const KERAS_WEIGHTS: &[(&str, &[usize])] = &[
     ("conv2d/kernel", &[3, 3, 3, 4]),
     ("conv2d/bias", &[4]),
+    ("conv2d_transpose/kernel", &[3, 3, 4, 4]),
+    ("conv2d_transpose/bias", &[4]),
+    ("depthwise_conv2d/kernel", &[3, 3, 4, 1]),
+    ("depthwise_conv2d/bias", &[4]),
+    ("separable_conv2d/depthwise_kernel", &[3, 3, 4, 1]),
+    ("separable_conv2d/pointwise_kernel", &[1, 1, 4, 4]),
+    ("separable_conv2d/bias", &[4]),
     ("batch_normalization/gamma", &[4]),
     ("batch_normalization/beta", &[4]),
     ("batch_normalization/moving_mean", &[4]),
     ("batch_normalization/moving_variance", &[4]),
     ("conv1d/kernel", &[2, 6, 5]),
     ("conv1d/bias", &[5]),
+    ("conv1d_transpose/kernel", &[3, 5, 5]),
+    ("conv1d_transpose/bias", &[5]),
+    ("depthwise_conv1d/kernel", &[3, 5, 1]),
+    ("depthwise_conv1d/bias", &[5]),
+    ("separable_conv1d/depthwise_kernel", &[3, 5, 1]),
+    ("separable_conv1d/pointwise_kernel", &[1, 5, 5]),
+    ("separable_conv1d/bias", &[5]),
     ("embedding/embeddings", &[50, 8]),
     ("simple_rnn/simple_rnn_cell/kernel", &[8, 3]),
     ("simple_rnn/simple_rnn_cell/recurrent_kernel", &[3, 3]),

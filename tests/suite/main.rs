@@ -4,6 +4,7 @@
 mod catalog;
 mod cli;
 mod common;
+mod conv_layers;
 mod data_files;
 mod errors;
 mod examples;

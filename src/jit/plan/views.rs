@@ -1,6 +1,6 @@
 //! Views in the plan: broadcast, transpose, slice and reshape of a value in memory
 //! become strided accesses into the buffer they look at (reshape copies first when the
-//! value is not row-major).
+//! value is not row-major); a pad is a zero fill and a copy into the interior.
 
 use super::*;
 
@@ -44,6 +44,30 @@ impl Builder<'_> {
             .add(&start.mul(&strides[axis]).unwrap_or_default())
             .unwrap_or_default();
         Val::Mem(self.access(a.buf, &off, &strides))
+    }
+
+    /// A pad: a zero-filled buffer of the output's shape and a copy of the operand
+    /// into its interior, starting `low` elements along `axis` (two loops, not a
+    /// runtime routine).
+    pub(super) fn pad(&mut self, i: Id, axis: usize, low: &Dim, shape: &[Dim]) -> Val {
+        let x = self.f.nodes[i].args[0];
+        let xshape = self.f.nodes[x].ty.shape.clone();
+        let src = self.mem(x);
+        let buf = self.new_arena(shape);
+        let all = self.contiguous(buf, shape);
+        self.push_loop(shape, |space| LoopKernel {
+            space,
+            loads: vec![],
+            expr: vec![Expr::Const(0.0)],
+            sink: Sink::Store(all.clone()),
+            nodes: vec![],
+            epilogue: None,
+        });
+        let rm = row_major(shape);
+        let off = low.mul(&rm[axis]).unwrap_or_else(|_| Dim::konst(i64::MAX));
+        let interior = self.access(buf, &off, &rm);
+        self.copy_loop(&xshape, src, interior, vec![i]);
+        Val::Mem(all)
     }
 
     /// A reshape: the operand's memory reinterpreted row-major (after a contiguous

@@ -1,7 +1,8 @@
 //! Windowed primitives in the plan: convolutions (forward and both gradients) as loops
 //! that pad and gather patches around one GEMM, with the input gradient a scatter loop
-//! into a padded buffer; pooling as a windowed reduction loop (the average's gradient a
-//! scatter). Applies when there is one group and every size but the batch is known;
+//! into a padded buffer; depthwise convolutions (one group per input channel) and
+//! pooling as windowed reduction loops (their input gradients scatters). Applies when
+//! there is one group (or one per channel) and every size but the batch is known;
 //! otherwise (and for max pooling's gradient) the node stays a runtime routine.
 
 use super::*;
@@ -77,8 +78,8 @@ impl Builder<'_> {
         self.win_geo(id).is_some()
     }
 
-    /// The geometry of a windowed node when it can run as generated loops: one group,
-    /// and every size but the batch known. Convolutions (forward or either gradient)
+    /// The geometry of a windowed node when it can run as generated loops: one group
+    /// (or one per input channel, depthwise), and every size but the batch known. Convolutions (forward or either gradient)
     /// and pooling (forward, and the average's gradient).
     fn win_geo(&self, id: Id) -> Option<WinGeo> {
         let n = &self.f.nodes[id];
@@ -92,7 +93,14 @@ impl Builder<'_> {
                     _ => (shape(0), &n.ty.shape, shape(1)),
                 };
                 let r = ks.len();
-                if a.groups != 1 || r != xs.len() || r < 3 || c(&ks[r - 2])? != c(xs.last()?)? {
+                if r != xs.len() || r < 3 {
+                    return None;
+                }
+                // One group, or depthwise: one group per input channel.
+                let (cin, kin) = (c(xs.last()?)?, c(&ks[r - 2])?);
+                let one = a.groups == 1 && kin == cin;
+                let depthwise = a.groups > 1 && a.groups == cin && kin == 1;
+                if !(one || depthwise) {
                     return None;
                 }
                 let k = ks[..r - 2].iter().map(c).collect::<Option<_>>()?;
@@ -288,6 +296,10 @@ impl Builder<'_> {
     pub(super) fn conv(&mut self, id: Id) -> Val {
         let g = self.win_geo(id).expect("checked by the caller");
         let node = self.f.nodes[id].clone();
+        if matches!(&node.op, Op::Conv(a) | Op::ConvInputGrad(a) | Op::ConvKernelGrad(a) if a.groups > 1)
+        {
+            return self.depthwise(&g, id);
+        }
         let rows = g.rows();
         let (cols, fdim) = (Dim::konst(g.cols()), Dim::konst(g.f));
         match &node.op {
@@ -311,6 +323,112 @@ impl Builder<'_> {
                 self.scatter(&g, id, vec![src], vec![Expr::Load(0)])
             }
         }
+    }
+
+    /// A depthwise convolution (one group per input channel, `m` filters each: output
+    /// channel `c·m + j`) and its gradients as windowed loops over
+    /// `[batch, oh, ow, kh, kw, c, j]`, without a patch matrix:
+    /// - forward: `y[.., c·m + j] = Σ_{kh, kw} x_window[.., kh, kw, c] · K[kh, kw, c·m + j]`;
+    /// - input gradient: `dy · K` summed into a zero-filled padded `dx` over the windows
+    ///   and `j` (its interior, a view, is the result);
+    /// - kernel gradient: `x_window · dy` summed over batch and output positions.
+    fn depthwise(&mut self, g: &WinGeo, id: Id) -> Val {
+        let node = self.f.nodes[id].clone();
+        let k = Dim::konst;
+        let m = g.f / g.ch;
+        let mut space = g.window_shape();
+        space.push(k(m));
+        let scale = |d: &Dim| d.scale(m).unwrap_or_else(|_| k(i64::MAX));
+        // A `[batch, oh, ow, c·m + j]` layout's strides over the space.
+        let over_outputs = |s: &[Dim]| -> Vec<Dim> {
+            let s4 = if g.rank == 3 {
+                vec![s[0].clone(), k(0), s[1].clone(), s[2].clone()]
+            } else {
+                s.to_vec()
+            };
+            vec![
+                s4[0].clone(),
+                s4[1].clone(),
+                s4[2].clone(),
+                k(0),
+                k(0),
+                scale(&s4[3]),
+                s4[3].clone(),
+            ]
+        };
+        // A `[kh, (kw,) 1, c·m + j]` kernel layout's strides over the space.
+        let over_kernel = |s: &[Dim]| -> Vec<Dim> {
+            let r = s.len();
+            let kh = if g.rank == 3 { k(0) } else { s[0].clone() };
+            let last = s[r - 1].clone();
+            vec![k(0), k(0), k(0), kh, s[r - 3].clone(), scale(&last), last]
+        };
+        let window = |this: &mut Self, x: Id| -> Access {
+            let (buf, off, strides) = this.padded_source(g, x, 0.0);
+            let mut w = Self::window_strides(g, &strides);
+            w.push(k(0));
+            this.access(buf, &off, &w)
+        };
+        let view = |this: &mut Self, x: Id, f: &dyn Fn(&[Dim]) -> Vec<Dim>| -> Access {
+            let a = this.mem(x);
+            let (off, s) = this.dims_of(&a);
+            this.access(a.buf, &off, &f(&s))
+        };
+        let product = vec![
+            Expr::Load(0),
+            Expr::Load(1),
+            Expr::Binary(Binary::Mul, 0, 1),
+        ];
+        let (loads, out, sink, result): (Vec<Access>, BufId, Vec<Dim>, Option<Access>) =
+            match &node.op {
+                Op::Conv(_) => {
+                    let x = window(self, node.args[0]);
+                    let kv = view(self, node.args[1], &over_kernel);
+                    let out = self.new_arena(&node.ty.shape);
+                    (
+                        vec![x, kv],
+                        out,
+                        over_outputs(&row_major(&node.ty.shape)),
+                        None,
+                    )
+                }
+                Op::ConvInputGrad(_) => {
+                    let dy = view(self, node.args[0], &over_outputs);
+                    let kv = view(self, node.args[1], &over_kernel);
+                    let pshape = g.padded_shape();
+                    let prm = row_major(&pshape);
+                    let out = self.new_arena(&pshape);
+                    let mut sink = Self::window_strides(g, &prm);
+                    sink.push(k(0));
+                    let mut s = prm;
+                    if g.rank == 3 {
+                        s.remove(1);
+                    }
+                    let interior = self.access(out, &g.interior_offset(), &s);
+                    (vec![dy, kv], out, sink, Some(interior))
+                }
+                _ => {
+                    let x = window(self, node.args[0]);
+                    let dy = view(self, node.args[1], &over_outputs);
+                    let out = self.new_arena(&node.ty.shape);
+                    (
+                        vec![x, dy],
+                        out,
+                        over_kernel(&row_major(&node.ty.shape)),
+                        None,
+                    )
+                }
+            };
+        let sink = self.access(out, &k(0), &sink);
+        self.push_loop(&space, |space| LoopKernel {
+            space,
+            loads,
+            expr: product,
+            sink: Sink::Reduce(ReduceOp::Sum, sink),
+            nodes: vec![id],
+            epilogue: None,
+        });
+        Val::Mem(result.unwrap_or_else(|| self.contiguous(out, &node.ty.shape)))
     }
 
     /// The number of in-bounds taps of the window at output `(Index(1), Index(2))` as
