@@ -256,7 +256,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "recurrent_dropout",
         "dropout inside recurrent cells is not supported yet; add a `dropout` layer instead",
     ),
-    ("mask_zero", "masking is not supported yet"),
     ("amsgrad", "AMSGrad is not supported yet"),
     ("use_ema", "weight averaging (EMA) is not supported yet"),
 ];

@@ -2,8 +2,9 @@
 //! global pooling. The window arithmetic is shared and exact on symbolic lengths.
 
 use super::lower::{Call, LowerCx, mean};
+use super::masking::{input_mask, masked_mean_steps};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use super::{Facts, NO_FACTS};
+use super::{Facts, Mask, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
 use crate::catalog::activations as activation;
@@ -291,6 +292,7 @@ pub const GLOBAL_AVERAGE_POOLING1D: LayerKind = LayerKind {
     facts: Facts {
         spatial: Some(1),
         pool: Some(PoolKind::Avg),
+        mask: Mask::Consumes,
         ..NO_FACTS
     },
 };
@@ -400,7 +402,10 @@ fn lower_global_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let axes: Vec<usize> = (1..rank - 1).collect();
     let y = match pool_kind(l)? {
         PoolKind::Max => lw.f.reduce(ReduceOp::Max, x[0], axes)?,
-        PoolKind::Avg => mean(lw, x[0], &axes)?,
+        PoolKind::Avg => match input_mask(lw) {
+            Some(m) if l.kind.facts.mask == Mask::Consumes => masked_mean_steps(lw, x[0], m)?,
+            _ => mean(lw, x[0], &axes)?,
+        },
     };
     lw.f.reshape(y, l.output.shape.clone())
 }

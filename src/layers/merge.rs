@@ -1,9 +1,9 @@
 //! Merging layers: add, subtract, multiply (equal shapes, size-1 axes broadcast) and
 //! concatenate (equal shapes except on `axis`, whose sizes add up symbolically).
 
-use super::NO_FACTS;
 use super::lower::{Call, LowerCx, expand, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{MERGES_MASK, NO_FACTS};
 use crate::args::{Default, arg, int};
 use crate::dim::{Dim, fmt_shape};
 use crate::ir::{Func, Id, Op, Result};
@@ -15,7 +15,7 @@ pub const ADD: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_add,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const SUBTRACT: LayerKind = LayerKind {
     name: "subtract",
@@ -24,7 +24,7 @@ pub const SUBTRACT: LayerKind = LayerKind {
     arity: Arity::Range(2, 2),
     infer: elementwise,
     lower: lower_subtract,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const MULTIPLY: LayerKind = LayerKind {
     name: "multiply",
@@ -33,7 +33,7 @@ pub const MULTIPLY: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_multiply,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 
 fn elementwise(cx: &mut Ctx) -> Option<Inferred> {

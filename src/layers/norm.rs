@@ -1,7 +1,7 @@
 //! Normalization: batch_normalization and layer_normalization (Keras's defaults:
 //! axis -1, epsilon 1e-3, momentum 0.99).
 
-use super::NO_FACTS;
+use super::PASSES_MASK;
 use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
 use crate::args::{ArgKind, Default, FRACTION, POSITIVE_FLOAT, arg, int};
@@ -41,7 +41,7 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
     arity: Arity::One,
     infer: batch_norm,
     lower: lower_batch_norm,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
@@ -96,7 +96,7 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
     arity: Arity::One,
     infer: layer_norm,
     lower: lower_layer_norm,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {

@@ -157,9 +157,15 @@ pub(crate) fn objective(
     lw.f.outputs.clear();
     let mut total = lw.f.scalar(0.0);
     for (k, t) in train.targets.iter().enumerate() {
-        let l = loss_decl
-            .kind
-            .lower(&mut lw.f, &loss_decl.args, outputs[t.output], targets[k])?;
+        let mask = lw.mask(lw.graph.outputs[t.output]);
+        let l = match mask {
+            Some(m) => masked_loss(&mut lw.f, loss_decl, outputs[t.output], targets[k], m)?,
+            None => {
+                loss_decl
+                    .kind
+                    .lower(&mut lw.f, &loss_decl.args, outputs[t.output], targets[k])?
+            }
+        };
         total = lw.f.add(total, l)?;
     }
     let mut metrics = Vec::new();
@@ -173,6 +179,49 @@ pub(crate) fn objective(
         ));
     }
     Ok((total, metrics))
+}
+
+/// A loss on an output that carries a Keras mask (`[batch, steps]`): Keras weights each
+/// step's loss by `total / valid` where valid and 0 where masked, then takes the mean
+/// over all steps, so the loss is the mean over the valid steps (0 when none is). When
+/// the per-example values are not per step, the mask does not apply (plain mean).
+fn masked_loss(
+    f: &mut Func,
+    loss: &crate::spec::train::Named<crate::catalog::losses::LossKind>,
+    pred: Id,
+    target: Id,
+    mask: Id,
+) -> Result<Id> {
+    let per_example = (loss.kind.per_example)(f, &loss.args, pred, target)?;
+    if f.ty(per_example).shape != f.ty(mask).shape {
+        return loss.kind.lower(f, &loss.args, pred, target);
+    }
+    let weights = mask_weights(f, mask)?;
+    let weighted = f.mul(per_example, weights)?;
+    let axes: Vec<usize> = (0..f.ty(weighted).rank()).collect();
+    let sum = f.reduce(crate::ir::ReduceOp::Sum, weighted, axes)?;
+    let shape = f.ty(mask).shape.clone();
+    let n = crate::dim::product(&shape).map_err(|_| crate::ir::IrError("size overflow".into()))?;
+    let total = f.dim_size(&n);
+    f.div(sum, total)
+}
+
+/// Keras's `apply_mask` for a mean: `total / valid` where the mask is set, 0 elsewhere
+/// (`divide_no_nan`: 0 when no step is valid).
+fn mask_weights(f: &mut Func, mask: Id) -> Result<Id> {
+    let shape = f.ty(mask).shape.clone();
+    let axes: Vec<usize> = (0..shape.len()).collect();
+    let valid = f.reduce(crate::ir::ReduceOp::Sum, mask, axes)?;
+    let n = crate::dim::product(&shape).map_err(|_| crate::ir::IrError("size overflow".into()))?;
+    let total = f.dim_size(&n);
+    let zero = f.scalar(0.0);
+    let none = f.cmp(crate::ir::Cmp::Eq, valid, zero)?;
+    let one = f.scalar(1.0);
+    let safe = f.select(none, one, valid)?;
+    let w = f.div(total, safe)?;
+    let w = f.select(none, zero, w)?;
+    let set = f.cmp(crate::ir::Cmp::Ne, mask, zero)?;
+    f.select(set, w, zero)
 }
 
 /// The `(input, output)` pairs of a training step whose output is the input's next

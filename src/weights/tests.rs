@@ -43,7 +43,10 @@ layers:
   - layer_normalization
   - global_average_pooling1d: {name: pooled_seq}
   - global_max_pooling1d: {input: average_pooling1d, name: pooled_conv}
-  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2]}
+  - masking: {input: seq}
+  - time_distributed: {layer: {layer_normalization: {}}}
+  - bidirectional: {layer: {lstm: {units: 2}}}
+  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, bidirectional]}
   - dense: {units: 6}
   - dropout: {rate: 0.1}
   - activation: {activation: relu}
@@ -93,7 +96,21 @@ const KERAS_WEIGHTS: &[(&str, &[usize])] = &[
     ("multi_head_attention/attention_output/bias", &[5]),
     ("layer_normalization/gamma", &[5]),
     ("layer_normalization/beta", &[5]),
-    ("dense/kernel", &[35, 6]),
+    ("time_distributed/layer_normalization_1/gamma", &[6]),
+    ("time_distributed/layer_normalization_1/beta", &[6]),
+    ("bidirectional/forward_lstm_1/lstm_cell/kernel", &[6, 8]),
+    (
+        "bidirectional/forward_lstm_1/lstm_cell/recurrent_kernel",
+        &[2, 8],
+    ),
+    ("bidirectional/forward_lstm_1/lstm_cell/bias", &[8]),
+    ("bidirectional/backward_lstm_1/lstm_cell/kernel", &[6, 8]),
+    (
+        "bidirectional/backward_lstm_1/lstm_cell/recurrent_kernel",
+        &[2, 8],
+    ),
+    ("bidirectional/backward_lstm_1/lstm_cell/bias", &[8]),
+    ("dense/kernel", &[39, 6]),
     ("dense/bias", &[6]),
     ("logits/kernel", &[6, 2]),
     ("logits/bias", &[2]),

@@ -25,3 +25,4 @@ mod props;
 mod train_bits;
 mod train_cli;
 mod train_loop;
+mod wrappers_masking;
