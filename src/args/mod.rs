@@ -59,6 +59,12 @@ pub enum ArgKind {
     Axes,
     /// Free text (file paths, monitored quantities).
     Str,
+    /// A file kiln writes, in a format its extension names: one of `extensions`
+    /// (`.safetensors`), so that a Keras `.keras` or `.h5` name is refused rather than
+    /// filled with another format.
+    File {
+        extensions: &'static [&'static str],
+    },
 }
 
 /// How the catalog checks the values of one [`ArgKind::Catalog`] kind.
@@ -224,38 +230,3 @@ impl Args {
         self.values.iter()
     }
 }
-
-/// Keys that a Keras user may write but kiln does not support yet, with why.
-pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("kernel_regularizer", "regularizers are not supported yet"),
-    ("bias_regularizer", "regularizers are not supported yet"),
-    ("activity_regularizer", "regularizers are not supported yet"),
-    (
-        "recurrent_regularizer",
-        "regularizers are not supported yet",
-    ),
-    ("kernel_constraint", "constraints are not supported yet"),
-    ("bias_constraint", "constraints are not supported yet"),
-    ("recurrent_constraint", "constraints are not supported yet"),
-    ("dtype", "layers compute in f32; set dtypes on `inputs`"),
-    (
-        "input_shape",
-        "shapes are declared under `inputs:`, e.g. `inputs: {x: [batch, 784]}`",
-    ),
-    (
-        "data_format",
-        "kiln is channels_last only, as Keras's default",
-    ),
-    ("trainable", "freezing layers is not supported yet"),
-    (
-        "return_state",
-        "layers return one tensor; use `return_sequences`",
-    ),
-    ("stateful", "stateful recurrent layers are not supported"),
-    (
-        "recurrent_dropout",
-        "dropout inside recurrent cells is not supported yet; add a `dropout` layer instead",
-    ),
-    ("amsgrad", "AMSGrad is not supported yet"),
-    ("use_ema", "weight averaging (EMA) is not supported yet"),
-];

@@ -7,7 +7,8 @@ use super::values::{
     as_int, check_choice, check_float, check_float_list, check_int, check_int_tuple, example_args,
     type_error,
 };
-use super::{ArgKind, ArgSpec, Args, Default, UNSUPPORTED, Value};
+use super::{ArgKind, ArgSpec, Args, Default, Value};
+use crate::diag::keras::{self, Family};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::yaml::{Kind, Node, Scalar};
 
@@ -127,7 +128,7 @@ fn arg_spec<'s>(
     if let Some(spec) = schema.iter().find(|s| s.name == key) {
         return Some(spec);
     }
-    if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == key) {
+    if let Some(why) = keras::lookup(Family::Argument, key).map(|e| e.instead) {
         diags.push(
             Diagnostic::error(
                 "E0402",
@@ -235,7 +236,52 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
                 None
             }
         },
+        ArgKind::File { extensions } => match v.as_str() {
+            Some(s) if extensions.iter().any(|e| s.ends_with(e)) => Some(Value::Str(s.to_string())),
+            Some(s) => {
+                diags.push(file_extension_error(spec, v, what, s, extensions));
+                None
+            }
+            None => {
+                diags.push(type_error(spec, v, what, "a file name"));
+                None
+            }
+        },
     }
+}
+
+/// E0420: a file kiln would write in another format than its name says.
+fn file_extension_error(
+    spec: &ArgSpec,
+    v: &Node,
+    what: &str,
+    s: &str,
+    extensions: &[&str],
+) -> Diagnostic {
+    let stem = std::path::Path::new(s)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.split('.').next().unwrap_or(n))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("model");
+    let want = extensions.join(" or ");
+    let dir = s
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    Diagnostic::error(
+        "E0420",
+        format!(
+            "`{}` of `{what}` is `{}`, but kiln writes {want} files",
+            spec.name,
+            crate::diag::shorten(s.to_string())
+        ),
+    )
+    .label(v.span.clone(), format!("not a {want} name"))
+    .help(format!(
+        "name it `{dir}{stem}{}`; Keras's `.keras` and `.h5` formats are not written by kiln",
+        extensions[0]
+    ))
 }
 
 /// A single-key mapping `{name: args}` or a bare name: returns (name, name span, args node).

@@ -20,7 +20,7 @@ pub struct ActivationKind {
     /// The function as IR (softmax and log_softmax over the last axis).
     pub lower: fn(&mut Func, Id) -> Result<Id>,
 }
-entry!(ActivationKind);
+entry!(ActivationKind, Activation);
 
 macro_rules! activation {
     ($id:ident, $name:literal, [$($alias:literal),*], $lower:expr) => {
@@ -166,6 +166,15 @@ pub fn check_name(s: &str, span: Range<usize>, diags: &mut Vec<Diagnostic>) -> O
     let lower = s.to_lowercase();
     if NAMES.contains(&lower.as_str()) {
         return Some(lower);
+    }
+    if let Some(d) = crate::diag::keras::not_yet(
+        crate::diag::keras::Family::Activation,
+        s,
+        span.clone(),
+        NAMES.iter().copied(),
+    ) {
+        diags.push(d);
+        return None;
     }
     diags.push(
         Diagnostic::error("E0407", format!("`{s}` is not an activation kiln knows"))

@@ -192,7 +192,7 @@ pub struct CallbackKind {
     /// The callback with its state, from validated arguments.
     pub build: fn(&Args) -> Callback,
 }
-entry!(CallbackKind);
+entry!(CallbackKind, Callback);
 
 const MONITOR: ArgSpec = arg("monitor", ArgKind::Str, Default::Str("val_loss"));
 const MODE: ArgSpec = arg(
@@ -253,7 +253,13 @@ pub static MODEL_CHECKPOINT: CallbackKind = CallbackKind {
     name: "model_checkpoint",
     aliases: &[],
     args: &[
-        arg("filepath", ArgKind::Str, Default::Required),
+        arg(
+            "filepath",
+            ArgKind::File {
+                extensions: &[".safetensors"],
+            },
+            Default::Required,
+        ),
         MONITOR,
         arg("save_best_only", ArgKind::Bool, Default::Bool(false)),
         MODE,

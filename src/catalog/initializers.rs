@@ -82,7 +82,7 @@ pub struct InitializerKind {
     /// The sampler its arguments (defaults filled in, `seed` aside) describe.
     pub build: fn(&Args) -> Result<Initializer, String>,
 }
-entry!(InitializerKind);
+entry!(InitializerKind, Initializer);
 
 impl InitializerKind {
     /// The sampler for validated arguments, and their `seed`, if given. Arguments the
@@ -306,7 +306,15 @@ fn check_initializer(
     };
     let canonical = name.to_lowercase();
     let Some(kind) = lookup(&canonical) else {
-        diags.push(unknown_initializer(name, &canonical, name_span));
+        diags.push(
+            crate::diag::keras::not_yet(
+                crate::diag::keras::Family::Initializer,
+                name,
+                name_span.clone(),
+                names(INITIALIZERS),
+            )
+            .unwrap_or_else(|| unknown_initializer(name, &canonical, name_span)),
+        );
         return None;
     };
     let a = validate(kind.args, args, kind.name, name_span, diags)?;

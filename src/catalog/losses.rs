@@ -33,7 +33,7 @@ pub struct LossKind {
     /// help texts suggest when the targets have that form.
     pub counterpart: Option<&'static LossKind>,
 }
-entry!(LossKind);
+entry!(LossKind, Loss);
 
 impl LossKind {
     /// The loss as a scalar: the per-example values, then their mean.

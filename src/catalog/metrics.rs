@@ -22,7 +22,7 @@ pub struct MetricKind {
     /// and the shapes (`resolve(loss, output, target)`), as Keras's `compile` decides.
     pub resolve: Option<fn(&LossKind, &Type, &Type) -> &'static MetricKind>,
 }
-entry!(MetricKind);
+entry!(MetricKind, Metric);
 
 impl MetricKind {
     /// The metric as a scalar: the mean over every example.

@@ -20,6 +20,7 @@ pub mod optimizers;
 pub mod schedules;
 
 use crate::args::ArgSpec;
+use crate::diag::keras::{self, Family};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::ir::{Func, Id, Op, ReduceOp, Result};
 
@@ -31,13 +32,16 @@ pub trait Entry: Sync + 'static {
     fn aliases(&self) -> &'static [&'static str];
     /// Keras's arguments and defaults.
     fn args(&self) -> &'static [ArgSpec];
+    /// The family, for messages and Keras's table of names ([`crate::diag::keras`]).
+    const FAMILY: Family;
 }
 
 /// Implements [`Entry`], and equality and `Debug` by name (entries hold functions,
 /// which neither compare nor print meaningfully).
 macro_rules! entry {
-    ($t:ty) => {
+    ($t:ty, $family:ident) => {
         impl $crate::catalog::Entry for $t {
+            const FAMILY: $crate::diag::keras::Family = $crate::diag::keras::Family::$family;
             fn name(&self) -> &'static str {
                 self.name
             }
@@ -87,16 +91,20 @@ pub fn all_names<K: Entry>(
         .flat_map(|k| std::iter::once(k.name()).chain(k.aliases().iter().copied()))
 }
 
-/// The error for a name that is not in a registry: `what` is the family with its
-/// article ("a loss", "an optimizer"), `kind` the family alone; suggests the closest
-/// of `names`, else lists them.
-pub fn unknown(
+/// The error for a name that is not in a registry: a Keras name kiln lacks is said to
+/// be one (E0801); otherwise `what` is the family with its article ("a loss", "an
+/// optimizer"), `kind` the family alone, and the help suggests the closest of `names`,
+/// else lists them.
+pub fn unknown<K: Entry>(
     name: &str,
     span: std::ops::Range<usize>,
     what: &str,
     kind: &str,
     names: impl Iterator<Item = &'static str> + Clone,
 ) -> Diagnostic {
+    if let Some(d) = keras::not_yet(K::FAMILY, name, span.clone(), names.clone()) {
+        return d;
+    }
     Diagnostic::error("E0602", format!("`{name}` is not {what} kiln knows"))
         .label(span, format!("unknown {kind}"))
         .help(match did_you_mean(name, names.clone()) {

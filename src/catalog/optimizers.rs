@@ -33,7 +33,7 @@ pub struct OptimizerKind {
     /// Its own rule (after clipping and weight decay): the new variable and new slots.
     pub rule: fn(&mut Func, &Args, Var) -> Result<Updated>,
 }
-entry!(OptimizerKind);
+entry!(OptimizerKind, Optimizer);
 
 impl OptimizerKind {
     /// One variable's update: weight decay, then the rule.

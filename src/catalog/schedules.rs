@@ -24,7 +24,7 @@ pub struct ScheduleKind {
     /// schedule's name, for errors without a better place.
     pub check: fn(&Args, Range<usize>) -> Result<(), Diagnostic>,
 }
-entry!(ScheduleKind);
+entry!(ScheduleKind, Schedule);
 
 fn no_check(_: &Args, _: Range<usize>) -> Result<(), Diagnostic> {
     Ok(())
@@ -238,7 +238,7 @@ pub fn check_schedule(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Value> {
         return None;
     };
     let Some(kind) = lookup(&name.to_lowercase()) else {
-        diags.push(unknown(
+        diags.push(unknown::<ScheduleKind>(
             name,
             span,
             "a learning-rate schedule",

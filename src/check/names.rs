@@ -39,6 +39,15 @@ impl Checker<'_> {
             return Some(k);
         }
         let names = layers::REGISTRY.iter().map(|k| k.name);
+        if let Some(d) = crate::diag::keras::not_yet(
+            crate::diag::keras::Family::Layer,
+            &l.type_name,
+            l.type_span.clone(),
+            names.clone(),
+        ) {
+            self.diags.push(d);
+            return None;
+        }
         // `Dense(10)`: a Python call written as a layer type.
         let (written, call) = match l.type_name.split_once('(') {
             Some((base, rest)) => (base.trim(), Some(rest.trim_end_matches(')').trim())),

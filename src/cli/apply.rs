@@ -44,6 +44,10 @@ pub struct PredictArgs {
     /// Where to write the outputs: `.npy` (one output) or `.npz` (by output name).
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
+    /// For .csv input: the column holding the target, left out of the features
+    /// [default: the spec's `data.target_column`, else the target's name].
+    #[arg(long)]
+    pub target_column: Option<String>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
 }
@@ -97,6 +101,7 @@ pub fn eval(a: &EvalArgs) -> Result {
 fn input_arrays(
     graph: &kiln::Graph,
     spec: &str,
+    target_column: Option<&str>,
     arrays: &mut Vec<(String, data::Loaded, PathBuf)>,
 ) -> Result {
     let (name, file) = match spec.split_once('=') {
@@ -148,11 +153,21 @@ fn input_arrays(
                 file.display()
             )));
         }
-        (data::Content::Table(_), _) => {
-            return Err(CliError::Invalid(format!(
-                "{}: predict reads .npy (or .npz) arrays, not CSV tables",
-                file.display()
-            )));
+        // A table's feature columns feed the model's single input, as in `train`.
+        (table @ data::Content::Table(_), _) => {
+            let opts = data::LoadOptions {
+                target_column: target_column.map(str::to_string),
+                targets: false,
+            };
+            let d = data::Dataset::from_content(Some(&file), table, graph, &opts)?;
+            for (n, a) in d.inputs {
+                let loaded = data::Loaded {
+                    data: a,
+                    dtype: data::Dtype::F32,
+                    inexact: false,
+                };
+                arrays.push((n, loaded, file.clone()));
+            }
         }
     }
     Ok(())
@@ -189,7 +204,7 @@ pub fn predict(a: &PredictArgs) -> Result {
     // its file stem), a .npz contributes its arrays by name.
     let mut arrays: Vec<(String, data::Loaded, PathBuf)> = Vec::new();
     for spec in &a.input {
-        input_arrays(&graph, spec, &mut arrays)?;
+        input_arrays(&graph, spec, a.target_column.as_deref(), &mut arrays)?;
     }
     let mut ins = vec![
         ("the spec", a.spec.as_path()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kiln::data::{Dataset, LoadOptions};
+use kiln::fit::checkpoint::RunFiles;
 use kiln::fit::{FitOptions, FitReport, Stop};
 use kiln::layers::group_digits;
 use kiln::runtime::Backend;
@@ -15,7 +16,7 @@ use super::progress::Progress;
 use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
 
 /// `kiln train`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
     pub spec: PathBuf,
     /// The data (.npz, .npy or .csv) [default: the spec's `train.data`].
@@ -128,6 +129,13 @@ pub fn train(a: &TrainArgs) -> Result {
         Some(c) => Some(net.load_checkpoint(c)?),
         None => None,
     };
+    // `--resume CKPT` alone continues the run: its data and outputs come from the
+    // checkpoint unless given again.
+    let filled = resume
+        .as_ref()
+        .and_then(|r| r.meta.run.as_ref())
+        .map(|f| with_run_files(a, f));
+    let a = filled.as_ref().unwrap_or(a);
     let mut fit = FitOptions {
         epochs: a.epochs,
         batch_size: a.batch_size,
@@ -156,6 +164,13 @@ pub fn train(a: &TrainArgs) -> Result {
     }
     fit.checkpoint = Some(ckpt.clone());
     fit.csv_log = a.log.clone();
+    fit.run_files = Some(RunFiles {
+        data: Some(absolute(&path)),
+        target_column: a.target_column.clone(),
+        out: Some(absolute(&out)),
+        log: a.log.as_deref().map(absolute),
+        plot: a.plot.as_deref().map(absolute),
+    });
     fit.interrupt = Some(interrupt_flag());
     announce(a, &net, &path, data.len(), settings.validation_split());
     let mut progress = Progress::new();
@@ -176,6 +191,22 @@ pub fn train(a: &TrainArgs) -> Result {
         ckpt.display()
     );
     Ok(())
+}
+
+/// The arguments with what the resumed run used where they are not given again.
+fn with_run_files(a: &TrainArgs, f: &RunFiles) -> TrainArgs {
+    let mut a = a.clone();
+    a.data = a.data.or_else(|| f.data.clone());
+    a.target_column = a.target_column.or_else(|| f.target_column.clone());
+    a.out = a.out.or_else(|| f.out.clone());
+    a.log = a.log.or_else(|| f.log.clone());
+    a.plot = a.plot.or_else(|| f.plot.clone());
+    a
+}
+
+/// `p` from the root, so that a resumed run finds it from any working directory.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Refuses outputs that are inputs or each other (`kiln::paths::guard_outputs`). A
@@ -274,12 +305,18 @@ fn stopped(a: &TrainArgs, report: &FitReport, ckpt: &Path) -> Result {
             checkpoint,
         } => {
             match checkpoint {
+                // The checkpoint holds the data, outputs and settings; only the
+                // backend is chosen anew.
                 Some(c) => println!(
-                    "interrupted in epoch {}, after {batch} batches: checkpoint written to {}\n  continue with: kiln train {} --resume {}",
+                    "interrupted in epoch {}, after {batch} batches: checkpoint written to {}\n  continue with: kiln train {} --resume {}{}",
                     epoch + 1,
                     c.display(),
                     a.spec.display(),
-                    c.display()
+                    c.display(),
+                    match Backend::from(a.backend) {
+                        Backend::Jit => "",
+                        Backend::Interp => " --backend interp",
+                    }
                 ),
                 None => println!("interrupted"),
             }

@@ -30,6 +30,14 @@ pub struct Dtype {
 }
 
 impl Dtype {
+    /// numpy's `float32`, little-endian.
+    pub const F32: Dtype = Dtype {
+        kind: Kind::Float,
+        size: 4,
+        signed: true,
+        big_endian: false,
+    };
+
     /// numpy's name: `float32`, `int64`, `uint8`, `bool`.
     pub fn name(&self) -> String {
         match self.kind {

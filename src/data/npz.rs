@@ -34,7 +34,7 @@ pub fn parse(bytes: &[u8], limit: u64) -> Result<Vec<(String, Loaded)>, String> 
         }
         let mut buf = Vec::new();
         (&mut member)
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut buf)
             .map_err(|e| format!("the array `{key}` cannot be decompressed: {e}"))?;
         if buf.len() as u64 > limit {

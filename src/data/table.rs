@@ -34,7 +34,9 @@ impl Dataset {
         }
         let target_col = match tgt.first() {
             Some(w) => Some(target_column(file, &t, graph, opts, w)?),
-            None => None,
+            // Inputs alone (predict): a table that still holds the target column
+            // (the training CSV itself) gives every other column.
+            None => present_target_column(&t, graph, opts),
         };
         let mut named = vec![features(file, &t, target_col, &ws[0])?];
         if let (Some(k), Some(w)) = (target_col, tgt.first()) {
@@ -42,6 +44,18 @@ impl Dataset {
         }
         Dataset::from_named(file, named, graph, opts, true)
     }
+}
+
+/// The target's column when the table has one, for reading inputs alone: named as
+/// [`target_column`] names it.
+fn present_target_column(t: &csv::Table, graph: &Graph, opts: &LoadOptions) -> Option<usize> {
+    let train = graph.train.as_ref();
+    let wanted = opts
+        .target_column
+        .clone()
+        .or_else(|| train?.decl.data.as_ref()?.target_column.clone())
+        .or_else(|| train?.targets.first().map(|t| t.name.clone()))?;
+    t.header.iter().position(|h| *h == wanted)
 }
 
 /// The column that holds the target: named by the option, else by the spec's

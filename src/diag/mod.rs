@@ -7,6 +7,7 @@
 //! (`kiln explain`).
 
 pub mod codes;
+pub mod keras;
 
 pub use codes::explain;
 

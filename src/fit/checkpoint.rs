@@ -49,6 +49,21 @@ pub struct Meta {
     pub callbacks: States,
     /// Per-epoch logs so far (f64 bits).
     pub history: Vec<Vec<(String, u64)>>,
+    /// The files the run read and wrote, so that `--resume CKPT` alone continues it
+    /// (absent in checkpoints of library runs that did not say).
+    #[serde(default)]
+    pub run: Option<RunFiles>,
+}
+
+/// Where a run reads its data and writes its results, as its caller gave them
+/// (absolute paths when the caller made them so), kept in its checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFiles {
+    pub data: Option<std::path::PathBuf>,
+    pub target_column: Option<String>,
+    pub out: Option<std::path::PathBuf>,
+    pub log: Option<std::path::PathBuf>,
+    pub plot: Option<std::path::PathBuf>,
 }
 
 impl Meta {
@@ -83,6 +98,7 @@ impl Meta {
                         .collect()
                 })
                 .collect(),
+            run: None,
         }
     }
 
@@ -158,6 +174,7 @@ fn save_idle(net: &mut Net, path: &Path) -> Result<(), Error> {
         sums: Vec::new(),
         callbacks: States::default(),
         history: Vec::new(),
+        run: None,
     };
     save(net, path, &meta, &[])
 }

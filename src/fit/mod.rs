@@ -54,6 +54,8 @@ pub struct FitOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Continue exactly where a checkpoint stopped ([`Net::load_checkpoint`]).
     pub resume: Option<checkpoint::Resume>,
+    /// The run's files, recorded in its checkpoints ([`checkpoint::RunFiles`]).
+    pub run_files: Option<checkpoint::RunFiles>,
 }
 
 impl FitOptions {

@@ -332,7 +332,7 @@ impl<'a> Run<'a> {
     }
 
     fn meta(&self, epoch: usize, batch: usize) -> checkpoint::Meta {
-        checkpoint::Meta::new(
+        let mut m = checkpoint::Meta::new(
             self.net,
             &self.s,
             &self.train,
@@ -341,7 +341,9 @@ impl<'a> Run<'a> {
             &self.sums,
             &self.cbs,
             &self.history,
-        )
+        );
+        m.run = self.opts.run_files.clone();
+        m
     }
 
     /// After `epochs_done` epochs: validation, callbacks, logs, checkpoints; `Some`

@@ -124,7 +124,7 @@ fn lookup<K: Entry>(
         return None;
     };
     let Some(k) = catalog::find(registry, &name.to_lowercase()) else {
-        diags.push(catalog::unknown(
+        diags.push(catalog::unknown::<K>(
             name,
             span,
             &format!("a {kind}"),
@@ -263,7 +263,7 @@ fn optimizer(v: &Node, diags: &mut Vec<Diagnostic>) -> Option<Option<Named<Optim
         return None;
     };
     let Some(kind) = optimizers::lookup(&name.to_lowercase()) else {
-        diags.push(catalog::unknown(
+        diags.push(catalog::unknown::<optimizers::OptimizerKind>(
             name,
             span,
             "an optimizer",
@@ -336,12 +336,24 @@ fn metrics(
             },
             None => {
                 failed = true;
+                if let Some(d) = crate::diag::keras::not_yet(
+                    crate::diag::keras::Family::Metric,
+                    s,
+                    it.span.clone(),
+                    catalog::all_names(METRICS),
+                ) {
+                    diags.push(d);
+                    continue;
+                }
                 diags.push(
                     Diagnostic::error("E0605", format!("`{s}` is not a metric kiln knows"))
                         .label(it.span.clone(), "unknown metric")
-                        .help(match did_you_mean(s, catalog::all_names(METRICS)) {
-                            Some(c) => format!("did you mean `{c}`?"),
-                            None => "known metrics: accuracy, mae, mse".to_string(),
+                        .help({
+                            let all = catalog::all_names(METRICS).collect::<Vec<_>>().join(", ");
+                            match did_you_mean(s, catalog::all_names(METRICS)) {
+                                Some(c) => format!("did you mean `{c}`? kiln's metrics: {all}"),
+                                None => format!("kiln's metrics: {all}"),
+                            }
                         }),
                 )
             }

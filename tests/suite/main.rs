@@ -16,6 +16,8 @@ mod init_cli;
 mod ir_passes;
 mod ir_prims;
 mod jit;
+mod keras_golden;
+mod keras_names;
 mod layers;
 mod library;
 mod lower_grad;

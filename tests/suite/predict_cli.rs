@@ -229,3 +229,55 @@ outputs: [h, y]
     assert!(!dir.join("o.npy").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A .csv feeds `predict` as it feeds `train` and `eval`: the feature columns go to the
+/// single input (the target column, when the table still has it, is left out), and the
+/// predictions equal those from the same features as a .npy array.
+#[test]
+fn predict_reads_csv_like_train() {
+    let dir = temp_dir("csv");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = root.join("specs/diabetes.yaml");
+    let w = dir.join("w.safetensors");
+    let o = kiln(&["init", s(&spec), "--out", s(&w)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // Three rows of the bundled CSV, with its `progression` column, and without it.
+    let full = std::fs::read_to_string(root.join("data/diabetes.csv")).unwrap();
+    let rows: Vec<&str> = full.lines().take(4).collect();
+    let with_target = dir.join("rows.csv");
+    std::fs::write(&with_target, rows.join("\n") + "\n").unwrap();
+    let features: Vec<String> = rows
+        .iter()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect();
+    let without = dir.join("features.csv");
+    std::fs::write(&without, features.join("\n") + "\n").unwrap();
+    let values: Vec<f32> = features[1..]
+        .iter()
+        .flat_map(|l| l.split(',').map(|v| v.parse::<f32>().unwrap()))
+        .collect();
+    let npy_in = dir.join("x.npy");
+    let x = ArrayD::from_shape_vec(IxDyn(&[3, 10]), values).unwrap();
+    data::write(&npy_in, &[("x".into(), x)]).unwrap();
+    let mut outs = Vec::new();
+    for (i, input) in [&with_target, &without, &npy_in].into_iter().enumerate() {
+        let out = dir.join(format!("p{i}.npy"));
+        let o = kiln(&[
+            "predict",
+            s(&spec),
+            "--weights",
+            s(&w),
+            "--input",
+            s(input),
+            "--output",
+            s(&out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let got = npy::parse(&std::fs::read(&out).unwrap()).unwrap().data;
+        assert_eq!(got.shape(), &[3, 1]);
+        outs.push(got);
+    }
+    assert_eq!(outs[0], outs[2]);
+    assert_eq!(outs[1], outs[2]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -231,4 +231,31 @@ layers:
 ",
         ),
     },
+    CodeInfo {
+        code: "E0420",
+        title: "a file name in a format kiln does not write",
+        explanation: "\
+kiln writes weights and checkpoints as safetensors. A file name whose extension names
+another format — Keras's `.keras` or `.h5` — would hold safetensors under a misleading
+name, which Keras and other tools then fail to open. Name the file with the extension
+kiln writes (`.safetensors`).
+",
+        wrong: Example::Spec(include_str!(
+            "../../../specs/errors/checkpoint_keras_extension.yaml"
+        )),
+        fixed: Example::Spec(
+            "\
+inputs:
+  x: [batch, 8]
+layers:
+  - dense: {units: 1}
+train:
+  targets: {y: [batch, 1]}
+  loss: mse
+  optimizer: adam
+  callbacks:
+    - model_checkpoint: {filepath: checkpoints/best.safetensors, monitor: loss, save_best_only: true}
+",
+        ),
+    },
 ];

@@ -11,6 +11,7 @@
 mod arguments;
 mod file;
 mod graph;
+mod keras;
 mod shapes;
 mod structure;
 mod train;
@@ -149,6 +150,7 @@ pub fn all() -> impl Iterator<Item = &'static CodeInfo> {
         shapes::CODES,
         train::CODES,
         graph::CODES,
+        keras::CODES,
     ]
     .into_iter()
     .flatten()
