@@ -173,10 +173,11 @@ pub(crate) fn objective(
         let t = &train.targets[0];
         let kind =
             metrics::lookup(m).ok_or_else(|| crate::ir::IrError(format!("unknown metric {m}")))?;
-        metrics.push((
-            m.clone(),
-            kind.lower(&mut lw.f, outputs[t.output], targets[0])?,
-        ));
+        let value = match lw.mask(lw.graph.outputs[t.output]) {
+            Some(mask) => masked_metric(&mut lw.f, kind, outputs[t.output], targets[0], mask)?,
+            None => kind.lower(&mut lw.f, outputs[t.output], targets[0])?,
+        };
+        metrics.push((m.clone(), value));
     }
     Ok((total, metrics))
 }
@@ -204,6 +205,43 @@ fn masked_loss(
     let n = crate::dim::product(&shape).map_err(|_| crate::ir::IrError("size overflow".into()))?;
     let total = f.dim_size(&n);
     f.div(sum, total)
+}
+
+/// A metric on an output that carries a Keras mask: Keras weights each step's value by
+/// the mask, so the metric is the mean over the valid steps (0 when none is); per-example
+/// values that are not per step take the plain mean.
+fn masked_metric(
+    f: &mut Func,
+    kind: &crate::catalog::metrics::MetricKind,
+    pred: Id,
+    target: Id,
+    mask: Id,
+) -> Result<Id> {
+    let mut v = (kind.per_example)(f, pred, target)?;
+    let steps = f.ty(mask).shape.clone();
+    let shape = f.ty(v).shape.clone();
+    if shape.len() > steps.len() && shape[..steps.len()] == steps[..] {
+        // Elementwise values (mae, mse): Keras's metric functions average the last axis.
+        let extra: Vec<usize> = (steps.len()..shape.len()).collect();
+        let n = crate::dim::product(&shape[steps.len()..])
+            .map_err(|_| crate::ir::IrError("size overflow".into()))?;
+        let s = f.reduce(crate::ir::ReduceOp::Sum, v, extra)?;
+        let n = f.dim_size(&n);
+        v = f.div(s, n)?;
+    }
+    if f.ty(v).shape != steps {
+        return kind.lower(f, pred, target);
+    }
+    let weighted = f.mul(v, mask)?;
+    let axes: Vec<usize> = (0..f.ty(mask).rank()).collect();
+    let sum = f.reduce(crate::ir::ReduceOp::Sum, weighted, axes.clone())?;
+    let count = f.reduce(crate::ir::ReduceOp::Sum, mask, axes)?;
+    let zero = f.scalar(0.0);
+    let none = f.cmp(crate::ir::Cmp::Eq, count, zero)?;
+    let one = f.scalar(1.0);
+    let safe = f.select(none, one, count)?;
+    let mean = f.div(sum, safe)?;
+    f.select(none, zero, mean)
 }
 
 /// Keras's `apply_mask` for a mean: `total / valid` where the mask is set, 0 elsewhere

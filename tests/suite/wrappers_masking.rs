@@ -444,7 +444,7 @@ fn masked_pooling_and_loss_leave_out_the_padding() {
     }
     // The loss of a masked sequence output is the mean over the valid steps.
     let src = format!(
-        "{}train:\n  targets: {{y: [batch, seq, 2]}}\n  loss: mse\n  optimizer: sgd\n",
+        "{}train:\n  targets: {{y: [batch, seq, 2]}}\n  loss: mse\n  optimizer: sgd\n  metrics: [mae]\n",
         spec(
             "{t: {shape: [batch, seq], dtype: i32}}",
             "  - embedding: {input_dim: 5, output_dim: 3, mask_zero: true}\n  - lstm: {units: 2, return_sequences: true}"
@@ -458,20 +458,26 @@ fn masked_pooling_and_loss_leave_out_the_padding() {
     let tokens = [[1, 2, 0, 0, 0], [3, 4, 1, 2, 0], [0, 0, 0, 0, 0]];
     vals[0] = ArrayD::from_shape_fn(IxDyn(&[3, 5]), |i| tokens[i[0]][i[1]] as f64);
     let y = vals[eval.func.inputs.iter().position(|i| i.name == "y").unwrap()].clone();
-    let loss = interp::eval::<f64>(&eval.func, &vals).unwrap()[0].clone();
+    let outs = interp::eval::<f64>(&eval.func, &vals).unwrap();
+    let loss = outs[0].clone();
+    let mae_at = eval
+        .func
+        .outputs
+        .iter()
+        .position(|(n, _)| n.starts_with("metric/"))
+        .unwrap();
+    let mae = outs[mae_at][[]];
     let n_pred = pred.inputs.len();
     let p = interp::eval::<f64>(&pred, &vals[..n_pred])
         .unwrap()
         .remove(0);
-    let (mut sum, mut valid) = (0.0, 0.0);
+    let (mut sum, mut abs, mut valid) = (0.0, 0.0, 0.0);
     for b in 0..3 {
         for s in 0..5 {
             if tokens[b][s] != 0 {
-                let e: f64 = (0..2)
-                    .map(|c| (p[[b, s, c]] - y[[b, s, c]]).powi(2))
-                    .sum::<f64>()
-                    / 2.0;
-                sum += e;
+                let err = |c: usize| p[[b, s, c]] - y[[b, s, c]];
+                sum += (err(0).powi(2) + err(1).powi(2)) / 2.0;
+                abs += (err(0).abs() + err(1).abs()) / 2.0;
                 valid += 1.0;
             }
         }
@@ -481,6 +487,12 @@ fn masked_pooling_and_loss_leave_out_the_padding() {
         "{} vs {}",
         loss[[]],
         sum / valid
+    );
+    // Metrics too (Keras's MeanMetricWrapper weights by the mask).
+    assert!(
+        (mae - abs / valid).abs() < 1e-12,
+        "{mae} vs {}",
+        abs / valid
     );
 }
 
