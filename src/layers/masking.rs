@@ -99,7 +99,7 @@ pub fn output_masked(
     match kind.facts.mask {
         Mask::Drops | Mask::Consumes => false,
         Mask::Propagates => first,
-        Mask::Merges => inputs.iter().any(|&m| m),
+        Mask::Merges | Mask::Joins(_) => inputs.iter().any(|&m| m),
         Mask::ConsumesKeeps => first && in_rank == out_rank,
         Mask::Produces(None) => true,
         Mask::Produces(Some(flag)) => args.bool(flag),
@@ -120,7 +120,7 @@ pub fn mask_flow(
         Mask::Produces(_) if out => MaskUse::Produces,
         _ if !any_in => MaskUse::None,
         Mask::Drops | Mask::Produces(_) => MaskUse::Drops,
-        Mask::Propagates | Mask::Merges => MaskUse::Propagates,
+        Mask::Propagates | Mask::Merges | Mask::Joins(_) => MaskUse::Propagates,
         Mask::Consumes => MaskUse::Consumes,
         Mask::ConsumesKeeps if out => MaskUse::ConsumesPropagates,
         Mask::ConsumesKeeps => MaskUse::Consumes,
@@ -128,23 +128,25 @@ pub fn mask_flow(
     (used, out)
 }
 
-/// The mask of a lowered layer's output, from its inputs' masks (`[batch, steps]`, 1
-/// valid) and what the layer made (`LowerCx::mask_out`).
+/// The mask of a lowered layer's output, from its inputs (`values`) and their masks
+/// (`[batch, steps]`, 1 valid) and what the layer made (`LowerCx::mask_out`).
 pub fn lower_mask(
     lw: &mut LowerCx,
     kind: &LayerKind,
     args: &Args,
-    inputs: &[Option<Id>],
-    in_rank: usize,
+    (values, inputs): (&[Id], &[Option<Id>]),
     out_rank: usize,
 ) -> Result<Option<Id>> {
     let made = lw.mask_out.take();
     let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+    let in_rank = values.first().map_or(0, |&v| lw.f.ty(v).rank());
     if !output_masked(kind, args, &present, in_rank, out_rank) {
         return Ok(None);
     }
-    if let Mask::Produces(_) = kind.facts.mask {
-        return Ok(made);
+    match kind.facts.mask {
+        Mask::Produces(_) => return Ok(made),
+        Mask::Joins(axis) => return join_masks(lw, values, inputs, args.int(axis)).map(Some),
+        _ => {}
     }
     // Propagated, kept, or merged: the steps valid in every input that has a mask.
     let mut out: Option<Id> = None;
@@ -155,6 +157,31 @@ pub fn lower_mask(
         });
     }
     Ok(out)
+}
+
+/// Keras's `Concatenate.compute_mask`: each input's mask (all valid where it has none)
+/// joined along `axis`; joined on the last (feature) axis, a step is valid where it is
+/// valid in any input.
+fn join_masks(lw: &mut LowerCx, values: &[Id], masks: &[Option<Id>], axis: i64) -> Result<Id> {
+    let rank = lw.f.ty(values[0]).rank();
+    let axis = super::lower::norm_axis(axis, rank);
+    let mut full = Vec::new();
+    for (&v, m) in values.iter().zip(masks) {
+        let mut shape = lw.f.ty(v).shape.clone();
+        shape.pop();
+        full.push(match m {
+            Some(m) => *m,
+            None => lw.f.full(1.0, &shape)?,
+        });
+    }
+    if axis + 1 == rank {
+        let mut out = full[0];
+        for &m in &full[1..] {
+            out = lw.f.max(out, m)?;
+        }
+        return Ok(out);
+    }
+    lw.f.push(crate::ir::Op::Concat { axis }, &full)
 }
 
 /// The mask of the layer's first input, if it has one.

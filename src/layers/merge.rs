@@ -3,7 +3,7 @@
 
 use super::lower::{Call, LowerCx, expand, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use super::{MERGES_MASK, NO_FACTS};
+use super::{Facts, MERGES_MASK, Mask, NO_FACTS};
 use crate::args::{Default, arg, int};
 use crate::dim::{Dim, fmt_shape};
 use crate::ir::{Func, Id, Op, Result};
@@ -80,7 +80,10 @@ pub const CONCATENATE: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: concatenate,
     lower: lower_concatenate,
-    facts: NO_FACTS,
+    facts: Facts {
+        mask: Mask::Joins("axis"),
+        ..NO_FACTS
+    },
 };
 
 fn concatenate(cx: &mut Ctx) -> Option<Inferred> {

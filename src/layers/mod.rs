@@ -103,6 +103,10 @@ pub enum Mask {
     Propagates,
     /// Every input's mask, combined: a step is valid where it is valid in each (merges).
     Merges,
+    /// The masks joined along the axis this argument names, as Keras's `Concatenate`
+    /// joins them (an input without a mask counts as all valid; joined on the feature
+    /// axis, a step is valid where it is valid in any input).
+    Joins(&'static str),
     /// The layer uses the mask and its output has none (global average pooling).
     Consumes,
     /// The layer uses the mask; its output keeps it while it keeps the steps axis

@@ -97,9 +97,9 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         lw.cx.masks = in_masks.clone();
         lw.cx.mask_out = None;
         let v = (l.kind.lower)(&mut lw.cx, &call, &args)?;
-        let (in_rank, out_rank) = (lw.f.ty(args[0]).rank(), l.output.rank());
-        lw.masks[i] =
-            crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, &in_masks, in_rank, out_rank)?;
+        let out_rank = l.output.rank();
+        let ins = (args.as_slice(), in_masks.as_slice());
+        lw.masks[i] = crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, ins, out_rank)?;
         lw.values[i] = Some(v);
     }
     for &o in &graph.outputs {

@@ -344,6 +344,13 @@ fn masks_differentiate_and_compile() {
         ),
     );
     check_layers(t, &format!("{emb}  - global_average_pooling1d"));
+    // Masks joined along the steps and along the features (Keras's Concatenate).
+    check_layers(
+        t,
+        &format!(
+            "{emb}  - concatenate: {{inputs: [embedding, embedding], axis: 1}}\n  - lstm: {{units: 2}}"
+        ),
+    );
     check_layers(
         t,
         &format!("{emb}  - multi_head_attention: {{num_heads: 2, key_dim: 2}}"),
