@@ -195,6 +195,31 @@ pub(super) fn spread(lw: &mut LowerCx, mask: Id, like: Id) -> Result<Id> {
     lw.f.broadcast(mask, &shape, &[0, 1])
 }
 
+/// Keras's BatchNormalization moments with a mask: the mean and (biased) variance over
+/// the valid steps, per channel on `axis`, each divided by the count plus Keras's
+/// epsilon (1e-7).
+pub(super) fn masked_moments(lw: &mut LowerCx, x: Id, mask: Id, axis: usize) -> Result<(Id, Id)> {
+    let shape = lw.f.ty(x).shape.clone();
+    let rank = shape.len();
+    let reduce: Vec<usize> = (0..rank).filter(|&i| i != axis).collect();
+    let mdims: Vec<usize> = (0..lw.f.ty(mask).rank()).collect();
+    let m = lw.f.broadcast(mask, &shape, &mdims)?;
+    let zero = lw.f.scalar(0.0);
+    let valid = lw.f.cmp(Cmp::Ne, m, zero)?;
+    let kept = lw.f.select(valid, x, zero)?;
+    let sum = lw.f.reduce(ReduceOp::Sum, kept, reduce.clone())?;
+    let weights = lw.f.reduce(ReduceOp::Sum, m, reduce.clone())?;
+    let weights = lw.f.add_c(weights, 1e-7)?;
+    let mean = lw.f.div(sum, weights)?;
+    let mb = lw.f.broadcast(mean, &shape, &[axis])?;
+    let d = lw.f.sub(x, mb)?;
+    let d = lw.f.select(valid, d, zero)?;
+    let d2 = lw.f.mul(d, d)?;
+    let dist = lw.f.reduce(ReduceOp::Sum, d2, reduce)?;
+    let var = lw.f.div(dist, weights)?;
+    Ok((mean, var))
+}
+
 /// Keras's GlobalAveragePooling1D with a mask: the mean over the valid steps only.
 pub(super) fn masked_mean_steps(lw: &mut LowerCx, x: Id, mask: Id) -> Result<Id> {
     let m = spread(lw, mask, x)?;

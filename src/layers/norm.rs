@@ -3,6 +3,7 @@
 
 use super::PASSES_MASK;
 use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
+use super::masking::{input_mask, masked_moments};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
 use crate::args::{ArgKind, Default, FRACTION, POSITIVE_FLOAT, arg, int};
 use crate::catalog::initializers;
@@ -148,11 +149,17 @@ fn lower_batch_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let mm = l.param(lw, "moving_mean")?;
     let mv = l.param(lw, "moving_variance")?;
     let (m, v) = if lw.mode == Mode::Train {
-        let m = mean(lw, x, &reduce)?;
-        let mb = lw.f.broadcast(m, &shape, &[axis])?;
-        let d = lw.f.sub(x, mb)?;
-        let d2 = lw.f.mul(d, d)?;
-        let v = mean(lw, d2, &reduce)?;
+        let (m, v) = match input_mask(lw) {
+            // Keras: the batch statistics of the valid steps only.
+            Some(mask) => masked_moments(lw, x, mask, axis)?,
+            None => {
+                let m = mean(lw, x, &reduce)?;
+                let mb = lw.f.broadcast(m, &shape, &[axis])?;
+                let d = lw.f.sub(x, mb)?;
+                let d2 = lw.f.mul(d, d)?;
+                (m, mean(lw, d2, &reduce)?)
+            }
+        };
         for (key, stat, batch) in [("moving_mean", mm, m), ("moving_variance", mv, v)] {
             let old = lw.f.mul_c(stat, momentum)?;
             let new = lw.f.mul_c(batch, 1.0 - momentum)?;

@@ -60,6 +60,9 @@ fn values(f: &Func, rng: &mut Rng, int_high: usize) -> (Vec<ArrayD<f64>>, Vec<bo
                 rng.int(0, int_high - 1) as f64
             }));
             diff.push(false);
+        } else if inp.name.ends_with("moving_variance") {
+            vals.push(rng.array(&shape, 0.5, 1.5));
+            diff.push(true);
         } else {
             vals.push(rng.array(&shape, -0.9, 0.9));
             diff.push(true);
@@ -344,6 +347,11 @@ fn masks_differentiate_and_compile() {
         ),
     );
     check_layers(t, &format!("{emb}  - global_average_pooling1d"));
+    // Batch statistics of the valid steps only (Keras's BatchNormalization with a mask).
+    check_layers(
+        t,
+        &format!("{emb}  - batch_normalization\n  - lstm: {{units: 2}}"),
+    );
     // Masks joined along the steps and along the features (Keras's Concatenate).
     check_layers(
         t,
