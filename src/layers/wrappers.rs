@@ -13,7 +13,7 @@ use crate::args::{
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::ir::{Id, Result, Type};
 use crate::types::DType;
-use crate::yaml::Node;
+use crate::yaml::{Kind, Node};
 
 /// A recurrent layer as an argument value (`bidirectional`'s `layer`).
 pub static RECURRENT_ARG: CatalogArg = CatalogArg {
@@ -132,8 +132,40 @@ fn check_layer(
         );
         return None;
     }
-    let args = validate(kind.args, args, kind.name, span, diags)?;
+    // `name` names the wrapped layer (its weights' prefix), as in Keras.
+    let (args, name) = split_name(args);
+    let mut args = validate(kind.args, args.as_ref(), kind.name, span, diags)?;
+    if let Some(n) = name {
+        args.set("name", Value::Str(n));
+    }
     Some(Value::Named(kind.name.to_string(), Box::new(args)))
+}
+
+/// A layer's arguments without a `name: WORD` entry, and that name.
+fn split_name(args: Option<&Node>) -> (Option<Node>, Option<String>) {
+    let Some(node) = args else {
+        return (None, None);
+    };
+    let Kind::Map(entries) = &node.kind else {
+        return (Some(node.clone()), None);
+    };
+    let name = entries
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("name"))
+        .and_then(|(_, v)| v.as_str().map(str::to_string));
+    if name.is_none() {
+        return (Some(node.clone()), None);
+    }
+    let rest = entries
+        .iter()
+        .filter(|(k, _)| k.as_str() != Some("name"))
+        .cloned()
+        .collect();
+    let node = Node {
+        kind: Kind::Map(rest),
+        span: node.span.clone(),
+    };
+    (Some(node), name)
 }
 
 /// The layer held by argument `name`, with its arguments.
@@ -167,7 +199,10 @@ pub fn name_inner_layers(kind: &LayerKind, args: &mut Args, namer: &mut dyn FnMu
         let Some(k) = super::lookup(&n) else { continue };
         let mut a = *a;
         name_inner_layers(k, &mut a, namer);
-        a.set("name", Value::Str(namer(k.name)));
+        // A layer named in the spec takes no automatic name (nor a count), as in Keras.
+        if a.opt_str("name").is_none() {
+            a.set("name", Value::Str(namer(k.name)));
+        }
         args.set(spec.name, Value::Named(n, Box::new(a)));
     }
 }

@@ -200,6 +200,21 @@ fn wrapped_layers_draw_keras_automatic_names() {
         "  - bidirectional: {layer: {lstm: {units: 2, return_sequences: true}}}\n  - lstm: {units: 2}",
     ));
     assert_eq!(m.graph.layers[1].name, "lstm_1");
+    // A wrapped layer may be named: its weights sit under that name, and it takes no
+    // automatic name.
+    let m = model(&spec(
+        "{x: [batch, 5, 3]}",
+        "  - bidirectional: {layer: {lstm: {units: 2, name: enc, return_sequences: true}}}\n  - lstm: {units: 2}",
+    ));
+    assert_eq!(
+        weights(&m)[0].0,
+        "bidirectional/forward_enc/lstm_cell/kernel"
+    );
+    assert_eq!(
+        weights(&m)[3].0,
+        "bidirectional/backward_enc/lstm_cell/kernel"
+    );
+    assert_eq!(m.graph.layers[1].name, "lstm");
 }
 
 #[test]
