@@ -166,13 +166,27 @@ def layer_arg(key, value):
     return value
 
 
+# Arguments kiln writes on the layer that Keras takes when the layer is called.
+CALL_ARGUMENTS = ("use_causal_mask",)
+
+
 def build_layer(item):
     """A layer entry (`kind` or `{kind: {args}}`) as a Keras layer, and its inputs."""
     kind, args = entry(item)
     if kind not in LAYERS:
         raise ValueError(f"Keras has no layer `{kind}`")
-    kwargs = {k: layer_arg(k, v) for k, v in args.items() if k not in CONNECTIONS}
+    kwargs = {
+        k: layer_arg(k, v)
+        for k, v in args.items()
+        if k not in CONNECTIONS and k not in CALL_ARGUMENTS
+    }
     return LAYERS[kind](**kwargs)
+
+
+def call_arguments(item):
+    """The arguments of a layer entry that Keras takes at call time."""
+    _, args = entry(item)
+    return {k: v for k, v in args.items() if k in CALL_ARGUMENTS}
 
 
 def connections(item):
@@ -229,7 +243,7 @@ def build_model(spec):
         if is_merge(layer):
             out = layer(args)
         else:
-            out = layer(*args)
+            out = layer(*args, **call_arguments(item))
         tensors[layer.name] = out
         last = out
     outs = spec.get("outputs") or [layer.name]
@@ -247,6 +261,15 @@ def draw_inputs(spec, rng, opts):
         else:
             xs[name] = rng.integers(0, opts.get("int_high", 10), size=shape).astype(np.int32)
     return xs
+
+
+def zero_some_steps(xs, rng, fraction):
+    """Masks for `masking` layers: whole steps of float sequences set to zeros (the
+    header's `zero_steps: FRACTION`); integer inputs get their zeros from `int_high`."""
+    for name, x in xs.items():
+        if x.dtype == np.float32 and x.ndim == 3:
+            steps = rng.random(x.shape[:2]) < fraction
+            x[steps] = 0.0
 
 
 def draw_targets(spec, model, rng, opts):
@@ -408,6 +431,8 @@ def run_case(name):
     model, input_names, output_names = build_model(spec)
     rng = np.random.default_rng(seed)
     xs = draw_inputs(spec, rng, opts)
+    if opts.get("zero_steps"):
+        zero_some_steps(xs, rng, opts["zero_steps"])
     ys = draw_targets(spec, model, rng, opts)
     adapt(model, input_names, xs)
     arrays = {f"x.{k}": v for k, v in xs.items()}

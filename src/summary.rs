@@ -4,7 +4,7 @@
 
 use crate::check::{Graph, Source};
 use crate::dim::{Dim, fmt_shape};
-use crate::layers::group_digits;
+use crate::layers::{MaskUse, group_digits};
 
 /// Most names one cell or list of the summary shows: a `concatenate` of 10,000 inputs
 /// would otherwise widen every row of the table to hold all of them (output quadratic
@@ -14,8 +14,13 @@ pub const MAX_LISTED: usize = 8;
 /// The first of `total` names (at least [`MAX_LISTED`] of them when there are that
 /// many) joined by `, `: [`MAX_LISTED`] of them, then how many more.
 fn listed<S: AsRef<str>>(first: &[S], total: usize) -> String {
+    listed_by(first, total, ", ")
+}
+
+/// [`listed`] with another separator.
+fn listed_by<S: AsRef<str>>(first: &[S], total: usize, sep: &str) -> String {
     let shown: Vec<&str> = first.iter().take(MAX_LISTED).map(AsRef::as_ref).collect();
-    let mut out = shown.join(", ");
+    let mut out = shown.join(sep);
     if total > shown.len() {
         out.push_str(&format!(
             ", … and {} more",
@@ -123,6 +128,7 @@ pub fn render(g: &Graph) -> String {
         group_digits(non),
         memory(non)
     ));
+    out.push_str(&masks(g));
     let outs: Vec<&str> = g.outputs.iter().map(|&s| g.name_of(s)).collect();
     if g.outputs.len() > 1
         || g.outputs
@@ -132,6 +138,22 @@ pub fn render(g: &Graph) -> String {
         out.push_str(&format!(" Outputs: {}\n", listed(&outs, outs.len())));
     }
     out
+}
+
+/// The layers that make, use, pass on or drop a Keras mask, one line (nothing when no
+/// layer makes one): ` Masks: embedding produces, lstm consumes, propagates, …`.
+fn masks(g: &Graph) -> String {
+    let notes: Vec<String> = g
+        .masks()
+        .iter()
+        .zip(&g.layers)
+        .filter(|((used, _), _)| *used != MaskUse::None)
+        .map(|((used, _), l)| format!("{} {}", l.name, used.word()))
+        .collect();
+    if notes.is_empty() {
+        return String::new();
+    }
+    format!(" Masks: {}\n", listed_by(&notes, notes.len(), "; "))
 }
 
 /// `ok: digits_cnn — 6 layers, 12,345 params; image [batch, 8, 8, 1] → logits [batch, 10]`

@@ -42,7 +42,8 @@ impl LossKind {
     }
 
     /// The loss as Keras's `Loss.__call__` reduces it (`sum_over_batch_size`): the
-    /// per-example values times the sample weights (`[batch]`, along the first axis),
+    /// per-example values times the sample weights (`[batch]` along the first axis, or
+    /// `[batch, steps]` for a masked sequence),
     /// summed and divided by the number of values — not by the sum of the weights.
     pub fn lower_weighted(
         &self,
@@ -55,8 +56,10 @@ impl LossKind {
         let per_example = (self.per_example)(f, args, pred, target)?;
         let values = match weight {
             Some(w) => {
+                // `[batch]`, or `[batch, steps]` for a masked sequence.
                 let shape = f.ty(per_example).shape.clone();
-                let wb = f.broadcast(w, &shape, &[0])?;
+                let dims: Vec<usize> = (0..f.ty(w).rank()).collect();
+                let wb = f.broadcast(w, &shape, &dims)?;
                 f.mul(per_example, wb)?
             }
             None => per_example,

@@ -50,6 +50,12 @@ pub struct MetricKind {
 entry!(MetricKind, Metric);
 
 impl MetricKind {
+    /// Whether the metric is a (weighted) mean of per-step values, so that a mask over
+    /// the steps can weight it (Keras's `MeanMetricWrapper` under a mask).
+    pub fn takes_step_weights(&self) -> bool {
+        matches!(self.stat, Stat::Mean(_) | Stat::RootMean(_))
+    }
+
     /// What one batch adds to the metric's state: arrays whose elements, in order, are
     /// [`MetricKind::state_len`] sums. `weight`: the batch's sample weights `[batch]`.
     pub fn update(
@@ -102,21 +108,27 @@ fn divide_no_nan(a: f64, b: f64) -> f64 {
 /// values averaged over the axes after the first (Keras's `reduce_to_samplewise_values`).
 fn mean_update(f: &mut Func, values: Id, weight: Option<Id>) -> Result<Vec<Id>> {
     let shape = f.ty(values).shape.clone();
-    let per_example = if shape.len() > 1 {
-        let inner: Vec<usize> = (1..shape.len()).collect();
+    // The weights cover the leading axes (`[batch]`, or `[batch, steps]` under a mask);
+    // the values are averaged over the rest.
+    let k = weight
+        .map_or(1, |w| f.ty(w).rank())
+        .clamp(1, shape.len().max(1));
+    let per_example = if shape.len() > k {
+        let inner: Vec<usize> = (k..shape.len()).collect();
         let s = f.reduce(ReduceOp::Sum, values, inner)?;
         let n =
-            crate::dim::product(&shape[1..]).map_err(|_| crate::ir::IrError("overflow".into()))?;
+            crate::dim::product(&shape[k..]).map_err(|_| crate::ir::IrError("overflow".into()))?;
         let c = f.dim_size(&n);
         f.div(s, c)?
     } else {
         values
     };
+    let lead: Vec<usize> = (0..k.min(shape.len())).collect();
     match weight {
         Some(w) => {
             let wv = f.mul(per_example, w)?;
-            let total = f.reduce(ReduceOp::Sum, wv, vec![0])?;
-            let count = f.reduce(ReduceOp::Sum, w, vec![0])?;
+            let total = f.reduce(ReduceOp::Sum, wv, lead.clone())?;
+            let count = f.reduce(ReduceOp::Sum, w, lead)?;
             Ok(vec![total, count])
         }
         None => {

@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::args::Args;
 use crate::catalog::losses::LossKind;
 use crate::catalog::metrics::MetricKind;
-use crate::layers::{LayerKind, Param, TensorType};
+use crate::layers::{LayerKind, MaskUse, Param, TensorType, mask_flow};
 use crate::spec::train::{Named, TrainDecl};
 
 /// Where a tensor comes from: a model input or a layer's output.
@@ -119,6 +119,25 @@ impl Graph {
             Source::Layer(i) => &self.layers[i].name,
         }
     }
+    /// Each layer's use of Keras masks and whether its output carries one, in layer
+    /// order, from each kind's mask facts (model inputs carry none).
+    pub fn masks(&self) -> Vec<(MaskUse, bool)> {
+        let mut out: Vec<(MaskUse, bool)> = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let ins: Vec<bool> = l
+                .inputs
+                .iter()
+                .map(|s| match s {
+                    Source::Input(_) => false,
+                    Source::Layer(j) => out.get(*j).is_some_and(|m| m.1),
+                })
+                .collect();
+            let in_rank = l.inputs.first().map_or(0, |&s| self.type_of(s).rank());
+            out.push(mask_flow(l.kind, &l.args, &ins, in_rank, l.output.rank()));
+        }
+        out
+    }
+
     /// (total, trainable, non-trainable) parameter counts.
     pub fn param_counts(&self) -> (i64, i64, i64) {
         let mut t = 0i64;

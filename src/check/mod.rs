@@ -140,8 +140,8 @@ impl<'a> Checker<'a> {
             .iter()
             .map(|l| if self.full() { None } else { self.kind(l) })
             .collect();
-        let args = self.layer_args(&kinds);
-        self.names = self.layer_names(&kinds);
+        let mut args = self.layer_args(&kinds);
+        self.names = self.layer_names(&kinds, &mut args);
         let defs = self.definitions(&inputs);
         let refs = self.references(&kinds, &defs);
         let resolved = Resolved { kinds, args, refs };

@@ -108,23 +108,41 @@ impl Checker<'_> {
     }
 
     /// Explicit names, then Keras's automatic names (`dense`, `dense_1`, …) for the rest,
-    /// skipping names already taken.
-    pub(super) fn layer_names(&mut self, kinds: &[Option<&'static LayerKind>]) -> Vec<String> {
+    /// skipping names already taken. Layers held by a wrapper (`bidirectional: {layer:
+    /// {lstm: …}}`) draw their names from the same counters, just before their wrapper,
+    /// as Keras creates them; the names are kept in their arguments.
+    pub(super) fn layer_names(
+        &mut self,
+        kinds: &[Option<&'static LayerKind>],
+        args: &mut [Option<args::Args>],
+    ) -> Vec<String> {
         let mut taken: HashSet<String> = self.spec.inputs.iter().map(|i| i.name.clone()).collect();
         for l in &self.spec.layers {
             if let Some((n, _)) = &l.name {
                 taken.insert(n.clone());
             }
         }
-        let mut counters: HashMap<&str, usize> = HashMap::new();
+        let mut counters: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
-        for (l, k) in self.spec.layers.iter().zip(kinds) {
+        for ((l, k), a) in self.spec.layers.iter().zip(kinds).zip(args.iter_mut()) {
+            if let (Some(k), Some(a)) = (k, a.as_mut()) {
+                layers::name_inner_layers(k, a, &mut |base| {
+                    let c = counters.entry(base.to_string()).or_insert(0);
+                    let name = if *c == 0 {
+                        base.to_string()
+                    } else {
+                        format!("{base}_{c}")
+                    };
+                    *c += 1;
+                    name
+                });
+            }
             if let Some((n, _)) = &l.name {
                 out.push(n.clone());
                 continue;
             }
             let base = k.map(|k| k.name).unwrap_or(l.type_name.as_str());
-            let c = counters.entry(base).or_insert(0);
+            let c = counters.entry(base.to_string()).or_insert(0);
             let name = loop {
                 let candidate = if *c == 0 {
                     base.to_string()

@@ -419,9 +419,8 @@ pub static KERAS: &[KerasName] = &[
     k(
         Argument,
         "recurrent_dropout",
-        "dropout inside recurrent cells is not supported yet; add a `dropout` layer instead",
+        "dropout on the recurrent state is not supported yet; the layer's `dropout` (on its inputs) is",
     ),
-    k(Argument, "mask_zero", "masking is not supported yet"),
     k(Argument, "amsgrad", "AMSGrad is not supported yet"),
 ];
 

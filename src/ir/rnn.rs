@@ -32,6 +32,18 @@ pub struct RnnAttrs {
     pub go_backwards: bool,
     pub reset_after: bool,
     pub use_bias: bool,
+    /// A Keras mask `[batch, steps]` follows the weights: masked steps keep the state.
+    pub masked: bool,
+    /// With a mask, a masked step outputs zeros (Keras's `zero_output_for_mask`, which
+    /// `Bidirectional` sets) instead of the carried output.
+    pub zero_output: bool,
+}
+
+impl RnnAttrs {
+    /// The position of the mask among the arguments (after the bias, if any).
+    pub fn mask_index(&self) -> Option<usize> {
+        self.masked.then_some(3 + usize::from(self.use_bias))
+    }
 }
 
 impl fmt::Display for RnnAttrs {
@@ -51,7 +63,11 @@ impl fmt::Display for RnnAttrs {
             f,
             ", return_sequences={}, go_backwards={}",
             self.return_sequences, self.go_backwards
-        )
+        )?;
+        if self.masked {
+            write!(f, ", masked=true, zero_output={}", self.zero_output)?;
+        }
+        Ok(())
     }
 }
 
@@ -251,8 +267,57 @@ fn gru_forward<T: Real>(
 /// Per-step outputs [T][B,u] and the saved steps.
 type Trace<T> = (Vec<Array2<T>>, Vec<Step<T>>);
 
+/// Step `t`'s mask as a column `[B, 1]` of 1 (valid) and 0 (masked).
+fn mask_col<T: Real>(mask: &ArrayD<T>, t: usize) -> Array2<T> {
+    let col: Vec<T> = (0..mask.shape()[0])
+        .map(|b| {
+            if mask[[b, t]] != T::zero() {
+                T::one()
+            } else {
+                T::zero()
+            }
+        })
+        .collect();
+    Array2::from_shape_vec((col.len(), 1), col).unwrap_or_else(|_| Array2::zeros((0, 1)))
+}
+
+/// The mask argument, if the layer has one.
+fn mask_arg<'a, T>(a: &RnnAttrs, args: &[&'a ArrayD<T>]) -> Result<Option<&'a ArrayD<T>>> {
+    match a.mask_index() {
+        None => Ok(None),
+        Some(i) => match args.get(i) {
+            Some(m) if m.ndim() == 2 => Ok(Some(*m)),
+            _ => err("rnn mask must be [batch, steps]"),
+        },
+    }
+}
+
+/// Keras's masked step: where the mask is 0 the state keeps its previous value, and
+/// the output is the previous output (or zeros with `zero_output`).
+fn masked_step<T: Real>(
+    a: &RnnAttrs,
+    m: &Array2<T>,
+    h: &mut Array2<T>,
+    c: &mut Array2<T>,
+    h_prev: &Array2<T>,
+    c_prev: &Array2<T>,
+) -> Array2<T> {
+    let keep = m.mapv(|v| T::one() - v);
+    let fresh = &*h * m;
+    *h = &fresh + &(h_prev * &keep);
+    if a.cell == Cell::Lstm {
+        *c = &(&*c * m) + &(c_prev * &keep);
+    }
+    if a.zero_output { fresh } else { h.clone() }
+}
+
 /// Runs the cell forward; returns the per-step outputs [T][B,u] and the saved steps.
-fn forward<T: Real>(a: &RnnAttrs, x: &ArrayD<T>, wt: &Weights<T>) -> Result<Trace<T>> {
+fn forward<T: Real>(
+    a: &RnnAttrs,
+    x: &ArrayD<T>,
+    wt: &Weights<T>,
+    mask: Option<&ArrayD<T>>,
+) -> Result<Trace<T>> {
     let (b, steps) = (x.shape()[0], x.shape()[1]);
     let u = a.units as usize;
     let mut h = Array2::<T>::zeros((b, u));
@@ -314,7 +379,17 @@ fn forward<T: Real>(a: &RnnAttrs, x: &ArrayD<T>, wt: &Weights<T>) -> Result<Trac
                 });
             }
         }
-        outs.push(h.clone());
+        match mask {
+            Some(mask) => {
+                let m = mask_col(mask, t);
+                let st = saved
+                    .last()
+                    .ok_or_else(|| super::IrError("no step".into()))?;
+                let (hp, cp) = (st.h_prev.clone(), st.c_prev.clone());
+                outs.push(masked_step(a, &m, &mut h, &mut c, &hp, &cp));
+            }
+            None => outs.push(h.clone()),
+        }
     }
     Ok((outs, saved))
 }
@@ -336,7 +411,7 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
         Op::Rnn(a) => {
             check_acts(a)?;
             let wt = weights(a, args)?;
-            let (outs, _) = forward(a, args[0], &wt)?;
+            let (outs, _) = forward(a, args[0], &wt, mask_arg(a, args)?)?;
             assemble(a, &outs, shape)
         }
         Op::RnnGrad { attrs, wrt } => {
@@ -410,24 +485,41 @@ impl<T: Real> Bptt<T> {
         }
     }
 
-    /// Adds step `k`'s share of the output gradient `dy` to `dh`.
+    /// Adds step `k`'s share of the output gradient `dy` to `dh`; with `zero_output`,
+    /// a masked step's output was zeros, so its share is dropped (`m` is the step's
+    /// mask column).
     fn add_output_grad(
         &mut self,
         a: &RnnAttrs,
         dy: &ArrayD<T>,
-        k: usize,
-        steps: usize,
+        (k, steps): (usize, usize),
+        m: Option<&Array2<T>>,
     ) -> Result<()> {
-        if a.return_sequences {
-            self.dh = &self.dh + &dy.slice(s![.., k, ..]);
+        let share = if a.return_sequences {
+            dy.slice(s![.., k, ..]).to_owned()
         } else if k == steps - 1 {
-            self.dh = &self.dh
-                + &dy
-                    .view()
-                    .into_dimensionality::<ndarray::Ix2>()
-                    .map_err(|e| super::IrError(e.to_string()))?;
-        }
+            dy.view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|e| super::IrError(e.to_string()))?
+                .to_owned()
+        } else {
+            return Ok(());
+        };
+        self.dh = match m {
+            Some(m) if a.zero_output => &self.dh + &(&share * m),
+            _ => &self.dh + &share,
+        };
         Ok(())
+    }
+
+    /// Before a masked step: the gradients of masked rows skip the cell (they are
+    /// returned, to be added back after it); the valid rows go through it.
+    fn split_masked(&mut self, m: &Array2<T>) -> (Array2<T>, Array2<T>) {
+        let keep = m.mapv(|v| T::one() - v);
+        let skip = (&self.dh * &keep, &self.dc * &keep);
+        self.dh = &self.dh * m;
+        self.dc = &self.dc * m;
+        skip
     }
 
     /// Accumulates one step of a simple or LSTM cell, whose input and recurrent
@@ -575,32 +667,53 @@ fn backward<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>
     let x = args[0];
     let dy = args[args.len() - 1];
     let wt = weights(a, args)?;
-    let (_, saved) = forward(a, x, &wt)?;
+    let mask = mask_arg(a, args)?;
+    let (_, saved) = forward(a, x, &wt, mask)?;
     let steps = x.shape()[1];
-    let act_n = a.activation.as_str();
     let mut acc = Bptt::new(x, &wt, a.units as usize);
     for k in (0..steps).rev() {
         let t = if a.go_backwards { steps - 1 - k } else { k };
-        acc.add_output_grad(a, dy, k, steps)?;
-        let st = &saved[k];
-        let xt = x
-            .slice(s![.., t, ..])
-            .to_owned()
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| super::IrError(e.to_string()))?;
-        // The gradient of the step's pre-activation, shared by the input projection
-        // and h_prev's.
-        let dz = match a.cell {
-            Cell::Simple => &acc.dh * &map2(&st.z, |v| act(act_n, v).1),
-            Cell::Lstm => lstm_step(a, st, &acc.dh, &mut acc.dc),
-            Cell::Gru => {
-                gru_step(a, &wt, st, &xt, t, &mut acc);
-                continue;
+        let m = mask.map(|mask| mask_col(mask, t));
+        acc.add_output_grad(a, dy, (k, steps), m.as_ref())?;
+        let skip = m.as_ref().map(|m| acc.split_masked(m));
+        back_step(a, &wt, &saved[k], x, t, &mut acc)?;
+        if let Some((dh, dc)) = skip {
+            acc.dh = &acc.dh + &dh;
+            if a.cell == Cell::Lstm {
+                acc.dc = &acc.dc + &dc;
             }
-        };
-        acc.accumulate(&wt, st, &xt, t, &dz);
+        }
     }
     acc.finish(a)
+}
+
+/// One step of back-propagation through time (time index `t`).
+fn back_step<T: Real>(
+    a: &RnnAttrs,
+    wt: &Weights<T>,
+    st: &Step<T>,
+    x: &ArrayD<T>,
+    t: usize,
+    acc: &mut Bptt<T>,
+) -> Result<()> {
+    let act_n = a.activation.as_str();
+    let xt = x
+        .slice(s![.., t, ..])
+        .to_owned()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| super::IrError(e.to_string()))?;
+    // The gradient of the step's pre-activation, shared by the input projection and
+    // h_prev's.
+    let dz = match a.cell {
+        Cell::Simple => &acc.dh * &map2(&st.z, |v| act(act_n, v).1),
+        Cell::Lstm => lstm_step(a, st, &acc.dh, &mut acc.dc),
+        Cell::Gru => {
+            gru_step(a, wt, st, &xt, t, acc);
+            return Ok(());
+        }
+    };
+    acc.accumulate(wt, st, &xt, t, &dz);
+    Ok(())
 }
 
 pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
@@ -612,6 +725,10 @@ pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
     args.push(g);
     let mut out = Vec::new();
     for (i, &a) in n.args.iter().enumerate() {
+        if Some(i) == attrs.mask_index() {
+            out.push(None);
+            continue;
+        }
         let ty = f.ty(a).clone();
         out.push(Some(f.push_typed(
             Op::RnnGrad {

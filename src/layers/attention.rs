@@ -2,13 +2,13 @@
 //! means self-attention). Projections are Keras's EinsumDense sub-layers with kernels
 //! `[d_model, heads, key_dim]` and an output projection `[heads, value_dim, d_out]`.
 
-use super::NO_FACTS;
 use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{Facts, Mask, NO_FACTS};
 use crate::args::{ArgKind, Default, FRACTION, arg, int};
 use crate::catalog::activations as activation;
 use crate::catalog::initializers;
-use crate::ir::{Id, Result};
+use crate::ir::{Cmp, Id, Op, Result, Type};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",
@@ -31,11 +31,15 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
             Default::Str("zeros"),
         ),
         arg("seed", int(0), Default::Null),
+        arg("use_causal_mask", ArgKind::Bool, Default::Bool(false)),
     ],
     arity: Arity::Range(1, 3),
     infer: mha,
     lower: lower_attention,
-    facts: NO_FACTS,
+    facts: Facts {
+        mask: Mask::ConsumesKeeps,
+        ..NO_FACTS
+    },
 };
 
 fn mha(cx: &mut Ctx) -> Option<Inferred> {
@@ -147,7 +151,18 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let v = project(lw, l, v_in, "value")?;
     let qs = lw.f.mul_c(q, 1.0 / key_dim.sqrt())?;
     let scores = lw.f.matmul(qs, k, false, true)?;
-    let probs = activation::softmax(&mut lw.f, scores, 3)?;
+    let probs = match attention_mask(lw, l, x.len(), scores)? {
+        // Keras's masked softmax: -1e9 where masked, and zeros there after.
+        Some(m) => {
+            let zero = lw.f.scalar(0.0);
+            let valid = lw.f.cmp(Cmp::Ne, m, zero)?;
+            let low = lw.f.scalar(-1e9);
+            let s = lw.f.select(valid, scores, low)?;
+            let p = activation::softmax(&mut lw.f, s, 3)?;
+            lw.f.select(valid, p, zero)?
+        }
+        None => activation::softmax(&mut lw.f, scores, 3)?,
+    };
     let probs = dropout(lw, probs, l.args.float("dropout"))?;
     let o = lw.f.matmul(probs, v, false, false)?; // [B, H, Tq, V]
     let o = lw.f.transpose(o, vec![0, 2, 1, 3])?; // [B, Tq, H, V]
@@ -170,4 +185,36 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         y = lw.f.add(y, bo)?;
     }
     lw.f.reshape(y, vec![b, t, dout])
+}
+
+/// Keras's attention mask `[batch, heads, query steps, key steps]` (1 attends): the
+/// query's mask along the rows, the value's (and a separate key's) along the columns,
+/// and with `use_causal_mask` no step attends to a later one. `None` without any.
+fn attention_mask(lw: &mut LowerCx, l: &Call, inputs: usize, scores: Id) -> Result<Option<Id>> {
+    let shape = lw.f.ty(scores).shape.clone();
+    let masks = lw.masks.clone();
+    let query = masks.first().copied().flatten();
+    let value = if inputs > 1 { masks[1] } else { query };
+    let key = if inputs > 2 { masks[2] } else { None };
+    let mut parts: Vec<(Id, [usize; 2])> = Vec::new();
+    parts.extend(query.map(|m| (m, [0, 2])));
+    parts.extend(value.map(|m| (m, [0, 3])));
+    parts.extend(key.map(|m| (m, [0, 3])));
+    if l.args.bool("use_causal_mask") {
+        let square = vec![shape[2].clone(), shape[3].clone()];
+        let rows =
+            lw.f.push_typed(Op::Iota { axis: 0 }, &[], Type::f32(square.clone()));
+        let cols =
+            lw.f.push_typed(Op::Iota { axis: 1 }, &[], Type::f32(square));
+        parts.push((lw.f.cmp(Cmp::Ge, rows, cols)?, [2, 3]));
+    }
+    let mut out: Option<Id> = None;
+    for (m, dims) in parts {
+        let b = lw.f.broadcast(m, &shape, &dims)?;
+        out = Some(match out {
+            None => b,
+            Some(o) => lw.f.mul(o, b)?,
+        });
+    }
+    Ok(out)
 }

@@ -3,7 +3,7 @@
 
 use super::lower::{Call, LowerCx, dropout};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use super::{Facts, NO_FACTS};
+use super::{Facts, Mask, NO_FACTS, PASSES_MASK};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, NON_NEGATIVE_FLOAT, arg, float_range, int};
 use crate::catalog::activations as activation;
@@ -38,7 +38,7 @@ pub const DENSE: LayerKind = LayerKind {
     arity: Arity::One,
     infer: dense,
     lower: lower_dense,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Dense contracts the last axis, on any rank ≥ 2 (as Keras).
@@ -90,12 +90,14 @@ pub const EMBEDDING: LayerKind = LayerKind {
             Default::Null,
         ),
         regularizers::ACTIVITY,
+        arg("mask_zero", ArgKind::Bool, Default::Bool(false)),
     ],
     arity: Arity::One,
     infer: embedding,
     lower: lower_embedding,
     facts: Facts {
         looks_up: true,
+        mask: Mask::Produces(Some("mask_zero")),
         ..NO_FACTS
     },
 };
@@ -130,7 +132,7 @@ pub const DROPOUT: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_dropout,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Layers that keep their input's shape and have no weights.
@@ -149,7 +151,7 @@ pub const ACTIVATION: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_activation,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const RELU: LayerKind = LayerKind {
@@ -167,7 +169,7 @@ pub const RELU: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_relu,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const LEAKY_RELU: LayerKind = LayerKind {
@@ -182,7 +184,7 @@ pub const LEAKY_RELU: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_leaky_relu,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const ELU: LayerKind = LayerKind {
@@ -196,7 +198,7 @@ pub const ELU: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_elu,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const SIGMOID: LayerKind = LayerKind {
@@ -206,7 +208,7 @@ pub const SIGMOID: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_named_activation,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const TANH: LayerKind = LayerKind {
@@ -216,7 +218,7 @@ pub const TANH: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_named_activation,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const SOFTMAX: LayerKind = LayerKind {
@@ -226,7 +228,7 @@ pub const SOFTMAX: LayerKind = LayerKind {
     arity: Arity::One,
     infer: softmax,
     lower: lower_softmax,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 fn softmax(cx: &mut Ctx) -> Option<Inferred> {
@@ -242,7 +244,7 @@ pub const GELU: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_gelu,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const SILU: LayerKind = LayerKind {
@@ -252,7 +254,7 @@ pub const SILU: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_named_activation,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Dense contracts the last axis; leading axes are flattened into one.
@@ -276,6 +278,12 @@ fn lower_dense(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
 fn lower_embedding(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let table = l.param(lw, "embeddings")?;
     let idx = lw.f.push(Op::Cast(DType::I32), &[x[0]])?;
+    if l.args.bool("mask_zero") {
+        // Keras's mask_zero: index 0 is padding, a masked step.
+        let xf = lw.f.push(Op::Cast(DType::F32), &[x[0]])?;
+        let zero = lw.f.scalar(0.0);
+        lw.mask_out = Some(lw.f.cmp(crate::ir::Cmp::Ne, xf, zero)?);
+    }
     lw.f.push(Op::Gather, &[table, idx])
 }
 

@@ -29,6 +29,11 @@ pub struct LowerCx {
     pub updates: Vec<(String, Id)>,
     /// The random key for dropout (training only).
     pub rng_key: Option<Id>,
+    /// The Keras masks (`[batch, steps]`, 1 valid) of the inputs of the layer being
+    /// lowered, one per input; set by the driver before each layer.
+    pub masks: Vec<Option<Id>>,
+    /// The mask a layer that makes one (`Mask::Produces`) gives its output.
+    pub mask_out: Option<Id>,
     salt: u64,
 }
 
@@ -42,6 +47,8 @@ impl LowerCx {
             param_order: order,
             updates: Vec::new(),
             rng_key: None,
+            masks: Vec::new(),
+            mask_out: None,
             salt: 0,
         }
     }

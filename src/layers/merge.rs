@@ -2,9 +2,9 @@
 //! size-1 axes broadcast), concatenate (equal shapes except on `axis`, whose sizes add
 //! up symbolically) and dot (Keras's `batch_dot`).
 
-use super::NO_FACTS;
 use super::lower::{Call, LowerCx, expand, norm_axis};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
+use super::{Facts, MERGES_MASK, Mask, NO_FACTS};
 use crate::args::{ArgKind, Default, arg, int};
 use crate::dim::{Dim, fmt_shape};
 use crate::ir::{Func, Id, Op, ReduceOp, Result, Unary};
@@ -16,7 +16,7 @@ pub const ADD: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_add,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const SUBTRACT: LayerKind = LayerKind {
     name: "subtract",
@@ -25,7 +25,7 @@ pub const SUBTRACT: LayerKind = LayerKind {
     arity: Arity::Range(2, 2),
     infer: elementwise,
     lower: lower_subtract,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const MULTIPLY: LayerKind = LayerKind {
     name: "multiply",
@@ -34,7 +34,7 @@ pub const MULTIPLY: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_multiply,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 
 pub const MAXIMUM: LayerKind = LayerKind {
@@ -109,7 +109,10 @@ pub const CONCATENATE: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: concatenate,
     lower: lower_concatenate,
-    facts: NO_FACTS,
+    facts: Facts {
+        mask: Mask::Joins("axis"),
+        ..NO_FACTS
+    },
 };
 
 fn concatenate(cx: &mut Ctx) -> Option<Inferred> {

@@ -9,6 +9,8 @@ mod conv_transpose;
 mod core;
 mod lower;
 pub use lower::{Call, LowerCx, Mode};
+mod masking;
+pub use masking::{MaskUse, lower_mask, mask_flow, output_masked};
 mod merge;
 mod noise;
 mod norm;
@@ -17,6 +19,8 @@ mod preprocess;
 mod recurrent;
 mod resample;
 mod reshape;
+mod wrappers;
+pub use wrappers::name_inner_layers;
 
 use std::ops::Range;
 
@@ -92,6 +96,9 @@ pub struct Facts {
     pub looks_up: bool,
     /// Keras's `adapt`: weights computed from the training data before training.
     pub adapt: Option<&'static Adapt>,
+    /// What the layer does with a Keras mask on its input (Keras's `supports_masking`
+    /// and `compute_mask`).
+    pub mask: Mask,
 }
 
 /// A layer whose non-trainable weights Keras computes from data (`adapt`), which `fit`
@@ -114,6 +121,30 @@ impl std::fmt::Debug for Adapt {
     }
 }
 
+/// What a layer does with a Keras mask (a flag per step, `[batch, steps]`) on its
+/// inputs, as Keras's `supports_masking` and `compute_mask` decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Keras's `supports_masking` is false: the mask is not used and not passed on.
+    Drops,
+    /// The mask passes through unchanged (Keras's default `compute_mask`).
+    Propagates,
+    /// Every input's mask, combined: a step is valid where it is valid in each (merges).
+    Merges,
+    /// The masks joined along the axis this argument names, as Keras's `Concatenate`
+    /// joins them (an input without a mask counts as all valid; joined on the feature
+    /// axis, a step is valid where it is valid in any input).
+    Joins(&'static str),
+    /// The layer uses the mask and its output has none (global average pooling).
+    Consumes,
+    /// The layer uses the mask; its output keeps it while it keeps the steps axis
+    /// (a recurrent layer with `return_sequences`, attention).
+    ConsumesKeeps,
+    /// The layer makes a mask: always (`None`), or when this boolean argument is true
+    /// (`embedding`'s `mask_zero`).
+    Produces(Option<&'static str>),
+}
+
 /// The facts of a kind that has none of the above.
 pub const NO_FACTS: Facts = Facts {
     spatial: None,
@@ -121,6 +152,20 @@ pub const NO_FACTS: Facts = Facts {
     cell: None,
     looks_up: false,
     adapt: None,
+    mask: Mask::Drops,
+};
+
+/// The facts of a kind that passes a mask on unchanged and has no others (dense,
+/// dropout, activations, normalizations: Keras's `supports_masking`).
+pub const PASSES_MASK: Facts = Facts {
+    mask: Mask::Propagates,
+    ..NO_FACTS
+};
+
+/// The facts of an element-wise merge: its output's mask combines its inputs' masks.
+pub const MERGES_MASK: Facts = Facts {
+    mask: Mask::Merges,
+    ..NO_FACTS
 };
 
 /// A recurrent layer's cell, as Keras lays out its weights.
@@ -199,6 +244,9 @@ pub static REGISTRY: &[&LayerKind] = &[
     &recurrent::LSTM,
     &recurrent::GRU,
     &attention::MULTI_HEAD_ATTENTION,
+    &wrappers::BIDIRECTIONAL,
+    &wrappers::TIME_DISTRIBUTED,
+    &masking::MASKING,
 ];
 
 /// Looks a layer type up by its spec name.

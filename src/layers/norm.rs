@@ -1,8 +1,9 @@
 //! Normalization: batch_normalization and layer_normalization (Keras's defaults:
 //! axis -1, epsilon 1e-3, momentum 0.99).
 
-use super::NO_FACTS;
+use super::PASSES_MASK;
 use super::lower::{Call, LowerCx, Mode, mean, norm_axis};
+use super::masking::{input_mask, masked_moments};
 use super::{Arity, Ctx, Inferred, LayerKind, Param};
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, POSITIVE_FLOAT, arg, int};
 use crate::catalog::{initializers, regularizers};
@@ -50,7 +51,7 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
     arity: Arity::One,
     infer: batch_norm,
     lower: lower_batch_norm,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
@@ -107,7 +108,7 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
     arity: Arity::One,
     infer: layer_norm,
     lower: lower_layer_norm,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
@@ -159,11 +160,17 @@ fn lower_batch_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let mm = l.param(lw, "moving_mean")?;
     let mv = l.param(lw, "moving_variance")?;
     let (m, v) = if lw.mode == Mode::Train {
-        let m = mean(lw, x, &reduce)?;
-        let mb = lw.f.broadcast(m, &shape, &[axis])?;
-        let d = lw.f.sub(x, mb)?;
-        let d2 = lw.f.mul(d, d)?;
-        let v = mean(lw, d2, &reduce)?;
+        let (m, v) = match input_mask(lw) {
+            // Keras: the batch statistics of the valid steps only.
+            Some(mask) => masked_moments(lw, x, mask, axis)?,
+            None => {
+                let m = mean(lw, x, &reduce)?;
+                let mb = lw.f.broadcast(m, &shape, &[axis])?;
+                let d = lw.f.sub(x, mb)?;
+                let d2 = lw.f.mul(d, d)?;
+                (m, mean(lw, d2, &reduce)?)
+            }
+        };
         for (key, stat, batch) in [("moving_mean", mm, m), ("moving_variance", mv, v)] {
             let old = lw.f.mul_c(stat, momentum)?;
             let new = lw.f.mul_c(batch, 1.0 - momentum)?;

@@ -3,8 +3,9 @@
 
 use super::conv::{spatial_input, spatial_out, tuple};
 use super::lower::{Call, LowerCx, mean};
+use super::masking::{input_mask, masked_mean_steps};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use super::{Facts, NO_FACTS};
+use super::{Facts, Mask, NO_FACTS};
 use crate::args::Value;
 use crate::args::{ArgKind, ArgSpec, Default, arg};
 use crate::dim::Dim;
@@ -108,6 +109,7 @@ pub const GLOBAL_AVERAGE_POOLING1D: LayerKind = LayerKind {
     facts: Facts {
         spatial: Some(1),
         pool: Some(PoolKind::Avg),
+        mask: Mask::Consumes,
         ..NO_FACTS
     },
 };
@@ -193,7 +195,10 @@ fn lower_global_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let axes: Vec<usize> = (1..rank - 1).collect();
     let y = match pool_kind(l)? {
         PoolKind::Max => lw.f.reduce(ReduceOp::Max, x[0], axes)?,
-        PoolKind::Avg => mean(lw, x[0], &axes)?,
+        PoolKind::Avg => match input_mask(lw) {
+            Some(m) if l.kind.facts.mask == Mask::Consumes => masked_mean_steps(lw, x[0], m)?,
+            _ => mean(lw, x[0], &axes)?,
+        },
     };
     lw.f.reshape(y, l.output.shape.clone())
 }

@@ -2,14 +2,15 @@
 //! `reset_after` true by default, bias [2, 3u]). Weights sit under Keras's cell
 //! sub-layer: `lstm/lstm_cell/kernel`.
 
-use super::lower::{Call, LowerCx};
+use super::lower::{Call, LowerCx, Mode, dropout};
+use super::masking::input_mask;
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
-use super::{CellFacts, Facts, NO_FACTS};
-use crate::args::{ArgKind, ArgSpec, Default, arg, int};
+use super::{CellFacts, Facts, Mask, NO_FACTS};
+use crate::args::{ArgKind, ArgSpec, Default, FRACTION, arg, int};
 use crate::catalog::{activations, initializers};
 use crate::ir::{Cell, Id, Op, Result, RnnAttrs};
 
-const BASE: [ArgSpec; 10] = [
+const BASE: [ArgSpec; 11] = [
     arg("units", int(1), Default::Required),
     arg("activation", activations::ACTIVATION, Default::Str("tanh")),
     arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -32,10 +33,11 @@ const BASE: [ArgSpec; 10] = [
     arg("go_backwards", ArgKind::Bool, Default::Bool(false)),
     arg("unroll", ArgKind::Bool, Default::Bool(false)),
     arg("seed", int(0), Default::Null),
+    arg("dropout", FRACTION, Default::Float(0.0)),
 ];
 
 /// LSTM and GRU add a recurrent activation and one gate-specific flag.
-const fn gated(extra: ArgSpec) -> [ArgSpec; 12] {
+const fn gated(extra: ArgSpec) -> [ArgSpec; 13] {
     let b = BASE;
     let ra = arg(
         "recurrent_activation",
@@ -43,12 +45,12 @@ const fn gated(extra: ArgSpec) -> [ArgSpec; 12] {
         Default::Str("sigmoid"),
     );
     [
-        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], extra,
+        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], extra,
     ]
 }
 
-const LSTM_ARGS: [ArgSpec; 12] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
-const GRU_ARGS: [ArgSpec; 12] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
+const LSTM_ARGS: [ArgSpec; 13] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
+const GRU_ARGS: [ArgSpec; 13] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
 
 pub const SIMPLE_RNN: LayerKind = LayerKind {
     name: "simple_rnn",
@@ -59,6 +61,7 @@ pub const SIMPLE_RNN: LayerKind = LayerKind {
     lower: lower_rnn,
     facts: Facts {
         cell: Some(&SIMPLE_RNN_CELL),
+        mask: Mask::ConsumesKeeps,
         ..NO_FACTS
     },
 };
@@ -71,6 +74,7 @@ pub const LSTM: LayerKind = LayerKind {
     lower: lower_rnn,
     facts: Facts {
         cell: Some(&LSTM_CELL),
+        mask: Mask::ConsumesKeeps,
         ..NO_FACTS
     },
 };
@@ -83,6 +87,7 @@ pub const GRU: LayerKind = LayerKind {
     lower: lower_rnn,
     facts: Facts {
         cell: Some(&GRU_CELL),
+        mask: Mask::ConsumesKeeps,
         ..NO_FACTS
     },
 };
@@ -159,7 +164,7 @@ fn lower_rnn(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         .cell
         .ok_or_else(|| crate::ir::IrError(format!("`{}` has no cell", l.kind.name)))?;
     let prefix = facts.prefix;
-    let attrs = RnnAttrs {
+    let mut attrs = RnnAttrs {
         cell: facts.cell,
         units: a.int("units"),
         activation: a.str("activation").to_string(),
@@ -171,14 +176,37 @@ fn lower_rnn(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         go_backwards: a.bool("go_backwards"),
         reset_after: facts.split_bias && a.bool("reset_after"),
         use_bias: a.bool("use_bias"),
+        masked: false,
+        zero_output: false,
     };
+    let x = input_dropout(lw, x[0], a.float("dropout"))?;
     let mut args = vec![
-        x[0],
+        x,
         l.param(lw, &format!("{prefix}/kernel"))?,
         l.param(lw, &format!("{prefix}/recurrent_kernel"))?,
     ];
     if attrs.use_bias {
         args.push(l.param(lw, &format!("{prefix}/bias"))?);
     }
+    if let Some(m) = input_mask(lw) {
+        attrs.masked = true;
+        // Set by `bidirectional` on the layers it wraps, as Keras does.
+        attrs.zero_output = a.bool("zero_output_for_mask");
+        args.push(m);
+    }
     lw.f.push(Op::Rnn(attrs), &args)
+}
+
+/// Keras's `dropout` of a recurrent cell, in training: one mask per sequence
+/// `[batch, features]`, the same at every step, on the cell's input.
+fn input_dropout(lw: &mut LowerCx, x: Id, rate: f64) -> Result<Id> {
+    if lw.mode == Mode::Infer || rate == 0.0 {
+        return Ok(x);
+    }
+    let shape = lw.f.ty(x).shape.clone();
+    let step = [shape[0].clone(), shape[2].clone()];
+    let ones = lw.f.full(1.0, &step)?;
+    let keep = dropout(lw, ones, rate)?;
+    let keep = lw.f.broadcast(keep, &shape, &[0, 2])?;
+    lw.f.mul(x, keep)
 }

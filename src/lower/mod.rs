@@ -22,6 +22,8 @@ pub struct Lower<'g> {
     pub cx: LowerCx,
     pub graph: &'g Graph,
     values: Vec<Option<Id>>,
+    /// Each layer's output mask (Keras's `_keras_mask`), if it carries one.
+    masks: Vec<Option<Id>>,
     inputs: Vec<Id>,
 }
 
@@ -43,6 +45,14 @@ impl Lower<'_> {
         match s {
             Source::Input(i) => self.inputs[i],
             Source::Layer(i) => self.values[i].expect("layers are lowered in order"),
+        }
+    }
+
+    /// The Keras mask of a value (`[batch, steps]`, 1 valid): model inputs have none.
+    pub fn mask(&self, s: Source) -> Option<Id> {
+        match s {
+            Source::Input(_) => None,
+            Source::Layer(i) => self.masks[i],
         }
     }
 }
@@ -72,6 +82,7 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         cx,
         graph,
         values: vec![None; graph.layers.len()],
+        masks: vec![None; graph.layers.len()],
         inputs,
     };
     for (i, l) in graph.layers.iter().enumerate() {
@@ -82,7 +93,13 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
             args: &l.args,
             output: &l.output,
         };
+        let in_masks: Vec<Option<Id>> = l.inputs.iter().map(|&s| lw.mask(s)).collect();
+        lw.cx.masks = in_masks.clone();
+        lw.cx.mask_out = None;
         let v = (l.kind.lower)(&mut lw.cx, &call, &args)?;
+        let out_rank = l.output.rank();
+        let ins = (args.as_slice(), in_masks.as_slice());
+        lw.masks[i] = crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, ins, out_rank)?;
         lw.values[i] = Some(v);
     }
     for &o in &graph.outputs {

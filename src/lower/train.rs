@@ -241,13 +241,16 @@ pub(crate) fn objective(
     let mut total = lw.f.scalar(0.0);
     let mut output_losses = Vec::new();
     for (k, t) in train.targets.iter().enumerate() {
-        let l = t.loss.kind.lower_weighted(
-            &mut lw.f,
-            &t.loss.args,
-            outputs[t.output],
-            targets[k],
-            weight,
-        )?;
+        let out = outputs[t.output];
+        // A masked output: Keras's apply_mask weights each valid step.
+        let w = match lw.mask(lw.graph.outputs[t.output]) {
+            Some(m) => loss_weights_with_mask(&mut lw.f, &t.loss, out, targets[k], m, weight)?,
+            None => weight,
+        };
+        let l = t
+            .loss
+            .kind
+            .lower_weighted(&mut lw.f, &t.loss.args, out, targets[k], w)?;
         if let Some(name) = train.output_loss_name(k, graph) {
             output_losses.push((name, l));
         }
@@ -261,10 +264,18 @@ pub(crate) fn objective(
     let mut metrics = Vec::new();
     for m in &train.metrics {
         let t = &train.targets[m.target];
-        let w = if m.weighted { weight } else { None };
+        let out = outputs[t.output];
+        let mut w = if m.weighted { weight } else { None };
+        // A masked output: Keras's metric wrappers weight each step by the mask.
+        if let Some(mask) = lw.mask(lw.graph.outputs[t.output])
+            && m.kind.takes_step_weights()
+            && lw.f.ty(out).rank() > lw.f.ty(mask).rank()
+        {
+            w = Some(times_sample_weights(&mut lw.f, mask, w)?);
+        }
         let state = m
             .kind
-            .update(&mut lw.f, &m.args, outputs[t.output], targets[m.target], w)?;
+            .update(&mut lw.f, &m.args, out, targets[m.target], w)?;
         metrics.push((m.name.clone(), state));
     }
     Ok(Objective {
@@ -309,6 +320,56 @@ fn regularization(lw: &mut super::Lower, mut total: Id) -> Result<Id> {
         }
     }
     Ok(total)
+}
+
+/// The loss weights of an output that carries a Keras mask: Keras's `apply_mask` (each
+/// valid step weighted by steps / valid steps, so the loss is the mean over the valid
+/// steps) times the sample weights. When the loss's values are not per step, the
+/// sample weights alone.
+fn loss_weights_with_mask(
+    f: &mut Func,
+    loss: &crate::spec::train::Named<crate::catalog::losses::LossKind>,
+    pred: Id,
+    target: Id,
+    mask: Id,
+    weight: Option<Id>,
+) -> Result<Option<Id>> {
+    let per_example = (loss.kind.per_example)(f, &loss.args, pred, target)?;
+    if f.ty(per_example).shape != f.ty(mask).shape {
+        return Ok(weight);
+    }
+    let mw = mask_weights(f, mask)?;
+    times_sample_weights(f, mw, weight).map(Some)
+}
+
+/// Per-step weights `[batch, steps]` times the sample weights `[batch]`, if any.
+fn times_sample_weights(f: &mut Func, step_weights: Id, weight: Option<Id>) -> Result<Id> {
+    match weight {
+        Some(w) => {
+            let shape = f.ty(step_weights).shape.clone();
+            let wb = f.broadcast(w, &shape, &[0])?;
+            f.mul(step_weights, wb)
+        }
+        None => Ok(step_weights),
+    }
+}
+
+/// Keras's `apply_mask` for a mean: `total / valid` where the mask is set, 0 elsewhere
+/// (`divide_no_nan`: 0 when no step is valid).
+fn mask_weights(f: &mut Func, mask: Id) -> Result<Id> {
+    let shape = f.ty(mask).shape.clone();
+    let axes: Vec<usize> = (0..shape.len()).collect();
+    let valid = f.reduce(crate::ir::ReduceOp::Sum, mask, axes)?;
+    let n = crate::dim::product(&shape).map_err(|_| crate::ir::IrError("size overflow".into()))?;
+    let total = f.dim_size(&n);
+    let zero = f.scalar(0.0);
+    let none = f.cmp(crate::ir::Cmp::Eq, valid, zero)?;
+    let one = f.scalar(1.0);
+    let safe = f.select(none, one, valid)?;
+    let w = f.div(total, safe)?;
+    let w = f.select(none, zero, w)?;
+    let set = f.cmp(crate::ir::Cmp::Ne, mask, zero)?;
+    f.select(set, w, zero)
 }
 
 /// The `(input, output)` pairs of a training step whose output is the input's next

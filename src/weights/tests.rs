@@ -71,7 +71,10 @@ layers:
   - flatten: {name: flat_rep}
   - spatial_dropout2d: {rate: 0.1, input: image}
   - global_average_pooling2d: {name: pooled_sd}
-  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, flat_rep, pooled_sd]}
+  - masking: {input: seq}
+  - time_distributed: {layer: {layer_normalization: {}}}
+  - bidirectional: {layer: {lstm: {units: 2}}}
+  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, flat_rep, pooled_sd, bidirectional]}
   - dense: {units: 6}
   - dropout: {rate: 0.1}
   - activation: {activation: relu}
@@ -139,7 +142,21 @@ const KERAS_WEIGHTS: &[(&str, &[usize])] = &[
     ("normalization/variance", &[6]),
     ("normalization/count", &[]),
     ("position_embedding/embeddings", &[12, 6]),
-    ("dense/kernel", &[58, 6]),
+    ("time_distributed/layer_normalization_1/gamma", &[6]),
+    ("time_distributed/layer_normalization_1/beta", &[6]),
+    ("bidirectional/forward_lstm_1/lstm_cell/kernel", &[6, 8]),
+    (
+        "bidirectional/forward_lstm_1/lstm_cell/recurrent_kernel",
+        &[2, 8],
+    ),
+    ("bidirectional/forward_lstm_1/lstm_cell/bias", &[8]),
+    ("bidirectional/backward_lstm_1/lstm_cell/kernel", &[6, 8]),
+    (
+        "bidirectional/backward_lstm_1/lstm_cell/recurrent_kernel",
+        &[2, 8],
+    ),
+    ("bidirectional/backward_lstm_1/lstm_cell/bias", &[8]),
+    ("dense/kernel", &[62, 6]),
     ("dense/bias", &[6]),
     ("logits/kernel", &[6, 2]),
     ("logits/bias", &[2]),

@@ -553,6 +553,23 @@ fn gather_and_scatter() {
 }
 
 fn rnn_case(cell: Cell, reset_after: bool, return_sequences: bool, go_backwards: bool, seed: u64) {
+    rnn_case_masked(
+        cell,
+        reset_after,
+        (return_sequences, go_backwards),
+        None,
+        seed,
+    )
+}
+
+/// A recurrent cell, with a Keras mask (`Some(zero_output)`) or without.
+fn rnn_case_masked(
+    cell: Cell,
+    reset_after: bool,
+    (return_sequences, go_backwards): (bool, bool),
+    mask: Option<bool>,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     let (b, t, i, u) = (2, 3, 3, 2);
     let g = match cell {
@@ -577,12 +594,46 @@ fn rnn_case(cell: Cell, reset_after: bool, return_sequences: bool, go_backwards:
         go_backwards,
         reset_after,
         use_bias: true,
+        masked: mask.is_some(),
+        zero_output: mask == Some(true),
     };
+    let mut args = vec![(x, true), (k, true), (r, true), (bias, true)];
+    if mask.is_some() {
+        // Each row masked at a different step (row 1 at its last), one row not at all.
+        let m = ArrayD::from_shape_fn(IxDyn(&[b, t]), |ix| {
+            if ix[0] == 0 && ix[1] == 1 || ix[0] == 1 && ix[1] == t - 1 {
+                0.0
+            } else {
+                1.0
+            }
+        });
+        args.push((m, false));
+    }
     check(
-        &format!("{cell:?} ra={reset_after} seq={return_sequences} back={go_backwards}"),
-        &[(x, true), (k, true), (r, true), (bias, true)],
+        &format!(
+            "{cell:?} ra={reset_after} seq={return_sequences} back={go_backwards} mask={mask:?}"
+        ),
+        &args,
         |f, ids| f.push(Op::Rnn(attrs.clone()), ids),
     );
+}
+
+#[test]
+fn masked_recurrent_cells() {
+    let mut seed = 40;
+    for cell in [Cell::Simple, Cell::Lstm, Cell::Gru] {
+        for reset_after in [true, false] {
+            if cell != Cell::Gru && !reset_after {
+                continue;
+            }
+            for dirs in [(false, false), (true, false), (true, true), (false, true)] {
+                for zero in [false, true] {
+                    seed += 1;
+                    rnn_case_masked(cell, reset_after, dirs, Some(zero), seed);
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -647,6 +698,8 @@ fn recurrent_forward_matches_keras_equations() {
             go_backwards: false,
             reset_after: true,
             use_bias: true,
+            masked: false,
+            zero_output: false,
         };
         let mut f = Func::new("rnn");
         let ids: Vec<Id> = [&x, &k, &r, &bias]

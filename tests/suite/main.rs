@@ -30,3 +30,4 @@ mod train_bits;
 mod train_cli;
 mod train_loop;
 mod train_options;
+mod wrappers_masking;

@@ -299,4 +299,28 @@ layers:
 ",
         ),
     },
+    CodeInfo {
+        code: "E0520",
+        title: "the layers of a `bidirectional` disagree",
+        explanation: "\
+`bidirectional` runs `layer` over the sequence forward and `backward_layer` over it
+backward, then merges the two. As in Keras, a `backward_layer` must have the opposite
+`go_backwards` and the same `return_sequences` as `layer`, and `merge_mode` `sum`,
+`mul` or `ave` need both outputs of the same shape. Without `backward_layer`, a copy of
+`layer` runs backward and they always agree.
+",
+        wrong: Example::Spec(include_str!(
+            "../../../specs/errors/bidirectional_same_direction.yaml"
+        )),
+        fixed: Example::Spec(
+            "\
+inputs:
+  tokens: {shape: [batch, seq], dtype: i32}
+layers:
+  - embedding: {input_dim: 1000, output_dim: 32}
+  - bidirectional: {layer: {lstm: {units: 16}}, backward_layer: {lstm: {units: 16, go_backwards: true}}}
+  - dense: {units: 1}
+",
+        ),
+    },
 ];

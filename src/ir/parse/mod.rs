@@ -465,8 +465,10 @@ impl<'a> Parser<'a> {
                 vec![]
             };
             match &mut op {
-                Op::Rnn(a) => a.use_bias = args.len() == 4,
-                Op::RnnGrad { attrs, .. } => attrs.use_bias = args.len() == 5,
+                Op::Rnn(a) => a.use_bias = args.len() == 4 + usize::from(a.masked),
+                Op::RnnGrad { attrs, .. } => {
+                    attrs.use_bias = args.len() == 5 + usize::from(attrs.masked)
+                }
                 _ => {}
             }
             self.expect(":")?;

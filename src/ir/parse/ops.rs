@@ -34,6 +34,8 @@ pub(super) fn templates() -> Vec<(String, Op)> {
         go_backwards: false,
         reset_after: false,
         use_bias: false,
+        masked: false,
+        zero_output: false,
     };
     let mut ops = vec![
         Op::Input(0),
@@ -110,8 +112,8 @@ fn arity(op: &Op) -> RangeInclusive<usize> {
         Op::Select => 3..=3,
         Op::Concat { .. } => 1..=usize::MAX,
         // (x, kernel, recurrent kernel[, bias]), and dy after them for the gradient.
-        Op::Rnn(_) => 3..=4,
-        Op::RnnGrad { .. } => 4..=5,
+        Op::Rnn(_) => 3..=5,
+        Op::RnnGrad { .. } => 4..=6,
     }
 }
 
@@ -298,6 +300,17 @@ impl Parser<'_> {
         self.expect(",")?;
         self.key("go_backwards")?;
         let go_backwards = self.bool()?;
+        let (mut masked, mut zero_output) = (false, false);
+        let before = self.pos;
+        if self.eat(",") && self.peek_word() == "masked" {
+            self.key("masked")?;
+            masked = self.bool()?;
+            self.expect(",")?;
+            self.key("zero_output")?;
+            zero_output = self.bool()?;
+        } else {
+            self.pos = before;
+        }
         Ok(RnnAttrs {
             cell,
             units,
@@ -307,6 +320,8 @@ impl Parser<'_> {
             go_backwards,
             reset_after,
             use_bias: false,
+            masked,
+            zero_output,
         })
     }
 

@@ -84,6 +84,9 @@ fn sequences(f: &mut Func, acc: Id) -> Result<(Id, Vec<Id>)> {
             go_backwards: i == 2,
             reset_after: cell == Cell::Gru,
             use_bias: i != 0,
+            // The LSTM and GRU take a Keras mask (the GRU zeros masked outputs).
+            masked: i != 0,
+            zero_output: i == 2,
         };
         let mut args = vec![x, kern, rec];
         if attrs.use_bias {
@@ -98,6 +101,10 @@ fn sequences(f: &mut Func, acc: Id) -> Result<(Id, Vec<Id>)> {
             );
             args.push(bias);
             wrt.push(bias);
+        }
+        if attrs.masked {
+            let mask = f.input(&format!("mask{i}"), Type::f32(vec![sym("b"), sym("t")]));
+            args.push(mask);
         }
         let y = f.push(Op::Rnn(attrs), &args)?;
         acc = accumulate(f, acc, y)?;
