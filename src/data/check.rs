@@ -429,10 +429,13 @@ fn check_indices(
         return Ok(());
     };
     for l in &graph.layers {
-        if !(l.kind.facts.looks_up && l.inputs.contains(&Source::Input(k))) {
+        let Some(size_arg) = l.kind.facts.looks_up else {
+            continue;
+        };
+        if !l.inputs.contains(&Source::Input(k)) {
             continue;
         }
-        let n = l.args.int("input_dim");
+        let n = l.args.int(size_arg);
         if let Some((i, v)) = a
             .iter()
             .enumerate()
@@ -441,7 +444,7 @@ fn check_indices(
             return Err(DataError::new(
                 file,
                 format!(
-                    "the index {} at {} of the input `{name}` is out of range for the embedding `{}`, whose input_dim is {n} (indices 0 to {})",
+                    "the index {} at {} of the input `{name}` is out of range for the embedding `{}`, whose {size_arg} is {n} (indices 0 to {})",
                     short_number(*v),
                     unravel(i, a.shape()),
                     l.name,

@@ -96,7 +96,7 @@ pub const EMBEDDING: LayerKind = LayerKind {
     infer: embedding,
     lower: lower_embedding,
     facts: Facts {
-        looks_up: true,
+        looks_up: Some("input_dim"),
         mask: Mask::Produces(Some("mask_zero")),
         ..NO_FACTS
     },
@@ -336,7 +336,7 @@ pub const IDENTITY: LayerKind = LayerKind {
     arity: Arity::One,
     infer: pass_through,
     lower: lower_identity,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Keras's `Identity` passes any tensor through, integer ones included.

@@ -99,7 +99,9 @@ pub fn output_masked(
     match kind.facts.mask {
         Mask::Drops | Mask::Consumes => false,
         Mask::Propagates => first,
-        Mask::Merges | Mask::Joins(_) => inputs.iter().any(|&m| m),
+        // Keras 3's `Merge.compute_mask`: no mask unless every input has one.
+        Mask::Merges => !inputs.is_empty() && inputs.iter().all(|&m| m),
+        Mask::Joins(_) => inputs.iter().any(|&m| m),
         Mask::ConsumesKeeps => first && in_rank == out_rank,
         Mask::Produces(None) => true,
         Mask::Produces(Some(flag)) => args.bool(flag),
@@ -120,6 +122,7 @@ pub fn mask_flow(
         Mask::Produces(_) if out => MaskUse::Produces,
         _ if !any_in => MaskUse::None,
         Mask::Drops | Mask::Produces(_) => MaskUse::Drops,
+        Mask::Merges if !out => MaskUse::Drops,
         Mask::Propagates | Mask::Merges | Mask::Joins(_) => MaskUse::Propagates,
         Mask::Consumes => MaskUse::Consumes,
         Mask::ConsumesKeeps if out => MaskUse::ConsumesPropagates,
@@ -148,12 +151,18 @@ pub fn lower_mask(
         Mask::Joins(axis) => return join_masks(lw, values, inputs, args.int(axis)).map(Some),
         _ => {}
     }
-    // Propagated, kept, or merged: the steps valid in every input that has a mask.
+    if kind.facts.mask != Mask::Merges {
+        // Propagated or kept: Keras's default `compute_mask` returns the first
+        // argument's mask (attention: the query's).
+        return Ok(inputs.first().copied().flatten());
+    }
+    // Merged (Keras 3's `Merge.compute_mask`): a step is valid where it is valid in
+    // any input.
     let mut out: Option<Id> = None;
     for &m in inputs.iter().flatten() {
         out = Some(match out {
             None => m,
-            Some(o) => lw.f.mul(o, m)?,
+            Some(o) => lw.f.max(o, m)?,
         });
     }
     Ok(out)

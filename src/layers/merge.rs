@@ -44,7 +44,7 @@ pub const MAXIMUM: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_maximum,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const MINIMUM: LayerKind = LayerKind {
     name: "minimum",
@@ -53,7 +53,7 @@ pub const MINIMUM: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_minimum,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 pub const AVERAGE: LayerKind = LayerKind {
     name: "average",
@@ -62,7 +62,7 @@ pub const AVERAGE: LayerKind = LayerKind {
     arity: Arity::Range(2, usize::MAX),
     infer: elementwise,
     lower: lower_average,
-    facts: NO_FACTS,
+    facts: MERGES_MASK,
 };
 
 fn elementwise(cx: &mut Ctx) -> Option<Inferred> {

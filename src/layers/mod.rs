@@ -92,8 +92,8 @@ pub struct Facts {
     /// The recurrent cell, for recurrent layers.
     pub cell: Option<&'static CellFacts>,
     /// The layer looks its integer input up in a table (`embedding`): the input holds
-    /// indices below the argument `input_dim`.
-    pub looks_up: bool,
+    /// indices below the value of this argument (`input_dim`).
+    pub looks_up: Option<&'static str>,
     /// Keras's `adapt`: weights computed from the training data before training.
     pub adapt: Option<&'static Adapt>,
     /// What the layer does with a Keras mask on its input (Keras's `supports_masking`
@@ -129,7 +129,8 @@ pub enum Mask {
     Drops,
     /// The mask passes through unchanged (Keras's default `compute_mask`).
     Propagates,
-    /// Every input's mask, combined: a step is valid where it is valid in each (merges).
+    /// Keras 3's `Merge.compute_mask`: a mask only when every input has one, a step
+    /// valid where it is valid in any input (add, multiply, maximum, …).
     Merges,
     /// The masks joined along the axis this argument names, as Keras's `Concatenate`
     /// joins them (an input without a mask counts as all valid; joined on the feature
@@ -150,7 +151,7 @@ pub const NO_FACTS: Facts = Facts {
     spatial: None,
     pool: None,
     cell: None,
-    looks_up: false,
+    looks_up: None,
     adapt: None,
     mask: Mask::Drops,
 };

@@ -6,7 +6,7 @@
 
 use super::core::identity;
 use super::lower::{Call, LowerCx, Mode};
-use super::{Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS};
+use super::{Arity, Ctx, Facts, Inferred, LayerKind, Mask, NO_FACTS, PASSES_MASK};
 use crate::args::{Default, FRACTION, arg, float_range, int};
 use crate::dim::Dim;
 use crate::ir::{Cmp, Func, Id, IrError, Op, Result, Type, Unary};
@@ -23,6 +23,7 @@ pub const SPATIAL_DROPOUT1D: LayerKind = LayerKind {
     lower: lower_spatial_dropout,
     facts: Facts {
         spatial: Some(1),
+        mask: Mask::Propagates,
         ..NO_FACTS
     },
 };
@@ -36,6 +37,7 @@ pub const SPATIAL_DROPOUT2D: LayerKind = LayerKind {
     lower: lower_spatial_dropout,
     facts: Facts {
         spatial: Some(2),
+        mask: Mask::Propagates,
         ..NO_FACTS
     },
 };
@@ -61,7 +63,7 @@ pub const GAUSSIAN_NOISE: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_gaussian_noise,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 pub const GAUSSIAN_DROPOUT: LayerKind = LayerKind {
@@ -74,7 +76,7 @@ pub const GAUSSIAN_DROPOUT: LayerKind = LayerKind {
     arity: Arity::One,
     infer: identity,
     lower: lower_gaussian_dropout,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Uniform numbers in [0, 1) of `shape` from the step's key, a fresh salt per layer.

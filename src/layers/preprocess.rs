@@ -11,7 +11,10 @@ use ndarray::{ArrayD, Axis, IxDyn};
 
 use super::core::identity;
 use super::lower::{Call, LowerCx, norm_axis};
-use super::{Adapt, Adapted, Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS, Param, TensorType};
+use super::{
+    Adapt, Adapted, Arity, Ctx, Facts, Inferred, LayerKind, Mask, NO_FACTS, PASSES_MASK, Param,
+    TensorType,
+};
 use crate::args::{
     ArgKind, ArgSpec, Args, CatalogArg, Default, Value, arg, as_float, float_range, int, type_error,
 };
@@ -34,7 +37,7 @@ pub const RESCALING: LayerKind = LayerKind {
     arity: Arity::One,
     infer: rescaling,
     lower: lower_rescaling,
-    facts: NO_FACTS,
+    facts: PASSES_MASK,
 };
 
 /// Keras casts the input to the layer's float dtype: integer inputs (pixels) are fine.
@@ -139,6 +142,7 @@ pub const NORMALIZATION: LayerKind = LayerKind {
     lower: lower_normalization,
     facts: Facts {
         adapt: Some(&ADAPT),
+        mask: Mask::Propagates,
         ..NO_FACTS
     },
 };
@@ -365,8 +369,13 @@ fn position_embedding(cx: &mut Ctx) -> Option<Inferred> {
 /// The rows for positions 0…seq-1, broadcast over the leading axes.
 fn lower_position_embedding(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let shape = lw.f.ty(x[0]).shape.clone();
-    let r = shape.len();
     let table = l.param(lw, "embeddings")?;
+    position_rows(lw, table, &shape)
+}
+
+/// The first `seq` rows of a position table, broadcast to `shape` `[…, seq, d]`.
+fn position_rows(lw: &mut LowerCx, table: Id, shape: &[Dim]) -> Result<Id> {
+    let r = shape.len();
     let rows = match shape[r - 2].as_const() {
         Some(seq) => lw.f.slice(table, 0, 0, seq)?,
         None => {
@@ -379,5 +388,5 @@ fn lower_position_embedding(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> 
             lw.f.push(Op::Gather, &[table, idx])?
         }
     };
-    lw.f.broadcast(rows, &shape, &[r - 2, r - 1])
+    lw.f.broadcast(rows, shape, &[r - 2, r - 1])
 }

@@ -432,7 +432,7 @@ fn every_registered_layer_checks_lowers_and_differentiates() {
     use kiln::layers::{Arity, REGISTRY};
     for kind in REGISTRY {
         let facts = &kind.facts;
-        let input = if facts.looks_up {
+        let input = if facts.looks_up.is_some() {
             "{x: {shape: [batch, 5], dtype: i32}}"
         } else if facts.spatial == Some(2) {
             "{x: [batch, 6, 6, 2]}"
