@@ -9,7 +9,11 @@ use kiln::layers::group_digits;
 use kiln::settings::Settings;
 use ndarray::ArrayViewD;
 
-use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
+use super::{
+    BackendArg, CliError, MemoryArg, Need, Result, check_budget, compile, data_path, needs_train,
+    numbers,
+};
+use kiln::budget::Work;
 
 /// `kiln eval`.
 #[derive(clap::Args, Debug)]
@@ -28,6 +32,8 @@ pub struct EvalArgs {
     pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub memory: MemoryArg,
 }
 
 /// `kiln predict`.
@@ -50,11 +56,18 @@ pub struct PredictArgs {
     pub target_column: Option<String>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub memory: MemoryArg,
 }
 
 /// `kiln eval`.
 pub fn eval(a: &EvalArgs) -> Result {
-    let mut net = compile(&a.spec, a.backend, None)?;
+    let need = Need {
+        work: Work::Infer,
+        batch: a.batch_size,
+        memory: &a.memory,
+    };
+    let mut net = compile(&a.spec, a.backend, None, need)?;
     needs_train(&net, &a.spec, "evaluated (it has no loss)")?;
     net.load_weights(&a.weights)?;
     check_finite(&a.weights, net.weights())?;
@@ -193,10 +206,38 @@ fn output_format(path: &Path) -> Result {
     }
 }
 
+/// The batch size and the symbol values the inputs give: each input axis whose
+/// declared size is one symbol binds it to the array's size on that axis.
+fn input_dims(
+    graph: &kiln::Graph,
+    inputs: &[(&str, ArrayViewD<f32>)],
+) -> (usize, std::collections::HashMap<String, i64>) {
+    let mut dims = std::collections::HashMap::new();
+    for (name, a) in inputs {
+        let Some(decl) = graph.inputs.iter().find(|i| i.name == *name) else {
+            continue;
+        };
+        for (d, &n) in decl.ty.shape.iter().zip(a.shape()) {
+            if let [s] = d.symbols().as_slice()
+                && d.to_string() == *s
+            {
+                dims.entry(s.clone()).or_insert(n as i64);
+            }
+        }
+    }
+    let batch = dims.get("batch").map_or(1, |&b| b.max(1) as usize);
+    (batch, dims)
+}
+
 /// `kiln predict`.
 pub fn predict(a: &PredictArgs) -> Result {
     output_format(&a.output)?;
-    let mut net = compile(&a.spec, a.backend, None)?;
+    let need = Need {
+        work: Work::Infer,
+        batch: None,
+        memory: &a.memory,
+    };
+    let mut net = compile(&a.spec, a.backend, None, need)?;
     net.load_weights(&a.weights)?;
     check_finite(&a.weights, net.weights())?;
     let graph = net.graph().clone();
@@ -227,6 +268,8 @@ pub fn predict(a: &PredictArgs) -> Result {
         .iter()
         .map(|(n, l, _)| (n.as_str(), l.data.view()))
         .collect();
+    let (batch, dims) = input_dims(&graph, &inputs);
+    check_budget(&graph, Work::Infer, batch, &dims, &a.memory)?;
     let t0 = Instant::now();
     let outs = net.predict_all(&inputs)?;
     let secs = t0.elapsed().as_secs_f64();
