@@ -10,8 +10,8 @@ use kiln::settings::Settings;
 use ndarray::ArrayViewD;
 
 use super::{
-    BackendArg, CliError, MemoryArg, Need, Result, check_budget, compile, data_path, needs_train,
-    numbers,
+    BackendArg, CliError, MemoryArg, Need, Result, check_budget, compile, data_path, input_dims,
+    needs_train, numbers,
 };
 use kiln::budget::Work;
 
@@ -96,6 +96,23 @@ pub fn eval(a: &EvalArgs) -> Result {
         ),
         (all, None) => (path.display().to_string(), all),
     };
+    // Again with the data's sizes bound (a symbolic axis the data makes long).
+    let batch = a
+        .batch_size
+        .unwrap_or_else(|| kiln::settings::spec_batch_size(net.graph()))
+        .min(data.len().max(1));
+    let views: Vec<(&str, ArrayViewD<f32>)> = data
+        .inputs
+        .iter()
+        .map(|(n, x)| (n.as_str(), x.view()))
+        .collect();
+    check_budget(
+        net.graph(),
+        Work::Infer,
+        batch,
+        &input_dims(net.graph(), &views),
+        &a.memory,
+    )?;
     let t0 = Instant::now();
     let logs = net.evaluate(&data, a.batch_size)?;
     println!(
@@ -206,29 +223,6 @@ fn output_format(path: &Path) -> Result {
     }
 }
 
-/// The batch size and the symbol values the inputs give: each input axis whose
-/// declared size is one symbol binds it to the array's size on that axis.
-fn input_dims(
-    graph: &kiln::Graph,
-    inputs: &[(&str, ArrayViewD<f32>)],
-) -> (usize, std::collections::HashMap<String, i64>) {
-    let mut dims = std::collections::HashMap::new();
-    for (name, a) in inputs {
-        let Some(decl) = graph.inputs.iter().find(|i| i.name == *name) else {
-            continue;
-        };
-        for (d, &n) in decl.ty.shape.iter().zip(a.shape()) {
-            if let [s] = d.symbols().as_slice()
-                && d.to_string() == *s
-            {
-                dims.entry(s.clone()).or_insert(n as i64);
-            }
-        }
-    }
-    let batch = dims.get("batch").map_or(1, |&b| b.max(1) as usize);
-    (batch, dims)
-}
-
 /// `kiln predict`.
 pub fn predict(a: &PredictArgs) -> Result {
     output_format(&a.output)?;
@@ -268,7 +262,8 @@ pub fn predict(a: &PredictArgs) -> Result {
         .iter()
         .map(|(n, l, _)| (n.as_str(), l.data.view()))
         .collect();
-    let (batch, dims) = input_dims(&graph, &inputs);
+    let dims = input_dims(&graph, &inputs);
+    let batch = dims.get("batch").map_or(1, |&b| b.max(1) as usize);
     check_budget(&graph, Work::Infer, batch, &dims, &a.memory)?;
     let t0 = Instant::now();
     let outs = net.predict_all(&inputs)?;

@@ -274,6 +274,28 @@ fn check_budget(
     }
 }
 
+/// The symbol values input arrays give: each input axis whose declared size is one
+/// symbol binds it to the array's size on that axis (`batch` to the number of rows).
+fn input_dims(
+    graph: &kiln::Graph,
+    inputs: &[(&str, kiln::ndarray::ArrayViewD<f32>)],
+) -> std::collections::HashMap<String, i64> {
+    let mut dims = std::collections::HashMap::new();
+    for (name, a) in inputs {
+        let Some(decl) = graph.inputs.iter().find(|i| i.name == *name) else {
+            continue;
+        };
+        for (d, &n) in decl.ty.shape.iter().zip(a.shape()) {
+            if let [s] = d.symbols().as_slice()
+                && d.to_string() == *s
+            {
+                dims.entry(s.clone()).or_insert(n as i64);
+            }
+        }
+    }
+    dims
+}
+
 /// What a command will run, for the memory budget checked before compiling.
 struct Need<'a> {
     work: kiln::budget::Work,

@@ -163,6 +163,19 @@ pub fn train(a: &TrainArgs) -> Result {
         targets: true,
     };
     let data = Dataset::load(&path, net.graph(), &opts)?;
+    // Again with the data's sizes bound (a symbolic axis the data makes long).
+    let views: Vec<(&str, kiln::ndarray::ArrayViewD<f32>)> = data
+        .inputs
+        .iter()
+        .map(|(n, x)| (n.as_str(), x.view()))
+        .collect();
+    super::check_budget(
+        net.graph(),
+        kiln::budget::Work::Train,
+        settings.batch_size.min(data.len().max(1)),
+        &super::input_dims(net.graph(), &views),
+        &a.memory,
+    )?;
     let (out, ckpt) = outputs(a);
     let spec_files = kiln::fit::callbacks::output_files(&net);
     guard_outputs(a, &path, &out, &ckpt, &spec_files)?;

@@ -141,6 +141,38 @@ fn attention_over_30000_steps_is_refused_at_predict_and_bench() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn attention_over_30000_steps_of_data_is_refused_at_train_and_eval() {
+    let dir = temp_dir("attention-data");
+    let spec = write(
+        &dir,
+        "attend.yaml",
+        &format!(
+            "{ATTENTION}train:\n  targets: {{y: [batch, seq, 16]}}\n  loss: mse\n  optimizer: sgd\n"
+        ),
+    );
+    // One example: the batch size is what the data holds, `seq` what its arrays say.
+    let data = dir.join("d.npz");
+    let zeros = || ArrayD::zeros(IxDyn(&[1, 30000, 16]));
+    kiln::data::write(&data, &[("x".into(), zeros()), ("y".into(), zeros())]).unwrap();
+    let w = dir.join("w.safetensors");
+    let o = kiln(&["init", s(&spec), "--out", s(&w)], &[], ADDRESS_SPACE);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let limit = [(budget::ENV, "4G")];
+    let scores = "[1, 2, 30000, 30000]";
+    refused(
+        &["train", s(&spec), "--data", s(&data)],
+        &limit,
+        &["at batch size 1", scores],
+    );
+    refused(
+        &["eval", s(&spec), "--weights", s(&w), "--data", s(&data)],
+        &limit,
+        &["at batch size 1", scores],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 const WIDE_DENSE: &str = "name: d7
 inputs:
   x: [batch, 10]
