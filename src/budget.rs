@@ -81,6 +81,8 @@ pub struct Estimate {
     pub activations: u128,
     /// The batch size the estimate is for.
     pub batch: usize,
+    /// What was counted.
+    pub work: Work,
     /// The largest tensors, largest first.
     pub largest: Vec<Tensor>,
 }
@@ -220,6 +222,7 @@ pub fn estimate(
         optimizer,
         activations,
         batch,
+        work,
         largest: tensors,
     })
 }
@@ -274,14 +277,20 @@ fn shape_text(s: &[i64]) -> String {
 impl fmt::Display for OverBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.estimate;
+        let parts = match e.work {
+            Work::Init => format!("its parameters need about {}", human(e.params)),
+            _ => format!(
+                "the model needs about {} of memory at batch size {} (parameters {}, optimizer state {}, activations {})",
+                human(e.total()),
+                e.batch,
+                human(e.params),
+                human(e.optimizer),
+                human(e.activations)
+            ),
+        };
         write!(
             f,
-            "the model needs about {} of memory at batch size {} (parameters {}, optimizer state {}, activations {}), over the memory budget of {}",
-            human(e.total()),
-            e.batch,
-            human(e.params),
-            human(e.optimizer),
-            human(e.activations),
+            "{parts}, over the memory budget of {}",
             human(self.limit as u128)
         )?;
         let parts: Vec<String> = e

@@ -67,7 +67,9 @@ fn refused(args: &[&str], env: &[(&str, &str)], fragments: &[&str]) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{args:?}\n{err}");
     assert!(
-        err.contains("error: the model needs about") && err.contains("over the memory budget of"),
+        (err.contains("error: the model needs about")
+            || err.contains("error: its parameters need about"))
+            && err.contains("over the memory budget of"),
         "{args:?}: not a budget refusal:\n{err}"
     );
     for f in fragments {
@@ -199,7 +201,7 @@ fn a_dense_of_ten_million_units_is_refused_the_same_from_every_command() {
     refused(
         &["init", s(&spec), "--out", s(&w)],
         &limit,
-        &[kernel, "parameters 419.6 MiB", "100.0 MiB"],
+        &[kernel, "its parameters need about 419.6 MiB", "100.0 MiB"],
     );
     assert!(!w.exists());
     // train adds Adam's two slots per weight and the step's values at batch size 32,
