@@ -15,8 +15,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::check::Graph;
-use crate::ir::{Func, IrError};
+use crate::check::{Graph, Source};
+use crate::ir::{Func, Id, IrError};
+use crate::lower::{self, Mode};
 use crate::weights::safetensors::{available_memory, parse_bytes};
 
 /// The environment variable that sets the memory budget (`8G`, `512MiB`, bytes).
@@ -124,9 +125,24 @@ fn concrete(shape: &[crate::dim::Dim], env: &HashMap<String, i64>) -> Vec<i64> {
         .collect()
 }
 
+/// Each layer's output node and name, in layer order: a node belongs to the first
+/// layer whose output comes at or after it (layers are lowered in order).
+fn owners(graph: &Graph, lw: &lower::Lower) -> Vec<(Id, String)> {
+    graph
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (lw.value(Source::Layer(i)), l.name.clone()))
+        .collect()
+}
+
 /// The peak of live bytes over the function's values (see the module's comment), and
 /// its largest value.
-fn peak_live(f: &Func, env: &HashMap<String, i64>) -> (u128, Option<Tensor>) {
+fn peak_live(
+    f: &Func,
+    owners: &[(Id, String)],
+    env: &HashMap<String, i64>,
+) -> (u128, Option<Tensor>) {
     let n = f.nodes.len();
     let mut last_use: Vec<usize> = (0..n).collect();
     for (i, node) in f.nodes.iter().enumerate() {
@@ -164,7 +180,10 @@ fn peak_live(f: &Func, env: &HashMap<String, i64>) -> (u128, Option<Tensor>) {
         .filter(|(i, _)| !matches!(f.nodes[*i].op, crate::ir::Op::Input(_)))
         .max_by_key(|(_, (_, b))| *b)
         .map(|(i, (shape, bytes))| Tensor {
-            name: format!("an intermediate value of `{}` (IR node %{i})", f.name),
+            name: match owners.iter().find(|(last, _)| *last >= i) {
+                Some((_, layer)) => format!("a value inside layer `{layer}` (IR node %{i})"),
+                None => format!("a value of the loss or the gradients (IR node %{i})"),
+            },
             weight: false,
             shape,
             bytes,
@@ -208,11 +227,21 @@ pub fn estimate(
     }
     let (activations, value) = match work {
         Work::Init => (0, None),
-        Work::Infer => peak_live(&crate::lower::predict_func(graph)?, &env),
-        Work::Train if graph.train.is_some() => {
-            peak_live(&crate::lower::train::build(graph)?.func, &env)
+        Work::Infer => {
+            let lw = lower::forward(graph, Mode::Infer, "predict")?;
+            let owners = owners(graph, &lw);
+            peak_live(&lw.cx.f, &owners, &env)
         }
-        Work::Train => peak_live(&crate::lower::predict_func(graph)?, &env),
+        Work::Train if graph.train.is_some() => {
+            // The step lowers the forward pass first, so its nodes keep these ids.
+            let owners = owners(graph, &lower::forward(graph, Mode::Train, "train_step")?);
+            peak_live(&lower::train::build(graph)?.func, &owners, &env)
+        }
+        Work::Train => {
+            let lw = lower::forward(graph, Mode::Infer, "predict")?;
+            let owners = owners(graph, &lw);
+            peak_live(&lw.cx.f, &owners, &env)
+        }
     };
     tensors.extend(value);
     tensors.sort_by_key(|t| std::cmp::Reverse(t.bytes));

@@ -95,7 +95,11 @@ fn bench_of_an_input_with_eight_symbols_is_refused_naming_the_value() {
     refused(
         &["bench", s(&spec), "--runs", "1"],
         &[],
-        &["[35184372088832, 4]", "activations"],
+        &[
+            "a value inside layer `dense`",
+            "[35184372088832, 4]",
+            "activations",
+        ],
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -131,7 +135,12 @@ fn attention_over_30000_steps_is_refused_at_predict_and_bench() {
             s(&out),
         ],
         &limit,
-        &["batch size 1", "[1, 2, 30000, 30000] is 6.7 GiB", "4.0 GiB"],
+        &[
+            "batch size 1",
+            "inside layer `multi_head_attention`",
+            "[1, 2, 30000, 30000] is 6.7 GiB",
+            "4.0 GiB",
+        ],
     );
     assert!(!out.exists());
     let fixed = write(&dir, "fixed.yaml", &ATTENTION.replace("seq", "30000"));
