@@ -33,6 +33,9 @@ pub enum Error {
     Weights(WeightsError),
     /// The request does not make sense for this model (exit code 1).
     Invalid(String),
+    /// The model would need more memory than the budget allows (exit code 1), found
+    /// before anything was allocated for it.
+    Budget(Box<crate::budget::OverBudget>),
     /// Compiling or running failed: a bug in kiln, reported rather than a crash
     /// (exit code 2). The failing stage's own error is the source.
     Internal {
@@ -81,7 +84,7 @@ impl Error {
     /// The process exit code for this error (DESIGN §3).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Spec(_) | Error::Invalid(_) => 1,
+            Error::Spec(_) | Error::Invalid(_) | Error::Budget(_) => 1,
             Error::Data(e) => e.exit_code(),
             Error::Weights(e) => e.exit_code(),
             Error::Io { .. } | Error::Internal { .. } => 2,
@@ -101,6 +104,7 @@ impl fmt::Display for Error {
             Error::Data(e) => e.fmt(f),
             Error::Weights(e) => e.fmt(f),
             Error::Invalid(m) => f.write_str(m),
+            Error::Budget(e) => e.fmt(f),
             Error::Internal { message, .. } => f.write_str(message),
         }
     }
@@ -112,6 +116,7 @@ impl std::error::Error for Error {
             Error::Io { error, .. } => Some(error),
             Error::Data(e) => Some(e),
             Error::Weights(e) => Some(e),
+            Error::Budget(e) => Some(e.as_ref()),
             Error::Internal {
                 source: Some(s), ..
             } => Some(s.as_ref()),
@@ -130,6 +135,7 @@ impl miette::Diagnostic for Error {
             Error::Weights(_) => "kiln::weights",
             Error::Io { .. } => "kiln::io",
             Error::Invalid(_) => "kiln::invalid",
+            Error::Budget(_) => "kiln::budget",
             Error::Internal { .. } => "kiln::internal",
         }))
     }
@@ -184,6 +190,11 @@ impl From<WeightsError> for Error {
 impl From<crate::weights::InitError> for Error {
     fn from(e: crate::weights::InitError) -> Self {
         Error::Invalid(e.to_string())
+    }
+}
+impl From<crate::budget::OverBudget> for Error {
+    fn from(e: crate::budget::OverBudget) -> Self {
+        Error::Budget(Box::new(e))
     }
 }
 impl From<IrError> for Error {

@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod budget;
 pub mod catalog;
 pub mod check;
 pub mod data;

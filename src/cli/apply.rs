@@ -9,7 +9,11 @@ use kiln::layers::group_digits;
 use kiln::settings::Settings;
 use ndarray::ArrayViewD;
 
-use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
+use super::{
+    BackendArg, CliError, MemoryArg, Need, Result, check_budget, compile, data_path, input_dims,
+    needs_train, numbers,
+};
+use kiln::budget::Work;
 
 /// `kiln eval`.
 #[derive(clap::Args, Debug)]
@@ -28,6 +32,8 @@ pub struct EvalArgs {
     pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub memory: MemoryArg,
 }
 
 /// `kiln predict`.
@@ -50,11 +56,18 @@ pub struct PredictArgs {
     pub target_column: Option<String>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub memory: MemoryArg,
 }
 
 /// `kiln eval`.
 pub fn eval(a: &EvalArgs) -> Result {
-    let mut net = compile(&a.spec, a.backend, None)?;
+    let need = Need {
+        work: Work::Infer,
+        batch: a.batch_size,
+        memory: &a.memory,
+    };
+    let mut net = compile(&a.spec, a.backend, None, need)?;
     needs_train(&net, &a.spec, "evaluated (it has no loss)")?;
     net.load_weights(&a.weights)?;
     check_finite(&a.weights, net.weights())?;
@@ -83,6 +96,23 @@ pub fn eval(a: &EvalArgs) -> Result {
         ),
         (all, None) => (path.display().to_string(), all),
     };
+    // Again with the data's sizes bound (a symbolic axis the data makes long).
+    let batch = a
+        .batch_size
+        .unwrap_or_else(|| kiln::settings::spec_batch_size(net.graph()))
+        .min(data.len().max(1));
+    let views: Vec<(&str, ArrayViewD<f32>)> = data
+        .inputs
+        .iter()
+        .map(|(n, x)| (n.as_str(), x.view()))
+        .collect();
+    check_budget(
+        net.graph(),
+        Work::Infer,
+        batch,
+        &input_dims(net.graph(), &views),
+        &a.memory,
+    )?;
     let t0 = Instant::now();
     let logs = net.evaluate(&data, a.batch_size)?;
     println!(
@@ -196,7 +226,12 @@ fn output_format(path: &Path) -> Result {
 /// `kiln predict`.
 pub fn predict(a: &PredictArgs) -> Result {
     output_format(&a.output)?;
-    let mut net = compile(&a.spec, a.backend, None)?;
+    let need = Need {
+        work: Work::Infer,
+        batch: None,
+        memory: &a.memory,
+    };
+    let mut net = compile(&a.spec, a.backend, None, need)?;
     net.load_weights(&a.weights)?;
     check_finite(&a.weights, net.weights())?;
     let graph = net.graph().clone();
@@ -227,6 +262,9 @@ pub fn predict(a: &PredictArgs) -> Result {
         .iter()
         .map(|(n, l, _)| (n.as_str(), l.data.view()))
         .collect();
+    let dims = input_dims(&graph, &inputs);
+    let batch = dims.get("batch").map_or(1, |&b| b.max(1) as usize);
+    check_budget(&graph, Work::Infer, batch, &dims, &a.memory)?;
     let t0 = Instant::now();
     let outs = net.predict_all(&inputs)?;
     let secs = t0.elapsed().as_secs_f64();

@@ -86,10 +86,32 @@ pub fn ir(spec: &PathBuf, stage: Stage, raw: bool, step: bool) -> Result {
 }
 
 /// `kiln bench`: compile, forward and train-step medians.
-pub fn bench(spec: &Path, batch_size: usize, json: bool, runs: usize) -> Result {
+pub fn bench(
+    spec: &Path,
+    batch_size: usize,
+    json: bool,
+    runs: usize,
+    memory: &super::MemoryArg,
+) -> Result {
     let text = kiln::read_spec(spec)?;
     let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let file = spec.display().to_string();
+    // Bench binds every symbol to the batch size (its random inputs do).
+    let m = kiln::Model::from_source(&text, name, &file)?;
+    let dims = m
+        .graph
+        .inputs
+        .iter()
+        .flat_map(|i| i.ty.shape.iter().flat_map(|d| d.symbols()))
+        .map(|s| (s, batch_size as i64))
+        .collect();
+    super::check_budget(
+        &m.graph,
+        kiln::budget::Work::Train,
+        batch_size,
+        &dims,
+        memory,
+    )?;
     match kiln::bench::run(&text, name, &file, batch_size, runs) {
         Ok(r) => {
             if json {
@@ -106,10 +128,18 @@ pub fn bench(spec: &Path, batch_size: usize, json: bool, runs: usize) -> Result 
 
 /// `kiln init`: 0 written, 1 the spec is wrong (a weight too big for memory included),
 /// 2 the file could not be written.
-pub fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>) -> Result {
+pub fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>, memory: &super::MemoryArg) -> Result {
     kiln::paths::guard_outputs(&[("the spec", spec)], &[("--out", out)])
         .map_err(CliError::Usage)?;
     let m = load(spec)?;
+    let batch = kiln::settings::spec_batch_size(&m.graph);
+    super::check_budget(
+        &m.graph,
+        kiln::budget::Work::Init,
+        batch,
+        &Default::default(),
+        memory,
+    )?;
     let seed = seed.unwrap_or_else(|| kiln::weights::default_seed(&m.graph));
     let w = kiln::weights::init(&m.graph, seed).map_err(Error::from)?;
     kiln::weights::save(out, &w)?;

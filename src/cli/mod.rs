@@ -61,6 +61,8 @@ enum Command {
         /// Timed repetitions after warm-up.
         #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
         runs: usize,
+        #[command(flatten)]
+        memory: MemoryArg,
     },
     /// Write freshly initialized weights (Keras's initializers, seeded) as safetensors.
     Init {
@@ -71,6 +73,8 @@ enum Command {
         /// The random seed [default: the spec's `train.seed`, else 0].
         #[arg(long, allow_hyphen_values = true, value_parser = numbers::seed)]
         seed: Option<u64>,
+        #[command(flatten)]
+        memory: MemoryArg,
     },
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
     Train(train::TrainArgs),
@@ -187,13 +191,19 @@ fn run(command: Command) -> Result {
             batch_size,
             json,
             runs,
-        } => inspect::bench(&spec, batch_size, json, runs),
+            memory,
+        } => inspect::bench(&spec, batch_size, json, runs, &memory),
         Command::Summary { spec } => {
             let m = load(&spec)?;
             print!("{}", kiln::summary::render(&m.graph));
             Ok(())
         }
-        Command::Init { spec, out, seed } => inspect::init(&spec, &out, seed),
+        Command::Init {
+            spec,
+            out,
+            seed,
+            memory,
+        } => inspect::init(&spec, &out, seed, &memory),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => apply::eval(&a),
         Command::Predict(a) => apply::predict(&a),
@@ -237,9 +247,75 @@ impl From<BackendArg> for Backend {
     }
 }
 
-/// Loads the spec and compiles it.
-fn compile(spec: &PathBuf, backend: BackendArg, seed: Option<u64>) -> Result<Net> {
+/// `--memory-limit`, on every command that allocates by the model's sizes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct MemoryArg {
+    /// The memory budget (`8G`, `512MiB`, bytes) [default: KILN_MEMORY_LIMIT, else 3/4
+    /// of the available memory]. A model estimated to need more is refused before
+    /// anything is allocated for it.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true, value_parser = numbers::bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// Refuses a model whose estimated memory (parameters, optimizer state, activations at
+/// `batch` and the symbol values `dims`) is over the budget: exit 1, the estimate and
+/// the largest tensors named, the same from every command.
+fn check_budget(
+    graph: &kiln::Graph,
+    work: kiln::budget::Work,
+    batch: usize,
+    dims: &std::collections::HashMap<String, i64>,
+    memory: &MemoryArg,
+) -> Result {
+    let limit = kiln::budget::limit(memory.memory_limit).map_err(CliError::Usage)?;
+    match kiln::budget::check(graph, work, batch, dims, limit).map_err(Error::from)? {
+        Ok(_) => Ok(()),
+        Err(over) => Err(Error::from(over).into()),
+    }
+}
+
+/// The symbol values input arrays give: each input axis whose declared size is one
+/// symbol binds it to the array's size on that axis (`batch` to the number of rows).
+fn input_dims(
+    graph: &kiln::Graph,
+    inputs: &[(&str, kiln::ndarray::ArrayViewD<f32>)],
+) -> std::collections::HashMap<String, i64> {
+    let mut dims = std::collections::HashMap::new();
+    for (name, a) in inputs {
+        let Some(decl) = graph.inputs.iter().find(|i| i.name == *name) else {
+            continue;
+        };
+        for (d, &n) in decl.ty.shape.iter().zip(a.shape()) {
+            if let [s] = d.symbols().as_slice()
+                && d.to_string() == *s
+            {
+                dims.entry(s.clone()).or_insert(n as i64);
+            }
+        }
+    }
+    dims
+}
+
+/// What a command will run, for the memory budget checked before compiling.
+struct Need<'a> {
+    work: kiln::budget::Work,
+    batch: Option<usize>,
+    memory: &'a MemoryArg,
+}
+
+/// Loads the spec, checks it against the memory budget, and compiles it.
+fn compile(spec: &PathBuf, backend: BackendArg, seed: Option<u64>, need: Need) -> Result<Net> {
     let model = load(spec)?;
+    let batch = need
+        .batch
+        .unwrap_or_else(|| kiln::settings::spec_batch_size(&model.graph));
+    check_budget(
+        &model.graph,
+        need.work,
+        batch,
+        &Default::default(),
+        need.memory,
+    )?;
     Ok(model.compile(&Options {
         backend: backend.into(),
         seed,

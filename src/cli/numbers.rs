@@ -69,6 +69,12 @@ pub fn fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A number of bytes (`--memory-limit`): `1000000`, `512K`, `64MiB`, `16G`.
+pub fn bytes(s: &str) -> Result<u64, String> {
+    kiln::weights::safetensors::parse_bytes(s)
+        .ok_or_else(|| "not a number of bytes: give e.g. `8G`, `512MiB` or `1000000`".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

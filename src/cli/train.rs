@@ -13,7 +13,9 @@ use kiln::runtime::Backend;
 use kiln::settings::Settings;
 
 use super::progress::Progress;
-use super::{BackendArg, CliError, Result, compile, data_path, needs_train, numbers};
+use super::{
+    BackendArg, CliError, MemoryArg, Need, Result, compile, data_path, needs_train, numbers,
+};
 
 /// `kiln train`.
 #[derive(clap::Args, Clone, Debug)]
@@ -53,6 +55,8 @@ pub struct TrainArgs {
     pub validation_split: Option<f64>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
+    #[command(flatten)]
+    pub memory: MemoryArg,
     /// Write each epoch's values to a CSV file (as Keras's CSVLogger).
     #[arg(long, value_name = "CSV")]
     pub log: Option<PathBuf>,
@@ -114,7 +118,12 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 
 /// `kiln train`.
 pub fn train(a: &TrainArgs) -> Result {
-    let mut net = compile(&a.spec, a.backend, a.seed)?;
+    let need = Need {
+        work: kiln::budget::Work::Train,
+        batch: a.batch_size,
+        memory: &a.memory,
+    };
+    let mut net = compile(&a.spec, a.backend, a.seed, need)?;
     needs_train(&net, &a.spec, "trained")?;
     if a.init.is_some() && a.resume.is_some() {
         return Err(CliError::Usage(
@@ -154,6 +163,19 @@ pub fn train(a: &TrainArgs) -> Result {
         targets: true,
     };
     let data = Dataset::load(&path, net.graph(), &opts)?;
+    // Again with the data's sizes bound (a symbolic axis the data makes long).
+    let views: Vec<(&str, kiln::ndarray::ArrayViewD<f32>)> = data
+        .inputs
+        .iter()
+        .map(|(n, x)| (n.as_str(), x.view()))
+        .collect();
+    super::check_budget(
+        net.graph(),
+        kiln::budget::Work::Train,
+        settings.batch_size.min(data.len().max(1)),
+        &super::input_dims(net.graph(), &views),
+        &a.memory,
+    )?;
     let (out, ckpt) = outputs(a);
     let spec_files = kiln::fit::callbacks::output_files(&net);
     guard_outputs(a, &path, &out, &ckpt, &spec_files)?;

@@ -79,7 +79,13 @@ impl JitKernel {
             };
             let n =
                 usize::try_from(sizes[len]).map_err(|_| RunError("negative buffer size".into()))?;
-            let n = n.div_ceil(16) * 16 + 16; // aligned, with room for a vector over-read
+            // Aligned, with room for a vector over-read; sizes past memory are an error.
+            let too_big = || RunError(format!("a buffer of {n} values is too large to lay out"));
+            let n = n
+                .div_ceil(16)
+                .checked_mul(16)
+                .and_then(|n| n.checked_add(16))
+                .ok_or_else(too_big)?;
             let start = self.first_def[b];
             live.retain(|&(_, _, last)| last >= start);
             live.sort();
@@ -91,7 +97,7 @@ impl JitKernel {
                 at = at.max(o + l);
             }
             offsets[b] = at;
-            arena_len = arena_len.max(at + n);
+            arena_len = arena_len.max(at.checked_add(n).ok_or_else(too_big)?);
             live.push((at, n, self.plan.last_use[b]));
         }
         Ok((offsets, arena_len))

@@ -67,9 +67,11 @@ pub(super) unsafe fn gather(
     offset: i64,
     strides: &[i64],
     shape: &[usize],
-) -> ArrayD<f32> {
+) -> Result<ArrayD<f32>, crate::exec::RunError> {
     let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| super::run::out_of_memory(n))?;
     let mut expect = 1i64;
     let mut contiguous = true;
     for d in (0..shape.len()).rev() {
@@ -103,7 +105,7 @@ pub(super) unsafe fn gather(
             }
         }
     }
-    ArrayD::from_shape_vec(IxDyn(shape), out).expect("element count matches the shape")
+    Ok(ArrayD::from_shape_vec(IxDyn(shape), out).expect("element count matches the shape"))
 }
 
 /// An access's buffer pointer, offset and strides, read from the frame.

@@ -36,7 +36,7 @@ fn max_pool_grad(
     }
     // Each operand straight from its buffer when contiguous, else a contiguous copy
     // (dy is often a view into a padded gradient buffer).
-    let operand = |a: &Access, shape: &[usize]| -> (usize, Option<ArrayD<f32>>) {
+    let operand = |a: &Access, shape: &[usize]| -> Result<(usize, Option<ArrayD<f32>>), String> {
         let (p, o, strides) = access_parts(frame, fl, a);
         let mut expect = 1i64;
         let contiguous = (0..shape.len()).rev().all(|d| {
@@ -46,15 +46,15 @@ fn max_pool_grad(
         });
         if contiguous {
             // SAFETY: a contiguous access from its offset (plan invariant).
-            (unsafe { p.offset(o as isize) } as usize, None)
+            Ok((unsafe { p.offset(o as isize) } as usize, None))
         } else {
             // SAFETY: the access lies within its buffer (plan invariant).
-            let copy = unsafe { gather(p, o, &strides, shape) };
-            (copy.as_ptr() as usize, Some(copy))
+            let copy = unsafe { gather(p, o, &strides, shape) }.map_err(|e| e.0)?;
+            Ok((copy.as_ptr() as usize, Some(copy)))
         }
     };
-    let (px, _x_copy) = operand(&call.args[0], &xs);
-    let (pdy, _dy_copy) = operand(&call.args[1], &ys);
+    let (px, _x_copy) = operand(&call.args[0], &xs)?;
+    let (pdy, _dy_copy) = operand(&call.args[1], &ys)?;
     let pdx = frame[fl.sizes + call.out] as usize;
     let batch = xs[0];
     let (xper, yper) = (
@@ -151,7 +151,7 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
             let (p, o, s) = access_parts(frame, fl, a);
             let shape: Vec<usize> = shape.iter().map(|&x| frame[x] as usize).collect();
             // SAFETY: the access lies within its buffer (plan invariant).
-            args.push(unsafe { gather(p, o, &s, &shape) });
+            args.push(unsafe { gather(p, o, &s, &shape) }.map_err(|e| e.0)?);
         }
         let arg_refs: Vec<&ArrayD<f32>> = args.iter().collect();
         let shape: Vec<usize> = call.out_shape.iter().map(|&x| frame[x] as usize).collect();

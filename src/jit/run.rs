@@ -106,7 +106,7 @@ impl JitKernel {
                 ptrs[i] = a.as_mut_ptr() as i64;
             }
         }
-        let mut arena = self.take_arena(layout.arena_len.max(1));
+        let mut arena = self.take_arena(layout.arena_len.max(1))?;
         let mut frame = self.frame(&layout, &ptrs, &mut arena, &env);
         CALL_ERROR.with(|e| *e.borrow_mut() = None);
         CALL_ID.with(|c| c.set(c.get().wrapping_add(1)));
@@ -115,7 +115,7 @@ impl JitKernel {
         if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
             return Err(RunError(e));
         }
-        let outs = self.outputs(&frame, &layout.sizes);
+        let outs = self.outputs(&frame, &layout.sizes)?;
         drop(contiguous);
         if let Ok(mut pool) = self.arenas.lock()
             && pool.len() < 4
@@ -125,8 +125,9 @@ impl JitKernel {
         Ok(outs)
     }
 
-    /// An arena of at least `need` elements, from the pool when one is there.
-    fn take_arena(&self, need: usize) -> Vec<f32> {
+    /// An arena of at least `need` elements, from the pool when one is there; memory
+    /// the system refuses is an error, never an abort.
+    fn take_arena(&self, need: usize) -> Result<Vec<f32>, RunError> {
         let mut arena = self
             .arenas
             .lock()
@@ -134,9 +135,9 @@ impl JitKernel {
             .and_then(|mut pool| pool.pop())
             .unwrap_or_default();
         if arena.len() < need {
-            arena = vec![0f32; need];
+            arena = zeroed(need)?;
         }
-        arena
+        Ok(arena)
     }
 
     /// The frame for one call: the evaluated sizes, a pointer per buffer (the inputs'
@@ -166,7 +167,7 @@ impl JitKernel {
 
     /// Copies the outputs out of the buffers the frame points at (`None` for those
     /// written into a donated input).
-    fn outputs(&self, frame: &[i64], sizes: &[i64]) -> Vec<Option<ArrayD<f32>>> {
+    fn outputs(&self, frame: &[i64], sizes: &[i64]) -> Result<Vec<Option<ArrayD<f32>>>, RunError> {
         let fl = self.frame_layout();
         self.plan
             .outputs
@@ -174,14 +175,30 @@ impl JitKernel {
             .enumerate()
             .map(|(o, (a, shape))| {
                 if self.donated.iter().any(|p| p.1 == o) {
-                    return None;
+                    return Ok(None);
                 }
                 let shape: Vec<usize> = shape.iter().map(|&s| sizes[s] as usize).collect();
                 let strides: Vec<i64> = a.strides.iter().map(|&s| sizes[s]).collect();
                 let base = frame[fl.sizes + a.buf] as *const f32;
                 // SAFETY: the output access lies within its buffer, alive until here.
-                Some(unsafe { gather(base, sizes[a.offset], &strides, &shape) })
+                unsafe { gather(base, sizes[a.offset], &strides, &shape) }.map(Some)
             })
             .collect()
     }
+}
+
+/// `n` zeros, or an error when the memory cannot be had (never an abort).
+pub(super) fn zeroed(n: usize) -> Result<Vec<f32>, RunError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| out_of_memory(n))?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// The error of an allocation of `n` values the system refused.
+pub(super) fn out_of_memory(n: usize) -> RunError {
+    RunError(format!(
+        "cannot allocate {n} values ({} bytes) for the compiled function: out of memory (lower the batch size or the model's sizes)",
+        (n as u128) * 4
+    ))
 }

@@ -10,6 +10,7 @@ mod errors;
 mod examples;
 mod explain;
 mod floors;
+mod hostile_budget;
 mod hostile_cli;
 mod hostile_files;
 mod hostile_inputs;
