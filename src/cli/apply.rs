@@ -71,14 +71,24 @@ pub fn eval(a: &EvalArgs) -> Result {
     needs_train(&net, &a.spec, "evaluated (it has no loss)")?;
     net.load_weights(&a.weights)?;
     check_finite(&a.weights, net.weights())?;
-    let path = data_path(&net, a.data.as_ref(), &a.spec)?;
+    // Without --data: the spec's `validation_data` file, else its data's validation
+    // split, as training validated.
+    let val_file = a
+        .data
+        .is_none()
+        .then(|| net.spec_validation_data_path())
+        .flatten();
+    let path = match &val_file {
+        Some(p) => p.clone(),
+        None => data_path(&net, a.data.as_ref(), &a.spec)?,
+    };
     let opts = LoadOptions {
         target_column: a.target_column.clone(),
         targets: true,
     };
     let data = Dataset::load(&path, net.graph(), &opts)?;
     // The spec's own data: its validation split, as training held it out.
-    let split = if a.data.is_none() {
+    let split = if a.data.is_none() && val_file.is_none() {
         Settings::resolve(net.graph(), &Default::default(), None)
             .map_err(CliError::Usage)?
             .validation_split()

@@ -198,6 +198,13 @@ impl Net {
         Some(join_clean(&self.spec_dir, Path::new(&d.path)))
     }
 
+    /// The spec's validation data (`train.validation_data`, relative to the spec
+    /// file), if it names one.
+    pub fn spec_validation_data_path(&self) -> Option<PathBuf> {
+        let p = crate::settings::spec_validation_data(&self.graph)?;
+        Some(join_clean(&self.spec_dir, Path::new(p)))
+    }
+
     /// Runs the forward pass (inference mode) on named inputs and returns the model's
     /// single output. Inputs are checked against the spec first.
     pub fn predict(&self, inputs: &[(&str, ArrayViewD<f32>)]) -> Result<ArrayD<f32>, Error> {

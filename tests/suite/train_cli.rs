@@ -635,3 +635,65 @@ fn the_thread_count_does_not_change_the_trained_bits() {
     assert!(files[0] == files[2], "1 vs 3 threads differ");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kiln eval` without `--data` evaluates on the spec's `validation_data` file when it
+/// names one (as training validated), and says so.
+#[test]
+fn eval_uses_the_specs_validation_data() {
+    let dir = temp_dir("evalval");
+    let spec = small_spec(&dir, "");
+    // The validation file: the last 100 digits, under the spec's names.
+    let all = kiln::data::read(Path::new(&root("data/digits.npz"))).unwrap();
+    let kiln::data::Content::Named(arrays) = all else {
+        panic!("digits.npz holds named arrays")
+    };
+    let tail: Vec<(String, ndarray::ArrayD<f32>)> = arrays
+        .into_iter()
+        .map(|(n, l)| {
+            let len = l.data.shape()[0];
+            let t = l.data.slice_axis(ndarray::Axis(0), (len - 100..len).into());
+            (n, t.to_owned())
+        })
+        .collect();
+    // Labels stay integers, as the spec declares them.
+    let members: Vec<(String, Vec<u8>)> = tail
+        .iter()
+        .map(|(n, a)| {
+            let bytes = if n == "label" {
+                let ints: Vec<u8> = a.iter().flat_map(|v| (*v as i32).to_le_bytes()).collect();
+                kiln::data::npy::encode("<i4", a.shape(), &ints)
+            } else {
+                kiln::data::npy::to_bytes(a)
+            };
+            (n.clone(), bytes)
+        })
+        .collect();
+    std::fs::write(
+        dir.join("val.npz"),
+        kiln::data::npz::pack(&members).unwrap(),
+    )
+    .unwrap();
+    let text_spec = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text_spec + "  validation_data: val.npz\n").unwrap();
+    let w = dir.join("w.safetensors");
+    let o = kiln(&["init", s(&spec), "--out", s(&w)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = kiln(&["eval", s(&spec), "--weights", s(&w), "--backend", "interp"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(out.contains("val.npz"), "{out}");
+    let o2 = kiln(&[
+        "eval",
+        s(&spec),
+        "--weights",
+        s(&w),
+        "--data",
+        s(&dir.join("val.npz")),
+        "--backend",
+        "interp",
+    ]);
+    assert_eq!(o2.status.code(), Some(0), "{}", text(&o2.stderr));
+    let numbers = |t: &str| t.lines().last().unwrap_or("").to_string();
+    assert_eq!(numbers(&out), numbers(&text(&o2.stdout)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
