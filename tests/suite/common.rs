@@ -157,3 +157,22 @@ pub fn compare_jit(name: &str, f: &Func, inputs: &[ArrayD<f32>]) {
     });
     assert!(same, "{name}: a second run differs");
 }
+
+/// Limits the address space of the process `c` will start to `bytes` (so that an
+/// allocation beyond it fails instead of swapping the machine).
+pub fn limit_address_space(c: &mut std::process::Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -19,25 +19,12 @@ const ADDRESS_SPACE: u64 = 2 << 30;
 
 /// Runs kiln with `env` set and its address space limited to `bytes`.
 fn kiln(args: &[&str], env: &[(&str, &str)], bytes: u64) -> Output {
-    use std::os::unix::process::CommandExt;
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.args(args).env_remove(budget::ENV);
     for (k, v) in env {
         c.env(k, v);
     }
-    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::common::limit_address_space(&mut c, bytes);
     c.output().expect("run kiln")
 }
 
