@@ -46,15 +46,33 @@ impl Dataset {
     }
 }
 
-/// The target's column when the table has one, for reading inputs alone: named as
-/// [`target_column`] names it.
-fn present_target_column(t: &csv::Table, graph: &Graph, opts: &LoadOptions) -> Option<usize> {
-    let train = graph.train.as_ref();
-    let wanted = opts
-        .target_column
+/// The name of the target's column: the option's, else the spec's
+/// `data.target_column`, else the target's own name (`target`, when given).
+fn target_column_name(graph: &Graph, opts: &LoadOptions, target: Option<&str>) -> Option<String> {
+    opts.target_column
         .clone()
-        .or_else(|| train?.decl.data.as_ref()?.target_column.clone())
-        .or_else(|| train?.targets.first().map(|t| t.name.clone()))?;
+        .or_else(|| {
+            graph
+                .train
+                .as_ref()?
+                .decl
+                .data
+                .as_ref()?
+                .target_column
+                .clone()
+        })
+        .or_else(|| target.map(str::to_string))
+}
+
+/// The target's column when the table has one, for reading inputs alone.
+fn present_target_column(t: &csv::Table, graph: &Graph, opts: &LoadOptions) -> Option<usize> {
+    let first = graph
+        .train
+        .as_ref()?
+        .targets
+        .first()
+        .map(|t| t.name.as_str());
+    let wanted = target_column_name(graph, opts, first)?;
     t.header.iter().position(|h| *h == wanted)
 }
 
@@ -67,17 +85,7 @@ fn target_column(
     opts: &LoadOptions,
     w: &Want,
 ) -> Result<usize, DataError> {
-    let wanted = opts
-        .target_column
-        .clone()
-        .or_else(|| {
-            graph
-                .train
-                .as_ref()
-                .and_then(|t| t.decl.data.as_ref())
-                .and_then(|d| d.target_column.clone())
-        })
-        .unwrap_or_else(|| w.name.clone());
+    let wanted = target_column_name(graph, opts, Some(&w.name)).unwrap_or_default();
     match t.header.iter().position(|h| *h == wanted) {
         Some(k) => Ok(k),
         None => {
