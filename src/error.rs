@@ -19,9 +19,11 @@ use crate::weights::WeightsError;
 pub enum Error {
     /// A file could not be read or written (exit code 2).
     Io {
+        /// The file.
         path: PathBuf,
         /// `read` or `write`.
         action: &'static str,
+        /// The operating system's error.
         error: std::io::Error,
     },
     /// The spec is wrong: every diagnostic, with the source to show them against
@@ -39,7 +41,9 @@ pub enum Error {
     /// Compiling or running failed: a bug in kiln, reported rather than a crash
     /// (exit code 2). The failing stage's own error is the source.
     Internal {
+        /// What failed, in words.
         message: String,
+        /// The failing stage's error, when there is one.
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 }
@@ -49,7 +53,9 @@ pub enum Error {
 pub struct SpecError {
     /// The file name to show.
     pub file: String,
+    /// The spec's text, which the diagnostics' spans point into.
     pub source: String,
+    /// Every problem found, in the order of the text.
     pub diagnostics: Vec<Diagnostic>,
 }
 

@@ -12,19 +12,28 @@ use crate::check::Graph;
 /// Values given explicitly (`None`: not given).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
+    /// Passes over the training data.
     pub epochs: Option<usize>,
+    /// Examples per training step.
     pub batch_size: Option<usize>,
+    /// The seed of initialization, shuffling and dropout.
     pub seed: Option<u64>,
+    /// Whether each epoch visits the examples in a new random order.
     pub shuffle: Option<bool>,
+    /// The fraction of the data, taken from its end, held out for validation.
     pub validation_split: Option<f64>,
 }
 
 /// The settings a run uses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Examples per training step.
     pub batch_size: usize,
+    /// The seed of initialization, shuffling and dropout.
     pub seed: u64,
+    /// Whether each epoch visits the examples in a new random order.
     pub shuffle: bool,
     /// f64 bits (checkpoints store it exactly).
     pub validation_split: u64,

@@ -7,6 +7,7 @@ pub struct Logs {
 }
 
 impl Logs {
+    /// The value named `name`, if it was set.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.entries
             .iter()
@@ -20,12 +21,15 @@ impl Logs {
             None => self.entries.push((name.to_string(), v)),
         }
     }
+    /// Every name, in the order the values were first set.
     pub fn names(&self) -> Vec<String> {
         self.entries.iter().map(|(n, _)| n.clone()).collect()
     }
+    /// Every `(name, value)` pair, in the order the values were first set.
     pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
         self.entries.iter().map(|(n, v)| (n.as_str(), *v))
     }
+    /// Whether no value was set.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

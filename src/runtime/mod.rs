@@ -27,6 +27,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend named `jit` or `interp` (as the CLI's `--backend` takes it).
     pub fn parse(s: &str) -> Option<Backend> {
         match s {
             "jit" => Some(Backend::Jit),

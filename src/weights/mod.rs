@@ -2,11 +2,11 @@
 //!
 //! A weight's key is `{layer}/{param}` (`dense_1/kernel`,
 //! `lstm/lstm_cell/recurrent_kernel`), its shape and initializer are Keras's, as the
-//! checker lists them in [`crate::layers::Param`]. [`init`] draws every weight of a
+//! checker lists them in [`crate::layers::Param`]. [`init()`] draws every weight of a
 //! graph from a seed; [`save`] writes them atomically; [`load`] reads a file without
 //! trusting it; [`check_against`] compares a file's weights with what a model expects.
 //!
-//! Randomness: each weight has its own Philox stream named by its key (see [`rng`]), so
+//! Randomness: each weight has its own Philox stream named by its key (see [`crate::rng`]), so
 //! a weight's values depend only on the global seed (or the initializer's own `seed`
 //! argument, which then replaces it, as in Keras) and its key — not on the other layers
 //! of the model, nor on their order.
@@ -45,6 +45,7 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// No tensors and no metadata.
     pub fn new() -> Weights {
         Weights::default()
     }
@@ -61,12 +62,15 @@ impl Weights {
             }
         }
     }
+    /// The tensor stored under `key`.
     pub fn get(&self, key: &str) -> Option<&ArrayD<f32>> {
         self.index.get(key).map(|&i| &self.tensors[i].1)
     }
+    /// The tensor stored under `key`, to change in place.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut ArrayD<f32>> {
         self.index.get(key).map(|&i| &mut self.tensors[i].1)
     }
+    /// Whether a tensor is stored under `key`.
     pub fn contains_key(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }
@@ -81,9 +85,11 @@ impl Weights {
         }
         Some(a)
     }
+    /// How many tensors there are.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
+    /// Whether there are no tensors.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
@@ -91,6 +97,7 @@ impl Weights {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<f32>)> {
         self.tensors.iter().map(|(k, a)| (k.as_str(), a))
     }
+    /// The keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.iter().map(|(k, _)| k.as_str())
     }
@@ -117,18 +124,28 @@ impl Weights {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
     /// The model has this weight; the file does not.
-    Missing { key: String, expected: Vec<usize> },
+    Missing {
+        /// The weight's key (Keras's name, e.g. `dense/kernel`).
+        key: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+    },
     /// The file has this tensor; the model has no such weight.
     Extra {
+        /// The tensor's key in the file.
         key: String,
+        /// Its shape in the file.
         found: Vec<usize>,
         /// A key of the model that is close (did-you-mean).
         suggestion: Option<String>,
     },
     /// Both have it, in different shapes.
     Shape {
+        /// The weight's key.
         key: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
 }
@@ -139,6 +156,7 @@ fn dims(s: &[usize]) -> String {
 }
 
 impl Mismatch {
+    /// The key of the weight or tensor concerned.
     pub fn key(&self) -> &str {
         match self {
             Mismatch::Missing { key, .. }
@@ -190,21 +208,27 @@ impl fmt::Display for Mismatch {
 pub enum WeightsError {
     /// Reading or writing failed (exit code 2).
     Io {
+        /// The file.
         path: PathBuf,
         /// `read` or `write`.
         action: &'static str,
+        /// The operating system's error.
         error: io::Error,
     },
     /// The file is not a safetensors file kiln can use (exit code 1).
     Format {
+        /// The file.
         path: PathBuf,
         /// The tensor concerned, when there is one.
         key: Option<String>,
+        /// What is wrong, in a sentence.
         message: String,
     },
     /// The file's weights do not fit the model (exit code 1).
     Mismatch {
+        /// The file.
         path: PathBuf,
+        /// Every way the file and the model disagree.
         problems: Vec<Mismatch>,
     },
 }
@@ -217,6 +241,7 @@ impl WeightsError {
             _ => 1,
         }
     }
+    /// The file concerned.
     pub fn path(&self) -> &Path {
         match self {
             WeightsError::Io { path, .. }
@@ -376,7 +401,9 @@ pub fn check_against(graph: &Graph, w: &Weights) -> Result<(), Vec<Mismatch>> {
 /// Why weights could not be initialized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitError {
+    /// The weight's key.
     pub key: String,
+    /// Why, in a sentence.
     pub message: String,
 }
 

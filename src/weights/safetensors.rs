@@ -68,7 +68,9 @@ const DTYPES: &[(&str, &str)] = &[
 /// What is wrong with a file's bytes: a sentence, and the tensor it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FormatError {
+    /// The tensor concerned, when there is one.
     pub key: Option<String>,
+    /// What is wrong, in a sentence.
     pub message: String,
 }
 
@@ -155,7 +157,9 @@ pub fn max_read_bytes(var: &str) -> Result<u64, String> {
 /// A file's bytes: mapped into memory when it is a regular file, read otherwise (a
 /// pipe, an empty file).
 pub enum FileBytes {
+    /// A regular file, mapped read-only.
     Mapped(memmap2::Mmap),
+    /// Read into memory.
     Read(Vec<u8>),
 }
 

@@ -1,4 +1,5 @@
-//! The library's one error type: spec errors are miette diagnostics with the spec's
+//! Written as an outside crate would write it, with documented items only. The
+//! library's one error type: spec errors are miette diagnostics with the spec's
 //! text, I/O and data failures keep their cause as `source`, and every error maps to
 //! the exit codes of DESIGN §3 in one place.
 
