@@ -181,6 +181,12 @@ impl Dim {
         })
     }
 
+    /// The monomials: each a product of atoms (empty for the constant term) and its
+    /// coefficient, in a fixed order.
+    pub fn terms(&self) -> impl Iterator<Item = (&[Atom], i64)> {
+        self.terms.iter().map(|(m, c)| (m.as_slice(), *c))
+    }
+
     /// The symbols this dim mentions.
     pub fn symbols(&self) -> Vec<String> {
         let mut out = Vec::new();

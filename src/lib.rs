@@ -130,6 +130,7 @@ pub mod layers;
 #[doc(hidden)]
 pub mod lower;
 pub mod net;
+pub mod onnx;
 #[doc(hidden)]
 pub mod paths;
 #[cfg(feature = "cli")]

@@ -150,3 +150,34 @@ pub fn init(spec: &PathBuf, out: &PathBuf, seed: Option<u64>, memory: &super::Me
     );
     Ok(())
 }
+
+/// `kiln export --format onnx`: the inference function with the given weights.
+pub fn export_onnx(spec: &PathBuf, weights: &PathBuf, out: &Path) -> Result {
+    if out.extension().and_then(|e| e.to_str()) != Some("onnx") {
+        return Err(CliError::Usage(format!(
+            "-o {}: kiln writes ONNX models to `.onnx` files; give a path ending in `.onnx`",
+            out.display()
+        )));
+    }
+    kiln::paths::guard_outputs(
+        &[("the spec", spec), ("the weights", weights)],
+        &[("-o", out)],
+    )
+    .map_err(CliError::Usage)?;
+    let m = load(spec)?;
+    let mut net = m.compile(&kiln::Options::default())?;
+    net.load_weights(weights)?;
+    let bytes = net.to_onnx()?;
+    kiln::paths::write_atomic(out, |w| w.write_all(&bytes)).map_err(|error| Error::Io {
+        path: out.to_path_buf(),
+        action: "write",
+        error,
+    })?;
+    println!(
+        "wrote {}: ONNX opset {} ({} bytes), inputs and outputs named as in the spec",
+        out.display(),
+        kiln::onnx::OPSET,
+        kiln::layers::group_digits(bytes.len() as i64)
+    );
+    Ok(())
+}

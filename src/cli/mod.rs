@@ -76,6 +76,20 @@ enum Command {
         #[command(flatten)]
         memory: MemoryArg,
     },
+    /// Write a model's inference function with its weights in another format: a
+    /// standard ONNX model (opset 17) for ONNX Runtime, TensorRT, OpenVINO, tract.
+    Export {
+        spec: PathBuf,
+        /// The weights to export (`.safetensors`, as `kiln train --out` writes them).
+        #[arg(long)]
+        weights: PathBuf,
+        /// The format to write.
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: ExportFormat,
+        /// Where to write the model (`.onnx`).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
     Train(train::TrainArgs),
     /// Print the loss and metrics of weights on data.
@@ -204,6 +218,12 @@ fn run(command: Command) -> Result {
             seed,
             memory,
         } => inspect::init(&spec, &out, seed, &memory),
+        Command::Export {
+            spec,
+            weights,
+            format: ExportFormat::Onnx,
+            out,
+        } => inspect::export_onnx(&spec, &weights, &out),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => apply::eval(&a),
         Command::Predict(a) => apply::predict(&a),
@@ -226,6 +246,13 @@ fn load(spec: &PathBuf) -> Result<Model> {
         eprint!("{}", m.render_warnings(color()));
     }
     Ok(m)
+}
+
+/// A format `kiln export` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormat {
+    /// ONNX, opset 17: the inference graph, weights as initializers.
+    Onnx,
 }
 
 /// The executor of compiled functions, as a flag.

@@ -218,6 +218,16 @@ impl Net {
         Ok(outs.remove(0).1)
     }
 
+    /// The inference function with the current weights as an ONNX model (opset 17,
+    /// serialized): what `kiln export --format onnx` writes. A model using something
+    /// ONNX cannot express is refused, naming it ([`crate::onnx`]).
+    pub fn to_onnx(&self) -> Result<Vec<u8>, Error> {
+        let f = crate::lower::predict_func(&self.graph)?;
+        crate::onnx::export(&f, &self.weights, &self.graph.name).map_err(|e| {
+            Error::Invalid(format!("cannot export `{}` to ONNX: {e}", self.graph.name))
+        })
+    }
+
     /// Runs the forward pass and returns every output by name, in the spec's order.
     pub fn predict_all(
         &self,

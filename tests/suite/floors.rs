@@ -16,7 +16,7 @@ const FLOORS: &[&[&str]] = &[
     &["spec", "runtime"],
     &["check"],
     &["lower", "summary", "weights", "settings"],
-    &["data", "bench", "budget"],
+    &["data", "bench", "budget", "onnx"],
     &["error"],
     &["net"],
     &["fit"],

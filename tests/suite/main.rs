@@ -23,6 +23,7 @@ mod keras_names;
 mod layers;
 mod library;
 mod lower_grad;
+mod onnx_export;
 mod optim;
 mod predict_cli;
 mod props;
