@@ -416,11 +416,6 @@ pub static KERAS: &[KerasName] = &[
         "stateful",
         "stateful recurrent layers are not supported",
     ),
-    k(
-        Argument,
-        "recurrent_dropout",
-        "dropout on the recurrent state is not supported yet; the layer's `dropout` (on its inputs) is",
-    ),
     k(Argument, "amsgrad", "AMSGrad is not supported yet"),
 ];
 

@@ -26,6 +26,7 @@ mod lower_grad;
 mod optim;
 mod predict_cli;
 mod props;
+mod recurrent_dropout;
 mod simple_layers;
 mod train_bits;
 mod train_cli;
