@@ -34,6 +34,10 @@ pub struct LowerCx {
     pub masks: Vec<Option<Id>>,
     /// The mask a layer that makes one (`Mask::Produces`) gives its output.
     pub mask_out: Option<Id>,
+    /// The outputs of layers held by a wrapper (`bidirectional`'s forward and backward
+    /// layers), keyed by their parameter prefix (`bidirectional/forward_lstm`): the
+    /// values their activity regularizers apply to.
+    pub inner_outputs: Vec<(String, Id)>,
     salt: u64,
 }
 
@@ -49,6 +53,7 @@ impl LowerCx {
             rng_key: None,
             masks: Vec::new(),
             mask_out: None,
+            inner_outputs: Vec::new(),
             salt: 0,
         }
     }

@@ -20,7 +20,7 @@ mod recurrent;
 mod resample;
 mod reshape;
 mod wrappers;
-pub use wrappers::name_inner_layers;
+pub use wrappers::{Held, held_layers, name_inner_layers};
 
 use std::ops::Range;
 
@@ -39,6 +39,9 @@ pub struct Param {
     pub trainable: bool,
     /// The initializer (`Value::Named`), as Keras would use it.
     pub init: Value,
+    /// The layer argument whose regularizer Keras gives this weight
+    /// (`recurrent_regularizer` for `lstm_cell/recurrent_kernel`), empty for none.
+    pub regularizer: String,
 }
 
 impl Param {
@@ -418,12 +421,19 @@ impl Ctx<'_> {
     }
 
     /// A weight with the layer's initializer argument `init_arg`.
+    /// A trainable weight initialized by the argument `init_arg`; it is regularized by
+    /// the argument Keras pairs with that initializer in its `add_weight` call
+    /// (`kernel_initializer` → `kernel_regularizer`, `depthwise_initializer` →
+    /// `depthwise_regularizer`), when the layer has it.
     pub fn param(&self, name: &str, shape: Vec<i64>, init_arg: &str) -> Param {
+        let reg = init_arg.replace("_initializer", crate::catalog::regularizers::SUFFIX);
+        let has = self.kind.args.iter().any(|a| a.name == reg);
         Param {
             name: name.to_string(),
             shape,
             trainable: true,
             init: self.args.get(init_arg).clone(),
+            regularizer: if has { reg } else { String::new() },
         }
     }
 }

@@ -7,10 +7,10 @@ use super::masking::input_mask;
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{CellFacts, Facts, Mask, NO_FACTS};
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, arg, int};
-use crate::catalog::{activations, initializers};
+use crate::catalog::{activations, initializers, regularizers};
 use crate::ir::{Cell, Id, Op, Result, RnnAttrs};
 
-const BASE: [ArgSpec; 12] = [
+const BASE: [ArgSpec; 16] = [
     arg("units", int(1), Default::Required),
     arg("activation", activations::ACTIVATION, Default::Str("tanh")),
     arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -29,6 +29,10 @@ const BASE: [ArgSpec; 12] = [
         initializers::INITIALIZER,
         Default::Str("zeros"),
     ),
+    regularizers::KERNEL,
+    regularizers::RECURRENT,
+    regularizers::BIAS,
+    regularizers::ACTIVITY,
     arg("return_sequences", ArgKind::Bool, Default::Bool(false)),
     arg("go_backwards", ArgKind::Bool, Default::Bool(false)),
     arg("unroll", ArgKind::Bool, Default::Bool(false)),
@@ -38,7 +42,7 @@ const BASE: [ArgSpec; 12] = [
 ];
 
 /// LSTM and GRU add a recurrent activation and one gate-specific flag.
-const fn gated(extra: ArgSpec) -> [ArgSpec; 14] {
+const fn gated(extra: ArgSpec) -> [ArgSpec; 18] {
     let b = BASE;
     let ra = arg(
         "recurrent_activation",
@@ -46,12 +50,13 @@ const fn gated(extra: ArgSpec) -> [ArgSpec; 14] {
         Default::Str("sigmoid"),
     );
     [
-        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], extra,
+        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15], extra,
     ]
 }
 
-const LSTM_ARGS: [ArgSpec; 14] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
-const GRU_ARGS: [ArgSpec; 14] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
+const LSTM_ARGS: [ArgSpec; 18] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
+const GRU_ARGS: [ArgSpec; 18] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
 
 pub const SIMPLE_RNN: LayerKind = LayerKind {
     name: "simple_rnn",

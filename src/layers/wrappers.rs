@@ -370,7 +370,10 @@ fn lower_bidirectional(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     };
     let (fa, ba) = (zero(fa), zero(&ba));
     let y = lower_inner(lw, fk, &fname, &fa, l.output, x[0])?;
-    let y_rev = lower_inner(lw, bk, &format!("{}/{bname}", l.name), &ba, l.output, x[0])?;
+    let bname = format!("{}/{bname}", l.name);
+    let y_rev = lower_inner(lw, bk, &bname, &ba, l.output, x[0])?;
+    // Keras calls both layers (`__call__`): their activity regularizers apply.
+    lw.inner_outputs.extend([(fname, y), (bname, y_rev)]);
     let y_rev = if lw.f.ty(y_rev).rank() == 3 {
         reverse_steps(lw, y_rev)?
     } else {
@@ -388,6 +391,61 @@ fn lower_bidirectional(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
             lw.f.push(crate::ir::Op::Concat { axis }, &[y, y_rev])
         }
     }
+}
+
+/// A layer held by a wrapper, as Keras's `model.losses` sees it.
+pub struct Held {
+    pub kind: &'static LayerKind,
+    pub args: Args,
+    /// Its parameters' prefix inside the wrapper's (`forward_lstm`).
+    pub prefix: String,
+    /// Whether Keras calls it through `Layer.__call__`, which adds its activity
+    /// regularizer (`Bidirectional`); `TimeDistributed` calls `layer.call`, which
+    /// does not. Its weights' regularizers count either way.
+    pub called: bool,
+}
+
+/// The layers `kind` holds in `args` (none unless it is a wrapper).
+pub fn held_layers(kind: &LayerKind, args: &Args) -> Vec<Held> {
+    let mut out = Vec::new();
+    for spec in kind.args {
+        let ArgKind::Catalog(c) = spec.kind else {
+            continue;
+        };
+        if std::ptr::eq(c, &LAYER_ARG) {
+            if let Some((k, a)) = inner(args, spec.name) {
+                let prefix = own_name(k, a);
+                let args = a.clone();
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: false,
+                });
+            }
+        } else if std::ptr::eq(c, &RECURRENT_ARG) && spec.name == "layer" {
+            if let Some((k, a)) = inner(args, spec.name) {
+                let prefix = format!("forward_{}", own_name(k, a));
+                let args = a.clone();
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: true,
+                });
+            }
+            // `backward_layer` as written, or the copy of `layer`.
+            if let Some((k, args, prefix)) = backward(args) {
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: true,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The input of one step: the sequence without its steps axis.

@@ -27,6 +27,7 @@ mod optim;
 mod predict_cli;
 mod props;
 mod recurrent_dropout;
+mod regularizers;
 mod simple_layers;
 mod train_bits;
 mod train_cli;
