@@ -309,15 +309,24 @@ def weights(model):
 
 def adapt(model, input_names, xs):
     """Keras's `adapt` on the case's inputs for every `Normalization` without `mean`
-    and `variance`, as kiln's fit does before its first step (the layer must sit on a
-    model input)."""
+    and `variance`, as kiln's fit does before its first step, in layer order. A layer
+    on a model input adapts on that input; one whose input earlier layers compute
+    adapts on that input computed over the case's inputs (inference mode), as a Keras
+    user adapts on the preprocessed array."""
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Normalization) or layer.input_mean is not None:
             continue
         at = [i for i, t in enumerate(model.inputs) if t is layer.input]
-        if not at:
-            raise ValueError(f"`{layer.name}` adapts but is not on a model input")
-        layer.adapt(xs[input_names[at[0]]])
+        if at:
+            layer.adapt(xs[input_names[at[0]]])
+        else:
+            layer.adapt(adapt_input(model, layer, input_names, xs))
+
+
+def adapt_input(model, layer, input_names, xs):
+    """The value of `layer`'s input over the case's inputs, by the layers before it."""
+    sub = keras.Model(model.inputs, layer.input)
+    return np.asarray(sub([xs[n] for n in input_names], training=False))
 
 
 def compile_model(model, spec):
