@@ -34,6 +34,9 @@ Every `normalization` without `mean` and `variance` is adapted on the case's inp
 first (as kiln's fit does). `position_embedding` is keras_hub's layer
 (`pip install --no-deps keras-hub` is enough).
 
+A reference `LAYER.PART` (`bi.backward`, `bi.1`) is one element of the list a layer
+with several outputs returns (`PARTS` names them per Keras class).
+
 `train: false` compares the inference output only (for layers whose training mode is
 random, such as dropout or gaussian_noise, whose random numbers differ from Keras's).
 """
@@ -223,6 +226,21 @@ def concrete(shape, opts):
     return out
 
 
+# The outputs of a layer that returns several (Keras's list), as kiln names them
+# (`bi.backward`, or by position `bi.1`).
+PARTS = {"Bidirectional": ("forward", "backward")}
+
+
+def tensor_of(tensors, layers, ref):
+    """The tensor a kiln reference names: a layer or input, or `LAYER.PART`, one element
+    of the list a layer with several outputs returns."""
+    if "." not in ref:
+        return tensors[ref]
+    name, part = ref.split(".", 1)
+    names = PARTS[type(layers[name]).__name__]
+    return tensors[name][int(part) if part.isdigit() else names.index(part)]
+
+
 def build_model(spec):
     """The spec as a Keras functional model; returns (model, input names)."""
     tensors = {}
@@ -236,18 +254,22 @@ def build_model(spec):
         names.append(name)
         model_inputs.append(t)
     last = model_inputs[0]
+    layers = {}
     for item in spec["layers"]:
         layer = build_layer(item)
         srcs = connections(item)
-        args = [tensors[s] for s in srcs] if srcs else [last]
+        args = [tensor_of(tensors, layers, s) for s in srcs] if srcs else [last]
         if is_merge(layer):
             out = layer(args)
         else:
             out = layer(*args, **call_arguments(item))
         tensors[layer.name] = out
+        layers[layer.name] = layer
         last = out
     outs = spec.get("outputs") or [layer.name]
-    model = keras.Model(model_inputs, [tensors[o] for o in outs], name=spec.get("name", "m"))
+    model = keras.Model(
+        model_inputs, [tensor_of(tensors, layers, o) for o in outs], name=spec.get("name", "m")
+    )
     return model, names, outs
 
 

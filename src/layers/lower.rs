@@ -38,6 +38,9 @@ pub struct LowerCx {
     /// layers), keyed by their parameter prefix (`bidirectional/forward_lstm`): the
     /// values their activity regularizers apply to.
     pub inner_outputs: Vec<(String, Id)>,
+    /// Each output of a layer with several ([`super::Facts::parts`]), in order; the
+    /// layer's lowering returns the first. Emptied by the driver before each layer.
+    pub parts_out: Vec<Id>,
     salt: u64,
 }
 
@@ -54,6 +57,7 @@ impl LowerCx {
             masks: Vec::new(),
             mask_out: None,
             inner_outputs: Vec::new(),
+            parts_out: Vec::new(),
             salt: 0,
         }
     }

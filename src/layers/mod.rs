@@ -102,6 +102,16 @@ pub struct Facts {
     /// What the layer does with a Keras mask on its input (Keras's `supports_masking`
     /// and `compute_mask`).
     pub mask: Mask,
+    /// The names of the outputs a layer with these arguments returns, in Keras's order
+    /// (`bidirectional` with `merge_mode: None`: `forward`, `backward`); empty for a
+    /// layer with one output. A spec picks one as `LAYER.PART` or `LAYER.INDEX`; the
+    /// shape rule gives their types in [`Ctx::parts`].
+    pub parts: fn(&Args) -> &'static [&'static str],
+}
+
+/// The parts of a layer with one output: none.
+pub fn one_output(_: &Args) -> &'static [&'static str] {
+    &[]
 }
 
 /// A layer whose non-trainable weights Keras computes from data (`adapt`), which `fit`
@@ -157,6 +167,7 @@ pub const NO_FACTS: Facts = Facts {
     looks_up: None,
     adapt: None,
     mask: Mask::Drops,
+    parts: one_output,
 };
 
 /// The facts of a kind that passes a mask on unchanged and has no others (dense,
@@ -277,6 +288,9 @@ pub struct Ctx<'a> {
     pub args: &'a Args,
     pub inputs: Vec<In<'a>>,
     pub diags: &'a mut Vec<Diagnostic>,
+    /// The type of each output of a layer with several ([`Facts::parts`]), in order,
+    /// set by its shape rule (whose `Inferred::output` is then the first's).
+    pub parts: Vec<TensorType>,
 }
 
 impl Ctx<'_> {

@@ -39,7 +39,7 @@ pub const BIDIRECTIONAL: LayerKind = LayerKind {
         arg("layer", RECURRENT, Default::Required),
         arg(
             "merge_mode",
-            ArgKind::Choice(&["concat", "sum", "mul", "ave"]),
+            ArgKind::Choice(&["concat", "sum", "mul", "ave", "none"]),
             Default::Str("concat"),
         ),
         arg("backward_layer", RECURRENT, Default::Null),
@@ -49,9 +49,20 @@ pub const BIDIRECTIONAL: LayerKind = LayerKind {
     lower: lower_bidirectional,
     facts: Facts {
         mask: Mask::ConsumesKeeps,
+        parts: bidirectional_parts,
         ..NO_FACTS
     },
 };
+
+/// `merge_mode: None` returns the forward and backward outputs unmerged, as Keras's
+/// list `[forward, backward]`.
+fn bidirectional_parts(args: &Args) -> &'static [&'static str] {
+    if args.str("merge_mode") == "none" {
+        &["forward", "backward"]
+    } else {
+        &[]
+    }
+}
 
 pub const TIME_DISTRIBUTED: LayerKind = LayerKind {
     name: "time_distributed",
@@ -229,6 +240,7 @@ fn infer_inner(
             origin,
         }],
         diags: cx.diags,
+        parts: Vec::new(),
     };
     (kind.infer)(&mut icx)
 }
@@ -287,7 +299,9 @@ fn bidirectional(cx: &mut Ctx) -> Option<Inferred> {
     let (fo, bo) = (&fwd.output.shape, &bwd.output.shape);
     let mode = cx.args.str("merge_mode").to_string();
     let mut shape = fo.clone();
-    if mode == "concat" {
+    if mode == "none" {
+        cx.parts = vec![fwd.output.clone(), bwd.output.clone()];
+    } else if mode == "concat" {
         let Ok(last) = fo[fo.len() - 1].add(&bo[bo.len() - 1]) else {
             return cx.overflow(crate::dim::Overflow);
         };
@@ -380,6 +394,11 @@ fn lower_bidirectional(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         y_rev
     };
     match l.args.str("merge_mode") {
+        // Keras's list `[forward, backward]`, the backward output in the input's order.
+        "none" => {
+            lw.parts_out = vec![y, y_rev];
+            Ok(y)
+        }
         "sum" => lw.f.add(y, y_rev),
         "mul" => lw.f.mul(y, y_rev),
         "ave" => {

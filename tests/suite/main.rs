@@ -23,6 +23,7 @@ mod keras_names;
 mod layers;
 mod library;
 mod lower_grad;
+mod multi_output;
 mod optim;
 mod predict_cli;
 mod props;
