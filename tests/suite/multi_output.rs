@@ -232,3 +232,18 @@ fn two_parts_as_two_outputs_train() {
         .collect();
     crate::common::compare_jit("two parts, two losses", &step.func, &vals);
 }
+
+#[test]
+fn budget_counts_every_part_inside_its_layer() {
+    use kiln::budget::{self, Work};
+    let m = model(&spec(
+        "{x: [batch, 200, 3]}",
+        "  - bidirectional: {layer: {lstm: {units: 64, return_sequences: true}}, merge_mode: null, name: bi}",
+    ));
+    let none = std::collections::HashMap::new();
+    let e = budget::estimate(&m.graph, Work::Infer, 8, &none).unwrap();
+    // The backward part comes after the forward one; both belong to `bi`.
+    let value = e.largest.iter().find(|t| !t.weight).unwrap();
+    assert!(value.name.contains("inside layer `bi`"), "{value:?}");
+    assert!(e.activations >= 2 * 8 * 200 * 64 * 4, "{e:?}");
+}
