@@ -99,6 +99,9 @@ fn parts_are_named_or_numbered() {
     let f = lower::predict_func(&m.graph).unwrap();
     let outs: Vec<&str> = f.outputs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(outs, ["add", "bi.backward"]);
+    // The IR's text form keeps a part's name.
+    let text = f.print();
+    assert_eq!(kiln::ir::parse(&text).unwrap().print(), text);
 }
 
 #[test]
