@@ -34,6 +34,9 @@ Every `normalization` without `mean` and `variance` is adapted on the case's inp
 first (as kiln's fit does). `position_embedding` is keras_hub's layer
 (`pip install --no-deps keras-hub` is enough).
 
+A reference `LAYER.PART` (`bi.backward`, `bi.1`) is one element of the list a layer
+with several outputs returns (`PARTS` names them per Keras class).
+
 `train: false` compares the inference output only (for layers whose training mode is
 random, such as dropout or gaussian_noise, whose random numbers differ from Keras's).
 """
@@ -223,6 +226,21 @@ def concrete(shape, opts):
     return out
 
 
+# The outputs of a layer that returns several (Keras's list), as kiln names them
+# (`bi.backward`, or by position `bi.1`).
+PARTS = {"Bidirectional": ("forward", "backward")}
+
+
+def tensor_of(tensors, layers, ref):
+    """The tensor a kiln reference names: a layer or input, or `LAYER.PART`, one element
+    of the list a layer with several outputs returns."""
+    if "." not in ref:
+        return tensors[ref]
+    name, part = ref.split(".", 1)
+    names = PARTS[type(layers[name]).__name__]
+    return tensors[name][int(part) if part.isdigit() else names.index(part)]
+
+
 def build_model(spec):
     """The spec as a Keras functional model; returns (model, input names)."""
     tensors = {}
@@ -236,18 +254,22 @@ def build_model(spec):
         names.append(name)
         model_inputs.append(t)
     last = model_inputs[0]
+    layers = {}
     for item in spec["layers"]:
         layer = build_layer(item)
         srcs = connections(item)
-        args = [tensors[s] for s in srcs] if srcs else [last]
+        args = [tensor_of(tensors, layers, s) for s in srcs] if srcs else [last]
         if is_merge(layer):
             out = layer(args)
         else:
             out = layer(*args, **call_arguments(item))
         tensors[layer.name] = out
+        layers[layer.name] = layer
         last = out
     outs = spec.get("outputs") or [layer.name]
-    model = keras.Model(model_inputs, [tensors[o] for o in outs], name=spec.get("name", "m"))
+    model = keras.Model(
+        model_inputs, [tensor_of(tensors, layers, o) for o in outs], name=spec.get("name", "m")
+    )
     return model, names, outs
 
 
@@ -309,15 +331,24 @@ def weights(model):
 
 def adapt(model, input_names, xs):
     """Keras's `adapt` on the case's inputs for every `Normalization` without `mean`
-    and `variance`, as kiln's fit does before its first step (the layer must sit on a
-    model input)."""
+    and `variance`, as kiln's fit does before its first step, in layer order. A layer
+    on a model input adapts on that input; one whose input earlier layers compute
+    adapts on that input computed over the case's inputs (inference mode), as a Keras
+    user adapts on the preprocessed array."""
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Normalization) or layer.input_mean is not None:
             continue
         at = [i for i, t in enumerate(model.inputs) if t is layer.input]
-        if not at:
-            raise ValueError(f"`{layer.name}` adapts but is not on a model input")
-        layer.adapt(xs[input_names[at[0]]])
+        if at:
+            layer.adapt(xs[input_names[at[0]]])
+        else:
+            layer.adapt(adapt_input(model, layer, input_names, xs))
+
+
+def adapt_input(model, layer, input_names, xs):
+    """The value of `layer`'s input over the case's inputs, by the layers before it."""
+    sub = keras.Model(model.inputs, layer.input)
+    return np.asarray(sub([xs[n] for n in input_names], training=False))
 
 
 def compile_model(model, spec):

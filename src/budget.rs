@@ -126,13 +126,20 @@ fn concrete(shape: &[crate::dim::Dim], env: &HashMap<String, i64>) -> Vec<i64> {
 }
 
 /// Each layer's output node and name, in layer order: a node belongs to the first
-/// layer whose output comes at or after it (layers are lowered in order).
+/// layer whose output comes at or after it (layers are lowered in order; a layer with
+/// several outputs ends at its last).
 fn owners(graph: &Graph, lw: &lower::Lower) -> Vec<(Id, String)> {
     graph
         .layers
         .iter()
         .enumerate()
-        .map(|(i, l)| (lw.value(Source::Layer(i)), l.name.clone()))
+        .map(|(i, l)| {
+            let last = match l.parts.len() {
+                0 => Source::Layer(i),
+                n => Source::Part(i, n - 1),
+            };
+            (lw.value(last), l.name.clone())
+        })
         .collect()
 }
 

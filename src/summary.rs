@@ -70,9 +70,16 @@ pub fn render(g: &Graph) -> String {
             .take(MAX_LISTED)
             .map(|&s| g.name_of(s))
             .collect();
+        // A layer with several outputs lists their shapes, as Keras prints them.
+        let out = if l.parts.is_empty() {
+            shape(&l.output.shape)
+        } else {
+            let each: Vec<String> = l.parts.iter().map(|p| shape(&p.ty.shape)).collect();
+            format!("[{}]", each.join(", "))
+        };
         rows.push([
             format!("{} ({})", l.name, l.kind.class),
-            shape(&l.output.shape),
+            out,
             group_digits(count),
             listed(&connected, l.inputs.len()),
         ]);

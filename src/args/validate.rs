@@ -181,6 +181,10 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
     if v.is_null() && matches!(spec.default, Default::Null) {
         return Some(Value::Null);
     }
+    // A choice of Keras's None (`bidirectional`'s `merge_mode`) lists it as `none`.
+    if v.is_null() && matches!(spec.kind, ArgKind::Choice(c) if c.contains(&"none")) {
+        return Some(Value::Str("none".to_string()));
+    }
     match spec.kind {
         ArgKind::Int { min, max } => check_int(spec, v, what, min, max, diags).map(Value::Int),
         ArgKind::Float {

@@ -116,9 +116,15 @@ pub const REGULARIZER: ArgKind = ArgKind::Catalog(&ARG);
 pub const KERNEL: ArgSpec = arg("kernel_regularizer", REGULARIZER, Default::Null);
 pub const BIAS: ArgSpec = arg("bias_regularizer", REGULARIZER, Default::Null);
 pub const ACTIVITY: ArgSpec = arg("activity_regularizer", REGULARIZER, Default::Null);
+pub const RECURRENT: ArgSpec = arg("recurrent_regularizer", REGULARIZER, Default::Null);
+pub const DEPTHWISE: ArgSpec = arg("depthwise_regularizer", REGULARIZER, Default::Null);
+pub const POINTWISE: ArgSpec = arg("pointwise_regularizer", REGULARIZER, Default::Null);
 
-/// The suffix of a layer argument that regularizes the layer's weight named by what
-/// comes before it (`kernel_regularizer` → `kernel`), as Keras names them.
+/// The suffix of a layer argument that regularizes weights: Keras pairs
+/// `X_regularizer` with `X_initializer` in each `add_weight` call (`kernel_regularizer`
+/// on every kernel of the layer: a multi_head_attention's `query/kernel`, …;
+/// `depthwise_regularizer` on a depthwise convolution's `kernel`), and so does a
+/// layer's `Param::regularizer`.
 pub const SUFFIX: &str = "_regularizer";
 /// The argument that regularizes the layer's output instead of a weight.
 pub const ACTIVITY_ARG: &str = "activity_regularizer";

@@ -9,11 +9,31 @@ use crate::catalog::metrics::MetricKind;
 use crate::layers::{LayerKind, MaskUse, Param, TensorType, mask_flow};
 use crate::spec::train::{Named, TrainDecl};
 
-/// Where a tensor comes from: a model input or a layer's output.
+/// Where a tensor comes from: a model input, a layer's output, or one output of a
+/// layer with several (`bi.backward`: layer, index into its [`Layer::parts`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     Input(usize),
     Layer(usize),
+    Part(usize, usize),
+}
+
+impl Source {
+    /// The layer it comes from, if any.
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            Source::Input(_) => None,
+            Source::Layer(i) | Source::Part(i, _) => Some(i),
+        }
+    }
+}
+
+/// One output of a layer with several.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    /// How a spec names it, and its name as a model output: `bi.backward`.
+    pub name: String,
+    pub ty: TensorType,
 }
 
 /// A model input.
@@ -31,7 +51,10 @@ pub struct Layer {
     pub kind: &'static LayerKind,
     pub args: Args,
     pub inputs: Vec<Source>,
+    /// Its output; for a layer with several, the first of them.
     pub output: TensorType,
+    /// Each of its outputs when it has several (Keras returns a list), else empty.
+    pub parts: Vec<Part>,
     pub params: Vec<Param>,
     /// The layer's type key in the spec.
     pub span: Range<usize>,
@@ -111,26 +134,26 @@ impl Graph {
         match s {
             Source::Input(i) => &self.inputs[i].ty,
             Source::Layer(i) => &self.layers[i].output,
+            Source::Part(i, p) => &self.layers[i].parts[p].ty,
         }
     }
     pub fn name_of(&self, s: Source) -> &str {
         match s {
             Source::Input(i) => &self.inputs[i].name,
             Source::Layer(i) => &self.layers[i].name,
+            Source::Part(i, p) => &self.layers[i].parts[p].name,
         }
     }
     /// Each layer's use of Keras masks and whether its output carries one, in layer
-    /// order, from each kind's mask facts (model inputs carry none).
+    /// order, from each kind's mask facts (model inputs carry none). Every output of a
+    /// layer with several carries its mask, as Keras's `Bidirectional` gives each.
     pub fn masks(&self) -> Vec<(MaskUse, bool)> {
         let mut out: Vec<(MaskUse, bool)> = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let ins: Vec<bool> = l
                 .inputs
                 .iter()
-                .map(|s| match s {
-                    Source::Input(_) => false,
-                    Source::Layer(j) => out.get(*j).is_some_and(|m| m.1),
-                })
+                .map(|s| s.layer().is_some_and(|j| out.get(j).is_some_and(|m| m.1)))
                 .collect();
             let in_rank = l.inputs.first().map_or(0, |&s| self.type_of(s).rank());
             out.push(mask_flow(l.kind, &l.args, &ins, in_rank, l.output.rank()));

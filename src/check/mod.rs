@@ -17,7 +17,7 @@ mod refs;
 mod shapes;
 mod train;
 
-pub use graph::{Graph, Input, Layer, MAX_PARAMS, MetricUse, Source, Target, Train};
+pub use graph::{Graph, Input, Layer, MAX_PARAMS, MetricUse, Part, Source, Target, Train};
 
 use std::ops::Range;
 
@@ -108,6 +108,8 @@ struct Resolved {
     args: Vec<Option<Args>>,
     /// Each layer's inputs.
     refs: Vec<Option<Vec<Source>>>,
+    /// The names of each layer's outputs when it has several (empty otherwise).
+    parts: Vec<&'static [&'static str]>,
 }
 
 impl<'a> Checker<'a> {
@@ -143,18 +145,40 @@ impl<'a> Checker<'a> {
         let mut args = self.layer_args(&kinds);
         self.names = self.layer_names(&kinds, &mut args);
         let defs = self.definitions(&inputs);
-        let refs = self.references(&kinds, &defs);
-        let resolved = Resolved { kinds, args, refs };
-        let (types, mut params) = self.shapes(&inputs, &resolved);
+        let parts: Vec<&'static [&'static str]> = kinds
+            .iter()
+            .zip(&args)
+            .map(|(k, a)| match (k, a) {
+                (Some(k), Some(a)) => (k.facts.parts)(a),
+                _ => &[],
+            })
+            .collect();
+        let refs = self.references(&kinds, &defs, &parts);
+        let resolved = Resolved {
+            kinds,
+            args,
+            refs,
+            parts,
+        };
+        let shapes::Shapes {
+            types,
+            mut params,
+            parts: part_types,
+        } = self.shapes(&inputs, &resolved);
         self.check_total(&params);
 
-        let outputs = self.outputs(&defs);
+        let outputs = self.outputs(&defs, &resolved.parts);
         if let Some(outs) = &outputs {
             self.unused(outs, &resolved.refs, &inputs);
         }
 
         // Build the graph only if everything resolved.
-        let Resolved { kinds, args, refs } = resolved;
+        let Resolved {
+            kinds,
+            args,
+            refs,
+            parts,
+        } = resolved;
         let layers: Option<Vec<Layer>> = spec
             .layers
             .iter()
@@ -166,6 +190,14 @@ impl<'a> Checker<'a> {
                     args: args[i].clone()?,
                     inputs: refs[i].clone()?,
                     output: types[i].clone()?,
+                    parts: parts[i]
+                        .iter()
+                        .zip(&part_types[i])
+                        .map(|(p, ty)| Part {
+                            name: format!("{}.{p}", self.names[i]),
+                            ty: ty.clone(),
+                        })
+                        .collect(),
                     params: std::mem::take(&mut params[i]),
                     span: d.type_span.clone(),
                 })

@@ -10,12 +10,25 @@ use crate::diag::{Diagnostic, did_you_mean};
 use crate::layers::{Arity, LayerKind};
 use crate::spec::{LayerDecl, Ref};
 
+/// Each layer's output parts ([`crate::layers::Facts::parts`]; empty: one output).
+pub(super) type Parts = [&'static [&'static str]];
+
+/// What a reference names, when it is not a plain definition's name.
+enum Miss {
+    /// No input or layer by that name: the caller reports it.
+    Unknown,
+    /// Reported here (E0709): a layer with several outputs named bare, or a part it
+    /// does not have.
+    Reported,
+}
+
 impl Checker<'_> {
     /// Resolves each layer's inputs; `None` for a layer whose references are wrong.
     pub(super) fn references(
         &mut self,
         kinds: &[Option<&'static LayerKind>],
         defs: &HashMap<String, Def>,
+        parts: &Parts,
     ) -> Vec<Option<Vec<Source>>> {
         let spec = self.spec;
         let mut out = Vec::new();
@@ -27,10 +40,7 @@ impl Checker<'_> {
                 l.inputs
                     .iter()
                     .flatten()
-                    .filter_map(|(n, _)| match defs.get(n)?.source {
-                        Source::Layer(j) => Some(j),
-                        Source::Input(_) => None,
-                    })
+                    .filter_map(|(n, _)| defs.get(base_name(n))?.source.layer())
                     .collect()
             })
             .collect();
@@ -42,8 +52,8 @@ impl Checker<'_> {
             let resolved: Option<Vec<Source>> = match &l.inputs {
                 // Written, but wrongly: already reported while parsing.
                 Some(names) if names.is_empty() => None,
-                Some(names) => self.named_inputs(i, names, defs, &explicit),
-                None => self.implicit_input(i, l),
+                Some(names) => self.named_inputs(i, names, defs, parts, &explicit),
+                None => self.implicit_input(i, l, parts),
             };
             let resolved = resolved.and_then(|srcs| self.arity(kinds[i]?, l, srcs));
             out.push(resolved);
@@ -58,6 +68,7 @@ impl Checker<'_> {
         i: usize,
         names: &[Ref],
         defs: &HashMap<String, Def>,
+        parts: &Parts,
         explicit: &[Vec<usize>],
     ) -> Option<Vec<Source>> {
         let mut srcs = Vec::new();
@@ -67,19 +78,20 @@ impl Checker<'_> {
                 ok = false;
                 break;
             }
-            match defs.get(n) {
+            match self.resolve(n, span, defs, parts) {
                 // An input whose declaration is wrong: already reported.
-                None if self.spec.broken_inputs.contains(n) => ok = false,
-                None => {
+                Err(Miss::Unknown) if self.spec.broken_inputs.contains(n) => ok = false,
+                Err(Miss::Unknown) => {
                     ok = false;
                     self.unknown_input(i, n, span);
                 }
-                Some(d) => match d.source {
-                    Source::Layer(j) if j >= i => {
+                Err(Miss::Reported) => ok = false,
+                Ok((s, d)) => match s.layer() {
+                    Some(j) if j >= i => {
                         ok = false;
                         self.forward_ref(i, j, n, span, d, explicit);
                     }
-                    s => srcs.push(s),
+                    _ => srcs.push(s),
                 },
             }
         }
@@ -110,8 +122,25 @@ impl Checker<'_> {
 
     /// The input of layer `i` when it names none: the previous layer, or for the first
     /// layer the model's only input (E0708 when there are several).
-    fn implicit_input(&mut self, i: usize, l: &LayerDecl) -> Option<Vec<Source>> {
+    fn implicit_input(&mut self, i: usize, l: &LayerDecl, parts: &Parts) -> Option<Vec<Source>> {
         let spec = self.spec;
+        if i > 0 && !parts[i - 1].is_empty() {
+            let prev = &self.names[i - 1];
+            let d = Diagnostic::error(
+                "E0709",
+                format!(
+                    "`{}` takes the layer before it, `{prev}`, which has several outputs",
+                    self.names[i]
+                ),
+            )
+            .label(l.type_span.clone(), "takes which output?")
+            .secondary(
+                spec.layers[i - 1].type_span.clone(),
+                outputs_label(prev, parts[i - 1]),
+            );
+            self.diags.push(d.help(pick_help(true, prev, parts[i - 1])));
+            return None;
+        }
         if i > 0 {
             return Some(vec![Source::Layer(i - 1)]);
         }
@@ -238,11 +267,20 @@ impl Checker<'_> {
 
     /// The model's outputs: the last layer, or the names listed in `outputs:` (E0707
     /// for one listed twice or unknown).
-    pub(super) fn outputs(&mut self, defs: &HashMap<String, Def>) -> Option<Vec<Source>> {
+    /// The last layer's outputs are all the model's when it has several, as in Keras.
+    pub(super) fn outputs(
+        &mut self,
+        defs: &HashMap<String, Def>,
+        parts: &Parts,
+    ) -> Option<Vec<Source>> {
         let spec = self.spec;
         let Some(names) = &spec.outputs else {
             let n = spec.layers.len();
-            return (n > 0).then(|| vec![Source::Layer(n - 1)]);
+            return match n.checked_sub(1).map(|j| (j, parts[j].len())) {
+                None => None,
+                Some((j, 0)) => Some(vec![Source::Layer(j)]),
+                Some((j, k)) => Some((0..k).map(|p| Source::Part(j, p)).collect()),
+            };
         };
         let mut out = Vec::new();
         let mut ok = true;
@@ -250,9 +288,9 @@ impl Checker<'_> {
             if self.full() {
                 return None;
             }
-            match defs.get(n) {
-                Some(d) => {
-                    if out.contains(&d.source) {
+            match self.resolve(n, span, defs, parts) {
+                Ok((source, _)) => {
+                    if out.contains(&source) {
                         self.diags.push(
                             Diagnostic::error(
                                 "E0707",
@@ -263,9 +301,10 @@ impl Checker<'_> {
                         );
                         ok = false;
                     }
-                    out.push(d.source)
+                    out.push(source)
                 }
-                None => {
+                Err(Miss::Reported) => ok = false,
+                Err(Miss::Unknown) => {
                     ok = false;
                     self.unknown_output(n, span, defs);
                 }
@@ -310,7 +349,7 @@ impl Checker<'_> {
         while let Some(s) = stack.pop() {
             match s {
                 Source::Input(i) => live_inputs[i] = true,
-                Source::Layer(i) => {
+                Source::Layer(i) | Source::Part(i, _) => {
                     if !live_layers[i] {
                         live_layers[i] = true;
                         stack.extend(refs[i].iter().flatten().copied());
@@ -353,6 +392,91 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+impl Checker<'_> {
+    /// Resolves a reference: the name of an input or a layer with one output, or
+    /// `LAYER.PART` (`bi.backward`, or by position `bi.1`) for one output of a layer
+    /// with several. The definition returned is the layer's.
+    fn resolve<'d>(
+        &mut self,
+        n: &str,
+        span: &Range<usize>,
+        defs: &'d HashMap<String, Def>,
+        parts: &Parts,
+    ) -> Result<(Source, &'d Def), Miss> {
+        let (base, part) = match n.split_once('.') {
+            Some((b, p)) => (b, Some(p)),
+            None => (n, None),
+        };
+        let d = defs.get(base).ok_or(Miss::Unknown)?;
+        let names: &[&str] = d.source.layer().map_or(&[], |j| parts[j]);
+        let d_part = match part {
+            None if names.is_empty() => return Ok((d.source, d)),
+            None => Err(format!(
+                "`{base}` has several outputs; a reference picks one of them"
+            )),
+            Some(_) if names.is_empty() => Err(format!(
+                "`{base}` has one output, so `{n}` names no output of it"
+            )),
+            Some(p) => names
+                .iter()
+                .position(|x| *x == p)
+                .or_else(|| p.parse::<usize>().ok().filter(|&k| k < names.len()))
+                .ok_or_else(|| format!("`{base}` has no output `{p}`")),
+        };
+        match (d_part, d.source.layer()) {
+            (Ok(k), Some(j)) => Ok((Source::Part(j, k), d)),
+            // Only a layer has parts.
+            (Ok(_), None) => Err(Miss::Unknown),
+            (Err(message), _) => {
+                let label = if names.is_empty() {
+                    format!("`{base}` is defined here")
+                } else {
+                    outputs_label(base, names)
+                };
+                let help = if names.is_empty() {
+                    format!("write `{base}`")
+                } else {
+                    pick_help(false, base, names)
+                };
+                self.diags.push(
+                    Diagnostic::error("E0709", message)
+                        .label(span.clone(), "which output?")
+                        .secondary(d.span.clone(), label)
+                        .help(help),
+                );
+                Err(Miss::Reported)
+            }
+        }
+    }
+}
+
+/// The name a reference starts with: `bi` of `bi.backward`.
+fn base_name(n: &str) -> &str {
+    n.split_once('.').map_or(n, |(b, _)| b)
+}
+
+/// "`bi` returns `bi.forward` and `bi.backward`".
+fn outputs_label(layer: &str, parts: &[&str]) -> String {
+    let list: Vec<String> = parts.iter().map(|p| format!("`{layer}.{p}`")).collect();
+    format!("`{layer}` returns {}", list.join(" and "))
+}
+
+/// How to pick one of a layer's outputs: by name or by position.
+fn pick_help(implicit: bool, layer: &str, parts: &[&str]) -> String {
+    let by_name: Vec<String> = parts.iter().map(|p| format!("`{layer}.{p}`")).collect();
+    let by_pos: Vec<String> = (0..parts.len()).map(|k| format!("`{layer}.{k}`")).collect();
+    let what = if implicit {
+        "name the output this layer takes with `input:`"
+    } else {
+        "name one output"
+    };
+    format!(
+        "{what}: {} (or by position, {}); a merge such as `concatenate` can take several",
+        by_name.join(", "),
+        by_pos.join(", ")
+    )
 }
 
 /// A path of explicit references from layer `j` back to layer `i`, as the cycle

@@ -9,35 +9,44 @@ use crate::diag::Diagnostic;
 use crate::dim::product;
 use crate::layers::{self, Ctx, In, Inferred, Param, TensorType};
 
+/// Every layer's output type, parameters and the types of its several outputs (if it
+/// has them), in layer order; `None` (and nothing) for a layer that is wrong.
+pub(super) struct Shapes {
+    pub types: Vec<Option<TensorType>>,
+    pub params: Vec<Vec<Param>>,
+    pub parts: Vec<Vec<TensorType>>,
+}
+
 impl Checker<'_> {
     /// Every layer's output type and parameters, in order; `None` (and no parameters)
     /// for a layer that is wrong or takes a wrong layer, so that nothing cascades.
-    pub(super) fn shapes(
-        &mut self,
-        inputs: &[Input],
-        resolved: &Resolved,
-    ) -> (Vec<Option<TensorType>>, Vec<Vec<Param>>) {
-        let mut types: Vec<Option<TensorType>> = Vec::new();
-        let mut params: Vec<Vec<Param>> = Vec::new();
+    pub(super) fn shapes(&mut self, inputs: &[Input], resolved: &Resolved) -> Shapes {
+        let mut sh = Shapes {
+            types: Vec::new(),
+            params: Vec::new(),
+            parts: Vec::new(),
+        };
         for i in 0..self.spec.layers.len() {
             let full = self.full();
             let result = if full {
                 None
             } else {
-                self.infer(i, inputs, resolved, &types)
+                self.infer(i, inputs, resolved, &sh)
             };
             match result {
-                Some(inf) => {
-                    types.push(Some(inf.output));
-                    params.push(inf.params);
+                Some((inf, parts)) => {
+                    sh.types.push(Some(inf.output));
+                    sh.params.push(inf.params);
+                    sh.parts.push(parts);
                 }
                 None => {
-                    types.push(None);
-                    params.push(Vec::new());
+                    sh.types.push(None);
+                    sh.params.push(Vec::new());
+                    sh.parts.push(Vec::new());
                 }
             }
         }
-        (types, params)
+        sh
     }
 
     /// Layer `i`'s inferred type and parameters, given the types of the layers before it.
@@ -46,24 +55,32 @@ impl Checker<'_> {
         i: usize,
         inputs: &[Input],
         resolved: &Resolved,
-        types: &[Option<TensorType>],
-    ) -> Option<Inferred> {
+        sh: &Shapes,
+    ) -> Option<(Inferred, Vec<TensorType>)> {
         let spec = self.spec;
         let decl = &spec.layers[i];
         let origin = |s: Source| -> Range<usize> {
             match s {
                 Source::Input(i) => inputs[i].span.clone(),
-                Source::Layer(j) => spec.layers[j].type_span.clone(),
+                Source::Layer(j) | Source::Part(j, _) => spec.layers[j].type_span.clone(),
             }
         };
         let kind = resolved.kinds[i]?;
         let a = resolved.args[i].as_ref()?;
         let srcs = resolved.refs[i].as_ref()?;
         let mut ins = Vec::new();
-        for &s in srcs {
+        let ref_names: Vec<String> = srcs
+            .iter()
+            .map(|&s| match s {
+                Source::Part(j, p) => format!("{}.{}", self.names[j], resolved.parts[j][p]),
+                _ => String::new(),
+            })
+            .collect();
+        for (&s, rn) in srcs.iter().zip(&ref_names) {
             let (name, ty) = match s {
                 Source::Input(k) => (inputs[k].name.as_str(), Some(&inputs[k].ty)),
-                Source::Layer(j) => (self.names[j].as_str(), types[j].as_ref()),
+                Source::Layer(j) => (self.names[j].as_str(), sh.types[j].as_ref()),
+                Source::Part(j, p) => (rn.as_str(), sh.parts[j].get(p)),
             };
             ins.push(In {
                 name,
@@ -78,8 +95,10 @@ impl Checker<'_> {
             args: a,
             inputs: ins,
             diags: self.diags,
+            parts: Vec::new(),
         };
         let inferred = (kind.infer)(&mut cx)?;
+        let parts = std::mem::take(&mut cx.parts);
         let count = inferred.params.iter().try_fold(0i64, |acc, p| {
             p.shape
                 .iter()
@@ -98,11 +117,12 @@ impl Checker<'_> {
                 args: a,
                 inputs: Vec::new(),
                 diags: self.diags,
+                parts: Vec::new(),
             };
             cx.overflow(e);
             return None;
         }
-        Some(inferred)
+        Some((inferred, parts))
     }
 
     /// E0513: layer `i` would have `count` parameters (`None`: more than i64 holds).

@@ -339,7 +339,7 @@ enum Stop {
 fn origin(g: &Graph, o: Source) -> Range<usize> {
     match o {
         Source::Input(i) => g.inputs[i].span.clone(),
-        Source::Layer(i) => g.layers[i].span.clone(),
+        Source::Layer(i) | Source::Part(i, _) => g.layers[i].span.clone(),
     }
 }
 

@@ -354,22 +354,17 @@ pub static KERAS: &[KerasName] = &[
     k(
         Argument,
         "kernel_regularizer",
-        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
+        "kiln takes `kernel_regularizer` where Keras does (dense, the convolutions, the recurrent layers, multi_head_attention), not on this layer",
     ),
     k(
         Argument,
         "bias_regularizer",
-        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
+        "kiln takes `bias_regularizer` where Keras does (dense, the convolutions, the recurrent layers, multi_head_attention), not on this layer",
     ),
     k(
         Argument,
         "activity_regularizer",
-        "kiln takes regularizers on dense, conv1d/2d, embedding and the normalization layers, not on this layer yet",
-    ),
-    k(
-        Argument,
-        "recurrent_regularizer",
-        "regularizers on recurrent layers are not supported yet",
+        "kiln takes `activity_regularizer` on dense, the convolutions, embedding and the recurrent layers; not on this layer yet (multi_head_attention's, on each projection, is not supported yet)",
     ),
     k(
         Argument,
@@ -415,11 +410,6 @@ pub static KERAS: &[KerasName] = &[
         Argument,
         "stateful",
         "stateful recurrent layers are not supported",
-    ),
-    k(
-        Argument,
-        "recurrent_dropout",
-        "dropout on the recurrent state is not supported yet; the layer's `dropout` (on its inputs) is",
     ),
     k(Argument, "amsgrad", "AMSGrad is not supported yet"),
 ];

@@ -16,6 +16,7 @@ pub mod passes;
 pub mod real;
 pub mod reduce;
 pub mod rnn;
+mod rnn_bptt;
 pub mod structural;
 pub mod window;
 

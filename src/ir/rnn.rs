@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
+use std::ops::Range;
+
+use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn, s};
 
 use super::real::Real;
 use super::{Func, Id, Op, Result, Type, err};
@@ -37,12 +39,37 @@ pub struct RnnAttrs {
     /// With a mask, a masked step outputs zeros (Keras's `zero_output_for_mask`, which
     /// `Bidirectional` sets) instead of the carried output.
     pub zero_output: bool,
+    /// Keras's recurrent dropout (training, `recurrent_dropout` > 0): two keep masks
+    /// follow the mask, `[batch, gates, features]` on the input and `[batch, gates,
+    /// units]` on the previous output, one per gate, drawn once per sequence, their
+    /// kept entries already scaled by 1/(1-rate).
+    pub dropout: bool,
 }
 
 impl RnnAttrs {
     /// The position of the mask among the arguments (after the bias, if any).
     pub fn mask_index(&self) -> Option<usize> {
         self.masked.then_some(3 + usize::from(self.use_bias))
+    }
+
+    /// The position of the input's keep masks (the previous output's is next).
+    pub fn dropout_index(&self) -> Option<usize> {
+        self.dropout
+            .then_some(3 + usize::from(self.use_bias) + usize::from(self.masked))
+    }
+
+    /// Whether argument `i` is a constant of the step (mask, keep masks): no gradient.
+    pub fn is_constant(&self, i: usize) -> bool {
+        Some(i) == self.mask_index() || self.dropout_index().is_some_and(|d| i == d || i == d + 1)
+    }
+
+    /// The number of gates (column blocks of the kernels).
+    pub fn gates(&self) -> usize {
+        match self.cell {
+            Cell::Simple => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
     }
 }
 
@@ -67,6 +94,9 @@ impl fmt::Display for RnnAttrs {
         if self.masked {
             write!(f, ", masked=true, zero_output={}", self.zero_output)?;
         }
+        if self.dropout {
+            write!(f, ", dropout=true")?;
+        }
         Ok(())
     }
 }
@@ -77,6 +107,13 @@ pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
             let x = tys[0];
             if x.rank() != 3 {
                 return err("rnn needs [batch, steps, features]");
+            }
+            if let Some(d) = a.dropout_index()
+                && tys
+                    .get(d..d + 2)
+                    .is_none_or(|k| k.iter().any(|t| t.rank() != 3))
+            {
+                return err("rnn keep masks must be [batch, gates, features or units]");
             }
             Ok(Type::f32(if a.return_sequences {
                 vec![x.shape[0].clone(), x.shape[1].clone(), Dim::konst(a.units)]
@@ -165,12 +202,72 @@ pub const CELL_ACTIVATIONS: &[&str] = &[
     "selu",
 ];
 
-struct Weights<T> {
-    w: Array2<T>,
-    u: Array2<T>,
+pub(super) struct Weights<T> {
+    pub w: Array2<T>,
+    pub u: Array2<T>,
     /// Input bias (and, for GRU with reset_after, the recurrent bias).
-    bi: Vec<T>,
-    br: Vec<T>,
+    pub bi: Vec<T>,
+    pub br: Vec<T>,
+    /// Recurrent dropout's keep masks: the input's `[B, gates, F]` and the previous
+    /// output's `[B, gates, u]`.
+    pub keep: Option<(Array3<T>, Array3<T>)>,
+}
+
+impl<T: Real> Weights<T> {
+    pub fn xkeep(&self) -> Option<&Array3<T>> {
+        self.keep.as_ref().map(|k| &k.0)
+    }
+    pub fn hkeep(&self) -> Option<&Array3<T>> {
+        self.keep.as_ref().map(|k| &k.1)
+    }
+}
+
+/// `v · m` where the columns of gate `g` (`w` wide; `m` holds exactly the columns
+/// of the gates `gs`) see `v * keep[:, g, :]`, as Keras's cells multiply each gate's
+/// input by its own dropout mask; without masks, plain `v · m`.
+pub(super) fn proj<T: Real>(
+    v: &Array2<T>,
+    keep: Option<&Array3<T>>,
+    m: ArrayView2<T>,
+    gs: Range<usize>,
+    w: usize,
+) -> Array2<T> {
+    let Some(k) = keep else { return v.dot(&m) };
+    let mut out = Array2::<T>::zeros((v.nrows(), gs.len() * w));
+    for (j, g) in gs.enumerate() {
+        let vg = v * &k.index_axis(Axis(1), g);
+        let cols = j * w..(j + 1) * w;
+        out.slice_mut(s![.., cols.clone()])
+            .assign(&vg.dot(&m.slice(s![.., cols])));
+    }
+    out
+}
+
+/// The transpose of [`proj`] for its output gradient `dz`: adds the gradient of `m`
+/// to `dm` and returns the gradient of `v`.
+pub(super) fn proj_back<T: Real>(
+    dz: &Array2<T>,
+    v: &Array2<T>,
+    keep: Option<&Array3<T>>,
+    (m, mut dm): (ArrayView2<T>, ArrayViewMut2<T>),
+    gs: Range<usize>,
+    w: usize,
+) -> Array2<T> {
+    let Some(k) = keep else {
+        dm += &v.t().dot(dz);
+        return dz.dot(&m.t());
+    };
+    let mut dv = Array2::<T>::zeros(v.raw_dim());
+    for (j, g) in gs.enumerate() {
+        let kg = k.index_axis(Axis(1), g);
+        let vg = v * &kg;
+        let cols = j * w..(j + 1) * w;
+        let dzg = dz.slice(s![.., cols.clone()]);
+        let mut dmg = dm.slice_mut(s![.., cols.clone()]);
+        dmg += &vg.t().dot(&dzg);
+        dv += &(dzg.dot(&m.slice(s![.., cols]).t()) * kg);
+    }
+    dv
 }
 
 fn to2<T: Real>(a: &ArrayD<T>) -> Result<Array2<T>> {
@@ -179,7 +276,7 @@ fn to2<T: Real>(a: &ArrayD<T>) -> Result<Array2<T>> {
         .map_err(|e| super::IrError(e.to_string()))
 }
 
-fn weights<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Weights<T>> {
+pub(super) fn weights<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Weights<T>> {
     let w = to2(args[1])?;
     let u = to2(args[2])?;
     let g = w.ncols();
@@ -194,7 +291,22 @@ fn weights<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Weights<T>> {
     } else {
         (args[3].iter().copied().collect(), vec![T::zero(); g])
     };
-    Ok(Weights { w, u, bi, br })
+    let keep = match a.dropout_index() {
+        None => None,
+        Some(i) => {
+            let (b, f, gates) = (args[0].shape()[0], w.nrows(), a.gates());
+            let units = a.units as usize;
+            let pick = |k: usize, n: usize| match args.get(k) {
+                Some(m) if m.shape() == [b, gates, n] => (*m)
+                    .clone()
+                    .into_dimensionality::<ndarray::Ix3>()
+                    .map_err(|e| super::IrError(e.to_string())),
+                _ => err(format!("rnn keep mask {k} must be [{b}, {gates}, {n}]")),
+            };
+            Some((pick(i, f)?, pick(i + 1, units)?))
+        }
+    };
+    Ok(Weights { w, u, bi, br, keep })
 }
 
 fn add_row<T: Real>(m: &mut Array2<T>, b: &[T]) {
@@ -206,16 +318,16 @@ fn add_row<T: Real>(m: &mut Array2<T>, b: &[T]) {
 }
 
 /// Everything the backward pass needs from one step.
-struct Step<T> {
-    h_prev: Array2<T>,
-    c_prev: Array2<T>,
+pub(super) struct Step<T> {
+    pub h_prev: Array2<T>,
+    pub c_prev: Array2<T>,
     /// Pre-activations: simple [B,u]; LSTM z [B,4u]; GRU (xz [B,3u], hz [B,3u]).
-    z: Array2<T>,
-    hz: Array2<T>,
-    c: Array2<T>,
+    pub z: Array2<T>,
+    pub hz: Array2<T>,
+    pub c: Array2<T>,
 }
 
-fn map2<T: Real>(m: &Array2<T>, f: impl Fn(T) -> T) -> Array2<T> {
+pub(super) fn map2<T: Real>(m: &Array2<T>, f: impl Fn(T) -> T) -> Array2<T> {
     m.mapv(f)
 }
 
@@ -232,14 +344,19 @@ fn gru_forward<T: Real>(
     let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
     let (zi, ri, hi) = (0..u, u..2 * u, 2 * u..3 * u);
     let hz = if a.reset_after {
-        let mut hz = h.dot(&wt.u);
+        let mut hz = proj(h, wt.hkeep(), wt.u.view(), 0..3, u);
         add_row(&mut hz, &wt.br);
         hz
     } else {
         // z and r see h U; the candidate sees (r*h) U_h, computed below.
         let mut hz = Array2::zeros((b, 3 * u));
-        hz.slice_mut(s![.., 0..2 * u])
-            .assign(&h.dot(&wt.u.slice(s![.., 0..2 * u])));
+        hz.slice_mut(s![.., 0..2 * u]).assign(&proj(
+            h,
+            wt.hkeep(),
+            wt.u.slice(s![.., 0..2 * u]),
+            0..2,
+            u,
+        ));
         hz
     };
     let zg = map2(
@@ -254,7 +371,7 @@ fn gru_forward<T: Real>(
     let pre_h = if a.reset_after {
         &xz.slice(s![.., hi.clone()]) + &(&rg * &hz.slice(s![.., hi.clone()]))
     } else {
-        let rh = &rg * h;
+        let rh = &rg * &gate_input(h, wt.hkeep(), 2);
         let cand = rh.dot(&wt.u.slice(s![.., hi.clone()]));
         hz.slice_mut(s![.., hi.clone()]).assign(&cand);
         &xz.slice(s![.., hi.clone()]) + &cand
@@ -264,11 +381,19 @@ fn gru_forward<T: Real>(
     (&zg * h + &one_minus * &hh, hz)
 }
 
+/// `v` as gate `g` sees it: times its keep mask, if any.
+pub(super) fn gate_input<T: Real>(v: &Array2<T>, keep: Option<&Array3<T>>, g: usize) -> Array2<T> {
+    match keep {
+        Some(k) => v * &k.index_axis(Axis(1), g),
+        None => v.clone(),
+    }
+}
+
 /// Per-step outputs [T][B,u] and the saved steps.
 type Trace<T> = (Vec<Array2<T>>, Vec<Step<T>>);
 
 /// Step `t`'s mask as a column `[B, 1]` of 1 (valid) and 0 (masked).
-fn mask_col<T: Real>(mask: &ArrayD<T>, t: usize) -> Array2<T> {
+pub(super) fn mask_col<T: Real>(mask: &ArrayD<T>, t: usize) -> Array2<T> {
     let col: Vec<T> = (0..mask.shape()[0])
         .map(|b| {
             if mask[[b, t]] != T::zero() {
@@ -282,7 +407,10 @@ fn mask_col<T: Real>(mask: &ArrayD<T>, t: usize) -> Array2<T> {
 }
 
 /// The mask argument, if the layer has one.
-fn mask_arg<'a, T>(a: &RnnAttrs, args: &[&'a ArrayD<T>]) -> Result<Option<&'a ArrayD<T>>> {
+pub(super) fn mask_arg<'a, T>(
+    a: &RnnAttrs,
+    args: &[&'a ArrayD<T>],
+) -> Result<Option<&'a ArrayD<T>>> {
     match a.mask_index() {
         None => Ok(None),
         Some(i) => match args.get(i) {
@@ -312,7 +440,7 @@ fn masked_step<T: Real>(
 }
 
 /// Runs the cell forward; returns the per-step outputs [T][B,u] and the saved steps.
-fn forward<T: Real>(
+pub(super) fn forward<T: Real>(
     a: &RnnAttrs,
     x: &ArrayD<T>,
     wt: &Weights<T>,
@@ -331,13 +459,14 @@ fn forward<T: Real>(
         let xt = xt
             .into_dimensionality::<ndarray::Ix2>()
             .map_err(|e| super::IrError(e.to_string()))?;
-        let mut xz = xt.dot(&wt.w);
+        let gates = a.gates();
+        let mut xz = proj(&xt, wt.xkeep(), wt.w.view(), 0..gates, u);
         add_row(&mut xz, &wt.bi);
         let h_prev = h.clone();
         let c_prev = c.clone();
         match a.cell {
             Cell::Simple => {
-                let z = &xz + &h.dot(&wt.u);
+                let z = &xz + &proj(&h, wt.hkeep(), wt.u.view(), 0..gates, u);
                 h = map2(&z, |v| act(act_n, v).0);
                 saved.push(Step {
                     h_prev,
@@ -348,7 +477,7 @@ fn forward<T: Real>(
                 });
             }
             Cell::Lstm => {
-                let z = &xz + &h.dot(&wt.u);
+                let z = &xz + &proj(&h, wt.hkeep(), wt.u.view(), 0..gates, u);
                 let i = map2(&z.slice(s![.., 0..u]).to_owned(), |v| act(ract_n, v).0);
                 let f = map2(&z.slice(s![.., u..2 * u]).to_owned(), |v| act(ract_n, v).0);
                 let g = map2(&z.slice(s![.., 2 * u..3 * u]).to_owned(), |v| {
@@ -416,7 +545,7 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
         }
         Op::RnnGrad { attrs, wrt } => {
             check_acts(attrs)?;
-            let grads = backward(attrs, args)?;
+            let grads = super::rnn_bptt::backward(attrs, args)?;
             let g = grads
                 .into_iter()
                 .nth(*wrt)
@@ -433,7 +562,7 @@ pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<Ar
 /// run back-propagation through time once instead of four times.
 pub fn grads<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
     check_acts(a)?;
-    backward(a, args)
+    super::rnn_bptt::backward(a, args)
 }
 
 fn check_acts(a: &RnnAttrs) -> Result<()> {
@@ -447,275 +576,6 @@ fn check_acts(a: &RnnAttrs) -> Result<()> {
     Ok(())
 }
 
-/// Adds each column's sum over the rows of `m` to `acc`.
-fn colsum<T: Real>(m: &Array2<T>, acc: &mut [T]) {
-    for row in m.rows() {
-        for (s, &v) in acc.iter_mut().zip(row) {
-            *s += v;
-        }
-    }
-}
-
-/// The running state of back-propagation through time: the parameter and input
-/// gradients accumulated so far, and the gradients flowing into the previous step's
-/// hidden (and, for LSTM, cell) state.
-struct Bptt<T> {
-    dx: ArrayD<T>,
-    dw: Array2<T>,
-    du: Array2<T>,
-    /// Input bias (and, for GRU with reset_after, recurrent bias) gradients.
-    dbi: Vec<T>,
-    dbr: Vec<T>,
-    dh: Array2<T>,
-    dc: Array2<T>,
-}
-
-impl<T: Real> Bptt<T> {
-    fn new(x: &ArrayD<T>, wt: &Weights<T>, u: usize) -> Bptt<T> {
-        let (b, steps, nin) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        let gcols = wt.w.ncols();
-        Bptt {
-            dx: ArrayD::<T>::zeros(IxDyn(&[b, steps, nin])),
-            dw: Array2::<T>::zeros(wt.w.raw_dim()),
-            du: Array2::<T>::zeros(wt.u.raw_dim()),
-            dbi: vec![T::zero(); gcols],
-            dbr: vec![T::zero(); gcols],
-            dh: Array2::<T>::zeros((b, u)),
-            dc: Array2::<T>::zeros((b, u)),
-        }
-    }
-
-    /// Adds step `k`'s share of the output gradient `dy` to `dh`; with `zero_output`,
-    /// a masked step's output was zeros, so its share is dropped (`m` is the step's
-    /// mask column).
-    fn add_output_grad(
-        &mut self,
-        a: &RnnAttrs,
-        dy: &ArrayD<T>,
-        (k, steps): (usize, usize),
-        m: Option<&Array2<T>>,
-    ) -> Result<()> {
-        let share = if a.return_sequences {
-            dy.slice(s![.., k, ..]).to_owned()
-        } else if k == steps - 1 {
-            dy.view()
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|e| super::IrError(e.to_string()))?
-                .to_owned()
-        } else {
-            return Ok(());
-        };
-        self.dh = match m {
-            Some(m) if a.zero_output => &self.dh + &(&share * m),
-            _ => &self.dh + &share,
-        };
-        Ok(())
-    }
-
-    /// Before a masked step: the gradients of masked rows skip the cell (they are
-    /// returned, to be added back after it); the valid rows go through it.
-    fn split_masked(&mut self, m: &Array2<T>) -> (Array2<T>, Array2<T>) {
-        let keep = m.mapv(|v| T::one() - v);
-        let skip = (&self.dh * &keep, &self.dc * &keep);
-        self.dh = &self.dh * m;
-        self.dc = &self.dc * m;
-        skip
-    }
-
-    /// Accumulates one step of a simple or LSTM cell, whose input and recurrent
-    /// projections share the pre-activation gradient `dz`.
-    fn accumulate(
-        &mut self,
-        wt: &Weights<T>,
-        st: &Step<T>,
-        xt: &Array2<T>,
-        t: usize,
-        dz: &Array2<T>,
-    ) {
-        self.dw = &self.dw + &xt.t().dot(dz);
-        self.du = &self.du + &st.h_prev.t().dot(dz);
-        colsum(dz, &mut self.dbi);
-        self.dx.slice_mut(s![.., t, ..]).assign(&dz.dot(&wt.w.t()));
-        self.dh = dz.dot(&wt.u.t());
-    }
-
-    /// The gradients for (x, kernel, recurrent, bias) in their natural shapes.
-    fn finish(self, a: &RnnAttrs) -> Result<Vec<ArrayD<T>>> {
-        let gcols = self.dbi.len();
-        let db = if a.cell == Cell::Gru && a.reset_after {
-            let mut v = self.dbi;
-            v.extend(self.dbr);
-            ArrayD::from_shape_vec(IxDyn(&[2, gcols]), v)
-        } else {
-            ArrayD::from_shape_vec(IxDyn(&[gcols]), self.dbi)
-        }
-        .map_err(|e| super::IrError(e.to_string()))?;
-        Ok(vec![self.dx, self.dw.into_dyn(), self.du.into_dyn(), db])
-    }
-}
-
-/// LSTM gate gradients for one step: the pre-activation gradient [B,4u] (gates i, f,
-/// c, o); carries the cell-state gradient `dc` back one step.
-fn lstm_step<T: Real>(a: &RnnAttrs, st: &Step<T>, dh: &Array2<T>, dc: &mut Array2<T>) -> Array2<T> {
-    let u = a.units as usize;
-    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
-    let z = &st.z;
-    let pick = |r: std::ops::Range<usize>| z.slice(s![.., r]).to_owned();
-    let (zi, zf, zg, zo) = (
-        pick(0..u),
-        pick(u..2 * u),
-        pick(2 * u..3 * u),
-        pick(3 * u..4 * u),
-    );
-    let i = map2(&zi, |v| act(ract_n, v).0);
-    let f = map2(&zf, |v| act(ract_n, v).0);
-    let g = map2(&zg, |v| act(act_n, v).0);
-    let o = map2(&zo, |v| act(ract_n, v).0);
-    let ac = map2(&st.c, |v| act(act_n, v).0);
-    let dac = map2(&st.c, |v| act(act_n, v).1);
-    let d_o = dh * &ac;
-    *dc = &*dc + &(&(dh * &o) * &dac);
-    let di = &*dc * &g;
-    let dg = &*dc * &i;
-    let df = &*dc * &st.c_prev;
-    let dz_i = &di * &map2(&zi, |v| act(ract_n, v).1);
-    let dz_f = &df * &map2(&zf, |v| act(ract_n, v).1);
-    let dz_g = &dg * &map2(&zg, |v| act(act_n, v).1);
-    let dz_o = &d_o * &map2(&zo, |v| act(ract_n, v).1);
-    *dc = &*dc * &f;
-    let mut dz = Array2::<T>::zeros((dh.nrows(), 4 * u));
-    dz.slice_mut(s![.., 0..u]).assign(&dz_i);
-    dz.slice_mut(s![.., u..2 * u]).assign(&dz_f);
-    dz.slice_mut(s![.., 2 * u..3 * u]).assign(&dz_g);
-    dz.slice_mut(s![.., 3 * u..4 * u]).assign(&dz_o);
-    dz
-}
-
-/// One GRU step (gates z, r, h): gate gradients and their accumulation, including
-/// the candidate's own recurrent path when reset_after is false.
-fn gru_step<T: Real>(
-    a: &RnnAttrs,
-    wt: &Weights<T>,
-    st: &Step<T>,
-    xt: &Array2<T>,
-    t: usize,
-    acc: &mut Bptt<T>,
-) {
-    let u = a.units as usize;
-    let (act_n, ract_n) = (a.activation.as_str(), a.recurrent_activation.as_str());
-    let (xz, hz, hp, dh) = (&st.z, &st.hz, &st.h_prev, &acc.dh);
-    let pre_z = &xz.slice(s![.., 0..u]) + &hz.slice(s![.., 0..u]);
-    let pre_r = &xz.slice(s![.., u..2 * u]) + &hz.slice(s![.., u..2 * u]);
-    let zg = map2(&pre_z, |v| act(ract_n, v).0);
-    let rg = map2(&pre_r, |v| act(ract_n, v).0);
-    let hzh = hz.slice(s![.., 2 * u..3 * u]).to_owned();
-    let pre_h = if a.reset_after {
-        &xz.slice(s![.., 2 * u..3 * u]) + &(&rg * &hzh)
-    } else {
-        &xz.slice(s![.., 2 * u..3 * u]) + &hzh
-    };
-    let hh = map2(&pre_h, |v| act(act_n, v).0);
-    let dzg = dh * &(hp - &hh);
-    let dhh = dh * &map2(&zg, |v| T::one() - v);
-    let mut dhp = dh * &zg;
-    let da_h = &dhh * &map2(&pre_h, |v| act(act_n, v).1);
-    let b = dh.nrows();
-    let mut dxz = Array2::<T>::zeros((b, 3 * u));
-    let mut dhz = Array2::<T>::zeros((b, 3 * u));
-    let dr = if a.reset_after {
-        dhz.slice_mut(s![.., 2 * u..3 * u]).assign(&(&da_h * &rg));
-        &da_h * &hzh
-    } else {
-        // cand = (r*h) U_h
-        let uh = wt.u.slice(s![.., 2 * u..3 * u]);
-        let drh = da_h.dot(&uh.t());
-        let rh = &rg * hp;
-        let mut duh = acc.du.slice_mut(s![.., 2 * u..3 * u]);
-        duh += &rh.t().dot(&da_h);
-        dhp = &dhp + &(&drh * &rg);
-        &drh * hp
-    };
-    let dpz = &dzg * &map2(&pre_z, |v| act(ract_n, v).1);
-    let dpr = &dr * &map2(&pre_r, |v| act(ract_n, v).1);
-    dxz.slice_mut(s![.., 0..u]).assign(&dpz);
-    dxz.slice_mut(s![.., u..2 * u]).assign(&dpr);
-    dxz.slice_mut(s![.., 2 * u..3 * u]).assign(&da_h);
-    dhz.slice_mut(s![.., 0..u]).assign(&dpz);
-    dhz.slice_mut(s![.., u..2 * u]).assign(&dpr);
-    // Recurrent path into h_prev (the candidate part was handled above when
-    // reset_after is false).
-    let (ucols, dcols) = if a.reset_after {
-        (0..3 * u, dhz.clone())
-    } else {
-        (0..2 * u, dhz.slice(s![.., 0..2 * u]).to_owned())
-    };
-    let uu = wt.u.slice(s![.., ucols.clone()]);
-    dhp = &dhp + &dcols.dot(&uu.t());
-    let mut duc = acc.du.slice_mut(s![.., ucols]);
-    duc += &hp.t().dot(&dcols);
-    colsum(&dxz, &mut acc.dbi);
-    if a.reset_after {
-        colsum(&dhz, &mut acc.dbr);
-    }
-    acc.dw = &acc.dw + &xt.t().dot(&dxz);
-    acc.dx.slice_mut(s![.., t, ..]).assign(&dxz.dot(&wt.w.t()));
-    acc.dh = dhp;
-}
-
-/// Back-propagation through time; returns gradients for (x, kernel, recurrent, bias).
-fn backward<T: Real>(a: &RnnAttrs, args: &[&ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
-    let x = args[0];
-    let dy = args[args.len() - 1];
-    let wt = weights(a, args)?;
-    let mask = mask_arg(a, args)?;
-    let (_, saved) = forward(a, x, &wt, mask)?;
-    let steps = x.shape()[1];
-    let mut acc = Bptt::new(x, &wt, a.units as usize);
-    for k in (0..steps).rev() {
-        let t = if a.go_backwards { steps - 1 - k } else { k };
-        let m = mask.map(|mask| mask_col(mask, t));
-        acc.add_output_grad(a, dy, (k, steps), m.as_ref())?;
-        let skip = m.as_ref().map(|m| acc.split_masked(m));
-        back_step(a, &wt, &saved[k], x, t, &mut acc)?;
-        if let Some((dh, dc)) = skip {
-            acc.dh = &acc.dh + &dh;
-            if a.cell == Cell::Lstm {
-                acc.dc = &acc.dc + &dc;
-            }
-        }
-    }
-    acc.finish(a)
-}
-
-/// One step of back-propagation through time (time index `t`).
-fn back_step<T: Real>(
-    a: &RnnAttrs,
-    wt: &Weights<T>,
-    st: &Step<T>,
-    x: &ArrayD<T>,
-    t: usize,
-    acc: &mut Bptt<T>,
-) -> Result<()> {
-    let act_n = a.activation.as_str();
-    let xt = x
-        .slice(s![.., t, ..])
-        .to_owned()
-        .into_dimensionality::<ndarray::Ix2>()
-        .map_err(|e| super::IrError(e.to_string()))?;
-    // The gradient of the step's pre-activation, shared by the input projection and
-    // h_prev's.
-    let dz = match a.cell {
-        Cell::Simple => &acc.dh * &map2(&st.z, |v| act(act_n, v).1),
-        Cell::Lstm => lstm_step(a, st, &acc.dh, &mut acc.dc),
-        Cell::Gru => {
-            gru_step(a, wt, st, &xt, t, acc);
-            return Ok(());
-        }
-    };
-    acc.accumulate(wt, st, &xt, t, &dz);
-    Ok(())
-}
-
 pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
     let n = f.nodes[node].clone();
     let Op::Rnn(attrs) = &n.op else {
@@ -725,7 +585,7 @@ pub fn vjp(f: &mut Func, node: Id, g: Id) -> Result<Vec<Option<Id>>> {
     args.push(g);
     let mut out = Vec::new();
     for (i, &a) in n.args.iter().enumerate() {
-        if Some(i) == attrs.mask_index() {
+        if attrs.is_constant(i) {
             out.push(None);
             continue;
         }

@@ -7,7 +7,7 @@ use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, Mask, NO_FACTS};
 use crate::args::{ArgKind, Default, FRACTION, arg, int};
 use crate::catalog::activations as activation;
-use crate::catalog::initializers;
+use crate::catalog::{initializers, regularizers};
 use crate::ir::{Cmp, Id, Op, Result, Type};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
@@ -30,6 +30,10 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        // On every projection's kernel and bias (Keras passes them to its EinsumDense
+        // sub-layers).
+        regularizers::KERNEL,
+        regularizers::BIAS,
         arg("seed", int(0), Default::Null),
         arg("use_causal_mask", ArgKind::Bool, Default::Bool(false)),
     ],

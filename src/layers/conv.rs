@@ -50,7 +50,7 @@ const CONV2D_ARGS: [ArgSpec; 13] = conv_args(2, &["valid", "same"]);
 const VALID_SAME: &[&str] = &["valid", "same"];
 
 /// Keras's `DepthwiseConv1D/2D` arguments, in its order.
-const fn depthwise_args(n: usize) -> [ArgSpec; 11] {
+const fn depthwise_args(n: usize) -> [ArgSpec; 12] {
     [
         arg("kernel_size", window(n), Default::Required),
         arg("strides", window(n), Default::Int(1)),
@@ -73,13 +73,14 @@ const fn depthwise_args(n: usize) -> [ArgSpec; 11] {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::DEPTHWISE,
         regularizers::BIAS,
         regularizers::ACTIVITY,
     ]
 }
 
 /// Keras's `SeparableConv1D/2D` arguments, in its order.
-const fn separable_args(n: usize) -> [ArgSpec; 13] {
+const fn separable_args(n: usize) -> [ArgSpec; 15] {
     [
         arg("filters", int(1), Default::Required),
         arg("kernel_size", window(n), Default::Required),
@@ -108,15 +109,17 @@ const fn separable_args(n: usize) -> [ArgSpec; 13] {
             initializers::INITIALIZER,
             Default::Str("zeros"),
         ),
+        regularizers::DEPTHWISE,
+        regularizers::POINTWISE,
         regularizers::BIAS,
         regularizers::ACTIVITY,
     ]
 }
 
-const DEPTHWISE1D_ARGS: [ArgSpec; 11] = depthwise_args(1);
-const DEPTHWISE2D_ARGS: [ArgSpec; 11] = depthwise_args(2);
-const SEPARABLE1D_ARGS: [ArgSpec; 13] = separable_args(1);
-const SEPARABLE2D_ARGS: [ArgSpec; 13] = separable_args(2);
+const DEPTHWISE1D_ARGS: [ArgSpec; 12] = depthwise_args(1);
+const DEPTHWISE2D_ARGS: [ArgSpec; 12] = depthwise_args(2);
+const SEPARABLE1D_ARGS: [ArgSpec; 15] = separable_args(1);
+const SEPARABLE2D_ARGS: [ArgSpec; 15] = separable_args(2);
 
 const fn spatial(n: usize) -> Facts {
     Facts {

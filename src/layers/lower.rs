@@ -34,6 +34,13 @@ pub struct LowerCx {
     pub masks: Vec<Option<Id>>,
     /// The mask a layer that makes one (`Mask::Produces`) gives its output.
     pub mask_out: Option<Id>,
+    /// The outputs of layers held by a wrapper (`bidirectional`'s forward and backward
+    /// layers), keyed by their parameter prefix (`bidirectional/forward_lstm`): the
+    /// values their activity regularizers apply to.
+    pub inner_outputs: Vec<(String, Id)>,
+    /// Each output of a layer with several ([`super::Facts::parts`]), in order; the
+    /// layer's lowering returns the first. Emptied by the driver before each layer.
+    pub parts_out: Vec<Id>,
     salt: u64,
 }
 
@@ -49,6 +56,8 @@ impl LowerCx {
             rng_key: None,
             masks: Vec::new(),
             mask_out: None,
+            inner_outputs: Vec::new(),
+            parts_out: Vec::new(),
             salt: 0,
         }
     }

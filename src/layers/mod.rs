@@ -20,7 +20,7 @@ mod recurrent;
 mod resample;
 mod reshape;
 mod wrappers;
-pub use wrappers::name_inner_layers;
+pub use wrappers::{Held, held_layers, name_inner_layers};
 
 use std::ops::Range;
 
@@ -39,6 +39,9 @@ pub struct Param {
     pub trainable: bool,
     /// The initializer (`Value::Named`), as Keras would use it.
     pub init: Value,
+    /// The layer argument whose regularizer Keras gives this weight
+    /// (`recurrent_regularizer` for `lstm_cell/recurrent_kernel`), empty for none.
+    pub regularizer: String,
 }
 
 impl Param {
@@ -99,6 +102,16 @@ pub struct Facts {
     /// What the layer does with a Keras mask on its input (Keras's `supports_masking`
     /// and `compute_mask`).
     pub mask: Mask,
+    /// The names of the outputs a layer with these arguments returns, in Keras's order
+    /// (`bidirectional` with `merge_mode: None`: `forward`, `backward`); empty for a
+    /// layer with one output. A spec picks one as `LAYER.PART` or `LAYER.INDEX`; the
+    /// shape rule gives their types in [`Ctx::parts`].
+    pub parts: fn(&Args) -> &'static [&'static str],
+}
+
+/// The parts of a layer with one output: none.
+pub fn one_output(_: &Args) -> &'static [&'static str] {
+    &[]
 }
 
 /// A layer whose non-trainable weights Keras computes from data (`adapt`), which `fit`
@@ -154,6 +167,7 @@ pub const NO_FACTS: Facts = Facts {
     looks_up: None,
     adapt: None,
     mask: Mask::Drops,
+    parts: one_output,
 };
 
 /// The facts of a kind that passes a mask on unchanged and has no others (dense,
@@ -274,6 +288,9 @@ pub struct Ctx<'a> {
     pub args: &'a Args,
     pub inputs: Vec<In<'a>>,
     pub diags: &'a mut Vec<Diagnostic>,
+    /// The type of each output of a layer with several ([`Facts::parts`]), in order,
+    /// set by its shape rule (whose `Inferred::output` is then the first's).
+    pub parts: Vec<TensorType>,
 }
 
 impl Ctx<'_> {
@@ -418,12 +435,19 @@ impl Ctx<'_> {
     }
 
     /// A weight with the layer's initializer argument `init_arg`.
+    /// A trainable weight initialized by the argument `init_arg`; it is regularized by
+    /// the argument Keras pairs with that initializer in its `add_weight` call
+    /// (`kernel_initializer` → `kernel_regularizer`, `depthwise_initializer` →
+    /// `depthwise_regularizer`), when the layer has it.
     pub fn param(&self, name: &str, shape: Vec<i64>, init_arg: &str) -> Param {
+        let reg = init_arg.replace("_initializer", crate::catalog::regularizers::SUFFIX);
+        let has = self.kind.args.iter().any(|a| a.name == reg);
         Param {
             name: name.to_string(),
             shape,
             trainable: true,
             init: self.args.get(init_arg).clone(),
+            regularizer: if has { reg } else { String::new() },
         }
     }
 }

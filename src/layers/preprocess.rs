@@ -226,6 +226,7 @@ fn normalization(cx: &mut Ctx) -> Option<Inferred> {
         shape,
         trainable: false,
         init: Value::Named(init.to_string(), Box::default()),
+        regularizer: String::new(),
     };
     Some(Inferred {
         output: cx.input().clone(),

@@ -7,10 +7,10 @@ use super::masking::input_mask;
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{CellFacts, Facts, Mask, NO_FACTS};
 use crate::args::{ArgKind, ArgSpec, Default, FRACTION, arg, int};
-use crate::catalog::{activations, initializers};
+use crate::catalog::{activations, initializers, regularizers};
 use crate::ir::{Cell, Id, Op, Result, RnnAttrs};
 
-const BASE: [ArgSpec; 11] = [
+const BASE: [ArgSpec; 16] = [
     arg("units", int(1), Default::Required),
     arg("activation", activations::ACTIVATION, Default::Str("tanh")),
     arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -29,15 +29,20 @@ const BASE: [ArgSpec; 11] = [
         initializers::INITIALIZER,
         Default::Str("zeros"),
     ),
+    regularizers::KERNEL,
+    regularizers::RECURRENT,
+    regularizers::BIAS,
+    regularizers::ACTIVITY,
     arg("return_sequences", ArgKind::Bool, Default::Bool(false)),
     arg("go_backwards", ArgKind::Bool, Default::Bool(false)),
     arg("unroll", ArgKind::Bool, Default::Bool(false)),
     arg("seed", int(0), Default::Null),
     arg("dropout", FRACTION, Default::Float(0.0)),
+    arg("recurrent_dropout", FRACTION, Default::Float(0.0)),
 ];
 
 /// LSTM and GRU add a recurrent activation and one gate-specific flag.
-const fn gated(extra: ArgSpec) -> [ArgSpec; 13] {
+const fn gated(extra: ArgSpec) -> [ArgSpec; 18] {
     let b = BASE;
     let ra = arg(
         "recurrent_activation",
@@ -45,12 +50,13 @@ const fn gated(extra: ArgSpec) -> [ArgSpec; 13] {
         Default::Str("sigmoid"),
     );
     [
-        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], extra,
+        b[0], b[1], ra, b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15], extra,
     ]
 }
 
-const LSTM_ARGS: [ArgSpec; 13] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
-const GRU_ARGS: [ArgSpec; 13] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
+const LSTM_ARGS: [ArgSpec; 18] = gated(arg("unit_forget_bias", ArgKind::Bool, Default::Bool(true)));
+const GRU_ARGS: [ArgSpec; 18] = gated(arg("reset_after", ArgKind::Bool, Default::Bool(true)));
 
 pub const SIMPLE_RNN: LayerKind = LayerKind {
     name: "simple_rnn",
@@ -178,8 +184,17 @@ fn lower_rnn(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         use_bias: a.bool("use_bias"),
         masked: false,
         zero_output: false,
+        dropout: false,
     };
-    let x = input_dropout(lw, x[0], a.float("dropout"))?;
+    let rec_rate = a.float("recurrent_dropout");
+    // With recurrent dropout Keras's cells take their `implementation=1` path: each
+    // gate draws its own input and recurrent mask.
+    let per_gate = lw.mode == Mode::Train && rec_rate > 0.0;
+    let x = if per_gate {
+        x[0]
+    } else {
+        input_dropout(lw, x[0], a.float("dropout"))?
+    };
     let mut args = vec![
         x,
         l.param(lw, &format!("{prefix}/kernel"))?,
@@ -194,7 +209,34 @@ fn lower_rnn(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         attrs.zero_output = a.bool("zero_output_for_mask");
         args.push(m);
     }
+    if per_gate {
+        attrs.dropout = true;
+        let (gates, units) = (attrs.gates(), attrs.units);
+        let (xk, hk) = gate_masks(lw, x, (gates, units), (a.float("dropout"), rec_rate))?;
+        args.extend([xk, hk]);
+    }
     lw.f.push(Op::Rnn(attrs), &args)
+}
+
+/// Keras's per-gate dropout masks of a recurrent cell with `recurrent_dropout`, in
+/// training: one `[batch, gates, features]` keep mask on the input (all ones when
+/// `dropout` is 0) and one `[batch, gates, units]` on the previous output, each drawn
+/// once per sequence, kept entries scaled by 1/(1-rate).
+fn gate_masks(
+    lw: &mut LowerCx,
+    x: Id,
+    (gates, units): (usize, i64),
+    (rate, rec_rate): (f64, f64),
+) -> Result<(Id, Id)> {
+    let shape = lw.f.ty(x).shape.clone();
+    let g = crate::dim::Dim::konst(gates as i64);
+    let xs = [shape[0].clone(), g.clone(), shape[2].clone()];
+    let hs = [shape[0].clone(), g, crate::dim::Dim::konst(units)];
+    let ones = lw.f.full(1.0, &xs)?;
+    let xk = dropout(lw, ones, rate)?;
+    let ones = lw.f.full(1.0, &hs)?;
+    let hk = dropout(lw, ones, rec_rate)?;
+    Ok((xk, hk))
 }
 
 /// Keras's `dropout` of a recurrent cell, in training: one mask per sequence

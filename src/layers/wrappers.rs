@@ -39,7 +39,7 @@ pub const BIDIRECTIONAL: LayerKind = LayerKind {
         arg("layer", RECURRENT, Default::Required),
         arg(
             "merge_mode",
-            ArgKind::Choice(&["concat", "sum", "mul", "ave"]),
+            ArgKind::Choice(&["concat", "sum", "mul", "ave", "none"]),
             Default::Str("concat"),
         ),
         arg("backward_layer", RECURRENT, Default::Null),
@@ -49,9 +49,20 @@ pub const BIDIRECTIONAL: LayerKind = LayerKind {
     lower: lower_bidirectional,
     facts: Facts {
         mask: Mask::ConsumesKeeps,
+        parts: bidirectional_parts,
         ..NO_FACTS
     },
 };
+
+/// `merge_mode: None` returns the forward and backward outputs unmerged, as Keras's
+/// list `[forward, backward]`.
+fn bidirectional_parts(args: &Args) -> &'static [&'static str] {
+    if args.str("merge_mode") == "none" {
+        &["forward", "backward"]
+    } else {
+        &[]
+    }
+}
 
 pub const TIME_DISTRIBUTED: LayerKind = LayerKind {
     name: "time_distributed",
@@ -229,6 +240,7 @@ fn infer_inner(
             origin,
         }],
         diags: cx.diags,
+        parts: Vec::new(),
     };
     (kind.infer)(&mut icx)
 }
@@ -287,7 +299,9 @@ fn bidirectional(cx: &mut Ctx) -> Option<Inferred> {
     let (fo, bo) = (&fwd.output.shape, &bwd.output.shape);
     let mode = cx.args.str("merge_mode").to_string();
     let mut shape = fo.clone();
-    if mode == "concat" {
+    if mode == "none" {
+        cx.parts = vec![fwd.output.clone(), bwd.output.clone()];
+    } else if mode == "concat" {
         let Ok(last) = fo[fo.len() - 1].add(&bo[bo.len() - 1]) else {
             return cx.overflow(crate::dim::Overflow);
         };
@@ -370,13 +384,21 @@ fn lower_bidirectional(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     };
     let (fa, ba) = (zero(fa), zero(&ba));
     let y = lower_inner(lw, fk, &fname, &fa, l.output, x[0])?;
-    let y_rev = lower_inner(lw, bk, &format!("{}/{bname}", l.name), &ba, l.output, x[0])?;
+    let bname = format!("{}/{bname}", l.name);
+    let y_rev = lower_inner(lw, bk, &bname, &ba, l.output, x[0])?;
+    // Keras calls both layers (`__call__`): their activity regularizers apply.
+    lw.inner_outputs.extend([(fname, y), (bname, y_rev)]);
     let y_rev = if lw.f.ty(y_rev).rank() == 3 {
         reverse_steps(lw, y_rev)?
     } else {
         y_rev
     };
     match l.args.str("merge_mode") {
+        // Keras's list `[forward, backward]`, the backward output in the input's order.
+        "none" => {
+            lw.parts_out = vec![y, y_rev];
+            Ok(y)
+        }
         "sum" => lw.f.add(y, y_rev),
         "mul" => lw.f.mul(y, y_rev),
         "ave" => {
@@ -388,6 +410,61 @@ fn lower_bidirectional(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
             lw.f.push(crate::ir::Op::Concat { axis }, &[y, y_rev])
         }
     }
+}
+
+/// A layer held by a wrapper, as Keras's `model.losses` sees it.
+pub struct Held {
+    pub kind: &'static LayerKind,
+    pub args: Args,
+    /// Its parameters' prefix inside the wrapper's (`forward_lstm`).
+    pub prefix: String,
+    /// Whether Keras calls it through `Layer.__call__`, which adds its activity
+    /// regularizer (`Bidirectional`); `TimeDistributed` calls `layer.call`, which
+    /// does not. Its weights' regularizers count either way.
+    pub called: bool,
+}
+
+/// The layers `kind` holds in `args` (none unless it is a wrapper).
+pub fn held_layers(kind: &LayerKind, args: &Args) -> Vec<Held> {
+    let mut out = Vec::new();
+    for spec in kind.args {
+        let ArgKind::Catalog(c) = spec.kind else {
+            continue;
+        };
+        if std::ptr::eq(c, &LAYER_ARG) {
+            if let Some((k, a)) = inner(args, spec.name) {
+                let prefix = own_name(k, a);
+                let args = a.clone();
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: false,
+                });
+            }
+        } else if std::ptr::eq(c, &RECURRENT_ARG) && spec.name == "layer" {
+            if let Some((k, a)) = inner(args, spec.name) {
+                let prefix = format!("forward_{}", own_name(k, a));
+                let args = a.clone();
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: true,
+                });
+            }
+            // `backward_layer` as written, or the copy of `layer`.
+            if let Some((k, args, prefix)) = backward(args) {
+                out.push(Held {
+                    kind: k,
+                    args,
+                    prefix,
+                    called: true,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The input of one step: the sequence without its steps axis.

@@ -22,6 +22,8 @@ pub struct Lower<'g> {
     pub cx: LowerCx,
     pub graph: &'g Graph,
     values: Vec<Option<Id>>,
+    /// Each output of each layer that has several.
+    parts: Vec<Vec<Id>>,
     /// Each layer's output mask (Keras's `_keras_mask`), if it carries one.
     masks: Vec<Option<Id>>,
     inputs: Vec<Id>,
@@ -45,6 +47,7 @@ impl Lower<'_> {
         match s {
             Source::Input(i) => self.inputs[i],
             Source::Layer(i) => self.values[i].expect("layers are lowered in order"),
+            Source::Part(i, p) => self.parts[i][p],
         }
     }
 
@@ -52,7 +55,7 @@ impl Lower<'_> {
     pub fn mask(&self, s: Source) -> Option<Id> {
         match s {
             Source::Input(_) => None,
-            Source::Layer(i) => self.masks[i],
+            Source::Layer(i) | Source::Part(i, _) => self.masks[i],
         }
     }
 }
@@ -82,6 +85,7 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         cx,
         graph,
         values: vec![None; graph.layers.len()],
+        parts: vec![Vec::new(); graph.layers.len()],
         masks: vec![None; graph.layers.len()],
         inputs,
     };
@@ -96,7 +100,17 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         let in_masks: Vec<Option<Id>> = l.inputs.iter().map(|&s| lw.mask(s)).collect();
         lw.cx.masks = in_masks.clone();
         lw.cx.mask_out = None;
+        lw.cx.parts_out.clear();
         let v = (l.kind.lower)(&mut lw.cx, &call, &args)?;
+        lw.parts[i] = std::mem::take(&mut lw.cx.parts_out);
+        if lw.parts[i].len() != l.parts.len() {
+            return Err(crate::ir::IrError(format!(
+                "`{}` gave {} outputs for its {} parts",
+                l.name,
+                lw.parts[i].len(),
+                l.parts.len()
+            )));
+        }
         let out_rank = l.output.rank();
         let ins = (args.as_slice(), in_masks.as_slice());
         lw.masks[i] = crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, ins, out_rank)?;

@@ -287,35 +287,79 @@ pub(crate) fn objective(
 }
 
 /// Adds Keras's `model.losses` to `total`: each layer's weight regularizers
-/// (`kernel_regularizer` on its trainable `kernel`, `embeddings_regularizer` on
-/// `embeddings`, …) and its activity regularizer (on its output, divided by the batch
-/// size, as Keras's `Layer.__call__`).
+/// (`kernel_regularizer` on its trainable `kernel`s, `recurrent_regularizer` on
+/// `recurrent_kernel`, `embeddings_regularizer` on `embeddings`, …) and its activity
+/// regularizer (on its output, divided by the batch size, as Keras's `Layer.__call__`),
+/// and the same for the layers a wrapper holds (their weights under the wrapper's
+/// prefix; the activity of those Keras calls itself).
 fn regularization(lw: &mut super::Lower, mut total: Id) -> Result<Id> {
     let graph = lw.graph;
     for (i, l) in graph.layers.iter().enumerate() {
-        for (&arg, v) in l.args.iter() {
-            let Some(weight) = arg.strip_suffix(regularizers::SUFFIX) else {
-                continue;
+        let out = lw.value(Source::Layer(i));
+        let mut scopes = vec![(l.kind, l.args.clone(), String::new(), Some(out))];
+        while let Some((kind, args, prefix, output)) = scopes.pop() {
+            let held = crate::layers::held_layers(kind, &args);
+            let inner: Vec<String> = held
+                .iter()
+                .map(|h| format!("{prefix}{}/", h.prefix))
+                .collect();
+            let scope = Scope {
+                layer: l,
+                args: &args,
+                prefix: &prefix,
+                inner: &inner,
+                output,
             };
-            if arg == regularizers::ACTIVITY_ARG {
-                let y = lw.value(Source::Layer(i));
-                if let Some(mut term) = regularizers::penalty(&mut lw.f, v, y)? {
-                    if let Some(batch) = lw.f.ty(y).shape.first().cloned() {
-                        let n = lw.f.dim_size(&batch);
-                        term = lw.f.div(term, n)?;
-                    }
-                    total = lw.f.add(total, term)?;
+            total = scope_penalties(lw, &scope, total)?;
+            for h in held {
+                let at = format!("{}/{prefix}{}", l.name, h.prefix);
+                let output = (output.is_some() && h.called)
+                    .then(|| lw.inner_outputs.iter().find(|(k, _)| *k == at).map(|p| p.1))
+                    .flatten();
+                scopes.push((h.kind, h.args, format!("{prefix}{}/", h.prefix), output));
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// One layer's regularizer arguments, or those of a layer a wrapper holds.
+struct Scope<'a> {
+    layer: &'a crate::check::Layer,
+    args: &'a crate::args::Args,
+    /// Its parameters' prefix inside the graph layer's (`forward_lstm/`), and those of
+    /// the layers it holds in turn (left to their own scopes).
+    prefix: &'a str,
+    inner: &'a [String],
+    /// The value its activity regularizer applies to (none where Keras adds none).
+    output: Option<Id>,
+}
+
+fn scope_penalties(lw: &mut super::Lower, s: &Scope, mut total: Id) -> Result<Id> {
+    for (&arg, v) in s.args.iter() {
+        if !arg.ends_with(regularizers::SUFFIX) {
+            continue;
+        }
+        if arg == regularizers::ACTIVITY_ARG {
+            let Some(y) = s.output else { continue };
+            if let Some(mut term) = regularizers::penalty(&mut lw.f, v, y)? {
+                if let Some(batch) = lw.f.ty(y).shape.first().cloned() {
+                    let n = lw.f.dim_size(&batch);
+                    term = lw.f.div(term, n)?;
                 }
+                total = lw.f.add(total, term)?;
+            }
+            continue;
+        }
+        for p in &s.layer.params {
+            let ours = p.name.starts_with(s.prefix)
+                && !s.inner.iter().any(|q| p.name.starts_with(q.as_str()));
+            if !ours || !p.trainable || p.regularizer != arg {
                 continue;
             }
-            for p in &l.params {
-                if !p.trainable || p.name.rsplit('/').next() != Some(weight) {
-                    continue;
-                }
-                let w = lw.params[&format!("{}/{}", l.name, p.name)];
-                if let Some(term) = regularizers::penalty(&mut lw.f, v, w)? {
-                    total = lw.f.add(total, term)?;
-                }
+            let w = lw.params[&format!("{}/{}", s.layer.name, p.name)];
+            if let Some(term) = regularizers::penalty(&mut lw.f, v, w)? {
+                total = lw.f.add(total, term)?;
             }
         }
     }

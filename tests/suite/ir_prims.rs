@@ -24,7 +24,7 @@ fn ty(a: &ArrayD<f64>) -> Type {
 /// Builds `out = build(inputs)`, checks the optimized function computes the same, then
 /// checks d(sum(out * w))/d(input) against finite differences for every input marked
 /// differentiable. Returns the forward value for further checks.
-fn check(
+pub(crate) fn check(
     name: &str,
     inputs: &[(ArrayD<f64>, bool)],
     build: impl Fn(&mut Func, &[Id]) -> kiln::ir::Result<Id>,
@@ -596,6 +596,7 @@ fn rnn_case_masked(
         use_bias: true,
         masked: mask.is_some(),
         zero_output: mask == Some(true),
+        dropout: false,
     };
     let mut args = vec![(x, true), (k, true), (r, true), (bias, true)];
     if mask.is_some() {
@@ -700,6 +701,7 @@ fn recurrent_forward_matches_keras_equations() {
             use_bias: true,
             masked: false,
             zero_output: false,
+            dropout: false,
         };
         let mut f = Func::new("rnn");
         let ids: Vec<Id> = [&x, &k, &r, &bias]

@@ -74,7 +74,7 @@ fn values(f: &Func, rng: &mut Rng, int_high: usize) -> (Vec<ArrayD<f64>>, Vec<bo
 /// The layers' gradients against finite differences (inference and training forms),
 /// and the forward functions and a whole training step (mse against a target of the
 /// output's shape) compiled against interpreted.
-fn check_layers(inputs: &str, layers: &str) {
+pub(crate) fn check_layers(inputs: &str, layers: &str) {
     let m = model(&spec(inputs, layers));
     let mut rng = Rng::new(layers.len() as u64);
     for mode in [Mode::Infer, Mode::Train] {

@@ -171,6 +171,32 @@ layers:
         ),
     },
     CodeInfo {
+        code: "E0709",
+        title: "a reference does not pick one output of a layer with several",
+        explanation: "\
+A layer with several outputs (`bidirectional` with `merge_mode: null` returns its
+forward and backward outputs unmerged, as Keras returns a list) is named with the
+output it means: `LAYER.PART` (`bi.forward`, `bi.backward`) or `LAYER.INDEX` in Keras's
+order (`bi.0`, `bi.1`). Its name alone, or a layer after it that takes it implicitly,
+does not say which; a layer with one output has no parts. A model's `outputs:` may list
+each part; without `outputs:`, a last layer with several outputs gives them all.
+",
+        wrong: Example::Spec(include_str!(
+            "../../../specs/errors/bidirectional_two_outputs_bare.yaml"
+        )),
+        fixed: Example::Spec(
+            "\
+inputs:
+  x: [batch, 10, 8]
+layers:
+  - bidirectional: {layer: {lstm: {units: 4, return_sequences: true}}, merge_mode: null, name: bi}
+  - concatenate: {inputs: [bi.forward, bi.backward]}
+  - global_average_pooling1d
+  - dense: {units: 1}
+",
+        ),
+    },
+    CodeInfo {
         code: "W0701",
         title: "a layer does not contribute to any output",
         explanation: "\

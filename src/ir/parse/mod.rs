@@ -465,9 +465,13 @@ impl<'a> Parser<'a> {
                 vec![]
             };
             match &mut op {
-                Op::Rnn(a) => a.use_bias = args.len() == 4 + usize::from(a.masked),
+                Op::Rnn(a) => {
+                    a.use_bias =
+                        args.len() == 4 + usize::from(a.masked) + 2 * usize::from(a.dropout)
+                }
                 Op::RnnGrad { attrs, .. } => {
-                    attrs.use_bias = args.len() == 5 + usize::from(attrs.masked)
+                    attrs.use_bias =
+                        args.len() == 5 + usize::from(attrs.masked) + 2 * usize::from(attrs.dropout)
                 }
                 _ => {}
             }

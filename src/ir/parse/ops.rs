@@ -36,6 +36,7 @@ pub(super) fn templates() -> Vec<(String, Op)> {
         use_bias: false,
         masked: false,
         zero_output: false,
+        dropout: false,
     };
     let mut ops = vec![
         Op::Input(0),
@@ -112,8 +113,9 @@ fn arity(op: &Op) -> RangeInclusive<usize> {
         Op::Select => 3..=3,
         Op::Concat { .. } => 1..=usize::MAX,
         // (x, kernel, recurrent kernel[, bias]), and dy after them for the gradient.
-        Op::Rnn(_) => 3..=5,
-        Op::RnnGrad { .. } => 4..=6,
+        // A mask and two keep masks may follow.
+        Op::Rnn(_) => 3..=7,
+        Op::RnnGrad { .. } => 4..=8,
     }
 }
 
@@ -311,6 +313,14 @@ impl Parser<'_> {
         } else {
             self.pos = before;
         }
+        let mut dropout = false;
+        let before = self.pos;
+        if self.eat(",") && self.peek_word() == "dropout" {
+            self.key("dropout")?;
+            dropout = self.bool()?;
+        } else {
+            self.pos = before;
+        }
         Ok(RnnAttrs {
             cell,
             units,
@@ -322,6 +332,7 @@ impl Parser<'_> {
             use_bias: false,
             masked,
             zero_output,
+            dropout,
         })
     }
 

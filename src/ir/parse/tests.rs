@@ -87,6 +87,8 @@ fn sequences(f: &mut Func, acc: Id) -> Result<(Id, Vec<Id>)> {
             // The LSTM and GRU take a Keras mask (the GRU zeros masked outputs).
             masked: i != 0,
             zero_output: i == 2,
+            // The GRU also has recurrent dropout's keep masks.
+            dropout: i == 2,
         };
         let mut args = vec![x, kern, rec];
         if attrs.use_bias {
@@ -105,6 +107,16 @@ fn sequences(f: &mut Func, acc: Id) -> Result<(Id, Vec<Id>)> {
         if attrs.masked {
             let mask = f.input(&format!("mask{i}"), Type::f32(vec![sym("b"), sym("t")]));
             args.push(mask);
+        }
+        if attrs.dropout {
+            let g = k(gates / 2);
+            for (name, n) in [("xkeep", 3), ("hkeep", 2)] {
+                let keep = f.input(
+                    &format!("{name}{i}"),
+                    Type::f32(vec![sym("b"), g.clone(), k(n)]),
+                );
+                args.push(keep);
+            }
         }
         let y = f.push(Op::Rnn(attrs), &args)?;
         acc = accumulate(f, acc, y)?;
