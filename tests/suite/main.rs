@@ -27,6 +27,7 @@ mod optim;
 mod predict_cli;
 mod props;
 mod simple_layers;
+mod spatial_layouts;
 mod train_bits;
 mod train_cli;
 mod train_loop;
