@@ -24,6 +24,7 @@ mod keras_names;
 mod layers;
 mod library;
 mod lower_grad;
+mod norm_axes;
 mod optim;
 mod predict_cli;
 mod props;
