@@ -417,6 +417,26 @@ pub static KERAS: &[KerasName] = &[
         "dropout on the recurrent state is not supported yet; the layer's `dropout` (on its inputs) is",
     ),
     k(Argument, "amsgrad", "AMSGrad is not supported yet"),
+    k(
+        Argument,
+        "return_attention_scores",
+        "a layer's second output is not supported yet",
+    ),
+    k(
+        Argument,
+        "attention_mask",
+        "an explicit mask input is not supported yet; Keras masks (`mask_zero`, `masking`) and `use_causal_mask` apply",
+    ),
+    k(
+        Argument,
+        "sliding_window",
+        "sliding-window attention is not supported yet",
+    ),
+    k(
+        Argument,
+        "flash_attention",
+        "kiln computes attention one way, with Keras's numerics",
+    ),
 ];
 
 /// The table's entry for `name` in `family`, if Keras has one.
