@@ -1,5 +1,5 @@
 //! Keras's own names, in one table, so that a name Keras has and kiln lacks is reported
-//! as exactly that ("Keras has `conv3d`; kiln does not support it yet") with the closest
+//! as exactly that ("Keras has `conv_lstm2d`; kiln does not support it yet") with the closest
 //! thing kiln has when there is a real one, instead of a did-you-mean to an unrelated
 //! kiln name (`group_normalization` is not a misspelled `batch_normalization`).
 //!
@@ -79,20 +79,23 @@ pub static KERAS: &[KerasName] = &[
         "adaptive_average_pooling2d",
         "global_average_pooling2d",
     ),
-    k(Layer, "adaptive_average_pooling3d", ""),
+    k(
+        Layer,
+        "adaptive_average_pooling3d",
+        "global_average_pooling3d",
+    ),
     k(Layer, "adaptive_max_pooling1d", "global_max_pooling1d"),
     k(Layer, "adaptive_max_pooling2d", "global_max_pooling2d"),
-    k(Layer, "adaptive_max_pooling3d", ""),
+    k(Layer, "adaptive_max_pooling3d", "global_max_pooling3d"),
     k(Layer, "additive_attention", "multi_head_attention"),
     k(Layer, "alpha_dropout", "dropout"),
     k(Layer, "attention", "multi_head_attention"),
     k(Layer, "aug_mix", ""),
     k(Layer, "auto_contrast", ""),
     k(Layer, "average", ""),
-    k(Layer, "average_pooling3d", ""),
     k(Layer, "avg_pool1d", "average_pooling1d"),
     k(Layer, "avg_pool2d", "average_pooling2d"),
-    k(Layer, "avg_pool3d", ""),
+    k(Layer, "avg_pool3d", "average_pooling3d"),
     k(Layer, "bidirectional", ""),
     k(Layer, "category_encoding", ""),
     k(Layer, "center_crop", ""),
@@ -103,8 +106,6 @@ pub static KERAS: &[KerasName] = &[
     ),
     k(Layer, "conv1d_transpose", ""),
     k(Layer, "conv2d_transpose", ""),
-    k(Layer, "conv3d", ""),
-    k(Layer, "conv3d_transpose", ""),
     k(Layer, "conv_lstm1d", ""),
     k(Layer, "conv_lstm2d", ""),
     k(Layer, "conv_lstm3d", ""),
@@ -112,11 +113,10 @@ pub static KERAS: &[KerasName] = &[
     k(Layer, "convolution1d_transpose", "conv1d_transpose"),
     k(Layer, "convolution2d", "conv2d"),
     k(Layer, "convolution2d_transpose", "conv2d_transpose"),
-    k(Layer, "convolution3d", ""),
-    k(Layer, "convolution3d_transpose", ""),
+    k(Layer, "convolution3d", "conv3d"),
+    k(Layer, "convolution3d_transpose", "conv3d_transpose"),
     k(Layer, "cropping1d", ""),
     k(Layer, "cropping2d", ""),
-    k(Layer, "cropping3d", ""),
     k(Layer, "cut_mix", ""),
     k(Layer, "depthwise_conv1d", ""),
     k(Layer, "depthwise_conv2d", ""),
@@ -127,14 +127,12 @@ pub static KERAS: &[KerasName] = &[
     k(Layer, "flax_layer", ""),
     k(Layer, "gaussian_dropout", "dropout"),
     k(Layer, "gaussian_noise", ""),
-    k(Layer, "global_average_pooling3d", ""),
     k(Layer, "global_avg_pool1d", "global_average_pooling1d"),
     k(Layer, "global_avg_pool2d", "global_average_pooling2d"),
-    k(Layer, "global_avg_pool3d", ""),
+    k(Layer, "global_avg_pool3d", "global_average_pooling3d"),
     k(Layer, "global_max_pool1d", "global_max_pooling1d"),
     k(Layer, "global_max_pool2d", "global_max_pooling2d"),
-    k(Layer, "global_max_pool3d", ""),
-    k(Layer, "global_max_pooling3d", ""),
+    k(Layer, "global_max_pool3d", "global_max_pooling3d"),
     k(Layer, "group_normalization", ""),
     k(Layer, "group_query_attention", "multi_head_attention"),
     k(Layer, "gru_cell", "gru"),
@@ -155,8 +153,7 @@ pub static KERAS: &[KerasName] = &[
     k(Layer, "max_num_bounding_boxes", ""),
     k(Layer, "max_pool1d", "max_pooling1d"),
     k(Layer, "max_pool2d", "max_pooling2d"),
-    k(Layer, "max_pool3d", ""),
-    k(Layer, "max_pooling3d", ""),
+    k(Layer, "max_pool3d", "max_pooling3d"),
     k(Layer, "maximum", ""),
     k(Layer, "mel_spectrogram", ""),
     k(Layer, "minimum", ""),
@@ -215,10 +212,8 @@ pub static KERAS: &[KerasName] = &[
     k(Layer, "unit_normalization", ""),
     k(Layer, "up_sampling1d", ""),
     k(Layer, "up_sampling2d", ""),
-    k(Layer, "up_sampling3d", ""),
     k(Layer, "zero_padding1d", ""),
     k(Layer, "zero_padding2d", ""),
-    k(Layer, "zero_padding3d", ""),
     // Losses (keras.losses), with their string aliases.
     k(Loss, "binary_focal_crossentropy", "binary_crossentropy"),
     k(
@@ -394,7 +389,7 @@ pub static KERAS: &[KerasName] = &[
     k(
         Argument,
         "data_format",
-        "kiln is channels_last only, as Keras's default",
+        "kiln takes `data_format` where Keras does (convolutions, pooling, flatten, up-sampling, padding, cropping); this layer is channels_last only",
     ),
     k(
         Argument,
@@ -412,6 +407,26 @@ pub static KERAS: &[KerasName] = &[
         "stateful recurrent layers are not supported",
     ),
     k(Argument, "amsgrad", "AMSGrad is not supported yet"),
+    k(
+        Argument,
+        "return_attention_scores",
+        "a layer's second output is not supported yet",
+    ),
+    k(
+        Argument,
+        "attention_mask",
+        "an explicit mask input is not supported yet; Keras masks (`mask_zero`, `masking`) and `use_causal_mask` apply",
+    ),
+    k(
+        Argument,
+        "sliding_window",
+        "sliding-window attention is not supported yet",
+    ),
+    k(
+        Argument,
+        "flash_attention",
+        "kiln computes attention one way, with Keras's numerics",
+    ),
 ];
 
 /// The table's entry for `name` in `family`, if Keras has one.

@@ -1,5 +1,6 @@
 //! Windowed primitives, channels last: convolution and its two gradients, max and
-//! average pooling and their gradient. 1-D windows run as 2-D ones with a height of 1.
+//! average pooling and their gradient, over 1 to 3 spatial axes (1-D and 2-D windows
+//! run as 3-D ones whose leading axes have length 1).
 //! Padding follows Keras/TF: `same` pads `total // 2` before and the rest after;
 //! average pooling divides by the number of in-bounds elements.
 
@@ -106,7 +107,7 @@ impl fmt::Display for WindowAttrs {
 
 fn spatial_out(x: &Type, k: &[i64], s: &[i64], d: &[i64], p: Padding) -> Result<Vec<Dim>> {
     let n = k.len();
-    if x.rank() != n + 2 || s.len() != n || d.len() != n {
+    if !(1..=AXES).contains(&n) || x.rank() != n + 2 || s.len() != n || d.len() != n {
         return err(format!(
             "window op on rank {} with {n} spatial axes",
             x.rank()
@@ -159,88 +160,103 @@ pub fn shape(op: &Op, tys: &[&Type]) -> Result<Type> {
     }
 }
 
-/// A 2-D view of a channels-last tensor: [batch, h, w, c] (1-D inputs get h = 1).
+/// Spatial axes a window primitive handles: 1-D, 2-D and 3-D windows all run as 3-D
+/// ones, the missing leading axes of length 1.
+const AXES: usize = 3;
+
+/// A 3-D view of a channels-last tensor: `[batch, d, h, w, c]` (fewer spatial axes get
+/// leading lengths of 1).
 struct Geo {
     b: usize,
-    h: usize,
-    w: usize,
+    sp: [usize; AXES],
     c: usize,
 }
 
-fn geo(shape: &[usize]) -> Geo {
-    match shape.len() {
-        3 => Geo {
-            b: shape[0],
-            h: 1,
-            w: shape[1],
-            c: shape[2],
-        },
-        _ => Geo {
-            b: shape[0],
-            h: shape[1],
-            w: shape[2],
-            c: shape[3],
-        },
+impl Geo {
+    /// Positions (batch entries × spatial positions).
+    fn positions(&self) -> usize {
+        self.b * self.sp.iter().product::<usize>()
     }
 }
 
-/// Per-axis parameters lifted to 2-D: (k, stride, dilation, pad_before) for h and w.
+fn geo(shape: &[usize]) -> Geo {
+    let n = shape.len() - 2;
+    let mut sp = [1; AXES];
+    sp[AXES - n..].copy_from_slice(&shape[1..=n]);
+    Geo {
+        b: shape[0],
+        sp,
+        c: shape[n + 1],
+    }
+}
+
+/// Per-axis parameters lifted to 3-D: window, stride, dilation and padding before.
 struct Win {
-    k: [usize; 2],
-    s: [usize; 2],
-    d: [usize; 2],
-    lo: [i64; 2],
+    k: [usize; AXES],
+    s: [usize; AXES],
+    d: [usize; AXES],
+    lo: [i64; AXES],
+}
+
+impl Win {
+    fn taps(&self) -> usize {
+        self.k.iter().product()
+    }
 }
 
 fn win(in_geo: &Geo, k: &[i64], s: &[i64], d: &[i64], p: Padding) -> Win {
-    let lift = |v: &[i64], one: i64| {
-        if v.len() == 1 {
-            [one, v[0]]
-        } else {
-            [v[0], v[1]]
+    let n = k.len();
+    let lift = |v: &[i64]| {
+        let mut out = [1usize; AXES];
+        for (o, &x) in out[AXES - n..].iter_mut().zip(v) {
+            *o = x as usize;
         }
+        out
     };
-    let (k2, s2, d2) = (lift(k, 1), lift(s, 1), lift(d, 1));
-    let lens = [in_geo.h as i64, in_geo.w as i64];
-    let mut lo = [0i64; 2];
-    for i in 0..2 {
-        if k.len() == 1 && i == 0 {
-            continue;
-        }
-        lo[i] = p.amounts(lens[i], k2[i], s2[i], d2[i]).0;
+    let (k3, s3, d3) = (lift(k), lift(s), lift(d));
+    let mut lo = [0i64; AXES];
+    for i in AXES - n..AXES {
+        let len = in_geo.sp[i] as i64;
+        lo[i] = p.amounts(len, k3[i] as i64, s3[i] as i64, d3[i] as i64).0;
     }
     Win {
-        k: [k2[0] as usize, k2[1] as usize],
-        s: [s2[0] as usize, s2[1] as usize],
-        d: [d2[0] as usize, d2[1] as usize],
+        k: k3,
+        s: s3,
+        d: d3,
         lo,
     }
 }
 
-/// Calls `f(b, oh, ow, kh, kw, ih, iw)` for every in-bounds tap of the window.
-fn for_taps(
-    x: &Geo,
-    o: &Geo,
-    w: &Win,
-    mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize),
-) {
-    for b in 0..o.b {
-        for oh in 0..o.h {
-            for ow in 0..o.w {
-                for kh in 0..w.k[0] {
-                    let ih = (oh * w.s[0] + kh * w.d[0]) as i64 - w.lo[0];
-                    if ih < 0 || ih >= x.h as i64 {
-                        continue;
-                    }
-                    for kw in 0..w.k[1] {
-                        let iw = (ow * w.s[1] + kw * w.d[1]) as i64 - w.lo[1];
-                        if iw < 0 || iw >= x.w as i64 {
-                            continue;
-                        }
-                        f(b, oh, ow, kh, kw, ih as usize, iw as usize);
-                    }
-                }
+/// Calls `f(out, tap, input)` for every in-bounds tap of the window: `out` is the flat
+/// index of the output position (batch and spatial axes, row-major), `tap` the flat
+/// index of the tap in the window, `input` the flat index of the input position.
+/// Taps come in row-major order, so "the first" tap is Keras's.
+fn for_taps(x: &Geo, o: &Geo, w: &Win, mut f: impl FnMut(usize, usize, usize)) {
+    let taps = w.taps();
+    for out in 0..o.positions() {
+        let mut rest = out;
+        let mut opos = [0usize; AXES];
+        for a in (0..AXES).rev() {
+            opos[a] = rest % o.sp[a];
+            rest /= o.sp[a];
+        }
+        let b = rest;
+        'tap: for tap in 0..taps {
+            let mut t = tap;
+            let mut kpos = [0usize; AXES];
+            for a in (0..AXES).rev() {
+                kpos[a] = t % w.k[a];
+                t /= w.k[a];
             }
+            let mut input = b;
+            for a in 0..AXES {
+                let i = (opos[a] * w.s[a] + kpos[a] * w.d[a]) as i64 - w.lo[a];
+                if i < 0 || i >= x.sp[a] as i64 {
+                    continue 'tap;
+                }
+                input = input * x.sp[a] + i as usize;
+            }
+            f(out, tap, input);
         }
     }
 }
@@ -286,13 +302,13 @@ pub fn max_pool_grad(
             }
         }
     };
-    for_taps(&xg, &yg, &w, |b, oh, ow, _, _, ih, iw| {
-        let yo = ((b * yg.h + oh) * yg.w + ow) * c;
+    for_taps(&xg, &yg, &w, |out, _, input| {
+        let yo = out * c;
         if yo != at {
             flush(at, &mut arg, dx);
             at = yo;
         }
-        let xo = ((b * xg.h + ih) * xg.w + iw) * c;
+        let xo = input * c;
         for ch in 0..c {
             let v = x[xo + ch];
             if arg[ch] == usize::MAX || v > best[ch] {
@@ -333,13 +349,12 @@ impl ConvPlan {
         let f_total = ks[n + 1];
         let groups = a.groups as usize;
         let fg = f_total / groups;
-        let taps = w.k[0] * w.k[1];
-        let rows = yg.b * yg.h * yg.w;
+        let taps = w.taps();
+        let rows = yg.positions();
         let cols = taps * cg;
         let mut src = vec![usize::MAX; rows * taps];
-        for_taps(&xg, &yg, &w, |b, oh, ow, kh, kw, ih, iw| {
-            let r = (b * yg.h + oh) * yg.w + ow;
-            src[r * taps + kh * w.k[1] + kw] = ((b * xg.h + ih) * xg.w + iw) * xg.c;
+        for_taps(&xg, &yg, &w, |r, tap, input| {
+            src[r * taps + tap] = input * xg.c;
         });
         ConvPlan {
             cg,
@@ -452,12 +467,12 @@ impl<T: Real> PoolScan<T> {
         let ones = vec![1; attrs.window.len()];
         let w = win(&xg, &attrs.window, &attrs.strides, &ones, attrs.padding);
         let c = xg.c;
-        let ny = yg.b * yg.h * yg.w * c;
+        let ny = yg.positions() * c;
         let mut scan = PoolScan {
             best: vec![T::neg_infinity(); ny],
             arg: vec![usize::MAX; ny],
             sum: vec![T::zero(); ny],
-            count: vec![0usize; yg.b * yg.h * yg.w],
+            count: vec![0usize; yg.positions()],
             xg,
             yg,
             w,
@@ -471,9 +486,9 @@ impl<T: Real> PoolScan<T> {
             sum,
             count,
         } = &mut scan;
-        for_taps(xg, yg, w, |b, oh, ow, _, _, ih, iw| {
-            let (yo, xo) = (offset(yg, b, oh, ow), offset(xg, b, ih, iw));
-            count[yo / c] += 1;
+        for_taps(xg, yg, w, |out, _, input| {
+            let (yo, xo) = (out * c, input * c);
+            count[out] += 1;
             for ch in 0..c {
                 let v = x[xo + ch];
                 if v > best[yo + ch] || arg[yo + ch] == usize::MAX {
@@ -516,8 +531,8 @@ impl<T: Real> PoolScan<T> {
             }
             PoolKind::Avg => {
                 let c = self.xg.c;
-                for_taps(&self.xg, &self.yg, &self.w, |b, oh, ow, _, _, ih, iw| {
-                    let (yo, xo) = (offset(&self.yg, b, oh, ow), offset(&self.xg, b, ih, iw));
+                for_taps(&self.xg, &self.yg, &self.w, |out, _, input| {
+                    let (yo, xo) = (out * c, input * c);
                     for ch in 0..c {
                         dx[xo + ch] += dy[yo + ch] / self.cnt(yo + ch);
                     }
@@ -526,11 +541,6 @@ impl<T: Real> PoolScan<T> {
         }
         shaped(shape, dx)
     }
-}
-
-/// The flat offset of (batch, h, w, channel 0) in a contiguous channels-last buffer.
-fn offset(g: &Geo, b: usize, h: usize, w: usize) -> usize {
-    ((b * g.h + h) * g.w + w) * g.c
 }
 
 pub fn eval<T: Real>(op: &Op, shape: &[usize], args: &[&ArrayD<T>]) -> Result<ArrayD<T>> {

@@ -1,14 +1,19 @@
 //! multi_head_attention: `inputs: [query, value]` or `[query, value, key]` (one input
-//! means self-attention). Projections are Keras's EinsumDense sub-layers with kernels
-//! `[d_model, heads, key_dim]` and an output projection `[heads, value_dim, d_out]`.
+//! means self-attention), of any rank ≥ 3 (`[batch, ..., features]`), attending over
+//! `attention_axes` (by default every axis between batch and features). Projections are
+//! Keras's EinsumDense sub-layers with kernels `[d, heads, key_dim]` (and `gate` with
+//! `use_gate`) and an output projection `[heads, value_dim, *output_shape]`. The
+//! lowering groups the heads and the axes outside attention into one batch-like axis
+//! and the attended axes into one, so every rank runs as the rank-3 case.
 
 use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, Mask, NO_FACTS};
-use crate::args::{ArgKind, Default, FRACTION, arg, int};
+use crate::args::{ArgKind, Args, Default, FRACTION, Value, arg, int};
 use crate::catalog::activations as activation;
 use crate::catalog::{initializers, regularizers};
-use crate::ir::{Cmp, Id, Op, Result, Type};
+use crate::dim::{Dim, product};
+use crate::ir::{Cmp, Id, IrError, Op, Result, Type};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",
@@ -19,7 +24,8 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
         arg("value_dim", int(1), Default::Null),
         arg("dropout", FRACTION, Default::Float(0.0)),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
-        arg("output_shape", int(1), Default::Null),
+        arg("output_shape", ArgKind::Axes, Default::Null),
+        arg("attention_axes", ArgKind::Axes, Default::Null),
         arg(
             "kernel_initializer",
             initializers::INITIALIZER,
@@ -34,6 +40,7 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
         // sub-layers).
         regularizers::KERNEL,
         regularizers::BIAS,
+        arg("use_gate", ArgKind::Bool, Default::Bool(false)),
         arg("seed", int(0), Default::Null),
         arg("use_causal_mask", ArgKind::Bool, Default::Bool(false)),
     ],
@@ -46,54 +53,171 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     },
 };
 
-fn mha(cx: &mut Ctx) -> Option<Inferred> {
-    cx.expect_float()?;
+/// The positions of query, value and key among `n` inputs (one input: self-attention;
+/// two: the value is also the key).
+fn roles(n: usize) -> [usize; 3] {
+    let v = n.min(2) - 1;
+    [0, v, if n == 3 { 2 } else { v }]
+}
+
+/// Keras's attention axes for inputs of rank `rank`: every axis between the batch and
+/// the features by default; a negative axis counts from the end of the projected
+/// `[batch, ..., heads, dim]` tensor (Keras's `(rank - 1) + axis`), so -2 is the last
+/// axis before the features. Sorted (the result does not depend on their order).
+fn attention_axes(args: &Args, rank: usize) -> Vec<i64> {
+    let mut axes: Vec<i64> = match args.get("attention_axes") {
+        Value::Ints(v) => v
+            .iter()
+            .map(|&a| if a < 0 { a + rank as i64 } else { a })
+            .collect(),
+        Value::Int(a) => vec![if *a < 0 { a + rank as i64 } else { *a }],
+        _ => (1..rank as i64 - 1).collect(),
+    };
+    axes.sort_unstable();
+    axes
+}
+
+/// The checked attention axes, or an error on `attention_axes`.
+fn checked_axes(cx: &mut Ctx, rank: usize) -> Option<Vec<usize>> {
+    let axes = attention_axes(cx.args, rank);
+    let bad = axes.iter().find(|&&a| a < 1 || a > rank as i64 - 2);
+    if let Some(a) = bad {
+        cx.arg_error(
+            "attention_axes",
+            "E0508",
+            format!("attention axis {a} is not between the batch and the features of a rank-{rank} query"),
+            format!("attention runs over axes 1 to {} (or -{} to -2)", rank - 2, rank - 1),
+        );
+        return None;
+    }
+    if axes.windows(2).any(|w| w[0] == w[1]) {
+        cx.arg_error(
+            "attention_axes",
+            "E0508",
+            "`attention_axes` lists an axis twice".into(),
+            "list each axis once",
+        );
+        return None;
+    }
+    Some(axes.into_iter().map(|a| a as usize).collect())
+}
+
+/// The input shapes Keras accepts: query, value and key of one rank ≥ 3, one batch,
+/// value and key equal on every axis but the last, and key and query equal on every
+/// axis attention does not run over.
+fn check_inputs(cx: &mut Ctx) -> Option<Vec<usize>> {
     let n = cx.inputs.len();
+    let [qi, vi, ki] = roles(n);
+    let rank = cx.inputs[0].ty.rank();
     for (i, role) in ["query", "value", "key"].iter().enumerate().take(n) {
-        if cx.inputs[i].ty.rank() != 3 {
+        let r = cx.inputs[i].ty.rank();
+        if r < 3 || r != rank {
             let (name, ty) = (cx.inputs[i].name.to_string(), cx.inputs[i].ty.describe());
-            return cx.shape_error(
+            let want = if i == 0 {
+                "rank 3 or more".to_string()
+            } else {
+                format!("the query's rank ({rank})")
+            };
+            cx.shape_error(
                 "E0501",
-                format!("`multi_head_attention` expects a rank-3 {role} [batch, steps, features], but `{name}` is {ty}"),
+                format!("`multi_head_attention` expects a {role} of {want} [batch, ..., features], but `{name}` is {ty}"),
                 "sequences are [batch, steps, features]; add an `embedding` or `reshape` first",
             );
+            return None;
         }
     }
-    let q = cx.inputs[0].ty.clone();
-    let v = cx.inputs[n.min(2) - 1].ty.clone();
-    let k = cx.inputs[if n == 3 { 2 } else { n.min(2) - 1 }].ty.clone();
+    let (q, v, k) = (
+        cx.inputs[qi].ty.clone(),
+        cx.inputs[vi].ty.clone(),
+        cx.inputs[ki].ty.clone(),
+    );
     if q.shape[0] != v.shape[0] || k.shape[0] != v.shape[0] {
-        return cx.shape_error(
+        cx.shape_error(
             "E0511",
             format!("`multi_head_attention` needs the same batch size for query, value and key, but they are {}, {} and {}", q.shape[0], v.shape[0], k.shape[0]),
             "all inputs of one attention call must come from the same batch",
         );
+        return None;
     }
-    if k.shape[1] != v.shape[1] {
+    let (vname, kname) = (
+        cx.inputs[vi].name.to_string(),
+        cx.inputs[ki].name.to_string(),
+    );
+    if k.shape[1..rank - 1] != v.shape[1..rank - 1] {
         let qname = cx.inputs[0].name.to_string();
-        let vname = cx.inputs[n.min(2) - 1].name.to_string();
-        let kname = cx.inputs[if n == 3 { 2 } else { n.min(2) - 1 }]
-            .name
-            .to_string();
-        return cx.shape_error(
-            "E0511",
+        let message = if rank == 3 {
             format!(
                 "`multi_head_attention` needs key and value with the same number of steps, but the key `{kname}` has {} and the value `{vname}` has {}",
                 k.shape[1], v.shape[1]
-            ),
+            )
+        } else {
+            format!(
+                "`multi_head_attention` needs key and value equal on every axis but the last, but the key `{kname}` is {} and the value `{vname}` is {}",
+                k.describe(),
+                v.describe()
+            )
+        };
+        cx.shape_error(
+            "E0511",
+            message,
             format!("key and value are usually the same tensor: pass `inputs: [{qname}, {vname}]` to use `{vname}` as both"),
         );
+        return None;
     }
-    let dq = cx.known(&q.shape[2], "query feature size")?;
-    let dv = cx.known(&v.shape[2], "value feature size")?;
-    let dk = cx.known(&k.shape[2], "key feature size")?;
+    let axes = checked_axes(cx, rank)?;
+    if let Some(a) = (1..rank - 1).find(|a| !axes.contains(a) && q.shape[*a] != k.shape[*a]) {
+        cx.shape_error(
+            "E0511",
+            format!(
+                "`multi_head_attention` attends over axes {axes:?}, so query and key must be equal on axis {a}, but they are {} and {}",
+                q.shape[a], k.shape[a]
+            ),
+            "list that axis in `attention_axes`, or give query and key the same size there",
+        );
+        return None;
+    }
+    if rank > 3 && cx.args.bool("use_causal_mask") {
+        cx.arg_error(
+            "use_causal_mask",
+            "E0404",
+            format!("kiln applies `use_causal_mask` to rank-3 inputs [batch, steps, features], but the query is rank {rank}"),
+            "use rank-3 inputs for causal attention",
+        );
+        return None;
+    }
+    Some(axes)
+}
+
+fn mha(cx: &mut Ctx) -> Option<Inferred> {
+    cx.expect_float()?;
+    check_inputs(cx)?;
+    let [qi, vi, ki] = roles(cx.inputs.len());
+    let (q, v, k) = (
+        cx.inputs[qi].ty.clone(),
+        cx.inputs[vi].ty.clone(),
+        cx.inputs[ki].ty.clone(),
+    );
+    let dq = cx.known(q.last(), "query feature size")?;
+    let dv = cx.known(v.last(), "value feature size")?;
+    let dk = cx.known(k.last(), "key feature size")?;
     let heads = cx.args.int("num_heads");
     let kd = cx.args.int("key_dim");
     let vd = cx.args.opt_int("value_dim").unwrap_or(kd);
-    let dout = cx.args.opt_int("output_shape").unwrap_or(dq);
+    let out = match cx.args.get("output_shape") {
+        Value::Ints(o) => o.clone(),
+        _ => vec![dq],
+    };
+    if out.iter().any(|&d| d < 1) {
+        return cx.arg_error(
+            "output_shape",
+            "E0404",
+            format!("`output_shape` sizes must be at least 1, but they are {out:?}"),
+            "give the output's trailing sizes, e.g. `output_shape: 16` or `[4, 4]`",
+        );
+    }
     let bias = cx.args.bool("use_bias");
     let mut params = Vec::new();
-    for (name, d_in, d_head) in [("query", dq, kd), ("key", dk, kd), ("value", dv, vd)] {
+    let mut project = |name: &str, d_in: i64, d_head: i64| {
         params.push(cx.param(
             &format!("{name}/kernel"),
             vec![d_in, heads, d_head],
@@ -106,31 +230,39 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
                 "bias_initializer",
             ));
         }
+    };
+    // Keras builds (and lists) its sub-layers in this order.
+    project("query", dq, kd);
+    project("key", dk, kd);
+    if cx.args.bool("use_gate") {
+        project("gate", dq, vd);
     }
-    params.push(cx.param(
-        "attention_output/kernel",
-        vec![heads, vd, dout],
-        "kernel_initializer",
-    ));
+    project("value", dv, vd);
+    let mut wo = vec![heads, vd];
+    wo.extend(&out);
+    params.push(cx.param("attention_output/kernel", wo, "kernel_initializer"));
     if bias {
-        params.push(cx.param("attention_output/bias", vec![dout], "bias_initializer"));
+        params.push(cx.param("attention_output/bias", out.clone(), "bias_initializer"));
     }
+    let mut shape = q.shape[..q.rank() - 1].to_vec();
+    shape.extend(out.iter().map(|&d| Dim::konst(d)));
     Some(Inferred {
-        output: TensorType::f32(vec![q.shape[0].clone(), q.shape[1].clone(), dout.into()]),
+        output: TensorType::f32(shape),
         params,
     })
 }
 
-/// One EinsumDense projection `[B, T, D] × [D, H, K] + [H, K]` → `[B, H, T, K]`.
+/// One EinsumDense projection `[B, ..., D] × [D, H, K] + [H, K]` → `[B, ..., H, K]`.
 fn project(lw: &mut LowerCx, l: &Call, x: Id, which: &str) -> Result<Id> {
     let shape = lw.f.ty(x).shape.clone();
-    let (b, t, d) = (shape[0].clone(), shape[1].clone(), shape[2].clone());
+    let r = shape.len();
+    let d = shape[r - 1].clone();
     let k = l.param(lw, &format!("{which}/kernel"))?;
     let kshape = lw.f.ty(k).shape.clone();
     let (h, kd) = (kshape[1].clone(), kshape[2].clone());
     let hk = h.mul(&kd).map_err(overflow)?;
-    let bt = b.mul(&t).map_err(overflow)?;
-    let x2 = lw.f.reshape(x, vec![bt, d.clone()])?;
+    let rows = product(&shape[..r - 1]).map_err(overflow)?;
+    let x2 = lw.f.reshape(x, vec![rows, d.clone()])?;
     let k2 = lw.f.reshape(k, vec![d, hk])?;
     let mut y = lw.f.matmul(x2, k2, false, false)?;
     if l.args.bool("use_bias") {
@@ -139,23 +271,108 @@ fn project(lw: &mut LowerCx, l: &Call, x: Id, which: &str) -> Result<Id> {
         let b1 = lw.f.reshape(bias, vec![hk])?;
         y = lw.f.add(y, b1)?;
     }
-    let y4 = lw.f.reshape(y, vec![b, t, h, kd])?;
-    lw.f.transpose(y4, vec![0, 2, 1, 3])
+    let mut out = shape[..r - 1].to_vec();
+    out.extend([h, kd]);
+    lw.f.reshape(y, out)
 }
 
-/// Keras's MultiHeadAttention: scaled dot-product over the key axis, softmax, dropout
-/// on the attention probabilities in training, and the output projection.
+/// How a projected `[B, ..., H, K]` tensor was brought to `[B, M, T, K]` (M the heads
+/// and the axes attention does not run over, T the attended positions): the
+/// permutation and the shape before the merge, to undo it.
+struct Grouped {
+    perm: Vec<usize>,
+    shape: Vec<Dim>,
+}
+
+/// `[B, ..., H, K]` → `[B, M, T, K]`: the axes outside attention and the heads first,
+/// then the attended axes (in order), then the features.
+fn group(lw: &mut LowerCx, x: Id, axes: &[usize]) -> Result<(Id, Grouped)> {
+    let r = lw.f.ty(x).rank();
+    let heads = r - 2;
+    let others: Vec<usize> = (1..heads).filter(|a| !axes.contains(a)).collect();
+    let mut perm = vec![0];
+    perm.extend(&others);
+    perm.push(heads);
+    perm.extend(axes);
+    perm.push(r - 1);
+    let t = if perm.iter().enumerate().all(|(i, &p)| i == p) {
+        x
+    } else {
+        lw.f.transpose(x, perm.clone())?
+    };
+    let shape = lw.f.ty(t).shape.clone();
+    let split = others.len() + 2;
+    let merged = vec![
+        shape[0].clone(),
+        product(&shape[1..split]).map_err(overflow)?,
+        product(&shape[split..r - 1]).map_err(overflow)?,
+        shape[r - 1].clone(),
+    ];
+    let y = if merged == shape {
+        t
+    } else {
+        lw.f.reshape(t, merged)?
+    };
+    Ok((y, Grouped { perm, shape }))
+}
+
+/// `[B, M, T, V]` → `[B, ..., H, V]`, undoing `group` (the features may differ).
+fn ungroup(lw: &mut LowerCx, o: Id, g: &Grouped) -> Result<Id> {
+    let mut shape = g.shape.clone();
+    let last = shape.len() - 1;
+    shape[last] = lw.f.ty(o).last().clone();
+    let o = if lw.f.ty(o).shape == shape {
+        o
+    } else {
+        lw.f.reshape(o, shape)?
+    };
+    let mut inv = vec![0; g.perm.len()];
+    for (i, &p) in g.perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    if inv.iter().enumerate().all(|(i, &p)| i == p) {
+        Ok(o)
+    } else {
+        lw.f.transpose(o, inv)
+    }
+}
+
+/// Keras's MultiHeadAttention: scaled dot-product over the attended positions (jointly
+/// over every attention axis), softmax, dropout on the attention probabilities in
+/// training, Keras's sigmoid gate (`use_gate`), and the output projection.
 fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
-    let q_in = x[0];
-    let v_in = if x.len() > 1 { x[1] } else { x[0] };
-    let k_in = if x.len() > 2 { x[2] } else { v_in };
+    let [qi, vi, ki] = roles(x.len());
+    let (q_in, v_in, k_in) = (x[qi], x[vi], x[ki]);
+    let rank = lw.f.ty(q_in).rank();
+    let axes: Vec<usize> = attention_axes(l.args, rank)
+        .into_iter()
+        .map(|a| a as usize)
+        .collect();
     let key_dim = l.args.int("key_dim") as f64;
+    let gate = if l.args.bool("use_gate") {
+        let g = project(lw, l, q_in, "gate")?;
+        Some(activation::apply(&mut lw.f, "sigmoid", g)?)
+    } else {
+        None
+    };
     let q = project(lw, l, q_in, "query")?;
+    let (q, grouped) = group(lw, q, &axes)?;
     let k = project(lw, l, k_in, "key")?;
+    let (k, _) = group(lw, k, &axes)?;
     let v = project(lw, l, v_in, "value")?;
+    let (v, _) = group(lw, v, &axes)?;
     let qs = lw.f.mul_c(q, 1.0 / key_dim.sqrt())?;
     let scores = lw.f.matmul(qs, k, false, true)?;
-    let probs = match attention_mask(lw, l, x.len(), scores)? {
+    let mask = if rank == 3 {
+        attention_mask(lw, l, x.len(), scores)?
+    } else if lw.masks.iter().any(Option::is_some) {
+        return Err(IrError(
+            "kiln applies Keras masks in multi_head_attention to rank-3 inputs only".into(),
+        ));
+    } else {
+        None
+    };
+    let probs = match mask {
         // Keras's masked softmax: -1e9 where masked, and zeros there after.
         Some(m) => {
             let zero = lw.f.scalar(0.0);
@@ -168,27 +385,29 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         None => activation::softmax(&mut lw.f, scores, 3)?,
     };
     let probs = dropout(lw, probs, l.args.float("dropout"))?;
-    let o = lw.f.matmul(probs, v, false, false)?; // [B, H, Tq, V]
-    let o = lw.f.transpose(o, vec![0, 2, 1, 3])?; // [B, Tq, H, V]
+    let o = lw.f.matmul(probs, v, false, false)?; // [B, M, T, V]
+    let mut o = ungroup(lw, o, &grouped)?; // [B, ..., H, V]
+    if let Some(g) = gate {
+        o = lw.f.mul(o, g)?;
+    }
     let oshape = lw.f.ty(o).shape.clone();
-    let (b, t, h, vd) = (
-        oshape[0].clone(),
-        oshape[1].clone(),
-        oshape[2].clone(),
-        oshape[3].clone(),
-    );
-    let bt = b.mul(&t).map_err(overflow)?;
-    let hv = h.mul(&vd).map_err(overflow)?;
-    let o2 = lw.f.reshape(o, vec![bt, hv.clone()])?;
+    let r = oshape.len();
+    let rows = product(&oshape[..r - 2]).map_err(overflow)?;
+    let hv = oshape[r - 2].mul(&oshape[r - 1]).map_err(overflow)?;
+    let o2 = lw.f.reshape(o, vec![rows, hv.clone()])?;
     let wo = l.param(lw, "attention_output/kernel")?;
-    let dout = lw.f.ty(wo).last().clone();
+    let wshape = lw.f.ty(wo).shape.clone();
+    let dout = product(&wshape[2..]).map_err(overflow)?;
     let wo2 = lw.f.reshape(wo, vec![hv, dout.clone()])?;
     let mut y = lw.f.matmul(o2, wo2, false, false)?;
     if l.args.bool("use_bias") {
-        let bo = l.param(lw, "attention_output/bias")?;
+        let mut bo = l.param(lw, "attention_output/bias")?;
+        if lw.f.ty(bo).rank() != 1 {
+            bo = lw.f.reshape(bo, vec![dout])?;
+        }
         y = lw.f.add(y, bo)?;
     }
-    lw.f.reshape(y, vec![b, t, dout])
+    lw.f.reshape(y, l.output.shape.clone())
 }
 
 /// Keras's attention mask `[batch, heads, query steps, key steps]` (1 attends): the

@@ -1,9 +1,11 @@
-//! Convolutions (channels_last): conv1d/2d, depthwise_conv1d/2d, separable_conv1d/2d,
+//! Convolutions: conv1d/2d/3d, depthwise_conv1d/2d, separable_conv1d/2d (channels_last
+//! or, through `layout`, channels_first),
 //! and the window arithmetic they share with pooling and transposed convolutions, exact
 //! on symbolic lengths. A depthwise convolution is a grouped convolution with one group
 //! per input channel (its kernel reshaped to `[k..., 1, in * depth_multiplier]`), as
 //! Keras computes it; a separable one is that followed by a 1×1 convolution.
 
+use super::layout::{self, DATA_FORMAT, channels_first};
 use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, NO_FACTS};
@@ -18,12 +20,13 @@ const fn window(n: usize) -> ArgKind {
     ArgKind::IntTuple { n, min: 1 }
 }
 
-const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13] {
+const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 14] {
     [
         arg("filters", int(1), Default::Required),
         arg("kernel_size", window(n), Default::Required),
         arg("strides", window(n), Default::Int(1)),
         arg("padding", ArgKind::Choice(paddings), Default::Str("valid")),
+        DATA_FORMAT,
         arg("dilation_rate", window(n), Default::Int(1)),
         arg("groups", int(1), Default::Int(1)),
         arg("activation", activation::ACTIVATION, Default::Str("linear")),
@@ -44,13 +47,14 @@ const fn conv_args(n: usize, paddings: &'static [&'static str]) -> [ArgSpec; 13]
     ]
 }
 
-const CONV1D_ARGS: [ArgSpec; 13] = conv_args(1, &["valid", "same", "causal"]);
-const CONV2D_ARGS: [ArgSpec; 13] = conv_args(2, &["valid", "same"]);
+const CONV1D_ARGS: [ArgSpec; 14] = conv_args(1, &["valid", "same", "causal"]);
+const CONV2D_ARGS: [ArgSpec; 14] = conv_args(2, &["valid", "same"]);
+const CONV3D_ARGS: [ArgSpec; 14] = conv_args(3, &["valid", "same"]);
 
 const VALID_SAME: &[&str] = &["valid", "same"];
 
 /// Keras's `DepthwiseConv1D/2D` arguments, in its order.
-const fn depthwise_args(n: usize) -> [ArgSpec; 12] {
+const fn depthwise_args(n: usize) -> [ArgSpec; 13] {
     [
         arg("kernel_size", window(n), Default::Required),
         arg("strides", window(n), Default::Int(1)),
@@ -60,6 +64,7 @@ const fn depthwise_args(n: usize) -> [ArgSpec; 12] {
             Default::Str("valid"),
         ),
         arg("depth_multiplier", int(1), Default::Int(1)),
+        DATA_FORMAT,
         arg("dilation_rate", window(n), Default::Int(1)),
         arg("activation", activation::ACTIVATION, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -80,7 +85,7 @@ const fn depthwise_args(n: usize) -> [ArgSpec; 12] {
 }
 
 /// Keras's `SeparableConv1D/2D` arguments, in its order.
-const fn separable_args(n: usize) -> [ArgSpec; 15] {
+const fn separable_args(n: usize) -> [ArgSpec; 16] {
     [
         arg("filters", int(1), Default::Required),
         arg("kernel_size", window(n), Default::Required),
@@ -90,6 +95,7 @@ const fn separable_args(n: usize) -> [ArgSpec; 15] {
             ArgKind::Choice(VALID_SAME),
             Default::Str("valid"),
         ),
+        DATA_FORMAT,
         arg("dilation_rate", window(n), Default::Int(1)),
         arg("depth_multiplier", int(1), Default::Int(1)),
         arg("activation", activation::ACTIVATION, Default::Str("linear")),
@@ -116,10 +122,10 @@ const fn separable_args(n: usize) -> [ArgSpec; 15] {
     ]
 }
 
-const DEPTHWISE1D_ARGS: [ArgSpec; 12] = depthwise_args(1);
-const DEPTHWISE2D_ARGS: [ArgSpec; 12] = depthwise_args(2);
-const SEPARABLE1D_ARGS: [ArgSpec; 15] = separable_args(1);
-const SEPARABLE2D_ARGS: [ArgSpec; 15] = separable_args(2);
+const DEPTHWISE1D_ARGS: [ArgSpec; 13] = depthwise_args(1);
+const DEPTHWISE2D_ARGS: [ArgSpec; 13] = depthwise_args(2);
+const SEPARABLE1D_ARGS: [ArgSpec; 16] = separable_args(1);
+const SEPARABLE2D_ARGS: [ArgSpec; 16] = separable_args(2);
 
 const fn spatial(n: usize) -> Facts {
     Facts {
@@ -146,6 +152,16 @@ pub const CONV2D: LayerKind = LayerKind {
     infer: conv,
     lower: lower_conv,
     facts: spatial(2),
+};
+
+pub const CONV3D: LayerKind = LayerKind {
+    name: "conv3d",
+    class: "Conv3D",
+    args: &CONV3D_ARGS,
+    arity: Arity::One,
+    infer: conv,
+    lower: lower_conv,
+    facts: spatial(3),
 };
 
 pub const DEPTHWISE_CONV1D: LayerKind = LayerKind {
@@ -259,12 +275,13 @@ pub(super) fn spatial_out(
 pub(super) fn spatial_input(cx: &mut Ctx) -> Option<usize> {
     let n = cx.kind.facts.spatial?;
     cx.expect_float()?;
-    let layout = if n == 1 {
-        "[batch, steps, channels]"
+    let axes = ["steps", "height, width", "depth, height, width"][n.clamp(1, 3) - 1];
+    let layout = if channels_first(cx.args) {
+        format!("[batch, channels, {axes}]")
     } else {
-        "[batch, height, width, channels]"
+        format!("[batch, {axes}, channels]")
     };
-    cx.expect_rank(&[n + 2], layout)?;
+    cx.expect_rank(&[n + 2], &layout)?;
     Some(n)
 }
 
@@ -297,6 +314,10 @@ fn conv_shape(cx: &mut Ctx, n: usize, channels: i64) -> Option<(Vec<Dim>, Vec<i6
 }
 
 fn conv(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, conv_last)
+}
+
+fn conv_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let channels = cx.known(&cx.input().last().clone(), "channel axis (the last axis)")?;
     let filters = cx.args.int("filters");
@@ -336,6 +357,10 @@ fn depthwise_channels(cx: &mut Ctx) -> Option<(i64, i64)> {
 }
 
 fn depthwise(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, depthwise_last)
+}
+
+fn depthwise_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let (channels, out) = depthwise_channels(cx)?;
     let (shape, mut kshape) = conv_shape(cx, n, out)?;
@@ -352,6 +377,10 @@ fn depthwise(cx: &mut Ctx) -> Option<Inferred> {
 }
 
 fn separable(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, separable_last)
+}
+
+fn separable_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let (channels, mid) = depthwise_channels(cx)?;
     let filters = cx.args.int("filters");
@@ -395,6 +424,10 @@ fn conv_attrs(l: &Call, groups: i64) -> ConvAttrs {
 }
 
 fn lower_conv(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_conv_last)
+}
+
+fn lower_conv_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let k = l.param(lw, "kernel")?;
     let y =
         lw.f.push(Op::Conv(conv_attrs(l, l.args.int("groups"))), &[x[0], k])?;
@@ -418,12 +451,20 @@ fn depthwise_conv(lw: &mut LowerCx, l: &Call, x: Id, kernel: Id) -> Result<Id> {
 }
 
 fn lower_depthwise(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_depthwise_last)
+}
+
+fn lower_depthwise_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let k = l.param(lw, "kernel")?;
     let y = depthwise_conv(lw, l, x[0], k)?;
     bias_activation(lw, l, y)
 }
 
 fn lower_separable(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_separable_last)
+}
+
+fn lower_separable_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let dk = l.param(lw, "depthwise_kernel")?;
     let pk = l.param(lw, "pointwise_kernel")?;
     let mid = depthwise_conv(lw, l, x[0], dk)?;

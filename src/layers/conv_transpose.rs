@@ -1,4 +1,5 @@
-//! Transposed convolutions (channels_last): conv1d_transpose and conv2d_transpose, with
+//! Transposed convolutions: conv1d/2d/3d_transpose (channels_last, or channels_first
+//! through `layout`), with
 //! Keras's kernel layout `[k..., filters, in_channels]`, output lengths and padding.
 //!
 //! A transposed convolution is the input gradient of the convolution whose kernel it
@@ -11,6 +12,7 @@
 //! `output_padding`, or a stride above the kernel) the output is zeros plus the bias.
 
 use super::conv::{bias_activation, spatial_input, strides_dilation, tuple};
+use super::layout::{self, DATA_FORMAT};
 use super::lower::{Call, LowerCx, overflow};
 use super::{Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS, TensorType};
 use crate::args::{ArgKind, ArgSpec, Default, arg, int};
@@ -19,7 +21,7 @@ use crate::catalog::{initializers, regularizers};
 use crate::dim::{Dim, Overflow};
 use crate::ir::{ConvAttrs, Id, Op, Padding, Result, Type};
 
-const fn transpose_args(n: usize) -> [ArgSpec; 13] {
+const fn transpose_args(n: usize) -> [ArgSpec; 14] {
     let window = ArgKind::IntTuple { n, min: 1 };
     [
         arg("filters", int(1), Default::Required),
@@ -35,6 +37,7 @@ const fn transpose_args(n: usize) -> [ArgSpec; 13] {
             ArgKind::IntTuple { n, min: 0 },
             Default::Null,
         ),
+        DATA_FORMAT,
         arg("dilation_rate", window, Default::Int(1)),
         arg("activation", activation::ACTIVATION, Default::Str("linear")),
         arg("use_bias", ArgKind::Bool, Default::Bool(true)),
@@ -54,8 +57,9 @@ const fn transpose_args(n: usize) -> [ArgSpec; 13] {
     ]
 }
 
-const TRANSPOSE1D_ARGS: [ArgSpec; 13] = transpose_args(1);
-const TRANSPOSE2D_ARGS: [ArgSpec; 13] = transpose_args(2);
+const TRANSPOSE1D_ARGS: [ArgSpec; 14] = transpose_args(1);
+const TRANSPOSE2D_ARGS: [ArgSpec; 14] = transpose_args(2);
+const TRANSPOSE3D_ARGS: [ArgSpec; 14] = transpose_args(3);
 
 pub const CONV1D_TRANSPOSE: LayerKind = LayerKind {
     name: "conv1d_transpose",
@@ -79,6 +83,19 @@ pub const CONV2D_TRANSPOSE: LayerKind = LayerKind {
     lower: lower_transpose,
     facts: Facts {
         spatial: Some(2),
+        ..NO_FACTS
+    },
+};
+
+pub const CONV3D_TRANSPOSE: LayerKind = LayerKind {
+    name: "conv3d_transpose",
+    class: "Conv3DTranspose",
+    args: &TRANSPOSE3D_ARGS,
+    arity: Arity::One,
+    infer: transpose,
+    lower: lower_transpose,
+    facts: Facts {
+        spatial: Some(3),
         ..NO_FACTS
     },
 };
@@ -146,6 +163,10 @@ fn axes(
 }
 
 fn transpose(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, transpose_last)
+}
+
+fn transpose_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let channels = cx.known(&cx.input().last().clone(), "channel axis (the last axis)")?;
     let filters = cx.args.int("filters");
@@ -193,6 +214,10 @@ fn transpose(cx: &mut Ctx) -> Option<Inferred> {
 }
 
 fn lower_transpose(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_transpose_last)
+}
+
+fn lower_transpose_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let a = l.args;
     let kernel = l.param(lw, "kernel")?;
     let ks = lw.f.ty(kernel).shape.clone();

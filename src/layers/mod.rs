@@ -7,6 +7,7 @@ mod attention;
 mod conv;
 mod conv_transpose;
 mod core;
+mod layout;
 mod lower;
 pub use lower::{Call, LowerCx, Mode};
 mod masking;
@@ -88,7 +89,7 @@ pub struct LayerKind {
 #[derive(Clone, Copy, Debug)]
 pub struct Facts {
     /// The number of spatial axes of a convolution, pooling or spatial dropout layer (1
-    /// or 2).
+    /// to 3).
     pub spatial: Option<usize>,
     /// Max or average, for pooling layers.
     pub pool: Option<PoolKind>,
@@ -222,12 +223,14 @@ pub static REGISTRY: &[&LayerKind] = &[
     &preprocess::POSITION_EMBEDDING,
     &conv::CONV1D,
     &conv::CONV2D,
+    &conv::CONV3D,
     &conv::DEPTHWISE_CONV1D,
     &conv::DEPTHWISE_CONV2D,
     &conv::SEPARABLE_CONV1D,
     &conv::SEPARABLE_CONV2D,
     &conv_transpose::CONV1D_TRANSPOSE,
     &conv_transpose::CONV2D_TRANSPOSE,
+    &conv_transpose::CONV3D_TRANSPOSE,
     &pool::MAX_POOLING1D,
     &pool::MAX_POOLING2D,
     &pool::AVERAGE_POOLING1D,
@@ -236,12 +239,19 @@ pub static REGISTRY: &[&LayerKind] = &[
     &pool::GLOBAL_AVERAGE_POOLING2D,
     &pool::GLOBAL_MAX_POOLING1D,
     &pool::GLOBAL_MAX_POOLING2D,
+    &pool::MAX_POOLING3D,
+    &pool::AVERAGE_POOLING3D,
+    &pool::GLOBAL_AVERAGE_POOLING3D,
+    &pool::GLOBAL_MAX_POOLING3D,
     &resample::UP_SAMPLING1D,
     &resample::UP_SAMPLING2D,
     &resample::ZERO_PADDING1D,
     &resample::ZERO_PADDING2D,
     &resample::CROPPING1D,
     &resample::CROPPING2D,
+    &resample::UP_SAMPLING3D,
+    &resample::ZERO_PADDING3D,
+    &resample::CROPPING3D,
     &norm::BATCH_NORMALIZATION,
     &norm::LAYER_NORMALIZATION,
     &reshape::FLATTEN,

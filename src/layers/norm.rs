@@ -104,6 +104,9 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
         ),
         BETA_REG,
         GAMMA_REG,
+        // Keras 3 still takes it (deprecated, through `**kwargs`): x / sqrt(var + eps)
+        // times gamma, without centering, and no beta.
+        arg("rms_scaling", ArgKind::Bool, Default::Bool(false)),
     ],
     arity: Arity::One,
     infer: layer_norm,
@@ -114,7 +117,7 @@ pub const LAYER_NORMALIZATION: LayerKind = LayerKind {
 fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_float()?;
     let rank = cx.input().rank();
-    let axes = cx.args.ints("axis").to_vec();
+    let axes = keras_sorted_axes(cx.args);
     let mut resolved: Vec<usize> = Vec::new();
     for a in axes {
         let r = cx.axis("axis", a, rank)?;
@@ -129,16 +132,17 @@ fn layer_norm(cx: &mut Ctx) -> Option<Inferred> {
         resolved.push(r);
     }
     // Keras: the weight shape is the input's sizes on the normalized axes, in the order
-    // the axes are listed.
+    // of the sorted `axis` values.
     let mut shape = Vec::new();
     for &a in &resolved {
         shape.push(cx.known(&cx.input().shape[a].clone(), "size on the normalized axes")?);
     }
+    let rms = cx.args.bool("rms_scaling");
     let mut params = Vec::new();
-    if cx.args.bool("scale") {
+    if cx.args.bool("scale") || rms {
         params.push(cx.param("gamma", shape.clone(), "gamma_initializer"));
     }
-    if cx.args.bool("center") {
+    if cx.args.bool("center") && !rms {
         params.push(cx.param("beta", shape, "beta_initializer"));
     }
     Some(Inferred {
@@ -200,14 +204,21 @@ fn lower_batch_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     Ok(y)
 }
 
-/// Layer normalization over `axis` (biased variance), gamma/beta on those axes.
+/// Keras's `axis` as it builds with it: the values as written, sorted (so `[-1, -2]`
+/// is `[-2, -1]`, and `[1, -1]` is `[-1, 1]`: negative values sort first).
+fn keras_sorted_axes(args: &crate::args::Args) -> Vec<i64> {
+    let mut axes = args.ints("axis").to_vec();
+    axes.sort_unstable();
+    axes
+}
+
+/// Layer normalization over `axis` (biased variance), gamma/beta on those axes; with
+/// `rms_scaling`, Keras's x / sqrt(var + eps) · gamma.
 fn lower_layer_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let x = x[0];
     let shape = lw.f.ty(x).shape.clone();
     let rank = shape.len();
-    let axes: Vec<usize> = l
-        .args
-        .ints("axis")
+    let axes: Vec<usize> = keras_sorted_axes(l.args)
         .iter()
         .map(|&a| norm_axis(a, rank))
         .collect();
@@ -215,6 +226,7 @@ fn lower_layer_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     sorted.sort();
     let kept: Vec<usize> = (0..rank).filter(|i| !sorted.contains(i)).collect();
     let eps = l.args.float("epsilon");
+    let rms = l.args.bool("rms_scaling");
     let m = mean(lw, x, &sorted)?;
     let mb = lw.f.broadcast(m, &shape, &kept)?;
     let d = lw.f.sub(x, mb)?;
@@ -223,20 +235,24 @@ fn lower_layer_norm(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let ve = lw.f.add_c(v, eps)?;
     let inv = lw.f.unary(Unary::Rsqrt, ve)?;
     let ib = lw.f.broadcast(inv, &shape, &kept)?;
-    let mut y = lw.f.mul(d, ib)?;
-    // Weights have the normalized axes' sizes in the order `axis` lists them.
+    let mut y = lw.f.mul(if rms { x } else { d }, ib)?;
+    // Keras reshapes the weights (sizes in the sorted `axis` order) onto the input's
+    // axes in the input's order: a reshape, not a transpose, as Keras does it.
     let place = |lw: &mut LowerCx, w: Id| -> Result<Id> {
-        let mut perm: Vec<usize> = (0..axes.len()).collect();
-        perm.sort_by_key(|&i| axes[i]);
-        let wt = lw.f.transpose(w, perm)?;
+        let onto: Vec<_> = sorted.iter().map(|&a| shape[a].clone()).collect();
+        let wt = if lw.f.ty(w).shape == onto {
+            w
+        } else {
+            lw.f.reshape(w, onto)?
+        };
         lw.f.broadcast(wt, &shape, &sorted)
     };
-    if l.args.bool("scale") {
+    if l.args.bool("scale") || rms {
         let g = l.param(lw, "gamma")?;
         let gb = place(lw, g)?;
         y = lw.f.mul(y, gb)?;
     }
-    if l.args.bool("center") {
+    if l.args.bool("center") && !rms {
         let b = l.param(lw, "beta")?;
         let bb = place(lw, b)?;
         y = lw.f.add(y, bb)?;

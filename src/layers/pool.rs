@@ -1,7 +1,9 @@
-//! Pooling (channels_last): max and average pooling 1d/2d and global pooling. The
+//! Pooling: max and average pooling 1d/2d/3d and global pooling (channels_last, or
+//! channels_first through `layout`). The
 //! window arithmetic is the convolutions' (`conv::spatial_out`).
 
 use super::conv::{spatial_input, spatial_out, tuple};
+use super::layout::{self, DATA_FORMAT};
 use super::lower::{Call, LowerCx, mean};
 use super::masking::{input_mask, masked_mean_steps};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
@@ -11,7 +13,7 @@ use crate::args::{ArgKind, ArgSpec, Default, arg};
 use crate::dim::Dim;
 use crate::ir::{Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
 
-const fn pool_args(n: usize) -> [ArgSpec; 3] {
+const fn pool_args(n: usize) -> [ArgSpec; 4] {
     [
         arg(
             "pool_size",
@@ -24,10 +26,12 @@ const fn pool_args(n: usize) -> [ArgSpec; 3] {
             ArgKind::Choice(&["valid", "same"]),
             Default::Str("valid"),
         ),
+        DATA_FORMAT,
     ]
 }
-const POOL1D_ARGS: [ArgSpec; 3] = pool_args(1);
-const POOL2D_ARGS: [ArgSpec; 3] = pool_args(2);
+const POOL1D_ARGS: [ArgSpec; 4] = pool_args(1);
+const POOL2D_ARGS: [ArgSpec; 4] = pool_args(2);
+const POOL3D_ARGS: [ArgSpec; 4] = pool_args(3);
 
 pub const MAX_POOLING1D: LayerKind = LayerKind {
     name: "max_pooling1d",
@@ -51,6 +55,19 @@ pub const MAX_POOLING2D: LayerKind = LayerKind {
     lower: lower_pool,
     facts: Facts {
         spatial: Some(2),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
+};
+pub const MAX_POOLING3D: LayerKind = LayerKind {
+    name: "max_pooling3d",
+    class: "MaxPooling3D",
+    args: &POOL3D_ARGS,
+    arity: Arity::One,
+    infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(3),
         pool: Some(PoolKind::Max),
         ..NO_FACTS
     },
@@ -82,7 +99,25 @@ pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
     },
 };
 
+pub const AVERAGE_POOLING3D: LayerKind = LayerKind {
+    name: "average_pooling3d",
+    class: "AveragePooling3D",
+    args: &POOL3D_ARGS,
+    arity: Arity::One,
+    infer: pool,
+    lower: lower_pool,
+    facts: Facts {
+        spatial: Some(3),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
+};
+
 fn pool(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, pool_last)
+}
+
+fn pool_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let k = tuple(cx, "pool_size", "pool_size", n);
     // Keras: strides default to pool_size.
@@ -97,7 +132,10 @@ fn pool(cx: &mut Ctx) -> Option<Inferred> {
     })
 }
 
-const GLOBAL_ARGS: &[ArgSpec] = &[arg("keepdims", ArgKind::Bool, Default::Bool(false))];
+const GLOBAL_ARGS: &[ArgSpec] = &[
+    DATA_FORMAT,
+    arg("keepdims", ArgKind::Bool, Default::Bool(false)),
+];
 
 pub const GLOBAL_AVERAGE_POOLING1D: LayerKind = LayerKind {
     name: "global_average_pooling1d",
@@ -153,7 +191,38 @@ pub const GLOBAL_MAX_POOLING2D: LayerKind = LayerKind {
     },
 };
 
+pub const GLOBAL_AVERAGE_POOLING3D: LayerKind = LayerKind {
+    name: "global_average_pooling3d",
+    class: "GlobalAveragePooling3D",
+    args: GLOBAL_ARGS,
+    arity: Arity::One,
+    infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(3),
+        pool: Some(PoolKind::Avg),
+        ..NO_FACTS
+    },
+};
+pub const GLOBAL_MAX_POOLING3D: LayerKind = LayerKind {
+    name: "global_max_pooling3d",
+    class: "GlobalMaxPooling3D",
+    args: GLOBAL_ARGS,
+    arity: Arity::One,
+    infer: global_pool,
+    lower: lower_global_pool,
+    facts: Facts {
+        spatial: Some(3),
+        pool: Some(PoolKind::Max),
+        ..NO_FACTS
+    },
+};
+
 fn global_pool(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, global_pool_last)
+}
+
+fn global_pool_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let inp = cx.input();
     let mut shape = vec![inp.shape[0].clone()];
@@ -175,6 +244,10 @@ fn pool_kind(l: &Call) -> Result<PoolKind> {
 }
 
 fn lower_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_pool_last)
+}
+
+fn lower_pool_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let a = l.args;
     let window = a.ints("pool_size").to_vec();
     let strides = match a.get("strides") {
@@ -191,6 +264,10 @@ fn lower_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
 }
 
 fn lower_global_pool(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_global_pool_last)
+}
+
+fn lower_global_pool_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let rank = lw.f.ty(x[0]).rank();
     let axes: Vec<usize> = (1..rank - 1).collect();
     let y = match pool_kind(l)? {

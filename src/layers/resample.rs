@@ -1,5 +1,5 @@
-//! Spatial resampling (channels_last): up_sampling1d/2d, zero_padding1d/2d and
-//! cropping1d/2d, lowered onto structural primitives (reshape, broadcast, slice, pad,
+//! Spatial resampling: up_sampling1d/2d/3d, zero_padding1d/2d/3d and cropping1d/2d/3d
+//! (channels_last, or channels_first through `layout`), lowered onto structural primitives (reshape, broadcast, slice, pad,
 //! concat) and scalar weights, so every one is exact, has its gradient already, and
 //! works on symbolic lengths.
 //!
@@ -9,6 +9,7 @@
 //! `p * s + r` weighs input `p` and the neighbour on the side of that offset.
 
 use super::conv::{spatial_input, tuple};
+use super::layout::{self, DATA_FORMAT};
 use super::lower::{Call, LowerCx, overflow};
 use super::{Arity, Ctx, Facts, Inferred, LayerKind, NO_FACTS, TensorType};
 use crate::args::{ArgKind, ArgSpec, CatalogArg, Default, MAX_SIZE, Value, arg, int};
@@ -19,9 +20,10 @@ use crate::ir::{Id, Op, Result};
 use crate::yaml::{Kind, Node, Scalar};
 
 /// Amounts before and after each spatial axis (`padding`, `cropping`): stored as
-/// `[before₀, after₀, before₁, after₁]`. One axis: an int (both sides) or
-/// `[before, after]`; two axes: an int (every side), `[height, width]` (symmetric per
-/// axis) or `[[top, bottom], [left, right]]`, as Keras reads them.
+/// `[before₀, after₀, before₁, after₁, ...]`. One axis: an int (both sides) or
+/// `[before, after]`; two or three axes: an int (every side), one int per axis
+/// (`[height, width]`, symmetric per axis) or one pair per axis
+/// (`[[top, bottom], [left, right]]`), as Keras reads them.
 pub static AMOUNTS_1D: CatalogArg = CatalogArg {
     what: "amounts per side",
     example: "[1, 2]",
@@ -33,6 +35,12 @@ pub static AMOUNTS_2D: CatalogArg = CatalogArg {
     example: "[[1, 1], [2, 2]]",
     default: |s| amounts_default(s, 2),
     check: |spec, v, what, diags| check_amounts(spec, v, what, 2, diags),
+};
+pub static AMOUNTS_3D: CatalogArg = CatalogArg {
+    what: "amounts per side",
+    example: "[[1, 1], [2, 2], [0, 1]]",
+    default: |s| amounts_default(s, 3),
+    check: |spec, v, what, diags| check_amounts(spec, v, what, 3, diags),
 };
 
 /// A default written as one int for every side.
@@ -67,17 +75,22 @@ fn check_amounts(
     n: usize,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Value> {
-    let forms = if n == 1 {
-        "an integer or a list of 2 integers [before, after]"
-    } else {
-        "an integer, a list of 2 integers [height, width], or 2 pairs [[top, bottom], [left, right]]"
+    let forms = match n {
+        1 => "an integer or a list of 2 integers [before, after]",
+        2 => {
+            "an integer, a list of 2 integers [height, width], or 2 pairs [[top, bottom], [left, right]]"
+        }
+        _ => {
+            "an integer, a list of 3 integers [depth, height, width], or 3 pairs [[before, after], [before, after], [before, after]]"
+        }
     };
     if matches!(v.kind, Kind::Scalar(Scalar::Int(_) | Scalar::BigInt(_))) {
         let p = amount(spec, v, what, diags)?;
         return Some(Value::Ints(vec![p; 2 * n]));
     }
+    let want = if n == 1 { 2 } else { n };
     let items = match v.as_seq() {
-        Some(items) if items.len() == 2 => items,
+        Some(items) if items.len() == want => items,
         _ => {
             diags.push(type_error(spec, v, what, forms));
             return None;
@@ -114,32 +127,42 @@ fn check_amounts(
 const SIZE1D_ARGS: &[ArgSpec] = &[arg("size", int(1), Default::Int(2))];
 const SIZE2D_ARGS: &[ArgSpec] = &[
     arg("size", ArgKind::IntTuple { n: 2, min: 1 }, Default::Int(2)),
+    DATA_FORMAT,
     arg(
         "interpolation",
         ArgKind::Choice(&["nearest", "bilinear"]),
         Default::Str("nearest"),
     ),
 ];
-const PAD1D_ARGS: &[ArgSpec] = &[arg(
-    "padding",
-    ArgKind::Catalog(&AMOUNTS_1D),
-    Default::Str("1"),
-)];
-const PAD2D_ARGS: &[ArgSpec] = &[arg(
-    "padding",
-    ArgKind::Catalog(&AMOUNTS_2D),
-    Default::Str("1"),
-)];
+const SIZE3D_ARGS: &[ArgSpec] = &[
+    arg("size", ArgKind::IntTuple { n: 3, min: 1 }, Default::Int(2)),
+    DATA_FORMAT,
+];
+const PAD1D_ARGS: &[ArgSpec] = &[
+    arg("padding", ArgKind::Catalog(&AMOUNTS_1D), Default::Str("1")),
+    DATA_FORMAT,
+];
+const PAD2D_ARGS: &[ArgSpec] = &[
+    arg("padding", ArgKind::Catalog(&AMOUNTS_2D), Default::Str("1")),
+    DATA_FORMAT,
+];
+const PAD3D_ARGS: &[ArgSpec] = &[
+    arg("padding", ArgKind::Catalog(&AMOUNTS_3D), Default::Str("1")),
+    DATA_FORMAT,
+];
 const CROP1D_ARGS: &[ArgSpec] = &[arg(
     "cropping",
     ArgKind::Catalog(&AMOUNTS_1D),
     Default::Str("1"),
 )];
-const CROP2D_ARGS: &[ArgSpec] = &[arg(
-    "cropping",
-    ArgKind::Catalog(&AMOUNTS_2D),
-    Default::Str("0"),
-)];
+const CROP2D_ARGS: &[ArgSpec] = &[
+    arg("cropping", ArgKind::Catalog(&AMOUNTS_2D), Default::Str("0")),
+    DATA_FORMAT,
+];
+const CROP3D_ARGS: &[ArgSpec] = &[
+    arg("cropping", ArgKind::Catalog(&AMOUNTS_3D), Default::Str("1")),
+    DATA_FORMAT,
+];
 
 const fn spatial(n: usize) -> Facts {
     Facts {
@@ -166,6 +189,15 @@ pub const UP_SAMPLING2D: LayerKind = LayerKind {
     lower: lower_up_sampling,
     facts: spatial(2),
 };
+pub const UP_SAMPLING3D: LayerKind = LayerKind {
+    name: "up_sampling3d",
+    class: "UpSampling3D",
+    args: SIZE3D_ARGS,
+    arity: Arity::One,
+    infer: up_sampling,
+    lower: lower_up_sampling,
+    facts: spatial(3),
+};
 pub const ZERO_PADDING1D: LayerKind = LayerKind {
     name: "zero_padding1d",
     class: "ZeroPadding1D",
@@ -184,6 +216,15 @@ pub const ZERO_PADDING2D: LayerKind = LayerKind {
     lower: lower_zero_padding,
     facts: spatial(2),
 };
+pub const ZERO_PADDING3D: LayerKind = LayerKind {
+    name: "zero_padding3d",
+    class: "ZeroPadding3D",
+    args: PAD3D_ARGS,
+    arity: Arity::One,
+    infer: zero_padding,
+    lower: lower_zero_padding,
+    facts: spatial(3),
+};
 pub const CROPPING1D: LayerKind = LayerKind {
     name: "cropping1d",
     class: "Cropping1D",
@@ -201,6 +242,16 @@ pub const CROPPING2D: LayerKind = LayerKind {
     infer: cropping,
     lower: lower_cropping,
     facts: spatial(2),
+};
+
+pub const CROPPING3D: LayerKind = LayerKind {
+    name: "cropping3d",
+    class: "Cropping3D",
+    args: CROP3D_ARGS,
+    arity: Arity::One,
+    infer: cropping,
+    lower: lower_cropping,
+    facts: spatial(3),
 };
 
 /// The up-sampling factor of each spatial axis.
@@ -233,12 +284,20 @@ fn spatial_map(
 }
 
 fn up_sampling(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, up_sampling_last)
+}
+
+fn up_sampling_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let s = factors(cx.args, n);
     spatial_map(cx, n, |i, len| len.scale(s[i]))
 }
 
 fn zero_padding(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, zero_padding_last)
+}
+
+fn zero_padding_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let p = tuple(cx, "padding", "padding", 2 * n);
     spatial_map(cx, n, |i, len| {
@@ -247,6 +306,10 @@ fn zero_padding(cx: &mut Ctx) -> Option<Inferred> {
 }
 
 fn cropping(cx: &mut Ctx) -> Option<Inferred> {
+    layout::infer(cx, cropping_last)
+}
+
+fn cropping_last(cx: &mut Ctx) -> Option<Inferred> {
     let n = spatial_input(cx)?;
     let c = tuple(cx, "cropping", "cropping", 2 * n);
     for i in 0..n {
@@ -275,6 +338,10 @@ fn cropping(cx: &mut Ctx) -> Option<Inferred> {
 }
 
 fn lower_zero_padding(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_zero_padding_last)
+}
+
+fn lower_zero_padding_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let p = l.args.ints("padding");
     let mut y = x[0];
     for i in 0..p.len() / 2 {
@@ -296,6 +363,10 @@ fn slice(lw: &mut LowerCx, x: Id, axis: usize, start: Dim, end: Dim) -> Result<I
 }
 
 fn lower_cropping(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_cropping_last)
+}
+
+fn lower_cropping_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let c = l.args.ints("cropping");
     let mut y = x[0];
     for i in 0..c.len() / 2 {
@@ -309,6 +380,10 @@ fn lower_cropping(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
 }
 
 fn lower_up_sampling(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_up_sampling_last)
+}
+
+fn lower_up_sampling_last(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let n = lw.f.ty(x[0]).rank() - 2;
     let bilinear = l.args.str("interpolation") == "bilinear";
     let mut y = x[0];

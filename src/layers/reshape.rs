@@ -2,6 +2,7 @@
 //! The batch axis is never touched.
 
 use super::NO_FACTS;
+use super::layout::{self, DATA_FORMAT};
 use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use crate::args::{ArgKind, Default, MAX_SIZE, arg};
@@ -11,10 +12,10 @@ use crate::ir::{Id, Result};
 pub const FLATTEN: LayerKind = LayerKind {
     name: "flatten",
     class: "Flatten",
-    args: &[],
+    args: &[DATA_FORMAT],
     arity: Arity::One,
     infer: flatten,
-    lower: lower_reshape,
+    lower: lower_flatten,
     facts: NO_FACTS,
 };
 
@@ -43,6 +44,11 @@ fn flatten(cx: &mut Ctx) -> Option<Inferred> {
         output: TensorType::new(vec![inp.shape[0].clone(), rest], inp.dtype),
         params: Vec::new(),
     })
+}
+
+/// Keras's `Flatten` moves a channels_first input's channel axis last before flattening.
+fn lower_flatten(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
+    layout::lower(lw, l, x, lower_reshape)
 }
 
 pub const RESHAPE: LayerKind = LayerKind {

@@ -16,6 +16,7 @@ inputs:
   image: [batch, 8, 8, 3]
   seq: [batch, 10, 6]
   tokens: {shape: [batch, 10], dtype: i32}
+  volume: [batch, 4, 6, 6, 2]
 layers:
   - conv2d: {filters: 4, kernel_size: 3, padding: same, input: image}
   - up_sampling2d
@@ -74,7 +75,16 @@ layers:
   - masking: {input: seq}
   - time_distributed: {layer: {layer_normalization: {}}}
   - bidirectional: {layer: {lstm: {units: 2}}}
-  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, flat_rep, pooled_sd, bidirectional]}
+  - conv3d: {filters: 2, kernel_size: 2, input: volume}
+  - up_sampling3d
+  - conv3d_transpose: {filters: 2, kernel_size: 2}
+  - cropping3d
+  - zero_padding3d
+  - max_pooling3d
+  - average_pooling3d: {pool_size: 2}
+  - global_max_pooling3d: {input: conv3d}
+  - global_average_pooling3d: {input: average_pooling3d, name: pooled_vol}
+  - concatenate: {inputs: [add, multiply, pooled_seq, pooled_conv, flat2, flat_rep, pooled_sd, bidirectional, global_max_pooling3d, pooled_vol]}
   - dense: {units: 6}
   - dropout: {rate: 0.1}
   - activation: {activation: relu}
@@ -156,7 +166,11 @@ const KERAS_WEIGHTS: &[(&str, &[usize])] = &[
         &[2, 8],
     ),
     ("bidirectional/backward_lstm_1/lstm_cell/bias", &[8]),
-    ("dense/kernel", &[62, 6]),
+    ("conv3d/kernel", &[2, 2, 2, 2, 2]),
+    ("conv3d/bias", &[2]),
+    ("conv3d_transpose/kernel", &[2, 2, 2, 2, 2]),
+    ("conv3d_transpose/bias", &[2]),
+    ("dense/kernel", &[66, 6]),
     ("dense/bias", &[6]),
     ("logits/kernel", &[6, 2]),
     ("logits/bias", &[2]),

@@ -436,6 +436,8 @@ fn every_registered_layer_checks_lowers_and_differentiates() {
             "{x: {shape: [batch, 5], dtype: i32}}"
         } else if facts.spatial == Some(2) {
             "{x: [batch, 6, 6, 2]}"
+        } else if facts.spatial == Some(3) {
+            "{x: [batch, 4, 5, 4, 2]}"
         } else if facts.spatial == Some(1) || facts.cell.is_some() {
             "{x: [batch, 5, 3]}"
         } else {

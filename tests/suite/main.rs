@@ -1,6 +1,7 @@
 //! kiln's tests as one binary (one link instead of one per file). `team` stays a binary of
 //! its own: it sets the thread team's size for its whole process.
 
+mod attention_general;
 mod catalog;
 mod cli;
 mod common;
@@ -25,12 +26,14 @@ mod library;
 mod lower_grad;
 mod multi_output;
 mod onnx_export;
+mod norm_axes;
 mod optim;
 mod predict_cli;
 mod props;
 mod recurrent_dropout;
 mod regularizers;
 mod simple_layers;
+mod spatial_layouts;
 mod train_bits;
 mod train_cli;
 mod train_loop;
