@@ -107,6 +107,8 @@ impl GemmCall {
         // The fused epilogue over rows `lo..hi` (products with an epilogue have no
         // batch axes).
         let epi = d.epilogue.load(std::sync::atomic::Ordering::Acquire);
+        // The epilogue reads its local frame.
+        let frame_ptr = frame_ptr + d.epilogue_local * std::mem::size_of::<i64>();
         GemmCall {
             m,
             k,

@@ -328,8 +328,6 @@ impl<'f> Builder<'f> {
 
     /// Is the single use of `id` a direct operand of an elementwise op or a reduce?
     pub(super) fn single_loop_use(&self, id: Id) -> bool {
-        self.f.nodes.iter().any(|n| {
-            n.args.contains(&id) && (is_elementwise(&n.op) || matches!(n.op, Op::Reduce { .. }))
-        })
+        self.loop_use[id]
     }
 }
