@@ -67,17 +67,22 @@ fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
 
 /// Plans and compiles `f` (which should already have been through the graph passes).
 pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
-    build(f, &[], false)
+    build(f.clone(), &[], false)
 }
 
 /// Like [`compile`], keeping the CLIF text in [`JitKernel::clif`].
 pub fn compile_with_clif(f: &Func) -> Result<JitKernel, RunError> {
-    build(f, &[], true)
+    build(f.clone(), &[], true)
 }
 
 /// Plans and compiles `f`, letting the `(input, output)` pairs in `donate` update the
 /// input's memory in place where that is safe (see [`plan::Plan::donate`]).
 pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
+    build(f.clone(), donate, false)
+}
+
+/// Like [`compile_donating`], taking the function (no copy of it is made).
+pub fn compile_donating_owned(f: Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
     build(f, donate, false)
 }
 
@@ -272,10 +277,10 @@ impl Emitter<'_> {
     }
 }
 
-fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKernel, RunError> {
+fn build(f: Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKernel, RunError> {
     // Start the thread team now, so the first calls don't pay for spawning it.
     team::team();
-    let mut plan = plan::plan(f);
+    let mut plan = plan::plan_owned(f);
     let donated = plan.donate(donate);
     let isa = isa()?;
     let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));

@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex};
 
 use cranelift_jit::JITModule;
 
-pub use compile::{compile, compile_donating, compile_with_clif, set_verifier};
+pub use compile::{
+    compile, compile_donating, compile_donating_owned, compile_with_clif, set_verifier,
+};
 use frame::Desc;
 use plan::Plan;
 

@@ -191,7 +191,8 @@ impl<'f> Builder<'f> {
             last_use[a.buf] = usize::MAX;
         }
         Plan {
-            func: f.clone(),
+            // The caller puts the function in (`plan` a copy, `plan_owned` the function).
+            func: Func::default(),
             sizes: self.sizes,
             bufs: self.bufs,
             kernels: self.kernels,

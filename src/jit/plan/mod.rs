@@ -274,6 +274,20 @@ fn push(k: &mut LoopKernel, e: Expr) -> usize {
 
 /// Plans `f` (which should already have been through the graph passes).
 pub fn plan(f: &Func) -> Plan {
+    let mut p = plan_parts(f);
+    p.func = f.clone();
+    p
+}
+
+/// Like [`plan`], keeping `f` itself in the plan instead of a copy.
+pub fn plan_owned(f: Func) -> Plan {
+    let mut p = plan_parts(&f);
+    p.func = f;
+    p
+}
+
+/// The plan of `f` without the function itself.
+fn plan_parts(f: &Func) -> Plan {
     let mut uses = vec![0usize; f.nodes.len()];
     let mut loop_use = vec![false; f.nodes.len()];
     for n in &f.nodes {
