@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Binary, Func, Id, Node, Op, Unary};
+use super::{Binary, Func, Id, Op, Unary};
 
 /// Which nodes some output depends on.
 pub fn live(f: &Func) -> Vec<bool> {
@@ -28,38 +28,41 @@ pub fn live(f: &Func) -> Vec<bool> {
     live
 }
 
-/// Rebuilds `f` keeping the nodes `keep` says, with `remap` redirecting uses.
-fn rebuild(f: &Func, keep: &[bool], remap: &[Id]) -> Func {
+/// Rebuilds `f` keeping the nodes `keep` says, with `remap` redirecting uses. Takes
+/// the function by value: nodes move into the result (their types are not copied).
+fn rebuild(f: Func, keep: &[bool], remap: &[Id]) -> Func {
     let mut new_id = vec![usize::MAX; f.nodes.len()];
-    let mut out = Func {
-        name: f.name.clone(),
-        inputs: f.inputs.clone(),
-        nodes: Vec::new(),
-        outputs: Vec::new(),
-    };
-    for (i, n) in f.nodes.iter().enumerate() {
+    let mut nodes = Vec::with_capacity(keep.iter().filter(|&&k| k).count());
+    for (i, mut n) in f.nodes.into_iter().enumerate() {
         if !keep[i] {
             continue;
         }
-        let args = n.args.iter().map(|&a| new_id[remap[a]]).collect();
-        out.nodes.push(Node {
-            op: n.op.clone(),
-            args,
-            ty: n.ty.clone(),
-        });
-        new_id[i] = out.nodes.len() - 1;
+        for a in &mut n.args {
+            *a = new_id[remap[*a]];
+        }
+        nodes.push(n);
+        new_id[i] = nodes.len() - 1;
     }
-    out.outputs = f
+    let outputs = f
         .outputs
-        .iter()
-        .map(|(n, o)| (n.clone(), new_id[remap[*o]]))
+        .into_iter()
+        .map(|(n, o)| (n, new_id[remap[o]]))
         .collect();
-    out
+    Func {
+        name: f.name,
+        inputs: f.inputs,
+        nodes,
+        outputs,
+    }
 }
 
 /// Removes nodes no output depends on.
 pub fn dce(f: &Func) -> Func {
-    let keep = live(f);
+    dce_owned(f.clone())
+}
+
+fn dce_owned(f: Func) -> Func {
+    let keep = live(&f);
     let remap: Vec<Id> = (0..f.nodes.len()).collect();
     rebuild(f, &keep, &remap)
 }
@@ -67,26 +70,33 @@ pub fn dce(f: &Func) -> Func {
 /// Merges nodes that compute the same op on the same arguments. Random numbers are
 /// merged too only when their salt and key agree, which is when they are the same draw.
 pub fn cse(f: &Func) -> Func {
-    let mut seen: HashMap<String, Id> = HashMap::new();
+    cse_owned(f.clone())
+}
+
+fn cse_owned(f: Func) -> Func {
     let mut remap: Vec<Id> = (0..f.nodes.len()).collect();
     let mut keep = vec![true; f.nodes.len()];
-    for (i, n) in f.nodes.iter().enumerate() {
-        if matches!(n.op, Op::Input(_)) {
-            continue;
-        }
-        let args: Vec<Id> = n.args.iter().map(|&a| remap[a]).collect();
-        let key = format!("{:?}|{:?}|{:?}", n.op, args, n.ty);
-        match seen.get(&key) {
-            Some(&j) => {
-                remap[i] = j;
-                keep[i] = false;
+    {
+        // The same op (by its printed form, so constants compare as printed) on the same
+        // (merged) arguments, then the same type: types are compared, never hashed or
+        // printed (a symbolic dim is a map; hashing every node's was most of the pass).
+        let mut seen: HashMap<(String, Vec<Id>), Vec<Id>> = HashMap::new();
+        for (i, n) in f.nodes.iter().enumerate() {
+            if matches!(n.op, Op::Input(_)) {
+                continue;
             }
-            None => {
-                seen.insert(key, i);
+            let args: Vec<Id> = n.args.iter().map(|&a| remap[a]).collect();
+            let same = seen.entry((format!("{:?}", n.op), args)).or_default();
+            match same.iter().find(|&&j| f.nodes[j].ty == n.ty) {
+                Some(&j) => {
+                    remap[i] = j;
+                    keep[i] = false;
+                }
+                None => same.push(i),
             }
         }
     }
-    dce(&rebuild(f, &keep, &remap))
+    dce_owned(rebuild(f, &keep, &remap))
 }
 
 fn const_of(f: &Func, id: Id) -> Option<f64> {
@@ -101,26 +111,38 @@ fn const_of(f: &Func, id: Id) -> Option<f64> {
 /// `x*1`, `x+0`, `x-0`, `x/1`, `--x`, transpose of a transpose, reshape chains,
 /// reshape to the same shape.
 pub fn simplify(f: &Func) -> Func {
-    let mut g = f.clone();
+    simplify_owned(f.clone())
+}
+
+fn simplify_owned(mut g: Func) -> Func {
     let mut remap: Vec<Id> = (0..g.nodes.len()).collect();
     for i in 0..g.nodes.len() {
-        let args: Vec<Id> = g.nodes[i].args.iter().map(|&a| remap[a]).collect();
-        g.nodes[i].args = args.clone();
-        let ty = g.nodes[i].ty.clone();
-        let same_ty = |g: &Func, a: Id| g.nodes[a].ty == ty;
-        match g.nodes[i].op.clone() {
+        for a in &mut g.nodes[i].args {
+            *a = remap[*a];
+        }
+        let args = &g.nodes[i].args;
+        let same_ty = |g: &Func, a: Id| g.nodes[a].ty == g.nodes[i].ty;
+        // Only the ops simplified below are copied (their attributes are small).
+        let op = match &g.nodes[i].op {
+            op @ (Op::Binary(_)
+            | Op::Unary(_)
+            | Op::Transpose { .. }
+            | Op::Reshape
+            | Op::Broadcast { .. }) => op.clone(),
+            _ => continue,
+        };
+        let args = args.clone();
+        let rank = g.nodes[i].ty.rank();
+        match op {
             Op::Binary(b) => {
                 let (x, y) = (args[0], args[1]);
                 let (cx, cy) = (const_of(&g, x), const_of(&g, y));
-                if ty.rank() == 0
+                if rank == 0
                     && let (Some(a), Some(c)) = (cx, cy)
                 {
                     let v = super::elementwise::binary::<f64>(b, a, c);
-                    g.nodes[i] = Node {
-                        op: Op::Const(v),
-                        args: vec![],
-                        ty,
-                    };
+                    g.nodes[i].op = Op::Const(v);
+                    g.nodes[i].args = vec![];
                     continue;
                 }
                 let pick = match (b, cx, cy) {
@@ -143,14 +165,11 @@ pub fn simplify(f: &Func) -> Func {
                 {
                     remap[i] = g.nodes[x].args[0];
                 } else if let Some(c) = const_of(&g, x)
-                    && ty.rank() == 0
+                    && rank == 0
                 {
                     let v = super::elementwise::unary::<f64>(u, c);
-                    g.nodes[i] = Node {
-                        op: Op::Const(v),
-                        args: vec![],
-                        ty,
-                    };
+                    g.nodes[i].op = Op::Const(v);
+                    g.nodes[i].args = vec![];
                 }
             }
             Op::Transpose { perm } => {
@@ -161,11 +180,8 @@ pub fn simplify(f: &Func) -> Func {
                     if composed.iter().enumerate().all(|(k, &p)| k == p) {
                         remap[i] = src;
                     } else {
-                        g.nodes[i] = Node {
-                            op: Op::Transpose { perm: composed },
-                            args: vec![src],
-                            ty,
-                        };
+                        g.nodes[i].op = Op::Transpose { perm: composed };
+                        g.nodes[i].args = vec![src];
                     }
                 }
             }
@@ -193,12 +209,12 @@ pub fn simplify(f: &Func) -> Func {
         }
     }
     let keep = vec![true; g.nodes.len()];
-    dce(&rebuild(&g, &keep, &remap))
+    dce_owned(rebuild(g, &keep, &remap))
 }
 
 /// The standard pipeline: simplify, CSE, simplify again, DCE.
 pub fn optimize(f: &Func) -> Func {
     let f = simplify(f);
-    let f = cse(&f);
-    simplify(&f)
+    let f = cse_owned(f);
+    simplify_owned(f)
 }

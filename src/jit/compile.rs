@@ -1,12 +1,11 @@
-//! Compilation: the host ISA, the plan turned into Cranelift functions (the entry, plus
-//! a function over a range for each kernel split across cores or run as a small
-//! product, and for each GEMM's epilogue), finalized into a [`JitKernel`].
+//! Compilation: the host ISA, the plan turned into steps (`jit::steps`) and Cranelift
+//! functions (one function over a range per distinct loop kernel, small product or
+//! GEMM epilogue in local form, see `jit::local`), finalized into a [`JitKernel`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cranelift_codegen::Context;
 use cranelift_codegen::ir::{AbiParam, Type, UserFuncName, types};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -14,12 +13,12 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 
 use super::frame::{Desc, DescKind, FrameLayout};
-use super::plan::{self, Epilogue, Kernel, LoopKernel, Plan};
-use super::routine::kiln_call;
-use super::trampoline::{kiln_gemm, kiln_parallel};
+use super::local::{Local, localize};
+use super::plan::{self, BufKind, Epilogue, Kernel, LoopKernel, Plan, Sink};
+use super::steps::{Init, KernelFn, Small, Step, Steps};
 use super::{JitKernel, ModuleHolder, arena, codegen, team};
 use crate::exec::RunError;
-use crate::ir::Func;
+use crate::ir::{Func, ReduceOp};
 
 /// Whether Cranelift's verifier checks every function before codegen.
 static VERIFY: AtomicBool = AtomicBool::new(cfg!(debug_assertions));
@@ -68,43 +67,31 @@ fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
 
 /// Plans and compiles `f` (which should already have been through the graph passes).
 pub fn compile(f: &Func) -> Result<JitKernel, RunError> {
-    build(f, &[], false)
+    build(f.clone(), &[], false)
 }
 
 /// Like [`compile`], keeping the CLIF text in [`JitKernel::clif`].
 pub fn compile_with_clif(f: &Func) -> Result<JitKernel, RunError> {
-    build(f, &[], true)
+    build(f.clone(), &[], true)
 }
 
 /// Plans and compiles `f`, letting the `(input, output)` pairs in `donate` update the
 /// input's memory in place where that is safe (see [`plan::Plan::donate`]).
 pub fn compile_donating(f: &Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
+    build(f.clone(), donate, false)
+}
+
+/// Like [`compile_donating`], taking the function (no copy of it is made).
+pub fn compile_donating_owned(f: Func, donate: &[(usize, usize)]) -> Result<JitKernel, RunError> {
     build(f, donate, false)
 }
 
 /// What a function over a range `(frame, lo, hi)` runs: a loop kernel over a range of
 /// its outermost axis, or a small product over a range of columns (with its epilogue).
-#[derive(Clone, Copy)]
-enum RangeFn<'p> {
-    Loop(&'p LoopKernel),
-    SmallGemm(&'p LoopKernel, Option<&'p Epilogue>),
-}
-
-/// The functions over a range that kernel `k` gets: its own (loops split across cores,
-/// small products), and a GEMM epilogue's.
-fn range_fns(k: &Kernel) -> (Option<RangeFn<'_>>, Option<&LoopKernel>) {
-    match k {
-        Kernel::Loop(l) if codegen::splittable(l) => (Some(RangeFn::Loop(l)), None),
-        Kernel::Gemm(g) => {
-            let small = g
-                .small
-                .as_ref()
-                .filter(|l| codegen::is_axpy_form(l))
-                .map(|l| RangeFn::SmallGemm(l, g.epilogue.as_deref()));
-            (small, g.epilogue.as_ref().map(|e| &e.kernel))
-        }
-        _ => (None, None),
-    }
+#[derive(Clone, Copy, PartialEq)]
+enum FnKind {
+    Loop,
+    SmallGemm,
 }
 
 /// One descriptor per kernel: what a runtime routine needs to run it.
@@ -128,6 +115,7 @@ fn descs(plan: &Plan) -> Vec<Desc> {
                 fl,
                 kind,
                 epilogue: AtomicUsize::new(0),
+                epilogue_local: 0,
             }
         })
         .collect()
@@ -137,10 +125,7 @@ fn cranelift(e: impl std::fmt::Display) -> RunError {
     RunError(format!("cranelift: {e}"))
 }
 
-/// Per kernel: the id of one of its functions over a range, if it has one.
-type FnIds = Vec<Option<FuncId>>;
-
-/// The module being filled with one plan's functions.
+/// The module being filled with one plan's distinct kernel functions.
 struct Emitter<'p> {
     module: JITModule,
     fctx: FunctionBuilderContext,
@@ -148,11 +133,48 @@ struct Emitter<'p> {
     ptr: Type,
     /// The functions' CLIF text, when kept.
     clif: Option<String>,
+    /// Each distinct function (by its local form's key): its index in `ids`.
+    known: HashMap<String, usize>,
+    ids: Vec<FuncId>,
+    /// The whole frame's length; local frames follow it.
+    frame_len: usize,
+    /// Where each local frame slot is copied from.
+    local_map: Vec<usize>,
 }
 
 impl Emitter<'_> {
+    /// The function running `l` (a small product: with its epilogue `epi`) on a local
+    /// frame: compiled the first time its local form is seen, shared after that.
+    fn kernel_fn(
+        &mut self,
+        kind: FnKind,
+        l: &LoopKernel,
+        epi: Option<&Epilogue>,
+    ) -> Result<KernelFn, RunError> {
+        let local = localize(l, epi, self.plan.sizes.len());
+        let key = local.key(kind as u8);
+        let func = match self.known.get(&key) {
+            Some(&i) => i,
+            None => {
+                let name = format!("{}_f{}", self.plan.func.name, self.ids.len());
+                let id = self.define_range_fn(name, kind, &local)?;
+                self.ids.push(id);
+                self.known.insert(key, self.ids.len() - 1);
+                self.ids.len() - 1
+            }
+        };
+        let at = self.frame_len + self.local_map.len();
+        self.local_map.extend_from_slice(&local.map);
+        Ok(KernelFn { func, local: at })
+    }
+
     /// Declares, emits and defines a function `(frame, lo, hi)` over a range.
-    fn define_range_fn(&mut self, name: String, what: RangeFn) -> Result<FuncId, RunError> {
+    fn define_range_fn(
+        &mut self,
+        name: String,
+        kind: FnKind,
+        local: &Local,
+    ) -> Result<FuncId, RunError> {
         let ptr = self.ptr;
         let mut kctx = self.module.make_context();
         for t in [ptr, types::I64, types::I64] {
@@ -172,17 +194,15 @@ impl Emitter<'_> {
             let params = b.block_params(entry).to_vec();
             let mut g = codegen::Gen {
                 b,
-                plan: self.plan,
+                sizes: local.sizes,
                 frame: params[0],
                 ptr,
                 fma: host_has_fma(),
                 range: Some((params[1], params[2])),
-                kernel_fns: Vec::new(),
-                epilogue_fns: Vec::new(),
             };
-            match what {
-                RangeFn::SmallGemm(l, e) => g.emit_small_gemm_fn(l, e),
-                RangeFn::Loop(l) => g.emit_kernel_fn(l),
+            match kind {
+                FnKind::SmallGemm => g.emit_small_gemm_fn(&local.kernel, local.epilogue.as_ref()),
+                FnKind::Loop => g.emit_kernel_fn(&local.kernel),
             }
             g.b.finalize(self.module.target_config());
         }
@@ -195,123 +215,130 @@ impl Emitter<'_> {
         Ok(kid)
     }
 
-    /// Every kernel's functions over a range: its own and its epilogue's, per kernel.
-    fn define_kernel_fns(&mut self, name: &str) -> Result<(FnIds, FnIds), RunError> {
-        let plan = self.plan;
-        let mut kernel_ids = Vec::new();
-        let mut epilogue_ids = Vec::new();
-        for (ki, k) in plan.kernels.iter().enumerate() {
-            let (main, epi) = range_fns(k);
-            kernel_ids.push(match main {
-                Some(w) => Some(self.define_range_fn(format!("{name}_k{ki}"), w)?),
-                None => None,
-            });
-            epilogue_ids.push(match epi {
-                Some(l) => {
-                    Some(self.define_range_fn(format!("{name}_k{ki}_epilogue"), RangeFn::Loop(l))?)
-                }
-                None => None,
-            });
-        }
-        Ok((kernel_ids, epilogue_ids))
+    /// A reduction's output filled with its identity first (arena buffers only).
+    fn init(&self, l: &LoopKernel) -> Option<Init> {
+        let Sink::Reduce(op, out) = &l.sink else {
+            return None;
+        };
+        let BufKind::Arena { len } = self.plan.bufs[out.buf] else {
+            return None;
+        };
+        let value = if *op == ReduceOp::Sum {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        };
+        Some(Init {
+            buf: out.buf,
+            len,
+            value,
+        })
     }
 
-    /// Emits and defines the entry function `(frame)`, which runs every kernel in order.
-    fn define_entry(
-        &mut self,
-        ctx: &mut Context,
-        id: FuncId,
-        (kernel_ids, epilogue_ids): (&[Option<FuncId>], &[Option<FuncId>]),
-        callees: &codegen::Callees,
-    ) -> Result<(), RunError> {
-        let kernel_fns = kernel_ids
-            .iter()
-            .map(|id| id.map(|id| self.module.declare_func_in_func(id, &mut ctx.func)))
-            .collect();
-        let epilogue_fns = epilogue_ids
-            .iter()
-            .map(|id| id.map(|id| self.module.declare_func_in_func(id, &mut ctx.func)))
-            .collect();
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut self.fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            b.seal_block(entry);
-            let frame = b.block_params(entry)[0];
-            let mut g = codegen::Gen {
-                b,
-                plan: self.plan,
-                frame,
-                ptr: self.ptr,
-                fma: host_has_fma(),
-                range: None,
-                kernel_fns,
-                epilogue_fns,
-            };
-            g.emit(callees);
-            g.b.finalize(self.module.target_config());
-        }
-        if let Some(clif) = &mut self.clif {
-            clif.push_str(&ctx.func.display().to_string());
-        }
-        let name = &self.plan.func.name;
-        self.module
-            .define_function(id, ctx)
-            .map_err(|e| RunError(format!("cranelift could not compile {name}: {e:?}")))?;
-        self.module.clear_context(ctx);
-        Ok(())
+    /// Kernel `k` as a step, with the functions it needs (a product's epilogue function
+    /// goes into its descriptor `d`, for GEMM to call).
+    fn step(&mut self, ki: usize, k: &Kernel, d: &mut Desc) -> Result<Step, RunError> {
+        Ok(match k {
+            Kernel::Loop(l) => Step::Loop {
+                f: self.kernel_fn(FnKind::Loop, l, None)?,
+                init: self.init(l),
+                space: l.space.clone(),
+                split: codegen::splittable(l),
+            },
+            Kernel::Gemm(g) => {
+                let epilogue = match &g.epilogue {
+                    Some(e) => Some(self.kernel_fn(FnKind::Loop, &e.kernel, None)?),
+                    None => None,
+                };
+                if let Some(e) = epilogue {
+                    d.epilogue_local = e.local;
+                }
+                let small = match &g.small {
+                    Some(l) if codegen::is_axpy_form(l) => Some(Small::Columns {
+                        f: self.kernel_fn(FnKind::SmallGemm, l, g.epilogue.as_deref())?,
+                        space: l.space.clone(),
+                    }),
+                    Some(l) => Some(Small::Nest {
+                        f: self.kernel_fn(FnKind::Loop, l, None)?,
+                        init: self.init(l),
+                        space: l.space.clone(),
+                        epilogue,
+                    }),
+                    None => None,
+                };
+                Step::Gemm {
+                    desc: ki,
+                    small: small.map(|s| (g.m, s)),
+                    epilogue: epilogue.map(|e| e.func),
+                }
+            }
+            Kernel::Call(_) => Step::Call { desc: ki },
+        })
     }
 }
 
-fn build(f: &Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKernel, RunError> {
+fn build(f: Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKernel, RunError> {
     // Start the thread team now, so the first calls don't pay for spawning it.
     team::team();
-    let mut plan = plan::plan(f);
+    let mut plan = plan::plan_owned(f);
     let donated = plan.donate(donate);
     let isa = isa()?;
     let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let mut descs = descs(&plan);
+    let frame_len = descs.first().map_or(
+        FrameLayout {
+            sizes: plan.sizes.len(),
+            bufs: plan.bufs.len(),
+        }
+        .len(),
+        |d| d.fl.len(),
+    );
     let mut e = Emitter {
         ptr: module.target_config().pointer_type(),
         module,
         fctx: FunctionBuilderContext::new(),
         plan: &plan,
         clif: keep_clif.then(String::new),
+        known: HashMap::new(),
+        ids: Vec::new(),
+        frame_len,
+        local_map: Vec::new(),
     };
-    let mut ctx = e.module.make_context();
-    ctx.func.signature.params.push(AbiParam::new(e.ptr));
-    let id = e
-        .module
-        .declare_function(&f.name, Linkage::Local, &ctx.func.signature)
-        .map_err(cranelift)?;
-    ctx.func.name = UserFuncName::user(0, id.as_u32());
-    let descs = descs(&plan);
-    let callees = codegen::Callees {
-        gemm: kiln_gemm as *const () as usize,
-        call: kiln_call as *const () as usize,
-        parallel: kiln_parallel as *const () as usize,
-        descs: descs.iter().map(|d| d as *const Desc as usize).collect(),
-    };
-    let (kernel_ids, epilogue_ids) = e.define_kernel_fns(&f.name)?;
-    e.define_entry(&mut ctx, id, (&kernel_ids, &epilogue_ids), &callees)?;
+    let mut steps = Vec::with_capacity(plan.kernels.len());
+    for (ki, (k, d)) in plan.kernels.iter().zip(descs.iter_mut()).enumerate() {
+        steps.push(e.step(ki, k, d)?);
+    }
     let Emitter {
-        mut module, clif, ..
+        mut module,
+        clif,
+        ids,
+        local_map,
+        ..
     } = e;
     module.finalize_definitions().map_err(cranelift)?;
-    for (d, eid) in descs.iter().zip(&epilogue_ids) {
-        if let Some(eid) = eid {
-            let addr = module.get_finalized_function(*eid) as usize;
-            d.epilogue.store(addr, Ordering::Release);
+    let addrs: Vec<usize> = ids
+        .iter()
+        .map(|&id| module.get_finalized_function(id) as usize)
+        .collect();
+    for (d, s) in descs.iter().zip(&steps) {
+        if let Step::Gemm {
+            epilogue: Some(f), ..
+        } = s
+        {
+            d.epilogue.store(addrs[*f], Ordering::Release);
         }
     }
-    let code = module.get_finalized_function(id);
-    // SAFETY: the function was declared with one pointer parameter and no results and
-    // finalized above; it lives as long as `module`, which the kernel owns.
-    let entry: extern "C" fn(*mut i64) = unsafe { std::mem::transmute(code) };
     let first_def = arena::first_defs(&plan);
+    let steps = Steps {
+        steps,
+        addrs,
+        frame_len,
+        local_map,
+        sizes: plan.sizes.len(),
+    };
     Ok(JitKernel {
         plan,
-        entry,
+        steps,
         _descs: descs,
         _module: ModuleHolder(module),
         first_def,

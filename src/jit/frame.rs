@@ -14,8 +14,11 @@ use crate::ir::Node;
 pub(super) struct Desc {
     pub(super) fl: FrameLayout,
     pub(super) kind: DescKind,
-    /// A GEMM's epilogue function `(frame, row_lo, row_hi)`, once finalized (0: none).
+    /// A GEMM's epilogue function `(local frame, row_lo, row_hi)`, once finalized (0:
+    /// none).
     pub(super) epilogue: AtomicUsize,
+    /// Where the epilogue's local frame starts in the frame.
+    pub(super) epilogue_local: usize,
 }
 
 pub(super) enum DescKind {

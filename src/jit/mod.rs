@@ -1,12 +1,17 @@
-//! The Cranelift JIT: a function in graph IR becomes one native function.
+//! The Cranelift JIT: a function in graph IR becomes native code.
 //!
 //! `plan` groups the graph into kernels (fused loops, GEMM calls, runtime routines);
-//! `codegen` emits CLIF for the whole plan; `compile` builds the ISA from the host's
-//! detected features (so FMA/AVX encodings are used) and the functions; `run` executes
-//! the code with a `frame` of evaluated sizes and buffer pointers in an `arena` laid out
-//! per set of symbol values (liveness-based reuse; one compiled function serves every
-//! batch size); `trampoline` holds the routines the code calls back (GEMM, the parallel
-//! split, reference implementations of complex primitives).
+//! `local` puts each loop kernel in a form independent of its place in the plan (its
+//! own numbering of sizes and buffers), so kernels that differ only in which buffers
+//! they touch share one function; `codegen` emits CLIF for each distinct kernel;
+//! `compile` builds the ISA from the host's detected features (so FMA/AVX encodings are
+//! used), the functions, and the `steps` (the kernels in order, as data); `run`
+//! executes the steps with a `frame` of evaluated sizes and buffer pointers (then the
+//! kernels' local frames) in an `arena` laid out per set of symbol values
+//! (liveness-based reuse; one compiled plan serves every batch size); `trampoline`
+//! holds the routines the code calls (GEMM, the parallel split, reference
+//! implementations of complex primitives). Compile time grows with the number of
+//! distinct kernels, and every pass over the plan is linear in its size.
 //!
 //! The JIT implements [`crate::exec::Kernel`] and depends on `ir` and `exec` only;
 //! choosing it as a backend happens in `crate::runtime`.
@@ -19,8 +24,10 @@ pub mod team;
 mod arena;
 mod compile;
 mod frame;
+mod local;
 mod routine;
 mod run;
+mod steps;
 mod trampoline;
 
 use std::collections::HashMap;
@@ -28,14 +35,17 @@ use std::sync::{Arc, Mutex};
 
 use cranelift_jit::JITModule;
 
-pub use compile::{compile, compile_donating, compile_with_clif, set_verifier};
+pub use compile::{
+    compile, compile_donating, compile_donating_owned, compile_with_clif, set_verifier,
+};
 use frame::Desc;
 use plan::Plan;
 
 /// A compiled function and everything its code points at.
 pub struct JitKernel {
     plan: Plan,
-    entry: extern "C" fn(*mut i64),
+    /// The kernels in order: compiled functions, GEMM and routine calls.
+    steps: steps::Steps,
     /// Descriptors the code passes to runtime routines (never moved after codegen: the
     /// vector is not modified, so element addresses stay valid).
     _descs: Vec<Desc>,

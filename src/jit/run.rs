@@ -110,8 +110,11 @@ impl JitKernel {
         let mut frame = self.frame(&layout, &ptrs, &mut arena, &env);
         CALL_ERROR.with(|e| *e.borrow_mut() = None);
         CALL_ID.with(|c| c.set(c.get().wrapping_add(1)));
+        self.steps.fill_locals(&mut frame);
         // The code writes donated inputs through the mutable pointers taken above.
-        (self.entry)(frame.as_mut_ptr());
+        // SAFETY: the frame holds this plan's evaluated sizes and valid buffer pointers
+        // (inputs validated against the function, the arena laid out for these sizes).
+        unsafe { self.steps.run(&mut frame, &self._descs) };
         if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
             return Err(RunError(e));
         }

@@ -1,4 +1,4 @@
-//! The routines the native code calls back: the parallel split of a kernel function
+//! The routines the steps (`jit::steps`) call: the parallel split of a kernel function
 //! over the team, and GEMM (matrixmultiply), split across the team when large, with a
 //! product's fused epilogue run over the rows each part computed. Errors and panics
 //! inside them become the call's error, never unwinding into native code.
@@ -86,7 +86,7 @@ struct GemmCall {
     ob: i64,
     sb: Vec<i64>,
     pc: usize,
-    /// The frame's address, for the epilogue function.
+    /// The epilogue's local frame (inside the frame), for the epilogue function.
     frame: usize,
     /// The fused epilogue function `(frame, lo, hi)` (0: none).
     epi: usize,
@@ -107,6 +107,8 @@ impl GemmCall {
         // The fused epilogue over rows `lo..hi` (products with an epilogue have no
         // batch axes).
         let epi = d.epilogue.load(std::sync::atomic::Ordering::Acquire);
+        // The epilogue reads its local frame.
+        let frame_ptr = frame_ptr + d.epilogue_local * std::mem::size_of::<i64>();
         GemmCall {
             m,
             k,

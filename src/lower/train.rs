@@ -61,10 +61,11 @@ impl Layout {
                 "the training step's inputs are {got:?}, expected {want:?}"
             ));
         }
+        let positions = output_positions(f);
         let out = |name: &str| -> Result<usize> {
-            f.outputs
-                .iter()
-                .position(|(n, _)| n == name)
+            positions
+                .get(name)
+                .copied()
                 .ok_or_else(|| crate::ir::IrError(format!("the training step has no `{name}`")))
         };
         let all = |keys: &[String], prefix: &str| -> Result<Vec<usize>> {
@@ -420,17 +421,26 @@ fn mask_weights(f: &mut Func, mask: Id) -> Result<Id> {
 /// value (`KEY` → `new/KEY`): parameters, optimizer state and batch-norm statistics,
 /// which the backend may update in place and a training loop feeds back.
 pub fn carried(f: &crate::ir::Func) -> Vec<(usize, usize)> {
+    let positions = output_positions(f);
     f.inputs
         .iter()
         .enumerate()
         .filter_map(|(i, inp)| {
-            let name = format!("new/{}", inp.name);
-            f.outputs
-                .iter()
-                .position(|(n, _)| *n == name)
-                .map(|o| (i, o))
+            positions
+                .get(format!("new/{}", inp.name).as_str())
+                .map(|&o| (i, o))
         })
         .collect()
+}
+
+/// Each output name's first position (one lookup per name, not a scan: a step has an
+/// output per parameter and optimizer slot).
+fn output_positions(f: &crate::ir::Func) -> std::collections::HashMap<&str, usize> {
+    let mut positions = std::collections::HashMap::new();
+    for (o, (n, _)) in f.outputs.iter().enumerate() {
+        positions.entry(n.as_str()).or_insert(o);
+    }
+    positions
 }
 
 /// Builds the training step of a checked graph with a `train` section.

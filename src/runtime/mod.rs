@@ -68,6 +68,6 @@ pub fn compile_donating(
     let f = crate::ir::passes::optimize(f);
     Ok(match backend {
         Backend::Interp => Arc::new(Interpreted { func: f }),
-        Backend::Jit => Arc::new(crate::jit::compile_donating(&f, donate)?),
+        Backend::Jit => Arc::new(crate::jit::compile_donating_owned(f, donate)?),
     })
 }

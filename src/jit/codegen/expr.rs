@@ -10,7 +10,7 @@ use crate::ir::{Binary, Cmp, ReduceOp, Unary};
 use crate::jit::mathfn::Math;
 use crate::jit::plan::{Expr, LoopKernel};
 
-impl Gen<'_, '_> {
+impl Gen<'_> {
     /// vector mode `j` is the inner index of lane 0 and loads read 4 lanes at `row`.
     pub(super) fn expr_all(
         &mut self,

@@ -6,7 +6,7 @@ use cranelift_frontend::Variable;
 
 use super::Gen;
 
-impl Gen<'_, '_> {
+impl Gen<'_> {
     /// `for var in 0..n { body }` with the loop index in a Variable.
     pub(super) fn counted_loop(
         &mut self,

@@ -38,39 +38,7 @@ struct Row<'x> {
     acc_var: Variable,
 }
 
-impl Gen<'_, '_> {
-    pub(super) fn emit_loop(&mut self, k: &LoopKernel) {
-        self.emit_reduce_init(k);
-        self.emit_loop_nest(k);
-    }
-
-    /// Reductions first fill their output with the identity.
-    pub(super) fn emit_reduce_init(&mut self, k: &LoopKernel) {
-        if let Sink::Reduce(op, out) = &k.sink {
-            let init = if *op == ReduceOp::Sum {
-                0.0
-            } else {
-                f32::NEG_INFINITY
-            };
-            let len = match &self.plan.bufs[out.buf] {
-                crate::jit::plan::BufKind::Arena { len } => *len,
-                crate::jit::plan::BufKind::Input(_) => return,
-            };
-            // Whole vectors up to the length rounded up to 4: arena buffers have room
-            // past their end (see the arena layout).
-            let n = self.slot(len);
-            let n = self.b.ins().iadd_imm_s(n, 3);
-            let base = self.buf_ptr(out.buf);
-            let v = self.b.ins().f32const(init);
-            let v = self.b.ins().splat(types::F32X4, v);
-            self.counted_loop(n, 4, |g, i| {
-                let a = g.b.ins().ishl_imm_u(i, 2);
-                let p = g.b.ins().iadd(base, a);
-                g.b.ins().store(flags(), v, p, 0);
-            });
-        }
-    }
-
+impl Gen<'_> {
     /// The loop nest itself (over `self.range` of the outermost axis when set).
     pub(super) fn emit_loop_nest(&mut self, k: &LoopKernel) {
         let rank = k.space.len();

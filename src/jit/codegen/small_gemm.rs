@@ -26,7 +26,7 @@ struct SmallGemm<'x> {
     epi_bases: &'x [Value],
 }
 
-impl Gen<'_, '_> {
+impl Gen<'_> {
     /// A product with few rows, `C[b, i, :] = Σ_k A[b, i, k] · B[b, k, :]`, over the
     /// columns `self.range` (all when `None`), with the output row blocked in
     /// registers: 32 columns (eight f32x4 accumulators, enough independent chains to

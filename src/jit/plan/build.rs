@@ -191,7 +191,8 @@ impl<'f> Builder<'f> {
             last_use[a.buf] = usize::MAX;
         }
         Plan {
-            func: f.clone(),
+            // The caller puts the function in (`plan` a copy, `plan_owned` the function).
+            func: Func::default(),
             sizes: self.sizes,
             bufs: self.bufs,
             kernels: self.kernels,
@@ -328,8 +329,6 @@ impl<'f> Builder<'f> {
 
     /// Is the single use of `id` a direct operand of an elementwise op or a reduce?
     pub(super) fn single_loop_use(&self, id: Id) -> bool {
-        self.f.nodes.iter().any(|n| {
-            n.args.contains(&id) && (is_elementwise(&n.op) || matches!(n.op, Op::Reduce { .. }))
-        })
+        self.loop_use[id]
     }
 }

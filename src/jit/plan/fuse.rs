@@ -1,7 +1,61 @@
 //! Passes over the finished kernel list: folding an elementwise loop into the product
 //! or reduction it consumes (its epilogue), and dropping loop axes of extent 1.
 
+use std::collections::HashSet;
+
 use super::*;
+
+/// What epilogue fusion looks up, kept current as kernels merge: each buffer's readers
+/// (kernel indices), the function's output buffers, and the kernels fused away (left
+/// in place until the pass ends, so indices stay stable).
+struct Fusion {
+    readers: HashMap<BufId, Vec<usize>>,
+    outputs: HashSet<BufId>,
+    removed: Vec<bool>,
+}
+
+impl Fusion {
+    fn new(kernels: &[Kernel], outputs: &[(Access, Vec<Slot>)]) -> Fusion {
+        let mut readers: HashMap<BufId, Vec<usize>> = HashMap::new();
+        for (k, kern) in kernels.iter().enumerate() {
+            for a in reads(kern) {
+                let r = readers.entry(a.buf).or_default();
+                if r.last() != Some(&k) {
+                    r.push(k);
+                }
+            }
+        }
+        Fusion {
+            readers,
+            outputs: outputs.iter().map(|(a, _)| a.buf).collect(),
+            removed: vec![false; kernels.len()],
+        }
+    }
+
+    /// Kernel `j` (`kernel`) becomes part of kernel `i`: what it reads, `i` reads.
+    fn merge(&mut self, kernel: &Kernel, j: usize, i: usize) {
+        for a in reads(kernel) {
+            if let Some(r) = self.readers.get_mut(&a.buf) {
+                r.retain(|&k| k != j && k != i);
+                let at = r.partition_point(|&k| k < i);
+                r.insert(at, i);
+            }
+        }
+        self.removed[j] = true;
+    }
+
+    /// What stands in a fused kernel's place until the pass ends (never looked at: the
+    /// pass skips kernels marked removed).
+    fn removed() -> Kernel {
+        Kernel::Call(CallKernel {
+            node: 0,
+            args: Vec::new(),
+            arg_shapes: Vec::new(),
+            out: 0,
+            out_shape: Vec::new(),
+        })
+    }
+}
 
 impl Builder<'_> {
     /// Folds an elementwise loop that consumes a matrix product element for element
@@ -14,15 +68,20 @@ impl Builder<'_> {
     /// becomes the reduction's epilogue when the reduction runs along the innermost
     /// axis only (each output element is finished when its row is).
     pub(super) fn fuse_epilogues(&mut self, outputs: &[(Access, Vec<Slot>)]) {
-        let mut i = 0;
-        while i < self.kernels.len() {
+        let mut f = Fusion::new(&self.kernels, outputs);
+        for i in 0..self.kernels.len() {
+            if f.removed[i] {
+                continue;
+            }
             let found = match &self.kernels[i] {
-                Kernel::Gemm(_) => self.epilogue_for(i, outputs),
-                Kernel::Loop(_) => self.reduce_epilogue_for(i, outputs),
+                Kernel::Gemm(_) => self.epilogue_for(i, &f),
+                Kernel::Loop(_) => self.reduce_epilogue_for(i, &f),
                 Kernel::Call(_) => None,
             };
             if let Some((j, acc)) = found {
-                let Kernel::Loop(l) = self.kernels.remove(j) else {
+                f.merge(&self.kernels[j], j, i);
+                let Kernel::Loop(l) = std::mem::replace(&mut self.kernels[j], Fusion::removed())
+                else {
                     unreachable!("epilogues are loop kernels")
                 };
                 let e = Some(Box::new(Epilogue { kernel: l, acc }));
@@ -32,49 +91,41 @@ impl Builder<'_> {
                     Kernel::Call(_) => {}
                 }
             }
-            i += 1;
         }
+        let mut k = 0;
+        self.kernels.retain(|_| (!f.removed[k], k += 1).0);
     }
 
     /// The only reader of buffer `b`, if it is a loop kernel after `i` and `b` is not a
     /// function output.
-    pub(super) fn sole_loop_reader(
-        &self,
-        i: usize,
-        b: BufId,
-        outputs: &[(Access, Vec<Slot>)],
-    ) -> Option<usize> {
-        if outputs.iter().any(|(a, _)| a.buf == b) {
+    fn sole_loop_reader(&self, i: usize, b: BufId, f: &Fusion) -> Option<usize> {
+        if f.outputs.contains(&b) {
             return None;
         }
-        let readers: Vec<usize> = (0..self.kernels.len())
-            .filter(|&k| reads(&self.kernels[k]).iter().any(|a| a.buf == b))
-            .collect();
-        let [j] = readers[..] else { return None };
-        match &self.kernels[j] {
-            Kernel::Loop(l) if j > i && l.epilogue.is_none() => Some(j),
+        let [j] = f.readers.get(&b).map_or(&[][..], |r| &r[..]) else {
+            return None;
+        };
+        match &self.kernels[*j] {
+            Kernel::Loop(l) if *j > i && l.epilogue.is_none() => Some(*j),
             _ => None,
         }
     }
 
     /// Whether loop kernel `j` can move up to run as part of kernel `i`: nothing in
     /// between writes what it reads or where it stores.
-    pub(super) fn movable(&self, i: usize, j: usize) -> bool {
+    fn movable(&self, i: usize, j: usize, f: &Fusion) -> bool {
         let Kernel::Loop(l) = &self.kernels[j] else {
             return false;
         };
-        self.kernels[i + 1..j].iter().all(|k| {
-            writes(k)
+        // A kernel fused away runs as part of an earlier one, which is checked instead.
+        (i + 1..j).filter(|&k| !f.removed[k]).all(|k| {
+            writes(&self.kernels[k])
                 .into_iter()
                 .all(|w| w != l.sink_access().buf && l.loads.iter().all(|a| a.buf != w))
         })
     }
 
-    pub(super) fn reduce_epilogue_for(
-        &self,
-        i: usize,
-        outputs: &[(Access, Vec<Slot>)],
-    ) -> Option<(usize, usize)> {
+    fn reduce_epilogue_for(&self, i: usize, f: &Fusion) -> Option<(usize, usize)> {
         let Kernel::Loop(r) = &self.kernels[i] else {
             return None;
         };
@@ -90,7 +141,7 @@ impl Builder<'_> {
         {
             return None;
         }
-        let j = self.sole_loop_reader(i, out.buf, outputs)?;
+        let j = self.sole_loop_reader(i, out.buf, f)?;
         let Kernel::Loop(l) = &self.kernels[j] else {
             return None;
         };
@@ -103,22 +154,18 @@ impl Builder<'_> {
             && matches!(l.sink, Sink::Store(_))
             && a.offset == out.offset
             && a.strides[..] == out.strides[..rank - 1]
-            && self.movable(i, j);
+            && self.movable(i, j, f);
         ok.then_some((j, acc))
     }
 
-    pub(super) fn epilogue_for(
-        &self,
-        i: usize,
-        outputs: &[(Access, Vec<Slot>)],
-    ) -> Option<(usize, usize)> {
+    fn epilogue_for(&self, i: usize, f: &Fusion) -> Option<(usize, usize)> {
         let Kernel::Gemm(g) = &self.kernels[i] else {
             return None;
         };
         if !g.batch.is_empty() {
             return None;
         }
-        let j = self.sole_loop_reader(i, g.c, outputs)?;
+        let j = self.sole_loop_reader(i, g.c, f)?;
         let Kernel::Loop(l) = &self.kernels[j] else {
             return None;
         };
@@ -145,7 +192,7 @@ impl Builder<'_> {
             && l.expr
                 .iter()
                 .all(|e| !matches!(e, Expr::Index(_) | Expr::Size(_)))
-            && self.movable(i, j);
+            && self.movable(i, j, f);
         ok.then_some((j, acc))
     }
 

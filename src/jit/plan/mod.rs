@@ -227,6 +227,8 @@ struct Builder<'f> {
     vals: Vec<Option<Val>>,
     uses: Vec<usize>,
     is_output: Vec<bool>,
+    /// Whether some elementwise op or reduction takes the node as a direct operand.
+    loop_use: Vec<bool>,
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
     patch_cache: HashMap<(Id, [i64; 10]), Access>,
@@ -272,10 +274,27 @@ fn push(k: &mut LoopKernel, e: Expr) -> usize {
 
 /// Plans `f` (which should already have been through the graph passes).
 pub fn plan(f: &Func) -> Plan {
+    let mut p = plan_parts(f);
+    p.func = f.clone();
+    p
+}
+
+/// Like [`plan`], keeping `f` itself in the plan instead of a copy.
+pub fn plan_owned(f: Func) -> Plan {
+    let mut p = plan_parts(&f);
+    p.func = f;
+    p
+}
+
+/// The plan of `f` without the function itself.
+fn plan_parts(f: &Func) -> Plan {
     let mut uses = vec![0usize; f.nodes.len()];
+    let mut loop_use = vec![false; f.nodes.len()];
     for n in &f.nodes {
+        let in_loop = is_elementwise(&n.op) || matches!(n.op, Op::Reduce { .. });
         for &a in &n.args {
             uses[a] += 1;
+            loop_use[a] |= in_loop;
         }
     }
     let mut is_output = vec![false; f.nodes.len()];
@@ -292,6 +311,7 @@ pub fn plan(f: &Func) -> Plan {
         vals: vec![None; f.nodes.len()],
         uses,
         is_output,
+        loop_use,
         patch_cache: HashMap::new(),
     };
     b.run()
