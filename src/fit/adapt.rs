@@ -45,13 +45,13 @@ pub(super) fn adapt(net: &mut Net, data: &Dataset) -> Result<(), Error> {
             }
             None => continue,
         };
-        let Some((_, x)) = data.inputs.iter().find(|(n, _)| n == input) else {
+        let Some(x) = data.input(input)? else {
             return Err(Error::Invalid(format!(
                 "`{}` adapts to the input `{input}`, which {} does not hold",
                 l.name, data.source
             )));
         };
-        for (key, v) in (a.compute)(&l.args, x) {
+        for (key, v) in (a.compute)(&l.args, &x) {
             w.insert(format!("{}/{key}", l.name), v);
             changed = true;
         }

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod conv_layers;
 mod data_files;
+mod data_mapped;
 mod errors;
 mod examples;
 mod explain;
