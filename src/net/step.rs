@@ -143,7 +143,7 @@ impl Net {
     }
 
     /// Builds the zero optimizer slots the step expects, keeping any already there.
-    fn ensure_slots(&mut self, keys: &[String]) -> Result<(), Error> {
+    pub(super) fn ensure_slots(&mut self, keys: &[String]) -> Result<(), Error> {
         for k in keys {
             if self.opt.slots.contains_key(k) {
                 continue;
@@ -269,7 +269,7 @@ impl Net {
     }
 
     /// Each metric's value from its state (a batch's, or summed over batches).
-    fn metric_values(&self, states: &[Vec<f32>]) -> Vec<f32> {
+    pub(super) fn metric_values(&self, states: &[Vec<f32>]) -> Vec<f32> {
         let Some(t) = &self.graph.train else {
             return Vec::new();
         };

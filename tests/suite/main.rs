@@ -28,6 +28,7 @@ mod optim;
 mod predict_cli;
 mod props;
 mod simple_layers;
+mod split_step;
 mod train_bits;
 mod train_cli;
 mod train_loop;
