@@ -343,6 +343,18 @@ fn bad_shards_are_named() {
     std::fs::write(s.join("c.csv"), "a,y\n1,0\n").unwrap();
     let e = open(&s.join("*"), &g).unwrap_err().to_string();
     assert!(e.contains("holds .npz or .npy files only"), "{e}");
+    // A device among the shards: refused after a few bytes, as `data::read` does.
+    let dev = dir.join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("a.npz"), npz::pack(&mixed_members(20, 0)).unwrap()).unwrap();
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let link = dev.join("b.npz");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(device, &link).unwrap();
+        let e = open(&dev, &g).unwrap_err();
+        assert_eq!(e.file.as_deref(), Some(link.as_path()), "{e}");
+        assert!(!e.io, "{device}: {e}");
+    }
     // A stored member whose bytes were changed: its checksum.
     let p = dir.join("flipped.npz");
     let mut bytes = npz::pack(&mixed_members(20, 0)).unwrap();
