@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // A batch of images as a `.npy` file, read back as a program would read its input.
     let idx: Vec<usize> = (0..BATCH.min(digits.len())).collect();
-    let (xs, ys) = digits.gather(&idx);
+    let (xs, ys) = digits.gather(&idx)?;
     let images = dir.path.join("batch.npy");
     data::write(&images, &[("image".to_string(), xs[0].clone())])?;
     let batch = match data::read(&images)? {

@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         shuffle(&mut order, &mut rng);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         for idx in order.chunks(BATCH) {
-            let (xs, ys) = train.gather(idx);
+            let (xs, ys) = train.gather(idx)?;
             let lr = schedule(net.step(), total);
             let key = kiln::net::rng_key(SEED, net.step());
             let out = net.train_step(xs, ys, lr, key)?;

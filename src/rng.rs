@@ -51,6 +51,48 @@ pub fn hash64(domain: u64, bytes: &[u8]) -> u64 {
     mix64(h)
 }
 
+/// [`hash64`] over bytes given piece by piece (the total length known first), so that
+/// a large array is hashed without being copied into one buffer: the same bytes give
+/// the same hash as [`hash64`].
+#[derive(Clone, Debug)]
+pub struct Hash64Stream {
+    h: u64,
+    word: [u8; 8],
+    filled: usize,
+}
+
+impl Hash64Stream {
+    pub fn new(domain: u64, total_len: u64) -> Hash64Stream {
+        Hash64Stream {
+            h: mix64(domain ^ total_len.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            word: [0; 8],
+            filled: 0,
+        }
+    }
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (8 - self.filled).min(bytes.len());
+            self.word[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == 8 {
+                self.mix_word();
+            }
+        }
+    }
+    fn mix_word(&mut self) {
+        self.h = mix64(self.h ^ u64::from_le_bytes(self.word)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.word = [0; 8];
+        self.filled = 0;
+    }
+    pub fn finish(mut self) -> u64 {
+        if self.filled > 0 {
+            self.mix_word();
+        }
+        mix64(self.h)
+    }
+}
+
 /// A sequential stream of random numbers: Philox blocks at successive counters.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -180,6 +222,21 @@ pub fn ln(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_hash_equals_hash64_for_any_split() {
+        let bytes: Vec<u8> = (0..53u8).map(|b| b.wrapping_mul(37)).collect();
+        for cut in [0, 1, 7, 8, 9, 30, 53] {
+            for len in [0, 5, 8, 53] {
+                let b = &bytes[..len];
+                let cut = cut.min(len);
+                let mut s = Hash64Stream::new(42, len as u64);
+                s.update(&b[..cut]);
+                s.update(&b[cut..]);
+                assert_eq!(s.finish(), hash64(42, b), "len {len} cut {cut}");
+            }
+        }
+    }
 
     #[test]
     fn philox_matches_random123_known_answers() {

@@ -85,8 +85,9 @@ pub fn eval(a: &EvalArgs) -> Result {
     let opts = LoadOptions {
         target_column: a.target_column.clone(),
         targets: true,
+        ..LoadOptions::default()
     };
-    let data = Dataset::load(&path, net.graph(), &opts)?;
+    let data = Dataset::open(&path, net.graph(), &opts)?;
     // The spec's own data: its validation split, as training held it out.
     let split = if a.data.is_none() && val_file.is_none() {
         Settings::resolve(net.graph(), &Default::default(), None)
@@ -111,16 +112,11 @@ pub fn eval(a: &EvalArgs) -> Result {
         .batch_size
         .unwrap_or_else(|| kiln::settings::spec_batch_size(net.graph()))
         .min(data.len().max(1));
-    let views: Vec<(&str, ArrayViewD<f32>)> = data
-        .inputs
-        .iter()
-        .map(|(n, x)| (n.as_str(), x.view()))
-        .collect();
     check_budget(
         net.graph(),
         Work::Infer,
         batch,
-        &input_dims(net.graph(), &views),
+        &input_dims(net.graph(), &data.input_shapes()),
         &a.memory,
     )?;
     let t0 = Instant::now();
@@ -198,6 +194,7 @@ fn input_arrays(
             let opts = data::LoadOptions {
                 target_column: target_column.map(str::to_string),
                 targets: false,
+                ..data::LoadOptions::default()
             };
             let d = data::Dataset::from_content(Some(&file), table, graph, &opts)?;
             for (n, a) in d.inputs {
@@ -272,7 +269,11 @@ pub fn predict(a: &PredictArgs) -> Result {
         .iter()
         .map(|(n, l, _)| (n.as_str(), l.data.view()))
         .collect();
-    let dims = input_dims(&graph, &inputs);
+    let shapes: Vec<(String, Vec<usize>)> = inputs
+        .iter()
+        .map(|(n, a)| (n.to_string(), a.shape().to_vec()))
+        .collect();
+    let dims = input_dims(&graph, &shapes);
     let batch = dims.get("batch").map_or(1, |&b| b.max(1) as usize);
     check_budget(&graph, Work::Infer, batch, &dims, &a.memory)?;
     let t0 = Instant::now();

@@ -305,14 +305,14 @@ fn check_budget(
 /// symbol binds it to the array's size on that axis (`batch` to the number of rows).
 fn input_dims(
     graph: &kiln::Graph,
-    inputs: &[(&str, kiln::ndarray::ArrayViewD<f32>)],
+    inputs: &[(String, Vec<usize>)],
 ) -> std::collections::HashMap<String, i64> {
     let mut dims = std::collections::HashMap::new();
-    for (name, a) in inputs {
+    for (name, shape) in inputs {
         let Some(decl) = graph.inputs.iter().find(|i| i.name == *name) else {
             continue;
         };
-        for (d, &n) in decl.ty.shape.iter().zip(a.shape()) {
+        for (d, &n) in decl.ty.shape.iter().zip(shape) {
             if let [s] = d.symbols().as_slice()
                 && d.to_string() == *s
             {

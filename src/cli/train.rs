@@ -21,7 +21,8 @@ use super::{
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
     pub spec: PathBuf,
-    /// The data (.npz, .npy or .csv) [default: the spec's `train.data`].
+    /// The data (.npz, .npy or .csv; a folder or a pattern such as `shards/*.npz` for a
+    /// set of shards) [default: the spec's `train.data`].
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// For .csv data: the column holding the target.
@@ -161,19 +162,15 @@ pub fn train(a: &TrainArgs) -> Result {
     let opts = LoadOptions {
         target_column: a.target_column.clone(),
         targets: true,
+        ..LoadOptions::default()
     };
-    let data = Dataset::load(&path, net.graph(), &opts)?;
+    let data = Dataset::open(&path, net.graph(), &opts)?;
     // Again with the data's sizes bound (a symbolic axis the data makes long).
-    let views: Vec<(&str, kiln::ndarray::ArrayViewD<f32>)> = data
-        .inputs
-        .iter()
-        .map(|(n, x)| (n.as_str(), x.view()))
-        .collect();
     super::check_budget(
         net.graph(),
         kiln::budget::Work::Train,
         settings.batch_size.min(data.len().max(1)),
-        &super::input_dims(net.graph(), &views),
+        &super::input_dims(net.graph(), &data.input_shapes()),
         &a.memory,
     )?;
     let (out, ckpt) = outputs(a);

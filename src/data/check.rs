@@ -306,7 +306,9 @@ fn check_compound(
 /// Integer tensors handed in as f32 must hold integers.
 fn check_integers(file: Option<&Path>, wants: &[Want], haves: &[Have]) -> Result<(), DataError> {
     for (w, h) in wants.iter().zip(haves) {
+        // An array from a file holds integers by its dtype (`check_dtype`).
         if w.ty.dtype.is_int()
+            && h.dtype.is_none()
             && let Some((i, v)) = h
                 .data
                 .iter()
@@ -342,16 +344,31 @@ fn unravel(mut i: usize, shape: &[usize]) -> String {
     dims(&ix)
 }
 
+/// The position of flat index `i` of a chunk of `shape` that starts at example `first`
+/// of its file, as the file's `[example, …]`.
+fn position(shape: &[usize], first: usize, i: usize) -> String {
+    let row: usize = shape.iter().skip(1).product();
+    let mut whole = shape.to_vec();
+    if let Some(n) = whole.first_mut() {
+        *n += first;
+    }
+    unravel(i + first * row, &whole)
+}
+
 /// Finite values; labels within a sparse cross-entropy's classes; indices within an
-/// embedding's table.
+/// embedding's table. The arrays start at example `first` of their file (a chunk of
+/// it: positions in messages are the file's).
 pub(super) fn check_values(
     file: Option<&Path>,
     graph: &Graph,
     wants: &[Want],
     arrays: &[(String, &ArrayD<f32>)],
+    first: usize,
 ) -> Result<(), DataError> {
     let mut errors = Vec::new();
     for (w, (name, a)) in wants.iter().zip(arrays) {
+        let row = a.len() / a.shape().first().copied().unwrap_or(1).max(1);
+        let at = |i: usize| position(a.shape(), first, i);
         let bad: Vec<usize> = a
             .iter()
             .enumerate()
@@ -359,7 +376,7 @@ pub(super) fn check_values(
             .map(|(i, _)| i)
             .take(1)
             .collect();
-        if let Some(&first) = bad.first() {
+        if let Some(&bad_at) = bad.first() {
             let nan = a.iter().filter(|v| v.is_nan()).count();
             let inf = a.iter().filter(|v| v.is_infinite()).count();
             let what = match (nan, inf) {
@@ -372,8 +389,8 @@ pub(super) fn check_values(
                     file,
                     format!(
                         "the array `{name}` holds {what}; the first is at {} (example {})",
-                        unravel(first, a.shape()),
-                        first / (a.len() / a.shape().first().copied().unwrap_or(1).max(1)).max(1)
+                        at(bad_at),
+                        first + bad_at / row.max(1)
                     ),
                 )
                 .array(name)
@@ -397,8 +414,9 @@ pub(super) fn check_values(
                 errors.push(DataError::new(
                     file,
                     format!(
-                        "the label {} at example {i} of `{name}` is out of range: `{}` has {classes} classes, so labels are 0 to {}",
+                        "the label {} at example {} of `{name}` is out of range: `{}` has {classes} classes, so labels are 0 to {}",
                         short_number(*v),
+                        i + first * row,
                         graph.name_of(out),
                         classes - 1
                     ),
@@ -411,7 +429,7 @@ pub(super) fn check_values(
             }
         }
         if w.role == "input" {
-            errors.extend(check_indices(file, graph, name, a.view()).err());
+            errors.extend(check_indices(file, graph, name, a.view(), first).err());
         }
     }
     DataError::all(errors)
@@ -424,6 +442,7 @@ fn check_indices(
     graph: &Graph,
     name: &str,
     a: ArrayViewD<f32>,
+    first: usize,
 ) -> Result<(), DataError> {
     let Some(k) = graph.inputs.iter().position(|i| i.name == name) else {
         return Ok(());
@@ -446,7 +465,7 @@ fn check_indices(
                 format!(
                     "the index {} at {} of the input `{name}` is out of range for the embedding `{}`, whose {size_arg} is {n} (indices 0 to {})",
                     short_number(*v),
-                    unravel(i, a.shape()),
+                    position(a.shape(), first, i),
                     l.name,
                     n - 1
                 ),
@@ -532,7 +551,7 @@ pub fn check_predict_inputs(
     check_arrays(file.as_deref(), &ws, &haves, None)?;
     // Indices into an embedding, before running: against the file each came from.
     for h in &haves {
-        check_indices(file_of(h.name).as_deref(), graph, h.name, h.data.view())?;
+        check_indices(file_of(h.name).as_deref(), graph, h.name, h.data.view(), 0)?;
     }
     Ok(())
 }

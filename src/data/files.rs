@@ -29,6 +29,17 @@ pub fn max_data_bytes() -> Result<u64, DataError> {
     })
 }
 
+/// The most bytes of one data file, or one `.npz` member once decompressed, that kiln
+/// reads in place ([`super::Dataset::open`]): `KILN_MAX_DATA_BYTES` when set, else
+/// [`MAX_FILE_BYTES`] (not the memory available: data read in place is not held in
+/// memory).
+pub fn map_limit() -> Result<u64, DataError> {
+    match std::env::var_os(MAX_DATA_ENV) {
+        Some(_) => max_data_bytes(),
+        None => Ok(MAX_FILE_BYTES),
+    }
+}
+
 /// The contents of a data file, before they are matched to a model.
 #[derive(Clone, Debug)]
 pub enum Content {

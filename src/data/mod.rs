@@ -15,7 +15,10 @@
 //! The rooms: `files` reads and writes data files by extension (the formats in
 //! [`csv`], [`npy`] and [`npz`]); `check` matches arrays to the model's inputs and
 //! targets; `dataset` and `table` build a [`Dataset`] from a file's contents;
-//! `batches` orders the examples of an epoch; `error` holds [`DataError`].
+//! `batches` orders the examples of an epoch; `error` holds [`DataError`]. Data larger
+//! than memory is read in place ([`Dataset::open`]): `shards` opens a file, a folder
+//! or a glob of files and checks them a chunk at a time; `store` holds their mapped
+//! arrays and reads a batch from them.
 
 mod batches;
 mod check;
@@ -25,11 +28,13 @@ mod error;
 mod files;
 pub mod npy;
 pub mod npz;
+mod shards;
+mod store;
 mod table;
 
 pub use batches::{batch_indices, describe, num_batches, permutation};
 pub use check::check_predict_inputs;
-pub use dataset::{Dataset, LoadOptions};
+pub use dataset::{Batch, Dataset, LoadOptions, MAP_FROM_BYTES};
 pub use error::DataError;
 pub use files::{
     Content, MAX_DATA_ENV, MAX_FILE_BYTES, max_data_bytes, read, read_array, read_limited, write,

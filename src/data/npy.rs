@@ -170,10 +170,27 @@ fn read_ints<T: npyz::Deserialize + Copy + Into<i128>>(
     })
 }
 
-/// Parses the bytes of a `.npy` file through npyz. Kiln checks first what npyz would
-/// trust (the header's length, the dtype, the shape against the bytes present), so a
-/// corrupt file is an error, never a panic or a huge allocation.
-pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+/// What a `.npy` header says, every claim checked against the bytes present.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Fortran (column-major) order.
+    pub fortran: bool,
+    /// Where the elements start.
+    pub data_start: usize,
+    /// The bytes the elements take (present in full).
+    pub data_len: usize,
+}
+
+/// Reads and checks a `.npy` header: its length, the dtype, the shape as a tuple, and
+/// the shape's byte count against the bytes present. Nothing is allocated by the
+/// file's claims.
+pub fn header(bytes: &[u8]) -> Result<Header, String> {
+    header_and_file(bytes).map(|(h, _)| h)
+}
+
+fn header_and_file(bytes: &[u8]) -> Result<(Header, NpyFile<&[u8]>), String> {
     let data_start = header_span(bytes)?;
     let npy = NpyFile::new(bytes).map_err(|e| format!("the .npy header cannot be read: {e}"))?;
     let dtype = dtype_of(&npy.dtype())?;
@@ -202,6 +219,22 @@ pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
         ));
     }
     let fortran = npy.order() == Order::Fortran;
+    let h = Header {
+        dtype,
+        shape,
+        fortran,
+        data_start,
+        data_len: need,
+    };
+    Ok((h, npy))
+}
+
+/// Parses the bytes of a `.npy` file through npyz. Kiln checks first what npyz would
+/// trust (the header's length, the dtype, the shape against the bytes present), so a
+/// corrupt file is an error, never a panic or a huge allocation.
+pub fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+    let (h, npy) = header_and_file(bytes)?;
+    let (dtype, shape, fortran) = (h.dtype, h.shape, h.fortran);
     let mut inexact = false;
     let values = match (dtype.kind, dtype.size, dtype.signed) {
         (Kind::Bool, _, _) => read_as(npy, |b: bool| f32::from(u8::from(b)))?,

@@ -40,11 +40,10 @@ pub(super) fn adapt(net: &mut Net, data: &Dataset) -> Result<(), Error> {
         if !initial {
             continue;
         }
-        let computed;
         let x = match l.inputs.first() {
             Some(Source::Input(i)) => {
                 let input = &graph.inputs[*i].name;
-                let Some((_, x)) = data.inputs.iter().find(|(n, _)| n == input) else {
+                let Some(x) = data.input(input)? else {
                     return Err(Error::Invalid(format!(
                         "`{}` adapts to the input `{input}`, which {} does not hold",
                         l.name, data.source
@@ -52,19 +51,16 @@ pub(super) fn adapt(net: &mut Net, data: &Dataset) -> Result<(), Error> {
                 };
                 x
             }
-            Some(&s) => {
-                computed = value_of(net, graph, &w, s, data).map_err(|e| {
+            Some(&s) => std::borrow::Cow::Owned(value_of(net, graph, &w, s, data).map_err(|e| {
                     Error::Invalid(format!(
                         "`{}` adapts to the output of `{}` over the training data, which could not be computed: {e}",
                         l.name,
                         graph.name_of(s)
                     ))
-                })?;
-                &computed
-            }
+                })?),
             None => continue,
         };
-        for (key, v) in (a.compute)(&l.args, x) {
+        for (key, v) in (a.compute)(&l.args, &x) {
             w.insert(format!("{}/{key}", l.name), v);
             changed = true;
         }
@@ -92,7 +88,7 @@ fn value_of(
     let kernel = crate::runtime::compile(&f, net.backend())?;
     let mut inputs = Vec::new();
     for i in &graph.inputs {
-        let Some((_, x)) = data.inputs.iter().find(|(n, _)| *n == i.name) else {
+        let Some(x) = data.input(&i.name)? else {
             return Err(Error::Invalid(format!(
                 "{} does not hold the input `{}`",
                 data.source, i.name

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use super::callbacks::{Callback, States};
 use super::run::Sums;
 use super::{Logs, Settings};
-use crate::data::Dataset;
 use crate::error::Error;
 use crate::net::{Net, OptState};
 use crate::weights::{self, Weights, WeightsError};
@@ -71,7 +70,7 @@ impl Meta {
     pub(crate) fn new(
         net: &Net,
         s: &Settings,
-        train: &Dataset,
+        train: (usize, u64),
         epoch: usize,
         batch: usize,
         sums: &Sums,
@@ -87,7 +86,7 @@ impl Meta {
             batch,
             lr: net.optimizer_state().lr.map(f32::to_bits),
             settings: Some(s.clone()),
-            data: Some((train.len(), train.fingerprint())),
+            data: Some(train),
             sums: if batch > 0 { sv } else { Vec::new() },
             callbacks: Callback::save_states(cbs),
             history: history

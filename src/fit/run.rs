@@ -37,6 +37,8 @@ struct Run<'a> {
     obs: &'a mut dyn Observer,
     s: Settings,
     train: Dataset,
+    /// The training examples and their fingerprint, for checkpoints.
+    train_id: (usize, u64),
     val: Option<Dataset>,
     cbs: Vec<Callback>,
     csv_logs: Vec<CsvLog>,
@@ -86,7 +88,7 @@ impl<'a> Run<'a> {
                 graph.name
             )));
         };
-        if data.targets.len() != train.targets.len() {
+        if data.target_count() != train.targets.len() {
             return Err(Error::Invalid(format!(
                 "training needs the targets ({}), and {} has none",
                 train
@@ -107,17 +109,23 @@ impl<'a> Run<'a> {
             // Keras: `validation_data` wins over `validation_split`.
             (None, Some(p)) => {
                 let path = crate::net::join_clean(net.spec_dir(), Path::new(p));
-                (data.clone(), Some(net.load_data(path)?))
+                let opts = data::LoadOptions {
+                    targets: true,
+                    ..data::LoadOptions::default()
+                };
+                (data.clone(), Some(Dataset::open(&path, &graph, &opts)?))
             }
             (None, None) => data.split(s.validation_split())?,
         };
-        let train_data = net.with_class_weights(train_data);
+        let train_data = net.with_class_weights(train_data)?;
+        let train_id = (train_data.len(), train_data.fingerprint()?);
         if let Some(r) = &resume
-            && let Some((n, fp)) = r.meta.data
-            && (n != train_data.len() || fp != train_data.fingerprint())
+            && let Some(id) = r.meta.data
+            && id != train_id
         {
             obs.on_message(&format!(
-                "warning: the checkpoint was trained on other data ({n} training examples, now {}); the run will not match an uninterrupted one",
+                "warning: the checkpoint was trained on other data ({} training examples, now {}); the run will not match an uninterrupted one",
+                id.0,
                 train_data.len()
             ));
         }
@@ -140,6 +148,7 @@ impl<'a> Run<'a> {
             obs,
             s,
             train: train_data,
+            train_id,
             val: val_data,
             sums,
             cbs,
@@ -254,8 +263,8 @@ impl<'a> Run<'a> {
         }
         for b in first..steps {
             let idx = data::batch_indices(&order, bs, b);
-            let (xs, ys) = self.train.gather(idx);
-            let w = self.train.gather_weights(idx);
+            let (xs, ys) = self.train.gather(idx)?;
+            let w = self.train.gather_weights(idx)?;
             let step = self.net.optimizer_state().step;
             let lr = self.net.learning_rate();
             let out = self
@@ -315,7 +324,7 @@ impl<'a> Run<'a> {
         let mut m = checkpoint::Meta::new(
             self.net,
             &self.s,
-            &self.train,
+            self.train_id,
             epoch,
             batch,
             &self.sums,

@@ -6,6 +6,7 @@
 //! (loss, metrics, new params, new state).
 
 pub mod eval;
+pub mod split;
 pub mod train;
 
 use std::collections::BTreeMap;

@@ -23,6 +23,7 @@
 
 mod input;
 mod logs;
+mod split;
 mod step;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use crate::{Model, lower};
 
 pub use input::Input;
 pub use logs::{Logs, Tally};
+pub use split::{ShardGradients, SplitStep};
 use step::{EvalKernel, TrainKernel};
 pub use step::{OptState, StepOutput, rng_key};
 

@@ -143,7 +143,7 @@ impl Net {
     }
 
     /// Builds the zero optimizer slots the step expects, keeping any already there.
-    fn ensure_slots(&mut self, keys: &[String]) -> Result<(), Error> {
+    pub(super) fn ensure_slots(&mut self, keys: &[String]) -> Result<(), Error> {
         for k in keys {
             if self.opt.slots.contains_key(k) {
                 continue;
@@ -269,7 +269,7 @@ impl Net {
     }
 
     /// Each metric's value from its state (a batch's, or summed over batches).
-    fn metric_values(&self, states: &[Vec<f32>]) -> Vec<f32> {
+    pub(super) fn metric_values(&self, states: &[Vec<f32>]) -> Vec<f32> {
         let Some(t) = &self.graph.train else {
             return Vec::new();
         };
@@ -285,16 +285,16 @@ impl Net {
 
     /// The data with the spec's `class_weight` turned into its sample weights, as
     /// Keras's `fit(class_weight=…)` does (unchanged without class weights).
-    pub fn with_class_weights(&self, mut data: Dataset) -> Dataset {
+    pub fn with_class_weights(&self, mut data: Dataset) -> Result<Dataset, Error> {
         if let Some(cw) = self
             .graph
             .train
             .as_ref()
             .and_then(|t| t.decl.class_weight.as_ref())
         {
-            data.set_class_weights(&cw.weights);
+            data.set_class_weights(&cw.weights)?;
         }
-        data
+        Ok(data)
     }
 
     /// Empty running sums for this model's loss, output losses and metrics (compiles
@@ -355,7 +355,7 @@ impl Net {
         self.start_learning_rate();
         let lr = self.learning_rate();
         let key = rng_key(self.seed, self.opt.step);
-        let data = self.with_class_weights(data);
+        let data = self.with_class_weights(data)?;
         let w = data.sample_weight.clone();
         let xs = data.inputs.into_iter().map(|(_, a)| a).collect();
         let ys = data.targets.into_iter().map(|(_, a)| a).collect();
@@ -429,7 +429,7 @@ impl Net {
     /// batch size, in inference mode. Keys: `loss` and each metric as the spec names
     /// it.
     pub fn evaluate(&self, data: &Dataset, batch_size: Option<usize>) -> Result<Logs, Error> {
-        if data.targets.is_empty() {
+        if !data.has_targets() {
             return Err(Error::Invalid(
                 "evaluation needs targets, and this data has none".into(),
             ));
@@ -443,10 +443,10 @@ impl Net {
         let order: Vec<usize> = (0..data.len()).collect();
         for b in 0..crate::data::num_batches(data.len(), bs) {
             let idx = crate::data::batch_indices(&order, bs, b);
-            let (xs, mut ys) = data.gather(idx);
+            let (xs, mut ys) = data.gather(idx)?;
             weights_arg(
                 e.sample_weight,
-                data.gather_weights(idx),
+                data.gather_weights(idx)?,
                 idx.len(),
                 &mut ys,
             )?;

@@ -99,7 +99,7 @@ fn good_data_loads_and_splits_as_keras() {
     assert_eq!(data::num_batches(train.len(), 32), 45);
     let order: Vec<usize> = (0..train.len()).collect();
     assert_eq!(data::batch_indices(&order, 32, 44).len(), 1437 - 44 * 32);
-    let (xs, ys) = train.gather(&[5, 0]);
+    let (xs, ys) = train.gather(&[5, 0]).unwrap();
     assert_eq!(xs[0].shape(), &[2, 8, 8, 1]);
     assert_eq!(ys[0][0], d.targets[0].1[5]);
     // Pixel values were scaled to [0, 1].

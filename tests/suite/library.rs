@@ -63,7 +63,7 @@ fn a_custom_loop_of_train_steps_equals_fit() {
 
     let mut b = m.compile(&kiln::Options::default()).unwrap();
     for batch in [&[0usize, 1, 2, 3][..], &[4, 5, 6, 7], &[8, 9]] {
-        let (xs, ys) = data.gather(batch);
+        let (xs, ys) = data.gather(batch).unwrap();
         let key = kiln::net::rng_key(7, b.step());
         let out = b.train_step(xs, ys, 0.001, key).unwrap();
         assert!(out.loss.is_finite());
