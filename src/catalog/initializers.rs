@@ -514,7 +514,8 @@ fn orthogonal_with(
     let (m, n) = (rows.max(cols), rows.min(cols));
     // The normals fill A row by row, as Keras's (m, n) draw.
     let mut normals: Vec<f64> = alloc(numel(&[m, n])?)?;
-    normals.extend((0..m * n).map(|_| rng.normal()));
+    normals.resize(m * n, 0.0);
+    rng.fill_normal(&mut normals, threads);
     let a = MatRef::from_row_major_slice(&normals, m, n);
     let q = qr::thin_q(a, threads)?;
     drop(normals);

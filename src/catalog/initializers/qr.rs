@@ -65,9 +65,15 @@ pub(super) fn thin_q(a: MatRef<'_, f64>, threads: usize) -> Result<Vec<f64>, Str
     }
 }
 
-/// The number of threads the products may use (at least 1).
+/// The number of threads the QR and its normals may use: as many as compiled code
+/// (`KILN_NUM_THREADS`, else the cores this process may run on). The bits never depend
+/// on it.
 pub(super) fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::env::var("KILN_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Runs `work` on each task, on up to `threads` threads, the tasks taken in order.
