@@ -38,10 +38,12 @@ const ROW_BLOCK: usize = 512;
 const PROBES: usize = 4;
 
 /// CholeskyQR's Q is kept when `‖(QᵀQ − I) x‖ ≤ ORTHO_TOLERANCE · ‖x‖` for every probe.
-/// A well-conditioned A gives about 3e-14 (8192 × 2048: 1.4e-14 measured, the check's own
-/// rounding included); a loss of orthogonality large enough to show in f32 (1e-9) is
-/// missed only if every probe is nearly orthogonal to it (see `orthogonality_error`).
-const ORTHO_TOLERANCE: f64 = 1e-12;
+/// A well-conditioned A gives about 1e-15, as Householder's own Q does (8192 × 2048:
+/// 9.3e-16 against 7.9e-16, the check's rounding included); a square Gaussian matrix,
+/// ill-conditioned, gives 1e-13 to 1e-12 or worse (200 × 200: 4.6e-13) and goes to
+/// Householder. A loss of orthogonality large enough to show in f32 (1e-9) is missed
+/// only if every probe is nearly orthogonal to it (see `orthogonality_error`).
+const ORTHO_TOLERANCE: f64 = 1e-13;
 
 /// A column-major `rows × cols` matrix of zeros, allocated fallibly.
 pub(super) fn zeros(rows: usize, cols: usize) -> Result<Vec<f64>, String> {
