@@ -179,6 +179,128 @@ impl Rng {
     }
 }
 
+/// Attempts of the polar method per part of [`Rng::fill_normal`]: the unit of work
+/// handed to a thread. Fixed, so the parts never depend on the thread count.
+const PART: u64 = 1 << 14;
+
+/// Parts generated per round of [`Rng::fill_normal`] (bounds its scratch memory).
+const ROUND: u64 = 64;
+
+/// The two normals of the polar method's attempt at Philox block `block`, or `None`
+/// where it rejects: the arithmetic of [`Rng::normal`] on the block's four words.
+fn polar_attempt(key: [u32; 2], stream: u64, block: u64) -> Option<(f64, f64)> {
+    let w = philox4x32(
+        [
+            block as u32,
+            (block >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
+        key,
+    );
+    let unit = |lo: u32, hi: u32| {
+        let bits = (u64::from(hi) << 32) | u64::from(lo);
+        (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    };
+    let u = 2.0 * unit(w[0], w[1]) - 1.0;
+    let v = 2.0 * unit(w[2], w[3]) - 1.0;
+    let s = u * u + v * v;
+    if s >= 1.0 || s == 0.0 {
+        return None;
+    }
+    let f = (-2.0 * ln(s) / s).sqrt();
+    Some((u * f, v * f))
+}
+
+impl Rng {
+    /// Fills `out` with exactly the numbers `out.len()` calls of [`Rng::normal`] give,
+    /// leaving the stream where they would, on up to `threads` threads.
+    ///
+    /// Each attempt of the polar method takes one whole Philox block, so from a block
+    /// boundary attempt `k` is block `block + k` whatever came before it: parts of
+    /// [`PART`] attempts are generated independently (a round of them at a time, on
+    /// the threads), then laid end to end in order.
+    pub fn fill_normal(&mut self, out: &mut [f64], threads: usize) {
+        if self.used != 4 || self.spare_normal.is_some() || (out.len() as u64) < PART {
+            // Not at a block boundary, or fewer numbers than a part: one at a time.
+            out.iter_mut().for_each(|x| *x = self.normal());
+            return;
+        }
+        let (key, stream) = (self.key, self.stream);
+        let mut parts: Vec<Vec<f64>> = vec![Vec::new(); ROUND as usize];
+        let mut filled = 0;
+        while filled < out.len() {
+            let first = self.block;
+            let work = |(i, buf): (usize, &mut Vec<f64>)| {
+                buf.clear();
+                let start = first.wrapping_add(i as u64 * PART);
+                for k in 0..PART {
+                    if let Some((a, b)) = polar_attempt(key, stream, start.wrapping_add(k)) {
+                        buf.push(a);
+                        buf.push(b);
+                    }
+                }
+            };
+            // About 1.57 normals per attempt (π/2): hardly more parts than the rest needs.
+            let want = ((out.len() - filled) as u64).div_ceil(PART + PART / 2) as usize;
+            let n = want.clamp(1, ROUND as usize);
+            run_parts(
+                parts.iter_mut().take(n).enumerate().collect(),
+                threads,
+                work,
+            );
+            for (i, buf) in parts.iter().take(n).enumerate() {
+                let room = out.len() - filled;
+                if buf.len() < room {
+                    out[filled..filled + buf.len()].copy_from_slice(buf);
+                    filled += buf.len();
+                    self.block = first.wrapping_add((i as u64 + 1) * PART);
+                    continue;
+                }
+                // The part holding the last normal asked for: the stream stops at the
+                // attempt that made it.
+                out[filled..].copy_from_slice(&buf[..room]);
+                filled = out.len();
+                let start = first.wrapping_add(i as u64 * PART);
+                let mut taken = 0;
+                for k in 0..PART {
+                    if let Some((_, b)) = polar_attempt(key, stream, start.wrapping_add(k)) {
+                        taken += 2;
+                        if taken >= room {
+                            self.block = start.wrapping_add(k + 1);
+                            self.spare_normal = (taken > room).then_some(b);
+                            break;
+                        }
+                    }
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Runs `work` on each part, on up to `threads` threads.
+fn run_parts<T: Send>(parts: Vec<T>, threads: usize, work: impl Fn(T) + Sync) {
+    let threads = threads.clamp(1, parts.len().max(1));
+    let queue = std::sync::Mutex::new(parts.into_iter());
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+    let worker = || {
+        while let Some(part) = next() {
+            work(part);
+        }
+    };
+    if threads == 1 {
+        worker();
+        return;
+    }
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(worker);
+        }
+        worker();
+    });
+}
+
 /// Natural logarithm of a positive, finite `x`, from IEEE basic operations only (so its
 /// result does not depend on the platform's libm). Accurate to about 1 ulp.
 pub fn ln(x: f64) -> f64 {
@@ -299,6 +421,48 @@ mod tests {
         let mut x = Rng::for_weight(0, "k", Some(5));
         let mut y = Rng::for_weight(99, "k", Some(5));
         assert_eq!(x.next_u64(), y.next_u64());
+    }
+
+    #[test]
+    fn fill_normal_is_normal_called_again_and_again() {
+        // Lengths across the parts (16,384 attempts, about 25,700 normals) and rounds,
+        // odd ones leaving a spare; on 1, 2 and 3 threads; and the stream afterwards.
+        for len in [0, 1, 2, 3, 1001, 16_384, 25_735, 60_001, 2_100_001] {
+            let mut seq = Rng::new(3, 4);
+            let want: Vec<f64> = (0..len).map(|_| seq.normal()).collect();
+            for threads in [1, 2, 3] {
+                let mut par = Rng::new(3, 4);
+                let mut got = vec![0.0; len];
+                par.fill_normal(&mut got, threads);
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{len} on {threads} threads"
+                );
+                let mut after = seq.clone();
+                for _ in 0..5 {
+                    assert_eq!(after.normal().to_bits(), par.normal().to_bits(), "{len}");
+                }
+                assert_eq!(after.next_u32(), par.next_u32());
+            }
+        }
+        // Not at a block boundary (half a block used, or a spare held): the same.
+        for skip in [1, 3] {
+            let mut seq = Rng::new(8, 1);
+            let mut par = seq.clone();
+            for _ in 0..skip {
+                seq.next_u32();
+                par.next_u32();
+            }
+            seq.normal();
+            par.normal();
+            let want: Vec<f64> = (0..999).map(|_| seq.normal()).collect();
+            let mut got = vec![0.0; 999];
+            par.fill_normal(&mut got, 2);
+            assert_eq!(want, got);
+            assert_eq!(seq.next_u64(), par.next_u64());
+        }
     }
 
     #[test]

@@ -9,10 +9,8 @@
 
 use std::ops::Range;
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::{householder, qr::no_pivoting::factor};
-use faer::{Conj, Mat, Par};
-use ndarray::{Array2, ArrayD, IxDyn};
+use faer::MatRef;
+use ndarray::{ArrayD, IxDyn};
 
 use super::{entry, find, names};
 use crate::args::{
@@ -498,80 +496,41 @@ fn truncated_normal(rng: &mut Rng, mean: f64, stddev: f64) -> f32 {
 /// Q factor of a normal `(max, min)` matrix, each column's sign made that of R's
 /// diagonal; transposed when there are fewer rows than columns; times `gain`.
 fn orthogonal(shape: &[usize], gain: f64, rng: &mut Rng) -> Result<Vec<f32>, String> {
+    orthogonal_with(shape, gain, rng, qr::threads())
+}
+
+/// [`orthogonal`] with the QR's products on up to `threads` threads (the same bits for
+/// any number).
+fn orthogonal_with(
+    shape: &[usize],
+    gain: f64,
+    rng: &mut Rng,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
     let (rows, cols) = match shape {
         [] => (1, 1),
         [rest @ .., last] => (numel(rest)?, *last),
     };
     let (m, n) = (rows.max(cols), rows.min(cols));
+    // The normals fill A row by row, as Keras's (m, n) draw.
     let mut normals: Vec<f64> = alloc(numel(&[m, n])?)?;
-    normals.extend((0..m * n).map(|_| rng.normal()));
-    let a = Array2::from_shape_vec((m, n), normals).map_err(|e| e.to_string())?;
-    let q = householder_q(a)?;
-    let q = if rows < cols { q.reversed_axes() } else { q };
+    normals.resize(m * n, 0.0);
+    rng.fill_normal(&mut normals, threads);
+    let a = MatRef::from_row_major_slice(&normals, m, n);
+    let q = qr::thin_q(a, threads)?;
+    drop(normals);
+    // Q is column-major: as it lies, it is Qᵀ row by row (the wide case).
     let mut out = alloc(rows * cols)?;
-    out.extend(q.iter().map(|&x| (gain * x) as f32));
+    if rows < cols {
+        out.extend(q.iter().map(|&x| (gain * x) as f32));
+    } else {
+        out.extend((0..m * n).map(|k| (gain * q[(k % n) * m + k / n]) as f32));
+    }
     Ok(out)
 }
 
-/// The thin Q factor (`m × n`, `m ≥ n`) of `a` by Householder reflections, with each
-/// column multiplied by the sign of R's diagonal entry (so that R's diagonal is
-/// non-negative: the unique QR, the one Keras's sign correction gives).
-///
-/// faer's blocked QR (compact WY, the trailing updates as matrix products) factors `a`;
-/// Q is then accumulated backwards from the identity's first `n` columns, each block of
-/// reflectors applied only to the rows and columns it can change (LAPACK's `dorgqr`).
-/// Sequential, so the result does not depend on the number of threads.
-pub fn householder_q(a: Array2<f64>) -> Result<Array2<f64>, String> {
-    let (m, n) = a.dim();
-    if m < n {
-        return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
-    }
-    if n == 0 {
-        return Ok(Array2::zeros((m, 0)));
-    }
-    let par = Par::Seq;
-    let mut qr = Mat::<f64>::from_fn(m, n, |i, j| a[[i, j]]);
-    drop(a);
-    let bs = factor::recommended_block_size::<f64>(m, n);
-    let mut tau = Mat::<f64>::zeros(bs, n);
-    let need = factor::qr_in_place_scratch::<f64>(m, n, bs, par, std::default::Default::default())
-        .or(householder::apply_block_householder_on_the_left_in_place_scratch::<f64>(m, bs, n));
-    let mut buf =
-        MemBuffer::try_new(need).map_err(|_| format!("no memory for the QR of {m} × {n}"))?;
-    let stack = MemStack::new(&mut buf);
-    factor::qr_in_place(
-        qr.as_mut(),
-        tau.as_mut(),
-        par,
-        stack,
-        std::default::Default::default(),
-    );
-    let mut q = Mat::<f64>::identity(m, n);
-    let mut end = n;
-    let mut width = match n % bs {
-        0 => bs,
-        rest => rest,
-    };
-    while end > 0 {
-        let start = end - width;
-        householder::apply_block_householder_on_the_left_in_place_with_conj(
-            qr.get(start.., start..end),
-            tau.get(..width, start..end),
-            Conj::No,
-            q.get_mut(start.., start..),
-            par,
-            stack,
-        );
-        end = start;
-        width = bs;
-    }
-    // Keras multiplies by sign(d), which is 0 for d = 0; a zero column would not be
-    // orthogonal, so kiln keeps the column as it is there (probability zero anyway).
-    let flip: Vec<f64> = (0..n)
-        .map(|j| if qr[(j, j)] < 0.0 { -1.0 } else { 1.0 })
-        .collect();
-    Ok(Array2::from_shape_fn((m, n), |(i, j)| flip[j] * q[(i, j)]))
-}
+mod qr;
+pub use qr::householder_q;
 
 #[cfg(test)]
 mod tests;

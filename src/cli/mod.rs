@@ -295,10 +295,8 @@ fn check_budget(
     memory: &MemoryArg,
 ) -> Result {
     let limit = kiln::budget::limit(memory.memory_limit).map_err(CliError::Usage)?;
-    match kiln::budget::check(graph, work, batch, dims, limit).map_err(Error::from)? {
-        Ok(_) => Ok(()),
-        Err(over) => Err(Error::from(over).into()),
-    }
+    kiln::net::check_budget(graph, work, batch, dims, Some(limit))?;
+    Ok(())
 }
 
 /// The symbol values input arrays give: each input axis whose declared size is one
@@ -343,9 +341,11 @@ fn compile(spec: &PathBuf, backend: BackendArg, seed: Option<u64>, need: Need) -
         &Default::default(),
         need.memory,
     )?;
+    let memory_limit = kiln::budget::limit(need.memory.memory_limit).map_err(CliError::Usage)?;
     Ok(model.compile(&Options {
         backend: backend.into(),
         seed,
+        memory_limit: Some(memory_limit),
     })?)
 }
 

@@ -80,10 +80,23 @@ fn concrete(shape: &[Dim], env: &Env) -> Result<Vec<usize>> {
 }
 
 /// Evaluates `f` on `inputs` and returns its outputs in order.
+///
+/// Memory is asked for before each node runs ([`reserve`] of its [`working_bytes`]), so
+/// a size the system cannot give is an error, never an abort; each value is dropped
+/// after its last use.
 pub fn eval<T: Real>(f: &Func, inputs: &[ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
     let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape()).collect();
     let env = bind(f, &shapes)?;
     let live = super::passes::live(f);
+    let mut last_use: Vec<usize> = (0..f.nodes.len()).collect();
+    for (i, n) in f.nodes.iter().enumerate() {
+        for &a in &n.args {
+            last_use[a] = last_use[a].max(i);
+        }
+    }
+    for (_, o) in &f.outputs {
+        last_use[*o] = usize::MAX;
+    }
     let mut vals: Vec<Option<ArrayD<T>>> = vec![None; f.nodes.len()];
     let dimv = |d: &Dim| -> Result<i64> {
         d.eval(&env)
@@ -103,6 +116,9 @@ pub fn eval<T: Real>(f: &Func, inputs: &[ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
                     .ok_or_else(|| super::IrError(format!("%{a} used before it is computed")))
             })
             .collect::<Result<_>>()?;
+        let arg_shapes: Vec<&[usize]> = args.iter().map(|a| a.shape()).collect();
+        let bytes = working_bytes(n, &shape, &arg_shapes, std::mem::size_of::<T>());
+        reserve(bytes, &format!("%{i} ({})", super::op_name(&n.op)))?;
         let v = match &n.op {
             Op::Input(k) => inputs[*k].clone(),
             _ => eval_node(n, &shape, &args, &dimv)?,
@@ -116,15 +132,89 @@ pub fn eval<T: Real>(f: &Func, inputs: &[ArrayD<T>]) -> Result<Vec<ArrayD<T>>> {
             ));
         }
         vals[i] = Some(v);
+        for &a in &n.args {
+            if last_use[a] == i {
+                vals[a] = None;
+            }
+        }
     }
-    f.outputs
-        .iter()
-        .map(|(name, id)| {
-            vals[*id]
-                .clone()
-                .ok_or_else(|| super::IrError(format!("output {name} not computed")))
+    // Each output moved out, copied only when it is named again further on.
+    (0..f.outputs.len())
+        .map(|k| {
+            let (name, id) = &f.outputs[k];
+            let again = f.outputs[k + 1..].iter().any(|(_, o)| o == id);
+            let v = if again {
+                vals[*id].clone()
+            } else {
+                vals[*id].take()
+            };
+            v.ok_or_else(|| super::IrError(format!("output {name} not computed")))
         })
         .collect()
+}
+
+/// Allocations below this are not asked for ahead.
+const SMALL: u128 = 1 << 20;
+
+/// Asks the system for `bytes` and gives them back: a size it refuses (or past what an
+/// allocation may be) is an error naming `what`, where allocating it for real would
+/// abort the process.
+pub fn reserve(bytes: u128, what: &str) -> Result<()> {
+    if bytes < SMALL {
+        return Ok(());
+    }
+    let refused = || {
+        super::IrError(format!(
+            "cannot allocate {bytes} bytes for {what}: out of memory (lower the batch size or the model's sizes)"
+        ))
+    };
+    let n = usize::try_from(bytes)
+        .ok()
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or_else(refused)?;
+    Vec::<u8>::new().try_reserve_exact(n).map_err(|_| refused())
+}
+
+/// The memory evaluating node `n` allocates, in bytes of `elem`-byte values, at its
+/// output shape and its arguments' shapes: the output, a copy of each argument (the
+/// reference code and the runtime routines copy their operands), and the largest
+/// scratch of the primitive (a convolution's im2col patches and their index, a
+/// recurrent cell's saved gates per step). An estimate of the same order as what is
+/// allocated, never below the output itself.
+pub fn working_bytes(n: &super::Node, shape: &[usize], args: &[&[usize]], elem: usize) -> u128 {
+    let count = |s: &[usize]| s.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+    let out = count(shape);
+    let operands = args.iter().fold(0u128, |a, s| a.saturating_add(count(s)));
+    // A convolution's patches: rows (output positions) × taps × input channels per
+    // group, and one index per row and tap.
+    let conv = |ks: &[usize], ys: &[usize]| {
+        let n = ks.len().saturating_sub(2);
+        let rows = count(&ys[..ys.len().saturating_sub(1)]);
+        let taps = count(&ks[..n]);
+        let cg = ks.get(n).copied().unwrap_or(1) as u128;
+        rows.saturating_mul(taps)
+            .saturating_mul(cg)
+            .saturating_add(rows.saturating_mul(taps).saturating_mul(2))
+    };
+    let scratch = match (&n.op, args) {
+        (Op::Conv(_), [_, k]) => conv(k, shape),
+        (Op::ConvInputGrad(_), [dy, k]) => conv(k, dy),
+        (Op::ConvKernelGrad(_), [_, dy]) => conv(shape, dy),
+        // The steps' outputs before they are stacked; back-propagation through time
+        // keeps each step's gates (four per unit at most) and states.
+        (Op::Rnn(_), _) => out,
+        (Op::RnnGrad { .. }, _) => args
+            .iter()
+            .map(|s| count(s))
+            .max()
+            .unwrap_or(0)
+            .saturating_mul(6),
+        _ => 0,
+    };
+    out.saturating_mul(2)
+        .saturating_add(operands)
+        .saturating_add(scratch)
+        .saturating_mul(elem as u128)
 }
 
 /// Evaluates one non-input node on its arguments (shared with the JIT's runtime

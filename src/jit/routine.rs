@@ -146,6 +146,18 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
         }
         // SAFETY: slot `env_slot` holds a pointer to the Env that `run` keeps alive.
         let env = unsafe { &*(frame[fl.env_slot()] as *const interp::Env) };
+        // The routine's copies of its operands and its own memory, asked for first:
+        // memory the system refuses is the call's error, not an abort.
+        let arg_shapes: Vec<Vec<usize>> = call
+            .arg_shapes
+            .iter()
+            .map(|s| s.iter().map(|&x| frame[x] as usize).collect())
+            .collect();
+        let out_shape: Vec<usize> = call.out_shape.iter().map(|&x| frame[x] as usize).collect();
+        let shapes: Vec<&[usize]> = arg_shapes.iter().map(Vec::as_slice).collect();
+        let bytes = interp::working_bytes(node, &out_shape, &shapes, 4);
+        let what = format!("the runtime routine of {}", crate::ir::op_name(&node.op));
+        interp::reserve(bytes, &what).map_err(|e| e.0)?;
         let mut args = Vec::new();
         for (a, shape) in call.args.iter().zip(&call.arg_shapes) {
             let (p, o, s) = access_parts(frame, fl, a);

@@ -26,17 +26,19 @@ mod logs;
 mod split;
 mod step;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use crate::budget::{self, Estimate, Work};
 use crate::check::Graph;
 use crate::data::{Dataset, LoadOptions};
 use crate::error::Error;
 use crate::runtime::{self, Backend, Kernel};
 use crate::weights::{self, Weights, WeightsError};
-use crate::{Model, lower};
+use crate::{Model, lower, settings};
 
 pub use input::Input;
 pub use logs::{Logs, Tally};
@@ -51,6 +53,10 @@ pub struct Options {
     pub backend: Backend,
     /// The seed of the initial weights [default: the spec's `train.seed`, else 0].
     pub seed: Option<u64>,
+    /// The memory budget in bytes [default: `KILN_MEMORY_LIMIT`, else 3/4 of the
+    /// available memory]: a model estimated to need more is refused with
+    /// [`Error::Budget`] before anything is allocated for it.
+    pub memory_limit: Option<u64>,
 }
 
 /// A model compiled for a backend, with its weights.
@@ -68,13 +74,46 @@ pub struct Net {
     /// The seed the `Net` was compiled with: weights, and dropout's keys in
     /// [`Net::train_on_batch`].
     seed: u64,
+    /// [`Options::memory_limit`], checked again before the training step is compiled.
+    memory_limit: Option<u64>,
+}
+
+/// The library's one memory-budget check (issue 14): estimates what `work` needs for
+/// `graph` at batch size `batch`, other symbols bound by `dims` (1 when absent), and
+/// refuses it with [`Error::Budget`] when over `limit` (`None`: `KILN_MEMORY_LIMIT`,
+/// else 3/4 of the available memory). [`Model::compile`] and the first training step
+/// check here before they allocate; so does the command line, with its
+/// `--memory-limit`, once more when the data's sizes are known.
+pub fn check_budget(
+    graph: &Graph,
+    work: Work,
+    batch: usize,
+    dims: &HashMap<String, i64>,
+    limit: Option<u64>,
+) -> Result<Estimate, Error> {
+    let limit = budget::limit(limit).map_err(Error::Invalid)?;
+    match budget::check(graph, work, batch, dims, limit)? {
+        Ok(estimate) => Ok(estimate),
+        Err(over) => Err(Error::from(over)),
+    }
 }
 
 impl Model {
     /// Compiles the model's forward pass and initializes its weights (Keras's
     /// initializers, from `opts.seed` or the spec's seed). Training and evaluation
     /// functions are compiled when first used.
+    ///
+    /// Before anything is allocated, the parameters and the forward pass at the spec's
+    /// batch size are checked against the memory budget ([`check_budget`]).
     pub fn compile(&self, opts: &Options) -> Result<Net, Error> {
+        let batch = settings::spec_batch_size(&self.graph);
+        check_budget(
+            &self.graph,
+            Work::Infer,
+            batch,
+            &HashMap::new(),
+            opts.memory_limit,
+        )?;
         let seed = opts
             .seed
             .unwrap_or_else(|| weights::default_seed(&self.graph));
@@ -97,6 +136,7 @@ impl Model {
             eval: Mutex::new(None),
             opt: OptState::default(),
             seed,
+            memory_limit: opts.memory_limit,
         })
     }
 }

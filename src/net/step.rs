@@ -127,6 +127,14 @@ impl Net {
                 self.graph.name
             )));
         }
+        // The optimizer's state and the step's values, before either is allocated.
+        super::check_budget(
+            &self.graph,
+            crate::budget::Work::Train,
+            settings::spec_batch_size(&self.graph),
+            &std::collections::HashMap::new(),
+            self.memory_limit,
+        )?;
         let step = lower::train::build(&self.graph)?;
         // Parameters and optimizer state are updated in place: offer each input whose
         // updated value is an output (`KEY` → `new/KEY`) to the backend.

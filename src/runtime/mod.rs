@@ -48,6 +48,8 @@ impl Kernel for Interpreted {
     }
     fn run(&self, inputs: &[ArrayViewD<f32>]) -> Result<Vec<ArrayD<f32>>, RunError> {
         validate(&self.func, inputs)?;
+        let bytes = inputs.iter().map(|a| a.len() as u128 * 4).sum();
+        interp::reserve(bytes, "a copy of the inputs").map_err(|e| RunError(e.0))?;
         let owned: Vec<ArrayD<f32>> = inputs.iter().map(|a| a.to_owned()).collect();
         interp::eval::<f32>(&self.func, &owned).map_err(|e| RunError(e.0))
     }

@@ -411,3 +411,143 @@ fn bytes_print_in_short_binary_units() {
     assert_eq!(budget::human(3_600_000_000), "3.4 GiB");
     assert_eq!(budget::human(100 << 20), "100.0 MiB");
 }
+
+/// The library's entry points check the budget themselves: a program that embeds kiln
+/// gets `Error::Budget` (exit code 1) from `Model::compile` or the first training step,
+/// before anything is allocated by the model's size, not an abort.
+#[test]
+fn library_users_get_a_budget_error_not_an_abort() {
+    let m = model(WIDE_DENSE);
+    let options = |limit| kiln::Options {
+        memory_limit: limit,
+        ..kiln::Options::default()
+    };
+    // 400 MB of parameters against a 1 MiB budget.
+    let err = m.compile(&options(Some(1 << 20))).err().expect("refused");
+    assert!(matches!(err, kiln::Error::Budget(_)), "{err}");
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string().contains("`dense/kernel` [10, 10000000]"),
+        "{err}"
+    );
+    // With no limit given, the default budget (a share of the machine's memory) refuses
+    // 4 TB of parameters.
+    let huge = model(&WIDE_DENSE.replace("[batch, 10]", "[batch, 100000]"));
+    let err = huge.compile(&options(None)).err().expect("refused");
+    assert!(matches!(err, kiln::Error::Budget(_)), "{err}");
+    // A budget that holds the parameters and the forward pass but not Adam's two slots
+    // per weight: compiling succeeds, the training step is refused before its state is
+    // allocated.
+    let small = model(&WIDE_DENSE.replace("10000000", "100000"));
+    let batch = kiln::settings::spec_batch_size(&small.graph);
+    let none = HashMap::new();
+    let infer = budget::estimate(&small.graph, Work::Infer, batch, &none).unwrap();
+    let train = budget::estimate(&small.graph, Work::Train, batch, &none).unwrap();
+    assert!(infer.total() < train.total());
+    let mut net = small.compile(&options(Some(infer.total() as u64))).unwrap();
+    let err = net.optimizer_state_keys().expect_err("refused");
+    assert!(matches!(err, kiln::Error::Budget(_)), "{err}");
+    assert!(err.to_string().contains("optimizer state"), "{err}");
+    // The one check the command line uses too.
+    let err = kiln::net::check_budget(&m.graph, Work::Init, 1, &none, Some(1000)).unwrap_err();
+    assert!(matches!(err, kiln::Error::Budget(_)), "{err}");
+}
+
+/// The reference interpreter (`--backend interp`) asks for each value's memory before
+/// computing it: attention over 30,000 steps, with the budget raised past the machine,
+/// fails at its [1, 2, 30000, 30000] scores with an error (exit 2), not an abort.
+#[test]
+fn the_interpreter_that_cannot_get_its_memory_fails_with_an_error_not_an_abort() {
+    let dir = temp_dir("interp");
+    let spec = write(&dir, "attend.yaml", ATTENTION);
+    let w = dir.join("w.safetensors");
+    let o = kiln(&["init", s(&spec), "--out", s(&w)], &[], ADDRESS_SPACE);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let x = dir.join("x.npy");
+    kiln::data::write(&x, &[("x".into(), ArrayD::zeros(IxDyn(&[1, 30000, 16])))]).unwrap();
+    let out = dir.join("p.npy");
+    let t = Instant::now();
+    let o = kiln(
+        &[
+            "predict",
+            s(&spec),
+            "--weights",
+            s(&w),
+            "--input",
+            s(&x),
+            "--output",
+            s(&out),
+            "--backend",
+            "interp",
+            "--memory-limit",
+            "1T",
+        ],
+        &[],
+        ADDRESS_SPACE,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot allocate") && err.contains("out of memory"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A runtime routine of compiled code (here the embedding's gather) asks for its
+/// operands' copies and its output before computing: 500,000 tokens of 256 values fit in
+/// the arena (512 MB) but not twice more, and the routine's refusal is the run's error
+/// (exit 2), not an abort.
+#[test]
+fn a_runtime_routine_that_cannot_get_its_memory_fails_with_an_error_not_an_abort() {
+    let dir = temp_dir("routine");
+    let spec = write(
+        &dir,
+        "embed.yaml",
+        "name: embed
+inputs:
+  tokens: {shape: [batch, seq], dtype: i32}
+layers:
+  - embedding: {input_dim: 10, output_dim: 256}
+",
+    );
+    let w = dir.join("w.safetensors");
+    let o = kiln(&["init", s(&spec), "--out", s(&w)], &[], ADDRESS_SPACE);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let x = dir.join("t.npy");
+    let n = 500_000;
+    let ids: Vec<u8> = (0..n)
+        .flat_map(|i| ((i % 10) as i32).to_le_bytes())
+        .collect();
+    std::fs::write(&x, kiln::data::npy::encode("<i4", &[1, n], &ids)).unwrap();
+    let out = dir.join("p.npy");
+    let o = kiln(
+        &[
+            "predict",
+            s(&spec),
+            "--weights",
+            s(&w),
+            "--input",
+            s(&x),
+            "--output",
+            s(&out),
+            "--memory-limit",
+            "1T",
+        ],
+        &[],
+        3 << 29,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot allocate")
+            && err.contains("runtime routine of gather")
+            && err.contains("out of memory"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -29,7 +29,7 @@ fn compile(src: &str) -> Net {
     let m = Model::from_source(src, "test", "test.yaml").unwrap_or_else(|e| panic!("{e}"));
     m.compile(&Options {
         backend: Backend::Interp,
-        seed: None,
+        ..Options::default()
     })
     .unwrap()
 }
@@ -293,6 +293,7 @@ fn same_seed_same_bits_other_seed_other_bits() {
             .compile(&Options {
                 backend: Backend::Interp,
                 seed,
+                ..Options::default()
             })
             .unwrap();
         let data = Dataset::from_arrays(net.graph(), arrays.clone()).unwrap();

@@ -609,6 +609,7 @@ fn imdb_bidirectional_lstm_trains() {
             .compile(&kiln::Options {
                 backend,
                 seed: Some(0),
+                ..kiln::Options::default()
             })
             .unwrap();
         let mut run = Vec::new();

@@ -1,6 +1,7 @@
 //! The initializers against Keras's definitions and their distributions.
 
 use super::*;
+use ndarray::Array2;
 
 fn stats(v: &ArrayD<f32>) -> (f64, f64) {
     let n = v.len() as f64;
@@ -498,10 +499,101 @@ fn blocked_q_is_orthogonal_at_lstm_size() {
     // Gaussian: QᵀQ = I to f64 rounding, and the f32 sample's rows orthonormal.
     let mut r = Rng::new(5, 5);
     let a = Array2::from_shape_fn((2048, 512), |_| r.normal());
-    let q = householder_q(a).unwrap();
+    let q = householder_q(a.clone()).unwrap();
     assert!(max_identity_error(&q.t().to_owned()) < 1e-13);
+    // CholeskyQR gives the same Q there, on any number of threads.
+    let fast = cholesky(&a, 2).expect("a tall Gaussian is well-conditioned");
+    assert!(max_abs_diff(&fast, &q) <= QR_TOLERANCE);
     let v = named("orthogonal")
         .sample(&[512, 2048], &mut rng())
         .unwrap();
     assert!(max_identity_error(&as_matrix(&v)) < 1e-5);
+}
+
+/// CholeskyQR's Q of `a` (row-major in, as the initializer lays A out), or `None` when
+/// it falls back.
+fn cholesky(a: &Array2<f64>, threads: usize) -> Option<Array2<f64>> {
+    let (m, n) = a.dim();
+    let view = MatRef::from_row_major_slice(a.as_slice().unwrap(), m, n);
+    let q = qr::cholesky_q(view, threads).unwrap()?;
+    Some(Array2::from_shape_fn((m, n), |(i, j)| q[j * m + i]))
+}
+
+#[test]
+fn cholesky_q_equals_householder_q() {
+    // Tall shapes (every one of kiln's recurrent kernels: [u, 3u], [u, 4u]) take
+    // CholeskyQR, whose Q equals Householder's up to rounding; shapes across the panel
+    // width (128) and with a partial last panel.
+    let tall = [
+        (2, 1),
+        (9, 1),
+        (12, 4),
+        (40, 7),
+        (96, 32),
+        (300, 130),
+        (520, 130),
+        (1000, 300),
+    ];
+    for seed in [0, 1, 7] {
+        for &(m, n) in &tall {
+            let mut r = Rng::new(seed, (m * 1000 + n) as u64);
+            let a = Array2::from_shape_fn((m, n), |_| r.normal());
+            let fast = cholesky(&a, 3).unwrap_or_else(|| panic!("{m} × {n} fell back"));
+            let diff = max_abs_diff(&fast, &householder_q(a).unwrap());
+            assert!(diff <= QR_TOLERANCE, "seed {seed}, {m} × {n}: {diff:e}");
+        }
+    }
+    // Square ones are ill-conditioned: whichever way is taken, the Q is Householder's up
+    // to rounding (CholeskyQR only when it verified itself).
+    for seed in [0, 1, 7] {
+        for n in [1, 3, 33, 64, 128, 200] {
+            let mut r = Rng::new(seed, n as u64);
+            let a = Array2::from_shape_fn((n, n), |_| r.normal());
+            let view = MatRef::from_row_major_slice(a.as_slice().unwrap(), n, n);
+            let q = qr::thin_q(view, 2).unwrap();
+            let q = Array2::from_shape_fn((n, n), |(i, j)| q[j * n + i]);
+            let diff = max_abs_diff(&q, &householder_q(a).unwrap());
+            assert!(diff <= QR_TOLERANCE, "seed {seed}, {n} × {n}: {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn cholesky_q_refuses_what_it_cannot_do() {
+    // A rank-deficient A: the Cholesky factorization fails, Householder's Q is used.
+    let mut r = Rng::new(3, 3);
+    let mut a = Array2::from_shape_fn((50, 10), |_| r.normal());
+    a.column_mut(4).fill(0.0);
+    assert!(cholesky(&a, 1).is_none());
+    // Nearly dependent columns (κ ≈ 1e7): the factorization succeeds, but its Q is not
+    // orthonormal to f64 rounding, and the check sends it back.
+    let mut b = Array2::from_shape_fn((50, 10), |_| r.normal());
+    let c0 = b.column(0).to_owned();
+    let c1 = b.column(1).to_owned() * 1e-7;
+    b.column_mut(1).assign(&(&c0 + &c1));
+    assert!(cholesky(&b, 1).is_none());
+    let view = MatRef::from_row_major_slice(b.as_slice().unwrap(), 50, 10);
+    let q = qr::thin_q(view, 1).unwrap();
+    let q = Array2::from_shape_fn((50, 10), |(i, j)| q[j * 50 + i]);
+    assert!(max_identity_error(&q.t().to_owned()) < 1e-13);
+    assert!(max_abs_diff(&q, &householder_q(b).unwrap()) <= QR_TOLERANCE);
+}
+
+#[test]
+fn orthogonal_bits_do_not_depend_on_threads() {
+    // Wide (an LSTM-like [u, 4u]) and tall, with several panels: the same bits on 1, 2,
+    // 3 and 8 threads.
+    for shape in [[300, 1200], [700, 260]] {
+        let draw = |threads| orthogonal_with(&shape, 1.0, &mut Rng::new(9, 9), threads).unwrap();
+        let one = draw(1);
+        for threads in [2, 3, 8] {
+            let other = draw(threads);
+            assert!(
+                one.iter()
+                    .zip(&other)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{shape:?} on {threads} threads"
+            );
+        }
+    }
 }
