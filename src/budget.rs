@@ -70,15 +70,20 @@ pub struct Tensor {
     pub name: String,
     /// Whether `name` is a weight's key.
     pub weight: bool,
+    /// Its shape at the batch size and symbol values of the estimate.
     pub shape: Vec<i64>,
+    /// Its size in bytes.
     pub bytes: u128,
 }
 
 /// The memory a run needs, in bytes, and its largest tensors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Estimate {
+    /// The parameters.
     pub params: u128,
+    /// The optimizer's state (its slots per parameter).
     pub optimizer: u128,
+    /// The peak of intermediate values alive at once.
     pub activations: u128,
     /// The batch size the estimate is for.
     pub batch: usize,
@@ -89,6 +94,7 @@ pub struct Estimate {
 }
 
 impl Estimate {
+    /// Everything counted, in bytes.
     pub fn total(&self) -> u128 {
         self.params
             .saturating_add(self.optimizer)
@@ -266,7 +272,9 @@ pub fn estimate(
 /// An estimate over the budget: the run is refused before anything is allocated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverBudget {
+    /// What the run would need.
     pub estimate: Estimate,
+    /// The budget it exceeds, in bytes.
     pub limit: u64,
 }
 

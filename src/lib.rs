@@ -98,10 +98,12 @@
 //!
 //! The items documented here are the library's API: [`Model`], [`Net`] (module
 //! [`net`]), [`fit`], [`data`], [`weights`], [`settings`], [`runtime`], [`budget`],
-//! [`error`], and the [`ndarray`] crate the arrays come from. The compiler's other
-//! floors (spec, checker, IR, JIT, catalog; ARCHITECTURE.md, "Floors") are public only
-//! so that kiln's own command line, tests and benchmarks can reach them; they are
-//! hidden from these docs and carry no stability promise.
+//! [`error`], [`onnx`] (ONNX export), and the [`ndarray`] crate the arrays come from.
+//! The compiler's other floors (spec, checker, IR, JIT, catalog; ARCHITECTURE.md,
+//! "Floors") are public only so that kiln's own command line, tests and benchmarks can
+//! reach them; they are hidden from these docs and carry no stability promise.
+
+#![warn(missing_docs)]
 
 #[doc(hidden)]
 pub mod args;

@@ -218,7 +218,7 @@ impl Rng {
     ///
     /// Each attempt of the polar method takes one whole Philox block, so from a block
     /// boundary attempt `k` is block `block + k` whatever came before it: parts of
-    /// [`PART`] attempts are generated independently (a round of them at a time, on
+    /// `PART` attempts are generated independently (a round of them at a time, on
     /// the threads), then laid end to end in order.
     pub fn fill_normal(&mut self, out: &mut [f64], threads: usize) {
         if self.used != 4 || self.spare_normal.is_some() || (out.len() as u64) < PART {

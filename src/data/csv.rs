@@ -14,7 +14,9 @@ use std::io::{self, Read};
 /// A parsed table: column names and, per column, its values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Table {
+    /// The column names, from the header line.
     pub header: Vec<String>,
+    /// Each column's values, in row order.
     pub columns: Vec<Vec<f64>>,
     /// The line number (1-based) of each row, for messages.
     pub lines: Vec<usize>,
@@ -23,7 +25,9 @@ pub struct Table {
 /// Why a table could not be read: reading failed (`io`), or its text is wrong.
 #[derive(Debug)]
 pub struct Error {
+    /// What is wrong, in a sentence.
     pub message: String,
+    /// Whether reading failed (rather than the text being wrong).
     pub io: bool,
 }
 

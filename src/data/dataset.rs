@@ -238,6 +238,7 @@ impl Dataset {
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether there are no examples.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -14,18 +14,24 @@ use npyz::{DType, Endianness, NpyFile, Order, TypeChar};
 /// What kind of numbers an array held in its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Floating point.
     Float,
+    /// Integers.
     Int,
+    /// Booleans.
     Bool,
 }
 
 /// An element type of a `.npy` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dtype {
+    /// Floats, integers or booleans.
     pub kind: Kind,
     /// Bytes per element.
     pub size: usize,
+    /// Whether integers are signed.
     pub signed: bool,
+    /// Whether bytes are most significant first.
     pub big_endian: bool,
 }
 
@@ -62,8 +68,11 @@ impl Dtype {
 /// integer did not fit exactly in f32 (beyond ±2²⁴).
 #[derive(Clone, Debug)]
 pub struct Loaded {
+    /// The values, as f32.
     pub data: ArrayD<f32>,
+    /// The element type in the file.
     pub dtype: Dtype,
+    /// Whether an integer did not fit exactly in f32.
     pub inexact: bool,
 }
 
@@ -173,7 +182,9 @@ fn read_ints<T: npyz::Deserialize + Copy + Into<i128>>(
 /// What a `.npy` header says, every claim checked against the bytes present.
 #[derive(Clone, Debug)]
 pub struct Header {
+    /// The element type.
     pub dtype: Dtype,
+    /// The array's shape.
     pub shape: Vec<usize>,
     /// Fortran (column-major) order.
     pub fortran: bool,

@@ -25,11 +25,13 @@ use crate::weights::{self, Weights, WeightsError};
 pub const META_STATE: &str = weights::META_TRAIN_STATE;
 /// Readable copies of the position.
 pub const META_STEP: &str = "kiln.step";
+/// The epoch's readable copy (see [`META_STEP`]).
 pub const META_EPOCH: &str = "kiln.epoch";
 
 /// The JSON record of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The version of this record's layout.
     pub format: u32,
     /// Optimizer iterations done.
     pub step: u64,
@@ -45,6 +47,7 @@ pub struct Meta {
     pub data: Option<(usize, u64)>,
     /// Running sums of the epoch in progress (f64 bits): count, loss, metrics.
     pub sums: Vec<u64>,
+    /// Each callback's state (early stopping's best value and patience, …).
     pub callbacks: States,
     /// Per-epoch logs so far (f64 bits).
     pub history: Vec<Vec<(String, u64)>>,
@@ -58,10 +61,15 @@ pub struct Meta {
 /// (absolute paths when the caller made them so), kept in its checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunFiles {
+    /// The training data.
     pub data: Option<std::path::PathBuf>,
+    /// The target's column, for `.csv` data.
     pub target_column: Option<String>,
+    /// Where the trained weights go.
     pub out: Option<std::path::PathBuf>,
+    /// The per-epoch CSV log.
     pub log: Option<std::path::PathBuf>,
+    /// The training-curve plot.
     pub plot: Option<std::path::PathBuf>,
 }
 
@@ -119,6 +127,7 @@ impl Meta {
 /// A loaded checkpoint's position, consumed by the next `fit`.
 #[derive(Clone, Debug)]
 pub struct Resume {
+    /// Where the run stood.
     pub meta: Meta,
     /// Early stopping's best weights, one entry per early-stopping callback.
     pub best_weights: Vec<Option<Weights>>,

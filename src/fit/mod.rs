@@ -34,9 +34,13 @@ pub use crate::settings::Settings;
 /// checkpoint's), then Keras's default.
 #[derive(Clone, Debug, Default)]
 pub struct FitOptions {
+    /// Passes over the training data.
     pub epochs: Option<usize>,
+    /// Examples per training step.
     pub batch_size: Option<usize>,
+    /// The seed of shuffling and dropout.
     pub seed: Option<u64>,
+    /// Whether each epoch visits the examples in a new random order.
     pub shuffle: Option<bool>,
     /// The last fraction of the data held out for validation (Keras's
     /// `validation_split`) [default: the spec's `validation_split`, else its
@@ -96,20 +100,31 @@ pub enum Stop {
     /// Every epoch ran.
     Completed,
     /// The early-stopping callback stopped after this epoch (0-based).
-    EarlyStopping { epoch: usize },
+    EarlyStopping {
+        /// The last epoch run (0-based).
+        epoch: usize,
+    },
     /// Interrupted after `batch` batches of `epoch` (0-based); the checkpoint written.
     Interrupted {
+        /// The epoch (0-based).
         epoch: usize,
+        /// Batches done in it.
         batch: usize,
+        /// The checkpoint written, if the run writes them.
         checkpoint: Option<PathBuf>,
     },
     /// The loss became NaN or infinite at this batch; the weights and optimizer state
     /// were rolled back to the end of the last good epoch (`good_epochs` epochs).
     NonFinite {
+        /// The epoch (0-based).
         epoch: usize,
+        /// The batch within it (0-based).
         batch: usize,
+        /// The optimizer iteration.
         step: u64,
+        /// The loss the batch gave.
         loss: f32,
+        /// Epochs completed before it, whose weights were kept.
         good_epochs: usize,
     },
 }
@@ -121,6 +136,7 @@ pub struct FitReport {
     pub history: Vec<Logs>,
     /// Optimizer iterations done in total.
     pub steps: u64,
+    /// Why training stopped.
     pub stop: Stop,
     /// The epoch (0-based) whose weights early stopping restored.
     pub restored_best: Option<usize>,
@@ -130,10 +146,13 @@ pub struct FitReport {
 
 /// Progress reports from `fit` (the CLI draws a bar and Keras's epoch lines).
 pub trait Observer {
+    /// Before the first epoch: how many examples train and validate.
     fn on_train_begin(&mut self, _train_examples: usize, _val_examples: Option<usize>) {}
+    /// Before each epoch: its index (0-based), the number of epochs and of batches.
     fn on_epoch_begin(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
     /// After each batch: batches done in this epoch and the running averages.
     fn on_batch_end(&mut self, _done: usize, _steps: usize, _logs: &Logs) {}
+    /// After each epoch: its logs (validation included) and its training time.
     fn on_epoch_end(
         &mut self,
         _epoch: usize,

@@ -15,7 +15,7 @@
 //! What has no ONNX form (random numbers at inference, a masked recurrent layer, a
 //! recurrent activation ONNX lacks) is refused with an [`ExportError`] naming it.
 
-pub mod proto;
+mod proto;
 mod rnn;
 
 use std::collections::HashMap;

@@ -71,8 +71,6 @@ pub mod attribute_type {
     pub const TENSOR: i32 = 4;
     /// A graph (a loop's body).
     pub const GRAPH: i32 = 5;
-    /// A list of floats.
-    pub const FLOATS: i32 = 6;
     /// A list of integers.
     pub const INTS: i32 = 7;
     /// A list of strings.
