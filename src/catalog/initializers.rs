@@ -522,9 +522,9 @@ fn orthogonal_with(
     // Q is column-major: as it lies, it is Qᵀ row by row (the wide case).
     let mut out = alloc(rows * cols)?;
     if rows < cols {
-        out.extend(q.iter().map(|&x| (gain * x) as f32));
+        out.extend((0..m * n).map(|k| (gain * q.at(k)) as f32));
     } else {
-        out.extend((0..m * n).map(|k| (gain * q[(k % n) * m + k / n]) as f32));
+        out.extend((0..m * n).map(|k| (gain * q.at((k % n) * m + k / n)) as f32));
     }
     Ok(out)
 }

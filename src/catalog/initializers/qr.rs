@@ -1,11 +1,13 @@
 //! The Q factor of the orthogonal initializer's Gaussian `(max, min)` matrix: the unique
-//! QR with R's diagonal positive (the one Keras's sign correction gives), computed in f64.
+//! QR with R's diagonal positive (the one Keras's sign correction gives), to float32
+//! rounding (the weights are float32; Keras itself factors in float32).
 //!
 //! Two ways to the same matrix up to rounding:
 //! - **CholeskyQR** (`cholesky_q`): the Gram matrix `G = AᵀA`, its Cholesky factor
 //!   `G = RᵀR` (R's diagonal positive by construction), `Q = A R⁻¹`. Two matrix products
 //!   of `m·n²` multiply-adds each, against four for Householder's factor-and-form, and
-//!   both products run at full matrix-product speed. Its error grows with κ(A)², so it is
+//!   both products run at full matrix-product speed, in float32 (twice float64's; the
+//!   small `n × n` Cholesky factor and its inverse in float64). Its error grows with κ(A)², so it is
 //!   only right for well-conditioned A — a tall Gaussian matrix is (κ ≈ 3 for 8192 × 2048)
 //!   — and is kept only when the result is verified orthonormal.
 //! - **Householder** (`householder_q`): faer's blocked QR, backward stable for any A, the
@@ -38,32 +40,53 @@ const ROW_BLOCK: usize = 512;
 const PROBES: usize = 4;
 
 /// CholeskyQR's Q is kept when `‖(QᵀQ − I) x‖ ≤ ORTHO_TOLERANCE · ‖x‖` for every probe.
-/// A well-conditioned A gives about 1e-15, as Householder's own Q does (8192 × 2048:
-/// 9.3e-16 against 7.9e-16, the check's rounding included); a square Gaussian matrix,
-/// ill-conditioned, gives 1e-13 to 1e-12 or worse (200 × 200: 4.6e-13) and goes to
-/// Householder. A loss of orthogonality large enough to show in f32 (1e-9) is missed
-/// only if every probe is nearly orthogonal to it (see `orthogonality_error`).
-const ORTHO_TOLERANCE: f64 = 1e-13;
+/// In float32 (unit roundoff u = 6e-8) CholeskyQR loses orthogonality by about
+/// `u · κ(A)² · c`, c a modest factor growing with the sizes (the Gram matrix's sums):
+/// tall Gaussian matrices (κ ≈ 3 for 8192 × 2048) give 1e-7 to 6.4e-7 (measured from
+/// 12 × 4 to 8192 × 2048: 8192 × 2048, 3.5e-7; 300 × 130, 6.4e-7). 2e-6 keeps them with
+/// a margin of three, and no more: CholeskyQR's distance to the exact Q grows like κ
+/// times its loss of orthogonality, so a looser bound would keep the Q of an
+/// ill-conditioned square A (33 × 33 at 1e-5: 9e-6 from Householder's) that is not
+/// the same matrix up to float32 rounding. Square Gaussian matrices past a few columns
+/// fail it and go to Householder in float64.
+const ORTHO_TOLERANCE: f64 = 2e-6;
 
 /// A column-major `rows × cols` matrix of zeros, allocated fallibly.
-pub(super) fn zeros(rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+pub(super) fn zeros<T: Copy + Default>(rows: usize, cols: usize) -> Result<Vec<T>, String> {
     let n = rows
         .checked_mul(cols)
-        .filter(|&n| n <= isize::MAX as usize / 8)
+        .filter(|&n| n <= isize::MAX as usize / std::mem::size_of::<T>().max(1))
         .ok_or_else(|| format!("a {rows} × {cols} matrix overflows"))?;
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| format!("no memory for a {rows} × {cols} matrix"))?;
-    v.resize(n, 0.0);
+    v.resize(n, T::default());
     Ok(v)
 }
 
+/// A thin Q, column-major: float32 from CholeskyQR, float64 from Householder.
+pub(super) enum ThinQ {
+    Single(Vec<f32>),
+    Double(Vec<f64>),
+}
+
+impl ThinQ {
+    /// The entry at column-major index `k`.
+    pub(super) fn at(&self, k: usize) -> f64 {
+        match self {
+            ThinQ::Single(q) => q[k] as f64,
+            ThinQ::Double(q) => q[k],
+        }
+    }
+}
+
 /// The thin Q (`m × n`, column-major, `m ≥ n`) of `a` with R's diagonal non-negative:
-/// CholeskyQR when its result is verified orthonormal, else Householder.
-pub(super) fn thin_q(a: MatRef<'_, f64>, threads: usize) -> Result<Vec<f64>, String> {
+/// CholeskyQR in float32 when its result is verified orthonormal, else Householder in
+/// float64.
+pub(super) fn thin_q(a: MatRef<'_, f64>, threads: usize) -> Result<ThinQ, String> {
     match cholesky_q(a, threads)? {
-        Some(q) => Ok(q),
-        None => householder(a),
+        Some(q) => Ok(ThinQ::Single(q)),
+        None => householder(a).map(ThinQ::Double),
     }
 }
 
@@ -102,7 +125,7 @@ fn run<T: Send>(tasks: Vec<T>, threads: usize, work: impl Fn(T) + Sync) {
 
 /// `m` split into column panels of `PANEL` (the last one narrower), with each one's
 /// first column.
-fn panels(mut m: MatMut<'_, f64>) -> Vec<(usize, MatMut<'_, f64>)> {
+fn panels<T>(mut m: MatMut<'_, T>) -> Vec<(usize, MatMut<'_, T>)> {
     let mut out = Vec::new();
     let mut start = 0;
     while m.ncols() > 0 {
@@ -117,7 +140,7 @@ fn panels(mut m: MatMut<'_, f64>) -> Vec<(usize, MatMut<'_, f64>)> {
 
 /// `m` split into blocks of `ROW_BLOCK` rows (the last one shorter), with each one's
 /// first row.
-fn row_blocks(mut m: MatMut<'_, f64>) -> Vec<(usize, MatMut<'_, f64>)> {
+fn row_blocks<T>(mut m: MatMut<'_, T>) -> Vec<(usize, MatMut<'_, T>)> {
     let mut out = Vec::new();
     let mut start = 0;
     while m.nrows() > 0 {
@@ -130,16 +153,64 @@ fn row_blocks(mut m: MatMut<'_, f64>) -> Vec<(usize, MatMut<'_, f64>)> {
     out
 }
 
-/// CholeskyQR, or `None` when A is too ill-conditioned for it (the Cholesky factorization
-/// fails, or the result is not orthonormal to f64 rounding).
-pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Vec<f64>>, String> {
+/// CholeskyQR in float32 (the two products of `m·n²` each, at twice float64's speed),
+/// the small `n × n` Cholesky factor and its inverse in float64; or `None` when A is too
+/// ill-conditioned for it (the Cholesky factorization fails, or the result is not
+/// orthonormal to float32 rounding).
+pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Vec<f32>>, String> {
     let (m, n) = (a.nrows(), a.ncols());
     if m < n {
         return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
     }
+    // A rounded to f32, row by row as the normals were drawn (no transposition; faer's
+    // products take either layout).
+    let mut a32 = zeros::<f32>(m, n)?;
+    let am = MatMut::from_row_major_slice_mut(&mut a32, m, n);
+    run(row_blocks(am), threads, |(i, mut block)| {
+        for r in 0..block.nrows() {
+            for (c, x) in block.as_mut().row_mut(r).iter_mut().enumerate() {
+                *x = a[(i + r, c)] as f32;
+            }
+        }
+    });
+    let a = MatRef::from_row_major_slice(&a32, m, n);
+    let Some(r_inv) = gram_r_inverse(a, threads)? else {
+        return Ok(None);
+    };
+    let r_inv = MatRef::from_column_major_slice(&r_inv, n, n);
+    // Q = A R⁻¹, by blocks of rows.
+    let mut q = zeros::<f32>(m, n)?;
+    let qm = MatMut::from_column_major_slice_mut(&mut q, m, n);
+    run(row_blocks(qm), threads, |(i, block)| {
+        let rows = a.subrows(i, block.nrows());
+        triangular::matmul(
+            block,
+            BlockStructure::Rectangular,
+            Accum::Replace,
+            rows,
+            BlockStructure::Rectangular,
+            r_inv,
+            BlockStructure::TriangularUpper,
+            1.0,
+            Par::Seq,
+        );
+    });
+    drop(a32);
+    let qr = MatRef::from_column_major_slice(&q, m, n);
+    if orthogonality_error(qr)? > ORTHO_TOLERANCE {
+        return Ok(None);
+    }
+    Ok(Some(q))
+}
+
+/// `R⁻¹` (upper triangular, float32, column-major `n × n`) for `AᵀA = RᵀR`: the Gram
+/// matrix in float32 by panels, its Cholesky factor and inverse in float64 (a small
+/// part of the work, and one rounding less). `None` when the factorization fails.
+fn gram_r_inverse(a: MatRef<'_, f32>, threads: usize) -> Result<Option<Vec<f32>>, String> {
+    let (m, n) = (a.nrows(), a.ncols());
     // G = AᵀA, its lower triangle: panel J holds G[J.., J].
-    let mut g = zeros(n, n)?;
-    let gm = MatMut::from_column_major_slice_mut(&mut g, n, n);
+    let mut g32 = zeros::<f32>(n, n)?;
+    let gm = MatMut::from_column_major_slice_mut(&mut g32, n, n);
     run(panels(gm), threads, |(j, panel)| {
         let w = panel.ncols();
         let (diag, below) = panel.split_at_row_mut(j + w);
@@ -159,6 +230,9 @@ pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Ve
         let rest = a.subcols(j + w, n - j - w);
         matmul(below, Accum::Replace, rest.transpose(), cols, 1.0, Par::Seq);
     });
+    let mut g = zeros::<f64>(n, n)?;
+    g.iter_mut().zip(&g32).for_each(|(x, &y)| *x = y as f64);
+    drop(g32);
     // G = L Lᵀ (R = Lᵀ).
     let mut gm = MatMut::from_column_major_slice_mut(&mut g, n, n);
     let need = cholesky_in_place_scratch::<f64>(n, Par::Seq, Default::default());
@@ -175,61 +249,60 @@ pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Ve
         return Ok(None);
     }
     // R⁻¹ = L⁻ᵀ, upper triangular (faer writes L⁻¹'s lower triangle only).
-    let mut inv = zeros(n, n)?;
+    let mut inv = zeros::<f64>(n, n)?;
     let mut im = MatMut::from_column_major_slice_mut(&mut inv, n, n);
     invert_lower_triangular(im.as_mut(), gm.as_ref(), Par::Seq);
     drop(g);
-    let r_inv = im.as_ref().transpose();
-    // Q = A R⁻¹, by blocks of rows.
-    let mut q = zeros(m, n)?;
-    let qm = MatMut::from_column_major_slice_mut(&mut q, m, n);
-    run(row_blocks(qm), threads, |(i, block)| {
-        let rows = a.subrows(i, block.nrows());
-        triangular::matmul(
-            block,
-            BlockStructure::Rectangular,
-            Accum::Replace,
-            rows,
-            BlockStructure::Rectangular,
-            r_inv,
-            BlockStructure::TriangularUpper,
-            1.0,
-            Par::Seq,
-        );
-    });
-    let qr = MatRef::from_column_major_slice(&q, m, n);
-    if orthogonality_error(qr)? > ORTHO_TOLERANCE {
-        return Ok(None);
+    let mut r_inv = zeros::<f32>(n, n)?;
+    for j in 0..n {
+        for i in 0..=j {
+            r_inv[j * n + i] = inv[i * n + j] as f32;
+        }
     }
-    Ok(Some(q))
+    Ok(Some(r_inv))
 }
 
 /// An estimate of the departure from orthonormality of Q's columns: the largest
-/// `‖(QᵀQ − I) x‖ / ‖x‖` over `PROBES` standard normal vectors x (a fixed stream).
+/// `‖(QᵀQ − I) x‖ / ‖x‖` over `PROBES` standard normal vectors x (a fixed stream),
+/// computed in float64 (Q widened a block of rows at a time), so that the check's own
+/// rounding (1e-16) is far below what it measures.
 ///
 /// For E = QᵀQ − I (symmetric), `E[‖Ex‖²] = ‖E‖_F²`, and for any unit direction v of E,
 /// `vᵀx` is a standard normal: a probe sees less than 1% of a component of E with
 /// probability below 0.008, all four probes with probability below 5e-9. It costs four
 /// matrix-vector products, against another `m·n²` for QᵀQ itself.
-fn orthogonality_error(q: MatRef<'_, f64>) -> Result<f64, String> {
+fn orthogonality_error(q: MatRef<'_, f32>) -> Result<f64, String> {
     let (m, n) = (q.nrows(), q.ncols());
     let mut rng = Rng::new(0, 0x6F72_7468_6F2F_7172); // "ortho/qr"
-    let mut x = zeros(n, PROBES)?;
+    let mut x = zeros::<f64>(n, PROBES)?;
     x.iter_mut().for_each(|v| *v = rng.normal());
     let xm = MatRef::from_column_major_slice(&x, n, PROBES);
-    let mut y = zeros(m, PROBES)?;
-    let mut ym = MatMut::from_column_major_slice_mut(&mut y, m, PROBES);
-    matmul(ym.as_mut(), Accum::Replace, q, xm, 1.0, Par::Seq);
-    let mut z = zeros(n, PROBES)?;
+    let mut z = zeros::<f64>(n, PROBES)?;
     let mut zm = MatMut::from_column_major_slice_mut(&mut z, n, PROBES);
-    matmul(
-        zm.as_mut(),
-        Accum::Replace,
-        q.transpose(),
-        ym.as_ref(),
-        1.0,
-        Par::Seq,
-    );
+    let h = ROW_BLOCK.min(m);
+    let mut wide = zeros::<f64>(h, n)?;
+    let mut y = zeros::<f64>(h, PROBES)?;
+    let mut start = 0;
+    while start < m {
+        let h = ROW_BLOCK.min(m - start);
+        let mut bm = MatMut::from_column_major_slice_mut(&mut wide[..h * n], h, n);
+        for j in 0..n {
+            for i in 0..h {
+                bm[(i, j)] = q[(start + i, j)] as f64;
+            }
+        }
+        let mut ym = MatMut::from_column_major_slice_mut(&mut y[..h * PROBES], h, PROBES);
+        matmul(ym.as_mut(), Accum::Replace, bm.as_ref(), xm, 1.0, Par::Seq);
+        matmul(
+            zm.as_mut(),
+            Accum::Add,
+            bm.as_ref().transpose(),
+            ym.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        start += h;
+    }
     let worst = (0..PROBES)
         .map(|k| {
             let (xk, zk) = (xm.col(k), zm.as_ref().col(k));
@@ -266,7 +339,7 @@ fn householder(a: MatRef<'_, f64>) -> Result<Vec<f64>, String> {
         return Ok(Vec::new());
     }
     let par = Par::Seq;
-    let mut qr = zeros(m, n)?;
+    let mut qr = zeros::<f64>(m, n)?;
     let mut qrm = MatMut::from_column_major_slice_mut(&mut qr, m, n);
     qrm.copy_from(a);
     let bs = factor::recommended_block_size::<f64>(m, n);
@@ -277,7 +350,7 @@ fn householder(a: MatRef<'_, f64>) -> Result<Vec<f64>, String> {
         MemBuffer::try_new(need).map_err(|_| format!("no memory for the QR of {m} × {n}"))?;
     let stack = MemStack::new(&mut buf);
     factor::qr_in_place(qrm.as_mut(), tau.as_mut(), par, stack, Default::default());
-    let mut q = zeros(m, n)?;
+    let mut q = zeros::<f64>(m, n)?;
     let mut qm = MatMut::from_column_major_slice_mut(&mut q, m, n);
     for j in 0..n {
         qm[(j, j)] = 1.0;
