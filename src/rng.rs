@@ -279,8 +279,10 @@ impl Rng {
     }
 }
 
-/// Runs `work` on each part, on up to `threads` threads.
-fn run_parts<T: Send>(parts: Vec<T>, threads: usize, work: impl Fn(T) + Sync) {
+/// Runs `work` on each part, on up to `threads` threads, the parts taken in order (the
+/// results never depend on `threads`: each part is one fixed piece of work). Used by
+/// the parallel normal draw here and by the orthogonal initializer's QR.
+pub fn run_parts<T: Send>(parts: Vec<T>, threads: usize, work: impl Fn(T) + Sync) {
     let threads = threads.clamp(1, parts.len().max(1));
     let queue = std::sync::Mutex::new(parts.into_iter());
     let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();

@@ -17,8 +17,6 @@
 //! sequential faer call; threads only decide who computes which panel, so the bits never
 //! depend on the number of threads.
 
-use std::sync::Mutex;
-
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
@@ -101,28 +99,6 @@ pub(super) fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Runs `work` on each task, on up to `threads` threads, the tasks taken in order.
-fn run<T: Send>(tasks: Vec<T>, threads: usize, work: impl Fn(T) + Sync) {
-    let threads = threads.clamp(1, tasks.len().max(1));
-    let queue = Mutex::new(tasks.into_iter());
-    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-    let worker = || {
-        while let Some(task) = next() {
-            work(task);
-        }
-    };
-    if threads == 1 {
-        worker();
-        return;
-    }
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(worker);
-        }
-        worker();
-    });
-}
-
 /// `m` split into column panels of `PANEL` (the last one narrower), with each one's
 /// first column.
 fn panels<T>(mut m: MatMut<'_, T>) -> Vec<(usize, MatMut<'_, T>)> {
@@ -166,7 +142,7 @@ pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Ve
     // products take either layout).
     let mut a32 = zeros::<f32>(m, n)?;
     let am = MatMut::from_row_major_slice_mut(&mut a32, m, n);
-    run(row_blocks(am), threads, |(i, mut block)| {
+    crate::rng::run_parts(row_blocks(am), threads, |(i, mut block)| {
         for r in 0..block.nrows() {
             for (c, x) in block.as_mut().row_mut(r).iter_mut().enumerate() {
                 *x = a[(i + r, c)] as f32;
@@ -181,7 +157,7 @@ pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Ve
     // Q = A R⁻¹, by blocks of rows.
     let mut q = zeros::<f32>(m, n)?;
     let qm = MatMut::from_column_major_slice_mut(&mut q, m, n);
-    run(row_blocks(qm), threads, |(i, block)| {
+    crate::rng::run_parts(row_blocks(qm), threads, |(i, block)| {
         let rows = a.subrows(i, block.nrows());
         triangular::matmul(
             block,
@@ -211,7 +187,7 @@ fn gram_r_inverse(a: MatRef<'_, f32>, threads: usize) -> Result<Option<Vec<f32>>
     // G = AᵀA, its lower triangle: panel J holds G[J.., J].
     let mut g32 = zeros::<f32>(n, n)?;
     let gm = MatMut::from_column_major_slice_mut(&mut g32, n, n);
-    run(panels(gm), threads, |(j, panel)| {
+    crate::rng::run_parts(panels(gm), threads, |(j, panel)| {
         let w = panel.ncols();
         let (diag, below) = panel.split_at_row_mut(j + w);
         let diag = diag.subrows_mut(j, w);
