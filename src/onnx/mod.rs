@@ -17,6 +17,7 @@
 
 mod proto;
 mod rnn;
+mod window;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -319,18 +320,6 @@ impl Emitter {
         self.node("Slice", &[x, &s, &e, &a, &step], vec![])
     }
 
-    /// A GRU's `[2, 3·units]` bias (with `reset_after`) as its input and recurrent rows.
-    fn gru_biases(&mut self, b: &str) -> (String, String) {
-        let zero = self.ints1(&[0]);
-        let rows: Vec<String> = (0..2)
-            .map(|k| {
-                let row = self.slice(b, 0, k, k + 1);
-                self.node("Squeeze", &[&row, &zero], vec![])
-            })
-            .collect();
-        (rows[0].clone(), rows[1].clone())
-    }
-
     fn cast(&mut self, x: &str, to: i32) -> String {
         self.node("Cast", &[x], vec![int("to", i64::from(to))])
     }
@@ -416,57 +405,10 @@ impl Emitter {
 
     fn op(&mut self, f: &Func, node: &ir::Node, a: &[&str], tys: &[&ir::Type]) -> Result<String> {
         let ty = &node.ty;
-        let rank = ty.rank();
         Ok(match &node.op {
             Op::Input(i) => f.inputs[*i].name.clone(),
-            Op::Const(v) => {
-                let shape: Vec<usize> = vec![];
-                match ty.dtype {
-                    DType::F32 => self.const_f32(&shape, &[*v as f32]),
-                    DType::I32 => {
-                        let c = self.const_i64(&shape, &[*v as i64]);
-                        self.cast(&c, data_type::INT32)
-                    }
-                    DType::I64 => self.const_i64(&shape, &[*v as i64]),
-                }
-            }
-            Op::Iota { axis } => {
-                // 0, 1, …, n−1 along `axis`: a constant when n is known, else the
-                // running sum of n ones, minus one (a `Range` over a size read from a
-                // shape is typed apart from int64 by tract).
-                let r = match ty.shape[*axis].as_const() {
-                    Some(n) => {
-                        let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
-                        self.const_f32(&[n as usize], &v)
-                    }
-                    None => {
-                        let n = self.dim(&ty.shape[*axis])?;
-                        let ones = self.node(
-                            "ConstantOfShape",
-                            &[&n],
-                            vec![tensor_attr(
-                                "value",
-                                tensor_f32("", &[1], [1.0f32].into_iter()),
-                            )],
-                        );
-                        let zero = self.const_i64(&[], &[0]);
-                        let sums = self.node("CumSum", &[&ones, &zero], vec![]);
-                        let one = self.const_f32(&[], &[1.0]);
-                        self.node("Sub", &[&sums, &one], vec![])
-                    }
-                };
-                let r = if ty.dtype == DType::F32 {
-                    r
-                } else {
-                    self.cast(&r, elem_type(ty.dtype))
-                };
-                let mut view = vec![1i64; rank];
-                view[*axis] = -1;
-                let view = self.ints1(&view);
-                let r = self.node("Reshape", &[&r, &view], vec![]);
-                let s = self.shape(&ty.shape)?;
-                self.node("Expand", &[&r, &s], vec![])
-            }
+            Op::Const(v) => self.scalar(*v, ty.dtype),
+            Op::Iota { axis } => self.iota(ty, *axis)?,
             Op::DimSize(d) => {
                 let v = self.dim(d)?;
                 let v = self.cast(&v, elem_type(ty.dtype));
@@ -538,34 +480,11 @@ impl Emitter {
                     }
                 }
                 let pads = self.shape(&parts)?;
-                let zero = match ty.dtype {
-                    DType::F32 => self.const_f32(&[], &[0.0]),
-                    DType::I64 => self.const_i64(&[], &[0]),
-                    DType::I32 => {
-                        let z = self.const_i64(&[], &[0]);
-                        self.cast(&z, data_type::INT32)
-                    }
-                };
+                let zero = self.scalar(0.0, ty.dtype);
                 self.node("Pad", &[a[0], &pads, &zero], vec![])
             }
             Op::Concat { axis } => self.node("Concat", a, vec![int("axis", *axis as i64)]),
-            Op::Reduce { op, axes } => {
-                if axes.is_empty() {
-                    return Ok(self.node("Identity", &[a[0]], vec![]));
-                }
-                let axes: Vec<i64> = axes.iter().map(|&x| x as i64).collect();
-                match op {
-                    ir::ReduceOp::Sum => {
-                        let ax = self.ints1(&axes);
-                        self.node("ReduceSum", &[a[0], &ax], vec![int("keepdims", 0)])
-                    }
-                    ir::ReduceOp::Max => self.node(
-                        "ReduceMax",
-                        &[a[0]],
-                        vec![ints("axes", &axes), int("keepdims", 0)],
-                    ),
-                }
-            }
+            Op::Reduce { op, axes } => self.reduce(a[0], *op, axes),
             Op::MatMul { ta, tb } => {
                 let x = if *ta {
                     self.swap_last(a[0], tys[0].rank())
@@ -594,6 +513,69 @@ impl Emitter {
                 ));
             }
         })
+    }
+
+    /// 0, 1, …, n−1 along `axis`, in the node's shape: a constant when n is known, else
+    /// the running sum of n ones, minus one (a `Range` over a size read from a shape is
+    /// typed apart from int64 by tract).
+    fn iota(&mut self, ty: &ir::Type, axis: usize) -> Result<String> {
+        let r = match ty.shape[axis].as_const() {
+            Some(n) => {
+                let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+                self.const_f32(&[n as usize], &v)
+            }
+            None => {
+                let n = self.dim(&ty.shape[axis])?;
+                let one = tensor_f32("", &[1], [1.0f32].into_iter());
+                let ones = self.node("ConstantOfShape", &[&n], vec![tensor_attr("value", one)]);
+                let zero = self.const_i64(&[], &[0]);
+                let sums = self.node("CumSum", &[&ones, &zero], vec![]);
+                let one = self.const_f32(&[], &[1.0]);
+                self.node("Sub", &[&sums, &one], vec![])
+            }
+        };
+        let r = if ty.dtype == DType::F32 {
+            r
+        } else {
+            self.cast(&r, elem_type(ty.dtype))
+        };
+        let mut view = vec![1i64; ty.rank()];
+        view[axis] = -1;
+        let view = self.ints1(&view);
+        let r = self.node("Reshape", &[&r, &view], vec![]);
+        let s = self.shape(&ty.shape)?;
+        Ok(self.node("Expand", &[&r, &s], vec![]))
+    }
+
+    /// A scalar of the given type.
+    fn scalar(&mut self, v: f64, d: DType) -> String {
+        match d {
+            DType::F32 => self.const_f32(&[], &[v as f32]),
+            DType::I64 => self.const_i64(&[], &[v as i64]),
+            DType::I32 => {
+                let c = self.const_i64(&[], &[v as i64]);
+                self.cast(&c, data_type::INT32)
+            }
+        }
+    }
+
+    /// A reduction over `axes`, which leave the shape (none: the value itself).
+    fn reduce(&mut self, x: &str, op: ir::ReduceOp, axes: &[usize]) -> String {
+        if axes.is_empty() {
+            return self.node("Identity", &[x], vec![]);
+        }
+        let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+        match op {
+            ir::ReduceOp::Sum => {
+                let ax = self.ints1(&axes);
+                self.node("ReduceSum", &[x, &ax], vec![int("keepdims", 0)])
+            }
+            ir::ReduceOp::Max => self.node(
+                "ReduceMax",
+                &[x],
+                vec![ints("axes", &axes), int("keepdims", 0)],
+            ),
+        }
     }
 
     fn unary(&mut self, u: Unary, x: &str) -> String {
@@ -647,141 +629,6 @@ impl Emitter {
         let mut perm: Vec<i64> = (0..rank as i64).collect();
         perm.swap(rank - 1, rank - 2);
         self.transpose(x, &perm)
-    }
-
-    /// Channels last → channels first, and back.
-    fn channels_first(&mut self, x: &str, rank: usize) -> String {
-        let mut perm = vec![0, rank as i64 - 1];
-        perm.extend(1..rank as i64 - 1);
-        self.transpose(x, &perm)
-    }
-
-    fn channels_last(&mut self, x: &str, rank: usize) -> String {
-        let mut perm = vec![0];
-        perm.extend(2..rank as i64);
-        perm.push(1);
-        self.transpose(x, &perm)
-    }
-
-    /// A convolution (`transposed`: the input gradient of one, Keras's transposed
-    /// convolution) as ONNX's `Conv` or `ConvTranspose`.
-    fn conv(
-        &mut self,
-        a: &[&str],
-        tys: &[&ir::Type],
-        out: &ir::Type,
-        c: &ir::ConvAttrs,
-        transposed: bool,
-    ) -> Result<String> {
-        let rank = tys[0].rank();
-        let n = rank - 2;
-        let ksize: Vec<i64> = match tys[1].shape[..n]
-            .iter()
-            .map(Dim::as_const)
-            .collect::<Option<Vec<i64>>>()
-        {
-            Some(k) => k,
-            None => return refuse("a convolution kernel of symbolic size"),
-        };
-        let x = self.channels_first(a[0], rank);
-        // Keras [k…, in, out] → ONNX [out, in, k…] (for ConvTranspose, [in, out, k…] of
-        // the transposed convolution, which is the same permutation).
-        let mut perm = vec![n as i64 + 1, n as i64];
-        perm.extend(0..n as i64);
-        let w = self.transpose(a[1], &perm);
-        let mut attrs = vec![
-            ints("kernel_shape", &ksize),
-            ints("strides", &c.strides),
-            ints("dilations", &c.dilation),
-            int("group", c.groups),
-        ];
-        let span: Vec<i64> = (0..n).map(|i| (ksize[i] - 1) * c.dilation[i] + 1).collect();
-        let y = if !transposed {
-            match c.padding {
-                ir::Padding::Valid => attrs.push(ints("pads", &vec![0; 2 * n])),
-                // With stride 1 the padding does not depend on the input's size: write
-                // it out (runtimes refuse SAME_UPPER with dilation).
-                ir::Padding::Same if c.strides.iter().all(|&s| s == 1) => {
-                    let mut pads: Vec<i64> = span.iter().map(|s| (s - 1) / 2).collect();
-                    pads.extend(span.iter().map(|s| (s - 1) - (s - 1) / 2));
-                    attrs.push(ints("pads", &pads));
-                }
-                ir::Padding::Same => attrs.push(string("auto_pad", "SAME_UPPER")),
-                ir::Padding::Causal => {
-                    let mut pads: Vec<i64> = span.iter().map(|s| s - 1).collect();
-                    pads.extend(std::iter::repeat_n(0, n));
-                    attrs.push(ints("pads", &pads));
-                }
-            }
-            self.node("Conv", &[&x, &w], attrs)
-        } else {
-            let mut begin = Vec::with_capacity(n);
-            let mut end = Vec::with_capacity(n);
-            let mut extra = Vec::with_capacity(n);
-            for (i, &k) in span.iter().enumerate() {
-                let s = c.strides[i];
-                let total = match c.padding {
-                    ir::Padding::Valid => 0,
-                    ir::Padding::Same => (k - s).max(0),
-                    ir::Padding::Causal => {
-                        return refuse("a transposed convolution with causal padding");
-                    }
-                };
-                // ONNX: out = s·(in − 1) + output_padding + k − pads; the IR's type
-                // gives `out`, which must exceed s·(in − 1) by a constant.
-                let base = tys[0].shape[1 + i]
-                    .add_const(-1)
-                    .and_then(|d| d.scale(s))
-                    .ok()
-                    .and_then(|d| out.shape[1 + i].sub(&d).ok())
-                    .and_then(|d| d.as_const());
-                let Some(base) = base else {
-                    return refuse(
-                        "a transposed convolution whose output size ONNX cannot express",
-                    );
-                };
-                let op = base - k + total;
-                if op < 0 || (op >= s && op >= c.dilation[i]) {
-                    return refuse(
-                        "a transposed convolution whose output padding ONNX cannot express",
-                    );
-                }
-                begin.push(total / 2);
-                end.push(total - total / 2);
-                extra.push(op);
-            }
-            begin.extend(end);
-            attrs.push(ints("pads", &begin));
-            attrs.push(ints("output_padding", &extra));
-            self.node("ConvTranspose", &[&x, &w], attrs)
-        };
-        Ok(self.channels_last(&y, rank))
-    }
-
-    fn pool(
-        &mut self,
-        x: &str,
-        xt: &ir::Type,
-        kind: ir::PoolKind,
-        w: &ir::WindowAttrs,
-    ) -> Result<String> {
-        let rank = xt.rank();
-        let n = rank - 2;
-        let x = self.channels_first(x, rank);
-        let mut attrs = vec![ints("kernel_shape", &w.window), ints("strides", &w.strides)];
-        match w.padding {
-            ir::Padding::Valid => attrs.push(ints("pads", &vec![0; 2 * n])),
-            ir::Padding::Same => attrs.push(string("auto_pad", "SAME_UPPER")),
-            ir::Padding::Causal => return refuse("pooling with causal padding"),
-        }
-        let y = match kind {
-            ir::PoolKind::Max => self.node("MaxPool", &[&x], attrs),
-            ir::PoolKind::Avg => {
-                attrs.push(int("count_include_pad", 0));
-                self.node("AveragePool", &[&x], attrs)
-            }
-        };
-        Ok(self.channels_last(&y, rank))
     }
 }
 

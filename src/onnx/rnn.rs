@@ -390,3 +390,17 @@ fn cell_body(
     let y = e.node("Identity", &[&y], vec![]);
     Ok((h, c, y))
 }
+
+impl Emitter {
+    /// A GRU's `[2, 3·units]` bias (with `reset_after`) as its input and recurrent rows.
+    pub(super) fn gru_biases(&mut self, b: &str) -> (String, String) {
+        let zero = self.ints1(&[0]);
+        let rows: Vec<String> = (0..2)
+            .map(|k| {
+                let row = self.slice(b, 0, k, k + 1);
+                self.node("Squeeze", &[&row, &zero], vec![])
+            })
+            .collect();
+        (rows[0].clone(), rows[1].clone())
+    }
+}
