@@ -176,3 +176,55 @@ pub fn limit_address_space(c: &mut std::process::Command, bytes: u64) {
         });
     }
 }
+
+/// A model from `inputs:` text and `layers:` lines; a spec that does not check panics
+/// with its diagnostics.
+pub fn model(inputs: &str, layers: &str) -> kiln::Model {
+    let src = format!("inputs: {inputs}\nlayers:\n{layers}\n");
+    kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"))
+}
+
+/// The last layer's output shape, parameter count and `key shape` list.
+pub fn last_layer(m: &kiln::Model) -> (String, i64, String) {
+    let l = m.graph.layers.last().expect("a layer");
+    let count = l.params.iter().map(|p| p.count()).sum();
+    let keys: Vec<String> = l
+        .params
+        .iter()
+        .map(|p| format!("{} {:?}", p.name, p.shape))
+        .collect();
+    (
+        kiln::dim::fmt_shape(&l.output.shape),
+        count,
+        keys.join(", "),
+    )
+}
+
+/// The diagnostic codes of a spec that must fail to check.
+pub fn failing_codes(src: &str) -> Vec<&'static str> {
+    match kiln::Model::from_source(src, "t", "t.yaml") {
+        Ok(_) => panic!("{src} checked clean"),
+        Err(kiln::Error::Spec(e)) => e.diagnostics.iter().map(|d| d.code).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Random values for a function's inputs, every one differentiable but the random key.
+pub fn stack_values(
+    f: &Func,
+    rng: &mut Rng,
+    batch: usize,
+    seq: usize,
+) -> (Vec<ArrayD<f64>>, Vec<bool>) {
+    f.inputs
+        .iter()
+        .map(|inp| {
+            let shape = concrete(&inp.ty, batch, seq);
+            if inp.name == "rng_key" {
+                (ArrayD::from_elem(IxDyn(&[]), 7.0), false)
+            } else {
+                (rng.array(&shape, -0.9, 0.9), true)
+            }
+        })
+        .unzip()
+}

@@ -7,38 +7,22 @@
 
 use crate::common;
 
-use common::{Rng, compare_jit, concrete, fd_check};
+use common::{
+    Rng, compare_jit, concrete, failing_codes, fd_check, last_layer, model, stack_values as values,
+};
 use kiln::dim::fmt_shape;
 use kiln::ir::{ConvAttrs, Func, Op, Padding, Type, passes};
 use kiln::lower::{self, Mode};
 use ndarray::{ArrayD, IxDyn};
 
-fn model(inputs: &str, layers: &str) -> kiln::Model {
-    let src = format!("inputs: {inputs}\nlayers:\n{layers}\n");
-    kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"))
-}
-
 /// The last layer's output shape, parameter count and `key shape` list.
 fn built(input: &str, layer: &str) -> (String, i64, String) {
-    let m = model(&format!("{{x: {input}}}"), &format!("  - {layer}"));
-    let l = m.graph.layers.last().unwrap();
-    let count = l.params.iter().map(|p| p.count()).sum();
-    let keys: Vec<String> = l
-        .params
-        .iter()
-        .map(|p| format!("{} {:?}", p.name, p.shape))
-        .collect();
-    (fmt_shape(&l.output.shape), count, keys.join(", "))
+    last_layer(&model(&format!("{{x: {input}}}"), &format!("  - {layer}")))
 }
 
 /// The diagnostic codes of a one-layer spec that must fail.
 fn codes(input: &str, layer: &str) -> Vec<&'static str> {
-    let src = format!("inputs: {{x: {input}}}\nlayers:\n  - {layer}\n");
-    match kiln::Model::from_source(&src, "t", "t.yaml") {
-        Ok(_) => panic!("{src} checked clean"),
-        Err(kiln::Error::Spec(e)) => e.diagnostics.iter().map(|d| d.code).collect(),
-        Err(e) => panic!("{e}"),
-    }
+    failing_codes(&format!("inputs: {{x: {input}}}\nlayers:\n  - {layer}\n"))
 }
 
 /// (input, layer, Keras's output shape without the batch, Keras's parameter count,
@@ -374,21 +358,6 @@ const STACKS: &[(&str, &str)] = &[
         "  - zero_padding2d: {padding: [[1, 0], [2, 1]]}\n  - cropping2d: {cropping: [[0, 2], [1, 1]]}\n  - dense: {units: 2}",
     ),
 ];
-
-/// Random values for a function's inputs (every one differentiable but the key).
-fn values(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> (Vec<ArrayD<f64>>, Vec<bool>) {
-    f.inputs
-        .iter()
-        .map(|inp| {
-            let shape = concrete(&inp.ty, batch, seq);
-            if inp.name == "rng_key" {
-                (ArrayD::from_elem(IxDyn(&[]), 7.0), false)
-            } else {
-                (rng.array(&shape, -0.9, 0.9), true)
-            }
-        })
-        .unzip()
-}
 
 #[test]
 fn gradients_match_finite_differences() {

@@ -3,16 +3,11 @@
 //! compiled against interpreted, forward values against Keras's formulas, the noise
 //! layers' distributions, regularization in the loss, and `adapt` at the start of fit.
 
-use crate::common::{Rng, compare_jit, concrete, fd_check};
+use crate::common::{Rng, compare_jit, concrete, fd_check, model};
 use kiln::dim::fmt_shape;
 use kiln::ir::{Func, interp};
 use kiln::lower::{self, Mode};
 use ndarray::{ArrayD, IxDyn};
-
-fn model(inputs: &str, layers: &str) -> kiln::Model {
-    let src = format!("inputs: {inputs}\nlayers:\n{layers}\n");
-    kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"))
-}
 
 /// (output shape of the last layer, its parameter count, its trainable count).
 fn run(inputs: &str, layers: &str) -> (String, i64, i64) {
