@@ -212,6 +212,91 @@ fn polar_attempt(key: [u32; 2], stream: u64, block: u64) -> Option<(f64, f64)> {
     Some((u * f, v * f))
 }
 
+/// Attempts of the polar method computed side by side in [`polar_part`]: plain loops
+/// over arrays of this many, which the compiler turns into vector instructions.
+const LANES: usize = 16;
+
+/// Appends to `buf` the normals of the polar method's attempts at Philox blocks
+/// `start .. start + count` (`count` a multiple of [`LANES`]), in order: exactly what
+/// [`polar_attempt`] gives one block at a time, with the same arithmetic, so the same
+/// bits.
+fn polar_part(key: [u32; 2], stream: u64, start: u64, count: u64, buf: &mut Vec<f64>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { polar_part_avx2(key, stream, start, count, buf) };
+        return;
+    }
+    polar_part_lanes(key, stream, start, count, buf);
+}
+
+/// [`polar_part_lanes`] compiled for AVX2: the same IEEE operations (no fused
+/// multiply-adds: Rust never contracts), so the same bits, on wider vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn polar_part_avx2(key: [u32; 2], stream: u64, start: u64, count: u64, buf: &mut Vec<f64>) {
+    polar_part_lanes(key, stream, start, count, buf);
+}
+
+/// The body of [`polar_part`], inlined into each of its compilations. (Lanes are
+/// indexed across several arrays, structure-of-arrays, hence the index loops.)
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn polar_part_lanes(key: [u32; 2], stream: u64, start: u64, count: u64, buf: &mut Vec<f64>) {
+    debug_assert_eq!(count % LANES as u64, 0);
+    let unit = |lo: u32, hi: u32| {
+        let bits = (u64::from(hi) << 32) | u64::from(lo);
+        (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    };
+    let mut first = start;
+    for _ in 0..count / LANES as u64 {
+        // Philox-4x32-10 on LANES counters (the rounds of `philox4x32`).
+        let mut c = [[0u32; LANES]; 4];
+        for l in 0..LANES {
+            let block = first.wrapping_add(l as u64);
+            c[0][l] = block as u32;
+            c[1][l] = (block >> 32) as u32;
+            c[2][l] = stream as u32;
+            c[3][l] = (stream >> 32) as u32;
+        }
+        let mut k = key;
+        for round in 0..10 {
+            if round > 0 {
+                k[0] = k[0].wrapping_add(W0);
+                k[1] = k[1].wrapping_add(W1);
+            }
+            for l in 0..LANES {
+                let p0 = u64::from(M0) * u64::from(c[0][l]);
+                let p1 = u64::from(M1) * u64::from(c[2][l]);
+                c[0][l] = ((p1 >> 32) as u32) ^ c[1][l] ^ k[0];
+                c[1][l] = p1 as u32;
+                c[2][l] = ((p0 >> 32) as u32) ^ c[3][l] ^ k[1];
+                c[3][l] = p0 as u32;
+            }
+        }
+        // The polar method on each lane; a rejected lane computes on a harmless s.
+        let (mut a, mut b, mut keep) = ([0.0f64; LANES], [0.0f64; LANES], [false; LANES]);
+        for l in 0..LANES {
+            let u = 2.0 * unit(c[0][l], c[1][l]) - 1.0;
+            let v = 2.0 * unit(c[2][l], c[3][l]) - 1.0;
+            let s = u * u + v * v;
+            keep[l] = s < 1.0 && s != 0.0;
+            // s is a sum of squares of multiples of 2^-52: never subnormal.
+            let s = if keep[l] { s } else { 0.5 };
+            let f = (-2.0 * ln_normal(s.to_bits(), 0) / s).sqrt();
+            a[l] = u * f;
+            b[l] = v * f;
+        }
+        for l in 0..LANES {
+            if keep[l] {
+                buf.push(a[l]);
+                buf.push(b[l]);
+            }
+        }
+        first = first.wrapping_add(LANES as u64);
+    }
+}
+
 impl Rng {
     /// Fills `out` with exactly the numbers `out.len()` calls of [`Rng::normal`] give,
     /// leaving the stream where they would, on up to `threads` threads.
@@ -221,9 +306,15 @@ impl Rng {
     /// `PART` attempts are generated independently (a round of them at a time, on
     /// the threads), then laid end to end in order.
     pub fn fill_normal(&mut self, out: &mut [f64], threads: usize) {
+        self.fill_normal_as(out, threads, |z| z);
+    }
+
+    /// [`Rng::fill_normal`] with each number converted by `conv` as it is stored (the
+    /// orthogonal initializer keeps float32 normals without a float64 copy).
+    pub fn fill_normal_as<T>(&mut self, out: &mut [T], threads: usize, conv: fn(f64) -> T) {
         if self.used != 4 || self.spare_normal.is_some() || (out.len() as u64) < PART {
             // Not at a block boundary, or fewer numbers than a part: one at a time.
-            out.iter_mut().for_each(|x| *x = self.normal());
+            out.iter_mut().for_each(|x| *x = conv(self.normal()));
             return;
         }
         let (key, stream) = (self.key, self.stream);
@@ -233,13 +324,7 @@ impl Rng {
             let first = self.block;
             let work = |(i, buf): (usize, &mut Vec<f64>)| {
                 buf.clear();
-                let start = first.wrapping_add(i as u64 * PART);
-                for k in 0..PART {
-                    if let Some((a, b)) = polar_attempt(key, stream, start.wrapping_add(k)) {
-                        buf.push(a);
-                        buf.push(b);
-                    }
-                }
+                polar_part(key, stream, first.wrapping_add(i as u64 * PART), PART, buf);
             };
             // About 1.57 normals per attempt (π/2): hardly more parts than the rest needs.
             let want = ((out.len() - filled) as u64).div_ceil(PART + PART / 2) as usize;
@@ -252,14 +337,18 @@ impl Rng {
             for (i, buf) in parts.iter().take(n).enumerate() {
                 let room = out.len() - filled;
                 if buf.len() < room {
-                    out[filled..filled + buf.len()].copy_from_slice(buf);
+                    let dst = &mut out[filled..filled + buf.len()];
+                    dst.iter_mut().zip(buf).for_each(|(x, &z)| *x = conv(z));
                     filled += buf.len();
                     self.block = first.wrapping_add((i as u64 + 1) * PART);
                     continue;
                 }
                 // The part holding the last normal asked for: the stream stops at the
                 // attempt that made it.
-                out[filled..].copy_from_slice(&buf[..room]);
+                let dst = &mut out[filled..];
+                dst.iter_mut()
+                    .zip(&buf[..room])
+                    .for_each(|(x, &z)| *x = conv(z));
                 filled = out.len();
                 let start = first.wrapping_add(i as u64 * PART);
                 let mut taken = 0;
@@ -315,15 +404,32 @@ pub fn ln(x: f64) -> f64 {
     if x.is_infinite() {
         return x;
     }
-    // x = m · 2^e with m in [sqrt(1/2), sqrt(2)).
-    let mut bits = x.to_bits();
-    let mut e: i64 = 0;
-    if (bits >> 52) & 0x7FF == 0 {
+    if (x.to_bits() >> 52) & 0x7FF == 0 {
         // Subnormal: scale into the normal range first.
-        bits = (x * (1u64 << 54) as f64).to_bits();
-        e -= 54;
+        return ln_normal((x * (1u64 << 54) as f64).to_bits(), -54);
     }
-    e += ((bits >> 52) & 0x7FF) as i64 - 1023;
+    ln_normal(x.to_bits(), 0)
+}
+
+/// `1 / (2k + 1)` for k = 1 to 12: the coefficients of `ln`'s atanh series (computed
+/// once, with the same division the series would do).
+const ATANH_SERIES: [f64; 12] = {
+    let mut t = [0.0; 12];
+    let mut k = 1;
+    while k <= 12 {
+        t[k - 1] = 1.0 / (2 * k + 1) as f64;
+        k += 1;
+    }
+    t
+};
+
+/// `ln(x · 2^e0)` for the positive, finite, normal float64 `x` with bits `bits`: the
+/// core of [`ln`], branch-free but for one select, so a loop over many of them (the
+/// normal draw's lanes) vectorizes.
+#[inline(always)]
+fn ln_normal(bits: u64, e0: i64) -> f64 {
+    // x = m · 2^e with m in [sqrt(1/2), sqrt(2)).
+    let mut e = e0 + ((bits >> 52) & 0x7FF) as i64 - 1023;
     let mut m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
     if m > std::f64::consts::SQRT_2 {
         m *= 0.5;
@@ -333,13 +439,14 @@ pub fn ln(x: f64) -> f64 {
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let mut series = 0.0;
-    for k in (1..=12).rev() {
-        series = series * s2 + 1.0 / (2 * k + 1) as f64;
+    for k in (0..12).rev() {
+        series = series * s2 + ATANH_SERIES[k];
     }
     let ln_m = 2.0 * s + 2.0 * s * s2 * series;
     const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-    let ef = e as f64;
+    // |e| < 1100: exact through i32 (whose conversion vectorizes, i64's does not).
+    let ef = f64::from(e as i32);
     ef * LN2_HI + (ln_m + ef * LN2_LO)
 }
 
@@ -464,6 +571,26 @@ mod tests {
             par.fill_normal(&mut got, 2);
             assert_eq!(want, got);
             assert_eq!(seq.next_u64(), par.next_u64());
+        }
+    }
+
+    #[test]
+    fn fill_normal_as_converts_the_same_numbers() {
+        // The lane-wise draw (vectorized) and the converted copy: the sequential
+        // stream's numbers, rounded once.
+        for len in [5, 40_000] {
+            let mut wide = Rng::new(9, 2);
+            let mut want = vec![0.0; len];
+            wide.fill_normal(&mut want, 2);
+            let mut narrow = Rng::new(9, 2);
+            let mut got = vec![0.0f32; len];
+            narrow.fill_normal_as(&mut got, 2, |z| z as f32);
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(&a, &b)| (a as f32).to_bits() == b.to_bits())
+            );
+            assert_eq!(wide.next_u64(), narrow.next_u64());
         }
     }
 

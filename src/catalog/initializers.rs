@@ -512,14 +512,35 @@ fn orthogonal_with(
         [rest @ .., last] => (numel(rest)?, *last),
     };
     let (m, n) = (rows.max(cols), rows.min(cols));
-    // The normals fill A row by row, as Keras's (m, n) draw.
-    let mut normals: Vec<f64> = alloc(numel(&[m, n])?)?;
-    normals.resize(m * n, 0.0);
-    rng.fill_normal(&mut normals, threads);
-    let a = MatRef::from_row_major_slice(&normals, m, n);
-    let q = qr::thin_q(a, threads)?;
-    drop(normals);
+    // The normals fill A row by row, as Keras's (m, n) draw, rounded to float32 for
+    // CholeskyQR as they are drawn.
+    let again = rng.clone();
+    let mut a32: Vec<f32> = alloc(numel(&[m, n])?)?;
+    a32.resize(m * n, 0.0);
+    rng.fill_normal_as(&mut a32, threads, |z| z as f32);
+    let q = match qr::cholesky_q32(a32, m, n, threads)? {
+        Some(q) => qr::ThinQ::Single(q),
+        None => {
+            // Too ill-conditioned for CholeskyQR: the same normals again, in float64,
+            // for Householder (square matrices; the stream ends where it did).
+            let mut again = again;
+            let mut normals: Vec<f64> = alloc(m * n)?;
+            normals.resize(m * n, 0.0);
+            again.fill_normal(&mut normals, threads);
+            let a = MatRef::from_row_major_slice(&normals, m, n);
+            qr::ThinQ::Double(qr::householder(a)?)
+        }
+    };
     // Q is column-major: as it lies, it is Qᵀ row by row (the wide case).
+    let q = match (q, rows < cols) {
+        (qr::ThinQ::Single(mut q), true) => {
+            // Float32 and in order already: scaled in place, the arithmetic below.
+            q.iter_mut()
+                .for_each(|x| *x = (gain * f64::from(*x)) as f32);
+            return Ok(q);
+        }
+        (q, _) => q,
+    };
     let mut out = alloc(rows * cols)?;
     if rows < cols {
         out.extend((0..m * n).map(|k| (gain * q.at(k)) as f32));

@@ -80,7 +80,8 @@ impl ThinQ {
 
 /// The thin Q (`m × n`, column-major, `m ≥ n`) of `a` with R's diagonal non-negative:
 /// CholeskyQR in float32 when its result is verified orthonormal, else Householder in
-/// float64.
+/// float64. (The initializer draws float32 normals itself; the tests use this.)
+#[cfg(test)]
 pub(super) fn thin_q(a: MatRef<'_, f64>, threads: usize) -> Result<ThinQ, String> {
     match cholesky_q(a, threads)? {
         Some(q) => Ok(ThinQ::Single(q)),
@@ -133,11 +134,9 @@ fn row_blocks<T>(mut m: MatMut<'_, T>) -> Vec<(usize, MatMut<'_, T>)> {
 /// the small `n × n` Cholesky factor and its inverse in float64; or `None` when A is too
 /// ill-conditioned for it (the Cholesky factorization fails, or the result is not
 /// orthonormal to float32 rounding).
+#[cfg(test)]
 pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Vec<f32>>, String> {
     let (m, n) = (a.nrows(), a.ncols());
-    if m < n {
-        return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
-    }
     // A rounded to f32, row by row as the normals were drawn (no transposition; faer's
     // products take either layout).
     let mut a32 = zeros::<f32>(m, n)?;
@@ -149,6 +148,19 @@ pub(super) fn cholesky_q(a: MatRef<'_, f64>, threads: usize) -> Result<Option<Ve
             }
         }
     });
+    cholesky_q32(a32, m, n, threads)
+}
+
+/// [`cholesky_q`] of the float32 `m × n` matrix `a32` (row-major), which it consumes.
+pub(super) fn cholesky_q32(
+    a32: Vec<f32>,
+    m: usize,
+    n: usize,
+    threads: usize,
+) -> Result<Option<Vec<f32>>, String> {
+    if m < n || a32.len() != m * n {
+        return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
+    }
     let a = MatRef::from_row_major_slice(&a32, m, n);
     let Some(r_inv) = gram_r_inverse(a, threads)? else {
         return Ok(None);
@@ -306,7 +318,7 @@ pub fn householder_q(a: Array2<f64>) -> Result<Array2<f64>, String> {
 /// updates as matrix products) factors `a`; Q is then accumulated backwards from the
 /// identity's first `n` columns, each block of reflectors applied only to the rows and
 /// columns it can change (LAPACK's `dorgqr`). Sequential.
-fn householder(a: MatRef<'_, f64>) -> Result<Vec<f64>, String> {
+pub(super) fn householder(a: MatRef<'_, f64>) -> Result<Vec<f64>, String> {
     let (m, n) = (a.nrows(), a.ncols());
     if m < n {
         return Err(format!("QR needs rows ≥ columns, got {m} × {n}"));
