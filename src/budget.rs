@@ -354,7 +354,7 @@ impl fmt::Display for OverBudget {
         }
         write!(
             f,
-            "\n  help: make the model or the batch smaller, or raise the budget with --memory-limit or {ENV}"
+            "\n  help: make the model or the batch smaller, or raise the budget (`Options::memory_limit`, or the environment variable {ENV})"
         )
     }
 }

@@ -96,6 +96,20 @@ impl Error {
             Error::Io { .. } | Error::Internal { .. } => 2,
         }
     }
+
+    /// The fix, when the library knows one, for a front end to phrase in its own terms
+    /// (the CLI names the flag); the message itself says it in the library's terms.
+    pub fn remedy(&self) -> Option<crate::types::Remedy> {
+        use crate::types::Remedy;
+        match self {
+            Error::Data(e) => e.remedy.as_deref().cloned(),
+            Error::Budget(_) => Some(Remedy::RaiseMemoryLimit),
+            Error::Weights(crate::weights::WeightsError::NotACheckpoint { .. }) => {
+                Some(Remedy::InitFromWeights)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Error {

@@ -97,3 +97,18 @@ pub fn group_digits(n: i64) -> String {
     }
     if n < 0 { format!("-{out}") } else { out }
 }
+
+/// A fix the library names in its own terms (its messages never mention a command-line
+/// flag), for a front end to phrase in its terms: the CLI prints the flag that does it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Remedy {
+    /// Give the model input of this name.
+    GiveInput(String),
+    /// Name the column of a table that holds the target (the closest column, if any).
+    NameTargetColumn(Option<String>),
+    /// The file is a weights file: start training from it rather than resuming.
+    InitFromWeights,
+    /// Raise the memory budget.
+    RaiseMemoryLimit,
+}

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::runtime::Backend;
+use kiln::types::Remedy;
 use kiln::{Error, Model, Net, Options};
 
 #[derive(Parser)]
@@ -141,11 +142,28 @@ impl CliError {
                     if n == 1 { "" } else { "s" }
                 );
             }
-            CliError::Lib(e) => eprintln!("error: {e}"),
+            CliError::Lib(e) => {
+                eprintln!("error: {e}");
+                if let Some(flag) = e.remedy().and_then(|r| flag_for(&r)) {
+                    eprintln!("  help: on the command line, {flag}");
+                }
+            }
             CliError::Usage(m) | CliError::Invalid(m) => eprintln!("error: {m}"),
             CliError::Shown | CliError::Diverged | CliError::Interrupted => {}
         }
     }
+}
+
+/// The command-line flag that carries out a library's [`Remedy`].
+fn flag_for(r: &Remedy) -> Option<String> {
+    Some(match r {
+        Remedy::GiveInput(name) => format!("give it with `--input {name}=FILE.npy`"),
+        Remedy::NameTargetColumn(Some(c)) => format!("`--target-column {c}`"),
+        Remedy::NameTargetColumn(None) => "`--target-column NAME`".into(),
+        Remedy::InitFromWeights => "load it with `--init` to start training from it".into(),
+        Remedy::RaiseMemoryLimit => "`--memory-limit` raises the budget".into(),
+        _ => return None,
+    })
 }
 
 impl From<Error> for CliError {

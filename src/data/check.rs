@@ -533,7 +533,8 @@ pub fn check_predict_inputs(
                     ),
                 )
                 .array(&w.name)
-                .help(format!("give it with `--input {}=FILE.npy`", w.name)));
+                .help(format!("give an array named `{}`", w.name))
+                .remedy(crate::types::Remedy::GiveInput(w.name.clone())));
             }
         }
     }

@@ -85,7 +85,7 @@ impl Dataset {
         }
         let files = super::shards::resolve(path)?;
         let limit = super::files::map_limit().map_err(|e| DataError {
-            file: Some(path.to_path_buf()),
+            file: Some(path.into()),
             ..e
         })?;
         let store = super::shards::open_store(&files, graph, opts, limit)?;

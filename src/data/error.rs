@@ -1,13 +1,13 @@
 //! [`DataError`]: what went wrong with data, and where.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Why data could not be read or used.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataError {
     /// The file concerned (`None` for arrays handed in by a program).
-    pub file: Option<PathBuf>,
+    pub file: Option<Box<Path>>,
     /// The array concerned, when there is one.
     pub array: Option<String>,
     /// What is wrong, in a sentence.
@@ -18,18 +18,21 @@ pub struct DataError {
     pub io: bool,
     /// Further problems found in the same pass, so that one run reports them all.
     pub also: Box<[DataError]>,
+    /// The fix, for a front end to phrase in its own terms.
+    pub remedy: Option<Box<crate::types::Remedy>>,
 }
 
 impl DataError {
     /// An error about `file` (or about arrays handed in, when `None`).
     pub fn new(file: Option<&Path>, message: impl Into<String>) -> DataError {
         DataError {
-            file: file.map(Path::to_path_buf),
+            file: file.map(Box::from),
             array: None,
             message: message.into(),
             help: None,
             io: false,
             also: Box::default(),
+            remedy: None,
         }
     }
 
@@ -50,6 +53,10 @@ impl DataError {
     }
     pub(super) fn help(mut self, h: impl Into<String>) -> DataError {
         self.help = Some(h.into());
+        self
+    }
+    pub(super) fn remedy(mut self, r: crate::types::Remedy) -> DataError {
+        self.remedy = Some(Box::new(r));
         self
     }
     /// The process exit code (DESIGN §3): 2 for I/O, 1 for wrong data.

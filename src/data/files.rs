@@ -119,7 +119,7 @@ fn read_table(path: &Path, limit: u64) -> Result<csv::Table, DataError> {
 /// [`max_data_bytes`].
 pub fn read(path: &Path) -> Result<Content, DataError> {
     let limit = max_data_bytes().map_err(|e| DataError {
-        file: Some(path.to_path_buf()),
+        file: Some(path.into()),
         ..e
     })?;
     read_limited(path, limit)

@@ -95,6 +95,8 @@ fn target_column(
                 .map(|h| format!("`{h}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let near = crate::diag::did_you_mean(&wanted, t.header.iter().map(String::as_str))
+                .map(str::to_string);
             Err(DataError::new(
                 file,
                 format!(
@@ -102,10 +104,15 @@ fn target_column(
                     w.name
                 ),
             )
-            .help(match crate::diag::did_you_mean(&wanted, t.header.iter().map(String::as_str)) {
-                Some(s) => format!("did you mean `{s}`? name it with `data: {{target_column: {s}}}` in the spec, or `--target-column {s}`"),
-                None => "name the target column with `data: {target_column: NAME}` in the spec, or `--target-column NAME`".into(),
-            }))
+            .help(match &near {
+                Some(s) => format!(
+                    "did you mean `{s}`? name it with `data: {{target_column: {s}}}` in the spec"
+                ),
+                None => {
+                    "name the target column with `data: {target_column: NAME}` in the spec".into()
+                }
+            })
+            .remedy(crate::types::Remedy::NameTargetColumn(near)))
         }
     }
 }

@@ -215,9 +215,9 @@ fn load(net: &mut Net, path: &Path) -> Result<Resume, Error> {
         })
     };
     let Some(json) = w.metadata.get(META_STATE).cloned() else {
-        return Err(bad(
-            "this is a weights file, not a checkpoint (it has no training state): load it with `--init` to start training from these weights".into(),
-        ));
+        return Err(Error::Weights(WeightsError::NotACheckpoint {
+            path: path.to_path_buf(),
+        }));
     };
     let meta: Meta = serde_json::from_str(&json)
         .map_err(|e| bad(format!("the checkpoint's training state is corrupt: {e}")))?;

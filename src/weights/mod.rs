@@ -224,6 +224,12 @@ pub enum WeightsError {
         /// What is wrong, in a sentence.
         message: String,
     },
+    /// A weights file given where a checkpoint is wanted: it has no training state
+    /// (exit code 1).
+    NotACheckpoint {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file's weights do not fit the model (exit code 1).
     Mismatch {
         /// The file.
@@ -246,6 +252,7 @@ impl WeightsError {
         match self {
             WeightsError::Io { path, .. }
             | WeightsError::Format { path, .. }
+            | WeightsError::NotACheckpoint { path }
             | WeightsError::Mismatch { path, .. } => path,
         }
     }
@@ -262,6 +269,12 @@ impl fmt::Display for WeightsError {
             WeightsError::Format { path, message, .. } => {
                 write!(f, "{}: {message}", path.display())
             }
+            WeightsError::NotACheckpoint { path } => write!(
+                f,
+                "{}: this is a weights file, not a checkpoint (it has no training state): \
+                 start training from these weights instead of resuming from them",
+                path.display()
+            ),
             WeightsError::Mismatch { path, problems } => {
                 for (i, p) in problems.iter().enumerate() {
                     if i > 0 {

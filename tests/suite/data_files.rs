@@ -364,6 +364,11 @@ train:
     std::fs::write(&p, "a,target,b\n1,2,3\n").unwrap();
     let s = error(&p, &g);
     assert!(s.contains("no column `out`"), "{s}");
+    // The library names the fix in its own terms (the spec), never a CLI flag; the
+    // typed remedy is for the CLI to phrase.
+    assert!(!s.contains("--"), "{s}");
+    let e = load(&p, &g).unwrap_err();
+    assert_eq!(e.remedy.as_deref(), Some(&kiln::types::Remedy::NameTargetColumn(None)));
     std::fs::write(&p, "a,out,b\n1,nan,3\n").unwrap();
     assert!(error(&p, &g).contains("finite"));
     std::fs::write(&p, "a,out,b\n").unwrap();

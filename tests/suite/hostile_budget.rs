@@ -430,6 +430,9 @@ fn library_users_get_a_budget_error_not_an_abort() {
         err.to_string().contains("`dense/kernel` [10, 10000000]"),
         "{err}"
     );
+    // The library's message names its own fix, not the CLI's flag.
+    assert!(!err.to_string().contains("--memory-limit"), "{err}");
+    assert_eq!(err.remedy(), Some(kiln::types::Remedy::RaiseMemoryLimit));
     // With no limit given, the default budget (a share of the machine's memory) refuses
     // 4 TB of parameters.
     let huge = model(&WIDE_DENSE.replace("[batch, 10]", "[batch, 100000]"));

@@ -133,7 +133,11 @@ fn predict_writes_outputs_and_refuses_bad_inputs() {
     // Missing and extra inputs.
     check(
         arg("image", &image),
-        &["the model's input `meta` [batch, 5] is missing"],
+        &[
+            "the model's input `meta` [batch, 5] is missing",
+            "give an array named `meta`",
+            "on the command line, give it with `--input meta=FILE.npy`",
+        ],
     );
     check(
         [

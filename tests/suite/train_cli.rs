@@ -222,6 +222,23 @@ fn resumed_at_an_epoch_equals_uninterrupted_and_is_deterministic() {
     let (_, first_text) = run("part", &["--epochs", "2"]);
     let ckpt = dir.join("part.ckpt.safetensors");
     let (resumed, resumed_text) = run("resumed", &["--resume", s(&ckpt), "--epochs", "4"]);
+    // A weights file given to --resume: the library says what it is, the CLI names the
+    // flag that starts from it.
+    let o = kiln(&[
+        "train",
+        s(&spec),
+        "--resume",
+        s(&full),
+        "--out",
+        s(&dir.join("x.safetensors")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let said = text(&o.stderr);
+    assert!(
+        said.contains("not a checkpoint")
+            && said.contains("on the command line, load it with `--init`"),
+        "{said}"
+    );
     assert!(resumed_text.contains("resuming"), "{resumed_text}");
     assert_eq!(tensors(&full), tensors(&resumed));
     // The epoch lines after the resume are the uninterrupted run's (time aside).
