@@ -105,7 +105,7 @@ pub(super) fn header(api: &Api) -> String {
     sig.extend(params(&outs, false));
     let _ = writeln!(
         h,
-        "\n/* The forward pass in inference mode (`kiln predict`): reads the inputs, writes\n * every output (in the spec's order) with the current weights. */\nvoid {p}_predict({});\n",
+        "\n/* The forward pass in inference mode (`kiln predict`): reads the inputs, writes\n * every output (in the spec's order) with the current weights. Returns 0, or 1 when\n * an index input (a token id) is not a whole number within its table (row 0 is used\n * for it). */\nint {p}_predict({});\n",
         sig.join(", ")
     );
     if let Some(t) = &api.train {
@@ -116,7 +116,7 @@ pub(super) fn header(api: &Api) -> String {
         sig.push("float *loss_out".into());
         let _ = writeln!(
             h,
-            "\n/* One training step, exactly `kiln train`'s on this batch: forward in training\n * mode, loss, gradients and the optimizer's update of `{p}_weights` and\n * `{p}_opt_state` in place. Writes the batch's loss (before the update) to\n * *loss_out and increments `{p}_step`. Dropout's random key is `kiln train`'s for\n * (seed {}, step). */\nvoid {p}_train_step({});\n",
+            "\n/* One training step, exactly `kiln train`'s on this batch: forward in training\n * mode, loss, gradients and the optimizer's update of `{p}_weights` and\n * `{p}_opt_state` in place. Writes the batch's loss (before the update) to\n * *loss_out and increments `{p}_step`. Dropout's random key is `kiln train`'s for\n * (seed {}, step). Returns 0, or 1\n * when an index input is out of range (as {p}_predict). */\nint {p}_train_step({});\n",
             t.seed,
             sig.join(", ")
         );

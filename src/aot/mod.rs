@@ -5,9 +5,11 @@
 //!
 //! The code is the JIT's own kernel functions (`jit::object`) for sizes fixed at build
 //! time (`--batch`, `--dim NAME=V`), run in order by a generated entry function on one
-//! thread. What would call back into kiln's runtime (recurrent cells, gather, grouped
-//! convolutions, max pooling's gradient, products without a generated form) is
-//! refused, naming the layer or the primitive. The step of `NAME_train_step` is the
+//! thread; the random numbers of dropout, concatenation, gather and scatter-add, which
+//! the JIT runs as runtime routines, are generated as loops. What would still call
+//! back into kiln's runtime (recurrent cells, grouped convolutions, max pooling's
+//! gradient, products without a generated form) is refused, naming the layer or the
+//! primitive. The step of `NAME_train_step` is the
 //! one `kiln train` runs (same function, same dropout key from `(seed, step)`, the
 //! step counter kept in the object), with a constant learning rate.
 
@@ -159,7 +161,7 @@ fn shape_of(f: &Func, i: usize, env: &HashMap<String, i64>) -> Result<Vec<i64>, 
 fn refused(e: ObjError, what: &str) -> Error {
     match e {
         ObjError::Unsupported(op) => Error::Invalid(format!(
-            "kiln build cannot compile {what} ahead of time: it needs the primitive `{op}`, which only kiln's runtime provides (recurrent cells, gather/embedding lookups, grouped convolutions, max pooling's gradient); `kiln export --format onnx` covers every layer's inference"
+            "kiln build cannot compile {what} ahead of time: it needs the primitive `{op}`, which only kiln's runtime provides (recurrent cells, grouped or 3-D convolutions, max pooling's gradient, …); `kiln export --format onnx` covers every layer's inference"
         )),
         ObjError::Failed(e) => internal(e),
     }

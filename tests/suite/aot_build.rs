@@ -85,7 +85,10 @@ fn main_c(
     let outs: Vec<String> = outputs.iter().map(|(n, _)| c_name(n)).collect();
     let mut pargs = ins.clone();
     pargs.extend(outs.iter().cloned());
-    let predict = format!("  {prefix}_predict({});\n", pargs.join(", "));
+    let predict = format!(
+        "  if ({prefix}_predict({}) != 0) return 5;\n",
+        pargs.join(", ")
+    );
     let write_outs: String = outputs
         .iter()
         .map(|(n, len)| format!("  fwrite({}, 4, {len}, out);\n", c_name(n)))
@@ -96,7 +99,7 @@ fn main_c(
         let mut targs = ins.clone();
         targs.extend(targets.iter().map(|(n, _)| c_name(n)));
         c += &format!(
-            "  float loss = -1.0f;\n  {prefix}_train_step({}, &loss);\n  fwrite(&loss, 4, 1, out);\n  {prefix}_get_weights(w);\n  fwrite(w, 4, {prefix}_WEIGHTS_SIZE, out);\n  if ({prefix}_step != 1) return 4;\n",
+            "  float loss = -1.0f;\n  if ({prefix}_train_step({}, &loss) != 0) return 6;\n  fwrite(&loss, 4, 1, out);\n  {prefix}_get_weights(w);\n  fwrite(w, 4, {prefix}_WEIGHTS_SIZE, out);\n  if ({prefix}_step != 1) return 4;\n",
             targs.join(", ")
         );
         c += &predict;
@@ -105,8 +108,9 @@ fn main_c(
     c + "  fclose(out);\n  return 0;\n}\n"
 }
 
-fn concrete(ty: &kiln::types::TensorType, batch: usize) -> Vec<usize> {
-    let env: HashMap<String, i64> = [("batch".to_string(), batch as i64)].into();
+fn concrete(ty: &kiln::types::TensorType, batch: usize, dims: &[(&str, i64)]) -> Vec<usize> {
+    let mut env: HashMap<String, i64> = [("batch".to_string(), batch as i64)].into();
+    env.extend(dims.iter().map(|&(k, v)| (k.to_string(), v)));
     ty.shape
         .iter()
         .map(|d| d.eval(&env).expect("fixed size") as usize)
@@ -130,7 +134,7 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 
 /// Builds `name` for `batch` rows, links and runs the C program, and checks it
 /// against the library.
-fn check_spec(name: &str, batch: usize, train: bool) {
+fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
     let Some(cc) = cc() else {
         println!("skipped: no `cc` found on PATH to compile the C program");
         return;
@@ -163,6 +167,10 @@ fn check_spec(name: &str, batch: usize, train: bool) {
     if train {
         args.push("--train");
     }
+    let dim_args: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for d in &dim_args {
+        args.extend(["--dim", d.as_str()]);
+    }
     let out = kiln(&args);
     assert!(
         out.status.success(),
@@ -175,8 +183,14 @@ fn check_spec(name: &str, batch: usize, train: bool) {
     let mut bin = Vec::new();
     let mut ins = Vec::new();
     for i in &g.inputs {
-        let shape = concrete(&i.ty, batch);
-        let a = rng.array(&shape, -1.0, 1.0).mapv(|v| v as f32);
+        let shape = concrete(&i.ty, batch, dims);
+        // Token ids: whole numbers within every bundled vocabulary.
+        let a = if i.ty.dtype == kiln::types::DType::I32 {
+            rng.array(&shape, 0.0, 1.0)
+                .mapv(|v| (v * 10.0).floor() as f32)
+        } else {
+            rng.array(&shape, -1.0, 1.0).mapv(|v| v as f32)
+        };
         bin.extend(a.iter().flat_map(|v| v.to_le_bytes()));
         ins.push((i.name.clone(), a.len()));
         xs.push(a);
@@ -186,7 +200,7 @@ fn check_spec(name: &str, batch: usize, train: bool) {
     if train {
         let t = g.train.as_ref().unwrap();
         for tg in &t.targets {
-            let shape = concrete(&tg.ty, batch);
+            let shape = concrete(&tg.ty, batch, dims);
             let n: usize = shape.iter().product();
             let v: Vec<f32> = (0..n).map(|_| rng.int(0, 9) as f32).collect();
             bin.extend(v.iter().flat_map(|v| v.to_le_bytes()));
@@ -274,23 +288,37 @@ fn check_spec(name: &str, batch: usize, train: bool) {
 
 #[test]
 fn digits_mlp_predicts_and_trains_from_c() {
-    check_spec("digits_mlp", 4, true);
+    check_spec("digits_mlp", 4, &[], true);
 }
 
 #[test]
 fn mlp_predicts_and_trains_from_c() {
-    check_spec("mlp", 2, true);
+    check_spec("mlp", 2, &[], true);
 }
 
 #[test]
 fn cnn_predicts_from_c() {
-    check_spec("cnn", 3, false);
+    check_spec("cnn", 3, &[], false);
 }
 
 #[test]
 fn residual_and_diabetes_predict_and_train_from_c() {
-    check_spec("residual", 1, true);
-    check_spec("diabetes", 4, true);
+    check_spec("residual", 1, &[], true);
+    check_spec("diabetes", 4, &[], true);
+}
+
+/// Concatenation generated in the object (a runtime routine in the JIT).
+#[test]
+fn two_inputs_predicts_from_c() {
+    check_spec("two_inputs", 3, &[], false);
+}
+
+/// Embedding lookups (gather) and their gradient (scatter-add), dropout's random
+/// numbers, attention, a symbolic sequence length fixed at build time.
+#[test]
+fn attention_and_transformer_predict_and_train_from_c() {
+    check_spec("attention", 2, &[("seq", 12)], true);
+    check_spec("transformer_classifier", 2, &[], true);
 }
 
 /// What the object cannot run is refused (exit 1), naming the layer or primitive.
@@ -301,6 +329,7 @@ fn refusals_name_what_cannot_be_compiled() {
         ("lstm", false, "layer `lstm` (lstm)"),
         ("conv_autoencoder", true, "`pool_max_grad`"),
         ("attention", false, "`--dim NAME=VALUE`"),
+        ("two_inputs", true, "constant learning rate"),
     ];
     for (name, train, says) in cases {
         let w = dir.join(format!("{name}.safetensors"));

@@ -4,9 +4,14 @@
 //! kernel's local frame (on its stack), run the kernels in order over their whole range
 //! on one thread, copy the outputs out. Sizes are fixed when the object is built, the
 //! intermediate buffers live in a static arena laid out by liveness (as `jit::arena`
-//! does), and weights and optimizer state are data objects. Nothing in the object
-//! calls back into kiln: a plan that needs GEMM (matrixmultiply) or a runtime routine
-//! is refused, naming the primitive ([`ObjError::Unsupported`]).
+//! does), and weights and optimizer state are data objects. Products run as the
+//! generated few-rows code whatever their row count (never matrixmultiply); the few
+//! runtime routines with a simple loop form are generated in the entry (`calls`).
+//! Nothing in the object calls back into kiln: a plan that needs another runtime
+//! routine is refused, naming the primitive ([`ObjError::Unsupported`]). Exported
+//! functions return an `int32` status (1: an index out of range).
+
+mod calls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -159,7 +164,9 @@ fn flags() -> MemFlagsData {
 pub fn check_plan(p: &Plan) -> Result<(), String> {
     for k in &p.kernels {
         match k {
-            Kernel::Call(c) => return Err(op_name(&p.func.nodes[c.node].op)),
+            Kernel::Call(c) if !calls::supported(&p.func.nodes[c.node].op) => {
+                return Err(op_name(&p.func.nodes[c.node].op));
+            }
             Kernel::Gemm(g) if g.small.is_none() => {
                 return Err(format!(
                     "{} (operand layout without a generated form)",
@@ -179,6 +186,8 @@ enum Call {
     Fill { buf: usize, len: i64, value: f32 },
     /// `f(local, 0, hi)`.
     Range { f: FuncId, local: usize, hi: i64 },
+    /// Kernel `i` of the plan, a primitive generated in place (`calls`).
+    Routine(usize),
 }
 
 impl ObjectCode {
@@ -380,7 +389,7 @@ impl ObjectCode {
             Ok::<Call, RunError>(Call::Range { f, local: at, hi })
         };
         let first = |s: &[usize]| s.first().map_or(0, |&s| sizes[s]);
-        for k in &p.kernels {
+        for (ki, k) in p.kernels.iter().enumerate() {
             match k {
                 Kernel::Loop(l) => {
                     calls.extend(init_of(&p, &sizes, l));
@@ -399,7 +408,7 @@ impl ObjectCode {
                         }
                     }
                 }
-                Kernel::Call(_) => {}
+                Kernel::Call(_) => calls.push(Call::Routine(ki)),
             }
         }
         let layout = Layout {
@@ -435,6 +444,8 @@ struct EntryGen<'a, 'm> {
     args: Vec<Value>,
     /// Each buffer's address, computed once.
     bufs: Vec<Option<Value>>,
+    /// The function's result (`int32`): 0, or 1 once an index was out of range.
+    status: Option<cranelift_codegen::ir::StackSlot>,
 }
 
 impl EntryGen<'_, '_> {
@@ -560,6 +571,7 @@ impl ObjectCode {
                 ptr: self.ptr,
                 args: vec![arg],
                 bufs: Vec::new(),
+                status: None,
             };
             let data = g.data_addr(d, 0);
             let (from, to) = if into_data { (arg, data) } else { (data, arg) };
@@ -593,6 +605,7 @@ impl ObjectCode {
         for _ in 0..e.args {
             ctx.func.signature.params.push(AbiParam::new(self.ptr));
         }
+        ctx.func.signature.returns.push(AbiParam::new(types::I32));
         let id = self
             .module
             .declare_function(&e.symbol, Linkage::Export, &ctx.func.signature)
@@ -617,12 +630,17 @@ impl ObjectCode {
                 (local.len().max(1) * 8) as u32,
                 3,
             ));
+            let status =
+                b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3));
+            let zero = b.ins().iconst(types::I32, 0);
+            b.ins().stack_store(self.ptr, zero, status, 0);
             let mut g = EntryGen {
                 b,
                 module: &mut self.module,
                 ptr: self.ptr,
                 args,
                 bufs: vec![None; l.plan.bufs.len()],
+                status: Some(status),
             };
             // Scalar inputs computed from the counter, into their static slots.
             for (i, src) in e.inputs.iter().enumerate() {
@@ -666,6 +684,7 @@ impl ObjectCode {
                             });
                         }
                     }
+                    Call::Routine(ki) => g.routine(l, ki),
                     Call::Range { f, local: at, hi } => {
                         let fp = g.b.ins().stack_addr(g.ptr, slot, (at * 8) as i32);
                         let lo = g.b.ins().iconst(types::I64, 0);
@@ -693,7 +712,8 @@ impl ObjectCode {
                 let v = g.b.ins().iadd_imm_s(v, 1);
                 g.b.ins().store(flags(), v, p, 0);
             }
-            g.b.ins().return_(&[]);
+            let st = g.b.ins().stack_load(g.ptr, types::I32, status, 0);
+            g.b.ins().return_(&[st]);
             g.b.finalize(self.module.target_config());
         }
         self.module
