@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     float label[digits_mlp_TARGET_LABEL_SIZE] = {1.0f}, loss = 0.0f;
     for (int s = 0; s < steps; s++) {
         if (digits_mlp_train_step(image, label, &loss) != 0) return 1;
-        printf("step %llu: loss %.6f\n", (unsigned long long)digits_mlp_step, loss);
+        printf("step %llu: loss %.4g\n", (unsigned long long)digits_mlp_step, loss);
     }
     if (digits_mlp_predict(image, logits) != 0) return 1;
     printf("after training: predicted class %d\n", argmax(logits, digits_mlp_OUTPUT_LOGITS_SIZE));

@@ -364,3 +364,64 @@ fn refusals_name_what_cannot_be_compiled() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `examples/embed_c/main.c` compiles against a `kiln build` of digits_mlp and runs:
+/// it predicts, trains (the step counter advancing), saves the weights.
+#[test]
+fn embed_c_example_builds_and_runs() {
+    let Some(cc) = cc() else {
+        println!("skipped: no `cc` found on PATH to compile the C program");
+        return;
+    };
+    let dir = temp_dir("embed_c");
+    let w = dir.join("w.safetensors");
+    let path = spec("digits_mlp");
+    let init = kiln(&["init", path.to_str().unwrap(), "--out", w.to_str().unwrap()]);
+    assert!(init.status.success());
+    let out = kiln(&[
+        "build",
+        path.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "-o",
+        dir.join("digits_mlp.o").to_str().unwrap(),
+        "--header",
+        dir.join("digits_mlp.h").to_str().unwrap(),
+        "--train",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_c/main.c");
+    std::fs::copy(&main, dir.join("main.c")).unwrap();
+    let c = Command::new(cc)
+        .current_dir(&dir)
+        .args(["-O2", "main.c", "digits_mlp.o", "-lm", "-o", "digits"])
+        .output()
+        .unwrap();
+    assert!(
+        c.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let run = Command::new(dir.join("digits"))
+        .args(["3", "10"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}");
+    for line in [
+        "predicted class: ",
+        "step 3: loss ",
+        "wrote weights.f32 (4810 floats)",
+        "predict latency: ",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    let saved = std::fs::read(dir.join("weights.f32")).unwrap();
+    assert_eq!(saved.len(), 4810 * 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
