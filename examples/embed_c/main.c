@@ -26,6 +26,11 @@ static int argmax(const float *v, int n) {
     return best;
 }
 
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static double now_us(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -34,7 +39,7 @@ static double now_us(void) {
 
 int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 5;
-    int reps = argc > 2 ? atoi(argv[2]) : 100000;
+    int reps = argc > 2 ? atoi(argv[2]) : 20000;
     float image[digits_mlp_INPUT_IMAGE_SIZE], logits[digits_mlp_OUTPUT_LOGITS_SIZE];
     for (int i = 0; i < digits_mlp_INPUT_IMAGE_SIZE; i++) image[i] = ONE[i];
 
@@ -58,17 +63,17 @@ int main(int argc, char **argv) {
     fclose(f);
     printf("wrote weights.f32 (%d floats)\n", digits_mlp_WEIGHTS_SIZE);
 
-    /* Latency of one prediction (batch 1), the median of 5 runs of `reps` calls. */
-    double runs[5];
-    for (int r = 0; r < 5; r++) {
+    /* Latency of one prediction (batch 1): the median over `reps` timings of 10 calls
+     * each (short timings, so that a busy machine's preemptions stay in the tail). */
+    double *runs = malloc(sizeof(double) * (reps > 0 ? reps : 1));
+    if (!runs) return 1;
+    for (int r = 0; r < reps; r++) {
         double t0 = now_us();
-        for (int i = 0; i < reps; i++) digits_mlp_predict(image, logits);
-        runs[r] = (now_us() - t0) / reps;
+        for (int i = 0; i < 10; i++) digits_mlp_predict(image, logits);
+        runs[r] = (now_us() - t0) / 10;
     }
-    for (int i = 1; i < 5; i++)
-        for (int j = i; j > 0 && runs[j] < runs[j - 1]; j--) {
-            double t = runs[j]; runs[j] = runs[j - 1]; runs[j - 1] = t;
-        }
-    printf("predict latency: %.3f us (median of 5 x %d calls)\n", runs[2], reps);
+    qsort(runs, reps, sizeof(double), by_value);
+    if (reps > 0) printf("predict latency: %.3f us (median of %d x 10 calls)\n", runs[reps / 2], reps);
+    free(runs);
     return 0;
 }
