@@ -105,6 +105,8 @@
 
 #![warn(missing_docs)]
 
+/// `kiln build`: a model as a standalone object file with C functions.
+pub mod aot;
 #[doc(hidden)]
 pub mod args;
 #[doc(hidden)]

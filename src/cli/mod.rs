@@ -4,6 +4,7 @@
 //! diverged), 2 usage, I/O or an internal failure, 130 interrupted by Ctrl-C.
 
 mod apply;
+mod build;
 mod inspect;
 mod numbers;
 mod progress;
@@ -91,6 +92,9 @@ enum Command {
         #[arg(short = 'o', long = "out")]
         out: PathBuf,
     },
+    /// Compile a model ahead of time to an object file with C functions (predict, with
+    /// `--train` one training step) and a C header; links with `cc main.c F.o -lm`.
+    Build(build::BuildArgs),
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
     Train(train::TrainArgs),
     /// Print the loss and metrics of weights on data.
@@ -242,6 +246,7 @@ fn run(command: Command) -> Result {
             format: ExportFormat::Onnx,
             out,
         } => inspect::export_onnx(&spec, &weights, &out),
+        Command::Build(a) => build::build(&a),
         Command::Train(a) => train::train(&a),
         Command::Eval(a) => apply::eval(&a),
         Command::Predict(a) => apply::predict(&a),

@@ -31,7 +31,7 @@ pub fn set_verifier(on: bool) {
 }
 
 /// Whether the host CPU has fused multiply-add (Cranelift then emits `vfmadd`).
-fn host_has_fma() -> bool {
+pub(super) fn host_has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("fma")

@@ -25,6 +25,7 @@ mod arena;
 mod compile;
 mod frame;
 mod local;
+pub mod object;
 mod routine;
 mod run;
 mod steps;

@@ -19,7 +19,7 @@ const FLOORS: &[&[&str]] = &[
     &["data", "bench", "budget", "onnx"],
     &["error"],
     &["net"],
-    &["fit"],
+    &["fit", "aot"],
     &["plot"],
 ];
 
