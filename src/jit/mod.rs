@@ -25,6 +25,7 @@ mod arena;
 mod compile;
 mod frame;
 mod local;
+mod rnn;
 mod routine;
 mod run;
 mod steps;
