@@ -46,7 +46,7 @@ struct Ptrs {
     out: Ptr,
 }
 
-/// Runs the layer into `out` (zero-filled by the caller); with `keep`, returns the
+/// Runs the layer into `out` (every element written when there is a step); with `keep`, returns the
 /// trace too.
 pub(super) fn run(l: &Layer, out: &mut [f32], keep: bool) -> Result<Option<Trace>, String> {
     let d = l.d;

@@ -250,7 +250,10 @@ fn forward(
     if out.len() != want {
         return Err("recurrent layer: output size".into());
     }
-    out.fill(0.0);
+    if l.d.t == 0 {
+        // No step writes the output (every row's output is written otherwise).
+        out.fill(0.0);
+    }
     fwd::run(&l, out, keep)
 }
 
