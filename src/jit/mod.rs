@@ -26,6 +26,7 @@ mod compile;
 mod frame;
 mod local;
 pub mod object;
+mod rnn;
 mod routine;
 mod run;
 mod steps;

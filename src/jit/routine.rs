@@ -1,24 +1,13 @@
-//! Runtime routines: complex primitives (recurrent cells, gather, grouped
+//! Runtime routines: complex primitives (gather, grouped
 //! convolutions, max pooling's gradient, …) run with their reference implementation on
-//! the call's buffers.
+//! the call's buffers (recurrent layers: the tuned kernel of `rnn/`).
 
-use std::cell::RefCell;
+use ndarray::ArrayD;
 
-use ndarray::{ArrayD, IxDyn};
-
-use super::frame::{CALL_ID, Desc, DescKind, FrameLayout, access_parts, gather, set_error};
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, gather, set_error};
 use super::plan::{self, Access};
 use super::team;
-use crate::ir::{Node, Op, PoolKind, WindowAttrs, interp};
-
-/// A call's id, the `RnnGrad` operands and the four gradients.
-type RnnGrads = (u64, Vec<crate::ir::Id>, Vec<ArrayD<f32>>);
-
-thread_local! {
-    /// The four gradients of the last recurrent layer back-propagated in this call, by
-    /// call and the `RnnGrad` nodes' operands (the four nodes of one layer share them).
-    static RNN_GRADS: RefCell<Option<RnnGrads>> = const { RefCell::new(None) };
-}
+use crate::ir::{Op, PoolKind, WindowAttrs, interp};
 
 /// Max pooling's gradient on the call's buffers in place (no copies), split across
 /// the team by batch entry. Returns false (the generic path runs instead) for a
@@ -90,40 +79,6 @@ fn max_pool_grad(
     }
 }
 
-/// One gradient of a recurrent layer. Its four `RnnGrad` nodes (x, kernel,
-/// recurrent, bias) take the same operands, so the first one of a call runs
-/// back-propagation through time once for all four and the others take theirs from
-/// the cache.
-fn rnn_grad(
-    node: &Node,
-    attrs: &crate::ir::RnnAttrs,
-    wrt: usize,
-    args: &[&ArrayD<f32>],
-    shape: &[usize],
-) -> Result<ArrayD<f32>, String> {
-    let call = CALL_ID.with(|c| c.get());
-    let cached = RNN_GRADS.with(|g| {
-        g.borrow()
-            .as_ref()
-            .filter(|(c, ids, _)| *c == call && *ids == node.args)
-            .and_then(|(_, _, v)| v.get(wrt).cloned())
-    });
-    let g = match cached {
-        Some(g) => g,
-        None => {
-            let all = crate::ir::rnn::grads(attrs, args).map_err(|e| e.0)?;
-            let g = all
-                .get(wrt)
-                .cloned()
-                .ok_or_else(|| "rnn grad index".to_string())?;
-            RNN_GRADS.with(|c| *c.borrow_mut() = Some((call, node.args.clone(), all)));
-            g
-        }
-    };
-    g.into_shape_with_order(IxDyn(shape))
-        .map_err(|e| e.to_string())
-}
-
 /// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
 /// reference implementation on the call's buffers.
 pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
@@ -142,6 +97,9 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
         } = &node.op
             && max_pool_grad(frame, fl, call, attrs)?
         {
+            return Ok(());
+        }
+        if super::rnn::call(frame, fl, node, call)? {
             return Ok(());
         }
         // SAFETY: slot `env_slot` holds a pointer to the Env that `run` keeps alive.
@@ -171,10 +129,7 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
             d.eval(env)
                 .ok_or_else(|| crate::ir::IrError(format!("unbound {d}")))
         };
-        let out = match &node.op {
-            Op::RnnGrad { attrs, wrt } => rnn_grad(node, attrs, *wrt, &arg_refs, &shape)?,
-            _ => interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?,
-        };
+        let out = interp::eval_node::<f32>(node, &shape, &arg_refs, &dimv).map_err(|e| e.0)?;
         let dst = frame[fl.sizes + call.out] as *mut f32;
         let out = out.as_standard_layout();
         let values = out

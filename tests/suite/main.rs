@@ -34,6 +34,7 @@ mod predict_cli;
 mod props;
 mod recurrent_dropout;
 mod regularizers;
+mod rnn_fast;
 mod simple_layers;
 mod spatial_layouts;
 mod split_step;
