@@ -91,6 +91,7 @@ enum Command {
         out: PathBuf,
     },
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
+    #[command(after_long_help = train::DISTRIBUTED)]
     Train(train::TrainArgs),
     /// Print the loss and metrics of weights on data.
     Eval(apply::EvalArgs),
