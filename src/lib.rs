@@ -121,6 +121,7 @@ pub mod data;
 pub mod diag;
 #[doc(hidden)]
 pub mod dim;
+pub mod dist;
 pub mod error;
 #[doc(hidden)]
 pub mod exec;

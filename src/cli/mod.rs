@@ -96,6 +96,7 @@ enum Command {
     /// `--train` one training step) and a C header; links with `cc main.c F.o -lm`.
     Build(build::BuildArgs),
     /// Train a model as Keras's fit does: progress per epoch, callbacks, checkpoints.
+    #[command(after_long_help = train::DISTRIBUTED)]
     Train(train::TrainArgs),
     /// Print the loss and metrics of weights on data.
     Eval(apply::EvalArgs),

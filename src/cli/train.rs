@@ -117,8 +117,43 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     .clone()
 }
 
-/// `kiln train`.
+/// `kiln train --help`'s words on several processes.
+pub const DISTRIBUTED: &str = "\
+Data-parallel training (a kiln built with `--features mpi`, started by mpirun):
+  mpirun -n 2 kiln train SPEC                       two processes on this machine
+  mpirun -H a,b -n 2 kiln train SPEC --data /shared/train.npz
+                                                    one process on each of hosts a and b
+Every process reads the same spec and data (a path every host sees); the spec's
+batch_size is the global batch, each of the K processes computes batch_size / K of it
+(K must divide it), and the gradients are summed over the processes before every
+update, so the weights equal one process's up to summation order. Rank 0 alone prints
+progress and writes the weights, checkpoints and logs; --resume works with any K. A
+process that fails ends the whole job (MPI_Abort) and the last checkpoint stays intact.
+Set KILN_NUM_THREADS=1 for one thread per process when the processes share a machine.";
+
+/// `kiln train`: on its own, or as one of the processes mpirun started (the failure of
+/// any of them ends them all, after saying why).
 pub fn train(a: &TrainArgs) -> Result {
+    let world = kiln::dist::world()?;
+    let result = train_on(a, world.as_ref());
+    match &result {
+        // Every process stops at the same batch for these, and rank 0 said why.
+        Err(CliError::Diverged | CliError::Interrupted) | Ok(()) => result,
+        Err(e) if world.size() > 1 => {
+            eprintln!(
+                "error on rank {} of {} processes; ending the job:",
+                world.rank(),
+                world.size()
+            );
+            e.report();
+            world.abort(e.exit_code())
+        }
+        Err(_) => result,
+    }
+}
+
+fn train_on(a: &TrainArgs, world: &dyn kiln::dist::Comm) -> Result {
+    let speaks = world.rank() == 0;
     let need = Need {
         work: kiln::budget::Work::Train,
         batch: a.batch_size,
@@ -179,6 +214,7 @@ pub fn train(a: &TrainArgs) -> Result {
     for p in [Some(&out), Some(&ckpt), a.plot.as_ref(), a.log.as_ref()]
         .into_iter()
         .flatten()
+        .filter(|_| speaks)
     {
         check_writable(p)?;
     }
@@ -192,9 +228,20 @@ pub fn train(a: &TrainArgs) -> Result {
         plot: a.plot.as_deref().map(absolute),
     });
     fit.interrupt = Some(interrupt_flag());
-    announce(a, &net, &path, data.len(), settings.validation_split());
+    if !speaks {
+        net.fit_on(&data, &fit, &mut kiln::fit::Silent, world)?;
+        return Ok(());
+    }
+    announce(
+        a,
+        &net,
+        &path,
+        data.len(),
+        settings.validation_split(),
+        world.size(),
+    );
     let mut progress = Progress::new();
-    let report = net.fit_with(&data, &fit, &mut progress)?;
+    let report = net.fit_on(&data, &fit, &mut progress, world)?;
     if let Some(p) = &a.plot {
         let title = format!("{} — training curves", net.graph().name);
         match kiln::plot::write(p, &report.history, &title) {
@@ -272,14 +319,14 @@ fn outputs(a: &TrainArgs) -> (PathBuf, PathBuf) {
 }
 
 /// `training NAME on FILE: N examples, M held out for validation; backend jit`.
-fn announce(a: &TrainArgs, net: &kiln::Net, path: &Path, len: usize, split: f64) {
+fn announce(a: &TrainArgs, net: &kiln::Net, path: &Path, len: usize, split: f64, ranks: usize) {
     let n_val = if split > 0.0 {
         len - (len as f64 * (1.0 - split)).floor() as usize
     } else {
         0
     };
     println!(
-        "training {} on {}: {} examples{}; backend {}{}",
+        "training {} on {}: {} examples{}; backend {}{}{}",
         net.graph().name,
         path.display(),
         group_digits((len - n_val) as i64),
@@ -291,6 +338,11 @@ fn announce(a: &TrainArgs, net: &kiln::Net, path: &Path, len: usize, split: f64)
         match Backend::from(a.backend) {
             Backend::Jit => "jit",
             Backend::Interp => "interp",
+        },
+        if ranks > 1 {
+            format!("; {ranks} processes")
+        } else {
+            String::new()
         },
         match &a.resume {
             Some(r) => format!("; resuming {} at step {}", r.display(), net.step()),

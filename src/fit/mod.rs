@@ -18,6 +18,7 @@
 mod adapt;
 pub mod callbacks;
 pub mod checkpoint;
+mod shard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,6 +92,21 @@ impl Net {
         observer: &mut dyn Observer,
     ) -> Result<FitReport, Error> {
         run(self, data, opts, observer)
+    }
+
+    /// [`Net::fit_with`] as one of the processes of `comm` (data-parallel training:
+    /// the spec's `batch_size` is the global batch, each process computes its share,
+    /// gradients are summed over the processes; rank 0 alone writes checkpoints and
+    /// logs). Every process calls it with the same data and options. With
+    /// [`crate::dist::Single`] it is [`Net::fit_with`].
+    pub fn fit_on(
+        &mut self,
+        data: &Dataset,
+        opts: &FitOptions,
+        observer: &mut dyn Observer,
+        comm: &dyn crate::dist::Comm,
+    ) -> Result<FitReport, Error> {
+        run::run_on(self, data, opts, observer, comm)
     }
 }
 
@@ -171,4 +187,4 @@ pub struct Silent;
 impl Observer for Silent {}
 
 mod run;
-pub use run::run;
+pub use run::{run, run_on};

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::callbacks::{self, Callback, CsvLog};
+use super::shard::Ranks;
 use super::{FitOptions, FitReport, Logs, Observer, Settings, Stop, checkpoint};
 use crate::data::{self, Dataset};
+use crate::dist::Comm;
 use crate::error::Error;
 use crate::net::{Net, OptState, rng_key};
 use crate::settings::spec_validation_data;
@@ -48,6 +50,10 @@ struct Run<'a> {
     start_batch: usize,
     snapshot: Snapshot,
     epoch_seconds: Vec<f64>,
+    /// The processes of the run (one, or several under MPI).
+    ranks: Ranks<'a>,
+    /// With several processes: whether any was asked to stop, as of the last batch.
+    agreed_stop: bool,
 }
 
 /// Keras's `fit`. See the module documentation.
@@ -57,7 +63,20 @@ pub fn run(
     opts: &FitOptions,
     obs: &mut dyn Observer,
 ) -> Result<FitReport, Error> {
-    let mut r = Run::start(net, data, opts, obs)?;
+    run_on(net, data, opts, obs, &crate::dist::Single)
+}
+
+/// Keras's `fit` as one of the processes of `comm` (data-parallel training, see
+/// `shard.rs`); every process calls it with the same data and options, and only rank 0
+/// writes checkpoints and logs.
+pub fn run_on(
+    net: &mut Net,
+    data: &Dataset,
+    opts: &FitOptions,
+    obs: &mut dyn Observer,
+    comm: &dyn Comm,
+) -> Result<FitReport, Error> {
+    let mut r = Run::start(net, data, opts, obs, comm)?;
     let mut stop = Stop::Completed;
     let mut epoch = r.start_epoch;
     while epoch < r.s.epochs {
@@ -80,6 +99,7 @@ impl<'a> Run<'a> {
         data: &Dataset,
         opts: &'a FitOptions,
         obs: &'a mut dyn Observer,
+        comm: &'a dyn Comm,
     ) -> Result<Run<'a>, Error> {
         let graph = net.graph().clone();
         let Some(train) = graph.train.as_ref() else {
@@ -119,6 +139,8 @@ impl<'a> Run<'a> {
         };
         let train_data = net.with_class_weights(train_data)?;
         let train_id = (train_data.len(), train_data.fingerprint()?);
+        let ranks = Ranks::new(net, comm, s.batch_size)?;
+        ranks.check_same_data(train_id)?;
         if let Some(r) = &resume
             && let Some(id) = r.meta.data
             && id != train_id
@@ -158,6 +180,8 @@ impl<'a> Run<'a> {
             start_batch: 0,
             snapshot,
             epoch_seconds: Vec::new(),
+            ranks,
+            agreed_stop: false,
         };
         if let Some(res) = resume {
             r.resume(res);
@@ -197,8 +221,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The CSV logs: the spec's `csv_logger` callbacks and `FitOptions::csv_log`.
+    /// The CSV logs: the spec's `csv_logger` callbacks and `FitOptions::csv_log` (rank
+    /// 0's only).
     fn open_csv_logs(&mut self) -> Result<(), Error> {
+        if !self.ranks.speaks() {
+            return Ok(());
+        }
         let open = |path: PathBuf, sep: &str, append: bool, hist: &[Logs]| {
             CsvLog::open(path.clone(), sep, append, hist).map_err(|error| Error::Io {
                 path,
@@ -235,7 +263,16 @@ impl<'a> Run<'a> {
         };
     }
 
+    /// Whether training was asked to stop (with several processes: whether any was, as
+    /// of the last batch's sums).
     fn interrupted(&self) -> bool {
+        if self.ranks.distributed() {
+            return self.agreed_stop;
+        }
+        self.local_interrupt()
+    }
+
+    fn local_interrupt(&self) -> bool {
         self.opts
             .interrupt
             .as_ref()
@@ -263,18 +300,36 @@ impl<'a> Run<'a> {
         }
         for b in first..steps {
             let idx = data::batch_indices(&order, bs, b);
-            let (xs, ys) = self.train.gather(idx)?;
-            let w = self.train.gather_weights(idx)?;
             let step = self.net.optimizer_state().step;
             let lr = self.net.learning_rate();
-            let out = self
-                .net
-                .train_step_weighted(xs, ys, w, lr, rng_key(self.s.seed, step))?;
-            if !out.loss.is_finite() {
-                return Ok(Some(self.roll_back(epoch, b, step, out.loss)?));
+            let loss = if self.ranks.distributed() {
+                let stop = self.local_interrupt();
+                let r = self.ranks.step(
+                    self.net,
+                    &self.train,
+                    idx,
+                    self.s.seed,
+                    lr,
+                    &mut self.sums,
+                    stop,
+                )?;
+                self.agreed_stop = r.stop;
+                r.loss
+            } else {
+                let (xs, ys) = self.train.gather(idx)?;
+                let w = self.train.gather_weights(idx)?;
+                let out =
+                    self.net
+                        .train_step_weighted(xs, ys, w, lr, rng_key(self.s.seed, step))?;
+                if out.loss.is_finite() {
+                    self.sums
+                        .add(out.loss, &out.output_losses, &out.metric_states, idx.len());
+                }
+                out.loss
+            };
+            if !loss.is_finite() {
+                return Ok(Some(self.roll_back(epoch, b, step, loss)?));
             }
-            self.sums
-                .add(out.loss, &out.output_losses, &out.metric_states, idx.len());
             self.obs
                 .on_batch_end(b + 1, steps, &self.net.tally_logs(&self.sums));
             if self.interrupted() && b + 1 < steps {
@@ -309,7 +364,7 @@ impl<'a> Run<'a> {
     /// Interrupted after `batch` batches of `epoch`: write the checkpoint.
     fn interrupt(&mut self, epoch: usize, batch: usize) -> Result<Stop, Error> {
         let path = self.opts.checkpoint.clone();
-        if let Some(p) = &path {
+        if let Some(p) = path.as_ref().filter(|_| self.ranks.speaks()) {
             let meta = self.meta(epoch, batch);
             checkpoint::save(self.net, p, &meta, &self.cbs)?;
         }
@@ -343,7 +398,7 @@ impl<'a> Run<'a> {
         let seconds = self.epoch_seconds.last().copied().unwrap_or(0.0);
         let mut logs = self.net.tally_logs(&self.sums);
         if let Some(v) = &self.val {
-            let vl = self.net.evaluate(v, Some(self.s.batch_size))?;
+            let vl = self.ranks.validate(self.net, v, self.s.batch_size)?;
             for (k, x) in vl.iter() {
                 logs.set(&format!("val_{k}"), x);
             }
@@ -374,14 +429,16 @@ impl<'a> Run<'a> {
             self.obs.on_message(m);
         }
         let meta = self.meta(epochs_done, 0);
-        for p in decision.save.iter().chain(self.opts.checkpoint.iter()) {
+        let saves = decision.save.iter().chain(self.opts.checkpoint.iter());
+        for p in saves.filter(|_| self.ranks.speaks()) {
             checkpoint::save(self.net, p, &meta, &self.cbs)?;
         }
         self.take_snapshot(epochs_done);
         if decision.stop {
             return Ok(Some(Stop::EarlyStopping { epoch }));
         }
-        if self.interrupted() {
+        let stop = self.local_interrupt();
+        if self.ranks.any(stop) {
             return Ok(Some(Stop::Interrupted {
                 epoch: epochs_done,
                 batch: 0,

@@ -57,6 +57,18 @@ impl SplitStep {
         Ok(SplitStep { grad, update, meta })
     }
 
+    /// The lengths of [`ShardGradients::grads`] and [`ShardGradients::updated`] for
+    /// `net` (what a process with no examples in a batch contributes: zeros).
+    pub fn buffer_lens(&self, net: &Net) -> (usize, usize) {
+        let len = |keys: &[String]| {
+            keys.iter()
+                .filter_map(|k| net.weights.get(k))
+                .map(|w| w.len())
+                .sum()
+        };
+        (len(&self.meta.trainable), len(&self.meta.updated))
+    }
+
     /// The gradient half on one shard: `inputs` and `targets` in the model's order,
     /// each example's weight when the spec takes them, dropout's key.
     pub fn gradients(

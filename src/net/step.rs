@@ -437,6 +437,16 @@ impl Net {
     /// batch size, in inference mode. Keys: `loss` and each metric as the spec names
     /// it.
     pub fn evaluate(&self, data: &Dataset, batch_size: Option<usize>) -> Result<Logs, Error> {
+        Ok(self.tally_logs(&self.evaluate_tally(data, batch_size)?))
+    }
+
+    /// [`Net::evaluate`]'s running sums before they become logs ([`Net::tally_logs`]):
+    /// sums over parts of the data add up to the sums over the whole.
+    pub fn evaluate_tally(
+        &self,
+        data: &Dataset,
+        batch_size: Option<usize>,
+    ) -> Result<Tally, Error> {
         if !data.has_targets() {
             return Err(Error::Invalid(
                 "evaluation needs targets, and this data has none".into(),
@@ -470,7 +480,7 @@ impl Net {
             let losses: Vec<f32> = e.output_losses.iter().map(|&i| scalar(&outs[i])).collect();
             tally.add(scalar(&outs[e.loss]), &losses, &states, idx.len());
         }
-        Ok(self.tally_logs(&tally))
+        Ok(tally)
     }
 }
 

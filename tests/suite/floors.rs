@@ -18,7 +18,7 @@ const FLOORS: &[&[&str]] = &[
     &["lower", "summary", "weights", "settings"],
     &["data", "bench", "budget", "onnx"],
     &["error"],
-    &["net"],
+    &["net", "dist"],
     &["fit", "aot"],
     &["plot"],
 ];
