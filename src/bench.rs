@@ -56,19 +56,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Every symbol of `f`'s inputs bound: the given sizes, the batch size for the rest.
+pub fn bind_symbols(
+    f: &Func,
+    batch: usize,
+    dims: &crate::ir::interp::Env,
+) -> crate::ir::interp::Env {
+    f.inputs
+        .iter()
+        .flat_map(|i| i.ty.shape.iter().flat_map(|d| d.symbols()))
+        .map(|s| {
+            let v = dims.get(&s).copied().unwrap_or(batch as i64);
+            (s, v)
+        })
+        .collect()
+}
+
 /// Random values for a function's inputs; parameters from Keras's initializers.
 fn inputs(
     f: &Func,
     weights: &crate::weights::Weights,
     batch: usize,
+    dims: &crate::ir::interp::Env,
     classes: usize,
 ) -> Vec<ArrayD<f32>> {
-    let env: crate::ir::interp::Env = f
-        .inputs
-        .iter()
-        .flat_map(|i| i.ty.shape.iter().flat_map(|d| d.symbols()))
-        .map(|s| (s, batch as i64))
-        .collect();
+    let env = bind_symbols(f, batch, dims);
     let mut k = 0u64;
     f.inputs
         .iter()
@@ -118,12 +130,14 @@ fn time_runs(
     Ok(median(t))
 }
 
-/// Benchmarks spec text at a batch size with the JIT backend.
+/// Benchmarks spec text at a batch size with the JIT backend; `dims` binds other
+/// symbolic sizes (a sequence length), every symbol not in it takes the batch size.
 pub fn run(
     text: &str,
     name: &str,
     file: &str,
     batch: usize,
+    dims: &crate::ir::interp::Env,
     runs: usize,
 ) -> Result<BenchResult, BenchError> {
     // Compile latency: parse + check + lower + passes + codegen of the training step
@@ -158,11 +172,15 @@ pub fn run(
     let predict =
         passes::optimize(&crate::lower::predict_func(&m.graph).map_err(|e| RunError(e.0))?);
     let fk = compile(&predict, Backend::Jit)?;
-    let forward_ms = time_runs(&*fk, &inputs(fk.func(), &weights, batch, classes), runs)?;
+    let forward_ms = time_runs(
+        &*fk,
+        &inputs(fk.func(), &weights, batch, dims, classes),
+        runs,
+    )?;
     let train_step_ms = match &m.graph.train {
         Some(_) => Some(time_runs(
             &*step_kernel,
-            &inputs(step_kernel.func(), &weights, batch, classes),
+            &inputs(step_kernel.func(), &weights, batch, dims, classes),
             runs,
         )?),
         None => None,

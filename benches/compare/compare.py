@@ -1,7 +1,8 @@
 """Side-by-side benchmark: kiln vs PyTorch eager, JAX jit and Keras 3 (JAX backend).
 
 Run through benches/compare/run.sh, which prepares the virtual environment and builds
-kiln. For every case (model × batch size) one process per framework is started; then,
+kiln. For every case (model × batch size, and the sequence length for the token models:
+`--dim seq=N` for kiln) one process per framework is started; then,
 for a number of rounds, each framework in turn (the order rotating from round to
 round) runs a block of timed steps after a short warm-up, with a pause between
 frameworks so that no thread pool is still spinning when the next one starts. A
@@ -35,16 +36,29 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 PEERS = ["torch", "jax", "keras"]
 LABEL = {"kiln": "kiln", "torch": "PyTorch eager", "jax": "JAX jit", "keras": "Keras 3 (JAX)"}
 
-# (model, spec, batch, what to time)
+# (model, spec, batch, what to time, sequence length or 0)
 CASES = [
-    ("mlp", "specs/mlp.yaml", 1, ("train", "forward")),
-    ("mlp", "specs/mlp.yaml", 32, ("train",)),
-    ("mlp", "specs/mlp.yaml", 128, ("train", "forward")),
-    ("mlp", "specs/mlp.yaml", 1024, ("train",)),
-    ("cnn", "specs/cnn.yaml", 1, ("forward",)),
-    ("cnn", "specs/cnn.yaml", 32, ("train",)),
-    ("cnn", "specs/cnn.yaml", 128, ("train",)),
+    ("mlp", "specs/mlp.yaml", 1, ("train", "forward"), 0),
+    ("mlp", "specs/mlp.yaml", 32, ("train",), 0),
+    ("mlp", "specs/mlp.yaml", 128, ("train", "forward"), 0),
+    ("mlp", "specs/mlp.yaml", 1024, ("train",), 0),
+    ("cnn", "specs/cnn.yaml", 1, ("forward",), 0),
+    ("cnn", "specs/cnn.yaml", 32, ("train",), 0),
+    ("cnn", "specs/cnn.yaml", 128, ("train",), 0),
+] + [
+    # The sequence models (issue 11): batch 1, 32 and 128 at lengths 32 and 128.
+    (model, f"specs/{model}.yaml", batch, ("train", "forward"), seq)
+    for model in ("lstm", "attention")
+    for seq in (32, 128)
+    for batch in (1, 32, 128)
 ]
+# The frameworks each model is written for (the token models have no pure-JAX version).
+MODEL_PEERS = {"lstm": ("torch", "keras"), "attention": ("torch", "keras")}
+
+
+def case_name(model, batch, seq):
+    """`mlp128`, or `attention32s128` for batch 32 at sequence length 128."""
+    return f"{model}{batch}" + (f"s{seq}" if seq else "")
 
 
 def cpu_jiffies():
@@ -111,9 +125,10 @@ def reap(p):
 
 
 class Peer:
-    def __init__(self, fw, model, batch, env):
+    def __init__(self, fw, model, batch, seq, env):
         self.fw = fw
-        self.p = spawn([sys.executable, os.path.join(HERE, "peers.py"), fw, model, str(batch)], env)
+        self.p = spawn([sys.executable, os.path.join(HERE, "peers.py"), fw, model, str(batch),
+                        str(seq)], env)
         hello = self.read()
         self.compile_ms = hello["compile_ms"]
 
@@ -138,8 +153,10 @@ class Peer:
         return reap(self.p)
 
 
-def kiln_round(kiln, spec, batch, runs, env):
-    p = spawn([kiln, "bench", spec, "--batch-size", str(batch), "--runs", str(runs), "--json"], env)
+def kiln_round(kiln, spec, batch, seq, runs, env):
+    dims = ["--dim", f"seq={seq}"] if seq else []
+    p = spawn([kiln, "bench", spec, "--batch-size", str(batch), "--runs", str(runs), "--json"]
+              + dims, env)
     p.stdin.close()
     out, err = p.stdout.read(), p.stderr.read()
     rss = reap(p)
@@ -196,7 +213,12 @@ def main():
     ap.add_argument("--runs", type=int, default=50, help="timed steps per block")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between frameworks")
-    ap.add_argument("--only", default="", help="comma-separated case names, e.g. mlp128,cnn32")
+    ap.add_argument("--only", default="", help="comma-separated case names, e.g. mlp128,cnn32,"
+                    "attention32s128 (batch 32, sequence length 128)")
+    ap.add_argument("--seq-rounds", type=int, default=0,
+                    help="rounds for the sequence models' cases (default: --rounds)")
+    ap.add_argument("--seq-runs", type=int, default=0,
+                    help="timed steps per block for the sequence models' cases (default: --runs)")
     ap.add_argument("--frameworks", default="kiln,torch,jax,keras")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--quiet-threshold", type=float, default=0.05,
@@ -231,18 +253,23 @@ def main():
     per_round = {}  # "case/metric/fw" -> the kept rounds' medians, in order
     rss = {}      # case -> {fw: MiB}
     wanted = set(filter(None, a.only.split(",")))
-    for model, spec, batch, whats in CASES:
-        case = f"{model}{batch}"
+    labels = {}  # case -> (model, batch, seq)
+    for model, spec, batch, whats, seq in CASES:
+        case = case_name(model, batch, seq)
         if wanted and case not in wanted:
             continue
+        labels[case] = (model, batch, seq)
+        rounds = (a.seq_rounds or a.rounds) if seq else a.rounds
+        runs = (a.seq_runs or a.runs) if seq else a.runs
         print(f"[{case}] starting workers…", flush=True)
-        peers = {fw: Peer(fw, model, batch, env) for fw in PEERS if fw in fws}
+        peers = {fw: Peer(fw, model, batch, seq, env) for fw in PEERS
+                 if fw in fws and fw in MODEL_PEERS.get(model, PEERS)}
         samples = {}  # (metric, fw) -> [round medians]
         kiln_compile, kiln_rss = [], 0.0
-        order = [fw for fw in ["kiln"] + PEERS if fw in fws]
+        order = [fw for fw in ["kiln"] + PEERS if fw == "kiln" and fw in fws or fw in peers]
         pids = [p.p.pid for p in peers.values()]
         r, retries = 0, 0
-        while r < a.rounds:
+        while r < rounds:
             waited = wait_quiet(a.max_wait, a.quiet_threshold, pids)
             start = mark(pids)
             rot = order[r % len(order):] + order[:r % len(order)]
@@ -250,7 +277,7 @@ def main():
             for fw in rot:
                 time.sleep(a.pause)
                 if fw == "kiln":
-                    res, m = kiln_round(a.kiln, spec, batch, a.runs, env)
+                    res, m = kiln_round(a.kiln, spec, batch, seq, runs, env)
                     kiln_rss = max(kiln_rss, m)
                     this[("compile", fw)] = res["compile_ms"]
                     for w in whats:
@@ -258,7 +285,7 @@ def main():
                         this[(w, fw)] = res[key]
                 else:
                     for w in whats:
-                        this[(w, fw)] = peers[fw].run(w, a.runs)
+                        this[(w, fw)] = peers[fw].run(w, runs)
             foreign = foreign_fraction(start, pids)
             line = ", ".join(f"{fw} {w} {fmt_ms(this[(w, fw)])}" for w in whats for fw in order)
             if foreign > a.quiet_threshold and retries < a.max_retries:
@@ -272,7 +299,7 @@ def main():
                 else:
                     samples.setdefault((w, fw), []).append(v)
             disturbed.append(foreign)
-            print(f"[{case}] round {r + 1}/{a.rounds} (other processes {100 * foreign:.1f}%, "
+            print(f"[{case}] round {r + 1}/{rounds} (other processes {100 * foreign:.1f}%, "
                   f"waited {waited:.0f} s): {line}", flush=True)
             r += 1
         discarded[case] = retries
@@ -306,12 +333,11 @@ def main():
     head = ["case", "kiln"] + [LABEL[f] for f in peers_in] + [f"kiln / {LABEL[f]}" for f in peers_in]
     rows = []
     for (case, w), vals in results.items():
-        model = case.rstrip("0123456789")
-        bs = case[len(model):]
+        model, bs, seq = labels[case]
         if w == "compile":
             label = f"{model.upper()} compile (spec/trace → train step)"
         else:
-            label = f"{model.upper()} {names[w]}, batch {bs}"
+            label = f"{model.upper()} {names[w]}, batch {bs}" + (f", length {seq}" if seq else "")
         k = vals.get("kiln")
         rows.append([label, fmt_ms(k)] + [fmt_ms(vals.get(f)) for f in peers_in]
                     + [fmt_ratio(k, vals.get(f)) for f in peers_in])
@@ -353,6 +379,36 @@ def main():
     ]
     print()
     print("Issue 4 targets (MLP 784-256-256-10):")
+    for name, k, p, lim in checks:
+        if k is None or p is None:
+            print(f"  {name}: not measured")
+            continue
+        ok = k / p <= lim
+        print(f"  {name}: {'MET' if ok else 'NOT MET'} (ratio {k / p:.3f}, limit {lim:.3f})")
+    # Targets of issue 11 (the sequence models), against the faster of PyTorch eager and
+    # Keras 3 (JAX).
+    def faster(case, w):
+        v = [get(case, w, fw) for fw in ("torch", "keras")]
+        v = [x for x in v if x is not None]
+        return min(v) if v else None
+    checks = [
+        ("LSTM train step, batch 32, length 32 ≤ 0.7× the faster peer",
+         get("lstm32s32", "train", "kiln"), faster("lstm32s32", "train"), 0.7),
+        ("LSTM forward, batch 32, length 32 ≤ 0.7× the faster peer",
+         get("lstm32s32", "forward", "kiln"), faster("lstm32s32", "forward"), 0.7),
+        ("LSTM forward, batch 1, length 32 ≤ 0.3× PyTorch eager",
+         get("lstm1s32", "forward", "kiln"), get("lstm1s32", "forward", "torch"), 0.3),
+    ]
+    for seq in (32, 128):
+        case = f"attention32s{seq}"
+        checks += [
+            (f"attention train step, batch 32, length {seq} ≤ 0.6× the faster peer",
+             get(case, "train", "kiln"), faster(case, "train"), 0.6),
+            (f"attention forward, batch 32, length {seq} ≤ 0.7× the faster peer",
+             get(case, "forward", "kiln"), faster(case, "forward"), 0.7),
+        ]
+    print()
+    print("Issue 11 targets (sequence models):")
     for name, k, p, lim in checks:
         if k is None or p is None:
             print(f"  {name}: not measured")

@@ -1,11 +1,16 @@
 """One peer framework, one model, one batch size, in its own process.
 
-    python peers.py FRAMEWORK MODEL BATCH
+    python peers.py FRAMEWORK MODEL BATCH [SEQ]
 
 FRAMEWORK is torch (PyTorch eager), jax (JAX jit) or keras (Keras 3 on JAX); MODEL is
-mlp (specs/mlp.yaml) or cnn (specs/cnn.yaml). The models, losses, metrics and
-optimizers mirror the kiln specs: the same layers and shapes, Adam (Keras defaults,
-lr 1e-3, eps 1e-7), sparse categorical cross-entropy from logits, accuracy.
+mlp (specs/mlp.yaml), cnn (specs/cnn.yaml), lstm (specs/lstm.yaml) or attention
+(specs/attention.yaml); SEQ is the sequence length of the token models. The models,
+losses, metrics and optimizers mirror the kiln specs: the same layers and shapes;
+for mlp, cnn and attention Adam (Keras defaults, lr 1e-3, eps 1e-7), sparse
+categorical cross-entropy from logits, accuracy; for lstm RMSprop (lr 1e-3, rho 0.9,
+eps 1e-7, each gradient clipped to norm 1 as Keras's `clipnorm` does), binary
+cross-entropy from logits, accuracy. The token models run in PyTorch and Keras only
+(the pure-JAX versions are not written).
 
 Protocol (one JSON object per line on stdout, commands on stdin):
   start      -> {"ready": true, "compile_ms": first call of the train step or null,
@@ -28,6 +33,9 @@ import time
 import numpy as np
 
 FRAMEWORK, MODEL, BATCH = sys.argv[1], sys.argv[2], int(sys.argv[3])
+SEQ = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+# Vocabulary sizes of the token specs.
+VOCAB = {"lstm": 10000, "attention": 5000}
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 CLASSES = 10
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
@@ -40,6 +48,11 @@ def rss_mb():
 
 def data(batch):
     rng = np.random.default_rng(0)
+    if MODEL in VOCAB:
+        x = rng.integers(0, VOCAB[MODEL], size=(batch, SEQ)).astype(np.int32)
+        if MODEL == "lstm":
+            return x, rng.integers(0, 2, size=(batch, 1)).astype(np.float32)
+        return x, rng.integers(0, 2, size=(batch,)).astype(np.int32)
     shape = (batch, 784) if MODEL == "mlp" else (batch, 8, 8, 1)
     x = rng.random(shape, dtype=np.float32)
     y = rng.integers(0, CLASSES, size=(batch,)).astype(np.int32)
@@ -70,6 +83,8 @@ def setup_torch():
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
+    if MODEL in VOCAB:
+        return setup_torch_tokens(torch, nn, F)
     if MODEL == "mlp":
         model = nn.Sequential(
             nn.Linear(784, 256), nn.ReLU(),
@@ -109,6 +124,79 @@ def setup_torch():
             return model(x)
 
     return train, forward, None, {"train": model.train, "forward": model.eval}
+
+
+class TorchLstm:
+    """embedding 10000×64 → LSTM 64 (sequences) → GRU 32 (last state) → dense 1.
+    PyTorch's GRU is Keras's `reset_after=True` form (Keras's default)."""
+
+    def __init__(self, torch, nn):
+        self.m = nn.ModuleDict({
+            "emb": nn.Embedding(10000, 64), "lstm": nn.LSTM(64, 64, batch_first=True),
+            "gru": nn.GRU(64, 32, batch_first=True), "out": nn.Linear(32, 1)})
+
+    def __call__(self, x):
+        h, _ = self.m["lstm"](self.m["emb"](x))
+        _, last = self.m["gru"](h)
+        return self.m["out"](last[0])
+
+
+class TorchEncoder:
+    """embedding 5000×64 → 4-head self-attention (key_dim 16) → add → layer norm →
+    dense 128 relu → dense 64 → add → layer norm → mean over steps → dense 2."""
+
+    def __init__(self, torch, nn):
+        self.m = nn.ModuleDict({
+            "emb": nn.Embedding(5000, 64), "attn": nn.MultiheadAttention(64, 4, batch_first=True),
+            "norm1": nn.LayerNorm(64, eps=1e-3), "d1": nn.Linear(64, 128), "d2": nn.Linear(128, 64),
+            "norm2": nn.LayerNorm(64, eps=1e-3), "out": nn.Linear(64, 2)})
+        self.relu = torch.relu
+
+    def __call__(self, x):
+        m = self.m
+        e = m["emb"](x)
+        a, _ = m["attn"](e, e, e, need_weights=False)
+        h = m["norm1"](e + a)
+        f = m["d2"](self.relu(m["d1"](h)))
+        return m["out"](m["norm2"](h + f).mean(dim=1))
+
+
+def setup_torch_tokens(torch, nn, F):
+    model = (TorchLstm if MODEL == "lstm" else TorchEncoder)(torch, nn)
+    params = list(model.m.parameters())
+    if MODEL == "lstm":
+        opt = torch.optim.RMSprop(params, lr=LR, alpha=0.9, eps=EPS)
+    else:
+        opt = torch.optim.Adam(params, lr=LR, betas=(B1, B2), eps=EPS)
+    x, y = data(BATCH)
+    x = torch.from_numpy(x).long()
+    y = torch.from_numpy(y) if MODEL == "lstm" else torch.from_numpy(y).long()
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        if MODEL == "lstm":
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        if MODEL == "lstm":
+            # Keras's clipnorm: each gradient clipped to norm 1 on its own.
+            for p in params:
+                torch.nn.utils.clip_grad_norm_([p], 1.0)
+        opt.step()
+        with torch.no_grad():
+            if MODEL == "lstm":
+                acc = ((logits > 0).float() == y).float().mean()
+            else:
+                acc = (logits.argmax(1) == y).float().mean()
+        return loss, acc
+
+    def forward():
+        with torch.inference_mode():
+            return model(x)
+
+    return train, forward, None, {"train": model.m.train, "forward": model.m.eval}
 
 
 # ---------------------------------------------------------------- JAX jit
@@ -232,7 +320,24 @@ def setup_keras():
     from keras import layers
 
     keras.utils.set_random_seed(0)
-    if MODEL == "mlp":
+    if MODEL == "lstm":
+        model = keras.Sequential([
+            keras.Input((SEQ,), dtype="int32"),
+            layers.Embedding(10000, 64),
+            layers.LSTM(64, return_sequences=True),
+            layers.GRU(32),
+            layers.Dense(1),
+        ])
+    elif MODEL == "attention":
+        tokens = keras.Input((SEQ,), dtype="int32")
+        e = layers.Embedding(5000, 64)(tokens)
+        a = layers.MultiHeadAttention(num_heads=4, key_dim=16)(e, e)
+        h = layers.LayerNormalization()(layers.Add()([e, a]))
+        f = layers.Dense(64)(layers.Dense(128, activation="relu")(h))
+        h = layers.LayerNormalization()(layers.Add()([h, f]))
+        out = layers.Dense(2)(layers.GlobalAveragePooling1D()(h))
+        model = keras.Model(tokens, out)
+    elif MODEL == "mlp":
         model = keras.Sequential([
             keras.Input((784,)),
             layers.Dense(256, activation="relu"),
@@ -250,12 +355,13 @@ def setup_keras():
             layers.Dropout(0.2),
             layers.Dense(CLASSES),
         ])
-    model.compile(
-        optimizer=keras.optimizers.Adam(LR),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=True,
-    )
+    if MODEL == "lstm":
+        optimizer = keras.optimizers.RMSprop(LR, clipnorm=1.0)
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    else:
+        optimizer = keras.optimizers.Adam(LR)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=True)
     x, y = data(BATCH)
 
     def train():

@@ -89,6 +89,7 @@ pub fn ir(spec: &PathBuf, stage: Stage, raw: bool, step: bool) -> Result {
 pub fn bench(
     spec: &Path,
     batch_size: usize,
+    dim: &[(String, usize)],
     json: bool,
     runs: usize,
     memory: &super::MemoryArg,
@@ -96,14 +97,33 @@ pub fn bench(
     let text = kiln::read_spec(spec)?;
     let name = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let file = spec.display().to_string();
-    // Bench binds every symbol to the batch size (its random inputs do).
+    // Bench binds every symbol to the batch size (its random inputs do), except those
+    // given with `--dim`.
     let m = kiln::Model::from_source(&text, name, &file)?;
-    let dims = m
+    let symbols: Vec<String> = m
         .graph
         .inputs
         .iter()
         .flat_map(|i| i.ty.shape.iter().flat_map(|d| d.symbols()))
-        .map(|s| (s, batch_size as i64))
+        .collect();
+    if let Some((s, _)) = dim.iter().find(|(s, _)| !symbols.contains(s)) {
+        return Err(CliError::Usage(format!(
+            "--dim {s}: the spec's inputs have no symbolic size `{s}` (they have: {})",
+            if symbols.is_empty() {
+                "none".to_string()
+            } else {
+                symbols.join(", ")
+            }
+        )));
+    }
+    let given: std::collections::HashMap<String, i64> =
+        dim.iter().map(|(s, n)| (s.clone(), *n as i64)).collect();
+    let dims = symbols
+        .into_iter()
+        .map(|s| {
+            let v = given.get(&s).copied().unwrap_or(batch_size as i64);
+            (s, v)
+        })
         .collect();
     super::check_budget(
         &m.graph,
@@ -112,7 +132,7 @@ pub fn bench(
         &dims,
         memory,
     )?;
-    match kiln::bench::run(&text, name, &file, batch_size, runs) {
+    match kiln::bench::run(&text, name, &file, batch_size, &given, runs) {
         Ok(r) => {
             if json {
                 println!("{}", r.to_json());

@@ -57,6 +57,9 @@ enum Command {
         spec: PathBuf,
         #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
         batch_size: usize,
+        /// Bind a symbolic size, `--dim seq=128` (repeatable); the others take the batch size.
+        #[arg(long, value_parser = numbers::binding)]
+        dim: Vec<(String, usize)>,
         /// Print `{"compile_ms", "forward_ms", "train_step_ms", "batch_size"}`.
         #[arg(long)]
         json: bool,
@@ -226,10 +229,11 @@ fn run(command: Command) -> Result {
         Command::Bench {
             spec,
             batch_size,
+            dim,
             json,
             runs,
             memory,
-        } => inspect::bench(&spec, batch_size, json, runs, &memory),
+        } => inspect::bench(&spec, batch_size, &dim, json, runs, &memory),
         Command::Summary { spec } => {
             let m = load(&spec)?;
             print!("{}", kiln::summary::render(&m.graph));

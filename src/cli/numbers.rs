@@ -39,6 +39,18 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A symbolic size bound to a count, `NAME=N` with N at least 1 (`--dim seq=128`).
+pub fn binding(s: &str) -> Result<(String, usize), String> {
+    let Some((name, n)) = s.split_once('=') else {
+        return Err("give NAME=SIZE, such as seq=128".into());
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("give NAME=SIZE, such as seq=128 (the name is empty)".into());
+    }
+    Ok((name.to_string(), at_least_one(n)?))
+}
+
 /// A seed: a whole number ≥ 0 that fits in 64 bits (`--seed`).
 pub fn seed(s: &str) -> Result<u64, String> {
     match parse(s) {

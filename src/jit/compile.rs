@@ -109,6 +109,7 @@ fn descs(plan: &Plan) -> Vec<Desc> {
                     node: plan.func.nodes[c.node].clone(),
                     call: c.clone(),
                 },
+                Kernel::Attention(a) => DescKind::Attention(a.clone()),
                 Kernel::Loop(_) => DescKind::None,
             };
             Desc {
@@ -273,6 +274,7 @@ impl Emitter<'_> {
                 }
             }
             Kernel::Call(_) => Step::Call { desc: ki },
+            Kernel::Attention(_) => Step::Attention { desc: ki },
         })
     }
 }

@@ -24,6 +24,7 @@ pub(super) struct Desc {
 pub(super) enum DescKind {
     Gemm(plan::GemmKernel),
     Call { node: Node, call: plan::CallKernel },
+    Attention(plan::AttnKernel),
     None,
 }
 

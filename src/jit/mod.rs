@@ -22,6 +22,7 @@ pub mod plan;
 pub mod team;
 
 mod arena;
+mod attention;
 mod compile;
 mod frame;
 mod local;

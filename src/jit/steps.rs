@@ -5,6 +5,7 @@
 //! generated entry function used to do; as data, it costs no compile time, so compile
 //! time grows with the number of *distinct* kernels, not with the model.
 
+use super::attention::kiln_attention;
 use super::codegen::{PARALLEL_MIN_ELEMENTS, SMALL_GEMM_PARALLEL_MIN_MACS};
 use super::frame::Desc;
 use super::plan::{BufId, SMALL_GEMM_MAX_ROWS, Slot};
@@ -65,6 +66,10 @@ pub(super) enum Step {
         epilogue: Option<usize>,
     },
     Call {
+        desc: usize,
+    },
+    /// A fused attention kernel (`jit::attention`), described by descriptor `desc`.
+    Attention {
         desc: usize,
     },
 }
@@ -149,6 +154,7 @@ impl Steps {
                     }
                 }
                 Step::Call { desc } => kiln_call(base, &descs[*desc]),
+                Step::Attention { desc } => kiln_attention(base, &descs[*desc]),
             }
         }
     }

@@ -292,7 +292,16 @@ fn a_malformed_budget_is_a_usage_error() {
 #[test]
 fn compiled_code_that_cannot_get_its_memory_fails_with_an_error_not_an_abort() {
     let dir = temp_dir("arena");
-    let spec = write(&dir, "fixed.yaml", &ATTENTION.replace("seq", "30000"));
+    // Attention under a padding mask (not the fused kernel's causal one) materializes
+    // its [1, 2, 30000, 30000] scores.
+    let masked = ATTENTION
+        .replace("seq", "30000")
+        .replace(
+            "  - multi_head_attention",
+            "  - masking: {name: m}\n  - multi_head_attention",
+        )
+        .replace("inputs: [x, x]", "inputs: [m, m]");
+    let spec = write(&dir, "fixed.yaml", &masked);
     // The budget raised past the machine: the arena's ~14 GB allocation is what fails.
     let o = kiln(
         &[

@@ -166,6 +166,9 @@ impl<'f> Builder<'f> {
     pub(super) fn run(mut self) -> Plan {
         let f = self.f;
         for i in 0..f.nodes.len() {
+            if self.attn_done[i] {
+                continue;
+            }
             let val = self.node(i);
             if self.vals[i].is_none() || matches!(val, Val::Mem(_)) {
                 self.vals[i] = Some(val);
@@ -219,7 +222,10 @@ impl<'f> Builder<'f> {
             Op::Pad { axis, low, .. } => self.pad(i, *axis, low, &shape),
             Op::Reshape => self.reshape(n.args[0], &shape),
             Op::Reduce { op, axes } => self.reduce(i, *op, axes, &shape),
-            Op::MatMul { ta, tb } => self.matmul(i, *ta, *tb, &shape),
+            Op::MatMul { ta, tb } => match self.attention(i) {
+                Some(v) => v,
+                None => self.matmul(i, *ta, *tb, &shape),
+            },
             Op::Conv(_) | Op::ConvInputGrad(_) | Op::ConvKernelGrad(_) if self.windowed(i) => {
                 self.conv(i)
             }

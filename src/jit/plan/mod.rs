@@ -30,6 +30,9 @@ use std::collections::HashMap;
 use crate::dim::{Dim, product};
 use crate::ir::{Binary, Cmp, Func, Id, Op, PoolKind, ReduceOp, Unary};
 
+pub use attention::{AttnKernel, Stage};
+
+mod attention;
 mod build;
 mod donate;
 mod fuse;
@@ -158,6 +161,7 @@ pub fn reads(k: &Kernel) -> Vec<&Access> {
         Kernel::Loop(l) => l.loads.iter().chain(epi(&l.epilogue)).collect(),
         Kernel::Gemm(g) => [&g.a, &g.b].into_iter().chain(epi(&g.epilogue)).collect(),
         Kernel::Call(c) => c.args.iter().collect(),
+        Kernel::Attention(a) => vec![&a.q, &a.k, &a.v],
     }
 }
 
@@ -174,6 +178,9 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
             .flatten()
             .collect(),
         Kernel::Call(c) => vec![c.out],
+        Kernel::Attention(a) => std::iter::once(a.out.buf)
+            .chain(a.stores.iter().map(|s| s.1))
+            .collect(),
     }
 }
 
@@ -194,6 +201,8 @@ pub enum Kernel {
     Loop(LoopKernel),
     Gemm(GemmKernel),
     Call(CallKernel),
+    /// Scaled dot-product attention, softmax fused (`attention.rs`).
+    Attention(AttnKernel),
 }
 
 /// The whole plan for one function.
@@ -232,6 +241,10 @@ struct Builder<'f> {
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
     patch_cache: HashMap<(Id, [i64; 10]), Access>,
+    /// Each node's readers (built by the attention matcher on first use).
+    users: Vec<Vec<Id>>,
+    /// Nodes an attention kernel already computed (the walk skips them).
+    attn_done: Vec<bool>,
 }
 
 fn is_elementwise(op: &Op) -> bool {
@@ -313,6 +326,8 @@ fn plan_parts(f: &Func) -> Plan {
         is_output,
         loop_use,
         patch_cache: HashMap::new(),
+        users: Vec::new(),
+        attn_done: vec![false; f.nodes.len()],
     };
     b.run()
 }

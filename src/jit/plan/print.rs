@@ -65,6 +65,7 @@ impl Plan {
                 Kernel::Loop(l) => self.print_loop(&mut s, i, l),
                 Kernel::Gemm(g) => self.print_gemm(&mut s, i, g),
                 Kernel::Call(c) => self.print_call(&mut s, i, c),
+                Kernel::Attention(a) => self.print_attention(&mut s, i, a),
             }
         }
         let outs: Vec<String> = self
@@ -152,5 +153,32 @@ impl Plan {
             c.out,
             self.fmt_shape(&c.out_shape)
         );
+    }
+
+    fn print_attention(&self, s: &mut String, i: usize, a: &super::AttnKernel) {
+        let stores: Vec<String> = a
+            .stores
+            .iter()
+            .map(|(st, b)| format!("{st:?} -> b{b}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  k{i}: attention %{}..%{} batch [{}] tq={} tk={} d={} dv={}{}: q {} k {} v {} -> {}",
+            a.nodes[0],
+            a.nodes[1],
+            self.fmt_shape(&a.batch),
+            self.sizes[a.tq],
+            self.sizes[a.tk],
+            self.sizes[a.d],
+            self.sizes[a.dv],
+            if a.causal.is_some() { ", causal" } else { "" },
+            self.fmt_access(&a.q),
+            self.fmt_access(&a.k),
+            self.fmt_access(&a.v),
+            self.fmt_access(&a.out),
+        );
+        if !stores.is_empty() {
+            let _ = writeln!(s, "      stores {}", stores.join(", "));
+        }
     }
 }

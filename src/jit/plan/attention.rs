@@ -1,0 +1,370 @@
+//! Scaled dot-product attention as one kernel. The lowering of `multi_head_attention`
+//! (and any other graph of the same form) produces
+//!
+//! ```text
+//! s  = matmul[tb](q, k)                      [batch…, tq, tk]
+//! s' = select(valid, s, low)                 causal mask only (valid: iota_row >= iota_col)
+//! p  = softmax(s') along the last axis       reduce_max, sub, exp, reduce_sum, div
+//! p' = select(valid, p, 0)                   causal mask only
+//! o  = matmul(p', v)                         [batch…, tq, dv]
+//! ```
+//!
+//! which the builder recognizes at `s` and plans as one [`AttnKernel`]: per batch entry
+//! (and head), each query row's scores, softmax and weighted sum of values are computed
+//! while the row is in cache (`jit::attention` runs it across the team). No score
+//! matrix is written unless something else reads it: in a training step the backward
+//! pass reads the softmax's pieces, and exactly those are stored (`stores`). The output
+//! is written in the layout its single transposing reader wants, so the transpose that
+//! ungroups the heads is a free view. Anything that does not match (other masks,
+//! dropout on the probabilities, a value computed after the scores) is planned node by
+//! node as before.
+
+use super::*;
+
+/// A piece of the softmax chain that some other node reads, stored contiguously in the
+/// shape of its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The scores `s` before the mask.
+    Scores,
+    /// The masked scores `s'`.
+    Masked,
+    /// The row maxima `[batch…, tq]`.
+    Max,
+    /// The scores minus their row's maximum.
+    Shifted,
+    /// Their exponentials.
+    Exp,
+    /// The row sums of the exponentials `[batch…, tq]`.
+    Sum,
+    /// The softmax `p`.
+    Probs,
+    /// The masked softmax `p'`.
+    MaskedProbs,
+}
+
+/// Fused scaled dot-product attention (see the module's documentation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnKernel {
+    /// The score product and the output product (for printing).
+    pub nodes: [Id; 2],
+    /// `[batch…, tq, d]`, `[batch…, tk, d]`, `[batch…, tk, dv]` views.
+    pub q: Access,
+    pub k: Access,
+    pub v: Access,
+    pub batch: Vec<Slot>,
+    pub tq: Slot,
+    pub tk: Slot,
+    pub d: Slot,
+    pub dv: Slot,
+    /// The value masked scores take (`None`: no mask); a query row `i` attends to key
+    /// columns `j <= i`.
+    pub causal: Option<f32>,
+    /// `[batch…, tq, dv]` view of the output buffer.
+    pub out: Access,
+    /// The chain's pieces other nodes read, each into its own contiguous buffer.
+    pub stores: Vec<(Stage, BufId)>,
+}
+
+/// The matched nodes.
+struct Chain {
+    s: Id,
+    /// `(valid, s', p', low)` with a causal mask.
+    mask: Option<(Id, Id, Id, f32)>,
+    mx: Id,
+    mx_views: [Id; 2],
+    shifted: Id,
+    e: Id,
+    z: Id,
+    z_views: [Id; 2],
+    p: Id,
+    o: Id,
+    v: Id,
+}
+
+impl Chain {
+    /// Every node the kernel computes, with the stage each one is when stored.
+    fn computed(&self) -> Vec<(Id, Option<Stage>)> {
+        let mut out = vec![
+            (self.s, Some(Stage::Scores)),
+            (self.mx, Some(Stage::Max)),
+            (self.mx_views[0], None),
+            (self.mx_views[1], None),
+            (self.shifted, Some(Stage::Shifted)),
+            (self.e, Some(Stage::Exp)),
+            (self.z, Some(Stage::Sum)),
+            (self.z_views[0], None),
+            (self.z_views[1], None),
+            (self.p, Some(Stage::Probs)),
+            (self.o, None),
+        ];
+        if let Some((_, s2, p2, _)) = self.mask {
+            out.push((s2, Some(Stage::Masked)));
+            out.push((p2, Some(Stage::MaskedProbs)));
+        }
+        out
+    }
+}
+
+/// The scalar a node holds when it is a constant or a broadcast of one.
+fn scalar_of(f: &Func, id: Id) -> Option<f64> {
+    match &f.nodes[id].op {
+        Op::Const(c) => Some(*c),
+        Op::Broadcast { .. } => scalar_of(f, f.nodes[id].args[0]),
+        _ => None,
+    }
+}
+
+impl Builder<'_> {
+    /// The nodes that read each node (built on first use).
+    fn users(&mut self) -> &[Vec<Id>] {
+        if self.users.is_empty() {
+            let mut users = vec![Vec::new(); self.f.nodes.len()];
+            for (i, n) in self.f.nodes.iter().enumerate() {
+                for &a in &n.args {
+                    if users[a].last() != Some(&i) {
+                        users[a].push(i);
+                    }
+                }
+            }
+            self.users = users;
+        }
+        &self.users
+    }
+
+    /// The first reader of `x` that `ok` accepts.
+    fn user(&mut self, x: Id, ok: impl Fn(&crate::ir::Node) -> bool) -> Option<Id> {
+        let f = self.f;
+        self.users()[x].iter().copied().find(|&u| ok(&f.nodes[u]))
+    }
+
+    /// `valid` is `iota_row >= iota_col` over the scores' last two axes, compared
+    /// with zero (Keras's causal mask, as the attention lowering builds it).
+    fn is_causal(&self, valid: Id, rank: usize) -> bool {
+        let f = self.f;
+        let n = &f.nodes[valid];
+        if n.op != Op::Cmp(Cmp::Ne) || scalar_of(f, n.args[1]) != Some(0.0) {
+            return false;
+        }
+        let b = &f.nodes[n.args[0]];
+        let Op::Broadcast { dims } = &b.op else {
+            return false;
+        };
+        if dims[..] != [rank - 2, rank - 1] {
+            return false;
+        }
+        let c = &f.nodes[b.args[0]];
+        c.op == Op::Cmp(Cmp::Ge)
+            && f.nodes[c.args[0]].op == Op::Iota { axis: 0 }
+            && f.nodes[c.args[1]].op == Op::Iota { axis: 1 }
+    }
+
+    /// A reduction of `x` along its last axis, kept as `[…, 1]` and broadcast back:
+    /// `(reduce, [reshape, broadcast])`.
+    fn row_reduce(&mut self, x: Id, op: ReduceOp) -> Option<(Id, [Id; 2])> {
+        let f = self.f;
+        let shape = f.nodes[x].ty.shape.clone();
+        let r = shape.len();
+        let red = self.user(x, |n| {
+            n.op == Op::Reduce {
+                op,
+                axes: vec![r - 1],
+            }
+        })?;
+        let mut kept = shape[..r - 1].to_vec();
+        kept.push(Dim::konst(1));
+        let re = self.user(red, |n| n.op == Op::Reshape && n.ty.shape == kept)?;
+        let ident: Vec<usize> = (0..r).collect();
+        let br = self.user(re, |n| {
+            n.op == Op::Broadcast {
+                dims: ident.clone(),
+            } && n.ty.shape == shape
+        })?;
+        Some((red, [re, br]))
+    }
+
+    /// The attention chain starting at score product `s`, if the graph has one.
+    fn attention_chain(&mut self, s: Id) -> Option<Chain> {
+        let f = self.f;
+        let sn = &f.nodes[s];
+        let r = sn.ty.rank();
+        if sn.op
+            != (Op::MatMul {
+                ta: false,
+                tb: true,
+            })
+            || r < 2
+            || sn.ty.dtype.is_int()
+        {
+            return None;
+        }
+        // An optional causal mask: s' = select(valid, s, low).
+        let mut mask = None;
+        let mut x = s;
+        if let Some(s2) = self.user(s, |n| n.op == Op::Select && n.args[1] == s) {
+            let [valid, _, low] = f.nodes[s2].args[..] else {
+                return None;
+            };
+            let low = scalar_of(f, low)?;
+            if !self.is_causal(valid, r) {
+                return None;
+            }
+            mask = Some((valid, s2, low as f32));
+            x = s2;
+        }
+        let (mx, mx_views) = self.row_reduce(x, ReduceOp::Max)?;
+        let shifted = self.user(x, |n| {
+            n.op == Op::Binary(Binary::Sub) && n.args[..] == [x, mx_views[1]]
+        })?;
+        let e = self.user(shifted, |n| n.op == Op::Unary(Unary::Exp))?;
+        let (z, z_views) = self.row_reduce(e, ReduceOp::Sum)?;
+        let p = self.user(e, |n| {
+            n.op == Op::Binary(Binary::Div) && n.args[..] == [e, z_views[1]]
+        })?;
+        let (mask, p_last) = match mask {
+            Some((valid, s2, low)) => {
+                let p2 = self.user(p, |n| {
+                    n.op == Op::Select
+                        && n.args[0] == valid
+                        && n.args[1] == p
+                        && scalar_of(f, n.args[2]) == Some(0.0)
+                })?;
+                (Some((valid, s2, p2, low)), p2)
+            }
+            None => (None, p),
+        };
+        let o = self.user(p_last, |n| {
+            n.op == (Op::MatMul {
+                ta: false,
+                tb: false,
+            }) && n.args[0] == p_last
+        })?;
+        let v = f.nodes[o].args[1];
+        // Everything the kernel reads must be planned before `s` is.
+        (v < s && f.nodes[o].ty.rank() == r).then_some(Chain {
+            s,
+            mask,
+            mx,
+            mx_views,
+            shifted,
+            e,
+            z,
+            z_views,
+            p,
+            o,
+            v,
+        })
+    }
+
+    /// Plans the attention chain at its score product `s` as one kernel; `None` (and
+    /// nothing planned) when `s` starts no chain.
+    pub(super) fn attention(&mut self, s: Id) -> Option<Val> {
+        let chain = self.attention_chain(s)?;
+        let f = self.f;
+        let computed = chain.computed();
+        let inside: Vec<Id> = computed.iter().map(|c| c.0).collect();
+        // Uses of each computed node by nodes outside the chain (outputs included).
+        let outside = |b: &Self, id: Id| {
+            let within: usize = inside
+                .iter()
+                .map(|&c| f.nodes[c].args.iter().filter(|&&a| a == id).count())
+                .sum();
+            b.uses[id].saturating_sub(within)
+        };
+        let mut stores = Vec::new();
+        let mut kept_views = Vec::new();
+        for &(id, stage) in &computed {
+            if outside(self, id) == 0 || id == chain.o {
+                continue;
+            }
+            match stage {
+                Some(st) => stores.push((st, id)),
+                None => kept_views.push(id),
+            }
+        }
+        // A view read elsewhere is planned as usual, over its stored source (and the
+        // reshape a broadcast views).
+        for views in [chain.mx_views, chain.z_views] {
+            if kept_views.contains(&views[1]) && !kept_views.contains(&views[0]) {
+                kept_views.push(views[0]);
+            }
+        }
+        for &v in &kept_views {
+            let (src, st) = if chain.mx_views.contains(&v) {
+                (chain.mx, Stage::Max)
+            } else {
+                (chain.z, Stage::Sum)
+            };
+            if !stores.iter().any(|&(s, _)| s == st) {
+                stores.push((st, src));
+            }
+        }
+        let q = f.nodes[s].args[0];
+        let (qa, ka, va) = (self.mem(q), self.mem(f.nodes[s].args[1]), self.mem(chain.v));
+        let shape = f.nodes[s].ty.shape.clone();
+        let r = shape.len();
+        let oshape = f.nodes[chain.o].ty.shape.clone();
+        let out = self.attention_out(chain.o, &oshape);
+        let mut bufs = Vec::new();
+        for &(st, id) in &stores {
+            let nshape = f.nodes[id].ty.shape.clone();
+            let buf = self.new_arena(&nshape);
+            let a = self.contiguous(buf, &nshape);
+            self.vals[id] = Some(Val::Mem(a));
+            bufs.push((st, buf));
+        }
+        let kernel = AttnKernel {
+            nodes: [s, chain.o],
+            q: qa,
+            k: ka,
+            v: va,
+            batch: self.shape_slots(&shape[..r - 2]),
+            tq: self.slot(&shape[r - 2]),
+            tk: self.slot(&shape[r - 1]),
+            d: self.slot(&f.nodes[q].ty.shape[r - 1]),
+            dv: self.slot(&oshape[r - 1]),
+            causal: chain.mask.map(|m| m.3),
+            out: out.clone(),
+            stores: bufs,
+        };
+        self.kernels.push(Kernel::Attention(kernel));
+        self.vals[chain.o] = Some(Val::Mem(out));
+        let mut skip: Vec<Id> = inside
+            .iter()
+            .copied()
+            .filter(|id| !kept_views.contains(id))
+            .collect();
+        if let Some((valid, ..)) = chain.mask
+            && outside(self, valid) == 0
+        {
+            // Only the chain read the mask: nothing needs it in memory.
+            skip.push(valid);
+        }
+        for id in skip {
+            self.attn_done[id] = true;
+        }
+        Some(self.vals[s].clone().unwrap_or(Val::Inline))
+    }
+
+    /// The output's buffer and view: laid out as its single transposing reader wants
+    /// it when it has one (the transpose is then a contiguous view), else row-major.
+    fn attention_out(&mut self, o: Id, oshape: &[Dim]) -> Access {
+        let f = self.f;
+        let readers = self.users()[o].clone();
+        if let [t] = readers[..]
+            && self.uses[o] == 1
+            && let Op::Transpose { perm } = &f.nodes[t].op
+        {
+            let tshape = f.nodes[t].ty.shape.clone();
+            let rm = row_major(&tshape);
+            let mut strides = vec![Dim::konst(0); oshape.len()];
+            for (j, &a) in perm.iter().enumerate() {
+                strides[a] = rm[j].clone();
+            }
+            let buf = self.new_arena(&tshape);
+            return self.access(buf, &Dim::konst(0), &strides);
+        }
+        let buf = self.new_arena(oshape);
+        self.contiguous(buf, oshape)
+    }
+}
