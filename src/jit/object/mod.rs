@@ -354,7 +354,7 @@ fn arena_layout(p: &Plan, sizes: &[i64]) -> Result<(Vec<usize>, usize), RunError
 impl ObjectCode {
     /// Adds the exported function `e` (and the kernels it calls).
     pub fn entry(&mut self, e: &Entry) -> Result<EntryInfo, ObjError> {
-        let p = plan::plan(e.func);
+        let p = plan::plan_generated(e.func);
         check_plan(&p).map_err(ObjError::Unsupported)?;
         let mut sizes = Vec::with_capacity(p.sizes.len());
         for d in &p.sizes {
@@ -409,6 +409,7 @@ impl ObjectCode {
                     }
                 }
                 Kernel::Call(_) => calls.push(Call::Routine(ki)),
+                Kernel::Attention(_) => unreachable!("plan_generated fuses no attention"),
             }
         }
         let layout = Layout {

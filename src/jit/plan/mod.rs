@@ -241,6 +241,8 @@ struct Builder<'f> {
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
     patch_cache: HashMap<(Id, [i64; 10]), Access>,
+    /// Whether scaled dot-product attention becomes one fused kernel.
+    fuse_attention: bool,
     /// Each node's readers (built by the attention matcher on first use).
     users: Vec<Vec<Id>>,
     /// Nodes an attention kernel already computed (the walk skips them).
@@ -287,20 +289,29 @@ fn push(k: &mut LoopKernel, e: Expr) -> usize {
 
 /// Plans `f` (which should already have been through the graph passes).
 pub fn plan(f: &Func) -> Plan {
-    let mut p = plan_parts(f);
+    let mut p = plan_parts(f, true);
     p.func = f.clone();
     p
 }
 
 /// Like [`plan`], keeping `f` itself in the plan instead of a copy.
 pub fn plan_owned(f: Func) -> Plan {
-    let mut p = plan_parts(&f);
+    let mut p = plan_parts(&f, true);
     p.func = f;
     p
 }
 
-/// The plan of `f` without the function itself.
-fn plan_parts(f: &Func) -> Plan {
+/// Like [`plan`] without the kernels that run as Rust code in the process (the fused
+/// attention kernel): for an object file, which has only generated code.
+pub fn plan_generated(f: &Func) -> Plan {
+    let mut p = plan_parts(f, false);
+    p.func = f.clone();
+    p
+}
+
+/// The plan of `f` without the function itself; attention fused into one kernel when
+/// `fuse_attention`.
+fn plan_parts(f: &Func, fuse_attention: bool) -> Plan {
     let mut uses = vec![0usize; f.nodes.len()];
     let mut loop_use = vec![false; f.nodes.len()];
     for n in &f.nodes {
@@ -328,6 +339,7 @@ fn plan_parts(f: &Func) -> Plan {
         patch_cache: HashMap::new(),
         users: Vec::new(),
         attn_done: vec![false; f.nodes.len()],
+        fuse_attention,
     };
     b.run()
 }
