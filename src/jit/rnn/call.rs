@@ -16,22 +16,25 @@ use ndarray::ArrayD;
 use super::super::frame::{CALL_ID, FrameLayout, access_parts, gather};
 use super::super::plan::CallKernel;
 use super::fwd::Trace;
-use crate::ir::{Id, Node, Op, interp};
+use crate::ir::{Id, Node, Op, RnnAttrs, interp};
 
 /// The most trace memory kept between a forward pass and its gradient.
 const TRACE_BYTES: usize = 1 << 28;
+
+/// A recurrent node by its operands and attributes.
+type Key = (Vec<Id>, RnnAttrs);
 
 #[derive(Default)]
 struct Cache {
     /// The call the entries belong to.
     call: u64,
-    /// Traces by the `Rnn` node's operands.
-    traces: Vec<(Vec<Id>, Trace)>,
+    /// Traces by the `Rnn` node's operands and attributes.
+    traces: Vec<(Key, Trace)>,
     /// The four gradients of the last layer back-propagated, by the `RnnGrad` nodes'
     /// operands.
     grads: Option<(Vec<Id>, Vec<ArrayD<f32>>)>,
-    /// `Rnn` nodes (by operands) whose gradient has run on this thread.
-    wanted: HashSet<Vec<Id>>,
+    /// `Rnn` nodes (by operands and attributes) whose gradient has run on this thread.
+    wanted: HashSet<Key>,
 }
 
 thread_local! {
@@ -93,19 +96,22 @@ pub(in crate::jit) fn call(
     }
     let refs: Vec<&ArrayD<f32>> = args.iter().collect();
     let Some(w) = wrt else {
-        let keep = with_cache(|c| c.wanted.contains(&node.args));
+        let key = (node.args.clone(), attrs.clone());
+        let keep = with_cache(|c| c.wanted.contains(&key));
         if let Some(tr) = super::forward(attrs, &refs, out, keep)? {
             let kept: usize = with_cache(|c| c.traces.iter().map(|(_, t)| t.bytes()).sum());
             if kept + tr.bytes() <= TRACE_BYTES {
-                with_cache(|c| c.traces.push((node.args.clone(), tr)));
+                with_cache(|c| c.traces.push((key, tr)));
             }
         }
         return Ok(true);
     };
-    let key = &node.args[..node.args.len().saturating_sub(1)];
+    let ids = &node.args[..node.args.len().saturating_sub(1)];
+    let key = (ids.to_vec(), attrs.clone());
     let trace = with_cache(|c| {
-        c.wanted.insert(key.to_vec());
-        let i = c.traces.iter().position(|(ids, _)| ids == key)?;
+        let i = c.traces.iter().position(|(k, _)| *k == key);
+        c.wanted.insert(key);
+        let i = i?;
         Some(c.traces.swap_remove(i).1)
     });
     let all = super::grads(attrs, &refs, trace)?;
