@@ -133,8 +133,10 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 }
 
 /// Builds `name` for `batch` rows, links and runs the C program, and checks it
-/// against the library.
-fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
+/// against the library: predictions bit for bit when `bits`, else within `close`'s
+/// tolerance (attention: in the process it runs as one fused kernel, in the object as
+/// the generated products and softmax, whose sums are in another order).
+fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits: bool) {
     let Some(cc) = cc() else {
         println!("skipped: no `cc` found on PATH to compile the C program");
         return;
@@ -239,9 +241,14 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
     let got = floats(&std::fs::read(dir.join("out.bin")).unwrap());
     let mut at = 0;
     for (n, a) in &want {
-        let bits: Vec<u32> = a.iter().map(|v| v.to_bits()).collect();
-        let obj: Vec<u32> = got[at..at + a.len()].iter().map(|v| v.to_bits()).collect();
-        assert_eq!(obj, bits, "{name}: output `{n}` differs from Net::predict");
+        if bits {
+            let want: Vec<u32> = a.iter().map(|v| v.to_bits()).collect();
+            let obj: Vec<u32> = got[at..at + a.len()].iter().map(|v| v.to_bits()).collect();
+            assert_eq!(obj, want, "{name}: output `{n}` differs from Net::predict");
+        } else {
+            let v: Vec<f32> = a.iter().copied().collect();
+            close(&got[at..at + a.len()], &v, &format!("{name}: output `{n}`"));
+        }
         at += a.len();
     }
     if train {
@@ -288,37 +295,37 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
 
 #[test]
 fn digits_mlp_predicts_and_trains_from_c() {
-    check_spec("digits_mlp", 4, &[], true);
+    check_spec("digits_mlp", 4, &[], true, true);
 }
 
 #[test]
 fn mlp_predicts_and_trains_from_c() {
-    check_spec("mlp", 2, &[], true);
+    check_spec("mlp", 2, &[], true, true);
 }
 
 #[test]
 fn cnn_predicts_from_c() {
-    check_spec("cnn", 3, &[], false);
+    check_spec("cnn", 3, &[], false, true);
 }
 
 #[test]
 fn residual_and_diabetes_predict_and_train_from_c() {
-    check_spec("residual", 1, &[], true);
-    check_spec("diabetes", 4, &[], true);
+    check_spec("residual", 1, &[], true, true);
+    check_spec("diabetes", 4, &[], true, true);
 }
 
 /// Concatenation generated in the object (a runtime routine in the JIT).
 #[test]
 fn two_inputs_predicts_from_c() {
-    check_spec("two_inputs", 3, &[], false);
+    check_spec("two_inputs", 3, &[], false, true);
 }
 
 /// Embedding lookups (gather) and their gradient (scatter-add), dropout's random
 /// numbers, attention, a symbolic sequence length fixed at build time.
 #[test]
 fn attention_and_transformer_predict_and_train_from_c() {
-    check_spec("attention", 2, &[("seq", 12)], true);
-    check_spec("transformer_classifier", 2, &[], true);
+    check_spec("attention", 2, &[("seq", 12)], true, false);
+    check_spec("transformer_classifier", 2, &[], true, false);
 }
 
 /// What the object cannot run is refused (exit 1), naming the layer or primitive.
