@@ -131,7 +131,7 @@ fn conv_pool_norm() {
     );
     layer(
         "{x: [batch, 4, 4, 3]}",
-        "  - batch_normalization\n  - average_pooling2d: {padding: same}\n  - flatten\n  - dense: {units: 2}",
+        "  - batch_normalization\n  - average_pooling2d: {pool_size: 2, padding: same}\n  - flatten\n  - dense: {units: 2}",
     );
     layer(
         "{x: [batch, seq, 6]}",

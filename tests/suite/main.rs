@@ -2,6 +2,7 @@
 //! its own: it sets the thread team's size for its whole process.
 
 mod attention_general;
+mod attention_masks;
 mod catalog;
 mod cli;
 mod common;
@@ -34,6 +35,7 @@ mod props;
 mod recurrent_dropout;
 mod regularizers;
 mod simple_layers;
+mod spatial_dropout3d;
 mod spatial_layouts;
 mod split_step;
 mod train_bits;
