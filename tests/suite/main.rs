@@ -42,4 +42,5 @@ mod train_bits;
 mod train_cli;
 mod train_loop;
 mod train_options;
+mod window_fast;
 mod wrappers_masking;
