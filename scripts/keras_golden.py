@@ -170,7 +170,7 @@ def layer_arg(key, value):
 
 
 # Arguments kiln writes on the layer that Keras takes when the layer is called.
-CALL_ARGUMENTS = ("use_causal_mask",)
+CALL_ARGUMENTS = ("use_causal_mask", "return_attention_scores", "attention_mask")
 
 
 def build_layer(item):
@@ -186,10 +186,14 @@ def build_layer(item):
     return LAYERS[kind](**kwargs)
 
 
-def call_arguments(item):
-    """The arguments of a layer entry that Keras takes at call time."""
+def call_arguments(item, tensors=None, layers=None):
+    """The arguments of a layer entry that Keras takes at call time (a tensor argument,
+    `attention_mask`, named as kiln names it: an input, a layer, `LAYER.PART`)."""
     _, args = entry(item)
-    return {k: v for k, v in args.items() if k in CALL_ARGUMENTS}
+    out = {k: v for k, v in args.items() if k in CALL_ARGUMENTS}
+    if "attention_mask" in out:
+        out["attention_mask"] = tensor_of(tensors, layers, out["attention_mask"])
+    return out
 
 
 def connections(item):
@@ -228,7 +232,10 @@ def concrete(shape, opts):
 
 # The outputs of a layer that returns several (Keras's list), as kiln names them
 # (`bi.backward`, or by position `bi.1`).
-PARTS = {"Bidirectional": ("forward", "backward")}
+PARTS = {
+    "Bidirectional": ("forward", "backward"),
+    "MultiHeadAttention": ("output", "scores"),
+}
 
 
 def tensor_of(tensors, layers, ref):
@@ -262,7 +269,7 @@ def build_model(spec):
         if is_merge(layer):
             out = layer(args)
         else:
-            out = layer(*args, **call_arguments(item))
+            out = layer(*args, **call_arguments(item, tensors, layers))
         tensors[layer.name] = out
         layers[layer.name] = layer
         last = out
@@ -292,6 +299,13 @@ def zero_some_steps(xs, rng, fraction):
         if x.dtype == np.float32 and x.ndim == 3:
             steps = rng.random(x.shape[:2]) < fraction
             x[steps] = 0.0
+
+
+def zero_first_rows(xs, names):
+    """Attention masks (`attention_mask: m`) with a query that attends to nothing: the
+    header's `zero_rows: [m]` zeros the first row of every example of those inputs."""
+    for name in names:
+        xs[name][:, 0, ...] = 0
 
 
 def draw_targets(spec, model, rng, opts):
@@ -464,6 +478,8 @@ def run_case(name):
     xs = draw_inputs(spec, rng, opts)
     if opts.get("zero_steps"):
         zero_some_steps(xs, rng, opts["zero_steps"])
+    if opts.get("zero_rows"):
+        zero_first_rows(xs, opts["zero_rows"])
     ys = draw_targets(spec, model, rng, opts)
     adapt(model, input_names, xs)
     arrays = {f"x.{k}": v for k, v in xs.items()}

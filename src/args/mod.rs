@@ -59,6 +59,10 @@ pub enum ArgKind {
     Axes,
     /// Free text (file paths, monitored quantities).
     Str,
+    /// The name of a model input or layer whose output the layer takes as one more
+    /// input (a tensor Keras passes when calling the layer: `attention_mask`); the
+    /// checker appends it to the layer's inputs, after those of `inputs:`.
+    Tensor,
     /// A file kiln writes, in a format its extension names: one of `extensions`
     /// (`.safetensors`), so that a Keras `.keras` or `.h5` name is refused rather than
     /// filled with another format.

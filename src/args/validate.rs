@@ -233,6 +233,13 @@ fn convert(spec: &ArgSpec, v: &Node, what: &str, diags: &mut Vec<Diagnostic>) ->
             }
             Some(Value::Ints(out))
         }
+        ArgKind::Tensor => match v.as_str() {
+            Some(s) => Some(Value::Str(s.to_string())),
+            None => {
+                diags.push(type_error(spec, v, what, "the name of an input or a layer"));
+                None
+            }
+        },
         ArgKind::Str => match v.as_str() {
             Some(s) => Some(Value::Str(s.to_string())),
             None => {

@@ -153,7 +153,7 @@ impl<'a> Checker<'a> {
                 _ => &[],
             })
             .collect();
-        let refs = self.references(&kinds, &defs, &parts);
+        let refs = self.references(&kinds, &args, &defs, &parts);
         let resolved = Resolved {
             kinds,
             args,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::{Checker, Def, Input, Source};
+use crate::args::{ArgKind, Args};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::layers::{Arity, LayerKind};
 use crate::spec::{LayerDecl, Ref};
@@ -27,6 +28,7 @@ impl Checker<'_> {
     pub(super) fn references(
         &mut self,
         kinds: &[Option<&'static LayerKind>],
+        args: &[Option<Args>],
         defs: &HashMap<String, Def>,
         parts: &Parts,
     ) -> Vec<Option<Vec<Source>>> {
@@ -56,6 +58,14 @@ impl Checker<'_> {
                 None => self.implicit_input(i, l, parts),
             };
             let resolved = resolved.and_then(|srcs| self.arity(kinds[i]?, l, srcs));
+            let resolved = resolved.and_then(|mut srcs| {
+                // Arguments that are wrong are reported already; their tensors are not
+                // taken.
+                if let (Some(k), Some(a)) = (kinds[i], &args[i]) {
+                    srcs.extend(self.tensor_args(i, k, a, defs, parts, &explicit)?);
+                }
+                Some(srcs)
+            });
             out.push(resolved);
         }
         out
@@ -96,6 +106,26 @@ impl Checker<'_> {
             }
         }
         ok.then_some(srcs)
+    }
+
+    /// The inputs layer `i` takes through tensor arguments ([`ArgKind::Tensor`]), in
+    /// its schema's order, resolved like `inputs:`.
+    fn tensor_args(
+        &mut self,
+        i: usize,
+        kind: &LayerKind,
+        args: &Args,
+        defs: &HashMap<String, Def>,
+        parts: &Parts,
+        explicit: &[Vec<usize>],
+    ) -> Option<Vec<Source>> {
+        let named: Vec<Ref> = kind
+            .args
+            .iter()
+            .filter(|a| matches!(a.kind, ArgKind::Tensor))
+            .filter_map(|a| Some((args.opt_str(a.name)?.to_string(), args.span(a.name)?)))
+            .collect();
+        self.named_inputs(i, &named, defs, parts, explicit)
     }
 
     /// E0703: layer `i` names something that is neither an input nor a layer.

@@ -196,7 +196,6 @@ pub static KERAS: &[KerasName] = &[
     k(Layer, "solarization", ""),
     k(Layer, "spatial_dropout1d", "dropout"),
     k(Layer, "spatial_dropout2d", "dropout"),
-    k(Layer, "spatial_dropout3d", ""),
     k(Layer, "spectral_normalization", ""),
     k(
         Layer,

@@ -1,6 +1,7 @@
-//! Runtime routines: complex primitives (gather, grouped
-//! convolutions, max pooling's gradient, …) run with their reference implementation on
-//! the call's buffers (recurrent layers: the tuned kernel of `rnn/`).
+//! Runtime routines: complex primitives (grouped convolutions, 3-D windows, …) run with
+//! their reference implementation on the call's buffers; gather, its scatter-add and
+//! max pooling's gradient run in place on the buffers, split across the team;
+//! recurrent layers call the tuned kernel of `rnn/`.
 
 use ndarray::ArrayD;
 
@@ -8,6 +9,142 @@ use super::frame::{Desc, DescKind, FrameLayout, access_parts, gather, set_error}
 use super::plan::{self, Access};
 use super::team;
 use crate::ir::{Op, PoolKind, WindowAttrs, interp};
+
+/// An operand straight from its buffer when contiguous (its address), else a
+/// contiguous copy (kept alive by the second value).
+fn contiguous(
+    frame: &[i64],
+    fl: FrameLayout,
+    a: &Access,
+    shape: &[usize],
+) -> Result<(usize, Option<ArrayD<f32>>), String> {
+    let (p, o, strides) = access_parts(frame, fl, a);
+    let mut expect = 1i64;
+    let dense = (0..shape.len()).rev().all(|d| {
+        let ok = shape[d] == 1 || strides[d] == expect;
+        expect *= shape[d] as i64;
+        ok
+    });
+    if dense {
+        // SAFETY: a contiguous access from its offset (plan invariant).
+        Ok((unsafe { p.offset(o as isize) } as usize, None))
+    } else {
+        // SAFETY: the access lies within its buffer (plan invariant).
+        let copy = unsafe { gather(p, o, &strides, shape) }.map_err(|e| e.0)?;
+        Ok((copy.as_ptr() as usize, Some(copy)))
+    }
+}
+
+/// Below this many elements moved, a gather or scatter-add runs on one core.
+const PARALLEL_ELEMENTS: usize = 1 << 14;
+
+/// The table rows `m` indices (f32 values, as every buffer holds them) name, checked
+/// as the reference checks them.
+fn rows(idx: usize, m: usize, n: usize) -> Result<Vec<usize>, String> {
+    // SAFETY: the index operand holds `m` contiguous values.
+    let idx = unsafe { std::slice::from_raw_parts(idx as *const f32, m) };
+    idx.iter()
+        .map(|&v| {
+            let i = f64::from(v);
+            if i < 0.0 || i >= n as f64 || i.fract() != 0.0 {
+                Err(format!("index {i} is out of range for a table of {n} rows"))
+            } else {
+                Ok(i as usize)
+            }
+        })
+        .collect()
+}
+
+/// Gather (an embedding lookup) on the call's buffers: table rows copied into the
+/// output, the indices split across the team.
+fn gather_rows(frame: &[i64], fl: FrameLayout, call: &plan::CallKernel) -> Result<(), String> {
+    let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
+    let (ts, is) = (shape(&call.arg_shapes[0]), shape(&call.arg_shapes[1]));
+    let (n, d) = (ts[0], ts[1]);
+    let m: usize = is.iter().product();
+    let (pt, _t_copy) = contiguous(frame, fl, &call.args[0], &ts)?;
+    let (pi, _i_copy) = contiguous(frame, fl, &call.args[1], &is)?;
+    let rows = rows(pi, m, n)?;
+    let out = frame[fl.sizes + call.out] as usize;
+    let t = team::team();
+    let parts = if m * d < PARALLEL_ELEMENTS {
+        1
+    } else {
+        t.size().min(m).max(1)
+    };
+    let ok = t.run(parts, &|p| {
+        let (lo, hi) = team::split(m as i64, parts, p, 1);
+        for (k, &r) in rows.iter().enumerate().take(hi as usize).skip(lo as usize) {
+            // SAFETY: row `r` < n of the [n, d] table; output row `k` < m of the [m, d]
+            // output, written by this part only.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (pt as *const f32).add(r * d),
+                    (out as *mut f32).add(k * d),
+                    d,
+                );
+            }
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("a panic inside gather".into())
+    }
+}
+
+/// Scatter-add (gather's gradient) on the call's buffers: the output zeroed and each
+/// update row added to its table row in the order of the indices, as the reference
+/// adds them (the same bits); the columns split across the team, so no two parts
+/// write one element.
+fn scatter_add_rows(frame: &[i64], fl: FrameLayout, call: &plan::CallKernel) -> Result<(), String> {
+    let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
+    let (is, us, os) = (
+        shape(&call.arg_shapes[0]),
+        shape(&call.arg_shapes[1]),
+        shape(&call.out_shape),
+    );
+    let (n, d) = (os[0], os[1]);
+    let m: usize = is.iter().product();
+    let (pi, _i_copy) = contiguous(frame, fl, &call.args[0], &is)?;
+    let (pu, _u_copy) = contiguous(frame, fl, &call.args[1], &us)?;
+    let rows = rows(pi, m, n)?;
+    let out = frame[fl.sizes + call.out] as usize;
+    let t = team::team();
+    // Parts of at least 8 columns.
+    let parts = if m * d < PARALLEL_ELEMENTS {
+        1
+    } else {
+        t.size().min(d / 8).max(1)
+    };
+    let ok = t.run(parts, &|p| {
+        let (lo, hi) = team::split(d as i64, parts, p, 1);
+        let (lo, hi) = (lo as usize, hi as usize);
+        if lo == hi {
+            return;
+        }
+        // SAFETY: this part writes only columns lo..hi of the [n, d] output and reads
+        // the [m, d] updates.
+        unsafe {
+            for r in 0..n {
+                std::ptr::write_bytes((out as *mut f32).add(r * d + lo), 0, hi - lo);
+            }
+            for (k, &r) in rows.iter().enumerate() {
+                let dst =
+                    std::slice::from_raw_parts_mut((out as *mut f32).add(r * d + lo), hi - lo);
+                let src = std::slice::from_raw_parts((pu as *const f32).add(k * d + lo), hi - lo);
+                for (o, u) in dst.iter_mut().zip(src) {
+                    *o += *u;
+                }
+            }
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("a panic inside scatter-add".into())
+    }
+}
 
 /// Max pooling's gradient on the call's buffers in place (no copies), split across
 /// the team by batch entry. Returns false (the generic path runs instead) for a
@@ -25,25 +162,8 @@ fn max_pool_grad(
     }
     // Each operand straight from its buffer when contiguous, else a contiguous copy
     // (dy is often a view into a padded gradient buffer).
-    let operand = |a: &Access, shape: &[usize]| -> Result<(usize, Option<ArrayD<f32>>), String> {
-        let (p, o, strides) = access_parts(frame, fl, a);
-        let mut expect = 1i64;
-        let contiguous = (0..shape.len()).rev().all(|d| {
-            let ok = shape[d] == 1 || strides[d] == expect;
-            expect *= shape[d] as i64;
-            ok
-        });
-        if contiguous {
-            // SAFETY: a contiguous access from its offset (plan invariant).
-            Ok((unsafe { p.offset(o as isize) } as usize, None))
-        } else {
-            // SAFETY: the access lies within its buffer (plan invariant).
-            let copy = unsafe { gather(p, o, &strides, shape) }.map_err(|e| e.0)?;
-            Ok((copy.as_ptr() as usize, Some(copy)))
-        }
-    };
-    let (px, _x_copy) = operand(&call.args[0], &xs)?;
-    let (pdy, _dy_copy) = operand(&call.args[1], &ys)?;
+    let (px, _x_copy) = contiguous(frame, fl, &call.args[0], &xs)?;
+    let (pdy, _dy_copy) = contiguous(frame, fl, &call.args[1], &ys)?;
     let pdx = frame[fl.sizes + call.out] as usize;
     let batch = xs[0];
     let (xper, yper) = (
@@ -98,6 +218,11 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
             && max_pool_grad(frame, fl, call, attrs)?
         {
             return Ok(());
+        }
+        match node.op {
+            Op::Gather => return gather_rows(frame, fl, call),
+            Op::ScatterAdd => return scatter_add_rows(frame, fl, call),
+            _ => {}
         }
         if super::rnn::call(frame, fl, node, call)? {
             return Ok(());

@@ -6,6 +6,8 @@
 //! lowering groups the heads and the axes outside attention into one batch-like axis
 //! and the attended axes into one, so every rank runs as the rank-3 case.
 
+mod mask;
+
 use super::lower::{Call, LowerCx, dropout, overflow};
 use super::{Arity, Ctx, Inferred, LayerKind, TensorType};
 use super::{Facts, Mask, NO_FACTS};
@@ -13,7 +15,7 @@ use crate::args::{ArgKind, Args, Default, FRACTION, Value, arg, int};
 use crate::catalog::activations as activation;
 use crate::catalog::{initializers, regularizers};
 use crate::dim::{Dim, product};
-use crate::ir::{Cmp, Id, IrError, Op, Result, Type};
+use crate::ir::{Cmp, Id, IrError, Result};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",
@@ -43,15 +45,54 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
         arg("use_gate", ArgKind::Bool, Default::Bool(false)),
         arg("seed", int(0), Default::Null),
         arg("use_causal_mask", ArgKind::Bool, Default::Bool(false)),
+        // Keras's call arguments: the scores as a second output, an explicit mask.
+        arg(
+            "return_attention_scores",
+            ArgKind::Bool,
+            Default::Bool(false),
+        ),
+        arg("attention_mask", ArgKind::Tensor, Default::Null),
     ],
     arity: Arity::Range(1, 3),
     infer: mha,
     lower: lower_attention,
     facts: Facts {
         mask: Mask::ConsumesKeeps,
+        parts: attention_parts,
         ..NO_FACTS
     },
 };
+
+/// With `return_attention_scores`, Keras returns `(output, scores)`.
+fn attention_parts(args: &Args) -> &'static [&'static str] {
+    if args.bool("return_attention_scores") {
+        &["output", "scores"]
+    } else {
+        &[]
+    }
+}
+
+/// How many of a call's `total` inputs are query, value and key (an `attention_mask`
+/// comes last).
+fn regular(args: &Args, total: usize) -> usize {
+    total - usize::from(args.opt_str("attention_mask").is_some())
+}
+
+/// Keras's attention scores `[B, others…, heads, query axes…, key axes…]` (`others` the
+/// query's axes attention does not run over).
+fn scores_shape(q: &[Dim], k: &[Dim], heads: Dim, axes: &[usize]) -> Vec<Dim> {
+    let r = q.len();
+    let mut s = vec![q[0].clone()];
+    s.extend(
+        (1..r - 1)
+            .filter(|a| !axes.contains(a))
+            .map(|a| q[a].clone()),
+    );
+    s.push(heads);
+    s.extend(axes.iter().map(|&a| q[a].clone()));
+    s.extend(axes.iter().map(|&a| k[a].clone()));
+    s
+}
 
 /// The positions of query, value and key among `n` inputs (one input: self-attention;
 /// two: the value is also the key).
@@ -176,21 +217,18 @@ fn check_inputs(cx: &mut Ctx) -> Option<Vec<usize>> {
         );
         return None;
     }
-    if rank > 3 && cx.args.bool("use_causal_mask") {
-        cx.arg_error(
-            "use_causal_mask",
-            "E0404",
-            format!("kiln applies `use_causal_mask` to rank-3 inputs [batch, steps, features], but the query is rank {rank}"),
-            "use rank-3 inputs for causal attention",
-        );
-        return None;
-    }
     Some(axes)
 }
 
 fn mha(cx: &mut Ctx) -> Option<Inferred> {
+    // The explicit mask is checked against the scores once they are known.
+    let mask_in = if regular(cx.args, cx.inputs.len()) < cx.inputs.len() {
+        cx.inputs.pop()
+    } else {
+        None
+    };
     cx.expect_float()?;
-    check_inputs(cx)?;
+    let axes = check_inputs(cx)?;
     let [qi, vi, ki] = roles(cx.inputs.len());
     let (q, v, k) = (
         cx.inputs[qi].ty.clone(),
@@ -246,10 +284,33 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
     }
     let mut shape = q.shape[..q.rank() - 1].to_vec();
     shape.extend(out.iter().map(|&d| Dim::konst(d)));
-    Some(Inferred {
-        output: TensorType::f32(shape),
-        params,
-    })
+    let scores = scores_shape(&q.shape, &k.shape, Dim::konst(heads), &axes);
+    let mut masks = Vec::new();
+    if cx.args.bool("use_causal_mask") {
+        masks.push(mask::causal_shape(&q.shape, &v.shape));
+    }
+    if let Some(m) = mask_in {
+        masks.push(m.ty.shape.clone());
+        cx.inputs.push(m);
+    }
+    if let Err(why) = mask::keras_mask_shape(&masks, axes.len(), &scores) {
+        let arg = if cx.args.is_given("attention_mask") {
+            "attention_mask"
+        } else {
+            "use_causal_mask"
+        };
+        return cx.arg_error(
+            arg,
+            "E0521",
+            format!("`multi_head_attention` cannot apply its attention mask: {why}"),
+            "Keras's mask is [batch, query steps, key steps] (more axes with `attention_axes`); `use_causal_mask` needs one attention axis whose sizes are those of axis 1",
+        );
+    }
+    let output = TensorType::f32(shape);
+    if cx.args.bool("return_attention_scores") {
+        cx.parts = vec![output.clone(), TensorType::f32(scores)];
+    }
+    Some(Inferred { output, params })
 }
 
 /// One EinsumDense projection `[B, ..., D] × [D, H, K] + [H, K]` → `[B, ..., H, K]`.
@@ -341,7 +402,8 @@ fn ungroup(lw: &mut LowerCx, o: Id, g: &Grouped) -> Result<Id> {
 /// over every attention axis), softmax, dropout on the attention probabilities in
 /// training, Keras's sigmoid gate (`use_gate`), and the output projection.
 fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
-    let [qi, vi, ki] = roles(x.len());
+    let n = regular(l.args, x.len());
+    let [qi, vi, ki] = roles(n);
     let (q_in, v_in, k_in) = (x[qi], x[vi], x[ki]);
     let rank = lw.f.ty(q_in).rank();
     let axes: Vec<usize> = attention_axes(l.args, rank)
@@ -363,27 +425,48 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let (v, _) = group(lw, v, &axes)?;
     let qs = lw.f.mul_c(q, 1.0 / key_dim.sqrt())?;
     let scores = lw.f.matmul(qs, k, false, true)?;
-    let mask = if rank == 3 {
-        attention_mask(lw, l, x.len(), scores)?
-    } else if lw.masks.iter().any(Option::is_some) {
-        return Err(IrError(
-            "kiln applies Keras masks in multi_head_attention to rank-3 inputs only".into(),
-        ));
-    } else {
-        None
+    let heads = lw.f.ty(l.param(lw, "query/kernel")?).shape[1].clone();
+    let keras_scores = scores_shape(
+        &lw.f.ty(q_in).shape.clone(),
+        &lw.f.ty(k_in).shape.clone(),
+        heads,
+        &axes,
+    );
+    let mask = attention_mask(lw, l, x, n, &keras_scores)?;
+    let mask = match mask {
+        Some(m) => {
+            let s = lw.f.ty(scores).shape.clone();
+            Some(lw.f.reshape(m, s)?)
+        }
+        None => None,
     };
     let probs = match mask {
-        // Keras's masked softmax: -1e9 where masked, and zeros there after.
+        // Keras's masked softmax: a large negative score where masked, and zeros there
+        // after — except where Keras calls its backend's `dot_product_attention` (rank-3
+        // inputs, no dropout, no scores returned), which leaves a query that attends
+        // to nothing attending to every position alike.
         Some(m) => {
             let zero = lw.f.scalar(0.0);
             let valid = lw.f.cmp(Cmp::Ne, m, zero)?;
             let low = lw.f.scalar(-1e9);
             let s = lw.f.select(valid, scores, low)?;
             let p = activation::softmax(&mut lw.f, s, 3)?;
-            lw.f.select(valid, p, zero)?
+            let fused = rank == 3
+                && l.args.float("dropout") == 0.0
+                && !l.args.bool("return_attention_scores");
+            if fused {
+                p
+            } else {
+                lw.f.select(valid, p, zero)?
+            }
         }
         None => activation::softmax(&mut lw.f, scores, 3)?,
     };
+    if l.args.bool("return_attention_scores") {
+        // Keras returns the probabilities before dropout, in its own layout.
+        let s = lw.f.reshape(probs, keras_scores)?;
+        lw.parts_out = vec![s];
+    }
     let probs = dropout(lw, probs, l.args.float("dropout"))?;
     let o = lw.f.matmul(probs, v, false, false)?; // [B, M, T, V]
     let mut o = ungroup(lw, o, &grouped)?; // [B, ..., H, V]
@@ -407,37 +490,66 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         }
         y = lw.f.add(y, bo)?;
     }
-    lw.f.reshape(y, l.output.shape.clone())
+    let y = lw.f.reshape(y, l.output.shape.clone())?;
+    if !lw.parts_out.is_empty() {
+        lw.parts_out.insert(0, y);
+    }
+    Ok(y)
 }
 
-/// Keras's attention mask `[batch, heads, query steps, key steps]` (1 attends): the
-/// query's mask along the rows, the value's (and a separate key's) along the columns,
-/// and with `use_causal_mask` no step attends to a later one. `None` without any.
-fn attention_mask(lw: &mut LowerCx, l: &Call, inputs: usize, scores: Id) -> Result<Option<Id>> {
-    let shape = lw.f.ty(scores).shape.clone();
+/// Keras's attention mask in the layout of its scores (1 attends): the query's Keras
+/// mask along the rows, the value's (and a separate key's) along the columns, the
+/// causal mask with `use_causal_mask`, and an explicit `attention_mask` (the last of
+/// `x`), joined as Keras joins them. `None` without any.
+fn attention_mask(
+    lw: &mut LowerCx,
+    l: &Call,
+    x: &[Id],
+    n: usize,
+    scores: &[Dim],
+) -> Result<Option<Id>> {
     let masks = lw.masks.clone();
     let query = masks.first().copied().flatten();
-    let value = if inputs > 1 { masks[1] } else { query };
-    let key = if inputs > 2 { masks[2] } else { None };
-    let mut parts: Vec<(Id, [usize; 2])> = Vec::new();
-    parts.extend(query.map(|m| (m, [0, 2])));
-    parts.extend(value.map(|m| (m, [0, 3])));
-    parts.extend(key.map(|m| (m, [0, 3])));
-    if l.args.bool("use_causal_mask") {
-        let square = vec![shape[2].clone(), shape[3].clone()];
-        let rows =
-            lw.f.push_typed(Op::Iota { axis: 0 }, &[], Type::f32(square.clone()));
-        let cols =
-            lw.f.push_typed(Op::Iota { axis: 1 }, &[], Type::f32(square));
-        parts.push((lw.f.cmp(Cmp::Ge, rows, cols)?, [2, 3]));
+    let value = if n > 1 { masks[1] } else { query };
+    let key = if n > 2 { masks[2] } else { None };
+    let q_shape = lw.f.ty(x[0]).shape.clone();
+    let v_shape = lw.f.ty(x[roles(n)[1]]).shape.clone();
+    let mut parts = Vec::new();
+    if query.is_some() || value.is_some() || key.is_some() {
+        if q_shape.len() != 3 {
+            return Err(IrError(
+                "kiln applies Keras masks in multi_head_attention to rank-3 inputs only".into(),
+            ));
+        }
+        let one = Dim::konst(1);
+        let (b, t, s) = (q_shape[0].clone(), q_shape[1].clone(), v_shape[1].clone());
+        parts.extend(query.map(|value| mask::Part {
+            value,
+            shape: vec![b.clone(), t, one.clone()],
+            binary: true,
+        }));
+        for m in [value, key].into_iter().flatten() {
+            parts.push(mask::Part {
+                value: m,
+                shape: vec![b.clone(), one.clone(), s.clone()],
+                binary: true,
+            });
+        }
     }
-    let mut out: Option<Id> = None;
-    for (m, dims) in parts {
-        let b = lw.f.broadcast(m, &shape, &dims)?;
-        out = Some(match out {
-            None => b,
-            Some(o) => lw.f.mul(o, b)?,
+    if l.args.bool("use_causal_mask") {
+        parts.push(mask::causal(
+            &mut lw.f,
+            mask::causal_shape(&q_shape, &v_shape),
+        )?);
+    }
+    if n < x.len() {
+        let shape = lw.f.ty(x[n]).shape.clone();
+        parts.push(mask::Part {
+            value: x[n],
+            shape,
+            binary: false,
         });
     }
-    Ok(out)
+    let axes = scores.len() - q_shape.len();
+    mask::lower_mask(&mut lw.f, parts, axes, scores)
 }

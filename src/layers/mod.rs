@@ -216,6 +216,7 @@ pub static REGISTRY: &[&LayerKind] = &[
     &core::REPEAT_VECTOR,
     &noise::SPATIAL_DROPOUT1D,
     &noise::SPATIAL_DROPOUT2D,
+    &noise::SPATIAL_DROPOUT3D,
     &noise::GAUSSIAN_NOISE,
     &noise::GAUSSIAN_DROPOUT,
     &preprocess::RESCALING,

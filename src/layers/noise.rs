@@ -1,13 +1,15 @@
 //! Random regularization layers, active in training only (identity at inference, as
-//! Keras): spatial_dropout1d/2d (whole channels dropped), gaussian_noise (additive
+//! Keras): spatial_dropout1d/2d/3d (whole channels dropped; 2d and 3d take Keras's
+//! `data_format`), gaussian_noise (additive
 //! N(0, stddev²)) and gaussian_dropout (multiplicative N(1, rate/(1-rate))). They draw
 //! from the training step's random key as `dropout` does: Keras's distributions,
 //! kiln's own stream.
 
 use super::core::identity;
+use super::layout::{self, DATA_FORMAT};
 use super::lower::{Call, LowerCx, Mode};
 use super::{Arity, Ctx, Facts, Inferred, LayerKind, Mask, NO_FACTS, PASSES_MASK};
-use crate::args::{Default, FRACTION, arg, float_range, int};
+use crate::args::{ArgSpec, Default, FRACTION, arg, float_range, int};
 use crate::dim::Dim;
 use crate::ir::{Cmp, Func, Id, IrError, Op, Result, Type, Unary};
 
@@ -28,15 +30,36 @@ pub const SPATIAL_DROPOUT1D: LayerKind = LayerKind {
     },
 };
 
+/// Keras's SpatialDropout2D and 3D: `rate`, `data_format`, `seed`.
+const SPATIAL_ND_ARGS: [ArgSpec; 3] = [
+    arg("rate", FRACTION, Default::Required),
+    DATA_FORMAT,
+    arg("seed", int(0), Default::Null),
+];
+
 pub const SPATIAL_DROPOUT2D: LayerKind = LayerKind {
     name: "spatial_dropout2d",
     class: "SpatialDropout2D",
-    args: SPATIAL_DROPOUT1D.args,
+    args: &SPATIAL_ND_ARGS,
     arity: Arity::One,
-    infer: spatial2d,
-    lower: lower_spatial_dropout,
+    infer: |cx| layout::infer(cx, spatial2d),
+    lower: |lw, l, x| layout::lower(lw, l, x, lower_spatial_dropout),
     facts: Facts {
         spatial: Some(2),
+        mask: Mask::Propagates,
+        ..NO_FACTS
+    },
+};
+
+pub const SPATIAL_DROPOUT3D: LayerKind = LayerKind {
+    name: "spatial_dropout3d",
+    class: "SpatialDropout3D",
+    args: &SPATIAL_ND_ARGS,
+    arity: Arity::One,
+    infer: |cx| layout::infer(cx, spatial3d),
+    lower: |lw, l, x| layout::lower(lw, l, x, lower_spatial_dropout),
+    facts: Facts {
+        spatial: Some(3),
         mask: Mask::Propagates,
         ..NO_FACTS
     },
@@ -49,6 +72,11 @@ fn spatial1d(cx: &mut Ctx) -> Option<Inferred> {
 
 fn spatial2d(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_rank(&[4], "[batch, height, width, channels]")?;
+    identity(cx)
+}
+
+fn spatial3d(cx: &mut Ctx) -> Option<Inferred> {
+    cx.expect_rank(&[5], "[batch, depth, height, width, channels]")?;
     identity(cx)
 }
 

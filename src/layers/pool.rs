@@ -13,13 +13,11 @@ use crate::args::{ArgKind, ArgSpec, Default, arg};
 use crate::dim::Dim;
 use crate::ir::{Id, Op, Padding, PoolKind, ReduceOp, Result, WindowAttrs};
 
-const fn pool_args(n: usize) -> [ArgSpec; 4] {
+/// Keras's pooling arguments; `pool_size` defaults to 2 for max pooling and has no
+/// default for average pooling (`default`: `Default::Required`).
+const fn pool_args(n: usize, default: Default) -> [ArgSpec; 4] {
     [
-        arg(
-            "pool_size",
-            ArgKind::IntTuple { n, min: 1 },
-            Default::Int(2),
-        ),
+        arg("pool_size", ArgKind::IntTuple { n, min: 1 }, default),
         arg("strides", ArgKind::IntTuple { n, min: 1 }, Default::Null),
         arg(
             "padding",
@@ -29,9 +27,12 @@ const fn pool_args(n: usize) -> [ArgSpec; 4] {
         DATA_FORMAT,
     ]
 }
-const POOL1D_ARGS: [ArgSpec; 4] = pool_args(1);
-const POOL2D_ARGS: [ArgSpec; 4] = pool_args(2);
-const POOL3D_ARGS: [ArgSpec; 4] = pool_args(3);
+const POOL1D_ARGS: [ArgSpec; 4] = pool_args(1, Default::Int(2));
+const POOL2D_ARGS: [ArgSpec; 4] = pool_args(2, Default::Int(2));
+const POOL3D_ARGS: [ArgSpec; 4] = pool_args(3, Default::Int(2));
+const AVG1D_ARGS: [ArgSpec; 4] = pool_args(1, Default::Required);
+const AVG2D_ARGS: [ArgSpec; 4] = pool_args(2, Default::Required);
+const AVG3D_ARGS: [ArgSpec; 4] = pool_args(3, Default::Required);
 
 pub const MAX_POOLING1D: LayerKind = LayerKind {
     name: "max_pooling1d",
@@ -75,7 +76,7 @@ pub const MAX_POOLING3D: LayerKind = LayerKind {
 pub const AVERAGE_POOLING1D: LayerKind = LayerKind {
     name: "average_pooling1d",
     class: "AveragePooling1D",
-    args: &POOL1D_ARGS,
+    args: &AVG1D_ARGS,
     arity: Arity::One,
     infer: pool,
     lower: lower_pool,
@@ -88,7 +89,7 @@ pub const AVERAGE_POOLING1D: LayerKind = LayerKind {
 pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
     name: "average_pooling2d",
     class: "AveragePooling2D",
-    args: &POOL2D_ARGS,
+    args: &AVG2D_ARGS,
     arity: Arity::One,
     infer: pool,
     lower: lower_pool,
@@ -102,7 +103,7 @@ pub const AVERAGE_POOLING2D: LayerKind = LayerKind {
 pub const AVERAGE_POOLING3D: LayerKind = LayerKind {
     name: "average_pooling3d",
     class: "AveragePooling3D",
-    args: &POOL3D_ARGS,
+    args: &AVG3D_ARGS,
     arity: Arity::One,
     infer: pool,
     lower: lower_pool,

@@ -76,6 +76,7 @@ layers:
   - time_distributed: {layer: {layer_normalization: {}}}
   - bidirectional: {layer: {lstm: {units: 2}}}
   - conv3d: {filters: 2, kernel_size: 2, input: volume}
+  - spatial_dropout3d: {rate: 0.1}
   - up_sampling3d
   - conv3d_transpose: {filters: 2, kernel_size: 2}
   - cropping3d

@@ -120,13 +120,9 @@ fn refusals_are_diagnostics() {
     assert_eq!(codes(qv, &mha("attention_axes: [0], ")), ["E0508"]);
     assert_eq!(codes(qv, &mha("attention_axes: [2, -2], ")), ["E0508"]);
     assert_eq!(codes(qv, &mha("output_shape: [2, 0], ")), ["E0404"]);
-    assert_eq!(codes(qv, &mha("use_causal_mask: true, ")), ["E0404"]);
-    // Keras arguments kiln does not take yet are said to be Keras's.
-    assert_eq!(
-        codes(qv, &mha("return_attention_scores: true, ")),
-        ["E0402"]
-    );
-    assert_eq!(codes(qv, &mha("attention_mask: q, ")), ["E0402"]);
+    // Keras's causal mask needs one attention axis (see attention_masks.rs).
+    assert_eq!(codes(qv, &mha("use_causal_mask: true, ")), ["E0521"]);
+    assert_eq!(codes(qv, &mha("attention_mask: q, ")), ["E0521"]);
     assert_eq!(
         codes("{q: [batch, 4, 3, 8], v: [batch, 4, 8]}", &mha("")),
         ["E0501"]

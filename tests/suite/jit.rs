@@ -131,7 +131,7 @@ fn conv_pool_norm() {
     );
     layer(
         "{x: [batch, 4, 4, 3]}",
-        "  - batch_normalization\n  - average_pooling2d: {padding: same}\n  - flatten\n  - dense: {units: 2}",
+        "  - batch_normalization\n  - average_pooling2d: {pool_size: 2, padding: same}\n  - flatten\n  - dense: {units: 2}",
     );
     layer(
         "{x: [batch, seq, 6]}",
@@ -190,7 +190,7 @@ fn convolutions_run_as_loops_and_products() {
 fn pooling_runs_as_loops() {
     for pool in ["max", "average"] {
         for (inputs, args) in [
-            ("{x: [batch, 7, 6, 3]}", "{}"),
+            ("{x: [batch, 7, 6, 3]}", "{pool_size: 2}"),
             (
                 "{x: [batch, 7, 6, 3]}",
                 "{pool_size: 3, strides: 2, padding: same}",

@@ -237,10 +237,13 @@ fn pooling_strides_default_to_pool_size() {
         "[batch, 3, 3]"
     );
     assert_eq!(
-        one("[batch, seq, 3]", "average_pooling1d").0,
+        one("[batch, seq, 3]", "max_pooling1d").0,
         "[batch, (seq - 2) // 2 + 1, 3]"
     );
     assert_eq!(codes("[batch, 1, 1, 3]", "max_pooling2d"), ["E0503"]);
+    // Keras's average pooling has no default pool size (max pooling's is 2).
+    assert_eq!(codes("[batch, 4, 3]", "average_pooling1d"), ["E0406"]);
+    assert_eq!(codes("[batch, 4, 4, 4, 3]", "average_pooling3d"), ["E0406"]);
 }
 
 #[test]

@@ -323,4 +323,38 @@ layers:
 ",
         ),
     },
+    CodeInfo {
+        code: "E0521",
+        title: "an attention mask does not fit the attention scores",
+        explanation: "\
+`multi_head_attention` joins its masks as Keras does: an `attention_mask` input, the
+causal mask of `use_causal_mask` (`[1, T, S]`, T and S the sizes of axis 1 of query and
+value) and the Keras masks of its inputs, broadcast together as numpy broadcasts (aligned
+on the right); then axes of size 1 go before the last `2n` axes (n attention axes) until
+the mask has the rank of the scores `[batch, heads, query steps, key steps]` (with
+`attention_axes`: `[batch, other axes…, heads, query axes…, key axes…]`), and every axis
+must be 1 or the scores'. For rank-3 inputs the mask is `[batch, query steps, key
+steps]`. Keras refuses the same masks; the causal mask needs one attention axis.
+",
+        wrong: Example::Spec(
+            "\
+inputs:
+  q: [batch, 4, 8]
+  v: [batch, 6, 8]
+  m: [batch, 4, 5]
+layers:
+  - multi_head_attention: {num_heads: 2, key_dim: 4, attention_mask: m, inputs: [q, v]}
+",
+        ),
+        fixed: Example::Spec(
+            "\
+inputs:
+  q: [batch, 4, 8]
+  v: [batch, 6, 8]
+  m: [batch, 4, 6]
+layers:
+  - multi_head_attention: {num_heads: 2, key_dim: 4, attention_mask: m, inputs: [q, v]}
+",
+        ),
+    },
 ];

@@ -191,7 +191,9 @@ impl Gen {
             }
         };
         let mut args = Vec::new();
-        if ps.iter().any(|&p| p != 2) || ps.len() != n || self.c.chance(50) {
+        // Keras's average pooling has no default pool size.
+        let kind = *self.c.pick(&["max", "average"]);
+        if kind == "average" || ps.iter().any(|&p| p != 2) || ps.len() != n || self.c.chance(50) {
             args.push(format!("pool_size: {}", list(&ps)));
         }
         if ss != ps {
@@ -200,8 +202,8 @@ impl Gen {
         if padding == "same" {
             args.push("padding: same".into());
         }
-        // The default pool size is 2 and the default strides are the pool size.
-        let ty = format!("{}_pooling{n}d", self.c.pick(&["max", "average"]));
+        // Max pooling's default pool size is 2; the default strides are the pool size.
+        let ty = format!("{kind}_pooling{n}d");
         self.layer(&ty, args, &[i], out, 0, 0)
     }
 
