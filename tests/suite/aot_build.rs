@@ -1,7 +1,7 @@
 //! `kiln build` (issue 13, item 3): bundled specs compiled ahead of time to an object
 //! file, linked with a C program by the system `cc`, run, and compared with the
-//! library (`Net::predict`, which `kiln predict` runs, and `Net::train_step`, one step
-//! of `kiln train`).
+//! library (`Net::predict`, which `kiln predict` runs — and for one-input models
+//! `kiln predict` itself — and `Net::train_step`, one step of `kiln train`).
 //!
 //! Tolerances: inference with at most 4 rows per product runs the same generated code
 //! as the JIT, so predictions are compared bit for bit. The training step's products
@@ -243,6 +243,38 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
         let obj: Vec<u32> = got[at..at + a.len()].iter().map(|v| v.to_bits()).collect();
         assert_eq!(obj, bits, "{name}: output `{n}` differs from Net::predict");
         at += a.len();
+    }
+    // One input, one output: `kiln predict` itself gives the same bits.
+    if g.inputs.len() == 1 && want.len() == 1 {
+        let (inp, outp) = (dir.join("x.npy"), dir.join("y.npy"));
+        if g.inputs[0].ty.dtype == kiln::types::DType::I32 {
+            let ids: Vec<u8> = xs[0]
+                .iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect();
+            let bytes = kiln::data::npy::encode("<i4", xs[0].shape(), &ids);
+            std::fs::write(&inp, bytes).unwrap();
+        } else {
+            kiln::data::write(&inp, &[("x".into(), xs[0].clone())]).unwrap();
+        }
+        let arg = format!("{}={}", g.inputs[0].name, inp.display());
+        let p = kiln(&[
+            "predict",
+            path.to_str().unwrap(),
+            "--weights",
+            wpath.to_str().unwrap(),
+            "--input",
+            &arg,
+            "--output",
+            outp.to_str().unwrap(),
+        ]);
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+        let cli = kiln::data::npy::parse(&std::fs::read(&outp).unwrap())
+            .unwrap()
+            .data;
+        let cli: Vec<u32> = cli.iter().map(|v| v.to_bits()).collect();
+        let obj: Vec<u32> = got[..cli.len()].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(obj, cli, "{name}: differs from `kiln predict`");
     }
     if train {
         net.start_learning_rate();
