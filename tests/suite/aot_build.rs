@@ -457,3 +457,50 @@ fn embed_c_example_builds_and_runs() {
     assert_eq!(saved.len(), 4810 * 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A token id outside the embedding's table makes the function return 1 instead of
+/// reading out of bounds; valid ids return 0.
+#[test]
+fn out_of_range_token_ids_return_one() {
+    let Some(cc) = cc() else {
+        println!("skipped: no `cc` found on PATH to compile the C program");
+        return;
+    };
+    let dir = temp_dir("tokens");
+    let w = dir.join("w.safetensors");
+    let path = spec("attention");
+    let init = kiln(&["init", path.to_str().unwrap(), "--out", w.to_str().unwrap()]);
+    assert!(init.status.success());
+    let out = kiln(&[
+        "build",
+        path.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "-o",
+        dir.join("m.o").to_str().unwrap(),
+        "--header",
+        dir.join("m.h").to_str().unwrap(),
+        "--dim",
+        "seq=3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = "#include <stdio.h>\n#include \"m.h\"\nint main(void) {\n  float y[encoder_block_OUTPUT_LOGITS_SIZE];\n  float ok[3] = {1, 2, 3}, big[3] = {1, 1e6f, 3}, neg[3] = {-1, 2, 3};\n  printf(\"%d %d %d\\n\", encoder_block_predict(ok, y), encoder_block_predict(big, y),\n         encoder_block_predict(neg, y));\n  return 0;\n}\n";
+    std::fs::write(dir.join("main.c"), main).unwrap();
+    let c = Command::new(cc)
+        .current_dir(&dir)
+        .args(["main.c", "m.o", "-lm", "-o", "main"])
+        .output()
+        .unwrap();
+    assert!(
+        c.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let run = Command::new(dir.join("main")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "0 1 1\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
