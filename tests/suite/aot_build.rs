@@ -3,12 +3,12 @@
 //! library (`Net::predict`, which `kiln predict` runs — and for one-input models
 //! `kiln predict` itself — and `Net::train_step`, one step of `kiln train`).
 //!
-//! Tolerances: inference with at most 4 rows per product runs the same generated code
-//! as the JIT, so predictions are compared bit for bit. The training step's products
-//! with many rows (the weight gradients) run through matrixmultiply in the JIT and as
-//! generated loops in the object: their sums are rounded in a different order, so the
-//! loss is compared within 1e-6 relative and the updated weights (and the predictions
-//! after the step) within 1e-6 absolute plus 1e-5 relative.
+//! Tolerance: none. Predictions and one training step (loss, updated weights, and
+//! predictions after it) are compared bit for bit. The object runs the JIT's own
+//! kernel functions; where the JIT hands a product with many rows to matrixmultiply,
+//! the object runs the generated few-rows code, and both sum each dot product in order
+//! over `k` in f32 (with FMA on both or on neither, by the host's features), so the
+//! bits agree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,11 +124,14 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn close(a: &[f32], b: &[f32], what: &str) {
+fn same_bits(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let tol = 1e-6 + 1e-5 * y.abs();
-        assert!((x - y).abs() <= tol, "{what}[{i}]: object {x}, kiln {y}");
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}[{i}]: object {x}, kiln {y}"
+        );
     }
 }
 
@@ -284,7 +287,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
         let loss = got[at];
         at += 1;
         assert!(
-            (loss - step.loss).abs() <= 1e-6 * step.loss.abs(),
+            loss.to_bits() == step.loss.to_bits(),
             "{name}: loss {loss} against {}",
             step.loss
         );
@@ -293,7 +296,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
             .iter()
             .flat_map(|(_, a)| a.iter().copied())
             .collect();
-        close(
+        same_bits(
             &got[at..at + wants.len()],
             &wants,
             &format!("{name}: weights after one step"),
@@ -302,7 +305,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool) {
         let after = net.predict_all(&named).unwrap();
         for (n, a) in &after {
             let v: Vec<f32> = a.iter().copied().collect();
-            close(
+            same_bits(
                 &got[at..at + a.len()],
                 &v,
                 &format!("{name}: `{n}` after the step"),
