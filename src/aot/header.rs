@@ -105,7 +105,7 @@ pub(super) fn header(api: &Api) -> String {
     sig.extend(params(&outs, false));
     let _ = writeln!(
         h,
-        "\n/* The forward pass in inference mode (`kiln predict`): reads the inputs, writes\n * every output (in the spec's order) with the current weights. Returns 0, or 1 when\n * an index input (a token id) is not a whole number within its table (row 0 is used\n * for it). */\nint {p}_predict({});\n",
+        "\n/* The forward pass in inference mode (`kiln predict`): reads the inputs, writes\n * every output (in the spec's order) with the current weights. Returns 0, or 1 when\n * an index input (a token id) is outside its table (row 0 is used for it). */\nint {p}_predict({});\n",
         sig.join(", ")
     );
     if let Some(t) = &api.train {

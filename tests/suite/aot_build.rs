@@ -1,14 +1,14 @@
 //! `kiln build` (issue 13, item 3): bundled specs compiled ahead of time to an object
 //! file, linked with a C program by the system `cc`, run, and compared with the
-//! library (`Net::predict`, which `kiln predict` runs, and `Net::train_step`, one step
-//! of `kiln train`).
+//! library (`Net::predict`, which `kiln predict` runs — and for one-input models
+//! `kiln predict` itself — and `Net::train_step`, one step of `kiln train`).
 //!
-//! Tolerances: inference with at most 4 rows per product runs the same generated code
-//! as the JIT, so predictions are compared bit for bit. The training step's products
-//! with many rows (the weight gradients) run through matrixmultiply in the JIT and as
-//! generated loops in the object: their sums are rounded in a different order, so the
-//! loss is compared within 1e-6 relative and the updated weights (and the predictions
-//! after the step) within 1e-6 absolute plus 1e-5 relative.
+//! Tolerance: none. Predictions and one training step (loss, updated weights, and
+//! predictions after it) are compared bit for bit. The object runs the JIT's own
+//! kernel functions; where the JIT hands a product with many rows to matrixmultiply,
+//! the object runs the generated few-rows code, and both sum each dot product in order
+//! over `k` in f32 (with FMA on both or on neither, by the host's features), so the
+//! bits agree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,11 +124,14 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn close(a: &[f32], b: &[f32], what: &str) {
+fn same_bits(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let tol = 1e-6 + 1e-5 * y.abs();
-        assert!((x - y).abs() <= tol, "{what}[{i}]: object {x}, kiln {y}");
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}[{i}]: object {x}, kiln {y}"
+        );
     }
 }
 
@@ -251,6 +254,38 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         }
         at += a.len();
     }
+    // One input, one output: `kiln predict` itself gives the same bits.
+    if g.inputs.len() == 1 && want.len() == 1 {
+        let (inp, outp) = (dir.join("x.npy"), dir.join("y.npy"));
+        if g.inputs[0].ty.dtype == kiln::types::DType::I32 {
+            let ids: Vec<u8> = xs[0]
+                .iter()
+                .flat_map(|&v| (v as i32).to_le_bytes())
+                .collect();
+            let bytes = kiln::data::npy::encode("<i4", xs[0].shape(), &ids);
+            std::fs::write(&inp, bytes).unwrap();
+        } else {
+            kiln::data::write(&inp, &[("x".into(), xs[0].clone())]).unwrap();
+        }
+        let arg = format!("{}={}", g.inputs[0].name, inp.display());
+        let p = kiln(&[
+            "predict",
+            path.to_str().unwrap(),
+            "--weights",
+            wpath.to_str().unwrap(),
+            "--input",
+            &arg,
+            "--output",
+            outp.to_str().unwrap(),
+        ]);
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+        let cli = kiln::data::npy::parse(&std::fs::read(&outp).unwrap())
+            .unwrap()
+            .data;
+        let cli: Vec<u32> = cli.iter().map(|v| v.to_bits()).collect();
+        let obj: Vec<u32> = got[..cli.len()].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(obj, cli, "{name}: differs from `kiln predict`");
+    }
     if train {
         net.start_learning_rate();
         let lr = net.learning_rate();
@@ -259,7 +294,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         let loss = got[at];
         at += 1;
         assert!(
-            (loss - step.loss).abs() <= 1e-6 * step.loss.abs(),
+            loss.to_bits() == step.loss.to_bits(),
             "{name}: loss {loss} against {}",
             step.loss
         );
@@ -268,7 +303,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
             .iter()
             .flat_map(|(_, a)| a.iter().copied())
             .collect();
-        close(
+        same_bits(
             &got[at..at + wants.len()],
             &wants,
             &format!("{name}: weights after one step"),
@@ -277,7 +312,7 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         let after = net.predict_all(&named).unwrap();
         for (n, a) in &after {
             let v: Vec<f32> = a.iter().copied().collect();
-            close(
+            same_bits(
                 &got[at..at + a.len()],
                 &v,
                 &format!("{name}: `{n}` after the step"),
@@ -430,5 +465,52 @@ fn embed_c_example_builds_and_runs() {
     }
     let saved = std::fs::read(dir.join("weights.f32")).unwrap();
     assert_eq!(saved.len(), 4810 * 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token id outside the embedding's table makes the function return 1 instead of
+/// reading out of bounds; valid ids return 0.
+#[test]
+fn out_of_range_token_ids_return_one() {
+    let Some(cc) = cc() else {
+        println!("skipped: no `cc` found on PATH to compile the C program");
+        return;
+    };
+    let dir = temp_dir("tokens");
+    let w = dir.join("w.safetensors");
+    let path = spec("attention");
+    let init = kiln(&["init", path.to_str().unwrap(), "--out", w.to_str().unwrap()]);
+    assert!(init.status.success());
+    let out = kiln(&[
+        "build",
+        path.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "-o",
+        dir.join("m.o").to_str().unwrap(),
+        "--header",
+        dir.join("m.h").to_str().unwrap(),
+        "--dim",
+        "seq=3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = "#include <stdio.h>\n#include \"m.h\"\nint main(void) {\n  float y[encoder_block_OUTPUT_LOGITS_SIZE];\n  float ok[3] = {1, 2, 3}, big[3] = {1, 1e6f, 3}, neg[3] = {-1, 2, 3};\n  printf(\"%d %d %d\\n\", encoder_block_predict(ok, y), encoder_block_predict(big, y),\n         encoder_block_predict(neg, y));\n  return 0;\n}\n";
+    std::fs::write(dir.join("main.c"), main).unwrap();
+    let c = Command::new(cc)
+        .current_dir(&dir)
+        .args(["main.c", "m.o", "-lm", "-o", "main"])
+        .output()
+        .unwrap();
+    assert!(
+        c.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let run = Command::new(dir.join("main")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "0 1 1\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
