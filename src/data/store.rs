@@ -297,7 +297,9 @@ impl Store {
             shard.parts[c]
                 .copy_row(r, &mut out[k * row..(k + 1) * row], &mut scratch)
                 .map_err(|e| DataError {
-                    file: e.file.or_else(|| Some(shard.path.clone().into_boxed_path())),
+                    file: e
+                        .file
+                        .or_else(|| Some(shard.path.clone().into_boxed_path())),
                     ..e
                 })?;
         }

@@ -124,6 +124,20 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The object's values against kiln's: the same bits, or (`bits` false) within
+/// 1e-6 + 1e-5·|kiln's value|.
+fn agree(bits: bool, a: &[f32], b: &[f32], what: &str) {
+    if bits {
+        same_bits(a, b, what);
+        return;
+    }
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let tol = 1e-6 + 1e-5 * y.abs();
+        assert!((x - y).abs() <= tol, "{what}[{i}]: object {x}, kiln {y}");
+    }
+}
+
 fn same_bits(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -136,8 +150,7 @@ fn same_bits(a: &[f32], b: &[f32], what: &str) {
 }
 
 /// Builds `name` for `batch` rows, links and runs the C program, and checks it
-/// against the library: predictions bit for bit when `bits`, else within `close`'s
-/// tolerance (attention: in the process it runs as one fused kernel, in the object as
+/// against the library: bit for bit when `bits`, else within `agree`'s tolerance (attention: in the process it runs as one fused kernel, in the object as
 /// the generated products and softmax, whose sums are in another order).
 fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits: bool) {
     let Some(cc) = cc() else {
@@ -244,14 +257,13 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
     let got = floats(&std::fs::read(dir.join("out.bin")).unwrap());
     let mut at = 0;
     for (n, a) in &want {
-        if bits {
-            let want: Vec<u32> = a.iter().map(|v| v.to_bits()).collect();
-            let obj: Vec<u32> = got[at..at + a.len()].iter().map(|v| v.to_bits()).collect();
-            assert_eq!(obj, want, "{name}: output `{n}` differs from Net::predict");
-        } else {
-            let v: Vec<f32> = a.iter().copied().collect();
-            close(&got[at..at + a.len()], &v, &format!("{name}: output `{n}`"));
-        }
+        let v: Vec<f32> = a.iter().copied().collect();
+        agree(
+            bits,
+            &got[at..at + a.len()],
+            &v,
+            &format!("{name}: output `{n}` against Net::predict"),
+        );
         at += a.len();
     }
     // One input, one output: `kiln predict` itself gives the same bits.
@@ -282,9 +294,12 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         let cli = kiln::data::npy::parse(&std::fs::read(&outp).unwrap())
             .unwrap()
             .data;
-        let cli: Vec<u32> = cli.iter().map(|v| v.to_bits()).collect();
-        let obj: Vec<u32> = got[..cli.len()].iter().map(|v| v.to_bits()).collect();
-        assert_eq!(obj, cli, "{name}: differs from `kiln predict`");
+        agree(
+            bits,
+            &got[..cli.len()],
+            &cli.iter().copied().collect::<Vec<f32>>(),
+            &format!("{name}: against `kiln predict`"),
+        );
     }
     if train {
         net.start_learning_rate();
@@ -293,17 +308,14 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         let step = net.train_step(xs.clone(), ys, lr, key).unwrap();
         let loss = got[at];
         at += 1;
-        assert!(
-            loss.to_bits() == step.loss.to_bits(),
-            "{name}: loss {loss} against {}",
-            step.loss
-        );
+        agree(bits, &[loss], &[step.loss], &format!("{name}: loss"));
         let wants: Vec<f32> = net
             .weights()
             .iter()
             .flat_map(|(_, a)| a.iter().copied())
             .collect();
-        same_bits(
+        agree(
+            bits,
             &got[at..at + wants.len()],
             &wants,
             &format!("{name}: weights after one step"),
@@ -312,7 +324,8 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         let after = net.predict_all(&named).unwrap();
         for (n, a) in &after {
             let v: Vec<f32> = a.iter().copied().collect();
-            same_bits(
+            agree(
+                bits,
                 &got[at..at + a.len()],
                 &v,
                 &format!("{name}: `{n}` after the step"),

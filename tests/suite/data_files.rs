@@ -368,7 +368,10 @@ train:
     // typed remedy is for the CLI to phrase.
     assert!(!s.contains("--"), "{s}");
     let e = load(&p, &g).unwrap_err();
-    assert_eq!(e.remedy.as_deref(), Some(&kiln::types::Remedy::NameTargetColumn(None)));
+    assert_eq!(
+        e.remedy.as_deref(),
+        Some(&kiln::types::Remedy::NameTargetColumn(None))
+    );
     std::fs::write(&p, "a,out,b\n1,nan,3\n").unwrap();
     assert!(error(&p, &g).contains("finite"));
     std::fs::write(&p, "a,out,b\n").unwrap();

@@ -5,7 +5,8 @@
 //! s  = matmul[tb](q, k)                      [batch…, tq, tk]
 //! s' = select(valid, s, low)                 causal mask only (valid: iota_row >= iota_col)
 //! p  = softmax(s') along the last axis       reduce_max, sub, exp, reduce_sum, div
-//! p' = select(valid, p, 0)                   causal mask only
+//! p' = select(valid, p, 0)                   causal mask only, optional (Keras's
+//!                                            `dot_product_attention` path omits it)
 //! o  = matmul(p', v)                         [batch…, tq, dv]
 //! ```
 //!
@@ -69,8 +70,10 @@ pub struct AttnKernel {
 /// The matched nodes.
 struct Chain {
     s: Id,
-    /// `(valid, s', p', low)` with a causal mask.
-    mask: Option<(Id, Id, Id, f32)>,
+    /// `(valid, s', p', low)` with a causal mask (`p'` when the graph zeroes the
+    /// masked probabilities again after the softmax; the kernel always does, where the
+    /// graph's exponential of `low` is zero or within rounding of it).
+    mask: Option<(Id, Id, Option<Id>, f32)>,
     mx: Id,
     mx_views: [Id; 2],
     shifted: Id,
@@ -100,7 +103,9 @@ impl Chain {
         ];
         if let Some((_, s2, p2, _)) = self.mask {
             out.push((s2, Some(Stage::Masked)));
-            out.push((p2, Some(Stage::MaskedProbs)));
+            if let Some(p2) = p2 {
+                out.push((p2, Some(Stage::MaskedProbs)));
+            }
         }
         out
     }
@@ -228,8 +233,13 @@ impl Builder<'_> {
                         && n.args[0] == valid
                         && n.args[1] == p
                         && scalar_of(f, n.args[2]) == Some(0.0)
-                })?;
-                (Some((valid, s2, p2, low)), p2)
+                });
+                // Without p', the kernel's zeros must be the graph's own values up to
+                // rounding: exp(low − max) underflows only for a very negative low.
+                if p2.is_none() && low > -1e4 {
+                    return None;
+                }
+                (Some((valid, s2, p2, low)), p2.unwrap_or(p))
             }
             None => (None, p),
         };

@@ -222,7 +222,8 @@ impl<'f> Builder<'f> {
             Op::Pad { axis, low, .. } => self.pad(i, *axis, low, &shape),
             Op::Reshape => self.reshape(n.args[0], &shape),
             Op::Reduce { op, axes } => self.reduce(i, *op, axes, &shape),
-            Op::MatMul { ta, tb } => match self.fuse_attention.then(|| self.attention(i)).flatten() {
+            Op::MatMul { ta, tb } => match self.fuse_attention.then(|| self.attention(i)).flatten()
+            {
                 Some(v) => v,
                 None => self.matmul(i, *ta, *tb, &shape),
             },
