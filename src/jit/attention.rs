@@ -271,29 +271,11 @@ unsafe fn rows_avx2(c: &Call, bi: usize, s: &mut Scratch) {
 }
 
 /// `exp(x)` as `mathfn::exp` computes it (Cephes' polynomial, 2^n from the exponent
-/// bits), in a form that vectorizes.
+/// bits), in a form that vectorizes: the recurrent kernels' own (no fused multiply-adds,
+/// so the plain and the AVX2/FMA builds give the same bits).
 #[inline(always)]
 fn exp_poly(x: f32) -> f32 {
-    let x = x.clamp(-87.336_55, 88.376_26);
-    // Round to nearest even by adding 1.5 · 2^23: the sum's low bits hold n.
-    let big = x * std::f32::consts::LOG2_E + 12_582_912.0;
-    let n = (big.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let fx = big - 12_582_912.0;
-    let x = x - fx * 0.693_359_4;
-    let x = x - fx * -2.121_944_4e-4;
-    let z = x * x;
-    let mut p = 1.987_569_1e-4;
-    for k in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
-        p = p * x + k;
-    }
-    let y = p * z + x + 1.0;
-    y * f32::from_bits((n.wrapping_add(127) << 23) as u32)
+    super::rnn::math::exp::<false>(x)
 }
 
 /// Lane-parallel maximum and sum (eight accumulators, so the loops vectorize).

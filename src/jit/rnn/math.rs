@@ -9,14 +9,14 @@
 
 /// `a*b + c`, fused when the caller was compiled for FMA (`F`).
 #[inline(always)]
-pub(super) fn ma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(in crate::jit) fn ma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Cephes expf: range reduction by ln 2 in two parts, degree-6 polynomial, 2^n from
 /// the exponent bits (rounding by the 1.5·2^23 trick, so no float-to-int conversion).
 #[inline(always)]
-pub(super) fn exp<const F: bool>(x: f32) -> f32 {
+pub(in crate::jit) fn exp<const F: bool>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.376_26);
     let big = x * std::f32::consts::LOG2_E + MAGIC;

@@ -17,7 +17,7 @@
 mod bwd;
 mod call;
 mod fwd;
-mod math;
+pub(super) mod math;
 mod small;
 
 use ndarray::{ArrayD, IxDyn};
