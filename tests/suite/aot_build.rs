@@ -149,6 +149,55 @@ fn same_bits(a: &[f32], b: &[f32], what: &str) {
     }
 }
 
+/// `kiln build SPEC --weights W -o DIR/STEM.o --header DIR/STEM.h EXTRA…`, which must
+/// succeed.
+fn build(dir: &Path, spec: &Path, weights: &Path, stem: &str, extra: &[&str]) {
+    let (obj, hdr) = (dir.join(format!("{stem}.o")), dir.join(format!("{stem}.h")));
+    let mut args = vec![
+        "build",
+        spec.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "-o",
+        obj.to_str().unwrap(),
+        "--header",
+        hdr.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kiln init SPEC --out DIR/w.safetensors`; the weights' path.
+fn init(dir: &Path, spec: &Path) -> PathBuf {
+    let w = dir.join("w.safetensors");
+    let out = kiln(&["init", spec.to_str().unwrap(), "--out", w.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w
+}
+
+/// Compiles and links in `dir` with `cc ARGS…`, which must succeed.
+fn cc_in(cc: &str, dir: &Path, args: &[&str]) {
+    let c = Command::new(cc)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        c.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+}
+
 /// Builds `name` for `batch` rows, links and runs the C program, and checks it
 /// against the library: bit for bit when `bits`, else within `agree`'s tolerance (attention: in the process it runs as one fused kernel, in the object as
 /// the generated products and softmax, whose sums are in another order).
@@ -164,37 +213,17 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
     net.save_weights(&wpath).unwrap();
     let g = net.graph().clone();
     let prefix = c_name(&g.name);
-    let (obj, hdr) = (
-        dir.join(format!("{prefix}.o")),
-        dir.join(format!("{prefix}.h")),
-    );
     let b = batch.to_string();
     let path = spec(name);
-    let mut args = vec![
-        "build",
-        path.to_str().unwrap(),
-        "--weights",
-        wpath.to_str().unwrap(),
-        "-o",
-        obj.to_str().unwrap(),
-        "--header",
-        hdr.to_str().unwrap(),
-        "--batch",
-        &b,
-    ];
+    let mut extra = vec!["--batch", &b];
     if train {
-        args.push("--train");
+        extra.push("--train");
     }
     let dim_args: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
     for d in &dim_args {
-        args.extend(["--dim", d.as_str()]);
+        extra.extend(["--dim", d.as_str()]);
     }
-    let out = kiln(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build(&dir, &path, &wpath, &prefix, &extra);
     // Inputs and targets: seeded values (class ids for integer targets).
     let mut rng = Rng::new(7);
     let mut xs = Vec::new();
@@ -241,16 +270,10 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
     )
     .unwrap();
     let exe = dir.join("main");
-    let c = Command::new(cc)
-        .current_dir(&dir)
-        .args(["-O2", "main.c", &format!("{prefix}.o"), "-lm", "-o"])
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert!(
-        c.status.success(),
-        "cc failed:\n{}",
-        String::from_utf8_lossy(&c.stderr)
+    cc_in(
+        cc,
+        &dir,
+        &["-O2", "main.c", &format!("{prefix}.o"), "-lm", "-o", "main"],
     );
     let run = Command::new(&exe).current_dir(&dir).output().unwrap();
     assert!(run.status.success(), "the C program failed: {}", run.status);
@@ -429,37 +452,15 @@ fn embed_c_example_builds_and_runs() {
         return;
     };
     let dir = temp_dir("embed_c");
-    let w = dir.join("w.safetensors");
     let path = spec("digits_mlp");
-    let init = kiln(&["init", path.to_str().unwrap(), "--out", w.to_str().unwrap()]);
-    assert!(init.status.success());
-    let out = kiln(&[
-        "build",
-        path.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "-o",
-        dir.join("digits_mlp.o").to_str().unwrap(),
-        "--header",
-        dir.join("digits_mlp.h").to_str().unwrap(),
-        "--train",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let w = init(&dir, &path);
+    build(&dir, &path, &w, "digits_mlp", &["--train"]);
     let main = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed_c/main.c");
     std::fs::copy(&main, dir.join("main.c")).unwrap();
-    let c = Command::new(cc)
-        .current_dir(&dir)
-        .args(["-O2", "main.c", "digits_mlp.o", "-lm", "-o", "digits"])
-        .output()
-        .unwrap();
-    assert!(
-        c.status.success(),
-        "cc failed:\n{}",
-        String::from_utf8_lossy(&c.stderr)
+    cc_in(
+        cc,
+        &dir,
+        &["-O2", "main.c", "digits_mlp.o", "-lm", "-o", "digits"],
     );
     let run = Command::new(dir.join("digits"))
         .args(["3", "10"])
@@ -490,39 +491,12 @@ fn out_of_range_token_ids_return_one() {
         return;
     };
     let dir = temp_dir("tokens");
-    let w = dir.join("w.safetensors");
     let path = spec("attention");
-    let init = kiln(&["init", path.to_str().unwrap(), "--out", w.to_str().unwrap()]);
-    assert!(init.status.success());
-    let out = kiln(&[
-        "build",
-        path.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "-o",
-        dir.join("m.o").to_str().unwrap(),
-        "--header",
-        dir.join("m.h").to_str().unwrap(),
-        "--dim",
-        "seq=3",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let w = init(&dir, &path);
+    build(&dir, &path, &w, "m", &["--dim", "seq=3"]);
     let main = "#include <stdio.h>\n#include \"m.h\"\nint main(void) {\n  float y[encoder_block_OUTPUT_LOGITS_SIZE];\n  float ok[3] = {1, 2, 3}, big[3] = {1, 1e6f, 3}, neg[3] = {-1, 2, 3};\n  printf(\"%d %d %d\\n\", encoder_block_predict(ok, y), encoder_block_predict(big, y),\n         encoder_block_predict(neg, y));\n  return 0;\n}\n";
     std::fs::write(dir.join("main.c"), main).unwrap();
-    let c = Command::new(cc)
-        .current_dir(&dir)
-        .args(["main.c", "m.o", "-lm", "-o", "main"])
-        .output()
-        .unwrap();
-    assert!(
-        c.status.success(),
-        "cc failed:\n{}",
-        String::from_utf8_lossy(&c.stderr)
-    );
+    cc_in(cc, &dir, &["main.c", "m.o", "-lm", "-o", "main"]);
     let run = Command::new(dir.join("main")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout), "0 1 1\n");
     let _ = std::fs::remove_dir_all(&dir);
