@@ -323,33 +323,7 @@ fn train_entry(
         seed: net.seed(),
         ..TrainApi::default()
     };
-    // The optimizer state: the Net's, else zeros of the step's input shapes.
-    let mut bytes = Vec::new();
-    let mut soff = HashMap::new();
-    let mut at = 0usize;
-    for k in &l.state {
-        let i = f
-            .inputs
-            .iter()
-            .position(|x| &x.name == k)
-            .ok_or_else(|| Error::internal(format!("no step input `{k}`")))?;
-        let shape = shape_of(&f, i, env)?;
-        let t = Tensor {
-            name: k.clone(),
-            shape,
-            offset: at,
-        };
-        match net.optimizer_state().slots.get(k) {
-            Some(a) if a.len() == t.len() => bytes.extend(a.iter().flat_map(|v| v.to_le_bytes())),
-            _ => bytes.extend(std::iter::repeat_n(0u8, t.len() * 4)),
-        }
-        soff.insert(k.clone(), at);
-        at += t.len();
-        api.state.push(t);
-    }
-    let sdata = oc
-        .data(&format!("{prefix}_opt_state"), true, true, Some(bytes), 0)
-        .map_err(internal)?;
+    let (sdata, soff) = state_data(net, oc, prefix, &f, &l.state, env, &mut api)?;
     let counter = oc
         .data(
             &format!("{prefix}_step"),
@@ -417,4 +391,44 @@ fn train_entry(
         .entry(&e)
         .map_err(|e| refused(e, "the model's training step (--train)"))?;
     Ok((api, info.arena_bytes))
+}
+
+/// The optimizer state as a mutable data section `PREFIX_opt_state`: the Net's, else
+/// zeros of the step's input shapes; each slot's offset, listed in `api.state`.
+fn state_data(
+    net: &Net,
+    oc: &mut ObjectCode,
+    prefix: &str,
+    f: &crate::ir::Func,
+    state: &[String],
+    env: &HashMap<String, i64>,
+    api: &mut TrainApi,
+) -> Result<(DataRef, HashMap<String, usize>), Error> {
+    let mut bytes = Vec::new();
+    let mut soff = HashMap::new();
+    let mut at = 0usize;
+    for k in state {
+        let i = f
+            .inputs
+            .iter()
+            .position(|x| &x.name == k)
+            .ok_or_else(|| Error::internal(format!("no step input `{k}`")))?;
+        let shape = shape_of(f, i, env)?;
+        let t = Tensor {
+            name: k.clone(),
+            shape,
+            offset: at,
+        };
+        match net.optimizer_state().slots.get(k) {
+            Some(a) if a.len() == t.len() => bytes.extend(a.iter().flat_map(|v| v.to_le_bytes())),
+            _ => bytes.extend(std::iter::repeat_n(0u8, t.len() * 4)),
+        }
+        soff.insert(k.clone(), at);
+        at += t.len();
+        api.state.push(t);
+    }
+    let sdata = oc
+        .data(&format!("{prefix}_opt_state"), true, true, Some(bytes), 0)
+        .map_err(internal)?;
+    Ok((sdata, soff))
 }

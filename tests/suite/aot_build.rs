@@ -291,70 +291,10 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
     }
     // One input, one output: `kiln predict` itself gives the same bits.
     if g.inputs.len() == 1 && want.len() == 1 {
-        let (inp, outp) = (dir.join("x.npy"), dir.join("y.npy"));
-        if g.inputs[0].ty.dtype == kiln::types::DType::I32 {
-            let ids: Vec<u8> = xs[0]
-                .iter()
-                .flat_map(|&v| (v as i32).to_le_bytes())
-                .collect();
-            let bytes = kiln::data::npy::encode("<i4", xs[0].shape(), &ids);
-            std::fs::write(&inp, bytes).unwrap();
-        } else {
-            kiln::data::write(&inp, &[("x".into(), xs[0].clone())]).unwrap();
-        }
-        let arg = format!("{}={}", g.inputs[0].name, inp.display());
-        let p = kiln(&[
-            "predict",
-            path.to_str().unwrap(),
-            "--weights",
-            wpath.to_str().unwrap(),
-            "--input",
-            &arg,
-            "--output",
-            outp.to_str().unwrap(),
-        ]);
-        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
-        let cli = kiln::data::npy::parse(&std::fs::read(&outp).unwrap())
-            .unwrap()
-            .data;
-        agree(
-            bits,
-            &got[..cli.len()],
-            &cli.iter().copied().collect::<Vec<f32>>(),
-            &format!("{name}: against `kiln predict`"),
-        );
+        against_cli(&dir, (&path, &wpath), &g, &xs[0], &got, bits, name);
     }
     if train {
-        net.start_learning_rate();
-        let lr = net.learning_rate();
-        let key = kiln::net::rng_key(net.seed(), net.step());
-        let step = net.train_step(xs.clone(), ys, lr, key).unwrap();
-        let loss = got[at];
-        at += 1;
-        agree(bits, &[loss], &[step.loss], &format!("{name}: loss"));
-        let wants: Vec<f32> = net
-            .weights()
-            .iter()
-            .flat_map(|(_, a)| a.iter().copied())
-            .collect();
-        agree(
-            bits,
-            &got[at..at + wants.len()],
-            &wants,
-            &format!("{name}: weights after one step"),
-        );
-        at += wants.len();
-        let after = net.predict_all(&named).unwrap();
-        for (n, a) in &after {
-            let v: Vec<f32> = a.iter().copied().collect();
-            agree(
-                bits,
-                &got[at..at + a.len()],
-                &v,
-                &format!("{name}: `{n}` after the step"),
-            );
-            at += a.len();
-        }
+        at = check_step(&mut net, (&xs, ys), &named, &got[at..], bits, name) + at;
     }
     assert_eq!(
         at,
@@ -362,6 +302,92 @@ fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits:
         "{name}: the C program wrote more than expected"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One training step of `net` on `(xs, ys)` against the object's loss, weights after
+/// the step and predictions after it, read from `got`; how many values it read.
+fn check_step(
+    net: &mut Net,
+    (xs, ys): (&[ArrayD<f32>], Vec<ArrayD<f32>>),
+    named: &[(&str, kiln::ndarray::ArrayViewD<f32>)],
+    got: &[f32],
+    bits: bool,
+    name: &str,
+) -> usize {
+    let mut at = 0;
+    net.start_learning_rate();
+    let lr = net.learning_rate();
+    let key = kiln::net::rng_key(net.seed(), net.step());
+    let step = net.train_step(xs.to_vec(), ys, lr, key).unwrap();
+    let loss = got[at];
+    at += 1;
+    agree(bits, &[loss], &[step.loss], &format!("{name}: loss"));
+    let wants: Vec<f32> = net
+        .weights()
+        .iter()
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    agree(
+        bits,
+        &got[at..at + wants.len()],
+        &wants,
+        &format!("{name}: weights after one step"),
+    );
+    at += wants.len();
+    let after = net.predict_all(named).unwrap();
+    for (n, a) in &after {
+        let v: Vec<f32> = a.iter().copied().collect();
+        agree(
+            bits,
+            &got[at..at + a.len()],
+            &v,
+            &format!("{name}: `{n}` after the step"),
+        );
+        at += a.len();
+    }
+    at
+}
+
+/// `kiln predict` of the one-input model on `x` with the weights `wpath`, against the
+/// object's first outputs `got`.
+fn against_cli(
+    dir: &Path,
+    (path, wpath): (&Path, &Path),
+    g: &kiln::Graph,
+    x: &ArrayD<f32>,
+    got: &[f32],
+    bits: bool,
+    name: &str,
+) {
+    let (inp, outp) = (dir.join("x.npy"), dir.join("y.npy"));
+    if g.inputs[0].ty.dtype == kiln::types::DType::I32 {
+        let ids: Vec<u8> = x.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+        let bytes = kiln::data::npy::encode("<i4", x.shape(), &ids);
+        std::fs::write(&inp, bytes).unwrap();
+    } else {
+        kiln::data::write(&inp, &[("x".into(), x.clone())]).unwrap();
+    }
+    let arg = format!("{}={}", g.inputs[0].name, inp.display());
+    let p = kiln(&[
+        "predict",
+        path.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "--input",
+        &arg,
+        "--output",
+        outp.to_str().unwrap(),
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let cli = kiln::data::npy::parse(&std::fs::read(&outp).unwrap())
+        .unwrap()
+        .data;
+    agree(
+        bits,
+        &got[..cli.len()],
+        &cli.iter().copied().collect::<Vec<f32>>(),
+        &format!("{name}: against `kiln predict`"),
+    );
 }
 
 #[test]

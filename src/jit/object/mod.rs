@@ -450,6 +450,23 @@ struct EntryGen<'a, 'm> {
 }
 
 impl EntryGen<'_, '_> {
+    /// The entry's outputs copied out: to the caller's arrays first, then into data
+    /// objects (weights, optimizer state), which the step may still have been reading.
+    fn copy_outputs(&mut self, e: &Entry, l: &Layout) {
+        let mut order: Vec<usize> = (0..e.outputs.len()).collect();
+        order.sort_by_key(|&o| matches!(e.outputs[o], Some(Dst::Data(..))));
+        for o in order {
+            let Some(dst) = e.outputs[o] else { continue };
+            let (a, shape) = &l.plan.outputs[o];
+            let shape: Vec<usize> = shape.iter().map(|&s| l.sizes[s] as usize).collect();
+            let to = match dst {
+                Dst::Arg(i) => self.args[i],
+                Dst::Data(d, at) => self.data_addr(d, at),
+            };
+            self.copy_out(l, a, &shape, to);
+        }
+    }
+
     fn data_addr(&mut self, d: DataRef, elem: usize) -> Value {
         let gv = self.module.declare_data_in_func(d.0, self.b.func);
         let base = self.b.ins().symbol_value(self.ptr, gv);
@@ -694,19 +711,7 @@ impl ObjectCode {
                     }
                 }
             }
-            // Outputs to the caller first, then into data objects (weights, state).
-            let mut order: Vec<usize> = (0..e.outputs.len()).collect();
-            order.sort_by_key(|&o| matches!(e.outputs[o], Some(Dst::Data(..))));
-            for o in order {
-                let Some(dst) = e.outputs[o] else { continue };
-                let (a, shape) = &l.plan.outputs[o];
-                let shape: Vec<usize> = shape.iter().map(|&s| l.sizes[s] as usize).collect();
-                let to = match dst {
-                    Dst::Arg(i) => g.args[i],
-                    Dst::Data(d, at) => g.data_addr(d, at),
-                };
-                g.copy_out(l, a, &shape, to);
-            }
+            g.copy_outputs(e, l);
             if let Some(c) = e.bump {
                 let p = g.data_addr(c, 0);
                 let v = g.b.ins().load(types::I64, flags(), p, 0);
