@@ -228,3 +228,50 @@ pub fn stack_values(
         })
         .unzip()
 }
+
+/// Random f32 values for a compiled function's inputs (a step's key, counter and rate
+/// fixed).
+pub fn f32_inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
+    f.inputs
+        .iter()
+        .map(|inp| {
+            let shape = concrete(&inp.ty, batch, seq);
+            let a = match inp.name.as_str() {
+                "rng_key" | "step" => ArrayD::from_elem(IxDyn(&[]), 3.0),
+                "lr" => ArrayD::from_elem(IxDyn(&[]), 0.01),
+                _ => rng.array(&shape, -0.9, 0.9),
+            };
+            a.mapv(|v| v as f32)
+        })
+        .collect()
+}
+
+/// The forward pass of `inputs`/`layers` and a whole training step (MSE, Adam, a target
+/// of shape `target` after the extra layers `head`) compiled against interpreted, at
+/// each `(batch, seq)`.
+pub fn compiled_matches_interpreted(
+    inputs: &str,
+    layers: &str,
+    (target, head): (&[String], &str),
+    sizes: &[(usize, usize)],
+) {
+    let m = model(inputs, layers);
+    let mut rng = Rng::new(layers.len() as u64 + 1);
+    let src = format!(
+        "inputs: {inputs}\nlayers:\n{layers}{head}\ntrain:\n  targets: {{target: [{}]}}\n  loss: mse\n  optimizer: adam\n",
+        target.join(", ")
+    );
+    let mt = kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"));
+    let step = kiln::lower::train::build(&mt.graph).unwrap();
+    for &(batch, seq) in sizes {
+        let lw = kiln::lower::forward(&m.graph, kiln::lower::Mode::Infer, "t").unwrap();
+        let ins = f32_inputs(&lw.f, &mut rng, batch, seq);
+        compare_jit(
+            &format!("{layers} b={batch}"),
+            &passes::optimize(&lw.f),
+            &ins,
+        );
+        let ins = f32_inputs(&step.func, &mut rng, batch, seq);
+        compare_jit(&format!("{layers} train step b={batch}"), &step.func, &ins);
+    }
+}

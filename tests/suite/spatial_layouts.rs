@@ -8,11 +8,8 @@
 
 use crate::common;
 
-use common::{
-    Rng, compare_jit, concrete, failing_codes, fd_check, last_layer, model, stack_values as values,
-};
+use common::{Rng, failing_codes, fd_check, last_layer, model, stack_values as values};
 use kiln::dim::fmt_shape;
-use kiln::ir::{Func, passes};
 use kiln::lower::{self, Mode};
 use ndarray::{ArrayD, IxDyn};
 
@@ -265,49 +262,15 @@ fn gradients_match_finite_differences() {
     }
 }
 
-/// Random f32 values for a compiled function's inputs.
-fn f32_inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
-    f.inputs
-        .iter()
-        .map(|inp| {
-            let shape = concrete(&inp.ty, batch, seq);
-            let a = match inp.name.as_str() {
-                "rng_key" | "step" => ArrayD::from_elem(IxDyn(&[]), 3.0),
-                "lr" => ArrayD::from_elem(IxDyn(&[]), 0.01),
-                _ => rng.array(&shape, -0.9, 0.9),
-            };
-            a.mapv(|v| v as f32)
-        })
-        .collect()
-}
-
 /// The forward pass and a whole training step (MSE, Adam) compiled against
 /// interpreted, at batch 1 and a batch that splits across cores.
 #[test]
 fn compiled_matches_interpreted() {
     for &(inputs, layers) in STACKS {
         let m = model(inputs, layers);
-        let mut rng = Rng::new(layers.len() as u64 + 1);
         let out = &m.graph.layers.last().unwrap().output;
         let shape: Vec<String> = out.shape.iter().map(|d| d.to_string()).collect();
-        let src = format!(
-            "inputs: {inputs}\nlayers:\n{layers}\ntrain:\n  targets: {{target: [{}]}}\n  loss: mse\n  optimizer: adam\n",
-            shape.join(", ")
-        );
-        let mt =
-            kiln::Model::from_source(&src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"));
-        let step = lower::train::build(&mt.graph).unwrap();
-        for (batch, seq) in [(1, 3), (19, 5)] {
-            let lw = lower::forward(&m.graph, Mode::Infer, "t").unwrap();
-            let ins = f32_inputs(&lw.f, &mut rng, batch, seq);
-            compare_jit(
-                &format!("{layers} b={batch}"),
-                &passes::optimize(&lw.f),
-                &ins,
-            );
-            let ins = f32_inputs(&step.func, &mut rng, batch, seq);
-            compare_jit(&format!("{layers} train step b={batch}"), &step.func, &ins);
-        }
+        common::compiled_matches_interpreted(inputs, layers, (&shape, ""), &[(1, 3), (19, 5)]);
     }
 }
 
