@@ -115,8 +115,7 @@ fn descs(plan: &Plan) -> Vec<Desc> {
             Desc {
                 fl,
                 kind,
-                epilogue: AtomicUsize::new(0),
-                epilogue_local: 0,
+                epilogues: Vec::new(),
             }
         })
         .collect()
@@ -247,30 +246,36 @@ impl Emitter<'_> {
                 split: codegen::splittable(l),
             },
             Kernel::Gemm(g) => {
-                let epilogue = match &g.epilogue {
-                    Some(e) => Some(self.kernel_fn(FnKind::Loop, &e.kernel, None)?),
-                    None => None,
-                };
-                if let Some(e) = epilogue {
-                    d.epilogue_local = e.local;
+                let mut smalls = Vec::new();
+                let mut epilogues = Vec::new();
+                for c in g.groups() {
+                    let epilogue = match &c.epilogue {
+                        Some(e) => Some(self.kernel_fn(FnKind::Loop, &e.kernel, None)?),
+                        None => None,
+                    };
+                    d.epilogues
+                        .push((AtomicUsize::new(0), epilogue.map_or(0, |e| e.local)));
+                    epilogues.push(epilogue.map(|e| e.func));
+                    smalls.push(match &c.small {
+                        Some(l) if codegen::is_axpy_form(l) => Some(Small::Columns {
+                            f: self.kernel_fn(FnKind::SmallGemm, l, c.epilogue.as_deref())?,
+                            space: l.space.clone(),
+                        }),
+                        Some(l) => Some(Small::Nest {
+                            f: self.kernel_fn(FnKind::Loop, l, None)?,
+                            init: self.init(l),
+                            space: l.space.clone(),
+                            epilogue,
+                        }),
+                        None => None,
+                    });
                 }
-                let small = match &g.small {
-                    Some(l) if codegen::is_axpy_form(l) => Some(Small::Columns {
-                        f: self.kernel_fn(FnKind::SmallGemm, l, g.epilogue.as_deref())?,
-                        space: l.space.clone(),
-                    }),
-                    Some(l) => Some(Small::Nest {
-                        f: self.kernel_fn(FnKind::Loop, l, None)?,
-                        init: self.init(l),
-                        space: l.space.clone(),
-                        epilogue,
-                    }),
-                    None => None,
-                };
+                // The generated form runs only when every product of the call has one.
+                let small: Option<Vec<Small>> = smalls.into_iter().collect();
                 Step::Gemm {
                     desc: ki,
                     small: small.map(|s| (g.m, s)),
-                    epilogue: epilogue.map(|e| e.func),
+                    epilogues,
                 }
             }
             Kernel::Call(_) => Step::Call { desc: ki },
@@ -323,11 +328,12 @@ fn build(f: Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKerne
         .map(|&id| module.get_finalized_function(id) as usize)
         .collect();
     for (d, s) in descs.iter().zip(&steps) {
-        if let Step::Gemm {
-            epilogue: Some(f), ..
-        } = s
-        {
-            d.epilogue.store(addrs[*f], Ordering::Release);
+        if let Step::Gemm { epilogues, .. } = s {
+            for (slot, f) in d.epilogues.iter().zip(epilogues) {
+                if let Some(f) = f {
+                    slot.0.store(addrs[*f], Ordering::Release);
+                }
+            }
         }
     }
     let first_def = arena::first_defs(&plan);

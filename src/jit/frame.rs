@@ -14,11 +14,10 @@ use crate::ir::Node;
 pub(super) struct Desc {
     pub(super) fl: FrameLayout,
     pub(super) kind: DescKind,
-    /// A GEMM's epilogue function `(local frame, row_lo, row_hi)`, once finalized (0:
-    /// none).
-    pub(super) epilogue: AtomicUsize,
-    /// Where the epilogue's local frame starts in the frame.
-    pub(super) epilogue_local: usize,
+    /// A GEMM's epilogue function `(local frame, row_lo, row_hi)` for each product of
+    /// the call, once finalized (0: none), and where its local frame starts in the
+    /// frame.
+    pub(super) epilogues: Vec<(AtomicUsize, usize)>,
 }
 
 pub(super) enum DescKind {

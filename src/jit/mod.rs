@@ -25,6 +25,7 @@ mod arena;
 mod attention;
 mod compile;
 mod frame;
+mod gemm;
 mod local;
 pub mod object;
 mod rnn;

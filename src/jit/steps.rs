@@ -57,13 +57,15 @@ pub(super) enum Step {
         space: Vec<Slot>,
         split: bool,
     },
-    /// A product: GEMM (descriptor of kernel `desc`), or the generated code when there
-    /// are at most `SMALL_GEMM_MAX_ROWS` rows (`m`) and it has some.
+    /// A product (or several of one A): GEMM (descriptor of kernel `desc`), or the
+    /// generated code, one per product, when there are at most `SMALL_GEMM_MAX_ROWS`
+    /// rows (`m`) and it has some.
     Gemm {
         desc: usize,
-        small: Option<(Slot, Small)>,
-        /// The fused epilogue's function (its address goes into the descriptor).
-        epilogue: Option<usize>,
+        small: Option<(Slot, Vec<Small>)>,
+        /// Each product's fused epilogue function (the addresses go into the
+        /// descriptor).
+        epilogues: Vec<Option<usize>>,
     },
     Call {
         desc: usize,
@@ -126,35 +128,48 @@ impl Steps {
                 Step::Gemm { desc, small, .. } => {
                     let d: *const Desc = &descs[*desc];
                     match small {
-                        Some((m, s)) if frame[*m] <= SMALL_GEMM_MAX_ROWS => match s {
-                            Small::Columns { f, space } => self.maybe_parallel(
-                                frame,
-                                base,
-                                f,
-                                space,
-                                space.len() - 1,
-                                SMALL_GEMM_PARALLEL_MIN_MACS,
-                                16,
-                            ),
-                            Small::Nest {
-                                f,
-                                init,
-                                space,
-                                epilogue,
-                            } => {
+                        Some((m, smalls)) if frame[*m] <= SMALL_GEMM_MAX_ROWS => {
+                            for s in smalls {
                                 // SAFETY: the caller's contract.
-                                unsafe { self.init(frame, init) };
-                                self.whole(frame, base, f, space);
-                                if let Some(e) = epilogue {
-                                    self.call(base, e, 0, frame[*m]);
-                                }
+                                unsafe { self.small(frame, base, *m, s) };
                             }
-                        },
+                        }
                         _ => kiln_gemm(base, d),
                     }
                 }
                 Step::Call { desc } => kiln_call(base, &descs[*desc]),
                 Step::Attention { desc } => kiln_attention(base, &descs[*desc]),
+            }
+        }
+    }
+
+    /// One product's generated form (at most `SMALL_GEMM_MAX_ROWS` rows, `m`).
+    ///
+    /// # Safety
+    /// As for [`Steps::run`].
+    unsafe fn small(&self, frame: &mut [i64], base: *mut i64, m: Slot, s: &Small) {
+        match s {
+            Small::Columns { f, space } => self.maybe_parallel(
+                frame,
+                base,
+                f,
+                space,
+                space.len() - 1,
+                SMALL_GEMM_PARALLEL_MIN_MACS,
+                16,
+            ),
+            Small::Nest {
+                f,
+                init,
+                space,
+                epilogue,
+            } => {
+                // SAFETY: the caller's contract.
+                unsafe { self.init(frame, init) };
+                self.whole(frame, base, f, space);
+                if let Some(e) = epilogue {
+                    self.call(base, e, 0, frame[m]);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ mod errors;
 mod examples;
 mod explain;
 mod floors;
+mod gemm_merge;
 mod hostile_budget;
 mod hostile_cli;
 mod hostile_files;

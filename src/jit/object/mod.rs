@@ -167,7 +167,7 @@ pub fn check_plan(p: &Plan) -> Result<(), String> {
             Kernel::Call(c) if !calls::supported(&p.func.nodes[c.node].op) => {
                 return Err(op_name(&p.func.nodes[c.node].op));
             }
-            Kernel::Gemm(g) if g.small.is_none() => {
+            Kernel::Gemm(g) if g.groups().iter().any(|c| c.small.is_none()) => {
                 return Err(format!(
                     "{} (operand layout without a generated form)",
                     op_name(&p.func.nodes[g.node].op)
@@ -396,15 +396,19 @@ impl ObjectCode {
                     calls.push(range(self, false, l, None, first(&l.space))?);
                 }
                 Kernel::Gemm(g) => {
-                    let Some(l) = &g.small else { continue };
-                    if codegen::is_axpy_form(l) {
-                        let hi = sizes[l.space[l.space.len() - 1]];
-                        calls.push(range(self, true, l, g.epilogue.as_deref(), hi)?);
-                    } else {
-                        calls.extend(init_of(&p, &sizes, l));
-                        calls.push(range(self, false, l, None, first(&l.space))?);
-                        if let Some(ep) = &g.epilogue {
-                            calls.push(range(self, false, &ep.kernel, None, sizes[g.m])?);
+                    let own = std::iter::once((&g.small, g.epilogue.as_deref()));
+                    let also = g.also.iter().map(|c| (&c.small, c.epilogue.as_deref()));
+                    for (small, epi) in own.chain(also) {
+                        let Some(l) = small else { continue };
+                        if codegen::is_axpy_form(l) {
+                            let hi = sizes[l.space[l.space.len() - 1]];
+                            calls.push(range(self, true, l, epi, hi)?);
+                        } else {
+                            calls.extend(init_of(&p, &sizes, l));
+                            calls.push(range(self, false, l, None, first(&l.space))?);
+                            if let Some(ep) = epi {
+                                calls.push(range(self, false, &ep.kernel, None, sizes[g.m])?);
+                            }
                         }
                     }
                 }

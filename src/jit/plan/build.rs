@@ -183,6 +183,7 @@ impl<'f> Builder<'f> {
         }
         self.fuse_epilogues(&outputs);
         self.drop_unit_axes();
+        self.merge_products();
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
             let touched = reads(k).into_iter().map(|a| a.buf).chain(writes(k));

@@ -38,6 +38,7 @@ impl Builder<'_> {
             n: self.slot(&shape[r - 1]),
             small,
             epilogue: None,
+            also: Vec::new(),
         };
         self.kernels.push(Kernel::Gemm(g));
         Val::Mem(self.contiguous(c, shape))
@@ -90,6 +91,7 @@ impl Builder<'_> {
             n: self.slot(n),
             small,
             epilogue: None,
+            also: Vec::new(),
         };
         self.kernels.push(Kernel::Gemm(g));
         c

@@ -22,7 +22,8 @@
 //! Rooms: this file holds the plan's data (accesses, expressions, kernels) and the
 //! builder's state; `build` walks the graph, `views` turns views into strided accesses,
 //! `gemm` plans matrix products, `window` convolutions and pooling, `fuse` the passes
-//! over the finished kernel list (epilogues, unit axes), `donate` in-place updates and
+//! over the finished kernel list (epilogues, unit axes), `merge` products of one A into
+//! one call, `donate` in-place updates and
 //! `print` the textual form.
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ mod build;
 mod donate;
 mod fuse;
 mod gemm;
+mod merge;
 mod print;
 mod views;
 mod window;
@@ -142,6 +144,38 @@ pub struct GemmKernel {
     /// accumulators before storing; after a GEMM call it runs over the rows each part
     /// computed. Its sink, not `c`, holds the result.
     pub epilogue: Option<Box<Epilogue>>,
+    /// Further products of the same A (same rows and `k`) run in this call
+    /// (`merge.rs`): A is read once for all of them.
+    pub also: Vec<GemmCols>,
+}
+
+/// One more product of a [`GemmKernel`]'s A: its own B (`[k, n]`), output and
+/// epilogue, as in the kernel's own fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmCols {
+    pub node: Id,
+    pub b: Access,
+    pub c: BufId,
+    pub n: Slot,
+    pub small: Option<LoopKernel>,
+    pub epilogue: Option<Box<Epilogue>>,
+}
+
+impl GemmKernel {
+    /// Every product of the call, this kernel's own first (each as [`GemmCols`]).
+    pub fn groups(&self) -> Vec<GemmCols> {
+        let own = GemmCols {
+            node: self.node,
+            b: self.b.clone(),
+            c: self.c,
+            n: self.n,
+            small: self.small.clone(),
+            epilogue: self.epilogue.clone(),
+        };
+        std::iter::once(own)
+            .chain(self.also.iter().cloned())
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -159,7 +193,15 @@ pub fn reads(k: &Kernel) -> Vec<&Access> {
     }
     match k {
         Kernel::Loop(l) => l.loads.iter().chain(epi(&l.epilogue)).collect(),
-        Kernel::Gemm(g) => [&g.a, &g.b].into_iter().chain(epi(&g.epilogue)).collect(),
+        Kernel::Gemm(g) => [&g.a, &g.b]
+            .into_iter()
+            .chain(epi(&g.epilogue))
+            .chain(
+                g.also
+                    .iter()
+                    .flat_map(|c| [&c.b].into_iter().chain(epi(&c.epilogue))),
+            )
+            .collect(),
         Kernel::Call(c) => c.args.iter().collect(),
         Kernel::Attention(a) => vec![&a.q, &a.k, &a.v],
     }
@@ -175,6 +217,7 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
             .collect(),
         Kernel::Gemm(g) => [Some(g.c), epi(&g.epilogue)]
             .into_iter()
+            .chain(g.also.iter().flat_map(|c| [Some(c.c), epi(&c.epilogue)]))
             .flatten()
             .collect(),
         Kernel::Call(c) => vec![c.out],

@@ -117,7 +117,7 @@ impl Plan {
     fn print_gemm(&self, s: &mut String, i: usize, g: &GemmKernel) {
         let _ = writeln!(
             s,
-            "  k{i}: gemm %{} batch [{}] m={} k={} n={}: {} x {} -> b{} (matrixmultiply{})",
+            "  k{i}: gemm %{} batch [{}] m={} k={} n={}: {} x {} -> b{} ({}{})",
             g.node,
             self.fmt_shape(&g.batch),
             self.sizes[g.m],
@@ -126,6 +126,7 @@ impl Plan {
             self.fmt_access(&g.a),
             self.fmt_access(&g.b),
             g.c,
+            self.gemm_routine(g),
             if g.small.is_some() {
                 format!("; generated loop when m <= {SMALL_GEMM_MAX_ROWS}")
             } else {
@@ -134,6 +135,36 @@ impl Plan {
         );
         if let Some(e) = &g.epilogue {
             self.print_epilogue(s, e, "the product");
+        }
+        for c in &g.also {
+            let _ = writeln!(
+                s,
+                "    and %{} n={}: same A x {} -> b{}",
+                c.node,
+                self.sizes[c.n],
+                self.fmt_access(&c.b),
+                c.c
+            );
+            if let Some(e) = &c.epilogue {
+                self.print_epilogue(s, e, "the product");
+            }
+        }
+    }
+
+    /// Which routine runs a product (chosen at call time by shape: `jit::gemm::prefer`;
+    /// a CPU without FMA always takes matrixmultiply).
+    fn gemm_routine(&self, g: &GemmKernel) -> &'static str {
+        let k = self.sizes[g.k].as_const();
+        let ns = std::iter::once(g.n).chain(g.also.iter().map(|c| c.n));
+        let fits = ns.map(|n| match (k, self.sizes[n].as_const()) {
+            (Some(k), Some(n)) => Some(crate::jit::gemm::shape_fits(k as usize, n as usize)),
+            _ => None,
+        });
+        match fits.collect::<Option<Vec<bool>>>() {
+            _ if !g.batch.is_empty() => "matrixmultiply",
+            Some(f) if f.iter().all(|&x| x) => "kiln gemm",
+            Some(_) => "matrixmultiply",
+            None => "kiln gemm or matrixmultiply by shape",
         }
     }
 
