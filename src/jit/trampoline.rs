@@ -193,8 +193,11 @@ impl GemmCall {
     /// when large; false when a part panicked.
     fn run(&self) -> bool {
         let isa = gemm::isa();
-        let own =
-            self.batch.is_empty() && self.groups.iter().all(|g| gemm::prefer(isa, self.k, g.n));
+        let own = self.batch.is_empty()
+            && self
+                .groups
+                .iter()
+                .all(|g| gemm::prefer(isa, self.m, self.k, g.n, g.sb[1] == 1));
         if own {
             return self.run_own(isa);
         }

@@ -57,15 +57,21 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
-/// Whether this routine is faster than matrixmultiply for a product with `k` terms
-/// and `n` columns (measured: see ARCHITECTURE.md). It wins while a tile's panel of B
-/// (`k` rows) stays in the core's cache; beyond that matrixmultiply's packing and
-/// k-blocking pay for themselves. The portable kernel never beats matrixmultiply's.
-pub(crate) fn prefer(isa: Isa, k: usize, n: usize) -> bool {
-    isa != Isa::Portable && shape_fits(k, n)
+/// Whether this routine is faster than matrixmultiply for an `m × k · k × n` product
+/// (measured: see ARCHITECTURE.md). It wins while a tile's panel of B (`k` rows)
+/// stays in the core's cache; beyond that matrixmultiply's packing and k-blocking pay
+/// for themselves. A B that must be copied first (`!b_contiguous`: a transposed
+/// weight in a backward pass) is copied on one thread, which costs as much as the
+/// product of few rows split across cores: then it needs [`COPIED_B_MIN_ROWS`] rows.
+/// The portable kernel never beats matrixmultiply's.
+pub(crate) fn prefer(isa: Isa, m: usize, k: usize, n: usize, b_contiguous: bool) -> bool {
+    isa != Isa::Portable && shape_fits(k, n) && (b_contiguous || n <= 1 || m >= COPIED_B_MIN_ROWS)
 }
 
-/// The shape half of [`prefer`] (what the plan's printed form can tell).
+/// See [`prefer`].
+pub(crate) const COPIED_B_MIN_ROWS: usize = 256;
+
+/// The `k`, `n` half of [`prefer`].
 pub(crate) fn shape_fits(k: usize, n: usize) -> bool {
     k <= 1024 && k.saturating_mul(n) <= 128 * 1024
 }
@@ -95,7 +101,8 @@ pub(crate) struct Cols {
 unsafe impl Sync for Cols {}
 
 /// B as [`Cols`] needs it: in place when its columns are contiguous, else copied to
-/// `buf` (row-major `k × n`).
+/// `buf` (row-major `k × n`) in panels of 16 columns, so that a transposed B is read
+/// a few cache lines at a time and each copied row is written contiguously.
 ///
 /// # Safety
 /// `b` must address every element of a `k × n` matrix.
@@ -109,11 +116,15 @@ pub(crate) unsafe fn contiguous_b(
         return (b.ptr, b.rs);
     }
     buf.clear();
-    buf.reserve(k * n);
-    for p in 0..k {
-        for j in 0..n {
-            // SAFETY: the caller's contract.
-            buf.push(unsafe { *b.ptr.offset(p as isize * b.rs + j as isize * b.cs) });
+    buf.resize(k * n, 0.0);
+    for j0 in (0..n).step_by(16) {
+        let j1 = (j0 + 16).min(n);
+        for p in 0..k {
+            let row = &mut buf[p * n + j0..p * n + j1];
+            for (j, x) in (j0..j1).zip(row) {
+                // SAFETY: the caller's contract.
+                *x = unsafe { *b.ptr.offset(p as isize * b.rs + j as isize * b.cs) };
+            }
         }
     }
     (buf.as_ptr(), n as isize)

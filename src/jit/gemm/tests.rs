@@ -204,3 +204,16 @@ fn merged_groups_run_each_epilogue_once_per_row_block_over_finished_rows() {
         }
     }
 }
+
+#[test]
+fn long_k_wide_b_and_few_rows_with_a_copied_b_go_to_matrixmultiply() {
+    for isa in isas().into_iter().filter(|&i| i != Isa::Portable) {
+        assert!(prefer(isa, 4096, 64, 64, true));
+        assert!(prefer(isa, 4096, 64, 64, false));
+        assert!(!prefer(isa, 128, 256, 256, false));
+        assert!(prefer(isa, 128, 256, 256, true));
+        assert!(!prefer(isa, 64, 4096, 64, true));
+        assert!(!prefer(isa, 1024, 784, 256, true));
+    }
+    assert!(!prefer(Isa::Portable, 4096, 64, 64, true));
+}

@@ -155,16 +155,22 @@ impl Plan {
     /// a CPU without FMA always takes matrixmultiply).
     fn gemm_routine(&self, g: &GemmKernel) -> &'static str {
         let k = self.sizes[g.k].as_const();
-        let ns = std::iter::once(g.n).chain(g.also.iter().map(|c| c.n));
-        let fits = ns.map(|n| match (k, self.sizes[n].as_const()) {
-            (Some(k), Some(n)) => Some(crate::jit::gemm::shape_fits(k as usize, n as usize)),
+        let own = std::iter::once((g.n, &g.b));
+        let cols = own.chain(g.also.iter().map(|c| (c.n, &c.b)));
+        let fits = cols.map(|(n, b)| match (k, self.sizes[n].as_const()) {
+            (Some(k), Some(n)) if !crate::jit::gemm::shape_fits(k as usize, n as usize) => {
+                Some(false)
+            }
+            // A B copied first needs enough rows (`gemm::prefer`).
+            (Some(_), Some(n)) if n > 1 && b.known.last() != Some(&Some(1)) => None,
+            (Some(_), Some(_)) => Some(true),
             _ => None,
         });
-        match fits.collect::<Option<Vec<bool>>>() {
+        match fits.collect::<Vec<Option<bool>>>() {
             _ if !g.batch.is_empty() => "matrixmultiply",
-            Some(f) if f.iter().all(|&x| x) => "kiln gemm",
-            Some(_) => "matrixmultiply",
-            None => "kiln gemm or matrixmultiply by shape",
+            f if f.contains(&Some(false)) => "matrixmultiply",
+            f if f.iter().all(|&x| x == Some(true)) => "kiln gemm",
+            _ => "kiln gemm or matrixmultiply by shape",
         }
     }
 
