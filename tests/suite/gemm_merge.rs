@@ -1,7 +1,8 @@
 //! kiln's own product routine (`jit::gemm`) and the merge of products of one A into one
 //! call (`jit::plan::merge`). Shown here: attention's query, key and value projections
 //! plan as one product call (and not where the projections read different inputs); a
-//! training step's weight gradients against one input merge likewise; compiled values
+//! training step's weight gradients against one input merge likewise; a product whose
+//! B depends on another product of its A stays apart; compiled values
 //! and gradients of the merged plans agree with the interpreter at sizes that take the
 //! generated few-rows code (m ≤ 4), one row block, and several row blocks split across
 //! cores; a dense stack whose products take kiln's routine agrees too.
@@ -88,4 +89,38 @@ fn dense_products_of_every_width_match_the_interpreter() {
         (&["batch".to_string(), "5".to_string()], ""),
         &[(3, 1), (9, 1), (130, 1)],
     );
+}
+
+#[test]
+fn a_product_whose_b_depends_on_another_product_of_its_a_stays_apart() {
+    use kiln::dim::Dim;
+    use kiln::ir::{Func, Type};
+    let mut f = Func::new("t");
+    let x = f.input("x", Type::f32(vec![Dim::sym("batch"), 16.into()]));
+    let w1 = f.input("w1", Type::f32(vec![16.into(), 16.into()]));
+    let w3 = f.input("w3", Type::f32(vec![16.into(), 8.into()]));
+    let y1 = f.matmul(x, w1, false, false).unwrap();
+    // B of the next product of x is computed from x·w1: it cannot join that call.
+    let b2 = f.matmul(y1, y1, true, false).unwrap();
+    let y2 = f.matmul(x, b2, false, false).unwrap();
+    let y3 = f.matmul(x, w3, false, false).unwrap();
+    f.output("y2", y2);
+    f.output("y3", y3);
+    let calls: Vec<usize> = plan::plan(&f)
+        .kernels
+        .iter()
+        .filter_map(|k| match k {
+            Kernel::Gemm(g) => Some(1 + g.also.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls, [2, 1, 1], "x·w1 with x·w3, then y1ᵀ·y1, then x·b2");
+    let mut rng = common::Rng::new(9);
+    for batch in [3, 40, 300] {
+        let ins: Vec<_> = [vec![batch, 16], vec![16, 16], vec![16, 8]]
+            .iter()
+            .map(|s| rng.array(s, -1.0, 1.0).mapv(|v| v as f32))
+            .collect();
+        common::compare_jit(&format!("b={batch}"), &f, &ins);
+    }
 }
