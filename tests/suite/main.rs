@@ -4,6 +4,7 @@
 mod aot_build;
 mod attention_fast;
 mod attention_general;
+mod attention_mask_flow;
 mod attention_masks;
 mod catalog;
 mod cli;
