@@ -23,6 +23,7 @@ mod hostile_inputs;
 mod init_cli;
 mod ir_passes;
 mod ir_prims;
+mod issue15_cases;
 mod jit;
 mod keras_golden;
 mod keras_names;
