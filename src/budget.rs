@@ -6,11 +6,16 @@
 //! The budget is [`limit`]: `--memory-limit`, else `KILN_MEMORY_LIMIT`, else
 //! [`DEFAULT_FRACTION`] of the memory the system says is available.
 //!
-//! Activations are bounded from the IR as lowered (before fusion): walking the nodes in
-//! order, each value is live from its definition to its last use (outputs to the end),
-//! and the peak of the live bytes is the estimate. The JIT's arena reuses memory by the
-//! same liveness and fuses elementwise chains away, so its arena is at most about this
-//! (views it never materializes are counted too).
+//! Activations are what the compiled function allocates: the function goes through the
+//! graph passes and the JIT's planner (no code is generated), and the estimate is its
+//! arena at these sizes — the buffers the plan materializes, placed by liveness as a
+//! run places them, in-place updates of a training step accepted as compile accepts
+//! them — plus the outputs a run copies out. Fused kernels count only what they store:
+//! the attention kernel keeps no score matrix at inference, and in a training step only
+//! the softmax pieces its backward pass reads. (The attention kernel's per-thread rows,
+//! a few rows of scores, are not counted.) Where the planner cannot lay the function
+//! out (sizes past memory), the bound from the IR as lowered is used: each value live
+//! from its definition to its last use, the peak of the live bytes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -150,11 +155,12 @@ fn owners(graph: &Graph, lw: &lower::Lower) -> Vec<(Id, String)> {
 }
 
 /// The peak of live bytes over the function's values (see the module's comment), and
-/// its largest value.
+/// its largest value of at most `bound` bytes (a larger one is never materialized).
 fn peak_live(
     f: &Func,
     owners: &[(Id, String)],
     env: &HashMap<String, i64>,
+    bound: Option<u128>,
 ) -> (u128, Option<Tensor>) {
     let n = f.nodes.len();
     let mut last_use: Vec<usize> = (0..n).collect();
@@ -190,7 +196,9 @@ fn peak_live(
     let largest = sizes
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| !matches!(f.nodes[*i].op, crate::ir::Op::Input(_)))
+        .filter(|(i, (_, b))| {
+            !matches!(f.nodes[*i].op, crate::ir::Op::Input(_)) && bound.is_none_or(|m| *b <= m)
+        })
         .max_by_key(|(_, (_, b))| *b)
         .map(|(i, (shape, bytes))| Tensor {
             name: match owners.iter().find(|(last, _)| *last >= i) {
@@ -202,6 +210,30 @@ fn peak_live(
             bytes,
         });
     (peak, largest)
+}
+
+/// The bytes the compiled `f` allocates at the symbol values `env` (see the module's
+/// comment), with `donate` offered for in-place updates as a training step offers them;
+/// `None` where the planner cannot lay it out.
+fn planned(f: &Func, donate: &[(usize, usize)], env: &HashMap<String, i64>) -> Option<u128> {
+    let f = crate::ir::passes::optimize(f);
+    let (arena, outputs) = crate::jit::planned_memory(f, donate, env).ok()?;
+    Some(arena.saturating_add(outputs).saturating_mul(ELEMENT_BYTES))
+}
+
+/// The activations of `f` (planned, else the IR's live peak) and the largest value the
+/// IR names that fits in them (a larger one is a view or a fused value the compiled
+/// code never materializes).
+fn activations(
+    f: &Func,
+    owners: &[(Id, String)],
+    donate: &[(usize, usize)],
+    env: &HashMap<String, i64>,
+) -> (u128, Option<Tensor>) {
+    match planned(f, donate, env) {
+        Some(bytes) => (bytes, peak_live(f, owners, env, Some(bytes)).1),
+        None => peak_live(f, owners, env, None),
+    }
 }
 
 /// Estimates the memory `work` needs for `graph` at batch size `batch`, other symbols
@@ -240,20 +272,18 @@ pub fn estimate(
     }
     let (activations, value) = match work {
         Work::Init => (0, None),
-        Work::Infer => {
-            let lw = lower::forward(graph, Mode::Infer, "predict")?;
-            let owners = owners(graph, &lw);
-            peak_live(&lw.cx.f, &owners, &env)
-        }
         Work::Train if graph.train.is_some() => {
             // The step lowers the forward pass first, so its nodes keep these ids.
             let owners = owners(graph, &lower::forward(graph, Mode::Train, "train_step")?);
-            peak_live(&lower::train::build(graph)?.func, &owners, &env)
+            let f = lower::train::build(graph)?.func;
+            // Parameters and optimizer state are updated in place, as `Net` compiles it.
+            let donate = lower::train::carried(&f);
+            activations(&f, &owners, &donate, &env)
         }
-        Work::Train => {
+        Work::Infer | Work::Train => {
             let lw = lower::forward(graph, Mode::Infer, "predict")?;
             let owners = owners(graph, &lw);
-            peak_live(&lw.cx.f, &owners, &env)
+            activations(&lw.cx.f, &owners, &[], &env)
         }
     };
     tensors.extend(value);

@@ -6,6 +6,7 @@ use std::ops::Range;
 use crate::args::Args;
 use crate::catalog::losses::LossKind;
 use crate::catalog::metrics::MetricKind;
+use crate::dim::Dim;
 use crate::layers::{LayerKind, MaskUse, Param, TensorType, mask_flow};
 use crate::spec::train::{Named, TrainDecl};
 
@@ -34,6 +35,8 @@ pub struct Part {
     /// How a spec names it, and its name as a model output: `bi.backward`.
     pub name: String,
     pub ty: TensorType,
+    /// The shape of the Keras mask it carries, if any.
+    pub mask: Option<Vec<Dim>>,
 }
 
 /// A model input.
@@ -55,6 +58,8 @@ pub struct Layer {
     pub output: TensorType,
     /// Each of its outputs when it has several (Keras returns a list), else empty.
     pub parts: Vec<Part>,
+    /// The shape of its output's Keras mask, if it carries one.
+    pub mask: Option<Vec<Dim>>,
     pub params: Vec<Param>,
     /// The layer's type key in the spec.
     pub span: Range<usize>,
@@ -144,16 +149,26 @@ impl Graph {
             Source::Part(i, p) => &self.layers[i].parts[p].name,
         }
     }
+    /// The shape of the Keras mask a value carries, if any (model inputs carry none).
+    pub fn mask_of(&self, s: Source) -> Option<&[Dim]> {
+        match s {
+            Source::Input(_) => None,
+            Source::Layer(i) => self.layers[i].mask.as_deref(),
+            Source::Part(i, p) => self.layers[i].parts[p].mask.as_deref(),
+        }
+    }
+
     /// Each layer's use of Keras masks and whether its output carries one, in layer
     /// order, from each kind's mask facts (model inputs carry none). Every output of a
-    /// layer with several carries its mask, as Keras's `Bidirectional` gives each.
+    /// layer with several carries its mask, as Keras's `Bidirectional` gives each,
+    /// except where the layer gives a part its own (attention scores).
     pub fn masks(&self) -> Vec<(MaskUse, bool)> {
         let mut out: Vec<(MaskUse, bool)> = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let ins: Vec<bool> = l
                 .inputs
                 .iter()
-                .map(|s| s.layer().is_some_and(|j| out.get(j).is_some_and(|m| m.1)))
+                .map(|&s| self.mask_of(s).is_some())
                 .collect();
             let in_rank = l.inputs.first().map_or(0, |&s| self.type_of(s).rank());
             out.push(mask_flow(l.kind, &l.args, &ins, in_rank, l.output.rank()));

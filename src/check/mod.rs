@@ -164,6 +164,8 @@ impl<'a> Checker<'a> {
             types,
             mut params,
             parts: part_types,
+            masks,
+            part_masks,
         } = self.shapes(&inputs, &resolved);
         self.check_total(&params);
 
@@ -193,11 +195,17 @@ impl<'a> Checker<'a> {
                     parts: parts[i]
                         .iter()
                         .zip(&part_types[i])
-                        .map(|(p, ty)| Part {
+                        .enumerate()
+                        .map(|(k, (p, ty))| Part {
                             name: format!("{}.{p}", self.names[i]),
                             ty: ty.clone(),
+                            mask: match part_masks[i].get(k) {
+                                Some(m) => m.clone(),
+                                None => masks[i].clone(),
+                            },
                         })
                         .collect(),
+                    mask: masks[i].clone(),
                     params: std::mem::take(&mut params[i]),
                     span: d.type_span.clone(),
                 })

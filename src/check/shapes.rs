@@ -6,8 +6,11 @@ use std::ops::Range;
 
 use super::{Checker, Input, MAX_PARAMS, Resolved, Source};
 use crate::diag::Diagnostic;
-use crate::dim::product;
+use crate::dim::{Dim, product};
 use crate::layers::{self, Ctx, In, Inferred, Param, TensorType};
+
+/// A Keras mask's shape (none: the tensor carries no mask).
+type MaskShape = Option<Vec<Dim>>;
 
 /// Every layer's output type, parameters and the types of its several outputs (if it
 /// has them), in layer order; `None` (and nothing) for a layer that is wrong.
@@ -15,7 +18,14 @@ pub(super) struct Shapes {
     pub types: Vec<Option<TensorType>>,
     pub params: Vec<Vec<Param>>,
     pub parts: Vec<Vec<TensorType>>,
+    /// The shape of each layer's output mask, and of each of its parts' masks.
+    pub masks: Vec<MaskShape>,
+    pub part_masks: Vec<Vec<MaskShape>>,
 }
+
+/// What inference gives for one layer: its output and parameters, its parts' types,
+/// its output's mask and its parts' masks.
+type Outcome = (Inferred, Vec<TensorType>, MaskShape, Vec<MaskShape>);
 
 impl Checker<'_> {
     /// Every layer's output type and parameters, in order; `None` (and no parameters)
@@ -25,6 +35,8 @@ impl Checker<'_> {
             types: Vec::new(),
             params: Vec::new(),
             parts: Vec::new(),
+            masks: Vec::new(),
+            part_masks: Vec::new(),
         };
         for i in 0..self.spec.layers.len() {
             let full = self.full();
@@ -34,15 +46,19 @@ impl Checker<'_> {
                 self.infer(i, inputs, resolved, &sh)
             };
             match result {
-                Some((inf, parts)) => {
+                Some((inf, parts, mask, part_masks)) => {
                     sh.types.push(Some(inf.output));
                     sh.params.push(inf.params);
                     sh.parts.push(parts);
+                    sh.masks.push(mask);
+                    sh.part_masks.push(part_masks);
                 }
                 None => {
                     sh.types.push(None);
                     sh.params.push(Vec::new());
                     sh.parts.push(Vec::new());
+                    sh.masks.push(None);
+                    sh.part_masks.push(Vec::new());
                 }
             }
         }
@@ -56,7 +72,7 @@ impl Checker<'_> {
         inputs: &[Input],
         resolved: &Resolved,
         sh: &Shapes,
-    ) -> Option<(Inferred, Vec<TensorType>)> {
+    ) -> Option<Outcome> {
         let spec = self.spec;
         let decl = &spec.layers[i];
         let origin = |s: Source| -> Range<usize> {
@@ -77,15 +93,27 @@ impl Checker<'_> {
             })
             .collect();
         for (&s, rn) in srcs.iter().zip(&ref_names) {
-            let (name, ty) = match s {
-                Source::Input(k) => (inputs[k].name.as_str(), Some(&inputs[k].ty)),
-                Source::Layer(j) => (self.names[j].as_str(), sh.types[j].as_ref()),
-                Source::Part(j, p) => (rn.as_str(), sh.parts[j].get(p)),
+            let (name, ty, mask) = match s {
+                Source::Input(k) => (inputs[k].name.as_str(), Some(&inputs[k].ty), None),
+                Source::Layer(j) => (
+                    self.names[j].as_str(),
+                    sh.types[j].as_ref(),
+                    sh.masks[j].clone(),
+                ),
+                Source::Part(j, p) => (
+                    rn.as_str(),
+                    sh.parts[j].get(p),
+                    match sh.part_masks[j].get(p) {
+                        Some(m) => m.clone(),
+                        None => sh.masks[j].clone(),
+                    },
+                ),
             };
             ins.push(In {
                 name,
                 ty: ty?,
                 origin: origin(s),
+                mask,
             });
         }
         let mut cx = Ctx {
@@ -96,9 +124,15 @@ impl Checker<'_> {
             inputs: ins,
             diags: self.diags,
             parts: Vec::new(),
+            part_masks: Vec::new(),
         };
+        cx.expect_usable_masks()?;
+        let in_masks: Vec<MaskShape> = cx.inputs.iter().map(|i| i.mask.clone()).collect();
+        let in_rank = cx.inputs.first().map_or(0, |i| i.ty.rank());
         let inferred = (kind.infer)(&mut cx)?;
         let parts = std::mem::take(&mut cx.parts);
+        let part_masks = std::mem::take(&mut cx.part_masks);
+        let mask = layers::output_mask_shape(kind, a, &in_masks, in_rank, &inferred.output);
         let count = inferred.params.iter().try_fold(0i64, |acc, p| {
             p.shape
                 .iter()
@@ -118,11 +152,12 @@ impl Checker<'_> {
                 inputs: Vec::new(),
                 diags: self.diags,
                 parts: Vec::new(),
+                part_masks: Vec::new(),
             };
             cx.overflow(e);
             return None;
         }
-        Some((inferred, parts))
+        Some((inferred, parts, mask, part_masks))
     }
 
     /// E0513: layer `i` would have `count` parameters (`None`: more than i64 holds).

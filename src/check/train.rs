@@ -184,10 +184,34 @@ impl Checker<'_> {
         if self.target_dtype_error(d, ty, int_labels, a) {
             return;
         }
+        if let Some(m) = a.g.mask_of(a.out)
+            && m.len() + 1 != oty.rank()
+        {
+            self.loss_mask_error(m.len(), a);
+            return;
+        }
         // Logits vs probabilities: the mistakes Keras only warns about at run time.
         if let Source::Layer(i) = a.out {
             self.logits_warning(output_activation(&a.g.layers[i]), a);
         }
+    }
+
+    /// E0522: the output carries the mask on attention scores (an axis per score axis),
+    /// which Keras's loss cannot weight its per-step values by.
+    fn loss_mask_error(&mut self, mask_rank: usize, a: &Against) {
+        let oname = a.g.name_of(a.out).to_string();
+        let rank = a.g.type_of(a.out).rank();
+        self.diags.push(
+            Diagnostic::error(
+                "E0522",
+                format!(
+                    "`{}` cannot weight its values by the Keras mask of `{oname}`: the mask has {mask_rank} axes and the output {rank} (Keras's loss needs a mask per step, one axis fewer)",
+                    a.loss.name
+                ),
+            )
+            .label(a.loss_span.clone(), "this loss")
+            .help("attention scores carry the attention mask; train on a value that carries no mask (add a layer that drops masks, e.g. `reshape`), or remove the masks that reach the attention"),
+        );
     }
 
     /// E0609: the target's shape is not the one the loss needs for this output.

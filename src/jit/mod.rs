@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use cranelift_jit::JITModule;
 
+pub use arena::planned_memory;
 pub use compile::{
     compile, compile_donating, compile_donating_owned, compile_with_clif, set_verifier,
 };

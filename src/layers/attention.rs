@@ -15,7 +15,7 @@ use crate::args::{ArgKind, Args, Default, FRACTION, Value, arg, int};
 use crate::catalog::activations as activation;
 use crate::catalog::{initializers, regularizers};
 use crate::dim::{Dim, product};
-use crate::ir::{Cmp, Id, IrError, Result};
+use crate::ir::{Cmp, Id, Result};
 
 pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     name: "multi_head_attention",
@@ -285,7 +285,8 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
     let mut shape = q.shape[..q.rank() - 1].to_vec();
     shape.extend(out.iter().map(|&d| Dim::konst(d)));
     let scores = scores_shape(&q.shape, &k.shape, Dim::konst(heads), &axes);
-    let mut masks = Vec::new();
+    let keras_masks = input_mask_shapes(cx);
+    let mut masks = keras_masks.clone();
     if cx.args.bool("use_causal_mask") {
         masks.push(mask::causal_shape(&q.shape, &v.shape));
     }
@@ -293,24 +294,62 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
         masks.push(m.ty.shape.clone());
         cx.inputs.push(m);
     }
-    if let Err(why) = mask::keras_mask_shape(&masks, axes.len(), &scores) {
-        let arg = if cx.args.is_given("attention_mask") {
-            "attention_mask"
-        } else {
-            "use_causal_mask"
-        };
-        return cx.arg_error(
-            arg,
-            "E0521",
-            format!("`multi_head_attention` cannot apply its attention mask: {why}"),
-            "Keras's mask is [batch, query steps, key steps] (more axes with `attention_axes`); `use_causal_mask` needs one attention axis whose sizes are those of axis 1",
-        );
-    }
+    let full = match mask::keras_mask_shape(&masks, axes.len(), &scores) {
+        Ok(full) => full,
+        Err(why) => return mask_error(cx, &why, !keras_masks.is_empty()),
+    };
     let output = TensorType::f32(shape);
+    if cx.args.bool("return_attention_scores") {
+        // Keras's Softmax gives the scores the mask it applied; the output keeps the
+        // query's (while it keeps the query's rank).
+        let kept = cx.inputs[0]
+            .mask
+            .clone()
+            .filter(|_| output.rank() == q.rank());
+        cx.part_masks = vec![kept, (!masks.is_empty()).then_some(full)];
+    }
     if cx.args.bool("return_attention_scores") {
         cx.parts = vec![output.clone(), TensorType::f32(scores)];
     }
     Some(Inferred { output, params })
+}
+
+/// The Keras masks of query, value and key in the shapes Keras joins them: the
+/// query's with an axis of 1 appended, the value's and a separate key's with an axis of
+/// 1 before their last.
+fn input_mask_shapes(cx: &Ctx) -> Vec<Vec<Dim>> {
+    // Called while the explicit mask is out of `cx.inputs`.
+    let n = cx.inputs.len();
+    let [qi, vi, ki] = roles(n);
+    let mut out = Vec::new();
+    if let Some(m) = &cx.inputs[qi].mask {
+        out.push(mask::query_shape(m));
+    }
+    let sources = if n == 3 { vec![vi, ki] } else { vec![vi] };
+    for i in sources {
+        if let Some(m) = &cx.inputs[i].mask {
+            out.push(mask::value_shape(m));
+        }
+    }
+    out
+}
+
+/// E0521 on the argument that brings the mask Keras cannot apply: `attention_mask`
+/// when given, else the inputs' Keras masks (on the layer), else `use_causal_mask`.
+fn mask_error(cx: &mut Ctx, why: &str, keras: bool) -> Option<Inferred> {
+    let message = format!("`multi_head_attention` cannot apply its attention mask: {why}");
+    let help = "Keras's mask is [batch, query steps, key steps] (more axes with `attention_axes`), joined with the inputs' Keras masks ([batch, query steps, 1] and [batch, 1, key steps]); `use_causal_mask` needs one attention axis whose sizes are those of axis 1";
+    if cx.args.is_given("attention_mask") {
+        cx.arg_error("attention_mask", "E0521", message, help)
+    } else if keras {
+        cx.shape_error(
+            "E0521",
+            format!("{message} (the inputs carry Keras masks)"),
+            help,
+        )
+    } else {
+        cx.arg_error("use_causal_mask", "E0521", message, help)
+    }
 }
 
 /// One EinsumDense projection `[B, ..., D] × [D, H, K] + [H, K]` → `[B, ..., H, K]`.
@@ -432,9 +471,15 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
         heads,
         &axes,
     );
-    let mask = attention_mask(lw, l, x, n, &keras_scores)?;
-    let mask = match mask {
-        Some(m) => {
+    let joined = attention_mask(lw, l, x, n, &keras_scores)?;
+    if l.args.bool("return_attention_scores") {
+        // Keras's Softmax gives the scores the mask it applied; the output keeps the
+        // query's (while it keeps the query's rank).
+        let kept = lw.masks[0].filter(|_| l.output.rank() == rank);
+        lw.part_masks = vec![kept, joined.map(|(m, _)| m)];
+    }
+    let mask = match joined {
+        Some((_, m)) => {
             let s = lw.f.ty(scores).shape.clone();
             Some(lw.f.reshape(m, s)?)
         }
@@ -500,14 +545,15 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
 /// Keras's attention mask in the layout of its scores (1 attends): the query's Keras
 /// mask along the rows, the value's (and a separate key's) along the columns, the
 /// causal mask with `use_causal_mask`, and an explicit `attention_mask` (the last of
-/// `x`), joined as Keras joins them. `None` without any.
+/// `x`), joined as Keras joins them: `(the mask as Keras's Softmax gets it, the mask
+/// brought to the scores)`. `None` without any.
 fn attention_mask(
     lw: &mut LowerCx,
     l: &Call,
     x: &[Id],
     n: usize,
     scores: &[Dim],
-) -> Result<Option<Id>> {
+) -> Result<Option<(Id, Id)>> {
     let masks = lw.masks.clone();
     let query = masks.first().copied().flatten();
     let value = if n > 1 { masks[1] } else { query };
@@ -515,26 +561,21 @@ fn attention_mask(
     let q_shape = lw.f.ty(x[0]).shape.clone();
     let v_shape = lw.f.ty(x[roles(n)[1]]).shape.clone();
     let mut parts = Vec::new();
-    if query.is_some() || value.is_some() || key.is_some() {
-        if q_shape.len() != 3 {
-            return Err(IrError(
-                "kiln applies Keras masks in multi_head_attention to rank-3 inputs only".into(),
-            ));
-        }
-        let one = Dim::konst(1);
-        let (b, t, s) = (q_shape[0].clone(), q_shape[1].clone(), v_shape[1].clone());
-        parts.extend(query.map(|value| mask::Part {
+    if let Some(value) = query {
+        let shape = mask::query_shape(&lw.f.ty(value).shape.clone());
+        parts.push(mask::Part {
             value,
-            shape: vec![b.clone(), t, one.clone()],
+            shape,
             binary: true,
-        }));
-        for m in [value, key].into_iter().flatten() {
-            parts.push(mask::Part {
-                value: m,
-                shape: vec![b.clone(), one.clone(), s.clone()],
-                binary: true,
-            });
-        }
+        });
+    }
+    for value in [value, key].into_iter().flatten() {
+        let shape = mask::value_shape(&lw.f.ty(value).shape.clone());
+        parts.push(mask::Part {
+            value,
+            shape,
+            binary: true,
+        });
     }
     if l.args.bool("use_causal_mask") {
         parts.push(mask::causal(

@@ -59,9 +59,11 @@ pub(super) fn infer(cx: &mut Ctx, f: fn(&mut Ctx) -> Option<Inferred>) -> Option
             name: cx.inputs[0].name,
             ty: &last,
             origin: cx.inputs[0].origin.clone(),
+            mask: cx.inputs[0].mask.clone(),
         }],
         diags: cx.diags,
         parts: Vec::new(),
+        part_masks: Vec::new(),
     };
     let mut out = f(&mut inner)?;
     let r = out.output.rank();

@@ -41,6 +41,9 @@ pub struct LowerCx {
     /// Each output of a layer with several ([`super::Facts::parts`]), in order; the
     /// layer's lowering returns the first. Emptied by the driver before each layer.
     pub parts_out: Vec<Id>,
+    /// The Keras mask of each part, when the layer gives its parts their own
+    /// (attention scores); empty: each part carries the layer's output mask.
+    pub part_masks: Vec<Option<Id>>,
     salt: u64,
 }
 
@@ -58,6 +61,7 @@ impl LowerCx {
             mask_out: None,
             inner_outputs: Vec::new(),
             parts_out: Vec::new(),
+            part_masks: Vec::new(),
             salt: 0,
         }
     }

@@ -9,6 +9,7 @@
 use super::lower::{Call, LowerCx};
 use super::{Arity, Ctx, Facts, Inferred, LayerKind, Mask, NO_FACTS};
 use crate::args::{ArgKind, Args, Default, arg};
+use crate::dim::Dim;
 use crate::ir::{Cmp, Id, ReduceOp, Result};
 
 pub const MASKING: LayerKind = LayerKind {
@@ -105,6 +106,27 @@ pub fn output_masked(
         Mask::ConsumesKeeps => first && in_rank == out_rank,
         Mask::Produces(None) => true,
         Mask::Produces(Some(flag)) => args.bool(flag),
+    }
+}
+
+/// The shape of a layer's output mask, given its inputs' mask shapes (`None`: no
+/// mask), the rank of its first input and its output type: the first input's mask
+/// where it is passed on, `[batch, steps…]` (the output without its features) where
+/// the layer makes or joins one.
+pub fn output_mask_shape(
+    kind: &LayerKind,
+    args: &Args,
+    inputs: &[Option<Vec<Dim>>],
+    in_rank: usize,
+    out: &super::TensorType,
+) -> Option<Vec<Dim>> {
+    let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+    if !output_masked(kind, args, &present, in_rank, out.rank()) {
+        return None;
+    }
+    match kind.facts.mask {
+        Mask::Propagates | Mask::ConsumesKeeps | Mask::Merges => inputs.first().cloned().flatten(),
+        _ => Some(out.shape[..out.rank().saturating_sub(1)].to_vec()),
     }
 }
 

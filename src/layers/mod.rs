@@ -11,7 +11,7 @@ mod layout;
 mod lower;
 pub use lower::{Call, LowerCx, Mode};
 mod masking;
-pub use masking::{MaskUse, lower_mask, mask_flow, output_masked};
+pub use masking::{MaskUse, lower_mask, mask_flow, output_mask_shape, output_masked};
 mod merge;
 mod noise;
 mod norm;
@@ -287,6 +287,9 @@ pub struct In<'a> {
     pub ty: &'a TensorType,
     /// Where the producer is declared in the spec.
     pub origin: Range<usize>,
+    /// The shape of the Keras mask it carries (`[batch, steps…]` for a mask per step,
+    /// the scores' rank for the mask on attention scores), if it carries one.
+    pub mask: Option<Vec<Dim>>,
 }
 
 /// Everything a shape rule may look at, and where it reports problems.
@@ -302,6 +305,9 @@ pub struct Ctx<'a> {
     /// The type of each output of a layer with several ([`Facts::parts`]), in order,
     /// set by its shape rule (whose `Inferred::output` is then the first's).
     pub parts: Vec<TensorType>,
+    /// The shape of each part's Keras mask, when the shape rule decides them (attention
+    /// scores carry their own); empty: every part carries the layer's output mask.
+    pub part_masks: Vec<Option<Vec<Dim>>>,
 }
 
 impl Ctx<'_> {
@@ -380,6 +386,59 @@ impl Ctx<'_> {
                 self.kind.name
             ),
             help,
+        )?;
+        None
+    }
+
+    /// E0522 where an input's Keras mask reaches a layer that cannot use it as Keras
+    /// would: the mask on attention scores (as many axes as its tensor) at a layer that
+    /// uses masks per step (concatenate, global pooling), or masks of different shapes
+    /// at a merge (which joins them element by element).
+    pub fn expect_usable_masks(&mut self) -> Option<()> {
+        let per_step = |i: &In| i.mask.as_ref().is_none_or(|m| m.len() + 1 == i.ty.rank());
+        let bad = match self.kind.facts.mask {
+            Mask::Joins(_) | Mask::Consumes => self.inputs.iter().position(|i| !per_step(i)),
+            Mask::Merges => {
+                let first = self.inputs.iter().find_map(|i| i.mask.as_ref());
+                self.inputs
+                    .iter()
+                    .position(|i| i.mask.is_some() && i.mask.as_ref() != first)
+            }
+            _ => None,
+        };
+        match bad {
+            Some(k) => self.mask_error(k),
+            None => Some(()),
+        }
+    }
+
+    /// E0522 where the first input carries a Keras mask that is not one axis shorter
+    /// than it (Keras's BatchNormalization refuses such a mask).
+    pub fn expect_step_mask(&mut self) -> Option<()> {
+        match &self.inputs[0].mask {
+            Some(m) if m.len() + 1 != self.inputs[0].ty.rank() => self.mask_error(0),
+            _ => Some(()),
+        }
+    }
+
+    fn mask_error(&mut self, k: usize) -> Option<()> {
+        let name = self.inputs[k].name.to_string();
+        let shape = self.inputs[k]
+            .mask
+            .as_ref()
+            .map(|m| {
+                let d: Vec<String> = m.iter().map(Dim::to_string).collect();
+                format!("[{}]", d.join(", "))
+            })
+            .unwrap_or_default();
+        let ty = self.inputs[k].ty.describe();
+        self.shape_error(
+            "E0522",
+            format!(
+                "`{}` cannot use the Keras mask {shape} that `{name}` ({ty}) carries",
+                self.kind.name
+            ),
+            "attention scores carry the attention mask (one axis per score axis), which only layers that pass masks on (dense, dropout, activations) accept; add a layer that drops masks (e.g. `reshape`) first",
         )?;
         None
     }

@@ -56,6 +56,7 @@ pub const BATCH_NORMALIZATION: LayerKind = LayerKind {
 
 fn batch_norm(cx: &mut Ctx) -> Option<Inferred> {
     cx.expect_float()?;
+    cx.expect_step_mask()?;
     let rank = cx.input().rank();
     let axis = cx.axis("axis", cx.args.int("axis"), rank)?;
     let c = cx.known(

@@ -238,9 +238,12 @@ fn infer_inner(
             name: cx.inputs[0].name,
             ty: input,
             origin,
+            // Keras passes the wrapped layer no mask of its own.
+            mask: None,
         }],
         diags: cx.diags,
         parts: Vec::new(),
+        part_masks: Vec::new(),
     };
     (kind.infer)(&mut icx)
 }

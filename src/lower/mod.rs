@@ -27,6 +27,8 @@ pub struct Lower<'g> {
     parts: Vec<Vec<Id>>,
     /// Each layer's output mask (Keras's `_keras_mask`), if it carries one.
     masks: Vec<Option<Id>>,
+    /// Each part's own mask, for a layer that gives its parts their own.
+    part_masks: Vec<Vec<Option<Id>>>,
     inputs: Vec<Id>,
 }
 
@@ -56,7 +58,11 @@ impl Lower<'_> {
     pub fn mask(&self, s: Source) -> Option<Id> {
         match s {
             Source::Input(_) => None,
-            Source::Layer(i) | Source::Part(i, _) => self.masks[i],
+            Source::Layer(i) => self.masks[i],
+            Source::Part(i, p) => match self.part_masks[i].get(p) {
+                Some(&m) => m,
+                None => self.masks[i],
+            },
         }
     }
 }
@@ -88,6 +94,7 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         values: vec![None; graph.layers.len()],
         parts: vec![Vec::new(); graph.layers.len()],
         masks: vec![None; graph.layers.len()],
+        part_masks: vec![Vec::new(); graph.layers.len()],
         inputs,
     };
     for (i, l) in graph.layers.iter().enumerate() {
@@ -102,8 +109,10 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
         lw.cx.masks = in_masks.clone();
         lw.cx.mask_out = None;
         lw.cx.parts_out.clear();
+        lw.cx.part_masks.clear();
         let v = (l.kind.lower)(&mut lw.cx, &call, &args)?;
         lw.parts[i] = std::mem::take(&mut lw.cx.parts_out);
+        lw.part_masks[i] = std::mem::take(&mut lw.cx.part_masks);
         if lw.parts[i].len() != l.parts.len() {
             return Err(crate::ir::IrError(format!(
                 "`{}` gave {} outputs for its {} parts",

@@ -4,6 +4,7 @@
 mod aot_build;
 mod attention_fast;
 mod attention_general;
+mod attention_mask_flow;
 mod attention_masks;
 mod catalog;
 mod cli;
@@ -23,6 +24,7 @@ mod hostile_inputs;
 mod init_cli;
 mod ir_passes;
 mod ir_prims;
+mod issue15_cases;
 mod jit;
 mod keras_golden;
 mod keras_names;

@@ -26,7 +26,7 @@ fn codes(input: &str, layer: &str) -> Vec<&'static str> {
 /// One case a line: input | layer | Keras's output shape without the batch | Keras's
 /// parameter count | Keras's weights, as Keras 3.15 builds the same layer on the same
 /// input.
-const KERAS_CASES: &str = "\
+pub(crate) const KERAS_CASES: &str = "\
 [batch, 5, 6, 7, 2] | conv3d: {filters: 4, kernel_size: 3} | 3, 4, 5, 4 | 220 | kernel [3, 3, 3, 2, 4], bias [4]
 [batch, 5, 6, 7, 2] | conv3d: {filters: 3, kernel_size: [2, 3, 1], strides: [2, 1, 3], padding: same} | 3, 6, 3, 3 | 39 | kernel [2, 3, 1, 2, 3], bias [3]
 [batch, 7, 6, 5, 2] | conv3d: {filters: 2, kernel_size: 2, dilation_rate: [3, 2, 1], use_bias: false} | 4, 4, 4, 2 | 32 | kernel [2, 2, 2, 2, 2]

@@ -357,4 +357,38 @@ layers:
 ",
         ),
     },
+    CodeInfo {
+        code: "E0522",
+        title: "a Keras mask reaches a layer that cannot use it",
+        explanation: "\
+Keras masks travel with tensors: a mask per step (`[batch, steps]`, one axis fewer than
+its tensor) from `embedding` with `mask_zero` or `masking`, and, on the scores
+`multi_head_attention` returns with `return_attention_scores`, the attention mask its
+softmax applied (as many axes as the scores, 1 where it does not vary). Layers that pass
+masks on (dense, dropout, activations) take either. A loss, `batch_normalization`,
+`concatenate` and global pooling weight or join per step and refuse a mask on scores as
+Keras does (a loss whose values happen to broadcast against it gives Keras a mean over a
+meaningless broadcast, which kiln refuses too), and a merge needs its inputs' masks of
+one shape. Drop the mask first with a layer that does not pass masks on (e.g. a
+`reshape` that changes the shape), or remove the masks that reach the attention.
+",
+        wrong: Example::Spec(include_str!(
+            "../../../specs/errors/attention_scores_mask_loss.yaml"
+        )),
+        fixed: Example::Spec(
+            "\
+inputs:
+  tokens: {shape: [batch, 6], dtype: i32}
+layers:
+  - embedding: {input_dim: 100, output_dim: 8, mask_zero: true, name: embed}
+  - multi_head_attention: {num_heads: 2, key_dim: 4, return_attention_scores: true, inputs: [embed, embed], name: attn}
+  - reshape: {target_shape: [12, 6], input: attn.scores, name: scores}
+outputs: [scores]
+train:
+  targets: {s: [batch, 12, 6]}
+  loss: mse
+  optimizer: adam
+",
+        ),
+    },
 ];

@@ -102,6 +102,21 @@ pub fn describe(s: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Keras's `expand_dims(query_mask, -1)`: the query's Keras mask with an axis of 1
+/// appended.
+pub fn query_shape(m: &[Dim]) -> Vec<Dim> {
+    let mut s = m.to_vec();
+    s.push(one());
+    s
+}
+
+/// Keras's `expand_dims(value_mask, -2)`: an axis of 1 before the mask's last.
+pub fn value_shape(m: &[Dim]) -> Vec<Dim> {
+    let mut s = m.to_vec();
+    s.insert(s.len().saturating_sub(1), one());
+    s
+}
+
 /// Keras's causal mask `[1, T, S]`: 1 where the row is at or after the column.
 pub fn causal_shape(q: &[Dim], v: &[Dim]) -> Vec<Dim> {
     vec![one(), q[1].clone(), v[1].clone()]
@@ -145,9 +160,15 @@ pub fn causal(f: &mut Func, shape: Vec<Dim>) -> Result<Part> {
     })
 }
 
-/// The joined mask as f32 0/1 in Keras's scores' shape `scores` (`n` attention axes),
-/// or `None` without any part.
-pub fn lower_mask(f: &mut Func, parts: Vec<Part>, n: usize, scores: &[Dim]) -> Result<Option<Id>> {
+/// The joined mask as f32 0/1, as Keras's Softmax gets it (Keras's shape, axes of 1
+/// where no part has the scores' size) and brought to the scores' shape `scores` (`n`
+/// attention axes); `None` without any part.
+pub fn lower_mask(
+    f: &mut Func,
+    parts: Vec<Part>,
+    n: usize,
+    scores: &[Dim],
+) -> Result<Option<(Id, Id)>> {
     let shapes: Vec<Vec<Dim>> = parts.iter().map(|p| p.shape.clone()).collect();
     if parts.is_empty() {
         return Ok(None);
@@ -180,5 +201,6 @@ pub fn lower_mask(f: &mut Func, parts: Vec<Part>, n: usize, scores: &[Dim]) -> R
     }
     let m = out.expect("at least one part");
     let m = f.reshape(m, full.clone())?;
-    expand_to(f, m, &full, scores).map(Some)
+    let wide = expand_to(f, m, &full, scores)?;
+    Ok(Some((m, wide)))
 }

@@ -1,0 +1,256 @@
+//! Keras masks around `multi_head_attention`, as Keras 3.15 moves them: the output
+//! keeps the query's mask; the scores (`return_attention_scores`) carry the mask
+//! Keras's Softmax applied (`_masked_softmax`'s expanded mask, 1 where it does not
+//! vary), or none without any; the inputs' masks join `attention_mask` and the causal
+//! mask for inputs of any rank, and a combination Keras refuses is a diagnostic
+//! (E0521), never a lowering error; a layer or loss that cannot use the scores' mask
+//! refuses it (E0522). Each expectation below was checked with Keras 3.15 (jax); the
+//! values are in the golden cases `attention_keras_mask4d` and
+//! `attention_scores_masked`.
+
+use crate::common::{Rng, compare_jit, concrete, f32_inputs};
+use kiln::check::Source;
+use kiln::ir::passes;
+use kiln::lower::{self, Mode};
+use ndarray::{ArrayD, IxDyn};
+
+fn model(src: &str) -> kiln::Model {
+    kiln::Model::from_source(src, "t", "t.yaml").unwrap_or_else(|e| panic!("{src}\n{e}"))
+}
+
+/// The error codes of a spec that must fail to check (warnings about inputs a case
+/// does not use left out).
+fn failing_codes(src: &str) -> Vec<&'static str> {
+    let mut codes = crate::common::failing_codes(src);
+    codes.retain(|c| c.starts_with('E'));
+    codes
+}
+
+fn shown(m: Option<&[kiln::dim::Dim]>) -> String {
+    m.map_or("none".into(), kiln::dim::fmt_shape)
+}
+
+/// The mask shapes of the attention layer `mha`'s output and scores.
+fn masks(inputs: &str, layers: &str) -> (String, String) {
+    let src = format!("inputs: {inputs}\nlayers:\n{layers}\n");
+    let m = model(&src);
+    let i = m
+        .graph
+        .layers
+        .iter()
+        .position(|l| l.name == "mha")
+        .expect("a layer named mha");
+    (
+        shown(m.graph.mask_of(Source::Part(i, 0))),
+        shown(m.graph.mask_of(Source::Part(i, 1))),
+    )
+}
+
+const TOKENS: &str = "{t: {shape: [batch, 4], dtype: i32}, m: [batch, 4, 4]}";
+const EMBED: &str =
+    "  - embedding: {input_dim: 9, output_dim: 6, mask_zero: true, name: e, input: t}\n";
+const PLAIN: &str = "  - embedding: {input_dim: 9, output_dim: 6, name: e, input: t}\n";
+
+fn mha(args: &str) -> String {
+    format!(
+        "  - multi_head_attention: {{num_heads: 2, key_dim: 3, return_attention_scores: true, {args}inputs: [e, e], name: mha}}\n"
+    )
+}
+
+#[test]
+fn scores_carry_the_mask_keras_softmax_applied() {
+    // keras: Embedding(mask_zero) -> MHA(e, e, return_attention_scores=True): the output
+    // has the query's (2, 4) mask, the scores a (2, 1, 4, 4) one.
+    assert_eq!(
+        masks(TOKENS, &format!("{EMBED}{}", mha(""))),
+        ("[batch, 4]".into(), "[batch, 1, 4, 4]".into())
+    );
+    // use_causal_mask alone: (1, 1, 4, 4) on the scores, none on the output.
+    assert_eq!(
+        masks(
+            TOKENS,
+            &format!("{PLAIN}{}", mha("use_causal_mask: true, "))
+        ),
+        ("none".into(), "[1, 1, 4, 4]".into())
+    );
+    // An attention_mask alone: (2, 1, 4, 4).
+    assert_eq!(
+        masks(TOKENS, &format!("{PLAIN}{}", mha("attention_mask: m, "))),
+        ("none".into(), "[batch, 1, 4, 4]".into())
+    );
+    // No mask at all: none on either.
+    assert_eq!(
+        masks(TOKENS, &format!("{PLAIN}{}", mha(""))),
+        ("none".into(), "none".into())
+    );
+    // Rank 4 with attention_axes=(1,) and the causal mask: (1, 1, 1, 4, 4).
+    assert_eq!(
+        masks(
+            "{x: [batch, 4, 3, 6]}",
+            "  - multi_head_attention: {num_heads: 2, key_dim: 3, attention_axes: [1], use_causal_mask: true, return_attention_scores: true, inputs: [x, x], name: mha}\n"
+        ),
+        ("none".into(), "[1, 1, 1, 4, 4]".into())
+    );
+    // A masked value alone still masks the scores; the output has none (the query's).
+    assert_eq!(
+        masks(
+            "{t: {shape: [batch, 4], dtype: i32}, q: [batch, 3, 6]}",
+            &format!(
+                "{EMBED}  - multi_head_attention: {{num_heads: 2, key_dim: 3, return_attention_scores: true, inputs: [q, e], name: mha}}\n"
+            )
+        ),
+        ("none".into(), "[batch, 1, 1, 4]".into())
+    );
+}
+
+#[test]
+fn scores_mask_values_equal_keras() {
+    // keras: tokens [[1,2,3,0],[4,5,0,0]], use_causal_mask=True and an attention_mask
+    // of ones but column 0 of example 1: the scores' mask, (2, 1, 4, 4), is
+    // [[1,0,0,0],[1,1,0,0],[1,1,1,0],[0,0,0,0]] and [[0,0,0,0],[0,1,0,0],[0,0,0,0],[0,0,0,0]].
+    let src = format!(
+        "inputs: {TOKENS}\nlayers:\n{EMBED}{}",
+        mha("use_causal_mask: true, attention_mask: m, ")
+    );
+    let m = model(&src);
+    let mut lw = lower::forward(&m.graph, Mode::Infer, "p").expect("lowers");
+    let mask = lw
+        .mask(Source::Part(1, 1))
+        .expect("the scores carry a mask");
+    assert!(lw.mask(Source::Part(1, 0)).is_some());
+    lw.cx.f.outputs.clear();
+    lw.cx.f.output("mask", mask);
+    let f = passes::optimize(&lw.cx.f);
+    let mut am = ArrayD::<f32>::ones(IxDyn(&[2, 4, 4]));
+    for r in 0..4 {
+        am[[1, r, 0]] = 0.0;
+    }
+    let tokens = ArrayD::from_shape_vec(
+        IxDyn(&[2, 4]),
+        vec![1.0f32, 2.0, 3.0, 0.0, 4.0, 5.0, 0.0, 0.0],
+    )
+    .expect("shape");
+    let inputs: Vec<ArrayD<f32>> = f
+        .inputs
+        .iter()
+        .map(|i| match i.name.as_str() {
+            "t" => tokens.clone(),
+            "m" => am.clone(),
+            _ => ArrayD::zeros(IxDyn(&concrete(&i.ty, 2, 4))),
+        })
+        .collect();
+    let out = kiln::ir::interp::eval(&f, &inputs).expect("evaluates");
+    let want: Vec<f32> = [
+        [1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    .iter()
+    .flatten()
+    .map(|&v| v as f32)
+    .collect();
+    assert_eq!(out[0].shape(), [2, 1, 4, 4]);
+    assert_eq!(out[0].iter().copied().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn what_keras_does_downstream_of_masked_scores() {
+    let scores = |tail: &str| format!("inputs: {TOKENS}\nlayers:\n{EMBED}{}{tail}", mha(""));
+    // Accepted by Keras: layers that pass the mask on, a merge of equal masks, and a
+    // layer that drops it before a loss.
+    model(&scores("  - dense: {units: 3, input: mha.scores}\n"));
+    model(&scores("  - add: {inputs: [mha.scores, mha.scores]}\n"));
+    model(&scores(
+        "  - reshape: {target_shape: [32], input: mha.scores, name: s}\noutputs: [s]\ntrain:\n  targets: {y: [batch, 32]}\n  loss: mse\n  optimizer: adam\n",
+    ));
+    // keras: BatchNormalization "The mask provided should be one dimension less than the
+    // inputs"; the loss "Incompatible shapes for broadcasting: (2, 2, 4), (2, 1, 4, 4)".
+    assert_eq!(
+        failing_codes(&scores("  - batch_normalization: {input: mha.scores}\n")),
+        ["E0522"]
+    );
+    assert_eq!(
+        failing_codes(&scores(
+            "outputs: [mha.scores]\ntrain:\n  targets: {y: [batch, 2, 4, 4]}\n  loss: mse\n  optimizer: adam\n"
+        )),
+        ["E0522"]
+    );
+    // Through a dense layer the mask still reaches the loss.
+    assert_eq!(
+        failing_codes(&scores(
+            "  - dense: {units: 3, input: mha.scores, name: d}\noutputs: [d]\ntrain:\n  targets: {y: [batch, 2, 4, 3]}\n  loss: mae\n  optimizer: adam\n"
+        )),
+        ["E0522"]
+    );
+    // A merge of a (batch, 1, 4, 4) and a (1, 1, 4, 4) mask, and concatenate (whose
+    // per-step join kiln does not apply to a mask on scores).
+    let two = format!(
+        "inputs: {TOKENS}\nlayers:\n{EMBED}{}  - multi_head_attention: {{num_heads: 2, key_dim: 3, use_causal_mask: true, return_attention_scores: true, inputs: [m, m], name: c}}\n",
+        mha("")
+    );
+    assert_eq!(
+        failing_codes(&format!(
+            "{two}  - add: {{inputs: [mha.scores, c.scores]}}\n"
+        )),
+        ["E0522"]
+    );
+    assert_eq!(
+        failing_codes(&scores(
+            "  - concatenate: {inputs: [mha.scores, mha.scores]}\n"
+        )),
+        ["E0522"]
+    );
+}
+
+/// Keras masks on inputs above rank 3, each checked with Keras 3.15 at batch 7.
+#[test]
+fn keras_masks_above_rank_3_as_keras_joins_them() {
+    let rank4 = |axes: &str, extra: &str| {
+        format!(
+            "inputs: {{t: {{shape: [batch, 3, 5], dtype: i32}}, m: [batch, 3, 5, 5], w: [batch, 5, 5]}}\nlayers:\n  - embedding: {{input_dim: 9, output_dim: 6, mask_zero: true, name: e, input: t}}\n  - multi_head_attention: {{num_heads: 2, key_dim: 3, {axes}{extra}inputs: [e, e]}}\n"
+        )
+    };
+    // attention_axes=(2,): masks [7, 3, 5, 1] and [7, 3, 1, 5] fit scores [7, 3, 2, 5, 5],
+    // with or without an attention_mask of (7, 3, 5, 5).
+    model(&rank4("attention_axes: [2], ", ""));
+    model(&rank4("attention_axes: [2], ", "attention_mask: m, "));
+    // keras refuses: the default axes (1, 2) and attention_axes=(1,) (Softmax: "each
+    // mask dimension must be 1 or match"), a (7, 5, 5) attention_mask (7 against the 3
+    // of the joined (7, 3, 5, 5)), and the causal (1, 3, 3) against it.
+    for (axes, extra) in [
+        ("", ""),
+        ("attention_axes: [1], ", ""),
+        ("attention_axes: [2], ", "attention_mask: w, "),
+        ("attention_axes: [2], ", "use_causal_mask: true, "),
+    ] {
+        assert_eq!(
+            failing_codes(&rank4(axes, extra)),
+            ["E0521"],
+            "{axes}{extra}"
+        );
+    }
+}
+
+#[test]
+fn masked_attention_above_rank_3_compiles_as_interpreted() {
+    // keras accepts this one: the causal (1, 4, 4) broadcasts with the (7, 4, 4, 4) join.
+    let src = "inputs: {t: {shape: [batch, 4, 4], dtype: i32}, m: [batch, 4, 4, 4]}\nlayers:\n  - embedding: {input_dim: 3, output_dim: 6, mask_zero: true, name: e, input: t}\n  - multi_head_attention: {num_heads: 2, key_dim: 3, attention_axes: [2], use_causal_mask: true, attention_mask: m, return_attention_scores: true, inputs: [e, e], name: mha}\noutputs: [mha.output, mha.scores]\n";
+    let m = model(src);
+    let f = passes::optimize(&lower::predict_func(&m.graph).expect("lowers"));
+    let mut rng = Rng::new(5);
+    for batch in [1, 3] {
+        let mut inputs = f32_inputs(&f, &mut rng, batch, 5);
+        // Token ids 0..3 (0 masked), mask entries 0 or 1.
+        for (inp, a) in f.inputs.iter().zip(inputs.iter_mut()) {
+            match inp.name.as_str() {
+                "t" => a.mapv_inplace(|v| ((v + 0.9) * 1.6).floor()),
+                "m" => a.mapv_inplace(|v| if v > -0.5 { 1.0 } else { 0.0 }),
+                _ => {}
+            }
+        }
+        compare_jit(
+            &format!("masked rank-4 attention, batch {batch}"),
+            &f,
+            &inputs,
+        );
+    }
+}
