@@ -8,10 +8,12 @@
 //! generated code is chosen, by [`set_generated`] on a thread or
 //! `KILN_RNN_KERNEL=generated` for the process; it stays off by default because on
 //! this x86 host Cranelift emits at most f32x4 and a register copy per multiply-add
-//! (its `fma` lowering is always the destructive 213 form), which makes the
-//! recurrent product several times slower than the Rust kernel's AVX2 blocks (see
-//! the report in ARCHITECTURE.md). Activations other than tanh and sigmoid always
-//! stay on the Rust kernel.
+//! (its `fma` lowering is always the destructive 213 form), and its two-row blocks
+//! fetch each line of `U` twice as often as the Rust kernel's four-row ones: measured
+//! interleaved on the shared 2-core machine, specs/lstm.yaml's forward at batch 32,
+//! length 32 takes 2.2× the Rust kernel's time (up to 5× while other builds loaded
+//! the machine), its train step 1.2–1.5×, batch 1's forward 1.2–1.3×.
+//! Activations other than tanh and sigmoid always stay on the Rust kernel.
 
 use std::cell::Cell as StdCell;
 use std::collections::HashMap;
