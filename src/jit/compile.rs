@@ -43,7 +43,7 @@ pub(super) fn host_has_fma() -> bool {
 }
 
 /// Builds the host ISA with its detected features and `opt_level=speed`.
-fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
+pub(super) fn isa() -> Result<Arc<dyn cranelift_codegen::isa::TargetIsa>, RunError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)

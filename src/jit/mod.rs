@@ -40,11 +40,13 @@ use std::sync::{Arc, Mutex};
 use cranelift_jit::JITModule;
 
 pub use arena::planned_memory;
+pub use codegen::{CellAct, CellKind, CellSpec};
 pub use compile::{
     compile, compile_donating, compile_donating_owned, compile_with_clif, set_verifier,
 };
 use frame::Desc;
 use plan::Plan;
+pub use rnn::{GeneratedStats, generated_stats, set_generated};
 
 /// A compiled function and everything its code points at.
 pub struct JitKernel {

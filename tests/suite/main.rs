@@ -40,6 +40,7 @@ mod props;
 mod recurrent_dropout;
 mod regularizers;
 mod rnn_fast;
+mod rnn_generated;
 mod simple_layers;
 mod spatial_dropout3d;
 mod spatial_layouts;

@@ -5,6 +5,7 @@
 //! random sizes including one step and odd batches, one compiled function over
 //! symbolic batch and length; values and all four gradients. The compiled gradient is
 //! also checked against central differences of the compiled forward pass.
+//! rnn_generated.rs runs these checks again on the generated steps.
 
 use crate::common::{Rng, compare_jit};
 use crate::wrappers_masking::check_layers;
@@ -13,9 +14,9 @@ use kiln::ir::{Cell, Func, Id, Op, ReduceOp, RnnAttrs, Type, autodiff};
 use kiln::runtime::{self, Backend};
 use ndarray::{ArrayD, IxDyn};
 
-struct Case {
-    attrs: RnnAttrs,
-    feats: usize,
+pub(crate) struct Case {
+    pub(crate) attrs: RnnAttrs,
+    pub(crate) feats: usize,
 }
 
 impl Case {
@@ -31,7 +32,7 @@ impl Case {
 
     /// y = rnn(x, …), loss = Σ y ⊙ w, outputs y and the gradients of every
     /// differentiable operand; batch and length symbolic.
-    fn func(&self) -> Func {
+    pub(crate) fn func(&self) -> Func {
         let (g, u, fi) = (self.gates(), self.units(), self.feats);
         let (b, t) = (Dim::sym("batch"), Dim::sym("seq"));
         let k = |v: usize| Dim::konst(v as i64);
@@ -84,7 +85,7 @@ impl Case {
 
     /// Operand values for batch `b` and length `t` (masks with some steps off; keep
     /// masks 0 or 1/(1-rate)).
-    fn values(&self, rng: &mut Rng, b: usize, t: usize) -> Vec<ArrayD<f32>> {
+    pub(crate) fn values(&self, rng: &mut Rng, b: usize, t: usize) -> Vec<ArrayD<f32>> {
         let (g, u, fi) = (self.gates(), self.units(), self.feats);
         let arr = |rng: &mut Rng, s: &[usize], r: f64| rng.array(s, -r, r).mapv(|v| v as f32);
         let scale = 1.0 / (u as f64).sqrt();
@@ -123,7 +124,7 @@ impl Case {
     }
 }
 
-fn attrs(cell: Cell, reset_after: bool, flags: [bool; 4], units: usize) -> RnnAttrs {
+pub(crate) fn attrs(cell: Cell, reset_after: bool, flags: [bool; 4], units: usize) -> RnnAttrs {
     let [seq, back, masked, dropout] = flags;
     RnnAttrs {
         cell,
@@ -140,7 +141,7 @@ fn attrs(cell: Cell, reset_after: bool, flags: [bool; 4], units: usize) -> RnnAt
     }
 }
 
-const CELLS: [(Cell, bool); 4] = [
+pub(crate) const CELLS: [(Cell, bool); 4] = [
     (Cell::Simple, false),
     (Cell::Lstm, false),
     (Cell::Gru, true),
@@ -150,7 +151,7 @@ const CELLS: [(Cell, bool); 4] = [
 /// Every cell × return_sequences × go_backwards × mask × recurrent dropout, each
 /// compiled once and run at one step and a random length, an odd batch and batch 1.
 #[test]
-fn every_variant_matches_the_interpreter() {
+pub(crate) fn every_variant_matches_the_interpreter() {
     let mut rng = Rng::new(11);
     let mut n = 0;
     for (cell, ra) in CELLS {
@@ -179,7 +180,7 @@ fn every_variant_matches_the_interpreter() {
 /// Sizes where the kernel's GEMMs and team split take their large-size paths
 /// (batch split across threads, many columns), masks and dropout included.
 #[test]
-fn larger_layers_match_the_interpreter() {
+pub(crate) fn larger_layers_match_the_interpreter() {
     let mut rng = Rng::new(12);
     for (cell, ra) in CELLS {
         for flags in [[true, false, false, false], [false, true, true, true]] {
@@ -196,7 +197,7 @@ fn larger_layers_match_the_interpreter() {
 /// Activations off the polynomial path (through the reference's scalar function),
 /// no bias, and zero_output without go_backwards.
 #[test]
-fn other_activations_and_options_match() {
+pub(crate) fn other_activations_and_options_match() {
     let mut rng = Rng::new(13);
     for (cell, ra) in CELLS {
         for (act, ract) in [
@@ -223,7 +224,7 @@ fn other_activations_and_options_match() {
 /// a step of 1e-2 and a tolerance of 5e-3 relative: rounding ~1e-5·|loss|/h and the
 /// step's truncation ~h²·|f'''| both stay well below it).
 #[test]
-fn compiled_gradients_match_finite_differences() {
+pub(crate) fn compiled_gradients_match_finite_differences() {
     let mut rng = Rng::new(14);
     for (cell, ra) in CELLS {
         for flags in [
@@ -274,7 +275,7 @@ fn compiled_gradients_match_finite_differences() {
 /// under a mask) with recurrent dropout, through the model lowering: forward, loss
 /// and train step compiled against interpreted, gradients against finite differences.
 #[test]
-fn bidirectional_masked_dropout_compiles() {
+pub(crate) fn bidirectional_masked_dropout_compiles() {
     let x = "{t: {shape: [batch, seq], dtype: i32}}";
     let emb = "  - embedding: {input_dim: 9, output_dim: 5, mask_zero: true}\n";
     for layer in [

@@ -21,7 +21,10 @@ use crate::ir::ReduceOp;
 mod expr;
 mod loops;
 mod nest;
+mod rnn_cell;
 mod small_gemm;
+
+pub use rnn_cell::{CellAct, CellKind, CellSpec, arg as rnn_arg};
 
 fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()

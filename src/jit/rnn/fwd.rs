@@ -3,7 +3,7 @@
 //! nonlinearities, state update, Keras's mask, output).
 
 use super::math::ma;
-use super::{Layer, Ptr, gemm, small, split_run, zeros};
+use super::{Layer, Ptr, gemm, generated, small, split_run, zeros};
 use crate::ir::Cell;
 
 /// What back-propagation needs from the forward pass, every buffer `[batch, steps, …]`
@@ -71,9 +71,49 @@ pub(super) fn run(l: &Layer, out: &mut [f32], keep: bool) -> Result<Option<Trace
             ex: Ptr::of(&mut tr.ex),
             out: Ptr::of(out),
         };
-        split_run(d.b, 1, &|lo, hi| dispatch(l, &p, keep, lo, hi))?;
+        match generated::function(l, keep)? {
+            Some(f) => {
+                let failed = std::sync::Mutex::new(None);
+                split_run(d.b, 1, &|lo, hi| {
+                    if let Err(e) = generated(l, &p, keep, f, (lo, hi))
+                        && let Ok(mut x) = failed.lock()
+                    {
+                        *x = Some(e);
+                    }
+                })?;
+                if let Some(e) = failed.into_inner().ok().flatten() {
+                    return Err(e);
+                }
+            }
+            None => split_run(d.b, 1, &|lo, hi| dispatch(l, &p, keep, lo, hi))?,
+        }
     }
     Ok(keep.then_some(tr))
+}
+
+/// One batch slice through the generated function `f`: the projection, then all steps.
+fn generated(
+    l: &Layer,
+    p: &Ptrs,
+    keep: bool,
+    f: usize,
+    (lo, hi): (usize, usize),
+) -> Result<(), String> {
+    let d = l.d;
+    // SAFETY: batch rows lo..hi of every [B, …] buffer belong to this part alone.
+    let z = unsafe { p.z.rows(lo * d.t * d.n, (hi - lo) * d.t * d.n) };
+    project(l, lo, hi, z);
+    let bufs = generated::Bufs {
+        out: p.out.0,
+        a: p.a.0,
+        hp: p.hp.0,
+        cp: p.cp.0,
+        cn: p.cn.0,
+        ex: p.ex.0,
+    };
+    // SAFETY: `f` is `generated::function`'s for (l, keep); the rows are this part's and
+    // the trace buffers have the layer's sizes when `keep`.
+    unsafe { generated::run(l, f, keep, (lo, hi), z, &bufs) }
 }
 
 fn dispatch(l: &Layer, p: &Ptrs, keep: bool, lo: usize, hi: usize) {

@@ -9,6 +9,9 @@
 //!   one fused pass over the rows.
 //! - Batch rows are independent through time, so the batch is split across the thread
 //!   team once for the whole sequence (no synchronisation per step).
+//! - The forward steps can run instead as Cranelift-generated code, one function per
+//!   layer shape (`generated.rs`, `codegen/rnn_cell.rs`): same operations in the same
+//!   order, so the same bits; selectable, not the default (slower on x86, see there).
 //! - Back-propagation through time keeps the forward's trace, walks the steps backwards
 //!   per batch slice (gate gradients fused, `dh·Uᵀ` a GEMM per step), and then forms the
 //!   kernel, recurrent kernel, bias and input gradients as products over all
@@ -17,12 +20,14 @@
 mod bwd;
 mod call;
 mod fwd;
+mod generated;
 pub(super) mod math;
 mod small;
 
 use ndarray::{ArrayD, IxDyn};
 
 pub(super) use call::call;
+pub use generated::{Stats as GeneratedStats, set_generated, stats as generated_stats};
 
 use crate::ir::{Cell, RnnAttrs};
 
