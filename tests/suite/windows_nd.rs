@@ -40,12 +40,13 @@ fn format_name(first: bool) -> &'static str {
 }
 
 /// A random convolution over 1 to 3 spatial axes: kernel sizes, strides or dilation
-/// (Keras takes one of them above 1), padding, groups 1, 2 or 3 (with 1 to 3 input
-/// channels and 1 to 3 filters per group), odd sizes, either data format.
+/// (Keras takes one of them above 1), padding, groups 1, 2 or 3 (with 1, 2, 3 or 8
+/// input channels per group: windowed loops below 8, one product per group from 8 —
+/// and 1 to 3 filters per group), odd sizes, either data format.
 fn conv_case(rng: &mut Rng) -> (String, String) {
     let sp = rng.int(1, 3);
     let groups = [1, 2, 3][rng.int(0, 2)];
-    let (cg, fg) = (rng.int(1, 3), rng.int(1, 3));
+    let (cg, fg) = ([1, 2, 3, 8][rng.int(0, 3)], rng.int(1, 3));
     let k: Vec<usize> = (0..sp).map(|_| rng.int(1, 3)).collect();
     let dilate = rng.int(0, 2) == 0;
     let st: Vec<usize> = (0..sp)
@@ -122,7 +123,7 @@ fn random_pooling_compiled_matches_interpreted() {
 const LARGE: &[(&str, &str)] = &[
     (
         "{x: [batch, 6, 12, 12, 2]}",
-        "  - conv3d: {filters: 8, kernel_size: 3, padding: same}\n  - max_pooling3d: {pool_size: [1, 2, 2]}\n  - conv3d: {filters: 6, kernel_size: [2, 3, 3], groups: 2, dilation_rate: [1, 2, 1]}\n  - average_pooling3d: {pool_size: 2, strides: 1, padding: same}\n",
+        "  - conv3d: {filters: 16, kernel_size: 3, padding: same}\n  - max_pooling3d: {pool_size: [1, 2, 2]}\n  - conv3d: {filters: 6, kernel_size: [2, 3, 3], groups: 2, dilation_rate: [1, 2, 1]}\n  - average_pooling3d: {pool_size: 2, strides: 1, padding: same}\n",
     ),
     (
         "{x: [batch, 6, 9, 10, 11]}",
@@ -131,6 +132,14 @@ const LARGE: &[(&str, &str)] = &[
     (
         "{x: [batch, 17, 15, 6]}",
         "  - conv2d: {filters: 9, kernel_size: 3, strides: 2, padding: same, groups: 3}\n  - conv2d: {filters: 9, kernel_size: 2, groups: 9}\n",
+    ),
+    (
+        "{x: [batch, 9, 11, 16]}",
+        "  - conv2d: {filters: 12, kernel_size: 3, padding: same, groups: 2}\n  - conv2d: {filters: 4, kernel_size: [2, 3], strides: 2, groups: 2}\n",
+    ),
+    (
+        "{x: [batch, 16, 7, 9]}",
+        "  - conv2d: {filters: 6, kernel_size: [3, 2], dilation_rate: 2, groups: 2, data_format: channels_first}\n",
     ),
     (
         "{x: [batch, 33, 4]}",

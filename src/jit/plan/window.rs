@@ -68,8 +68,58 @@ impl WinGeo {
             .mul(&Dim::konst(self.ohw.iter().product()))
             .unwrap_or_else(|_| Dim::konst(i64::MAX))
     }
+    /// Columns of one group's patch matrix: `k…·cg`.
     fn cols(&self) -> i64 {
-        self.k.iter().product::<i64>() * self.ch
+        self.k.iter().product::<i64>() * (self.ch / self.groups)
+    }
+    /// Whether the convolution runs as one product per group: one group, or groups
+    /// with enough input channels each (8: fewer make the patch gather's inner runs
+    /// too short; measured) and few enough groups that GEMM pays for the copies; else
+    /// windowed loops (`grouped`), as for depthwise convolutions.
+    fn products(&self) -> bool {
+        self.groups == 1 || (self.ch / self.groups >= 8 && self.groups <= 16)
+    }
+    /// `[batch, o…, k…, c]` with the channels split into `[G, cg]` when grouped.
+    fn group_window_shape(&self) -> Vec<Dim> {
+        let cg = Dim::konst(self.ch / self.groups);
+        self.group_axes(self.window_shape(), |_| {
+            (Dim::konst(self.groups), cg.clone())
+        })
+    }
+    /// Strides over `[batch, o…, k…, c]` with the channel axis (stride `s_c`) split
+    /// into `[G, cg]` (strides `s_c·cg`, `s_c`) when grouped.
+    fn group_strides(&self, w: Vec<Dim>) -> Vec<Dim> {
+        let cg = self.ch / self.groups;
+        self.group_axes(w, |c| (scaled(&c, cg), c))
+    }
+    fn group_axes(&self, mut w: Vec<Dim>, split: impl Fn(Dim) -> (Dim, Dim)) -> Vec<Dim> {
+        if self.groups > 1 {
+            let c = w.pop().expect("a channel axis");
+            let (g, c) = split(c);
+            w.extend([g, c]);
+        }
+        w
+    }
+    /// The elements of one group's patch matrix, `batch·o…·k…·cg`.
+    fn group_len(&self) -> Dim {
+        scaled(&self.rows(), self.cols())
+    }
+    /// Strides of the patch buffer `[G, batch·o…, k…·cg]` over
+    /// `group_window_shape` (row-major `[batch, o…, k…, c]` for one group).
+    fn patch_strides(&self) -> Vec<Dim> {
+        let n = self.n();
+        let cg = self.ch / self.groups;
+        let after = |v: &[i64], a: usize| v[a + 1..].iter().product::<i64>();
+        let (positions, taps) = (after(&self.ohw, 0) * self.ohw[0], self.cols());
+        let k = Dim::konst;
+        let mut s = vec![k(positions * taps)];
+        s.extend((0..n).map(|a| k(after(&self.ohw, a) * taps)));
+        s.extend((0..n).map(|a| k(after(&self.k, a) * cg)));
+        if self.groups > 1 {
+            s.push(self.group_len());
+        }
+        s.push(k(1));
+        s
     }
     /// The window's view, as `[batch, o…, k…, c]`, of a `[batch, p…, c]` layout with
     /// strides `s`.
@@ -216,12 +266,14 @@ impl Builder<'_> {
     /// window tap: a reduction sink, so it starts from zeros; each batch entry writes
     /// only its own part, so the loop splits across cores by batch). Returns the view
     /// of its interior, which is the gradient with respect to the window's input.
+    /// (Grouped, the loop runs over `group_window_shape`.)
     fn scatter(&mut self, g: &WinGeo, id: Id, loads: Vec<Access>, expr: Vec<Expr>) -> Val {
         let pshape = g.padded_shape();
         let prm = row_major(&pshape);
         let dxp = self.new_arena(&pshape);
-        let sink = self.access(dxp, &Dim::konst(0), &g.window_strides(&prm));
-        self.push_loop(&g.window_shape(), |space| LoopKernel {
+        let sink = g.group_strides(g.window_strides(&prm));
+        let sink = self.access(dxp, &Dim::konst(0), &sink);
+        self.push_loop(&g.group_window_shape(), |space| LoopKernel {
             space,
             loads,
             expr,
@@ -232,9 +284,10 @@ impl Builder<'_> {
         Val::Mem(self.access(dxp, &g.interior_offset(), &prm))
     }
 
-    /// Gathers the patch matrix `[batch·o…, k…·c]` of node `x`.
+    /// Gathers the patch matrices `[G, batch·o…, k…·cg]` of node `x`; returns the
+    /// first group's `[batch·o…, k…·cg]` (the others follow, `group_len` apart).
     fn patches(&mut self, g: &WinGeo, x: Id) -> Access {
-        let key: Vec<i64> = [&g.k, &g.st, &g.dl, &g.lo, &g.padded]
+        let key: Vec<i64> = [&g.k, &g.st, &g.dl, &g.lo, &g.padded, &vec![g.groups]]
             .into_iter()
             .flatten()
             .copied()
@@ -250,10 +303,11 @@ impl Builder<'_> {
 
     fn gather_patches(&mut self, g: &WinGeo, x: Id) -> Access {
         let (buf, off, strides) = self.padded_source(g, x, 0.0);
-        let view = self.access(buf, &off, &g.window_strides(&strides));
-        let wshape = g.window_shape();
+        let view = g.group_strides(g.window_strides(&strides));
+        let view = self.access(buf, &off, &view);
+        let wshape = g.group_window_shape();
         let pbuf = self.new_arena(&wshape);
-        let out = self.contiguous(pbuf, &wshape);
+        let out = self.access(pbuf, &Dim::konst(0), &g.patch_strides());
         self.copy_loop(&wshape, view, out, vec![]);
         self.access(pbuf, &Dim::konst(0), &[Dim::konst(g.cols()), Dim::konst(1)])
     }
@@ -266,11 +320,15 @@ impl Builder<'_> {
     /// - input gradient: `dP = dy · Kᵀ`, then a loop adds every patch element into a
     ///   zero-filled padded `dx`, whose interior is the result (a view).
     ///
-    /// Grouped convolutions are windowed loops (`grouped`).
+    /// Grouped convolutions are one product per group (`group_products`) or, with
+    /// few channels per group, windowed loops (`grouped`).
     pub(super) fn conv(&mut self, id: Id) -> Val {
         let g = self.win_geo(id).expect("checked by the caller");
-        if g.groups > 1 {
+        if !g.products() {
             return self.grouped(&g, id);
+        }
+        if g.groups > 1 {
+            return self.group_products(&g, id);
         }
         let node = self.f.nodes[id].clone();
         let rows = g.rows();
@@ -296,6 +354,83 @@ impl Builder<'_> {
                 self.scatter(&g, id, vec![src], vec![Expr::Load(0)])
             }
         }
+    }
+
+    /// `a` moved on by `delta` elements.
+    fn shifted(&mut self, a: &Access, delta: &Dim) -> Access {
+        let (off, s) = self.dims_of(a);
+        let off = off.add(delta).unwrap_or_else(|_| Dim::konst(i64::MAX));
+        self.access(a.buf, &off, &s)
+    }
+
+    /// A grouped convolution as one product per group (`P_G` the group's patch
+    /// matrix `[batch·o…, k…·cg]`, `K_G` and `dy_G` the group's `fg` columns of the
+    /// kernel `[k…·cg, f]` and of `dy`), each product's `[·, fg]` result copied into
+    /// its columns: `y_G = P_G · K_G`, `dK_G = P_Gᵀ · dy_G`; the input gradient's
+    /// `dP_G = dy_G · K_Gᵀ` go into one `[G, batch·o…, k…·cg]` buffer that a single
+    /// scatter loop adds into the padded `dx`.
+    fn group_products(&mut self, g: &WinGeo, id: Id) -> Val {
+        let node = self.f.nodes[id].clone();
+        let k = Dim::konst;
+        let (rows, cols, fdim) = (g.rows(), k(g.cols()), k(g.f));
+        let fg = g.f / g.groups;
+        let fgd = k(fg);
+        let (x_or_dy, kernel_or_dy) = (node.args[0], node.args[1]);
+        let out_shape = match &node.op {
+            Op::ConvInputGrad(_) => vec![k(g.groups), rows.clone(), cols.clone()],
+            _ => node.ty.shape.clone(),
+        };
+        let out = self.new_arena(&out_shape);
+        let (p, kv, dy) = match &node.op {
+            Op::Conv(_) => (
+                Some(self.patches(g, x_or_dy)),
+                Some(self.matrix(kernel_or_dy, &fdim)),
+                None,
+            ),
+            Op::ConvKernelGrad(_) => (
+                Some(self.patches(g, x_or_dy)),
+                None,
+                Some(self.matrix(kernel_or_dy, &fdim)),
+            ),
+            _ => (
+                None,
+                Some(self.matrix(kernel_or_dy, &fdim)),
+                Some(self.matrix(x_or_dy, &fdim)),
+            ),
+        };
+        for gi in 0..g.groups {
+            let cols_at = k(gi * fg);
+            let kv = kv.as_ref().map(|a| self.shifted(a, &cols_at));
+            let dy = dy.as_ref().map(|a| self.shifted(a, &cols_at));
+            let p = p
+                .as_ref()
+                .map(|a| self.shifted(a, &scaled(&g.group_len(), gi)));
+            // The product `[m, n]` and where its rows go (`[m, n]` strides of `out`).
+            let (c, m, n, dst) = match (&node.op, p, kv, dy) {
+                (Op::Conv(_), Some(p), Some(kv), _) => {
+                    let c = self.gemm2(id, p, kv, &rows, &cols, &fgd);
+                    (c, rows.clone(), fgd.clone(), (cols_at, fdim.clone()))
+                }
+                (Op::ConvKernelGrad(_), Some(p), _, Some(dy)) => {
+                    let c = self.gemm2(id, p.transposed(), dy, &cols, &rows, &fgd);
+                    (c, cols.clone(), fgd.clone(), (cols_at, fdim.clone()))
+                }
+                (_, _, Some(kv), Some(dy)) => {
+                    let c = self.gemm2(id, dy, kv.transposed(), &rows, &fgd, &cols);
+                    let at = scaled(&g.group_len(), gi);
+                    (c, rows.clone(), cols.clone(), (at, cols.clone()))
+                }
+                _ => unreachable!("operands chosen above for each op"),
+            };
+            let src = self.contiguous(c, &[m.clone(), n.clone()]);
+            let dst = self.access(out, &dst.0, &[dst.1, k(1)]);
+            self.copy_loop(&[m, n], src, dst, vec![id]);
+        }
+        if matches!(node.op, Op::ConvInputGrad(_)) {
+            let src = self.access(out, &k(0), &g.patch_strides());
+            return self.scatter(g, id, vec![src], vec![Expr::Load(0)]);
+        }
+        Val::Mem(self.contiguous(out, &node.ty.shape))
     }
 
     /// A grouped convolution (`G` groups of `cg` input channels and `fg` filters
