@@ -1,7 +1,7 @@
-//! Runtime routines: complex primitives (grouped convolutions, 3-D windows, …) run with
-//! their reference implementation on the call's buffers; gather, its scatter-add and
-//! max pooling's gradient run in place on the buffers, split across the team;
-//! recurrent layers call the tuned kernel of `rnn/`.
+//! Runtime routines: gather, its scatter-add, max pooling's gradient and random numbers
+//! run in place on the call's buffers, split across the team; recurrent layers call the
+//! tuned kernel of `rnn/`; any other primitive the plan leaves as a call (windows with
+//! unknown sizes, …) runs its reference implementation on the call's buffers.
 
 use ndarray::ArrayD;
 
@@ -199,6 +199,65 @@ fn max_pool_grad(
     }
 }
 
+/// Random numbers (`rng_uniform`, dropout's masks) on the call's buffer in place:
+/// element `i` is `rng_uniform(key, salt, i)` as the reference computes it (the same
+/// bits on any thread count), the elements split across the team.
+fn rng_fill(
+    frame: &[i64],
+    fl: FrameLayout,
+    call: &plan::CallKernel,
+    salt: u64,
+) -> Result<(), String> {
+    let shape = |s: &[plan::Slot]| -> Vec<usize> { s.iter().map(|&x| frame[x] as usize).collect() };
+    let key_elems: usize = shape(&call.arg_shapes[0]).iter().product();
+    let key = if key_elems == 0 {
+        0
+    } else {
+        let (p, o, _) = access_parts(frame, fl, &call.args[0]);
+        // SAFETY: the key operand holds at least one element at its offset.
+        f64::from(unsafe { *p.offset(o as isize) }) as u64
+    };
+    let n: usize = shape(&call.out_shape).iter().product();
+    let out = frame[fl.sizes + call.out] as usize;
+    let t = team::team();
+    let parts = if n < PARALLEL_ELEMENTS {
+        1
+    } else {
+        t.size().min(n).max(1)
+    };
+    let ok = t.run(parts, &|p| {
+        let (lo, hi) = team::split(n as i64, parts, p, 1);
+        for i in lo as usize..hi as usize {
+            let v = crate::ir::elementwise::rng_uniform(key, salt, i as u64) as f32;
+            // SAFETY: element `i` < n of the output, written by this part only.
+            unsafe { *(out as *mut f32).add(i) = v };
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("a panic inside rng_uniform".into())
+    }
+}
+
+/// Whether a call to `op` runs as a tuned routine split across the thread team (what
+/// `kiln_call` dispatches before the reference fallback), as `kiln ir --stage
+/// kernels` names it.
+pub(crate) fn on_team(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Gather
+            | Op::ScatterAdd
+            | Op::Rng { .. }
+            | Op::Rnn(_)
+            | Op::RnnGrad { .. }
+            | Op::PoolGrad {
+                kind: PoolKind::Max,
+                ..
+            }
+    )
+}
+
 /// Runs a complex primitive (conv, pooling, recurrent cell, gather, …) with the
 /// reference implementation on the call's buffers.
 pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
@@ -222,6 +281,7 @@ pub(super) extern "C" fn kiln_call(frame: *mut i64, desc: *const Desc) {
         match node.op {
             Op::Gather => return gather_rows(frame, fl, call),
             Op::ScatterAdd => return scatter_add_rows(frame, fl, call),
+            Op::Rng { salt } => return rng_fill(frame, fl, call, salt),
             _ => {}
         }
         if super::rnn::call(frame, fl, node, call)? {

@@ -411,10 +411,16 @@ fn residual_and_diabetes_predict_and_train_from_c() {
     check_spec("diabetes", 4, &[], true, true);
 }
 
-/// Concatenation generated in the object (a runtime routine in the JIT).
+/// Concatenation generated in the object (copy loops in the JIT's plan too).
 #[test]
 fn two_inputs_predicts_from_c() {
     check_spec("two_inputs", 3, &[], false, true);
+}
+
+/// 3-D convolutions and pooling: loops and products in the plan, as in 2-D.
+#[test]
+fn video_conv3d_predicts_from_c() {
+    check_spec("video_conv3d", 3, &[], false, true);
 }
 
 /// Embedding lookups (gather) and their gradient (scatter-add), dropout's random

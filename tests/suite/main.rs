@@ -50,4 +50,5 @@ mod train_cli;
 mod train_loop;
 mod train_options;
 mod window_fast;
+mod windows_nd;
 mod wrappers_masking;

@@ -221,6 +221,7 @@ impl<'f> Builder<'f> {
             Op::Transpose { perm } => self.transpose(n.args[0], perm),
             Op::Slice { axis, start, .. } => self.slice(n.args[0], *axis, start),
             Op::Pad { axis, low, .. } => self.pad(i, *axis, low, &shape),
+            Op::Concat { axis } => self.concat(i, *axis, &shape),
             Op::Reshape => self.reshape(n.args[0], &shape),
             Op::Reduce { op, axes } => self.reduce(i, *op, axes, &shape),
             Op::MatMul { ta, tb } => match self.fuse_attention.then(|| self.attention(i)).flatten()

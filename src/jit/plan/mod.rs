@@ -283,7 +283,7 @@ struct Builder<'f> {
     loop_use: Vec<bool>,
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
-    patch_cache: HashMap<(Id, [i64; 10]), Access>,
+    patch_cache: HashMap<(Id, Vec<i64>), Access>,
     /// Whether scaled dot-product attention becomes one fused kernel.
     fuse_attention: bool,
     /// Each node's readers (built by the attention matcher on first use).

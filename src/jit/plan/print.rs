@@ -182,9 +182,15 @@ impl Plan {
             .next()
             .unwrap_or("")
             .to_lowercase();
+        // A tuned routine across the thread team, or the reference implementation.
+        let on = if crate::jit::routine::on_team(&self.func.nodes[c.node].op) {
+            "team"
+        } else {
+            "reference"
+        };
         let _ = writeln!(
             s,
-            "  k{i}: call {op} %{}({}) -> b{} [{}]",
+            "  k{i}: call {op} ({on}) %{}({}) -> b{} [{}]",
             c.node,
             args.join(", "),
             c.out,

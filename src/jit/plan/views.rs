@@ -70,6 +70,25 @@ impl Builder<'_> {
         Val::Mem(all)
     }
 
+    /// A concatenation: each operand copied by a loop into its slice along `axis` of
+    /// a new row-major buffer (the copies split across the team like any loop).
+    pub(super) fn concat(&mut self, i: Id, axis: usize, shape: &[Dim]) -> Val {
+        let buf = self.new_arena(shape);
+        let rm = row_major(shape);
+        let mut at = Dim::konst(0);
+        for x in self.f.nodes[i].args.clone() {
+            let xshape = self.f.nodes[x].ty.shape.clone();
+            let src = self.mem(x);
+            let off = at.mul(&rm[axis]).unwrap_or_else(|_| Dim::konst(i64::MAX));
+            let dst = self.access(buf, &off, &rm);
+            self.copy_loop(&xshape, src, dst, vec![i]);
+            at = at
+                .add(&xshape[axis])
+                .unwrap_or_else(|_| Dim::konst(i64::MAX));
+        }
+        Val::Mem(self.contiguous(buf, shape))
+    }
+
     /// A reshape: the operand's memory reinterpreted row-major (after a contiguous
     /// copy when its view is not).
     pub(super) fn reshape(&mut self, x: Id, shape: &[Dim]) -> Val {
