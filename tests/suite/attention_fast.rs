@@ -106,12 +106,14 @@ fn the_pattern_becomes_one_kernel() {
         assert_eq!(k[0].causal.is_some(), causal, "{layer}");
         // Inference reads nothing but the output: no score matrix is stored.
         assert!(k[0].stores.is_empty(), "{layer}: {:?}", k[0].stores);
-        // The backward pass reads the softmax's pieces: the kernel stores them.
+        // With gradients the backward chain is a second fused kernel, which reads only
+        // the row maxima and sums the forward kernel stores.
         let g = with_gradients(&f);
         let k = attention_kernels(&g);
-        assert_eq!(k.len(), 1, "{layer}: one fused kernel with gradients");
+        assert_eq!(k.len(), 2, "{layer}: forward and backward kernels");
+        assert!(k[0].grad.is_none() && k[1].grad.is_some(), "{layer}");
         let stages: Vec<Stage> = k[0].stores.iter().map(|s| s.0).collect();
-        assert!(stages.contains(&Stage::Probs), "{layer}: {stages:?}");
+        assert_eq!(stages, [Stage::Max, Stage::Sum], "{layer}");
     }
     // Dropout on the probabilities in training is not the pattern: planned node by node.
     let m = spec(

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use crate::dim::{Dim, product};
 use crate::ir::{Binary, Cmp, Func, Id, Op, PoolKind, ReduceOp, Unary};
 
-pub use attention::{AttnKernel, Stage};
+pub use attention::{AttnGrad, AttnKernel, Stage};
 
 mod attention;
 mod build;
@@ -161,7 +161,10 @@ pub fn reads(k: &Kernel) -> Vec<&Access> {
         Kernel::Loop(l) => l.loads.iter().chain(epi(&l.epilogue)).collect(),
         Kernel::Gemm(g) => [&g.a, &g.b].into_iter().chain(epi(&g.epilogue)).collect(),
         Kernel::Call(c) => c.args.iter().collect(),
-        Kernel::Attention(a) => vec![&a.q, &a.k, &a.v],
+        Kernel::Attention(a) => {
+            let g = a.grad.iter().flat_map(|g| [&g.g, &g.max, &g.sum]);
+            [&a.q, &a.k, &a.v].into_iter().chain(g).collect()
+        }
     }
 }
 
@@ -180,6 +183,7 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
         Kernel::Call(c) => vec![c.out],
         Kernel::Attention(a) => std::iter::once(a.out.buf)
             .chain(a.stores.iter().map(|s| s.1))
+            .chain(a.grad.iter().flat_map(|g| [g.dk.buf, g.dv.buf]))
             .collect(),
     }
 }
@@ -247,6 +251,8 @@ struct Builder<'f> {
     users: Vec<Vec<Id>>,
     /// Nodes an attention kernel already computed (the walk skips them).
     attn_done: Vec<bool>,
+    /// Backward chains matched with their forward kernels, still to be planned.
+    attn_grads: Vec<attention::PendingGrad>,
 }
 
 fn is_elementwise(op: &Op) -> bool {
@@ -339,6 +345,7 @@ fn plan_parts(f: &Func, fuse_attention: bool) -> Plan {
         patch_cache: HashMap::new(),
         users: Vec::new(),
         attn_done: vec![false; f.nodes.len()],
+        attn_grads: Vec::new(),
         fuse_attention,
     };
     b.run()

@@ -5,11 +5,14 @@
 //! the softmax's pieces (then exactly those are stored). Batch entries are spread over
 //! the team. The inner loops run along contiguous rows so that they vectorize, built
 //! twice: with AVX2 and FMA when the host has them, and plain. `exp` is the same
-//! polynomial as the generated code's (`mathfn.rs`).
+//! polynomial as the generated code's (`mathfn.rs`). The backward kernel is in
+//! `backward.rs`.
 
 use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
 use super::plan::{AttnKernel, Stage};
 use super::team;
+
+mod backward;
 
 /// Below this many multiply-adds the kernel runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
@@ -87,6 +90,8 @@ struct Call {
     causal: Option<f32>,
     /// Each stage's contiguous buffer (0: not stored), indexed by `stage_index`.
     stores: [usize; 8],
+    /// The backward kernel's further views (`None`: the forward kernel).
+    grad: Option<backward::GradViews>,
 }
 
 fn stage_index(s: Stage) -> usize {
@@ -134,6 +139,13 @@ impl Call {
             out: View::new(frame, fl, &a.out),
             causal: a.causal,
             stores,
+            grad: a.grad.as_ref().map(|g| backward::GradViews {
+                g: View::new(frame, fl, &g.g),
+                max: View::new(frame, fl, &g.max),
+                sum: View::new(frame, fl, &g.sum),
+                dk: View::new(frame, fl, &g.dk),
+                dv: View::new(frame, fl, &g.dv),
+            }),
         }
     }
 
@@ -151,23 +163,31 @@ impl Call {
 
     /// Every batch entry, spread over the team when large; false when a part panicked.
     fn run(&self) -> bool {
+        let products = if self.grad.is_some() { 5 } else { 2 };
         let macs = self
             .total
             .saturating_mul(self.tq)
             .saturating_mul(self.tk)
-            .saturating_mul(self.d + self.dv);
+            .saturating_mul(self.d.max(self.dv) * products);
         let t = team::team();
         let parts = self.total.min(team::MAX_PARTS);
         if t.size() == 1 || parts <= 1 || macs < PARALLEL_MIN_MACS {
-            let mut s = self.scratch();
-            (0..self.total).for_each(|bi| self.entry(bi, &mut s));
+            self.entries(0, self.total);
             return true;
         }
         t.run(parts, &|p| {
             let (lo, hi) = team::split(self.total as i64, parts, p, 1);
-            let mut s = self.scratch();
-            (lo as usize..hi as usize).for_each(|bi| self.entry(bi, &mut s));
+            self.entries(lo as usize, hi as usize);
         })
+    }
+
+    /// Batch entries `lo..hi`.
+    fn entries(&self, lo: usize, hi: usize) {
+        if let Some(g) = &self.grad {
+            return backward::entries(self, g, lo, hi);
+        }
+        let mut s = self.scratch();
+        (lo..hi).for_each(|bi| self.entry(bi, &mut s));
     }
 
     /// Batch entry `bi`: packs its operands, then runs its rows.
