@@ -6,8 +6,9 @@
 //! over random shapes — sequence lengths from 1 up past the kernel's register blocks,
 //! odd batch sizes, key and value lengths unlike the query's, causal masks — and one
 //! compiled kernel serves every sequence length (the lengths are symbolic). The
-//! backward pass is the autodiff of the same graph (no new gradient rule), reading the
-//! pieces of the softmax the fused kernel stores.
+//! backward pass is the autodiff of the same graph (no new gradient rule), which the
+//! plan runs as a second fused kernel reading the row maxima and sums the forward
+//! stores (tests/suite/attention_bwd.rs).
 
 use crate::common;
 
@@ -53,7 +54,7 @@ fn attention_kernels(f: &Func) -> Vec<plan::AttnKernel> {
 }
 
 /// Random f32 values for `f`'s inputs at a batch size and sequence length.
-fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
+pub(crate) fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
     f.inputs
         .iter()
         .map(|inp| {
@@ -69,7 +70,7 @@ fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>>
 
 /// The forward function with the gradients of `sum(out · w)` with respect to every
 /// input as further outputs (`w` a random input of the output's shape).
-fn with_gradients(f: &Func) -> Func {
+pub(crate) fn with_gradients(f: &Func) -> Func {
     let mut f = f.clone();
     let out = f.outputs[0].1;
     f.outputs.clear();
