@@ -11,15 +11,20 @@
 //! dQ = dS·k                      dK += dSᵀ·q
 //! ```
 //!
-//! — the same expression the autodiff graph builds (its rounding, not the exact
-//! algebra: the maximum's gradient is kept though it sums to zero). Summation order
+//! — the same expression the autodiff graph builds (not the exact algebra: the
+//! maximum's gradient is kept though it sums to zero; each division by `z` is a
+//! product with `1/z`, as in the forward kernel). Summation order
 //! differs from the unfused graph's products and reductions: the row sums run in
 //! eight lanes, `dV` and `dK` add the query rows' terms in row order and `dQ` the
-//! keys' in key order, each with fused multiply-adds in the AVX2 build. As in the
+//! keys' in key order, each with fused multiply-adds in the AVX2 build. The entry's
+//! `p'` and `dS` (`[tq, tk]` each) stay in the part's scratch for the two transposed
+//! products, which run once per entry with `dK` and `dV` rows in registers. As in the
 //! forward kernel, masked probabilities are exactly zero (the graph's are
 //! `exp(low − max)`, zero or within rounding of it), so masked keys are skipped.
 
-use super::{Call, Fused, MulAdd, Plain, R, View, W, exp_poly, scores, sum_of, weighted};
+use super::{Call, MulAdd, Plain, R, View, W, exp_poly, scores, sum_of, weighted};
+#[cfg(target_arch = "x86_64")]
+use super::{Fused, avx2};
 
 /// The backward kernel's further views (see `plan::AttnGrad`).
 pub(super) struct GradViews {
@@ -42,10 +47,11 @@ struct Scratch {
     dv: Vec<f32>,
     row: Vec<f32>,
     e: Vec<f32>,
-    p: Vec<f32>,
     dp: Vec<f32>,
-    ds: Vec<f32>,
     dq: Vec<f32>,
+    /// The whole entry's probabilities and score gradients, `[tq, tk]`.
+    p: Vec<f32>,
+    ds: Vec<f32>,
 }
 
 /// Batch entries `lo..hi`.
@@ -61,10 +67,10 @@ pub(super) fn entries(c: &Call, gv: &GradViews, lo: usize, hi: usize) {
         dv: vec![0.0; tk * dv],
         row: vec![0.0; R * tk],
         e: vec![0.0; R * tk],
-        p: vec![0.0; R * tk],
         dp: vec![0.0; R * tk],
-        ds: vec![0.0; R * tk],
         dq: vec![0.0; R * d],
+        p: vec![0.0; tq * tk],
+        ds: vec![0.0; tq * tk],
     };
     for bi in lo..hi {
         entry(c, gv, bi, &mut s);
@@ -79,8 +85,6 @@ fn entry(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
     c.pack(&c.k, bi, (tk, d), &mut s.k, false);
     c.pack(&c.v, bi, (tk, dv), &mut s.vt, true);
     c.pack(&gv.g, bi, (tq, dv), &mut s.g, false);
-    s.dk.fill(0.0);
-    s.dv.fill(0.0);
     run_rows(c, gv, bi, s);
     unpack(c, &gv.dk, bi, (tk, d), &s.dk);
     unpack(c, &gv.dv, bi, (tk, dv), &s.dv);
@@ -88,10 +92,9 @@ fn entry(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
 
 fn run_rows(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2() {
         // SAFETY: the host has AVX2 and FMA.
-        unsafe { rows_avx2(c, gv, bi, s) };
-        return;
+        return unsafe { rows_avx2(c, gv, bi, s) };
     }
     rows::<Plain>(c, gv, bi, s);
 }
@@ -123,7 +126,8 @@ fn row_stat(c: &Call, v: &View, bi: usize, i: usize) -> f32 {
     unsafe { *(v.ptr as *const f32).offset(at as isize) }
 }
 
-/// The rows of batch entry `bi`, `R` query rows at a time.
+/// The rows of batch entry `bi`, `R` query rows at a time (scores, softmax, `dS` and
+/// `dQ`), then `dV` and `dK` over all of them.
 #[inline(always)]
 fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
     let (tq, tk, d, dv) = (c.tq, c.tk, c.d, c.dv);
@@ -140,6 +144,7 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
             let i = i0 + r;
             let live = c.causal.map_or(tk, |_| (i + 1).min(tk));
             let span = r * tk..(r + 1) * tk;
+            let at = i * tk..(i + 1) * tk;
             let stats = (row_stat(c, &gv.max, bi, i), row_stat(c, &gv.sum, bi, i));
             grad_row(
                 c,
@@ -147,14 +152,13 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
                 live,
                 &s.row[span.clone()],
                 &s.dp[span.clone()],
-                (&mut s.e[span.clone()], &mut s.p[span.clone()]),
-                &mut s.ds[span],
+                (&mut s.e[span], &mut s.p[at.clone()]),
+                &mut s.ds[at],
             );
             live_max = live_max.max(live);
         }
-        accumulate::<M>(&s.p[..n * tk], tk, live_max, gb, dv, &mut s.dv);
-        accumulate::<M>(&s.ds[..n * tk], tk, live_max, qb, d, &mut s.dk);
-        weighted::<M>(&s.ds[..n * tk], tk, live_max, &s.k, d, &mut s.dq[..n * d]);
+        let dsb = &s.ds[i0 * tk..(i0 + n) * tk];
+        weighted::<M>(dsb, tk, live_max, &s.k, d, &mut s.dq[..n * d]);
         for r in 0..n {
             let at = obase + (i0 + r) as i64 * osr;
             for (ch, &x) in s.dq[r * d..(r + 1) * d].iter().enumerate() {
@@ -164,6 +168,9 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
         }
         i0 += n;
     }
+    let causal = c.causal.is_some();
+    transposed::<M>(&s.p, (tq, tk), &s.g, dv, causal, &mut s.dv);
+    transposed::<M>(&s.ds, (tq, tk), &s.q, d, causal, &mut s.dk);
 }
 
 /// One query row: from its scores `row` (unmasked), `dP` row `dp` and its stored
@@ -180,69 +187,79 @@ fn grad_row(
     ds: &mut [f32],
 ) {
     let tk = row.len();
+    let rz = 1.0 / z;
+    // The probabilities as the forward kernel computed them.
     for j in 0..live {
         e[j] = exp_poly(row[j] - mx);
-        p[j] = e[j] / z;
+        p[j] = e[j] * rz;
     }
     e[live..].fill(0.0);
     p[live..].fill(0.0);
-    // The division's gradient, then the exponential's.
+    // The division's gradient, then the exponential's (times 1/z for each /z); the
+    // row sums in `sum_of`'s lanes (the elementwise loops vectorize as they are).
     for j in 0..live {
-        ds[j] = -(dp[j] * (p[j] / z));
+        ds[j] = -(dp[j] * (p[j] * rz));
     }
     let s1 = sum_of(&ds[..live]);
     for j in 0..live {
-        ds[j] = (dp[j] / z + s1) * e[j];
+        ds[j] = (dp[j] * rz + s1) * e[j];
     }
+    let s2 = -sum_of(&ds[..live]);
+    let mut cnt: u32 = row[..live].iter().map(|&x| u32::from(x == mx)).sum();
     // The row maximum's gradient, split over the keys that reach it (masked keys
     // hold the mask's value).
-    let s2 = -sum_of(&ds[..live]);
-    let mut cnt = row[..live].iter().filter(|&&x| x == mx).count();
     if c.causal == Some(mx) {
-        cnt += tk - live;
+        cnt += (tk - live) as u32;
     }
     let share = s2 * (1.0 / cnt as f32);
-    for j in 0..live {
-        if row[j] == mx {
-            ds[j] += share;
-        }
+    for (d, &x) in ds[..live].iter_mut().zip(row) {
+        *d += if x == mx { share } else { 0.0 };
     }
     ds[live..].fill(0.0);
 }
 
-/// `acc[j, :] += Σ_r w[r, j] · x[r, :]` for keys `j < live` (`w` is `[rows, tk]`, `x`
-/// `[rows, cols]`, `acc` `[tk, cols]`), rows in order.
+/// Keys per register block of [`transposed`].
+const J: usize = 4;
+
+/// `out[j, :] = Σ_i w[i, j] · x[i, :]` (`w` is `[tq, tk]`, `x` `[tq, cols]`, `out`
+/// `[tk, cols]`), rows in order, `J` keys × 16 columns at a time in registers. With a
+/// causal mask rows before a key's own are zero in `w` and skipped.
 #[inline(always)]
-fn accumulate<M: MulAdd>(
+fn transposed<M: MulAdd>(
     w: &[f32],
-    tk: usize,
-    live: usize,
+    (tq, tk): (usize, usize),
     x: &[f32],
     cols: usize,
-    acc: &mut [f32],
+    causal: bool,
+    out: &mut [f32],
 ) {
-    let rows = x.len() / cols.max(1);
+    let first = |j: usize| if causal { j.min(tq) } else { 0 };
+    let mut j0 = 0;
     if cols == W {
-        for j in 0..live {
-            let mut a = [0.0f32; W];
-            a.copy_from_slice(&acc[j * W..(j + 1) * W]);
-            for r in 0..rows {
-                let wj = w[r * tk + j];
-                let xr = &x[r * W..(r + 1) * W];
-                for l in 0..W {
-                    a[l] = M::mul_add(wj, xr[l], a[l]);
+        while j0 + J <= tk {
+            let mut a = [[0.0f32; W]; J];
+            for i in first(j0)..tq {
+                let xr = &x[i * W..(i + 1) * W];
+                let wr = &w[i * tk + j0..i * tk + j0 + J];
+                for jj in 0..J {
+                    for l in 0..W {
+                        a[jj][l] = M::mul_add(wr[jj], xr[l], a[jj][l]);
+                    }
                 }
             }
-            acc[j * W..(j + 1) * W].copy_from_slice(&a);
+            for (jj, aj) in a.iter().enumerate() {
+                out[(j0 + jj) * W..(j0 + jj + 1) * W].copy_from_slice(aj);
+            }
+            j0 += J;
         }
-        return;
     }
-    for j in 0..live {
-        let a = &mut acc[j * cols..(j + 1) * cols];
-        for r in 0..rows {
-            let wj = w[r * tk + j];
-            for (al, &xl) in a.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
-                *al = M::mul_add(wj, xl, *al);
+    for j in j0..tk {
+        let o = &mut out[j * cols..(j + 1) * cols];
+        o.fill(0.0);
+        for i in first(j)..tq {
+            let wij = w[i * tk + j];
+            for (ol, &xl) in o.iter_mut().zip(&x[i * cols..(i + 1) * cols]) {
+                *ol = M::mul_add(wij, xl, *ol);
             }
         }
     }
