@@ -145,3 +145,19 @@ fn gradients_match_finite_differences() {
         }
     }
 }
+
+/// Past a million scores per head the backward kernel takes the query rows in chunks
+/// (its scratch bounded), the key and value gradients continuing one sum across them:
+/// 520 query rows against 2,100 keys is two chunks, causal and not.
+#[test]
+fn long_key_sequences_run_in_chunks() {
+    let mut rng = Rng::new(23);
+    for causal in [false, true] {
+        let case = (2, 3, 16, causal, Some(2100));
+        let f = func(&case);
+        let k = attention_kernels(&plan::plan(&f));
+        assert!(k.contains(&(true, causal)), "{k:?}");
+        let ins = inputs(&f, &mut rng, 1, 520);
+        compare_jit(&format!("{case:?}"), &f, &ins);
+    }
+}

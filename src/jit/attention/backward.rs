@@ -49,7 +49,7 @@ struct Scratch {
     e: Vec<f32>,
     dp: Vec<f32>,
     dq: Vec<f32>,
-    /// The whole entry's probabilities and score gradients, `[tq, tk]`.
+    /// A chunk of rows' probabilities and score gradients, `[chunk, tk]`.
     p: Vec<f32>,
     ds: Vec<f32>,
 }
@@ -69,8 +69,8 @@ pub(super) fn entries(c: &Call, gv: &GradViews, lo: usize, hi: usize) {
         e: vec![0.0; R * tk],
         dp: vec![0.0; R * tk],
         dq: vec![0.0; R * d],
-        p: vec![0.0; tq * tk],
-        ds: vec![0.0; tq * tk],
+        p: vec![0.0; chunk(tq, tk) * tk],
+        ds: vec![0.0; chunk(tq, tk) * tk],
     };
     for bi in lo..hi {
         entry(c, gv, bi, &mut s);
@@ -85,6 +85,8 @@ fn entry(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
     c.pack(&c.k, bi, (tk, d), &mut s.k, false);
     c.pack(&c.v, bi, (tk, dv), &mut s.vt, true);
     c.pack(&gv.g, bi, (tq, dv), &mut s.g, false);
+    s.dk.fill(0.0);
+    s.dv.fill(0.0);
     run_rows(c, gv, bi, s);
     unpack(c, &gv.dk, bi, (tk, d), &s.dk);
     unpack(c, &gv.dv, bi, (tk, dv), &s.dv);
@@ -126,16 +128,41 @@ fn row_stat(c: &Call, v: &View, bi: usize, i: usize) -> f32 {
     unsafe { *(v.ptr as *const f32).offset(at as isize) }
 }
 
-/// The rows of batch entry `bi`, `R` query rows at a time (scores, softmax, `dS` and
-/// `dQ`), then `dV` and `dK` over all of them.
+/// Query rows per chunk: the whole entry unless its `p'` and `dS` would pass 1 Mi
+/// elements each (then a multiple of `R` rows that fits).
+fn chunk(tq: usize, tk: usize) -> usize {
+    let fit = ((1 << 20) / tk.max(1)) / R * R;
+    tq.min(fit.max(R))
+}
+
+/// The rows of batch entry `bi` by chunks: `R` query rows at a time (scores, softmax,
+/// `dS` and `dQ`), then the chunk's terms of `dV` and `dK`.
 #[inline(always)]
 fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
-    let (tq, tk, d, dv) = (c.tq, c.tk, c.d, c.dv);
+    let (tq, tk) = (c.tq, c.tk);
+    let mut c0 = 0;
+    while c0 < tq {
+        let c1 = tq.min(c0 + chunk(tq, tk));
+        chunk_rows::<M>(c, gv, bi, (c0, c1), s);
+        c0 = c1;
+    }
+}
+
+/// Rows `c0..c1` of batch entry `bi`.
+#[inline(always)]
+fn chunk_rows<M: MulAdd>(
+    c: &Call,
+    gv: &GradViews,
+    bi: usize,
+    (c0, c1): (usize, usize),
+    s: &mut Scratch,
+) {
+    let (tk, d, dv) = (c.tk, c.d, c.dv);
     let obase = c.out.entry(&c.batch, bi);
     let (osr, osc) = c.out.inner();
-    let mut i0 = 0;
-    while i0 < tq {
-        let n = R.min(tq - i0);
+    let mut i0 = c0;
+    while i0 < c1 {
+        let n = R.min(c1 - i0);
         let (qb, gb) = (&s.q[i0 * d..(i0 + n) * d], &s.g[i0 * dv..(i0 + n) * dv]);
         scores::<M>(qb, (d, tk), &s.kt, &mut s.row[..n * tk]);
         scores::<M>(gb, (dv, tk), &s.vt, &mut s.dp[..n * tk]);
@@ -144,7 +171,7 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
             let i = i0 + r;
             let live = c.causal.map_or(tk, |_| (i + 1).min(tk));
             let span = r * tk..(r + 1) * tk;
-            let at = i * tk..(i + 1) * tk;
+            let at = (i - c0) * tk..(i - c0 + 1) * tk;
             let stats = (row_stat(c, &gv.max, bi, i), row_stat(c, &gv.sum, bi, i));
             grad_row(
                 c,
@@ -157,7 +184,7 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
             );
             live_max = live_max.max(live);
         }
-        let dsb = &s.ds[i0 * tk..(i0 + n) * tk];
+        let dsb = &s.ds[(i0 - c0) * tk..(i0 - c0 + n) * tk];
         weighted::<M>(dsb, tk, live_max, &s.k, d, &mut s.dq[..n * d]);
         for r in 0..n {
             let at = obase + (i0 + r) as i64 * osr;
@@ -169,8 +196,10 @@ fn rows<M: MulAdd>(c: &Call, gv: &GradViews, bi: usize, s: &mut Scratch) {
         i0 += n;
     }
     let causal = c.causal.is_some();
-    transposed::<M>(&s.p, (tq, tk), &s.g, dv, causal, &mut s.dv);
-    transposed::<M>(&s.ds, (tq, tk), &s.q, d, causal, &mut s.dk);
+    let (p, ds) = (&s.p[..(c1 - c0) * tk], &s.ds[..(c1 - c0) * tk]);
+    let (g, q) = (&s.g[c0 * dv..c1 * dv], &s.q[c0 * d..c1 * d]);
+    transposed::<M>(p, (c0, tk), g, dv, causal, &mut s.dv);
+    transposed::<M>(ds, (c0, tk), q, d, causal, &mut s.dk);
 }
 
 /// One query row: from its scores `row` (unmasked), `dP` row `dp` and its stored
@@ -221,23 +250,34 @@ fn grad_row(
 /// Keys per register block of [`transposed`].
 const J: usize = 4;
 
-/// `out[j, :] = Σ_i w[i, j] · x[i, :]` (`w` is `[tq, tk]`, `x` `[tq, cols]`, `out`
-/// `[tk, cols]`), rows in order, `J` keys × 16 columns at a time in registers. With a
+/// `out[j, :] += Σ_i w[i, j] · x[i, :]` over a chunk of rows starting at query row
+/// `c0` (`w` is `[rows, tk]`, `x` `[rows, cols]`, `out` `[tk, cols]`), rows in order
+/// (so chunks continue one sum), `J` keys × 16 columns at a time in registers. With a
 /// causal mask rows before a key's own are zero in `w` and skipped.
 #[inline(always)]
 fn transposed<M: MulAdd>(
     w: &[f32],
-    (tq, tk): (usize, usize),
+    (c0, tk): (usize, usize),
     x: &[f32],
     cols: usize,
     causal: bool,
     out: &mut [f32],
 ) {
-    let first = |j: usize| if causal { j.min(tq) } else { 0 };
+    let tq = x.len() / cols.max(1);
+    let first = |j: usize| {
+        if causal {
+            j.saturating_sub(c0).min(tq)
+        } else {
+            0
+        }
+    };
     let mut j0 = 0;
     if cols == W {
         while j0 + J <= tk {
             let mut a = [[0.0f32; W]; J];
+            for (jj, aj) in a.iter_mut().enumerate() {
+                aj.copy_from_slice(&out[(j0 + jj) * W..(j0 + jj + 1) * W]);
+            }
             for i in first(j0)..tq {
                 let xr = &x[i * W..(i + 1) * W];
                 let wr = &w[i * tk + j0..i * tk + j0 + J];
@@ -255,7 +295,6 @@ fn transposed<M: MulAdd>(
     }
     for j in j0..tk {
         let o = &mut out[j * cols..(j + 1) * cols];
-        o.fill(0.0);
         for i in first(j)..tq {
             let wij = w[i * tk + j];
             for (ol, &xl) in o.iter_mut().zip(&x[i * cols..(i + 1) * cols]) {
