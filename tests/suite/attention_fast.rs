@@ -6,8 +6,9 @@
 //! over random shapes — sequence lengths from 1 up past the kernel's register blocks,
 //! odd batch sizes, key and value lengths unlike the query's, causal masks — and one
 //! compiled kernel serves every sequence length (the lengths are symbolic). The
-//! backward pass is the autodiff of the same graph (no new gradient rule), reading the
-//! pieces of the softmax the fused kernel stores.
+//! backward pass is the autodiff of the same graph (no new gradient rule), which the
+//! plan runs as a second fused kernel reading the row maxima and sums the forward
+//! stores (tests/suite/attention_bwd.rs).
 
 use crate::common;
 
@@ -53,7 +54,7 @@ fn attention_kernels(f: &Func) -> Vec<plan::AttnKernel> {
 }
 
 /// Random f32 values for `f`'s inputs at a batch size and sequence length.
-fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
+pub(crate) fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>> {
     f.inputs
         .iter()
         .map(|inp| {
@@ -69,7 +70,7 @@ fn inputs(f: &Func, rng: &mut Rng, batch: usize, seq: usize) -> Vec<ArrayD<f32>>
 
 /// The forward function with the gradients of `sum(out · w)` with respect to every
 /// input as further outputs (`w` a random input of the output's shape).
-fn with_gradients(f: &Func) -> Func {
+pub(crate) fn with_gradients(f: &Func) -> Func {
     let mut f = f.clone();
     let out = f.outputs[0].1;
     f.outputs.clear();
@@ -106,12 +107,14 @@ fn the_pattern_becomes_one_kernel() {
         assert_eq!(k[0].causal.is_some(), causal, "{layer}");
         // Inference reads nothing but the output: no score matrix is stored.
         assert!(k[0].stores.is_empty(), "{layer}: {:?}", k[0].stores);
-        // The backward pass reads the softmax's pieces: the kernel stores them.
+        // With gradients the backward chain is a second fused kernel, which reads only
+        // the row maxima and sums the forward kernel stores.
         let g = with_gradients(&f);
         let k = attention_kernels(&g);
-        assert_eq!(k.len(), 1, "{layer}: one fused kernel with gradients");
+        assert_eq!(k.len(), 2, "{layer}: forward and backward kernels");
+        assert!(k[0].grad.is_none() && k[1].grad.is_some(), "{layer}");
         let stages: Vec<Stage> = k[0].stores.iter().map(|s| s.0).collect();
-        assert!(stages.contains(&Stage::Probs), "{layer}: {stages:?}");
+        assert_eq!(stages, [Stage::Max, Stage::Sum], "{layer}");
     }
     // Dropout on the probabilities in training is not the pattern: planned node by node.
     let m = spec(

@@ -2,6 +2,7 @@
 //! its own: it sets the thread team's size for its whole process.
 
 mod aot_build;
+mod attention_bwd;
 mod attention_fast;
 mod attention_general;
 mod attention_mask_flow;

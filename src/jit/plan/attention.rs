@@ -19,6 +19,14 @@
 //! ungroups the heads is a free view. Anything that does not match (other masks,
 //! dropout on the probabilities, a value computed after the scores) is planned node by
 //! node as before.
+//!
+//! In a training step the forward match also looks for the backward chain autodiff
+//! builds from it (`grad_chain`: `dP = g·vᵀ`, `dv = p'ᵀ·g`, the division's and the
+//! exponential's gradients, the row maximum's gradient spread over its arg-maxima, the
+//! mask's select, `dq = dS·k`, `dk = dSᵀ·q`). When every one of those nodes is there and
+//! nothing else reads the intermediate ones, the forward kernel stores only the row
+//! maxima and sums, and the whole chain becomes one backward kernel (an [`AttnKernel`]
+//! with `grad`), planned where the walk reaches `dP`.
 
 use super::*;
 
@@ -65,6 +73,33 @@ pub struct AttnKernel {
     pub out: Access,
     /// The chain's pieces other nodes read, each into its own contiguous buffer.
     pub stores: Vec<(Stage, BufId)>,
+    /// `Some`: this is the chain's backward kernel (`out` is then the gradient of `q`
+    /// and nothing is stored).
+    pub grad: Option<Box<AttnGrad>>,
+}
+
+/// The backward kernel's further operands: from the output's gradient `g`, the
+/// operands and the row maxima and sums the forward kernel stored, it computes the
+/// gradients of `q` (the kernel's `out`), `k` and `v`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnGrad {
+    /// `[batch…, tq, dv]` view of the output's gradient.
+    pub g: Access,
+    /// `[batch…, tq]` contiguous row maxima and row sums (the forward's stores).
+    pub max: Access,
+    pub sum: Access,
+    /// `[batch…, tk, d]` and `[batch…, tk, dv]` views of the key and value gradients.
+    pub dk: Access,
+    pub dv: Access,
+}
+
+/// A backward chain found with its forward chain, planned as a kernel where the walk
+/// reaches its first node (`chain.dp`).
+pub(super) struct PendingGrad {
+    chain: GradChain,
+    forward: AttnKernel,
+    max: Id,
+    sum: Id,
 }
 
 /// The matched nodes.
@@ -118,6 +153,18 @@ fn scalar_of(f: &Func, id: Id) -> Option<f64> {
         Op::Broadcast { .. } => scalar_of(f, f.nodes[id].args[0]),
         _ => None,
     }
+}
+
+/// The backward chain's nodes (see `Builder::grad_chain`).
+struct GradChain {
+    /// `dP = g·vᵀ`, the output's gradient `g`, and the three gradients computed.
+    dp: Id,
+    g: Id,
+    dq: Id,
+    dk: Id,
+    dv: Id,
+    /// Every node of the chain, `dp` first.
+    nodes: Vec<Id>,
 }
 
 impl Builder<'_> {
@@ -266,16 +313,193 @@ impl Builder<'_> {
         })
     }
 
+    /// `(neg, reduce, broadcast)`: `x` negated, summed along its last axis and broadcast
+    /// back, as the gradients of a row sum and a subtraction build it.
+    fn neg_row_sum(&mut self, x: Id) -> Option<[Id; 3]> {
+        let f = self.f;
+        let neg = self.user(x, |n| n.op == Op::Unary(Unary::Neg))?;
+        let [red, br] = self.row_sum_back(neg)?;
+        debug_assert_eq!(f.nodes[neg].args[0], x);
+        Some([neg, red, br])
+    }
+
+    /// `(reduce, broadcast)`: `x` summed along its last axis and broadcast back.
+    fn row_sum_back(&mut self, x: Id) -> Option<[Id; 2]> {
+        let f = self.f;
+        let shape = f.nodes[x].ty.shape.clone();
+        let r = shape.len();
+        let red = self.user(x, |n| {
+            n.op == Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![r - 1],
+            }
+        })?;
+        let br = self.row_broadcast(red, &shape)?;
+        Some([red, br])
+    }
+
+    /// A broadcast of the `[batch…, tq]` node `x` along a new last axis to `shape`.
+    fn row_broadcast(&mut self, x: Id, shape: &[Dim]) -> Option<Id> {
+        let lead: Vec<usize> = (0..shape.len() - 1).collect();
+        self.user(x, |n| {
+            n.op == Op::Broadcast { dims: lead.clone() } && n.ty.shape[..] == shape[..]
+        })
+    }
+
+    /// The first reader of `x` that is `op(args…)` exactly.
+    fn user_of(&mut self, x: Id, op: Op, args: &[Id]) -> Option<Id> {
+        self.user(x, |n| n.op == op && n.args[..] == args[..])
+    }
+
+    /// `select(valid, x, 0)`.
+    fn zeroed(&mut self, x: Id, valid: Id) -> Option<Id> {
+        let f = self.f;
+        self.user(x, |n| {
+            n.op == Op::Select && n.args[..2] == [valid, x] && scalar_of(f, n.args[2]) == Some(0.0)
+        })
+    }
+
+    /// The backward chain autodiff builds for forward chain `c` (see the module's
+    /// documentation), when the graph has all of it, nothing outside it reads its
+    /// intermediate nodes, and `dP` comes first.
+    fn grad_chain(&mut self, c: &Chain) -> Option<GradChain> {
+        let f = self.f;
+        let [q, k] = f.nodes[c.s].args[..] else {
+            return None;
+        };
+        let shape = f.nodes[c.s].ty.shape.clone();
+        let x = c.mask.map_or(c.s, |m| m.1);
+        let p_last = c.mask.and_then(|m| m.2).unwrap_or(c.p);
+        let (mul, div, add) = (
+            Op::Binary(Binary::Mul),
+            Op::Binary(Binary::Div),
+            Op::Binary(Binary::Add),
+        );
+        let mm = |ta, tb| Op::MatMul { ta, tb };
+        let v = c.v;
+        let dp = self.user(v, |n| {
+            n.op == mm(false, true) && n.args[1] == v && n.ty.shape == shape
+        })?;
+        let g = f.nodes[dp].args[0];
+        let dv = self.user_of(p_last, mm(true, false), &[p_last, g])?;
+        let mut nodes = vec![dp, dv];
+        // With p' the graph masks dP again.
+        let dpm = match c.mask {
+            Some((valid, _, Some(_), _)) => {
+                let m = self.zeroed(dp, valid)?;
+                nodes.push(m);
+                m
+            }
+            _ => dp,
+        };
+        // The division's gradient: dE = dP/z − Σ dP·(p/z).
+        let zb = c.z_views[1];
+        let a = self.user_of(dpm, div.clone(), &[dpm, zb])?;
+        let pz = self.user_of(c.p, div.clone(), &[c.p, zb])?;
+        let m = self.user_of(dpm, mul.clone(), &[dpm, pz])?;
+        let [n1, r1, b1] = self.neg_row_sum(m)?;
+        let de = self.user_of(a, add.clone(), &[a, b1])?;
+        // The exponential's: dE·e; the row maximum's: −Σ of that over the arg-maxima.
+        let dsh = self.user_of(de, mul.clone(), &[de, c.e])?;
+        let [n2, r2, b2] = self.neg_row_sum(dsh)?;
+        let mxb = self.row_broadcast(c.mx, &shape)?;
+        let eq = self.user_of(x, Op::Cmp(Cmp::Eq), &[x, mxb])?;
+        let [cnt, cntb] = self.row_sum_back(eq)?;
+        let frac = self.user_of(eq, div, &[eq, cntb])?;
+        let t = self.user_of(b2, mul, &[b2, frac])?;
+        let dx = self.user_of(dsh, add, &[dsh, t])?;
+        nodes.extend([
+            a, pz, m, n1, r1, b1, de, dsh, n2, r2, b2, mxb, eq, cnt, cntb, frac, t, dx,
+        ]);
+        let ds = match c.mask {
+            Some((valid, ..)) => {
+                let s = self.zeroed(dx, valid)?;
+                nodes.push(s);
+                s
+            }
+            None => dx,
+        };
+        let dq = self.user_of(ds, mm(false, false), &[ds, k])?;
+        let dk = self.user_of(ds, mm(true, false), &[ds, q])?;
+        nodes.extend([dq, dk]);
+        if nodes.iter().any(|&n| n < dp) {
+            return None;
+        }
+        // The intermediate nodes are read by the chain only.
+        for &n in &nodes {
+            if [dq, dk, dv].contains(&n) {
+                continue;
+            }
+            let within: usize = nodes
+                .iter()
+                .map(|&c| f.nodes[c].args.iter().filter(|&&a| a == n).count())
+                .sum();
+            if self.is_output[n] || self.uses[n] != within {
+                return None;
+            }
+        }
+        Some(GradChain {
+            dp,
+            g,
+            dq,
+            dk,
+            dv,
+            nodes,
+        })
+    }
+
+    /// Plans the backward kernel recorded for `dp`'s chain; `None` when `dp` starts
+    /// none.
+    fn attention_grad(&mut self, dp: Id) -> Option<Val> {
+        let at = self.attn_grads.iter().position(|p| p.chain.dp == dp)?;
+        let p = self.attn_grads.swap_remove(at);
+        let f = self.f;
+        let c = &p.chain;
+        let g = self.mem(c.g);
+        let (max, sum) = (self.mem(p.max), self.mem(p.sum));
+        let mut outs = Vec::new();
+        for id in [c.dq, c.dk, c.dv] {
+            let shape = f.nodes[id].ty.shape.clone();
+            let a = self.attention_out(id, &shape);
+            self.vals[id] = Some(Val::Mem(a.clone()));
+            outs.push(a);
+        }
+        let [dq, dk, dv] = <[Access; 3]>::try_from(outs).ok()?;
+        let mut kernel = p.forward;
+        kernel.nodes = [c.dp, c.dk];
+        kernel.stores.clear();
+        kernel.out = dq;
+        kernel.grad = Some(Box::new(AttnGrad {
+            g,
+            max,
+            sum,
+            dk,
+            dv,
+        }));
+        self.kernels.push(Kernel::Attention(kernel));
+        for &id in &c.nodes[1..] {
+            self.attn_done[id] = true;
+        }
+        Some(Val::Inline)
+    }
+
     /// Plans the attention chain at its score product `s` as one kernel; `None` (and
     /// nothing planned) when `s` starts no chain.
     pub(super) fn attention(&mut self, s: Id) -> Option<Val> {
+        if let Some(v) = self.attention_grad(s) {
+            return Some(v);
+        }
         let chain = self.attention_chain(s)?;
+        let grad = self.grad_chain(&chain);
         let f = self.f;
         let computed = chain.computed();
         let inside: Vec<Id> = computed.iter().map(|c| c.0).collect();
+        // The fused backward chain's reads are the kernels' own business too.
+        let mut readers = inside.clone();
+        readers.extend(grad.iter().flat_map(|g| g.nodes.iter().copied()));
         // Uses of each computed node by nodes outside the chain (outputs included).
         let outside = |b: &Self, id: Id| {
-            let within: usize = inside
+            let within: usize = readers
                 .iter()
                 .map(|&c| f.nodes[c].args.iter().filter(|&&a| a == id).count())
                 .sum();
@@ -309,6 +533,14 @@ impl Builder<'_> {
                 stores.push((st, src));
             }
         }
+        // The backward kernel reads the row maxima and sums.
+        if grad.is_some() {
+            for (st, src) in [(Stage::Max, chain.mx), (Stage::Sum, chain.z)] {
+                if !stores.iter().any(|&(s, _)| s == st) {
+                    stores.push((st, src));
+                }
+            }
+        }
         let q = f.nodes[s].args[0];
         let (qa, ka, va) = (self.mem(q), self.mem(f.nodes[s].args[1]), self.mem(chain.v));
         let shape = f.nodes[s].ty.shape.clone();
@@ -336,7 +568,16 @@ impl Builder<'_> {
             causal: chain.mask.map(|m| m.3),
             out: out.clone(),
             stores: bufs,
+            grad: None,
         };
+        if let Some(chain_g) = grad {
+            self.attn_grads.push(PendingGrad {
+                chain: chain_g,
+                forward: kernel.clone(),
+                max: chain.mx,
+                sum: chain.z,
+            });
+        }
         self.kernels.push(Kernel::Attention(kernel));
         self.vals[chain.o] = Some(Val::Mem(out));
         let mut skip: Vec<Id> = inside

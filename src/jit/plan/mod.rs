@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use crate::dim::{Dim, product};
 use crate::ir::{Binary, Cmp, Func, Id, Op, PoolKind, ReduceOp, Unary};
 
-pub use attention::{AttnKernel, Stage};
+pub use attention::{AttnGrad, AttnKernel, Stage};
 
 mod attention;
 mod build;
@@ -203,7 +203,10 @@ pub fn reads(k: &Kernel) -> Vec<&Access> {
             )
             .collect(),
         Kernel::Call(c) => c.args.iter().collect(),
-        Kernel::Attention(a) => vec![&a.q, &a.k, &a.v],
+        Kernel::Attention(a) => {
+            let g = a.grad.iter().flat_map(|g| [&g.g, &g.max, &g.sum]);
+            [&a.q, &a.k, &a.v].into_iter().chain(g).collect()
+        }
     }
 }
 
@@ -223,6 +226,7 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
         Kernel::Call(c) => vec![c.out],
         Kernel::Attention(a) => std::iter::once(a.out.buf)
             .chain(a.stores.iter().map(|s| s.1))
+            .chain(a.grad.iter().flat_map(|g| [g.dk.buf, g.dv.buf]))
             .collect(),
     }
 }
@@ -290,6 +294,8 @@ struct Builder<'f> {
     users: Vec<Vec<Id>>,
     /// Nodes an attention kernel already computed (the walk skips them).
     attn_done: Vec<bool>,
+    /// Backward chains matched with their forward kernels, still to be planned.
+    attn_grads: Vec<attention::PendingGrad>,
 }
 
 fn is_elementwise(op: &Op) -> bool {
@@ -382,6 +388,7 @@ fn plan_parts(f: &Func, fuse_attention: bool) -> Plan {
         patch_cache: HashMap::new(),
         users: Vec::new(),
         attn_done: vec![false; f.nodes.len()],
+        attn_grads: Vec::new(),
         fuse_attention,
     };
     b.run()

@@ -206,7 +206,12 @@ impl Plan {
             .collect();
         let _ = writeln!(
             s,
-            "  k{i}: attention %{}..%{} batch [{}] tq={} tk={} d={} dv={}{}: q {} k {} v {} -> {}",
+            "  k{i}: {} %{}..%{} batch [{}] tq={} tk={} d={} dv={}{}: q {} k {} v {} -> {}",
+            if a.grad.is_some() {
+                "attention_grad"
+            } else {
+                "attention"
+            },
             a.nodes[0],
             a.nodes[1],
             self.fmt_shape(&a.batch),
@@ -222,6 +227,17 @@ impl Plan {
         );
         if !stores.is_empty() {
             let _ = writeln!(s, "      stores {}", stores.join(", "));
+        }
+        if let Some(g) = &a.grad {
+            let _ = writeln!(
+                s,
+                "      from g {} max {} sum {}; also -> dk {} dv {}",
+                self.fmt_access(&g.g),
+                self.fmt_access(&g.max),
+                self.fmt_access(&g.sum),
+                self.fmt_access(&g.dk),
+                self.fmt_access(&g.dv),
+            );
         }
     }
 }

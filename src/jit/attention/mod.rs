@@ -5,11 +5,14 @@
 //! the softmax's pieces (then exactly those are stored). Batch entries are spread over
 //! the team. The inner loops run along contiguous rows so that they vectorize, built
 //! twice: with AVX2 and FMA when the host has them, and plain. `exp` is the same
-//! polynomial as the generated code's (`mathfn.rs`).
+//! polynomial as the generated code's (`mathfn.rs`). The backward kernel is in
+//! `backward.rs`.
 
 use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
 use super::plan::{AttnKernel, Stage};
 use super::team;
+
+mod backward;
 
 /// Below this many multiply-adds the kernel runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
@@ -87,6 +90,8 @@ struct Call {
     causal: Option<f32>,
     /// Each stage's contiguous buffer (0: not stored), indexed by `stage_index`.
     stores: [usize; 8],
+    /// The backward kernel's further views (`None`: the forward kernel).
+    grad: Option<backward::GradViews>,
 }
 
 fn stage_index(s: Stage) -> usize {
@@ -134,6 +139,13 @@ impl Call {
             out: View::new(frame, fl, &a.out),
             causal: a.causal,
             stores,
+            grad: a.grad.as_ref().map(|g| backward::GradViews {
+                g: View::new(frame, fl, &g.g),
+                max: View::new(frame, fl, &g.max),
+                sum: View::new(frame, fl, &g.sum),
+                dk: View::new(frame, fl, &g.dk),
+                dv: View::new(frame, fl, &g.dv),
+            }),
         }
     }
 
@@ -151,23 +163,31 @@ impl Call {
 
     /// Every batch entry, spread over the team when large; false when a part panicked.
     fn run(&self) -> bool {
+        let products = if self.grad.is_some() { 5 } else { 2 };
         let macs = self
             .total
             .saturating_mul(self.tq)
             .saturating_mul(self.tk)
-            .saturating_mul(self.d + self.dv);
+            .saturating_mul(self.d.max(self.dv) * products);
         let t = team::team();
         let parts = self.total.min(team::MAX_PARTS);
         if t.size() == 1 || parts <= 1 || macs < PARALLEL_MIN_MACS {
-            let mut s = self.scratch();
-            (0..self.total).for_each(|bi| self.entry(bi, &mut s));
+            self.entries(0, self.total);
             return true;
         }
         t.run(parts, &|p| {
             let (lo, hi) = team::split(self.total as i64, parts, p, 1);
-            let mut s = self.scratch();
-            (lo as usize..hi as usize).for_each(|bi| self.entry(bi, &mut s));
+            self.entries(lo as usize, hi as usize);
         })
+    }
+
+    /// Batch entries `lo..hi`.
+    fn entries(&self, lo: usize, hi: usize) {
+        if let Some(g) = &self.grad {
+            return backward::entries(self, g, lo, hi);
+        }
+        let mut s = self.scratch();
+        (lo..hi).for_each(|bi| self.entry(bi, &mut s));
     }
 
     /// Batch entry `bi`: packs its operands, then runs its rows.
@@ -177,11 +197,9 @@ impl Call {
         self.pack(&self.k, bi, (tk, d), &mut s.kt, true);
         self.pack(&self.v, bi, (tk, dv), &mut s.v, false);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2() {
             // SAFETY: the host has AVX2 and FMA.
-            unsafe { rows_avx2(self, bi, s) };
-            return;
+            return unsafe { rows_avx2(self, bi, s) };
         }
         rows::<Plain>(self, bi, s);
     }
@@ -270,6 +288,14 @@ unsafe fn rows_avx2(c: &Call, bi: usize, s: &mut Scratch) {
     rows::<Fused>(c, bi, s)
 }
 
+/// Whether the host has AVX2 and FMA (the kernels' vector build). An AVX-512 build
+/// was measured on this project's Zen-class machine (512-bit operations double-pumped)
+/// and gained nothing over it, so there is none.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `exp(x)` as `mathfn::exp` computes it (Cephes' polynomial, 2^n from the exponent
 /// bits), in a form that vectorizes: the recurrent kernels' own (no fused multiply-adds,
 /// so the plain and the AVX2/FMA builds give the same bits).
@@ -278,7 +304,21 @@ fn exp_poly(x: f32) -> f32 {
     super::rnn::math::exp::<false>(x)
 }
 
-/// Lane-parallel maximum and sum (eight accumulators, so the loops vectorize).
+/// Lane-parallel maximum and sum (eight accumulators, so the loops vectorize; the
+/// elementwise loops vectorize as they are, a lane-fused one with `exp_poly` did not).
+#[inline(always)]
+fn sum_of(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for ch in &mut it {
+        for l in 0..8 {
+            acc[l] += ch[l];
+        }
+    }
+    let r: f32 = it.remainder().iter().sum();
+    acc.iter().sum::<f32>() + r
+}
+
 #[inline(always)]
 fn max_of(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
@@ -293,19 +333,6 @@ fn max_of(x: &[f32]) -> f32 {
         .iter()
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     acc.iter().fold(m, |m, &v| m.max(v))
-}
-
-#[inline(always)]
-fn sum_of(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut it = x.chunks_exact(8);
-    for ch in &mut it {
-        for l in 0..8 {
-            acc[l] += ch[l];
-        }
-    }
-    let r: f32 = it.remainder().iter().sum();
-    acc.iter().sum::<f32>() + r
 }
 
 /// The rows of batch entry `bi` (its operands packed in `s`), `R` query rows at a
@@ -376,8 +403,11 @@ fn softmax_row(c: &Call, bi: usize, i: usize, row: &mut [f32], e: &mut [f32]) ->
     c.store_row(Stage::Exp, bi, i, e);
     let z = sum_of(e);
     c.store_one(Stage::Sum, bi, i, z);
+    // One division per row: the probabilities are the exponentials times 1/z (within
+    // an ulp of the graph's quotients).
+    let rz = 1.0 / z;
     for e in e.iter_mut() {
-        *e /= z;
+        *e *= rz;
     }
     c.store_row(Stage::Probs, bi, i, e);
     if c.causal.is_some() {
