@@ -70,8 +70,9 @@ impl JitKernel {
 
 /// Places the arena buffers of `plan` in order of first definition (`first_def`, from
 /// [`first_defs`]), each at the lowest offset free of the buffers still live, at the
-/// evaluated size table `sizes`: `(offset per buffer, arena length)`.
-fn first_fit(
+/// evaluated size table `sizes`: `(offset per buffer, arena length)`. The AOT object
+/// lays out its arena with it too.
+pub(super) fn first_fit(
     plan: &Plan,
     first_def: &[usize],
     sizes: &[i64],

@@ -275,3 +275,16 @@ pub fn compiled_matches_interpreted(
         compare_jit(&format!("{layers} train step b={batch}"), &step.func, &ins);
     }
 }
+
+/// The bundled specs (`specs/*.yaml`), sorted by path.
+pub fn bundled_spec_paths() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+    let mut specs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    specs.sort();
+    assert!(specs.len() >= 10, "bundled specs: {specs:?}");
+    specs
+}

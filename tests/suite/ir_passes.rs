@@ -21,15 +21,10 @@ fn bless() -> bool {
 
 /// The bundled specs (`specs/*.yaml`), by stem, sorted.
 fn bundled_specs() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(root().join("specs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+    crate::common::bundled_spec_paths()
+        .iter()
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(names.len() >= 9, "bundled specs: {names:?}");
-    names
+        .collect()
 }
 
 /// The functions `kiln ir` prints for a spec: inference and, with a train section, the

@@ -89,12 +89,7 @@ fn trained_hash(spec: &Path) -> u64 {
 
 #[test]
 fn bundled_specs_train_to_the_recorded_bits() {
-    let mut specs: Vec<PathBuf> = std::fs::read_dir(root().join("specs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    specs.sort();
+    let specs = crate::common::bundled_spec_paths();
     let mut got = String::new();
     for s in &specs {
         let name = s.file_name().unwrap().to_string_lossy();

@@ -5,7 +5,6 @@
 //! finite differences; the trained bits independent of the team's size; and no bundled
 //! spec's plan calling a reference routine.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::common::{self, Rng, fd_check, model, stack_values};
@@ -194,10 +193,6 @@ fn gradients_match_finite_differences() {
     }
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The plan of `f` as `kiln ir --stage kernels` prints it, and its calls.
 fn plan_calls(f: &kiln::ir::Func) -> (String, Vec<String>) {
     let text = kiln::jit::plan::plan(&kiln::ir::passes::optimize(f)).print();
@@ -213,13 +208,7 @@ fn plan_calls(f: &kiln::ir::Func) -> (String, Vec<String>) {
 /// call is a team routine, named as one; no kernel calls a reference routine.
 #[test]
 fn no_bundled_spec_calls_a_reference_routine() {
-    let mut specs: Vec<PathBuf> = std::fs::read_dir(root().join("specs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    specs.sort();
-    assert!(specs.len() >= 10, "the bundled specs are found");
+    let specs = crate::common::bundled_spec_paths();
     for spec in &specs {
         let m = kiln::Model::from_path(spec).unwrap_or_else(|e| panic!("{e}"));
         let mut funcs = vec![("forward", lower::predict_func(&m.graph).unwrap())];

@@ -315,40 +315,10 @@ fn init_of(p: &Plan, sizes: &[i64], l: &LoopKernel) -> Option<Call> {
     })
 }
 
-/// Each arena buffer's element offset, first fit by liveness (as `jit::arena`), and
-/// the arena's length in elements.
+/// Each arena buffer's element offset, first fit by liveness (the same layout as
+/// `jit::arena`), and the arena's length in elements.
 fn arena_layout(p: &Plan, sizes: &[i64]) -> Result<(Vec<usize>, usize), RunError> {
-    let first_def = super::arena::first_defs(p);
-    let mut offsets = vec![0usize; p.bufs.len()];
-    let mut order: Vec<usize> = (0..p.bufs.len())
-        .filter(|&b| matches!(p.bufs[b], BufKind::Arena { .. }))
-        .collect();
-    order.sort_by_key(|&b| first_def[b]);
-    let mut live: Vec<(usize, usize, usize)> = Vec::new();
-    let mut total = 0usize;
-    for b in order {
-        let BufKind::Arena { len } = p.bufs[b] else {
-            continue;
-        };
-        let n = usize::try_from(sizes[len])
-            .map_err(|_| RunError("negative buffer size".into()))?
-            .div_ceil(16)
-            * 16
-            + 16;
-        live.retain(|&(_, _, last)| last >= first_def[b]);
-        live.sort();
-        let mut at = 0usize;
-        for &(o, l, _) in &live {
-            if at + n <= o {
-                break;
-            }
-            at = at.max(o + l);
-        }
-        offsets[b] = at;
-        total = total.max(at + n);
-        live.push((at, n, p.last_use[b]));
-    }
-    Ok((offsets, total))
+    super::arena::first_fit(p, &super::arena::first_defs(p), sizes)
 }
 
 impl ObjectCode {
