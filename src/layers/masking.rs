@@ -88,13 +88,13 @@ impl MaskUse {
 }
 
 /// Whether a layer's output carries a mask, given which of its inputs do, and the
-/// ranks of its first input and of its output.
+/// shapes of its first input and of its output.
 pub fn output_masked(
     kind: &LayerKind,
     args: &Args,
     inputs: &[bool],
-    in_rank: usize,
-    out_rank: usize,
+    in_shape: &[Dim],
+    out_shape: &[Dim],
 ) -> bool {
     let first = inputs.first().copied().unwrap_or(false);
     match kind.facts.mask {
@@ -103,29 +103,35 @@ pub fn output_masked(
         // Keras 3's `Merge.compute_mask`: no mask unless every input has one.
         Mask::Merges => !inputs.is_empty() && inputs.iter().all(|&m| m),
         Mask::Joins(_) => inputs.iter().any(|&m| m),
-        Mask::ConsumesKeeps => first && in_rank == out_rank,
+        Mask::ConsumesKeeps => first && in_shape.len() == out_shape.len(),
+        Mask::ConsumesPasses => first,
+        Mask::KeepsUnchanged => first && in_shape == out_shape,
         Mask::Produces(None) => true,
         Mask::Produces(Some(flag)) => args.bool(flag),
     }
 }
 
 /// The shape of a layer's output mask, given its inputs' mask shapes (`None`: no
-/// mask), the rank of its first input and its output type: the first input's mask
+/// mask), the shape of its first input and its output type: the first input's mask
 /// where it is passed on, `[batch, steps…]` (the output without its features) where
 /// the layer makes or joins one.
 pub fn output_mask_shape(
     kind: &LayerKind,
     args: &Args,
     inputs: &[Option<Vec<Dim>>],
-    in_rank: usize,
+    in_shape: &[Dim],
     out: &super::TensorType,
 ) -> Option<Vec<Dim>> {
     let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-    if !output_masked(kind, args, &present, in_rank, out.rank()) {
+    if !output_masked(kind, args, &present, in_shape, &out.shape) {
         return None;
     }
     match kind.facts.mask {
-        Mask::Propagates | Mask::ConsumesKeeps | Mask::Merges => inputs.first().cloned().flatten(),
+        Mask::Propagates
+        | Mask::ConsumesKeeps
+        | Mask::ConsumesPasses
+        | Mask::KeepsUnchanged
+        | Mask::Merges => inputs.first().cloned().flatten(),
         _ => Some(out.shape[..out.rank().saturating_sub(1)].to_vec()),
     }
 }
@@ -135,20 +141,22 @@ pub fn mask_flow(
     kind: &LayerKind,
     args: &Args,
     inputs: &[bool],
-    in_rank: usize,
-    out_rank: usize,
+    in_shape: &[Dim],
+    out_shape: &[Dim],
 ) -> (MaskUse, bool) {
-    let out = output_masked(kind, args, inputs, in_rank, out_rank);
+    let out = output_masked(kind, args, inputs, in_shape, out_shape);
     let any_in = inputs.iter().any(|&m| m);
     let used = match kind.facts.mask {
         Mask::Produces(_) if out => MaskUse::Produces,
         _ if !any_in => MaskUse::None,
         Mask::Drops | Mask::Produces(_) => MaskUse::Drops,
-        Mask::Merges if !out => MaskUse::Drops,
-        Mask::Propagates | Mask::Merges | Mask::Joins(_) => MaskUse::Propagates,
+        Mask::Merges | Mask::KeepsUnchanged if !out => MaskUse::Drops,
+        Mask::Propagates | Mask::Merges | Mask::KeepsUnchanged | Mask::Joins(_) => {
+            MaskUse::Propagates
+        }
         Mask::Consumes => MaskUse::Consumes,
-        Mask::ConsumesKeeps if out => MaskUse::ConsumesPropagates,
-        Mask::ConsumesKeeps => MaskUse::Consumes,
+        Mask::ConsumesKeeps | Mask::ConsumesPasses if out => MaskUse::ConsumesPropagates,
+        Mask::ConsumesKeeps | Mask::ConsumesPasses => MaskUse::Consumes,
     };
     (used, out)
 }
@@ -160,12 +168,14 @@ pub fn lower_mask(
     kind: &LayerKind,
     args: &Args,
     (values, inputs): (&[Id], &[Option<Id>]),
-    out_rank: usize,
+    out_shape: &[Dim],
 ) -> Result<Option<Id>> {
     let made = lw.mask_out.take();
     let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-    let in_rank = values.first().map_or(0, |&v| lw.f.ty(v).rank());
-    if !output_masked(kind, args, &present, in_rank, out_rank) {
+    let in_shape = values
+        .first()
+        .map_or(Vec::new(), |&v| lw.f.ty(v).shape.clone());
+    if !output_masked(kind, args, &present, &in_shape, out_shape) {
         return Ok(None);
     }
     match kind.facts.mask {

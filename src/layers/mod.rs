@@ -155,6 +155,13 @@ pub enum Mask {
     /// The layer uses the mask; its output keeps it while it keeps the steps axis
     /// (a recurrent layer with `return_sequences`, attention).
     ConsumesKeeps,
+    /// The layer uses the mask; its output keeps the first input's mask whatever its
+    /// rank (Keras's default `compute_mask`: attention with an `output_shape` list).
+    ConsumesPasses,
+    /// The mask passes through when the output's shape is the input's, else it is
+    /// dropped (Keras's `Reshape` has no `compute_mask`, but on jax an unchanged
+    /// reshape returns the very array, which keeps its mask).
+    KeepsUnchanged,
     /// The layer makes a mask: always (`None`), or when this boolean argument is true
     /// (`embedding`'s `mask_zero`).
     Produces(Option<&'static str>),
