@@ -127,6 +127,12 @@ pub fn output_mask_shape(
         return None;
     }
     match kind.facts.mask {
+        Mask::Joins(axis) if inputs.iter().flatten().any(|m| m.len() == out.rank()) => {
+            let masks: Vec<Vec<Dim>> = inputs.iter().flatten().cloned().collect();
+            let mut full = joined_full_masks(&masks, args.int(axis), &out.shape)?;
+            full.pop();
+            Some(full)
+        }
         Mask::Propagates
         | Mask::ConsumesKeeps
         | Mask::ConsumesPasses
@@ -200,12 +206,44 @@ pub fn lower_mask(
     Ok(out)
 }
 
+/// Keras's `Concatenate.compute_mask` on masks as long as their inputs (attention
+/// scores'): the masks joined along `axis` (the caller then drops the last axis, which
+/// Keras reduces with `any`). `None` unless every mask has the output's rank, they
+/// agree off `axis`, and the join fits the output `out` (each axis its size or 1;
+/// else Keras's mask would not describe the output's entries, e.g. joined on the heads).
+pub fn joined_full_masks(masks: &[Vec<Dim>], axis: i64, out: &[Dim]) -> Option<Vec<Dim>> {
+    let rank = out.len();
+    let axis = usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok()?;
+    if axis >= rank || masks.iter().any(|m| m.len() != rank) {
+        return None;
+    }
+    let mut full = masks.first()?.clone();
+    for m in &masks[1..] {
+        if (0..rank).any(|j| j != axis && m[j] != full[j]) {
+            return None;
+        }
+        full[axis] = full[axis].add(&m[axis]).ok()?;
+    }
+    let one = Dim::konst(1);
+    full.iter()
+        .zip(out)
+        .all(|(m, o)| m == o || *m == one)
+        .then_some(full)
+}
+
 /// Keras's `Concatenate.compute_mask`: each input's mask (all valid where it has none)
 /// joined along `axis`; joined on the last (feature) axis, a step is valid where it is
 /// valid in any input.
 fn join_masks(lw: &mut LowerCx, values: &[Id], masks: &[Option<Id>], axis: i64) -> Result<Id> {
     let rank = lw.f.ty(values[0]).rank();
     let axis = super::lower::norm_axis(axis, rank);
+    if masks.iter().flatten().any(|&m| lw.f.ty(m).rank() == rank) {
+        // Masks as long as their inputs (attention scores', checked to agree): joined
+        // along `axis`, then Keras's `any` over the last axis.
+        let full: Vec<Id> = masks.iter().flatten().copied().collect();
+        let joined = lw.f.push(crate::ir::Op::Concat { axis }, &full)?;
+        return lw.f.reduce(ReduceOp::Max, joined, vec![rank - 1]);
+    }
     let mut full = Vec::new();
     for (&v, m) in values.iter().zip(masks) {
         let mut shape = lw.f.ty(v).shape.clone();

@@ -181,8 +181,9 @@ fn what_keras_does_downstream_of_masked_scores() {
         )),
         ["E0522"]
     );
-    // A merge of a (batch, 1, 4, 4) and a (1, 1, 4, 4) mask, and concatenate (whose
-    // per-step join kiln does not apply to a mask on scores).
+    // A merge of a (batch, 1, 4, 4) and a (1, 1, 4, 4) mask, and concatenate on the
+    // heads axis (keras gives a (2, 2, 4) mask for a (2, 4, 4, 4) output: no entry of
+    // it is described, so kiln refuses).
     let two = format!(
         "inputs: {TOKENS}\nlayers:\n{EMBED}{}  - multi_head_attention: {{num_heads: 2, key_dim: 3, use_causal_mask: true, return_attention_scores: true, inputs: [m, m], name: c}}\n",
         mha("")
@@ -195,7 +196,7 @@ fn what_keras_does_downstream_of_masked_scores() {
     );
     assert_eq!(
         failing_codes(&scores(
-            "  - concatenate: {inputs: [mha.scores, mha.scores]}\n"
+            "  - concatenate: {axis: 1, inputs: [mha.scores, mha.scores]}\n"
         )),
         ["E0522"]
     );
@@ -355,4 +356,72 @@ fn reshape_keeps_the_mask_only_when_the_shape_is_unchanged() {
     // [3, 4] drops the mask: example 0 averages its three rows, zeros included.
     let dropped = pooled("[3, 4]");
     assert_eq!(dropped[[0, 0]], (1.0 + 5.0 + 0.0) / 3.0);
+}
+
+#[test]
+fn concatenated_scores_carry_the_mask_keras_joins() {
+    // keras: tokens [[1,2,3,0],[4,5,0,0]], Embedding(mask_zero) -> MHA(e, e,
+    // return_attention_scores=True); Concatenate()([s, s]) gives (2, 2, 4, 8) with the
+    // mask (2, 1, 4) [[1,1,1,0]], [[1,1,0,0]]; Concatenate(axis=2) gives (2, 2, 8, 4)
+    // with (2, 1, 8) [[1,1,1,0,1,1,1,0]], [[1,1,0,0,1,1,0,0]].
+    for (axis, shape, want) in [
+        (-1, "[batch, 1, 4]", vec![1, 1, 1, 0, 1, 1, 0, 0]),
+        (
+            2,
+            "[batch, 1, 8]",
+            vec![1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0],
+        ),
+    ] {
+        let src = format!(
+            "inputs: {TOKENS}\nlayers:\n{EMBED}{}  - concatenate: {{axis: {axis}, inputs: [mha.scores, mha.scores], name: c}}\n",
+            mha("")
+        );
+        assert_eq!(mask_of(&src, "c"), shape, "axis {axis}");
+        let target = if axis == 2 {
+            "[batch, 2, 8, 4]"
+        } else {
+            "[batch, 2, 4, 8]"
+        };
+        // Keras broadcasts the 1 on the heads where the mask is used; kiln's per-step
+        // consumers do not, and refuse it.
+        assert_eq!(
+            failing_codes(&format!(
+                "{src}  - global_average_pooling1d: {{input: c}}\n"
+            )),
+            ["E0522"]
+        );
+        assert_eq!(
+            failing_codes(&format!(
+                "{src}outputs: [c]\ntrain:\n  targets: {{y: {target}}}\n  loss: mse\n  optimizer: adam\n"
+            )),
+            ["E0522"],
+            "axis {axis}"
+        );
+        let m = model(&src);
+        let mut lw = lower::forward(&m.graph, Mode::Infer, "p").expect("lowers");
+        let mask = lw.mask(Source::Layer(2)).expect("the join carries a mask");
+        lw.cx.f.outputs.clear();
+        lw.cx.f.output("mask", mask);
+        let f = passes::optimize(&lw.cx.f);
+        let tokens = ArrayD::from_shape_vec(
+            IxDyn(&[2, 4]),
+            vec![1.0f32, 2.0, 3.0, 0.0, 4.0, 5.0, 0.0, 0.0],
+        )
+        .expect("shape");
+        let inputs: Vec<ArrayD<f32>> = f
+            .inputs
+            .iter()
+            .map(|i| match i.name.as_str() {
+                "t" => tokens.clone(),
+                _ => ArrayD::zeros(IxDyn(&concrete(&i.ty, 2, 4))),
+            })
+            .collect();
+        let out = kiln::ir::interp::eval(&f, &inputs).expect("evaluates");
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        assert_eq!(
+            out[0].iter().copied().collect::<Vec<_>>(),
+            want,
+            "axis {axis}"
+        );
+    }
 }
