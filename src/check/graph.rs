@@ -170,8 +170,11 @@ impl Graph {
                 .iter()
                 .map(|&s| self.mask_of(s).is_some())
                 .collect();
-            let in_rank = l.inputs.first().map_or(0, |&s| self.type_of(s).rank());
-            out.push(mask_flow(l.kind, &l.args, &ins, in_rank, l.output.rank()));
+            let in_shape = l
+                .inputs
+                .first()
+                .map_or(&[][..], |&s| &self.type_of(s).shape);
+            out.push(mask_flow(l.kind, &l.args, &ins, in_shape, &l.output.shape));
         }
         out
     }

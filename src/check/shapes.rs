@@ -128,11 +128,11 @@ impl Checker<'_> {
         };
         cx.expect_usable_masks()?;
         let in_masks: Vec<MaskShape> = cx.inputs.iter().map(|i| i.mask.clone()).collect();
-        let in_rank = cx.inputs.first().map_or(0, |i| i.ty.rank());
+        let in_shape = cx.inputs.first().map_or(Vec::new(), |i| i.ty.shape.clone());
         let inferred = (kind.infer)(&mut cx)?;
         let parts = std::mem::take(&mut cx.parts);
         let part_masks = std::mem::take(&mut cx.part_masks);
-        let mask = layers::output_mask_shape(kind, a, &in_masks, in_rank, &inferred.output);
+        let mask = layers::output_mask_shape(kind, a, &in_masks, &in_shape, &inferred.output);
         let count = inferred.params.iter().try_fold(0i64, |acc, p| {
             p.shape
                 .iter()

@@ -57,7 +57,7 @@ pub const MULTI_HEAD_ATTENTION: LayerKind = LayerKind {
     infer: mha,
     lower: lower_attention,
     facts: Facts {
-        mask: Mask::ConsumesKeeps,
+        mask: Mask::ConsumesPasses,
         parts: attention_parts,
         ..NO_FACTS
     },
@@ -301,11 +301,8 @@ fn mha(cx: &mut Ctx) -> Option<Inferred> {
     let output = TensorType::f32(shape);
     if cx.args.bool("return_attention_scores") {
         // Keras's Softmax gives the scores the mask it applied; the output keeps the
-        // query's (while it keeps the query's rank).
-        let kept = cx.inputs[0]
-            .mask
-            .clone()
-            .filter(|_| output.rank() == q.rank());
+        // query's (Keras's default `compute_mask`, whatever `output_shape` makes it).
+        let kept = cx.inputs[0].mask.clone();
         cx.part_masks = vec![kept, (!masks.is_empty()).then_some(full)];
     }
     if cx.args.bool("return_attention_scores") {
@@ -474,8 +471,8 @@ fn lower_attention(lw: &mut LowerCx, l: &Call, x: &[Id]) -> Result<Id> {
     let joined = attention_mask(lw, l, x, n, &keras_scores)?;
     if l.args.bool("return_attention_scores") {
         // Keras's Softmax gives the scores the mask it applied; the output keeps the
-        // query's (while it keeps the query's rank).
-        let kept = lw.masks[0].filter(|_| l.output.rank() == rank);
+        // query's (Keras's default `compute_mask`, whatever `output_shape` makes it).
+        let kept = lw.masks[0];
         lw.part_masks = vec![kept, joined.map(|(m, _)| m)];
     }
     let mask = match joined {

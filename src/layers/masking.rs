@@ -88,13 +88,13 @@ impl MaskUse {
 }
 
 /// Whether a layer's output carries a mask, given which of its inputs do, and the
-/// ranks of its first input and of its output.
+/// shapes of its first input and of its output.
 pub fn output_masked(
     kind: &LayerKind,
     args: &Args,
     inputs: &[bool],
-    in_rank: usize,
-    out_rank: usize,
+    in_shape: &[Dim],
+    out_shape: &[Dim],
 ) -> bool {
     let first = inputs.first().copied().unwrap_or(false);
     match kind.facts.mask {
@@ -103,29 +103,41 @@ pub fn output_masked(
         // Keras 3's `Merge.compute_mask`: no mask unless every input has one.
         Mask::Merges => !inputs.is_empty() && inputs.iter().all(|&m| m),
         Mask::Joins(_) => inputs.iter().any(|&m| m),
-        Mask::ConsumesKeeps => first && in_rank == out_rank,
+        Mask::ConsumesKeeps => first && in_shape.len() == out_shape.len(),
+        Mask::ConsumesPasses => first,
+        Mask::KeepsUnchanged => first && in_shape == out_shape,
         Mask::Produces(None) => true,
         Mask::Produces(Some(flag)) => args.bool(flag),
     }
 }
 
 /// The shape of a layer's output mask, given its inputs' mask shapes (`None`: no
-/// mask), the rank of its first input and its output type: the first input's mask
+/// mask), the shape of its first input and its output type: the first input's mask
 /// where it is passed on, `[batch, steps…]` (the output without its features) where
 /// the layer makes or joins one.
 pub fn output_mask_shape(
     kind: &LayerKind,
     args: &Args,
     inputs: &[Option<Vec<Dim>>],
-    in_rank: usize,
+    in_shape: &[Dim],
     out: &super::TensorType,
 ) -> Option<Vec<Dim>> {
     let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-    if !output_masked(kind, args, &present, in_rank, out.rank()) {
+    if !output_masked(kind, args, &present, in_shape, &out.shape) {
         return None;
     }
     match kind.facts.mask {
-        Mask::Propagates | Mask::ConsumesKeeps | Mask::Merges => inputs.first().cloned().flatten(),
+        Mask::Joins(axis) if inputs.iter().flatten().any(|m| m.len() == out.rank()) => {
+            let masks: Vec<Vec<Dim>> = inputs.iter().flatten().cloned().collect();
+            let mut full = joined_full_masks(&masks, args.int(axis), &out.shape)?;
+            full.pop();
+            Some(full)
+        }
+        Mask::Propagates
+        | Mask::ConsumesKeeps
+        | Mask::ConsumesPasses
+        | Mask::KeepsUnchanged
+        | Mask::Merges => inputs.first().cloned().flatten(),
         _ => Some(out.shape[..out.rank().saturating_sub(1)].to_vec()),
     }
 }
@@ -135,20 +147,22 @@ pub fn mask_flow(
     kind: &LayerKind,
     args: &Args,
     inputs: &[bool],
-    in_rank: usize,
-    out_rank: usize,
+    in_shape: &[Dim],
+    out_shape: &[Dim],
 ) -> (MaskUse, bool) {
-    let out = output_masked(kind, args, inputs, in_rank, out_rank);
+    let out = output_masked(kind, args, inputs, in_shape, out_shape);
     let any_in = inputs.iter().any(|&m| m);
     let used = match kind.facts.mask {
         Mask::Produces(_) if out => MaskUse::Produces,
         _ if !any_in => MaskUse::None,
         Mask::Drops | Mask::Produces(_) => MaskUse::Drops,
-        Mask::Merges if !out => MaskUse::Drops,
-        Mask::Propagates | Mask::Merges | Mask::Joins(_) => MaskUse::Propagates,
+        Mask::Merges | Mask::KeepsUnchanged if !out => MaskUse::Drops,
+        Mask::Propagates | Mask::Merges | Mask::KeepsUnchanged | Mask::Joins(_) => {
+            MaskUse::Propagates
+        }
         Mask::Consumes => MaskUse::Consumes,
-        Mask::ConsumesKeeps if out => MaskUse::ConsumesPropagates,
-        Mask::ConsumesKeeps => MaskUse::Consumes,
+        Mask::ConsumesKeeps | Mask::ConsumesPasses if out => MaskUse::ConsumesPropagates,
+        Mask::ConsumesKeeps | Mask::ConsumesPasses => MaskUse::Consumes,
     };
     (used, out)
 }
@@ -160,12 +174,14 @@ pub fn lower_mask(
     kind: &LayerKind,
     args: &Args,
     (values, inputs): (&[Id], &[Option<Id>]),
-    out_rank: usize,
+    out_shape: &[Dim],
 ) -> Result<Option<Id>> {
     let made = lw.mask_out.take();
     let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-    let in_rank = values.first().map_or(0, |&v| lw.f.ty(v).rank());
-    if !output_masked(kind, args, &present, in_rank, out_rank) {
+    let in_shape = values
+        .first()
+        .map_or(Vec::new(), |&v| lw.f.ty(v).shape.clone());
+    if !output_masked(kind, args, &present, &in_shape, out_shape) {
         return Ok(None);
     }
     match kind.facts.mask {
@@ -190,12 +206,44 @@ pub fn lower_mask(
     Ok(out)
 }
 
+/// Keras's `Concatenate.compute_mask` on masks as long as their inputs (attention
+/// scores'): the masks joined along `axis` (the caller then drops the last axis, which
+/// Keras reduces with `any`). `None` unless every mask has the output's rank, they
+/// agree off `axis`, and the join fits the output `out` (each axis its size or 1;
+/// else Keras's mask would not describe the output's entries, e.g. joined on the heads).
+pub fn joined_full_masks(masks: &[Vec<Dim>], axis: i64, out: &[Dim]) -> Option<Vec<Dim>> {
+    let rank = out.len();
+    let axis = usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok()?;
+    if axis >= rank || masks.iter().any(|m| m.len() != rank) {
+        return None;
+    }
+    let mut full = masks.first()?.clone();
+    for m in &masks[1..] {
+        if (0..rank).any(|j| j != axis && m[j] != full[j]) {
+            return None;
+        }
+        full[axis] = full[axis].add(&m[axis]).ok()?;
+    }
+    let one = Dim::konst(1);
+    full.iter()
+        .zip(out)
+        .all(|(m, o)| m == o || *m == one)
+        .then_some(full)
+}
+
 /// Keras's `Concatenate.compute_mask`: each input's mask (all valid where it has none)
 /// joined along `axis`; joined on the last (feature) axis, a step is valid where it is
 /// valid in any input.
 fn join_masks(lw: &mut LowerCx, values: &[Id], masks: &[Option<Id>], axis: i64) -> Result<Id> {
     let rank = lw.f.ty(values[0]).rank();
     let axis = super::lower::norm_axis(axis, rank);
+    if masks.iter().flatten().any(|&m| lw.f.ty(m).rank() == rank) {
+        // Masks as long as their inputs (attention scores', checked to agree): joined
+        // along `axis`, then Keras's `any` over the last axis.
+        let full: Vec<Id> = masks.iter().flatten().copied().collect();
+        let joined = lw.f.push(crate::ir::Op::Concat { axis }, &full)?;
+        return lw.f.reduce(ReduceOp::Max, joined, vec![rank - 1]);
+    }
     let mut full = Vec::new();
     for (&v, m) in values.iter().zip(masks) {
         let mut shape = lw.f.ty(v).shape.clone();

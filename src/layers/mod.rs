@@ -155,9 +155,22 @@ pub enum Mask {
     /// The layer uses the mask; its output keeps it while it keeps the steps axis
     /// (a recurrent layer with `return_sequences`, attention).
     ConsumesKeeps,
+    /// The layer uses the mask; its output keeps the first input's mask whatever its
+    /// rank (Keras's default `compute_mask`: attention with an `output_shape` list).
+    ConsumesPasses,
+    /// The mask passes through when the output's shape is the input's, else it is
+    /// dropped (Keras's `Reshape` has no `compute_mask`, but on jax an unchanged
+    /// reshape returns the very array, which keeps its mask).
+    KeepsUnchanged,
     /// The layer makes a mask: always (`None`), or when this boolean argument is true
     /// (`embedding`'s `mask_zero`).
     Produces(Option<&'static str>),
+}
+
+/// Whether a Keras mask is one per step of a value of `shape`: its shape without the
+/// last axis.
+pub fn steps_of(mask: &[Dim], shape: &[Dim]) -> bool {
+    mask.len() + 1 == shape.len() && mask.iter().zip(shape).all(|(m, d)| m == d)
 }
 
 /// The facts of a kind that has none of the above.
@@ -395,8 +408,11 @@ impl Ctx<'_> {
     /// uses masks per step (concatenate, global pooling), or masks of different shapes
     /// at a merge (which joins them element by element).
     pub fn expect_usable_masks(&mut self) -> Option<()> {
-        let per_step = |i: &In| i.mask.as_ref().is_none_or(|m| m.len() + 1 == i.ty.rank());
+        // Per step: the input's shape without its last axis (a concatenation of scores
+        // gives a mask with Keras's broadcast 1 on the heads, which these do not apply).
+        let per_step = |i: &In| i.mask.as_ref().is_none_or(|m| steps_of(m, &i.ty.shape));
         let bad = match self.kind.facts.mask {
+            Mask::Joins(axis) if self.joins_full_masks(axis) => None,
             Mask::Joins(_) | Mask::Consumes => self.inputs.iter().position(|i| !per_step(i)),
             Mask::Merges => {
                 let first = self.inputs.iter().find_map(|i| i.mask.as_ref());
@@ -412,11 +428,40 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether every input carries a mask as long as itself (attention scores') that
+    /// Keras's `Concatenate` joins into a mask of the output (`joined_full_masks`).
+    fn joins_full_masks(&self, axis: &str) -> bool {
+        let Some(masks) = self
+            .inputs
+            .iter()
+            .map(|i| i.mask.clone())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
+        };
+        let rank = self.inputs[0].ty.rank();
+        let a = self.args.int(axis);
+        let Ok(ax) = usize::try_from(if a < 0 { a + rank as i64 } else { a }) else {
+            return false;
+        };
+        let mut out = self.inputs[0].ty.shape.clone();
+        for i in &self.inputs[1..] {
+            match (out.get(ax), i.ty.shape.get(ax)) {
+                (Some(o), Some(d)) => match o.add(d) {
+                    Ok(sum) => out[ax] = sum,
+                    Err(_) => return false,
+                },
+                _ => return false,
+            }
+        }
+        masking::joined_full_masks(&masks, a, &out).is_some()
+    }
+
     /// E0522 where the first input carries a Keras mask that is not one axis shorter
     /// than it (Keras's BatchNormalization refuses such a mask).
     pub fn expect_step_mask(&mut self) -> Option<()> {
         match &self.inputs[0].mask {
-            Some(m) if m.len() + 1 != self.inputs[0].ty.rank() => self.mask_error(0),
+            Some(m) if !steps_of(m, &self.inputs[0].ty.shape) => self.mask_error(0),
             _ => Some(()),
         }
     }

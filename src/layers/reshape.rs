@@ -65,7 +65,10 @@ pub const RESHAPE: LayerKind = LayerKind {
     arity: Arity::One,
     infer: reshape,
     lower: lower_reshape,
-    facts: NO_FACTS,
+    facts: super::Facts {
+        mask: super::Mask::KeepsUnchanged,
+        ..NO_FACTS
+    },
 };
 
 fn reshape(cx: &mut Ctx) -> Option<Inferred> {

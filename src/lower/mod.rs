@@ -121,9 +121,8 @@ pub fn forward<'g>(graph: &'g Graph, mode: Mode, name: &str) -> Result<Lower<'g>
                 l.parts.len()
             )));
         }
-        let out_rank = l.output.rank();
         let ins = (args.as_slice(), in_masks.as_slice());
-        lw.masks[i] = crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, ins, out_rank)?;
+        lw.masks[i] = crate::layers::lower_mask(&mut lw.cx, l.kind, &l.args, ins, &l.output.shape)?;
         lw.values[i] = Some(v);
     }
     for &o in &graph.outputs {

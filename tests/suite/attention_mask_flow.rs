@@ -181,8 +181,9 @@ fn what_keras_does_downstream_of_masked_scores() {
         )),
         ["E0522"]
     );
-    // A merge of a (batch, 1, 4, 4) and a (1, 1, 4, 4) mask, and concatenate (whose
-    // per-step join kiln does not apply to a mask on scores).
+    // A merge of a (batch, 1, 4, 4) and a (1, 1, 4, 4) mask, and concatenate on the
+    // heads axis (keras gives a (2, 2, 4) mask for a (2, 4, 4, 4) output: no entry of
+    // it is described, so kiln refuses).
     let two = format!(
         "inputs: {TOKENS}\nlayers:\n{EMBED}{}  - multi_head_attention: {{num_heads: 2, key_dim: 3, use_causal_mask: true, return_attention_scores: true, inputs: [m, m], name: c}}\n",
         mha("")
@@ -195,7 +196,7 @@ fn what_keras_does_downstream_of_masked_scores() {
     );
     assert_eq!(
         failing_codes(&scores(
-            "  - concatenate: {inputs: [mha.scores, mha.scores]}\n"
+            "  - concatenate: {axis: 1, inputs: [mha.scores, mha.scores]}\n"
         )),
         ["E0522"]
     );
@@ -251,6 +252,176 @@ fn masked_attention_above_rank_3_compiles_as_interpreted() {
             &format!("masked rank-4 attention, batch {batch}"),
             &f,
             &inputs,
+        );
+    }
+}
+
+/// The mask of the layer named `name`, as the checker gives it.
+fn mask_of(src: &str, name: &str) -> String {
+    let m = model(src);
+    let i = m
+        .graph
+        .layers
+        .iter()
+        .position(|l| l.name == name)
+        .unwrap_or_else(|| panic!("a layer named {name}"));
+    shown(m.graph.mask_of(Source::Layer(i)))
+}
+
+#[test]
+fn attention_output_keeps_the_query_mask_whatever_output_shape_makes_it() {
+    // keras: Masking -> MHA(q [2, 4, 8], v [2, 2, 8], output_shape=(3, 4)): the output
+    // (2, 4, 3, 4) keeps the query's (2, 4) mask (MHA has Keras's default compute_mask).
+    let spec = |scores: &str| {
+        format!(
+            "inputs: {{q: [batch, 4, 8], v: [batch, 2, 8]}}\nlayers:\n  - masking: {{input: q, name: mq}}\n  - masking: {{input: v, name: mv}}\n  - multi_head_attention: {{num_heads: 2, key_dim: 2, output_shape: [3, 4], {scores}inputs: [mq, mv], name: mha}}\n"
+        )
+    };
+    assert_eq!(mask_of(&spec(""), "mha"), "[batch, 4]");
+    let with_scores = spec("return_attention_scores: true, ");
+    let m = model(&with_scores);
+    assert_eq!(shown(m.graph.mask_of(Source::Part(2, 0))), "[batch, 4]");
+    // The lowered mask is the query's, value for value.
+    let mut lw = lower::forward(&m.graph, Mode::Infer, "p").expect("lowers");
+    let kept = lw
+        .mask(Source::Part(2, 0))
+        .expect("the output keeps a mask");
+    let query = lw.mask(Source::Layer(0)).expect("masking makes one");
+    lw.cx.f.outputs.clear();
+    lw.cx.f.output("kept", kept);
+    lw.cx.f.output("query", query);
+    let f = passes::optimize(&lw.cx.f);
+    let mut rng = Rng::new(3);
+    let mut inputs = f32_inputs(&f, &mut rng, 2, 4);
+    for a in inputs.iter_mut() {
+        // Zero the last steps of example 0 (masked by `masking`).
+        let steps = a.shape()[1];
+        for s in steps / 2..steps {
+            a.index_axis_mut(ndarray::Axis(0), 0)
+                .index_axis_mut(ndarray::Axis(0), s)
+                .fill(0.0);
+        }
+    }
+    let out = kiln::ir::interp::eval(&f, &inputs).expect("evaluates");
+    assert_eq!(out[0].shape(), [2, 4]);
+    assert_eq!(out[0], out[1]);
+    assert_eq!(
+        out[0].iter().copied().collect::<Vec<_>>(),
+        [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    );
+}
+
+#[test]
+fn reshape_keeps_the_mask_only_when_the_shape_is_unchanged() {
+    // keras (jax): Masking -> Reshape((4, 3)) on (2, 4, 3) keeps the mask (jax returns
+    // the very array, which keeps its mask), so GlobalAveragePooling1D averages the
+    // valid steps only; Reshape((3, 4)), (12,) or (4, 3, 1) drops it.
+    let spec = |target: &str| {
+        format!(
+            "inputs: {{x: [batch, 4, 3]}}\nlayers:\n  - masking: {{input: x}}\n  - reshape: {{target_shape: {target}, name: r}}\n"
+        )
+    };
+    assert_eq!(mask_of(&spec("[4, 3]"), "r"), "[batch, 4]");
+    assert_eq!(mask_of(&spec("[-1, 3]"), "r"), "[batch, 4]");
+    for target in ["[3, 4]", "[12]", "[4, 3, 1]"] {
+        assert_eq!(mask_of(&spec(target), "r"), "none", "{target}");
+    }
+    let pooled = |target: &str| {
+        let src = format!(
+            "{}  - global_average_pooling1d: {{name: g}}\noutputs: [g]\n",
+            spec(target)
+        );
+        let m = model(&src);
+        let f = passes::optimize(&lower::predict_func(&m.graph).expect("lowers"));
+        let mut x = ArrayD::<f32>::zeros(IxDyn(&[2, 4, 3]));
+        for (k, v) in x.iter_mut().enumerate() {
+            *v = 1.0 + k as f32;
+        }
+        // Steps 2 and 3 of example 0 are masked.
+        for s in 2..4 {
+            for c in 0..3 {
+                x[[0, s, c]] = 0.0;
+            }
+        }
+        let out = kiln::ir::interp::eval(&f, &[x.clone()]).expect("evaluates");
+        compare_jit(&format!("reshape {target}"), &f, &[x]);
+        out[0].clone()
+    };
+    let kept = pooled("[4, 3]");
+    // Example 0: the mean of its two valid steps [1, 2, 3] and [4, 5, 6].
+    assert_eq!(kept[[0, 0]], 2.5);
+    assert_eq!(kept[[0, 2]], 4.5);
+    // Example 1 has no masked step: the plain mean.
+    assert_eq!(kept[[1, 0]], (13.0 + 16.0 + 19.0 + 22.0) / 4.0);
+    // [3, 4] drops the mask: example 0 averages its three rows, zeros included.
+    let dropped = pooled("[3, 4]");
+    assert_eq!(dropped[[0, 0]], (1.0 + 5.0 + 0.0) / 3.0);
+}
+
+#[test]
+fn concatenated_scores_carry_the_mask_keras_joins() {
+    // keras: tokens [[1,2,3,0],[4,5,0,0]], Embedding(mask_zero) -> MHA(e, e,
+    // return_attention_scores=True); Concatenate()([s, s]) gives (2, 2, 4, 8) with the
+    // mask (2, 1, 4) [[1,1,1,0]], [[1,1,0,0]]; Concatenate(axis=2) gives (2, 2, 8, 4)
+    // with (2, 1, 8) [[1,1,1,0,1,1,1,0]], [[1,1,0,0,1,1,0,0]].
+    for (axis, shape, want) in [
+        (-1, "[batch, 1, 4]", vec![1, 1, 1, 0, 1, 1, 0, 0]),
+        (
+            2,
+            "[batch, 1, 8]",
+            vec![1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0],
+        ),
+    ] {
+        let src = format!(
+            "inputs: {TOKENS}\nlayers:\n{EMBED}{}  - concatenate: {{axis: {axis}, inputs: [mha.scores, mha.scores], name: c}}\n",
+            mha("")
+        );
+        assert_eq!(mask_of(&src, "c"), shape, "axis {axis}");
+        let target = if axis == 2 {
+            "[batch, 2, 8, 4]"
+        } else {
+            "[batch, 2, 4, 8]"
+        };
+        // Keras broadcasts the 1 on the heads where the mask is used; kiln's per-step
+        // consumers do not, and refuse it.
+        assert_eq!(
+            failing_codes(&format!(
+                "{src}  - global_average_pooling1d: {{input: c}}\n"
+            )),
+            ["E0522"]
+        );
+        assert_eq!(
+            failing_codes(&format!(
+                "{src}outputs: [c]\ntrain:\n  targets: {{y: {target}}}\n  loss: mse\n  optimizer: adam\n"
+            )),
+            ["E0522"],
+            "axis {axis}"
+        );
+        let m = model(&src);
+        let mut lw = lower::forward(&m.graph, Mode::Infer, "p").expect("lowers");
+        let mask = lw.mask(Source::Layer(2)).expect("the join carries a mask");
+        lw.cx.f.outputs.clear();
+        lw.cx.f.output("mask", mask);
+        let f = passes::optimize(&lw.cx.f);
+        let tokens = ArrayD::from_shape_vec(
+            IxDyn(&[2, 4]),
+            vec![1.0f32, 2.0, 3.0, 0.0, 4.0, 5.0, 0.0, 0.0],
+        )
+        .expect("shape");
+        let inputs: Vec<ArrayD<f32>> = f
+            .inputs
+            .iter()
+            .map(|i| match i.name.as_str() {
+                "t" => tokens.clone(),
+                _ => ArrayD::zeros(IxDyn(&concrete(&i.ty, 2, 4))),
+            })
+            .collect();
+        let out = kiln::ir::interp::eval(&f, &inputs).expect("evaluates");
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        assert_eq!(
+            out[0].iter().copied().collect::<Vec<_>>(),
+            want,
+            "axis {axis}"
         );
     }
 }
