@@ -43,18 +43,6 @@ impl Fusion {
         }
         self.removed[j] = true;
     }
-
-    /// What stands in a fused kernel's place until the pass ends (never looked at: the
-    /// pass skips kernels marked removed).
-    fn removed() -> Kernel {
-        Kernel::Call(CallKernel {
-            node: 0,
-            args: Vec::new(),
-            arg_shapes: Vec::new(),
-            out: 0,
-            out_shape: Vec::new(),
-        })
-    }
 }
 
 impl Builder<'_> {
@@ -80,7 +68,7 @@ impl Builder<'_> {
             };
             if let Some((j, acc)) = found {
                 f.merge(&self.kernels[j], j, i);
-                let Kernel::Loop(l) = std::mem::replace(&mut self.kernels[j], Fusion::removed())
+                let Kernel::Loop(l) = std::mem::replace(&mut self.kernels[j], Kernel::removed())
                 else {
                     unreachable!("epilogues are loop kernels")
                 };

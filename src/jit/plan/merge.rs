@@ -67,7 +67,7 @@ impl Builder<'_> {
 
     /// Product `j` becomes one more product of kernel `i` (`j` left as a placeholder).
     fn merge_into(&mut self, j: usize, i: usize) {
-        let Kernel::Gemm(h) = std::mem::replace(&mut self.kernels[j], removed_kernel()) else {
+        let Kernel::Gemm(h) = std::mem::replace(&mut self.kernels[j], Kernel::removed()) else {
             unreachable!("kernel {j} is a product")
         };
         let Kernel::Gemm(g) = &mut self.kernels[i] else {
@@ -97,15 +97,4 @@ impl Builder<'_> {
                 && !reads(other).iter().any(|a| w.contains(&a.buf))
         })
     }
-}
-
-/// What stands in a merged kernel's place until the pass ends.
-fn removed_kernel() -> Kernel {
-    Kernel::Call(CallKernel {
-        node: 0,
-        args: Vec::new(),
-        arg_shapes: Vec::new(),
-        out: 0,
-        out_shape: Vec::new(),
-    })
 }
