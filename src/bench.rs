@@ -16,6 +16,9 @@ pub struct BenchResult {
     pub forward_ms: f64,
     pub train_step_ms: Option<f64>,
     pub batch_size: usize,
+    /// With `--profile`: each timed function's kernels (the forward pass, then the
+    /// training step).
+    pub profile: Vec<crate::jit::profile::FuncProfile>,
 }
 
 pub enum BenchError {
@@ -31,24 +34,81 @@ impl From<RunError> for BenchError {
 
 impl BenchResult {
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "compile_ms": self.compile_ms,
             "forward_ms": self.forward_ms,
             "train_step_ms": self.train_step_ms,
             "batch_size": self.batch_size,
-        })
-        .to_string()
+        });
+        if !self.profile.is_empty() {
+            let p: serde_json::Map<String, serde_json::Value> = self
+                .profile
+                .iter()
+                .map(|f| {
+                    let ks: Vec<serde_json::Value> = f
+                        .kernels
+                        .iter()
+                        .map(|k| serde_json::json!({"kernel": k.kernel, "us": k.mean_us, "label": k.label}))
+                        .collect();
+                    (f.func.clone(), serde_json::Value::Array(ks))
+                })
+                .collect();
+            j["profile"] = serde_json::Value::Object(p);
+        }
+        j.to_string()
     }
     pub fn describe(&self) -> String {
         let step = match self.train_step_ms {
             Some(t) => format!("{t:.3} ms"),
             None => "— (no train section)".into(),
         };
-        format!(
+        let mut s = format!(
             "batch size {}\ncompile (spec → native train step): {:.2} ms\nforward: {:.3} ms\ntrain step: {step}",
             self.batch_size, self.compile_ms, self.forward_ms
-        )
+        );
+        for f in &self.profile {
+            s.push_str(&describe_profile(f));
+        }
+        s
     }
+}
+
+/// The kernels that take most of a function's time, largest first, until nine tenths
+/// of it are listed (at most 15), then the rest summed.
+fn describe_profile(f: &crate::jit::profile::FuncProfile) -> String {
+    use std::fmt::Write;
+    let total: f64 = f.kernels.iter().map(|k| k.mean_us).sum();
+    let mut ks: Vec<_> = f.kernels.iter().collect();
+    ks.sort_by(|a, b| b.mean_us.total_cmp(&a.mean_us));
+    let mut s = format!(
+        "\n\nwhere @{} spends its time ({} kernels, {:.1} µs per call, mean of {} calls):",
+        f.func,
+        f.kernels.len(),
+        total,
+        f.calls
+    );
+    let mut listed = 0.0;
+    let mut shown = 0;
+    for k in &ks {
+        if shown == 15 || (shown > 0 && listed >= 0.9 * total) {
+            break;
+        }
+        let label: String = k.label.chars().take(110).collect();
+        let share = 100.0 * k.mean_us / total.max(f64::MIN_POSITIVE);
+        let _ = write!(s, "\n  {:>9.1} µs {share:>5.1}%  {label}", k.mean_us);
+        listed += k.mean_us;
+        shown += 1;
+    }
+    if shown < ks.len() {
+        let _ = write!(
+            s,
+            "\n  {:>9.1} µs {:>5.1}%  the other {} kernels",
+            total - listed,
+            100.0 * (total - listed) / total.max(f64::MIN_POSITIVE),
+            ks.len() - shown
+        );
+    }
+    s
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,6 +174,7 @@ fn time_runs(
     k: &dyn crate::runtime::Kernel,
     ins: &[ArrayD<f32>],
     runs: usize,
+    profile: bool,
 ) -> Result<f64, RunError> {
     // In place where the kernel was compiled for it (the training step's parameters and
     // optimizer state), as training runs it.
@@ -122,11 +183,17 @@ fn time_runs(
         k.run_inplace(&mut ins)?;
     }
     let mut t = Vec::with_capacity(runs);
+    crate::jit::profile::set(profile);
     for _ in 0..runs {
         let s = Instant::now();
-        k.run_inplace(&mut ins)?;
+        let r = k.run_inplace(&mut ins);
         t.push(s.elapsed().as_secs_f64() * 1e3);
+        if let Err(e) = r {
+            crate::jit::profile::set(false);
+            return Err(e);
+        }
     }
+    crate::jit::profile::set(false);
     Ok(median(t))
 }
 
@@ -139,6 +206,7 @@ pub fn run(
     batch: usize,
     dims: &crate::ir::interp::Env,
     runs: usize,
+    profile: bool,
 ) -> Result<BenchResult, BenchError> {
     // Compile latency: parse + check + lower + passes + codegen of the training step
     // (or the forward function when there is no train section). Median of 5.
@@ -176,12 +244,14 @@ pub fn run(
         &*fk,
         &inputs(fk.func(), &weights, batch, dims, classes),
         runs,
+        profile,
     )?;
     let train_step_ms = match &m.graph.train {
         Some(_) => Some(time_runs(
             &*step_kernel,
             &inputs(step_kernel.func(), &weights, batch, dims, classes),
             runs,
+            profile,
         )?),
         None => None,
     };
@@ -190,5 +260,6 @@ pub fn run(
         forward_ms,
         train_step_ms,
         batch_size: batch,
+        profile: crate::jit::profile::take(),
     })
 }

@@ -91,7 +91,7 @@ pub fn bench(
     batch_size: usize,
     dim: &[(String, usize)],
     json: bool,
-    runs: usize,
+    (runs, profile): (usize, bool),
     memory: &super::MemoryArg,
 ) -> Result {
     let text = kiln::read_spec(spec)?;
@@ -132,7 +132,7 @@ pub fn bench(
         &dims,
         memory,
     )?;
-    match kiln::bench::run(&text, name, &file, batch_size, &given, runs) {
+    match kiln::bench::run(&text, name, &file, batch_size, &given, runs, profile) {
         Ok(r) => {
             if json {
                 println!("{}", r.to_json());

@@ -66,6 +66,10 @@ enum Command {
         /// Timed repetitions after warm-up.
         #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = numbers::at_least_one)]
         runs: usize,
+        /// Also time each kernel of the plans (`kiln ir --stage kernels`) and show where
+        /// the time goes.
+        #[arg(long)]
+        profile: bool,
         #[command(flatten)]
         memory: MemoryArg,
     },
@@ -232,8 +236,9 @@ fn run(command: Command) -> Result {
             dim,
             json,
             runs,
+            profile,
             memory,
-        } => inspect::bench(&spec, batch_size, &dim, json, runs, &memory),
+        } => inspect::bench(&spec, batch_size, &dim, json, (runs, profile), &memory),
         Command::Summary { spec } => {
             let m = load(&spec)?;
             print!("{}", kiln::summary::render(&m.graph));

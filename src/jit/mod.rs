@@ -19,6 +19,7 @@
 mod codegen;
 mod mathfn;
 pub mod plan;
+pub mod profile;
 pub mod team;
 
 mod arena;

@@ -112,9 +112,16 @@ impl JitKernel {
         CALL_ID.with(|c| c.set(c.get().wrapping_add(1)));
         self.steps.fill_locals(&mut frame);
         // The code writes donated inputs through the mutable pointers taken above.
-        // SAFETY: the frame holds this plan's evaluated sizes and valid buffer pointers
-        // (inputs validated against the function, the arena laid out for these sizes).
-        unsafe { self.steps.run(&mut frame, &self._descs) };
+        if super::profile::on() {
+            // SAFETY: the frame holds this plan's evaluated sizes and valid buffer
+            // pointers (inputs validated against the function, the arena laid out for
+            // these sizes).
+            let times = unsafe { self.steps.run_timed(&mut frame, &self._descs) };
+            super::profile::record(&self.plan, &times);
+        } else {
+            // SAFETY: as for `run_timed` above.
+            unsafe { self.steps.run(&mut frame, &self._descs) };
+        }
         if let Some(e) = CALL_ERROR.with(|e| e.borrow_mut().take()) {
             return Err(RunError(e));
         }

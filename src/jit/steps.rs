@@ -108,38 +108,63 @@ impl Steps {
     /// The frame must hold the evaluated sizes and valid buffer pointers of the plan the
     /// steps and `descs` were built from, with the local frames filled.
     pub(super) unsafe fn run(&self, frame: &mut [i64], descs: &[Desc]) {
-        let base = frame.as_mut_ptr();
         for step in &self.steps {
-            match step {
-                Step::Loop {
-                    f,
-                    init,
-                    space,
-                    split,
-                } => {
-                    // SAFETY: the caller's contract.
-                    unsafe { self.init(frame, init) };
-                    if *split {
-                        self.maybe_parallel(frame, base, f, space, 0, PARALLEL_MIN_ELEMENTS, 1)
-                    } else {
-                        self.whole(frame, base, f, space)
-                    }
+            // SAFETY: the caller's contract.
+            unsafe { self.step(frame, step, descs) };
+        }
+    }
+
+    /// Like [`Steps::run`], returning each step's wall time in nanoseconds
+    /// (`kiln bench --profile`).
+    ///
+    /// # Safety
+    /// As for [`Steps::run`].
+    pub(super) unsafe fn run_timed(&self, frame: &mut [i64], descs: &[Desc]) -> Vec<u64> {
+        let mut times = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let start = std::time::Instant::now();
+            // SAFETY: the caller's contract.
+            unsafe { self.step(frame, step, descs) };
+            times.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        times
+    }
+
+    /// Runs one step.
+    ///
+    /// # Safety
+    /// As for [`Steps::run`].
+    unsafe fn step(&self, frame: &mut [i64], step: &Step, descs: &[Desc]) {
+        let base = frame.as_mut_ptr();
+        match step {
+            Step::Loop {
+                f,
+                init,
+                space,
+                split,
+            } => {
+                // SAFETY: the caller's contract.
+                unsafe { self.init(frame, init) };
+                if *split {
+                    self.maybe_parallel(frame, base, f, space, 0, PARALLEL_MIN_ELEMENTS, 1)
+                } else {
+                    self.whole(frame, base, f, space)
                 }
-                Step::Gemm { desc, small, .. } => {
-                    let d: *const Desc = &descs[*desc];
-                    match small {
-                        Some((m, smalls)) if frame[*m] <= SMALL_GEMM_MAX_ROWS => {
-                            for s in smalls {
-                                // SAFETY: the caller's contract.
-                                unsafe { self.small(frame, base, *m, s) };
-                            }
-                        }
-                        _ => kiln_gemm(base, d),
-                    }
-                }
-                Step::Call { desc } => kiln_call(base, &descs[*desc]),
-                Step::Attention { desc } => kiln_attention(base, &descs[*desc]),
             }
+            Step::Gemm { desc, small, .. } => {
+                let d: *const Desc = &descs[*desc];
+                match small {
+                    Some((m, smalls)) if frame[*m] <= SMALL_GEMM_MAX_ROWS => {
+                        for s in smalls {
+                            // SAFETY: the caller's contract.
+                            unsafe { self.small(frame, base, *m, s) };
+                        }
+                    }
+                    _ => kiln_gemm(base, d),
+                }
+            }
+            Step::Call { desc } => kiln_call(base, &descs[*desc]),
+            Step::Attention { desc } => kiln_attention(base, &descs[*desc]),
         }
     }
 

@@ -40,6 +40,19 @@ impl Plan {
         let _ = writeln!(s, "      expr {}", ops.join("; "));
     }
 
+    /// Kernel `k`'s first line in the printed form, without its indent.
+    pub fn kernel_line(&self, k: usize) -> String {
+        let mut s = String::new();
+        match self.kernels.get(k) {
+            Some(Kernel::Loop(l)) => self.print_loop(&mut s, k, l),
+            Some(Kernel::Gemm(g)) => self.print_gemm(&mut s, k, g),
+            Some(Kernel::Call(c)) => self.print_call(&mut s, k, c),
+            Some(Kernel::Attention(a)) => self.print_attention(&mut s, k, a),
+            None => {}
+        }
+        s.lines().next().unwrap_or_default().trim().to_string()
+    }
+
     /// The textual form printed by `kiln ir --stage kernels`.
     pub fn print(&self) -> String {
         let mut s = String::new();

@@ -462,3 +462,51 @@ fn explain_prints_a_page_and_refuses_unknown_codes() {
         .stderr_has("no such code `E0999`; codes look like E0504");
     kiln(&["explain"]).expect(2);
 }
+
+/// The number in a plan's first line, `plan @NAME (N kernels, …)`.
+fn kernels_in(plan: &str) -> usize {
+    let head = plan.lines().next().unwrap_or_default();
+    let n = head.split('(').nth(1).and_then(|r| r.split(' ').next());
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kernel count in {head:?}"))
+}
+
+#[test]
+fn bench_profile_times_every_kernel_of_both_plans() {
+    let spec = repo("specs/attention.yaml");
+    let predict = kiln(&["ir", &spec, "--stage", "kernels"]);
+    let step = kiln(&["ir", &spec, "--stage", "kernels", "--step"]);
+    let args = ["bench", &spec, "--runs", "2", "--batch-size", "3"];
+    let (run, json) = {
+        let mut a = args.to_vec();
+        a.extend(["--profile", "--json", "--dim", "seq=5"]);
+        let r = kiln(&a);
+        r.expect(0);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("bench --json");
+        (r, v)
+    };
+    for (func, plan) in [("predict", &predict), ("train_step", &step)] {
+        let ks = json["profile"][func]
+            .as_array()
+            .unwrap_or_else(|| panic!("no profile of {func}\n{}", run.show()));
+        assert_eq!(ks.len(), kernels_in(&plan.expect(0).stdout), "{func}");
+        for (i, k) in ks.iter().enumerate() {
+            assert_eq!(k["kernel"], i);
+            let label = k["label"].as_str().unwrap_or_default();
+            assert!(label.starts_with(&format!("k{i}: ")), "{label}");
+            assert!(plan.stdout.contains(label), "{label} is a line of the plan");
+            assert!(k["us"].as_f64().is_some_and(|us| us >= 0.0));
+        }
+        let total: f64 = ks.iter().filter_map(|k| k["us"].as_f64()).sum();
+        assert!(total > 0.0, "{func} took no time");
+    }
+    kiln(&[&args[..], &["--profile"]].concat())
+        .expect(0)
+        .stdout_has("where @predict spends its time")
+        .stdout_has("where @train_step spends its time")
+        .stdout_has("k4: attention");
+    // Without the flag, no profile.
+    let plain = kiln(&[&args[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&plain.expect(0).stdout).expect("json");
+    assert!(v.get("profile").is_none());
+}
