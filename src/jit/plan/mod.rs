@@ -40,6 +40,7 @@ mod fuse;
 mod gemm;
 mod merge;
 mod print;
+mod stores;
 mod views;
 mod window;
 
@@ -109,6 +110,17 @@ pub struct LoopKernel {
     /// reduced shape, applied to each finished element as it is stored (load `acc` is
     /// the reduced value; see `Builder::fuse_epilogues`).
     pub epilogue: Option<Box<Epilogue>>,
+    /// With a `Store` sink: more values the nest stores element for element besides its
+    /// result (loops merged into this one, `stores.rs`).
+    pub also: Vec<Store>,
+}
+
+/// One more store of a loop nest: the value of expression node `node`, stored through
+/// `access` (over the nest's space, like the sink).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Store {
+    pub node: usize,
+    pub access: Access,
 }
 
 /// A call to a runtime routine.
@@ -217,6 +229,7 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
         Kernel::Loop(l) => [Some(l.sink_access().buf), epi(&l.epilogue)]
             .into_iter()
             .flatten()
+            .chain(l.also.iter().map(|s| s.access.buf))
             .collect(),
         Kernel::Gemm(g) => [Some(g.c), epi(&g.epilogue)]
             .into_iter()
