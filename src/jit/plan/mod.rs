@@ -23,7 +23,8 @@
 //! builder's state; `build` walks the graph, `views` turns views into strided accesses,
 //! `gemm` plans matrix products, `window` convolutions and pooling, `fuse` the passes
 //! over the finished kernel list (epilogues, unit axes), `merge` products of one A into
-//! one call, `donate` in-place updates and
+//! one call, `stores` loops that feed each other into one nest with several stores,
+//! `donate` in-place updates and
 //! `print` the textual form.
 
 use std::collections::HashMap;
