@@ -70,6 +70,9 @@ impl Renumber {
         match &mut k.sink {
             Sink::Store(a) | Sink::Reduce(_, a) => self.access(a),
         }
+        for s in &mut k.also {
+            self.access(&mut s.access);
+        }
         if let Some(e) = &mut k.epilogue {
             self.kernel(&mut e.kernel);
         }
@@ -129,6 +132,9 @@ fn push_kernel(key: &mut String, k: &LoopKernel) {
         })
         .collect();
     let _ = write!(key, "{:?}/{:?}/{:?}/{:?}", k.space, k.loads, expr, k.sink);
+    if !k.also.is_empty() {
+        let _ = write!(key, "+{:?}", k.also);
+    }
     if let Some(e) = &k.epilogue {
         let _ = write!(key, "[epi{}:", e.acc);
         push_kernel(key, &e.kernel);

@@ -46,6 +46,7 @@ mod simple_layers;
 mod spatial_dropout3d;
 mod spatial_layouts;
 mod split_step;
+mod store_fusion;
 mod train_bits;
 mod train_cli;
 mod train_loop;

@@ -47,6 +47,7 @@ impl Gen<'_> {
         // Bases (element pointers at offset) for every access.
         let mut accesses: Vec<Access> = k.loads.clone();
         accesses.push(sink_access.clone());
+        accesses.extend(k.also.iter().map(|s| s.access.clone()));
         let bases: Vec<Value> = accesses.iter().map(|a| self.base(a)).collect();
         let levels = levels(k, rank);
         // Kernel-invariant scalars.
@@ -58,8 +59,11 @@ impl Gen<'_> {
             }
         }
         if rank == 0 {
-            let v = self.expr_all(k, &mut scalar.clone(), &[], None, &bases, false);
-            self.sink_scalar(&k.sink, bases[bases.len() - 1], v);
+            let mut vals = scalar.clone();
+            let v = self.expr_all(k, &mut vals, &[], None, &bases, false);
+            let sink_idx = k.loads.len();
+            self.sink_scalar(&k.sink, bases[sink_idx], v);
+            self.also_stores(k, &vals, &bases[sink_idx + 1..]);
             return;
         }
         let nest = Nest {
@@ -127,7 +131,7 @@ impl Gen<'_> {
         let row = self.row_bases(nest, idx);
         let inner = k.space.len() - 1;
         let n = nest.extents[inner];
-        let sink_idx = nest.accesses.len() - 1;
+        let sink_idx = k.loads.len();
         let vectorizable = nest
             .accesses
             .iter()
@@ -221,6 +225,10 @@ impl Gen<'_> {
                     (Sink::Store(_), _) => {
                         let p = addr(g, sink_idx);
                         g.b.ins().store(flags(), v, p, 0);
+                        let ps: Vec<Value> = (0..k.also.len())
+                            .map(|t| addr(g, sink_idx + 1 + t))
+                            .collect();
+                        g.also_stores(k, &vals, &ps);
                     }
                     (Sink::Reduce(op, _), true) => {
                         let a = g.b.use_var(vacc);
@@ -283,6 +291,7 @@ impl Gen<'_> {
             match (&k.sink, reduce_inner) {
                 (Sink::Store(_), _) => {
                     g.b.ins().store(flags(), v, ptrs[sink_idx], 0);
+                    g.also_stores(k, &vals, &ptrs[sink_idx + 1..]);
                 }
                 (Sink::Reduce(op, _), true) => {
                     let a = g.b.use_var(r.acc_var);
@@ -356,6 +365,16 @@ impl Gen<'_> {
         match term {
             Some((a, b)) => self.b.ins().fma(a, b, acc),
             None => combine(&mut self.b, op, acc, v),
+        }
+    }
+
+    /// The extra stores of a merged nest (`LoopKernel::also`): each one's value, already
+    /// computed in `vals` (all loads of the element come before any of its stores), at
+    /// its pointer in `ptrs`.
+    fn also_stores(&mut self, k: &LoopKernel, vals: &[Option<Value>], ptrs: &[Value]) {
+        for (s, &p) in k.also.iter().zip(ptrs) {
+            let v = vals[s.node].expect("stored value computed");
+            self.b.ins().store(flags(), v, p, 0);
         }
     }
 

@@ -84,6 +84,7 @@ impl<'f> Builder<'f> {
             sink,
             nodes: Vec::new(),
             epilogue: None,
+            also: Vec::new(),
         };
         let mut memo: HashMap<Id, usize> = HashMap::new();
         self.expr(root, &mut k, &mut memo, true);
@@ -183,6 +184,7 @@ impl<'f> Builder<'f> {
         }
         self.fuse_epilogues(&outputs);
         self.drop_unit_axes();
+        self.fuse_stores(&outputs);
         self.merge_products();
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
@@ -287,6 +289,7 @@ impl<'f> Builder<'f> {
             sink: Sink::Reduce(op, out),
             nodes: vec![i],
             epilogue: None,
+            also: Vec::new(),
         };
         let mut memo = HashMap::new();
         self.expr(x, &mut k, &mut memo, false);
@@ -327,6 +330,7 @@ impl<'f> Builder<'f> {
             sink: Sink::Store(dst),
             nodes,
             epilogue: None,
+            also: Vec::new(),
         });
     }
 

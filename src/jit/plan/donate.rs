@@ -74,6 +74,11 @@ impl Plan {
                 continue;
             }
             let Sink::Store(sink) = &l.sink else { continue };
+            // A merged nest stores several values: the one into `bo` is the one to check.
+            let sink = std::iter::once(sink)
+                .chain(l.also.iter().map(|s| &s.access))
+                .find(|a| a.buf == bo)
+                .unwrap_or(sink);
             let same_element = |a: &Access| a.offset == sink.offset && a.strides == sink.strides;
             let own_view = usize::from(oa.buf == bi);
             let safe = readers

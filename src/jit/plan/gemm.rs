@@ -59,6 +59,7 @@ impl Builder<'_> {
                 sink: Sink::Store(out.clone()),
                 nodes: vec![id],
                 epilogue: None,
+                also: Vec::new(),
             });
             a = out;
         }
@@ -153,6 +154,7 @@ impl Builder<'_> {
             sink: Sink::Reduce(ReduceOp::Sum, out),
             nodes: Vec::new(),
             epilogue: None,
+            also: Vec::new(),
         })
     }
 }

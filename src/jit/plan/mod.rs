@@ -23,7 +23,8 @@
 //! builder's state; `build` walks the graph, `views` turns views into strided accesses,
 //! `gemm` plans matrix products, `window` convolutions and pooling, `fuse` the passes
 //! over the finished kernel list (epilogues, unit axes), `merge` products of one A into
-//! one call, `donate` in-place updates and
+//! one call, `stores` loops that feed each other into one nest with several stores,
+//! `donate` in-place updates and
 //! `print` the textual form.
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ mod fuse;
 mod gemm;
 mod merge;
 mod print;
+mod stores;
 mod views;
 mod window;
 
@@ -109,6 +111,17 @@ pub struct LoopKernel {
     /// reduced shape, applied to each finished element as it is stored (load `acc` is
     /// the reduced value; see `Builder::fuse_epilogues`).
     pub epilogue: Option<Box<Epilogue>>,
+    /// With a `Store` sink: more values the nest stores element for element besides its
+    /// result (loops merged into this one, `stores.rs`).
+    pub also: Vec<Store>,
+}
+
+/// One more store of a loop nest: the value of expression node `node`, stored through
+/// `access` (over the nest's space, like the sink).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Store {
+    pub node: usize,
+    pub access: Access,
 }
 
 /// A call to a runtime routine.
@@ -217,6 +230,7 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
         Kernel::Loop(l) => [Some(l.sink_access().buf), epi(&l.epilogue)]
             .into_iter()
             .flatten()
+            .chain(l.also.iter().map(|s| s.access.buf))
             .collect(),
         Kernel::Gemm(g) => [Some(g.c), epi(&g.epilogue)]
             .into_iter()

@@ -122,6 +122,14 @@ impl Plan {
         }
         let ops: Vec<String> = l.expr.iter().map(|e| format!("{e:?}")).collect();
         let _ = writeln!(s, "      expr {}", ops.join("; "));
+        for st in &l.also {
+            let _ = writeln!(
+                s,
+                "      also store {} = node {}",
+                self.fmt_access(&st.access),
+                st.node
+            );
+        }
         if let Some(e) = &l.epilogue {
             self.print_epilogue(s, e, "the reduced value");
         }

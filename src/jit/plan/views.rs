@@ -62,6 +62,7 @@ impl Builder<'_> {
             sink: Sink::Store(all.clone()),
             nodes: vec![],
             epilogue: None,
+            also: Vec::new(),
         });
         let rm = row_major(shape);
         let off = low.mul(&rm[axis]).unwrap_or_else(|_| Dim::konst(i64::MAX));
@@ -105,6 +106,7 @@ impl Builder<'_> {
                 sink: Sink::Store(out.clone()),
                 nodes: vec![x],
                 epilogue: None,
+                also: Vec::new(),
             };
             self.kernels.push(Kernel::Loop(k));
             a = out;

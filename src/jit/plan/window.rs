@@ -254,6 +254,7 @@ impl Builder<'_> {
             sink: Sink::Store(all),
             nodes: vec![],
             epilogue: None,
+            also: Vec::new(),
         });
         let ishape = g.shape(&g.hw, g.ch);
         let interior = self.access(pb, &g.interior_offset(), &prm);
@@ -280,6 +281,7 @@ impl Builder<'_> {
             sink: Sink::Reduce(ReduceOp::Sum, sink),
             nodes: vec![id],
             epilogue: None,
+            also: Vec::new(),
         });
         Val::Mem(self.access(dxp, &g.interior_offset(), &prm))
     }
@@ -538,6 +540,7 @@ impl Builder<'_> {
             sink: Sink::Reduce(ReduceOp::Sum, sink),
             nodes: vec![id],
             epilogue: None,
+            also: Vec::new(),
         });
         Val::Mem(result.unwrap_or_else(|| self.contiguous(out, &node.ty.shape)))
     }
@@ -593,6 +596,7 @@ impl Builder<'_> {
                     sink: Sink::Reduce(op, sink),
                     nodes: vec![id],
                     epilogue: None,
+                    also: Vec::new(),
                 });
                 if !max {
                     let avg = self.new_arena(&oshape);
@@ -608,6 +612,7 @@ impl Builder<'_> {
                         sink: Sink::Store(store),
                         nodes: vec![],
                         epilogue: None,
+                        also: Vec::new(),
                     });
                     return Val::Mem(self.contiguous(avg, &node.ty.shape));
                 }
