@@ -137,10 +137,20 @@ fn entry(c: &Call, gv: &GradViews, z: Sizes, bi: usize, s: &mut Scratch) {
 fn run_rows(c: &Call, gv: &GradViews, z: Sizes, bi: usize, s: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the host has AVX-512F, AVX2 and FMA.
+            return unsafe { rows_avx512(c, gv, z, bi, s) };
+        }
         // SAFETY: the host has AVX2 and FMA.
         return unsafe { rows_avx2(c, gv, z, bi, s) };
     }
     rows::<Plain>(c, gv, z, bi, s);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows_avx512(c: &Call, gv: &GradViews, z: Sizes, bi: usize, s: &mut Scratch) {
+    rows::<Fused512>(c, gv, z, bi, s)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -183,12 +193,18 @@ fn pack_panels(c: &Call, v: &View, bi: usize, (rows, cols): (usize, usize), dst:
     let base = v.entry(&c.batch, bi);
     let (sr, sc) = v.inner();
     let src = v.ptr as *const f32;
-    for (pi, panel) in dst.chunks_exact_mut(cols * W).enumerate() {
-        for l in 0..W.min(rows.saturating_sub(pi * W)) {
-            let at = base + (pi * W + l) as i64 * sr;
-            for (col, x) in panel.iter_mut().skip(l).step_by(W).enumerate() {
-                // SAFETY: the view lies within its buffer (plan invariant).
-                *x = unsafe { *src.offset((at + col as i64 * sc) as isize) };
+    for i in 0..rows {
+        let at = base + i as i64 * sr;
+        let o = (i / W) * cols * W + i % W;
+        assert!(
+            o + (cols - 1) * W < dst.len(),
+            "attention backward: a panel outside"
+        );
+        for col in 0..cols {
+            // SAFETY: the view lies within its buffer (plan invariant); `dst` by the
+            // assertion above.
+            unsafe {
+                *dst.get_unchecked_mut(o + col * W) = *src.offset((at + col as i64 * sc) as isize);
             }
         }
     }
@@ -376,6 +392,32 @@ impl Lanes for Fused {
     }
 }
 
+/// [`Fused`] where the host also has AVX-512F: the row pass in 16 lanes.
+#[cfg(target_arch = "x86_64")]
+struct Fused512;
+
+#[cfg(target_arch = "x86_64")]
+impl MulAdd for Fused512 {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Fused512 {
+    #[inline(always)]
+    fn grad_row(
+        stats: (Option<f32>, (f32, f32), usize),
+        rows: (&[f32], &[f32]),
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        // SAFETY: `Fused512` runs only where the host has AVX-512F (`run_rows`).
+        unsafe { avx2_row::grad_row_512(stats, rows, p, ds) }
+    }
+}
+
 /// The sum of `lanes` and then of `rest` as `mod.rs`'s `sum_of` adds a row whose
 /// `L`-element chunks went lane by lane into `lanes` and whose remainder is `rest`.
 #[inline(always)]
@@ -506,8 +548,9 @@ fn keys<M: MulAdd, const RR: usize>(
     }
 }
 
-/// [`grad_row_plain`]'s operations in AVX2 vectors of `L` lanes, in the same order on
-/// the same values (no fused multiply-adds), so the same bits.
+/// [`grad_row_plain`]'s operations in AVX2 vectors of `L` lanes (or AVX-512 ones of
+/// `2L`), in the same order on the same values (no fused multiply-adds), so the same
+/// bits: the row sums add each `L`-lane half in turn into `L` lanes.
 #[cfg(target_arch = "x86_64")]
 mod avx2_row {
     use super::{L, lane_sum};
@@ -527,13 +570,7 @@ mod avx2_row {
         let x = _mm256_sub_ps(x, _mm256_mul_ps(fx, s(-2.121_944_4e-4)));
         let z = _mm256_mul_ps(x, x);
         let mut p = s(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5e-1,
-        ] {
+        for k in EXP_K {
             p = _mm256_add_ps(_mm256_mul_ps(p, x), s(k));
         }
         let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), x), s(1.0));
@@ -542,15 +579,164 @@ mod avx2_row {
         _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
     }
 
+    /// The same on sixteen lanes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn exp16(x: __m512) -> __m512 {
+        let s = _mm512_set1_ps;
+        const MAGIC: f32 = 12_582_912.0;
+        let x = _mm512_min_ps(s(88.376_26), _mm512_max_ps(s(-87.336_55), x));
+        let big = _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), s(MAGIC));
+        let fx = _mm512_sub_ps(big, s(MAGIC));
+        let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(0.693_359_4)));
+        let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(-2.121_944_4e-4)));
+        let z = _mm512_mul_ps(x, x);
+        let mut p = s(1.987_569_1e-4);
+        for k in EXP_K {
+            p = _mm512_add_ps(_mm512_mul_ps(p, x), s(k));
+        }
+        let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), x), s(1.0));
+        let n = _mm512_sub_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(0x4B40_0000));
+        let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(pow2))
+    }
+
+    /// The polynomial's coefficients after the first (`rnn::math::exp`'s).
+    const EXP_K: [f32; 5] = [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ];
+
     fn lanes(v: __m256) -> [f32; L] {
         // SAFETY: `__m256` and `[f32; 8]` have the same size, any bits valid.
         unsafe { std::mem::transmute::<__m256, [f32; L]>(v) }
     }
 
-    /// See [`super::grad_row_plain`].
+    /// A row's pointers and per-row constants.
+    #[derive(Clone, Copy)]
+    struct Row {
+        x: *const f32,
+        g: *const f32,
+        p: *mut f32,
+        ds: *mut f32,
+        mx: f32,
+        rz: f32,
+    }
+
+    /// The first pass on keys `j..j + 8`: exponentials into `ds`, probabilities into
+    /// `p`, `−dP·(p/z)` into `a1`, maxima counted (negated) into `cnt`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub(super) fn grad_row(
+    unsafe fn first8(r: Row, j: usize, a1: &mut __m256, cnt: &mut __m256i) {
+        let (vmx, vrz) = (_mm256_set1_ps(r.mx), _mm256_set1_ps(r.rz));
+        // SAFETY: the caller keeps `j + 8` within the row.
+        unsafe {
+            let x = _mm256_loadu_ps(r.x.add(j));
+            let e = exp(_mm256_sub_ps(x, vmx));
+            let pv = _mm256_mul_ps(e, vrz);
+            _mm256_storeu_ps(r.p.add(j), pv);
+            _mm256_storeu_ps(r.ds.add(j), e);
+            let g = _mm256_loadu_ps(r.g.add(j));
+            // acc + −t is acc − t.
+            *a1 = _mm256_sub_ps(*a1, _mm256_mul_ps(g, _mm256_mul_ps(pv, vrz)));
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, vmx);
+            *cnt = _mm256_sub_epi32(*cnt, _mm256_castps_si256(eq));
+        }
+    }
+
+    /// The second pass on keys `j..j + 8`: `dS` (before the maximum's share), summed.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn second8(r: Row, j: usize, s1: f32, a2: &mut __m256) {
+        // SAFETY: the caller keeps `j + 8` within the row.
+        unsafe {
+            let g = _mm256_loadu_ps(r.g.add(j));
+            let e = _mm256_loadu_ps(r.ds.add(j));
+            let gz = _mm256_mul_ps(g, _mm256_set1_ps(r.rz));
+            let v = _mm256_mul_ps(_mm256_add_ps(gz, _mm256_set1_ps(s1)), e);
+            _mm256_storeu_ps(r.ds.add(j), v);
+            *a2 = _mm256_add_ps(*a2, v);
+        }
+    }
+
+    /// The third pass on keys `j..j + 8`: the maximum's share where the score is it.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn third8(r: Row, j: usize, share: f32) {
+        // SAFETY: the caller keeps `j + 8` within the row.
+        unsafe {
+            let x = _mm256_loadu_ps(r.x.add(j));
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(r.mx));
+            let d = _mm256_loadu_ps(r.ds.add(j));
+            let add = _mm256_and_ps(eq, _mm256_set1_ps(share));
+            _mm256_storeu_ps(r.ds.add(j), _mm256_add_ps(d, add));
+        }
+    }
+
+    /// The low and high `L` lanes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn halves(v: __m512) -> (__m256, __m256) {
+        let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+        (_mm512_castps512_ps256(v), _mm256_castpd_ps(hi))
+    }
+
+    /// [`first8`] on keys `j..j + 16`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn first16(r: Row, j: usize, a1: &mut __m256, cnt: &mut u32) {
+        let (vmx, vrz) = (_mm512_set1_ps(r.mx), _mm512_set1_ps(r.rz));
+        // SAFETY: the caller keeps `j + 16` within the row.
+        unsafe {
+            let x = _mm512_loadu_ps(r.x.add(j));
+            let e = exp16(_mm512_sub_ps(x, vmx));
+            let pv = _mm512_mul_ps(e, vrz);
+            _mm512_storeu_ps(r.p.add(j), pv);
+            _mm512_storeu_ps(r.ds.add(j), e);
+            let g = _mm512_loadu_ps(r.g.add(j));
+            let (lo, hi) = halves(_mm512_mul_ps(g, _mm512_mul_ps(pv, vrz)));
+            *a1 = _mm256_sub_ps(_mm256_sub_ps(*a1, lo), hi);
+            *cnt += _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, vmx).count_ones();
+        }
+    }
+
+    /// [`second8`] on keys `j..j + 16`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn second16(r: Row, j: usize, s1: f32, a2: &mut __m256) {
+        // SAFETY: the caller keeps `j + 16` within the row.
+        unsafe {
+            let g = _mm512_loadu_ps(r.g.add(j));
+            let e = _mm512_loadu_ps(r.ds.add(j));
+            let gz = _mm512_mul_ps(g, _mm512_set1_ps(r.rz));
+            let v = _mm512_mul_ps(_mm512_add_ps(gz, _mm512_set1_ps(s1)), e);
+            _mm512_storeu_ps(r.ds.add(j), v);
+            let (lo, hi) = halves(v);
+            *a2 = _mm256_add_ps(_mm256_add_ps(*a2, lo), hi);
+        }
+    }
+
+    /// [`third8`] on keys `j..j + 16`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn third16(r: Row, j: usize, share: f32) {
+        // SAFETY: the caller keeps `j + 16` within the row.
+        unsafe {
+            let x = _mm512_loadu_ps(r.x.add(j));
+            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, _mm512_set1_ps(r.mx));
+            let d = _mm512_loadu_ps(r.ds.add(j));
+            let add = _mm512_maskz_mov_ps(eq, _mm512_set1_ps(share));
+            _mm512_storeu_ps(r.ds.add(j), _mm512_add_ps(d, add));
+        }
+    }
+
+    /// See [`super::grad_row_plain`]; `wide`: 16 lanes at a time (the host has
+    /// AVX-512F).
+    #[inline(always)]
+    fn passes<const WIDE: bool>(
         (causal, (mx, z), live): (Option<f32>, (f32, f32), usize),
         (row, dp): (&[f32], &[f32]),
         p: &mut [f32],
@@ -560,24 +746,24 @@ mod avx2_row {
         assert!(live <= tk && dp.len() >= live && p.len() >= tk && ds.len() >= tk);
         let rz = 1.0 / z;
         let n8 = live / L * L;
-        let (vmx, vrz) = (_mm256_set1_ps(mx), _mm256_set1_ps(rz));
-        let (rp, gp, pp, dsp) = (row.as_ptr(), dp.as_ptr(), p.as_mut_ptr(), ds.as_mut_ptr());
-        let mut a1 = _mm256_setzero_ps();
-        let mut cnt = _mm256_setzero_si256();
-        for j in (0..n8).step_by(L) {
-            // SAFETY: `j + L <= live`, within every row (asserted above).
-            unsafe {
-                let x = _mm256_loadu_ps(rp.add(j));
-                let e = exp(_mm256_sub_ps(x, vmx));
-                let pv = _mm256_mul_ps(e, vrz);
-                _mm256_storeu_ps(pp.add(j), pv);
-                _mm256_storeu_ps(dsp.add(j), e);
-                let g = _mm256_loadu_ps(gp.add(j));
-                // acc + −t is acc − t.
-                a1 = _mm256_sub_ps(a1, _mm256_mul_ps(g, _mm256_mul_ps(pv, vrz)));
-                let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, vmx);
-                cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(eq));
-            }
+        let n16 = if WIDE { live / (2 * L) * (2 * L) } else { 0 };
+        let r = Row {
+            x: row.as_ptr(),
+            g: dp.as_ptr(),
+            p: p.as_mut_ptr(),
+            ds: ds.as_mut_ptr(),
+            mx,
+            rz,
+        };
+        // SAFETY (all passes): `j + 16 <= n16` and `j + 8 <= n8`, both within `live`
+        // (asserted above); the features are the caller's (`Lanes` impls).
+        let (mut a1, mut cnt) = (unsafe { _mm256_setzero_ps() }, 0u32);
+        let mut cnt8 = unsafe { _mm256_setzero_si256() };
+        for j in (0..n16).step_by(2 * L) {
+            unsafe { first16(r, j, &mut a1, &mut cnt) };
+        }
+        for j in (n16..n8).step_by(L) {
+            unsafe { first8(r, j, &mut a1, &mut cnt8) };
         }
         let mut rest = [0.0f32; L];
         for j in n8..live {
@@ -588,20 +774,15 @@ mod avx2_row {
         }
         let s1 = lane_sum(&lanes(a1), &rest[..live - n8]);
         // SAFETY: `__m256i` and `[u32; 8]` have the same size, any bits valid.
-        let cnt: [u32; L] = unsafe { std::mem::transmute::<__m256i, [u32; L]>(cnt) };
+        let cnt8: [u32; L] = unsafe { std::mem::transmute::<__m256i, [u32; L]>(cnt8) };
         let tail = row[n8..live].iter().map(|&x| u32::from(x == mx));
-        let mut cnt: u32 = cnt.iter().sum::<u32>() + tail.sum::<u32>();
-        let vs1 = _mm256_set1_ps(s1);
-        let mut a2 = _mm256_setzero_ps();
-        for j in (0..n8).step_by(L) {
-            // SAFETY: as above.
-            unsafe {
-                let g = _mm256_loadu_ps(gp.add(j));
-                let e = _mm256_loadu_ps(dsp.add(j));
-                let v = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(g, vrz), vs1), e);
-                _mm256_storeu_ps(dsp.add(j), v);
-                a2 = _mm256_add_ps(a2, v);
-            }
+        cnt += cnt8.iter().sum::<u32>() + tail.sum::<u32>();
+        let mut a2 = unsafe { _mm256_setzero_ps() };
+        for j in (0..n16).step_by(2 * L) {
+            unsafe { second16(r, j, s1, &mut a2) };
+        }
+        for j in (n16..n8).step_by(L) {
+            unsafe { second8(r, j, s1, &mut a2) };
         }
         for j in n8..live {
             ds[j] *= dp[j] * rz + s1;
@@ -611,20 +792,40 @@ mod avx2_row {
             cnt += (tk - live) as u32;
         }
         let share = s2 * (1.0 / cnt as f32);
-        let vshare = _mm256_set1_ps(share);
-        for j in (0..n8).step_by(L) {
-            // SAFETY: as above.
-            unsafe {
-                let x = _mm256_loadu_ps(rp.add(j));
-                let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, vmx);
-                let d = _mm256_loadu_ps(dsp.add(j));
-                _mm256_storeu_ps(dsp.add(j), _mm256_add_ps(d, _mm256_and_ps(eq, vshare)));
-            }
+        for j in (0..n16).step_by(2 * L) {
+            unsafe { third16(r, j, share) };
+        }
+        for j in (n16..n8).step_by(L) {
+            unsafe { third8(r, j, share) };
         }
         for j in n8..live {
             ds[j] += if row[j] == mx { share } else { 0.0 };
         }
         p[live..tk].fill(0.0);
         ds[live..tk].fill(0.0);
+    }
+
+    /// [`passes`] in AVX2 vectors.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn grad_row(
+        stats: (Option<f32>, (f32, f32), usize),
+        rows: (&[f32], &[f32]),
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        passes::<false>(stats, rows, p, ds)
+    }
+
+    /// [`passes`] in AVX-512 vectors.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub(super) fn grad_row_512(
+        stats: (Option<f32>, (f32, f32), usize),
+        rows: (&[f32], &[f32]),
+        p: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        passes::<true>(stats, rows, p, ds)
     }
 }
