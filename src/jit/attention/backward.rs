@@ -328,20 +328,24 @@ fn block_rows<M: Lanes, const RR: usize>(
             s.dpb[r * tkp + pi * W..][..W].copy_from_slice(a);
         }
     }
-    let mut live_max = 0;
+    let mut live = [tk; RR];
+    let mut stats = [(0.0, 0.0); RR];
     for r in 0..RR {
         let i = i0 + r;
-        let live = c.causal.map_or(tk, |_| (i + 1).min(tk));
-        let stats = (row_stat(c, &gv.max, bi, i), row_stat(c, &gv.sum, bi, i));
-        let at = (i - c0) * tkp..(i - c0) * tkp + tk;
-        M::grad_row(
-            (c.causal, stats, live),
-            (&s.s[r * tkp..r * tkp + tk], &s.dpb[r * tkp..r * tkp + tk]),
-            &mut s.p[at.clone()],
-            &mut s.ds[at],
-        );
-        live_max = live_max.max(live);
+        live[r] = c.causal.map_or(tk, |_| (i + 1).min(tk));
+        stats[r] = (row_stat(c, &gv.max, bi, i), row_stat(c, &gv.sum, bi, i));
     }
+    let live_max = live.iter().fold(0, |m, &l| m.max(l));
+    let at = (i0 - c0) * tkp;
+    M::grad_rows(RowSet {
+        causal: c.causal,
+        stats,
+        live,
+        tk: (tk, tkp),
+        s: (&s.s, &s.dpb),
+        p: &mut s.p[at..],
+        ds: &mut s.ds[at..],
+    });
     let ds = &s.ds[(i0 - c0) * tkp..];
     for cb in 0..z.dp / W {
         let mut acc = [[0.0f32; W]; RR];
@@ -356,39 +360,46 @@ fn block_rows<M: Lanes, const RR: usize>(
     }
 }
 
-/// A build's row pass: [`grad_row_plain`], or the same operations in AVX2 vectors.
+/// A block's rows for the row pass: each row's `(max, sum)` and live keys; the rows
+/// `tk.1` apart (`tk.0` keys each) in the scores and `dP` `s` and in `p` and `ds`.
+struct RowSet<'a, const RR: usize> {
+    causal: Option<f32>,
+    stats: [(f32, f32); RR],
+    live: [usize; RR],
+    tk: (usize, usize),
+    s: (&'a [f32], &'a [f32]),
+    p: &'a mut [f32],
+    ds: &'a mut [f32],
+}
+
+/// A build's row pass: [`grad_row_plain`] row by row, or the same operations in
+/// vectors, each pass over all the block's rows (independent work to overlap).
 trait Lanes: MulAdd {
-    fn grad_row(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    );
+    fn grad_rows<const RR: usize>(b: RowSet<'_, RR>);
 }
 
 impl Lanes for Plain {
     #[inline(always)]
-    fn grad_row(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        grad_row_plain(stats, rows, p, ds)
+    fn grad_rows<const RR: usize>(b: RowSet<'_, RR>) {
+        let (tk, tkp) = b.tk;
+        for r in 0..RR {
+            let span = r * tkp..r * tkp + tk;
+            grad_row_plain(
+                (b.causal, b.stats[r], b.live[r]),
+                (&b.s.0[span.clone()], &b.s.1[span.clone()]),
+                &mut b.p[span.clone()],
+                &mut b.ds[span],
+            );
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Fused {
     #[inline(always)]
-    fn grad_row(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
+    fn grad_rows<const RR: usize>(b: RowSet<'_, RR>) {
         // SAFETY: `Fused` runs only where the host has AVX2 and FMA (`run_rows`).
-        unsafe { avx2_row::grad_row(stats, rows, p, ds) }
+        unsafe { lanes::grad_rows(b) }
     }
 }
 
@@ -407,14 +418,9 @@ impl MulAdd for Fused512 {
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Fused512 {
     #[inline(always)]
-    fn grad_row(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
+    fn grad_rows<const RR: usize>(b: RowSet<'_, RR>) {
         // SAFETY: `Fused512` runs only where the host has AVX-512F (`run_rows`).
-        unsafe { avx2_row::grad_row_512(stats, rows, p, ds) }
+        unsafe { lanes::grad_rows_512(b) }
     }
 }
 
@@ -548,284 +554,5 @@ fn keys<M: MulAdd, const RR: usize>(
     }
 }
 
-/// [`grad_row_plain`]'s operations in AVX2 vectors of `L` lanes (or AVX-512 ones of
-/// `2L`), in the same order on the same values (no fused multiply-adds), so the same
-/// bits: the row sums add each `L`-lane half in turn into `L` lanes.
 #[cfg(target_arch = "x86_64")]
-mod avx2_row {
-    use super::{L, lane_sum};
-    use std::arch::x86_64::*;
-
-    /// `mathfn::exp` (`rnn::math::exp::<false>`) on eight lanes.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn exp(x: __m256) -> __m256 {
-        let s = _mm256_set1_ps;
-        const MAGIC: f32 = 12_582_912.0;
-        // `clamp`: a NaN passes (the second operand's when unordered).
-        let x = _mm256_min_ps(s(88.376_26), _mm256_max_ps(s(-87.336_55), x));
-        let big = _mm256_add_ps(_mm256_mul_ps(x, s(std::f32::consts::LOG2_E)), s(MAGIC));
-        let fx = _mm256_sub_ps(big, s(MAGIC));
-        let x = _mm256_sub_ps(x, _mm256_mul_ps(fx, s(0.693_359_4)));
-        let x = _mm256_sub_ps(x, _mm256_mul_ps(fx, s(-2.121_944_4e-4)));
-        let z = _mm256_mul_ps(x, x);
-        let mut p = s(1.987_569_1e-4);
-        for k in EXP_K {
-            p = _mm256_add_ps(_mm256_mul_ps(p, x), s(k));
-        }
-        let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), x), s(1.0));
-        let n = _mm256_sub_epi32(_mm256_castps_si256(big), _mm256_set1_epi32(0x4B40_0000));
-        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
-        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
-    }
-
-    /// The same on sixteen lanes.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    fn exp16(x: __m512) -> __m512 {
-        let s = _mm512_set1_ps;
-        const MAGIC: f32 = 12_582_912.0;
-        let x = _mm512_min_ps(s(88.376_26), _mm512_max_ps(s(-87.336_55), x));
-        let big = _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), s(MAGIC));
-        let fx = _mm512_sub_ps(big, s(MAGIC));
-        let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(0.693_359_4)));
-        let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(-2.121_944_4e-4)));
-        let z = _mm512_mul_ps(x, x);
-        let mut p = s(1.987_569_1e-4);
-        for k in EXP_K {
-            p = _mm512_add_ps(_mm512_mul_ps(p, x), s(k));
-        }
-        let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), x), s(1.0));
-        let n = _mm512_sub_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(0x4B40_0000));
-        let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
-        _mm512_mul_ps(y, _mm512_castsi512_ps(pow2))
-    }
-
-    /// The polynomial's coefficients after the first (`rnn::math::exp`'s).
-    const EXP_K: [f32; 5] = [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ];
-
-    fn lanes(v: __m256) -> [f32; L] {
-        // SAFETY: `__m256` and `[f32; 8]` have the same size, any bits valid.
-        unsafe { std::mem::transmute::<__m256, [f32; L]>(v) }
-    }
-
-    /// A row's pointers and per-row constants.
-    #[derive(Clone, Copy)]
-    struct Row {
-        x: *const f32,
-        g: *const f32,
-        p: *mut f32,
-        ds: *mut f32,
-        mx: f32,
-        rz: f32,
-    }
-
-    /// The first pass on keys `j..j + 8`: exponentials into `ds`, probabilities into
-    /// `p`, `−dP·(p/z)` into `a1`, maxima counted (negated) into `cnt`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn first8(r: Row, j: usize, a1: &mut __m256, cnt: &mut __m256i) {
-        let (vmx, vrz) = (_mm256_set1_ps(r.mx), _mm256_set1_ps(r.rz));
-        // SAFETY: the caller keeps `j + 8` within the row.
-        unsafe {
-            let x = _mm256_loadu_ps(r.x.add(j));
-            let e = exp(_mm256_sub_ps(x, vmx));
-            let pv = _mm256_mul_ps(e, vrz);
-            _mm256_storeu_ps(r.p.add(j), pv);
-            _mm256_storeu_ps(r.ds.add(j), e);
-            let g = _mm256_loadu_ps(r.g.add(j));
-            // acc + −t is acc − t.
-            *a1 = _mm256_sub_ps(*a1, _mm256_mul_ps(g, _mm256_mul_ps(pv, vrz)));
-            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, vmx);
-            *cnt = _mm256_sub_epi32(*cnt, _mm256_castps_si256(eq));
-        }
-    }
-
-    /// The second pass on keys `j..j + 8`: `dS` (before the maximum's share), summed.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn second8(r: Row, j: usize, s1: f32, a2: &mut __m256) {
-        // SAFETY: the caller keeps `j + 8` within the row.
-        unsafe {
-            let g = _mm256_loadu_ps(r.g.add(j));
-            let e = _mm256_loadu_ps(r.ds.add(j));
-            let gz = _mm256_mul_ps(g, _mm256_set1_ps(r.rz));
-            let v = _mm256_mul_ps(_mm256_add_ps(gz, _mm256_set1_ps(s1)), e);
-            _mm256_storeu_ps(r.ds.add(j), v);
-            *a2 = _mm256_add_ps(*a2, v);
-        }
-    }
-
-    /// The third pass on keys `j..j + 8`: the maximum's share where the score is it.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn third8(r: Row, j: usize, share: f32) {
-        // SAFETY: the caller keeps `j + 8` within the row.
-        unsafe {
-            let x = _mm256_loadu_ps(r.x.add(j));
-            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(r.mx));
-            let d = _mm256_loadu_ps(r.ds.add(j));
-            let add = _mm256_and_ps(eq, _mm256_set1_ps(share));
-            _mm256_storeu_ps(r.ds.add(j), _mm256_add_ps(d, add));
-        }
-    }
-
-    /// The low and high `L` lanes.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    fn halves(v: __m512) -> (__m256, __m256) {
-        let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
-        (_mm512_castps512_ps256(v), _mm256_castpd_ps(hi))
-    }
-
-    /// [`first8`] on keys `j..j + 16`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    unsafe fn first16(r: Row, j: usize, a1: &mut __m256, cnt: &mut u32) {
-        let (vmx, vrz) = (_mm512_set1_ps(r.mx), _mm512_set1_ps(r.rz));
-        // SAFETY: the caller keeps `j + 16` within the row.
-        unsafe {
-            let x = _mm512_loadu_ps(r.x.add(j));
-            let e = exp16(_mm512_sub_ps(x, vmx));
-            let pv = _mm512_mul_ps(e, vrz);
-            _mm512_storeu_ps(r.p.add(j), pv);
-            _mm512_storeu_ps(r.ds.add(j), e);
-            let g = _mm512_loadu_ps(r.g.add(j));
-            let (lo, hi) = halves(_mm512_mul_ps(g, _mm512_mul_ps(pv, vrz)));
-            *a1 = _mm256_sub_ps(_mm256_sub_ps(*a1, lo), hi);
-            *cnt += _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, vmx).count_ones();
-        }
-    }
-
-    /// [`second8`] on keys `j..j + 16`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    unsafe fn second16(r: Row, j: usize, s1: f32, a2: &mut __m256) {
-        // SAFETY: the caller keeps `j + 16` within the row.
-        unsafe {
-            let g = _mm512_loadu_ps(r.g.add(j));
-            let e = _mm512_loadu_ps(r.ds.add(j));
-            let gz = _mm512_mul_ps(g, _mm512_set1_ps(r.rz));
-            let v = _mm512_mul_ps(_mm512_add_ps(gz, _mm512_set1_ps(s1)), e);
-            _mm512_storeu_ps(r.ds.add(j), v);
-            let (lo, hi) = halves(v);
-            *a2 = _mm256_add_ps(_mm256_add_ps(*a2, lo), hi);
-        }
-    }
-
-    /// [`third8`] on keys `j..j + 16`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    unsafe fn third16(r: Row, j: usize, share: f32) {
-        // SAFETY: the caller keeps `j + 16` within the row.
-        unsafe {
-            let x = _mm512_loadu_ps(r.x.add(j));
-            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, _mm512_set1_ps(r.mx));
-            let d = _mm512_loadu_ps(r.ds.add(j));
-            let add = _mm512_maskz_mov_ps(eq, _mm512_set1_ps(share));
-            _mm512_storeu_ps(r.ds.add(j), _mm512_add_ps(d, add));
-        }
-    }
-
-    /// See [`super::grad_row_plain`]; `wide`: 16 lanes at a time (the host has
-    /// AVX-512F).
-    #[inline(always)]
-    fn passes<const WIDE: bool>(
-        (causal, (mx, z), live): (Option<f32>, (f32, f32), usize),
-        (row, dp): (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        let tk = row.len();
-        assert!(live <= tk && dp.len() >= live && p.len() >= tk && ds.len() >= tk);
-        let rz = 1.0 / z;
-        let n8 = live / L * L;
-        let n16 = if WIDE { live / (2 * L) * (2 * L) } else { 0 };
-        let r = Row {
-            x: row.as_ptr(),
-            g: dp.as_ptr(),
-            p: p.as_mut_ptr(),
-            ds: ds.as_mut_ptr(),
-            mx,
-            rz,
-        };
-        // SAFETY (all passes): `j + 16 <= n16` and `j + 8 <= n8`, both within `live`
-        // (asserted above); the features are the caller's (`Lanes` impls).
-        let (mut a1, mut cnt) = (unsafe { _mm256_setzero_ps() }, 0u32);
-        let mut cnt8 = unsafe { _mm256_setzero_si256() };
-        for j in (0..n16).step_by(2 * L) {
-            unsafe { first16(r, j, &mut a1, &mut cnt) };
-        }
-        for j in (n16..n8).step_by(L) {
-            unsafe { first8(r, j, &mut a1, &mut cnt8) };
-        }
-        let mut rest = [0.0f32; L];
-        for j in n8..live {
-            let e = super::exp_poly(row[j] - mx);
-            p[j] = e * rz;
-            ds[j] = e;
-            rest[j - n8] = -(dp[j] * (p[j] * rz));
-        }
-        let s1 = lane_sum(&lanes(a1), &rest[..live - n8]);
-        // SAFETY: `__m256i` and `[u32; 8]` have the same size, any bits valid.
-        let cnt8: [u32; L] = unsafe { std::mem::transmute::<__m256i, [u32; L]>(cnt8) };
-        let tail = row[n8..live].iter().map(|&x| u32::from(x == mx));
-        cnt += cnt8.iter().sum::<u32>() + tail.sum::<u32>();
-        let mut a2 = unsafe { _mm256_setzero_ps() };
-        for j in (0..n16).step_by(2 * L) {
-            unsafe { second16(r, j, s1, &mut a2) };
-        }
-        for j in (n16..n8).step_by(L) {
-            unsafe { second8(r, j, s1, &mut a2) };
-        }
-        for j in n8..live {
-            ds[j] *= dp[j] * rz + s1;
-        }
-        let s2 = -lane_sum(&lanes(a2), &ds[n8..live]);
-        if causal == Some(mx) {
-            cnt += (tk - live) as u32;
-        }
-        let share = s2 * (1.0 / cnt as f32);
-        for j in (0..n16).step_by(2 * L) {
-            unsafe { third16(r, j, share) };
-        }
-        for j in (n16..n8).step_by(L) {
-            unsafe { third8(r, j, share) };
-        }
-        for j in n8..live {
-            ds[j] += if row[j] == mx { share } else { 0.0 };
-        }
-        p[live..tk].fill(0.0);
-        ds[live..tk].fill(0.0);
-    }
-
-    /// [`passes`] in AVX2 vectors.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub(super) fn grad_row(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        passes::<false>(stats, rows, p, ds)
-    }
-
-    /// [`passes`] in AVX-512 vectors.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
-    pub(super) fn grad_row_512(
-        stats: (Option<f32>, (f32, f32), usize),
-        rows: (&[f32], &[f32]),
-        p: &mut [f32],
-        ds: &mut [f32],
-    ) {
-        passes::<true>(stats, rows, p, ds)
-    }
-}
+mod lanes;
