@@ -193,7 +193,18 @@ fn pack_panels(c: &Call, v: &View, bi: usize, (rows, cols): (usize, usize), dst:
     let base = v.entry(&c.batch, bi);
     let (sr, sc) = v.inner();
     let src = v.ptr as *const f32;
-    for i in 0..rows {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cols == W && sc == 1 && std::arch::is_x86_feature_detected!("avx512f") {
+        for (pi, panel) in dst.chunks_exact_mut(W * W).take(rows / W).enumerate() {
+            let at = base + (pi * W) as i64 * sr;
+            // SAFETY: the panel's rows lie within the view's buffer (plan invariant);
+            // the host has AVX-512F.
+            unsafe { lanes::transpose16(src.offset(at as isize), sr as isize, panel) };
+            done = (pi + 1) * W;
+        }
+    }
+    for i in done..rows {
         let at = base + i as i64 * sr;
         let o = (i / W) * cols * W + i % W;
         assert!(

@@ -325,3 +325,52 @@ pub(super) fn grad_rows<const RR: usize>(b: RowSet<'_, RR>) {
 pub(super) fn grad_rows_512<const RR: usize>(b: RowSet<'_, RR>) {
     passes::<true, RR>(b)
 }
+
+/// `dst[c · 16 + l] = src[l · stride + c]` for `l, c < 16`: a 16 × 16 transpose in
+/// registers (pairs of rows, then of pairs, interleaved; then 128-bit quarters).
+///
+/// # Safety
+/// The host has AVX-512F; `src` holds 16 rows of 16 floats `stride` apart.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose16(src: *const f32, stride: isize, dst: &mut [f32]) {
+    assert!(dst.len() >= 256, "attention backward: a panel too short");
+    let (mut r, mut t, mut u) = (
+        [_mm512_setzero_ps(); 16],
+        [_mm512_setzero_ps(); 16],
+        [_mm512_setzero_ps(); 16],
+    );
+    for (i, ri) in r.iter_mut().enumerate() {
+        // SAFETY: the caller's rows.
+        *ri = unsafe { _mm512_loadu_ps(src.offset(i as isize * stride)) };
+    }
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + m]: quarter q holds column 4q + m of rows 4g..4g + 4.
+    for g in 0..4 {
+        for h in 0..2 {
+            let a = _mm512_castps_pd(t[4 * g + h]);
+            let b = _mm512_castps_pd(t[4 * g + 2 + h]);
+            u[4 * g + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            u[4 * g + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    }
+    for m in 0..4 {
+        let (u0, u1, u2, u3) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+        let x = _mm512_shuffle_f32x4::<0x44>(u0, u1);
+        let y = _mm512_shuffle_f32x4::<0xEE>(u0, u1);
+        let z = _mm512_shuffle_f32x4::<0x44>(u2, u3);
+        let v = _mm512_shuffle_f32x4::<0xEE>(u2, u3);
+        let cols = [
+            _mm512_shuffle_f32x4::<0x88>(x, z),
+            _mm512_shuffle_f32x4::<0xDD>(x, z),
+            _mm512_shuffle_f32x4::<0x88>(y, v),
+            _mm512_shuffle_f32x4::<0xDD>(y, v),
+        ];
+        for (q, col) in cols.into_iter().enumerate() {
+            // SAFETY: column 4q + m of 16 ends within `dst` (asserted above).
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((4 * q + m) * 16), col) };
+        }
+    }
+}
