@@ -16,7 +16,8 @@
 //! product with `1/z`, as in the forward kernel). Summation order
 //! differs from the unfused graph's products and reductions: the row sums run in
 //! eight lanes, `dV` and `dK` add the query rows' terms in row order and `dQ` the
-//! keys' in key order, each with fused multiply-adds in the AVX2 build. The entry's
+//! keys' in key order, each with fused multiply-adds in the vector builds (AVX2, and
+//! AVX-512 where the host has it: the same operations, so the same bits). The entry's
 //! `p'` and `dS` (`[tq, tk]` each) stay in the part's scratch for the two transposed
 //! products, which run once per entry. As in the forward kernel, masked probabilities
 //! are exactly zero (the graph's are `exp(low − max)`, zero or within rounding of it),
