@@ -402,12 +402,20 @@ impl Mat {
     }
 
     /// Columns `c..c + N` of row `r` (contiguous columns: `sc == 1`).
+    #[inline(always)]
+    fn lanes<const N: usize>(&self, r: usize, c: usize) -> &[f32; N] {
+        debug_assert_eq!(self.sc, 1);
+        // SAFETY: as for `at`; the columns are contiguous.
+        unsafe { &*(self.ptr(r, c) as *const [f32; N]) }
+    }
+
+    /// `lanes` of an output, to write.
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    fn lanes<const N: usize>(&self, r: usize, c: usize) -> &mut [f32; N] {
+    fn lanes_mut<const N: usize>(&self, r: usize, c: usize) -> &mut [f32; N] {
         debug_assert_eq!(self.sc, 1);
-        // SAFETY: as for `at`; the columns are contiguous, and an output's rows are
-        // written by one part only.
+        // SAFETY: as for `lanes`; an output's rows are written by one part only, and
+        // nothing reads them meanwhile.
         unsafe { &mut *(self.ptr(r, c) as *mut [f32; N]) }
     }
 }
@@ -600,7 +608,7 @@ fn block_weighted<L: Lanes<N>, M: MulAdd, const N: usize, const CV: usize, const
         for (r, a) in acc.iter().enumerate().take(n) {
             for (u, &a) in a.iter().enumerate() {
                 if o.sc == 1 {
-                    L::store(a, o.lanes(i0 + r, c0 + u * N));
+                    L::store(a, o.lanes_mut(i0 + r, c0 + u * N));
                 } else {
                     let mut x = [0.0; N];
                     L::store(a, &mut x);
@@ -749,6 +757,12 @@ mod tests {
                     continue;
                 }
                 let out = vec![0.0f32; b * tq * dv];
+                // [b, tq, dv] stored as [tq, b, dv], or (with the mask) as [dv, tq, b]:
+                // contiguous and strided output columns.
+                let (ob, oi, oc) = match causal {
+                    None => (dv, b * dv, 1),
+                    Some(_) => (1, b, tq * b),
+                };
                 let (mx, sum) = (vec![0.0f32; b * tq], vec![0.0f32; b * tq]);
                 let mut stores = [0usize; 8];
                 stores[stage_index(Stage::Max)] = mx.as_ptr() as usize;
@@ -764,8 +778,7 @@ mod tests {
                     q_scale: Some(0.5),
                     k: view(&k, vec![(tk * (d + 3)) as i64, (d + 3) as i64, 1]),
                     v: view(&v, vec![(tk * (dv + 2)) as i64, (dv + 2) as i64, 1]),
-                    // [b, tq, dv] stored as [tq, b, dv].
-                    out: view(&out, vec![dv as i64, (b * dv) as i64, 1]),
+                    out: view(&out, vec![ob as i64, oi as i64, oc as i64]),
                     causal,
                     stores,
                     grad: None,
@@ -809,7 +822,7 @@ mod tests {
                                     (sc[j] - m).exp() / z * v[(bi * tk + j) * (dv + 2) + ch] as f64
                                 })
                                 .sum();
-                            let got = out[i * b * dv + bi * dv + ch] as f64;
+                            let got = out[bi * ob + i * oi + ch * oc] as f64;
                             assert!((got - want).abs() < 1e-5, "build {build} {got} vs {want}");
                         }
                     }
