@@ -1,18 +1,22 @@
 //! Runs a fused attention kernel (`plan::AttnKernel`): for each batch entry (each head),
-//! the block's queries, keys (transposed) and values are packed once, then each query
-//! row's scores, softmax and weighted sum of values are computed while the row is in
-//! L1 — no score matrix goes through memory unless the backward pass reads one of
-//! the softmax's pieces (then exactly those are stored). Batch entries are spread over
-//! the team. The inner loops run along contiguous rows so that they vectorize, built
-//! twice: with AVX2 and FMA when the host has them, and plain. `exp` is the same
-//! polynomial as the generated code's (`mathfn.rs`). The backward kernel is in
-//! `backward.rs`.
+//! eight query rows at a time, the rows' scores, softmax and weighted sum of values are
+//! computed while they are in L1 — no score matrix goes through memory unless the
+//! backward pass reads one of the softmax's pieces (then exactly those are stored).
+//! The forward kernel holds a key column of the eight rows in one vector (`lanes.rs`:
+//! AVX2 and FMA when the host has them, else plain), so the softmax's row maxima and
+//! sums need no horizontal reductions; queries, keys and values are read in place.
+//! Batch entries are spread over the team. `exp` is the same polynomial as the
+//! generated code's (`mathfn.rs`). The backward kernel is in `backward.rs`; it
+//! recomputes the forward's scores and exponentials bit for bit.
 
 use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
 use super::plan::{AttnKernel, Stage};
 use super::team;
 
 mod backward;
+mod lanes;
+
+use lanes::Lanes;
 
 /// Below this many multiply-adds the kernel runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
@@ -84,6 +88,8 @@ struct Call {
     d: usize,
     dv: usize,
     q: View,
+    /// The factor each query element is multiplied by as it is read.
+    q_scale: Option<f32>,
     k: View,
     v: View,
     out: View,
@@ -107,15 +113,13 @@ fn stage_index(s: Stage) -> usize {
     }
 }
 
-/// Per-part scratch: the packed block and one row's working values.
+/// Per-part scratch: a block's queries transposed, its scores `[tk][N]` (key column
+/// `j` of the block's `N` query rows in `st[j]`), and the values when they must be
+/// packed.
 struct Scratch {
-    q: Vec<f32>,
-    kt: Vec<f32>,
+    qt: Vec<f32>,
+    st: Vec<f32>,
     v: Vec<f32>,
-    row: Vec<f32>,
-    e: Vec<f32>,
-    p: Vec<f32>,
-    o: Vec<f32>,
 }
 
 impl Call {
@@ -134,6 +138,7 @@ impl Call {
             d: size(a.d),
             dv: size(a.dv),
             q: View::new(frame, fl, &a.q),
+            q_scale: a.q_scale,
             k: View::new(frame, fl, &a.k),
             v: View::new(frame, fl, &a.v),
             out: View::new(frame, fl, &a.out),
@@ -150,14 +155,11 @@ impl Call {
     }
 
     fn scratch(&self) -> Scratch {
+        let packed = self.v.inner().1 != 1;
         Scratch {
-            q: vec![0.0; self.tq * self.d],
-            kt: vec![0.0; self.d * self.tk],
-            v: vec![0.0; self.tk * self.dv],
-            row: vec![0.0; R * self.tk],
-            e: vec![0.0; R * self.tk],
-            p: vec![0.0; R * self.tk],
-            o: vec![0.0; R * self.dv],
+            qt: vec![0.0; MAX_LANES * self.d],
+            st: vec![0.0; MAX_LANES * self.tk],
+            v: vec![0.0; if packed { self.tk * self.dv } else { 0 }],
         }
     }
 
@@ -190,18 +192,31 @@ impl Call {
         (lo..hi).for_each(|bi| self.entry(bi, &mut s));
     }
 
-    /// Batch entry `bi`: packs its operands, then runs its rows.
+    /// Batch entry `bi`: its blocks of query rows.
     fn entry(&self, bi: usize, s: &mut Scratch) {
-        let (tq, tk, d, dv) = (self.tq, self.tk, self.d, self.dv);
-        self.pack(&self.q, bi, (tq, d), &mut s.q, false);
-        self.pack(&self.k, bi, (tk, d), &mut s.kt, true);
-        self.pack(&self.v, bi, (tk, dv), &mut s.v, false);
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the host has AVX-512F, AVX2 and FMA.
+            return unsafe { blocks_avx512(self, bi, s) };
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: the host has AVX2 and FMA.
-            return unsafe { rows_avx2(self, bi, s) };
+            return unsafe { blocks_avx2(self, bi, s) };
         }
-        rows::<Plain>(self, bi, s);
+        blocks::<lanes::Scalar<Plain>, Plain, 8, 2, 4>(self, bi, s);
+    }
+
+    /// Batch entry `bi` of a `[rows, cols]` view, in place.
+    fn mat(&self, v: &View, bi: usize) -> Mat {
+        let (sr, sc) = v.inner();
+        let off = v.entry(&self.batch, bi);
+        Mat {
+            // The offset lies within the view's buffer (plan invariant).
+            p: (v.ptr as *mut f32).wrapping_offset(off as isize),
+            sr: sr as isize,
+            sc: sc as isize,
+        }
     }
 
     /// Copies batch entry `bi` of a `[rows, cols]` view into `dst`, row-major or
@@ -237,24 +252,43 @@ impl Call {
         }
     }
 
-    /// Stores `row` as row `i` of batch entry `bi` of a `[batch…, tq, tk]` stage.
-    fn store_row(&self, st: Stage, bi: usize, i: usize, row: &[f32]) {
+    /// Stores the block's `[tk][N]` values `st` as rows `i0..i0 + n` of batch entry
+    /// `bi` of a `[batch…, tq, tk]` stage.
+    fn store_rows<const N: usize>(
+        &self,
+        st: Stage,
+        bi: usize,
+        (i0, n): (usize, usize),
+        x: &[[f32; N]],
+    ) {
         let p = self.stores[stage_index(st)];
         if p != 0 {
-            let at = (bi * self.tq + i) * self.tk;
-            // SAFETY: the stage's buffer is a contiguous [batch…, tq, tk] arena region.
-            unsafe {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), (p as *mut f32).add(at), row.len())
-            };
+            for l in 0..n {
+                let at = (bi * self.tq + i0 + l) * self.tk;
+                for (j, xj) in x.iter().enumerate() {
+                    // SAFETY: the stage's buffer is a contiguous [batch…, tq, tk] arena
+                    // region; this part alone writes entry `bi`'s rows.
+                    unsafe { *(p as *mut f32).add(at + j) = xj[l] };
+                }
+            }
         }
     }
 
-    /// Stores `x` as element `i` of batch entry `bi` of a `[batch…, tq]` stage.
-    fn store_one(&self, st: Stage, bi: usize, i: usize, x: f32) {
+    /// Stores lanes `..n` of `x` as elements `i0..i0 + n` of batch entry `bi` of a
+    /// `[batch…, tq]` stage.
+    fn store_lanes<const N: usize>(
+        &self,
+        st: Stage,
+        bi: usize,
+        (i0, n): (usize, usize),
+        x: &[f32; N],
+    ) {
         let p = self.stores[stage_index(st)];
         if p != 0 {
-            // SAFETY: the stage's buffer is a contiguous [batch…, tq] arena region.
-            unsafe { *(p as *mut f32).add(bi * self.tq + i) = x };
+            for (l, &x) in x[..n].iter().enumerate() {
+                // SAFETY: the stage's buffer is a contiguous [batch…, tq] arena region.
+                unsafe { *(p as *mut f32).add(bi * self.tq + i0 + l) = x };
+            }
         }
     }
 }
@@ -284,17 +318,33 @@ impl MulAdd for Fused {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(c: &Call, bi: usize, s: &mut Scratch) {
-    rows::<Fused>(c, bi, s)
+unsafe fn blocks_avx2(c: &Call, bi: usize, s: &mut Scratch) {
+    blocks::<lanes::Avx2, Fused, 8, 2, 4>(c, bi, s)
 }
 
-/// Whether the host has AVX2 and FMA (the kernels' vector build). An AVX-512 build
-/// was measured on this project's Zen-class machine (512-bit operations double-pumped)
-/// and gained nothing over it, so there is none.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn blocks_avx512(c: &Call, bi: usize, s: &mut Scratch) {
+    blocks::<lanes::Avx512, Fused, 16, 1, 8>(c, bi, s)
+}
+
+/// Whether the host has AVX2 and FMA (the kernels' vector build). For the backward
+/// kernel's row-at-a-time loops an AVX-512 build was measured on this project's
+/// Zen-class machine (512-bit operations double-pumped) and gained nothing over it.
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
+
+/// Whether the host has AVX-512F too: the forward kernel's sixteen-lane build (a
+/// third fewer cycles than its eight-lane AVX2 build on that machine).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && avx2()
+}
+
+/// The most lanes a forward build uses (the scratch is sized for it).
+const MAX_LANES: usize = 16;
 
 /// `exp(x)` as `mathfn::exp` computes it (Cephes' polynomial, 2^n from the exponent
 /// bits), in a form that vectorizes: the recurrent kernels' own (no fused multiply-adds,
@@ -319,102 +369,268 @@ fn sum_of(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + r
 }
 
-#[inline(always)]
-fn max_of(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let mut it = x.chunks_exact(8);
-    for ch in &mut it {
-        for l in 0..8 {
-            acc[l] = if ch[l] > acc[l] { ch[l] } else { acc[l] };
-        }
-    }
-    let m = it
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    acc.iter().fold(m, |m, &v| m.max(v))
+/// A `[rows, cols]` operand in memory: the address of element (0, 0) and the strides.
+#[derive(Clone, Copy)]
+struct Mat {
+    p: *mut f32,
+    sr: isize,
+    sc: isize,
 }
 
-/// The rows of batch entry `bi` (its operands packed in `s`), `R` query rows at a
-/// time (the products keep `R` × 16 accumulators in registers).
+impl Mat {
+    /// A row-major `[_, cols]` slice.
+    fn of(x: &[f32], cols: usize) -> Mat {
+        Mat {
+            p: x.as_ptr() as *mut f32,
+            sr: cols as isize,
+            sc: 1,
+        }
+    }
+
+    /// The address of element `(r, c)`.
+    #[inline(always)]
+    fn ptr(&self, r: usize, c: usize) -> *mut f32 {
+        self.p
+            .wrapping_offset(r as isize * self.sr + c as isize * self.sc)
+    }
+
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        // SAFETY: callers index within the operand's rows and columns, which lie
+        // within its buffer (plan invariant, or a slice of that size).
+        unsafe { *self.ptr(r, c) }
+    }
+
+    /// Columns `c..c + N` of row `r` (contiguous columns: `sc == 1`).
+    #[inline(always)]
+    fn lanes<const N: usize>(&self, r: usize, c: usize) -> &[f32; N] {
+        debug_assert_eq!(self.sc, 1);
+        // SAFETY: as for `at`; the columns are contiguous.
+        unsafe { &*(self.ptr(r, c) as *const [f32; N]) }
+    }
+
+    /// `lanes` of an output, to write.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn lanes_mut<const N: usize>(&self, r: usize, c: usize) -> &mut [f32; N] {
+        debug_assert_eq!(self.sc, 1);
+        // SAFETY: as for `lanes`; an output's rows are written by one part only, and
+        // nothing reads them meanwhile.
+        unsafe { &mut *(self.ptr(r, c) as *mut [f32; N]) }
+    }
+}
+
+/// The blocks of `N` query rows of batch entry `bi`. Per block, the queries are
+/// transposed (`qt[c]`: column `c` of the block's rows), and the scores, their
+/// softmax and the weighted values are computed with a vector holding one key column
+/// of the block's rows: the row maxima and sums are then lane-wise, with no
+/// horizontal reduction. Each value is computed with the same operations in the same
+/// order as row by row (products over `c` in order; sums of the exponentials in eight
+/// partial sums by key index mod 8, added in order, then the remainder) — the bits
+/// the backward kernel recomputes. Keys and values are read in place (values packed
+/// when their columns are not contiguous). The weighted values take `RP` rows × `CV`
+/// vectors (16 columns) at a time.
 #[inline(always)]
-fn rows<M: MulAdd>(c: &Call, bi: usize, s: &mut Scratch) {
+fn blocks<L: Lanes<N>, M: MulAdd, const N: usize, const CV: usize, const RP: usize>(
+    c: &Call,
+    bi: usize,
+    s: &mut Scratch,
+) {
     let (tq, tk, d, dv) = (c.tq, c.tk, c.d, c.dv);
-    let obase = c.out.entry(&c.batch, bi);
-    let (osr, osc) = c.out.inner();
-    let Scratch {
-        q,
-        kt,
-        v,
-        row,
-        e,
-        p,
-        o,
-    } = s;
+    let q = c.mat(&c.q, bi);
+    let k = c.mat(&c.k, bi);
+    let mut v = c.mat(&c.v, bi);
+    if v.sc != 1 {
+        c.pack(&c.v, bi, (tk, dv), &mut s.v, false);
+        v = Mat::of(&s.v, dv);
+    }
+    let out = c.mat(&c.out, bi);
+    let qt = &mut s.qt.as_chunks_mut::<N>().0[..d];
+    let st = &mut s.st.as_chunks_mut::<N>().0[..tk];
     let mut i0 = 0;
     while i0 < tq {
-        let n = R.min(tq - i0);
-        scores::<M>(&q[i0 * d..(i0 + n) * d], (d, tk), kt, &mut row[..n * tk]);
-        let mut live_max = 0;
-        for r in 0..n {
-            let i = i0 + r;
-            let span = r * tk..(r + 1) * tk;
-            let live = softmax_row(c, bi, i, &mut row[span.clone()], &mut e[span.clone()]);
-            p[span.clone()].copy_from_slice(&e[span]);
-            live_max = live_max.max(live);
-        }
-        weighted::<M>(&p[..n * tk], tk, live_max, v, dv, &mut o[..n * dv]);
-        for r in 0..n {
-            let at = obase + (i0 + r) as i64 * osr;
-            for (ch, &x) in o[r * dv..(r + 1) * dv].iter().enumerate() {
-                // SAFETY: the output view lies within its buffer (plan invariant).
-                unsafe { *(c.out.ptr as *mut f32).offset((at + ch as i64 * osc) as isize) = x };
+        let n = N.min(tq - i0);
+        for (ch, x) in qt.iter_mut().enumerate() {
+            *x = std::array::from_fn(|l| if l < n { q.at(i0 + l, ch) } else { 0.0 });
+            if let Some(scale) = c.q_scale {
+                *x = x.map(|y| y * scale);
             }
+        }
+        block_scores::<L, N>(qt, k, st);
+        block_softmax::<L, N>(c, bi, (i0, n), st);
+        for h in (0..n).step_by(RP) {
+            let rows = (i0 + h, RP.min(n - h));
+            // Keys past the last row's own step have zero probability.
+            let live = c.causal.map_or(tk, |_| (rows.0 + rows.1).min(tk));
+            block_weighted::<L, M, N, CV, RP>(st, (h, live), v, dv, out, rows);
         }
         i0 += n;
     }
 }
 
-/// Query row `i`'s softmax: `row` holds its scores on entry; `e` gets its (masked)
-/// probabilities. Stores the stages asked for; returns how many keys it attends to.
+/// `st[j][l] = Σ_c qt[c][l] · k[j, c]`, eight key columns at a time in registers.
 #[inline(always)]
-fn softmax_row(c: &Call, bi: usize, i: usize, row: &mut [f32], e: &mut [f32]) -> usize {
-    let tk = row.len();
-    c.store_row(Stage::Scores, bi, i, row);
-    // Keys after the query's own step are masked (iota_row >= iota_col attends).
-    let live = match c.causal {
-        Some(low) => {
-            let live = (i + 1).min(tk);
-            row[live..].fill(low);
-            c.store_row(Stage::Masked, bi, i, row);
-            live
+fn block_scores<L: Lanes<N>, const N: usize>(qt: &[[f32; N]], k: Mat, st: &mut [[f32; N]]) {
+    const JB: usize = 8;
+    let tk = st.len();
+    let mut j0 = 0;
+    while j0 < tk {
+        let nb = JB.min(tk - j0);
+        if nb == JB {
+            let mut acc = [L::splat(0.0); JB];
+            for (ch, x) in qt.iter().enumerate() {
+                let qv = L::load(x);
+                for (jj, a) in acc.iter_mut().enumerate() {
+                    *a = L::mul_add(qv, L::splat(k.at(j0 + jj, ch)), *a);
+                }
+            }
+            for (jj, a) in acc.iter().enumerate() {
+                L::store(*a, &mut st[j0 + jj]);
+            }
+        } else {
+            for (j, sj) in st.iter_mut().enumerate().skip(j0) {
+                let mut a = L::splat(0.0);
+                for (ch, x) in qt.iter().enumerate() {
+                    a = L::mul_add(L::load(x), L::splat(k.at(j, ch)), a);
+                }
+                L::store(a, sj);
+            }
         }
-        None => tk,
-    };
-    let mx = max_of(row);
-    c.store_one(Stage::Max, bi, i, mx);
-    for r in row.iter_mut() {
-        *r -= mx;
+        j0 += nb;
     }
-    c.store_row(Stage::Shifted, bi, i, row);
-    for (e, &r) in e.iter_mut().zip(row.iter()) {
-        *e = exp_poly(r);
+}
+
+/// The block's softmax in place (`st` holds the scores on entry, the masked
+/// probabilities on exit), storing the stages asked for.
+#[inline(always)]
+fn block_softmax<L: Lanes<N>, const N: usize>(
+    c: &Call,
+    bi: usize,
+    (i0, n): (usize, usize),
+    st: &mut [[f32; N]],
+) {
+    let rows = (i0, n);
+    c.store_rows(Stage::Scores, bi, rows, st);
+    // Keys after a query's own step are masked (iota_row >= iota_col attends).
+    if let Some(low) = c.causal {
+        mask_block(st, i0, low);
+        c.store_rows(Stage::Masked, bi, rows, st);
     }
-    c.store_row(Stage::Exp, bi, i, e);
-    let z = sum_of(e);
-    c.store_one(Stage::Sum, bi, i, z);
+    let mut mx = L::splat(f32::NEG_INFINITY);
+    for x in st.iter() {
+        mx = L::max(L::load(x), mx);
+    }
+    let mut m = [0.0; N];
+    L::store(mx, &mut m);
+    c.store_lanes(Stage::Max, bi, rows, &m);
+    if c.stores[stage_index(Stage::Shifted)] != 0 {
+        for x in st.iter_mut() {
+            L::store(L::sub(L::load(x), mx), x);
+        }
+        c.store_rows(Stage::Shifted, bi, rows, st);
+        // x − 0 is x: the exponentials below see the same values.
+        mx = L::splat(0.0);
+    }
+    let tk = st.len();
+    let full = tk / 8 * 8;
+    let mut part = [L::splat(0.0); 8];
+    for j8 in (0..full).step_by(8) {
+        for (u, p) in part.iter_mut().enumerate() {
+            let x = &mut st[j8 + u];
+            let e = L::exp(L::sub(L::load(x), mx));
+            L::store(e, x);
+            *p = L::add(*p, e);
+        }
+    }
+    let mut rest = L::splat(0.0);
+    for x in st[full..].iter_mut() {
+        let e = L::exp(L::sub(L::load(x), mx));
+        L::store(e, x);
+        rest = L::add(rest, e);
+    }
+    c.store_rows(Stage::Exp, bi, rows, st);
+    let mut z = part[0];
+    for p in &part[1..] {
+        z = L::add(z, *p);
+    }
+    let z = L::add(z, rest);
+    L::store(z, &mut m);
+    c.store_lanes(Stage::Sum, bi, rows, &m);
     // One division per row: the probabilities are the exponentials times 1/z (within
     // an ulp of the graph's quotients).
-    let rz = 1.0 / z;
-    for e in e.iter_mut() {
-        *e *= rz;
+    let rz = L::div(L::splat(1.0), z);
+    for x in st.iter_mut() {
+        L::store(L::mul(L::load(x), rz), x);
     }
-    c.store_row(Stage::Probs, bi, i, e);
+    c.store_rows(Stage::Probs, bi, rows, st);
     if c.causal.is_some() {
-        e[live..].fill(0.0);
-        c.store_row(Stage::MaskedProbs, bi, i, e);
+        mask_block(st, i0, 0.0);
+        c.store_rows(Stage::MaskedProbs, bi, rows, st);
     }
-    live
+}
+
+/// Sets `st[j][l]` to `x` where key `j` comes after query row `i0 + l`.
+#[inline(always)]
+fn mask_block<const N: usize>(st: &mut [[f32; N]], i0: usize, x: f32) {
+    for (j, sj) in st.iter_mut().enumerate().skip(i0 + 1) {
+        for (l, y) in sj.iter_mut().enumerate() {
+            if j > i0 + l {
+                *y = x;
+            }
+        }
+    }
+}
+
+/// Output rows `i0..i0 + n` (`n` ≤ `RP`, lanes `h..h + n` of the block):
+/// `o[i, c] = Σ_{j < live} st[j][l] · v[j, c]`, `RP` rows × 16 columns in registers,
+/// products in key order.
+#[inline(always)]
+fn block_weighted<L: Lanes<N>, M: MulAdd, const N: usize, const CV: usize, const RP: usize>(
+    st: &[[f32; N]],
+    (h, live): (usize, usize),
+    v: Mat,
+    dv: usize,
+    o: Mat,
+    (i0, n): (usize, usize),
+) {
+    let mut c0 = 0;
+    while c0 + CV * N <= dv {
+        let mut acc = [[L::splat(0.0); CV]; RP];
+        for (j, pj) in st[..live].iter().enumerate() {
+            let vj: [L::V; CV] = std::array::from_fn(|u| L::load(v.lanes(j, c0 + u * N)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = L::splat(pj[(h + r) % N]);
+                for (a, &vu) in a.iter_mut().zip(&vj) {
+                    *a = L::mul_add(p, vu, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(n) {
+            for (u, &a) in a.iter().enumerate() {
+                if o.sc == 1 {
+                    L::store(a, o.lanes_mut(i0 + r, c0 + u * N));
+                } else {
+                    let mut x = [0.0; N];
+                    L::store(a, &mut x);
+                    for (l, &y) in x.iter().enumerate() {
+                        // SAFETY: within the output (plan invariant), this part's rows.
+                        unsafe { *o.ptr(i0 + r, c0 + u * N + l) = y };
+                    }
+                }
+            }
+        }
+        c0 += CV * N;
+    }
+    for r in 0..n {
+        for ch in c0..dv {
+            let mut acc = 0.0f32;
+            for (j, pj) in st[..live].iter().enumerate() {
+                acc = M::mul_add(pj[h + r], v.at(j, ch), acc);
+            }
+            // SAFETY: within the output (plan invariant), this part's rows.
+            unsafe { *o.ptr(i0 + r, ch) = acc };
+        }
+    }
 }
 
 /// Query rows per block.
@@ -489,6 +705,135 @@ fn weighted<M: MulAdd>(p: &[f32], tk: usize, live: usize, v: &[f32], dv: usize, 
                 acc = M::mul_add(p[r * tk + j], v[j * dv + c], acc);
             }
             o[r * dv + c] = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic array in [-2, 2).
+    fn data(n: usize, salt: u64) -> Vec<f32> {
+        let mut st = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
+        (0..n)
+            .map(|_| {
+                st = st
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (st >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+            })
+            .collect()
+    }
+
+    fn view(p: &[f32], strides: Vec<i64>) -> View {
+        View {
+            ptr: p.as_ptr() as usize,
+            off: 0,
+            strides,
+        }
+    }
+
+    /// Runs every build the host has on two entries of odd sizes (remainders of the
+    /// 16-lane blocks, the 8 partial sums, the 8-key score blocks and the 16-column
+    /// value blocks), with and without the causal mask, a query scale, keys and values
+    /// strided as the heads of a projection, and the output transposed; compares each
+    /// with a direct computation, and the vector builds with each other bit for bit.
+    #[test]
+    fn every_build_matches_a_direct_computation() {
+        let (b, tq, tk, d, dv) = (2usize, 21usize, 19usize, 5usize, 19usize);
+        let q = data(b * tq * d, 1);
+        let k = data(b * tk * (d + 3), 2);
+        let v = data(b * tk * (dv + 2), 3);
+        for causal in [None, Some(-1e9f32)] {
+            let mut outs = Vec::new();
+            for build in 0..3 {
+                #[cfg(target_arch = "x86_64")]
+                if (build == 1 && !avx2()) || (build == 2 && !avx512()) {
+                    continue;
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                if build > 0 {
+                    continue;
+                }
+                let out = vec![0.0f32; b * tq * dv];
+                // [b, tq, dv] stored as [tq, b, dv], or (with the mask) as [dv, tq, b]:
+                // contiguous and strided output columns.
+                let (ob, oi, oc) = match causal {
+                    None => (dv, b * dv, 1),
+                    Some(_) => (1, b, tq * b),
+                };
+                let (mx, sum) = (vec![0.0f32; b * tq], vec![0.0f32; b * tq]);
+                let mut stores = [0usize; 8];
+                stores[stage_index(Stage::Max)] = mx.as_ptr() as usize;
+                stores[stage_index(Stage::Sum)] = sum.as_ptr() as usize;
+                let c = Call {
+                    batch: vec![b],
+                    total: b,
+                    tq,
+                    tk,
+                    d,
+                    dv,
+                    q: view(&q, vec![(tq * d) as i64, d as i64, 1]),
+                    q_scale: Some(0.5),
+                    k: view(&k, vec![(tk * (d + 3)) as i64, (d + 3) as i64, 1]),
+                    v: view(&v, vec![(tk * (dv + 2)) as i64, (dv + 2) as i64, 1]),
+                    out: view(&out, vec![ob as i64, oi as i64, oc as i64]),
+                    causal,
+                    stores,
+                    grad: None,
+                };
+                let mut s = c.scratch();
+                for bi in 0..b {
+                    match build {
+                        0 => blocks::<lanes::Scalar<Plain>, Plain, 8, 2, 4>(&c, bi, &mut s),
+                        // SAFETY: the host has the features (checked above).
+                        #[cfg(target_arch = "x86_64")]
+                        1 => unsafe { blocks_avx2(&c, bi, &mut s) },
+                        #[cfg(target_arch = "x86_64")]
+                        _ => unsafe { blocks_avx512(&c, bi, &mut s) },
+                        #[cfg(not(target_arch = "x86_64"))]
+                        _ => unreachable!(),
+                    }
+                }
+                for bi in 0..b {
+                    for i in 0..tq {
+                        let live = causal.map_or(tk, |_| (i + 1).min(tk));
+                        let sc: Vec<f64> = (0..tk)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|ch| {
+                                        let qx = (q[(bi * tq + i) * d + ch] * 0.5) as f64;
+                                        qx * k[(bi * tk + j) * (d + 3) + ch] as f64
+                                    })
+                                    .sum()
+                            })
+                            .collect();
+                        let m = sc[..live].iter().fold(f64::MIN, |a, &x| a.max(x));
+                        let z: f64 = sc[..live].iter().map(|x| (x - m).exp()).sum();
+                        assert!((mx[bi * tq + i] as f64 - m).abs() < 1e-5, "max {build}");
+                        assert!(
+                            (sum[bi * tq + i] as f64 - z).abs() < 1e-5 * z,
+                            "sum {build}"
+                        );
+                        for ch in 0..dv {
+                            let want: f64 = (0..live)
+                                .map(|j| {
+                                    (sc[j] - m).exp() / z * v[(bi * tk + j) * (dv + 2) + ch] as f64
+                                })
+                                .sum();
+                            let got = out[bi * ob + i * oi + ch * oc] as f64;
+                            assert!((got - want).abs() < 1e-5, "build {build} {got} vs {want}");
+                        }
+                    }
+                }
+                outs.push((build, out));
+            }
+            for w in outs.windows(2) {
+                if w[0].0 > 0 {
+                    assert_eq!(w[0].1, w[1].1, "the vector builds differ");
+                }
+            }
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct AttnKernel {
     pub nodes: [Id; 2],
     /// `[batch…, tq, d]`, `[batch…, tk, d]`, `[batch…, tk, dv]` views.
     pub q: Access,
+    /// A factor the kernel multiplies each query element by as it reads it (the
+    /// graph's `q · c` folded in when nothing else reads the product; forward only).
+    pub q_scale: Option<f32>,
     pub k: Access,
     pub v: Access,
     pub batch: Vec<Slot>,
@@ -542,7 +545,11 @@ impl Builder<'_> {
             }
         }
         let q = f.nodes[s].args[0];
-        let (qa, ka, va) = (self.mem(q), self.mem(f.nodes[s].args[1]), self.mem(chain.v));
+        let (qa, q_scale) = match self.scaled_query(q, grad.is_some()) {
+            Some((x, c)) => (self.mem(x), Some(c)),
+            None => (self.mem(q), None),
+        };
+        let (ka, va) = (self.mem(f.nodes[s].args[1]), self.mem(chain.v));
         let shape = f.nodes[s].ty.shape.clone();
         let r = shape.len();
         let oshape = f.nodes[chain.o].ty.shape.clone();
@@ -558,6 +565,7 @@ impl Builder<'_> {
         let kernel = AttnKernel {
             nodes: [s, chain.o],
             q: qa,
+            q_scale,
             k: ka,
             v: va,
             batch: self.shape_slots(&shape[..r - 2]),
@@ -595,6 +603,52 @@ impl Builder<'_> {
             self.attn_done[id] = true;
         }
         Some(self.vals[s].clone().unwrap_or(Val::Inline))
+    }
+
+    /// `(x, c)` when the score product's query `q` is `x · c` for a scalar constant
+    /// `c`, left inline (`folded_query`) and read by nothing else: the kernel then
+    /// reads `x` and multiplies as it reads (the same product, so the same bits), and
+    /// no loop writes the scaled copy. Not with a backward chain (it reads `q` too).
+    fn scaled_query(&self, q: Id, grad: bool) -> Option<(Id, f32)> {
+        let f = self.f;
+        let n = &f.nodes[q];
+        if grad
+            || n.op != Op::Binary(Binary::Mul)
+            || self.uses[q] != 1
+            || self.is_output[q]
+            || !matches!(self.vals[q], Some(Val::Inline))
+        {
+            return None;
+        }
+        let c = scalar_of(f, n.args[1])?;
+        Some((n.args[0], c as f32))
+    }
+
+    /// Whether elementwise node `q` is the scaled query of an attention chain with no
+    /// backward chain, which the kernel folds in (`scaled_query`): the walk then
+    /// leaves it inline rather than writing it (were the chain not planned after all,
+    /// the score product's read would write it then).
+    pub(super) fn folded_query(&mut self, q: Id) -> bool {
+        let f = self.f;
+        let n = &f.nodes[q];
+        if !self.fuse_attention
+            || self.uses[q] != 1
+            || self.is_output[q]
+            || n.op != Op::Binary(Binary::Mul)
+            || scalar_of(f, n.args[1]).is_none()
+        {
+            return false;
+        }
+        let Some(&s) = self.users()[q].first() else {
+            return false;
+        };
+        if f.nodes[s].args[0] != q {
+            return false;
+        }
+        match self.attention_chain(s) {
+            Some(chain) => self.grad_chain(&chain).is_none(),
+            None => false,
+        }
     }
 
     /// The output's buffer and view: laid out as its single transposing reader wants

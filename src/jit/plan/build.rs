@@ -252,7 +252,9 @@ impl<'f> Builder<'f> {
             let out = self.contiguous(buf, shape);
             self.loop_kernel(i, Sink::Store(out.clone()), shape);
             Val::Mem(out)
-        } else if is_leaf_scalar(op) || self.uses[i] == 1 && self.single_loop_use(i) {
+        } else if is_leaf_scalar(op)
+            || self.uses[i] == 1 && (self.single_loop_use(i) || self.folded_query(i))
+        {
             Val::Inline
         } else {
             self.vals[i] = Some(Val::Inline);

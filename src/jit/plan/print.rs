@@ -227,7 +227,7 @@ impl Plan {
             .collect();
         let _ = writeln!(
             s,
-            "  k{i}: {} %{}..%{} batch [{}] tq={} tk={} d={} dv={}{}: q {} k {} v {} -> {}",
+            "  k{i}: {} %{}..%{} batch [{}] tq={} tk={} d={} dv={}{}: q {}{} k {} v {} -> {}",
             if a.grad.is_some() {
                 "attention_grad"
             } else {
@@ -242,6 +242,7 @@ impl Plan {
             self.sizes[a.dv],
             if a.causal.is_some() { ", causal" } else { "" },
             self.fmt_access(&a.q),
+            a.q_scale.map_or(String::new(), |c| format!(" × {c}")),
             self.fmt_access(&a.k),
             self.fmt_access(&a.v),
             self.fmt_access(&a.out),
