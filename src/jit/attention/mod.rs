@@ -354,21 +354,6 @@ fn exp_poly(x: f32) -> f32 {
     super::rnn::math::exp::<false>(x)
 }
 
-/// Lane-parallel maximum and sum (eight accumulators, so the loops vectorize; the
-/// elementwise loops vectorize as they are, a lane-fused one with `exp_poly` did not).
-#[inline(always)]
-fn sum_of(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut it = x.chunks_exact(8);
-    for ch in &mut it {
-        for l in 0..8 {
-            acc[l] += ch[l];
-        }
-    }
-    let r: f32 = it.remainder().iter().sum();
-    acc.iter().sum::<f32>() + r
-}
-
 /// A `[rows, cols]` operand in memory: the address of element (0, 0) and the strides.
 #[derive(Clone, Copy)]
 struct Mat {
@@ -629,82 +614,6 @@ fn block_weighted<L: Lanes<N>, M: MulAdd, const N: usize, const CV: usize, const
             }
             // SAFETY: within the output (plan invariant), this part's rows.
             unsafe { *o.ptr(i0 + r, ch) = acc };
-        }
-    }
-}
-
-/// Query rows per block.
-const R: usize = 4;
-/// Columns per register block (two AVX vectors).
-const W: usize = 16;
-
-/// `out[r, j] = Σ_c q[r, c] · kt[c, j]` for the `out.len() / tk` rows of `q`
-/// (`[rows, d]`; `kt` is `[d, tk]`; `tk` ≥ 1), `R` rows × 16 columns at a time in
-/// registers.
-#[inline(always)]
-fn scores<M: MulAdd>(q: &[f32], (d, tk): (usize, usize), kt: &[f32], out: &mut [f32]) {
-    let rows = out.len() / tk.max(1);
-    let mut j0 = 0;
-    if rows == R {
-        while j0 + W <= tk {
-            let mut acc = [[0.0f32; W]; R];
-            for c in 0..d {
-                let kr = &kt[c * tk + j0..c * tk + j0 + W];
-                for r in 0..R {
-                    let qv = q[r * d + c];
-                    for l in 0..W {
-                        acc[r][l] = M::mul_add(qv, kr[l], acc[r][l]);
-                    }
-                }
-            }
-            for r in 0..R {
-                out[r * tk + j0..r * tk + j0 + W].copy_from_slice(&acc[r]);
-            }
-            j0 += W;
-        }
-    }
-    for r in 0..rows {
-        for j in j0..tk {
-            let mut acc = 0.0f32;
-            for c in 0..d {
-                acc = M::mul_add(q[r * d + c], kt[c * tk + j], acc);
-            }
-            out[r * tk + j] = acc;
-        }
-    }
-}
-
-/// `o[r, c] = Σ_{j < live} p[r, j] · v[j, c]` for the rows of `p` (`[rows, tk]`; `v`
-/// is `[tk, dv]`), `R` rows × 16 columns at a time in registers.
-#[inline(always)]
-fn weighted<M: MulAdd>(p: &[f32], tk: usize, live: usize, v: &[f32], dv: usize, o: &mut [f32]) {
-    let rows = p.len() / tk.max(1);
-    let mut c0 = 0;
-    if rows == R {
-        while c0 + W <= dv {
-            let mut acc = [[0.0f32; W]; R];
-            for j in 0..live {
-                let vr = &v[j * dv + c0..j * dv + c0 + W];
-                for r in 0..R {
-                    let pj = p[r * tk + j];
-                    for l in 0..W {
-                        acc[r][l] = M::mul_add(pj, vr[l], acc[r][l]);
-                    }
-                }
-            }
-            for r in 0..R {
-                o[r * dv + c0..r * dv + c0 + W].copy_from_slice(&acc[r]);
-            }
-            c0 += W;
-        }
-    }
-    for r in 0..rows {
-        for c in c0..dv {
-            let mut acc = 0.0f32;
-            for j in 0..live {
-                acc = M::mul_add(p[r * tk + j], v[j * dv + c], acc);
-            }
-            o[r * dv + c] = acc;
         }
     }
 }
