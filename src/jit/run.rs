@@ -201,6 +201,7 @@ impl JitKernel {
 pub(super) fn zeroed(n: usize) -> Result<Vec<f32>, RunError> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| out_of_memory(n))?;
+    huge_pages(v.as_mut_ptr() as usize, n * std::mem::size_of::<f32>());
     v.resize(n, 0.0);
     Ok(v)
 }
@@ -211,4 +212,22 @@ pub(super) fn out_of_memory(n: usize) -> RunError {
         "cannot allocate {n} values ({} bytes) for the compiled function: out of memory (lower the batch size or the model's sizes)",
         (n as u128) * 4
     ))
+}
+
+/// Asks the kernel to back a large arena with transparent huge pages before it is
+/// first touched (on systems where they are enabled `madvise`-only).
+fn huge_pages(addr: usize, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = addr.next_multiple_of(HUGE);
+        let end = (addr + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside an allocation this process owns; the
+            // advice changes only how its pages are backed, never their contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (addr, len);
 }
