@@ -13,6 +13,7 @@ mod common;
 mod conv_layers;
 mod data_files;
 mod data_mapped;
+mod epilogue_chain;
 mod errors;
 mod examples;
 mod explain;

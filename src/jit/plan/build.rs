@@ -254,6 +254,7 @@ impl<'f> Builder<'f> {
             Val::Mem(out)
         } else if is_leaf_scalar(op)
             || self.uses[i] == 1 && (self.single_loop_use(i) || self.folded_query(i))
+            || self.recomputed(i, op)
         {
             Val::Inline
         } else {
@@ -343,6 +344,27 @@ impl<'f> Builder<'f> {
     }
 
     /// Is the single use of `id` a direct operand of an elementwise op or a reduce?
+    /// Whether elementwise node `i` is cheaper to compute again in each of its readers
+    /// than to store and load: one arithmetic op on stored values (or scalar leaves),
+    /// with a broadcast statistic, read only by loops (layer normalization's centred
+    /// input, which both the variance and the normalization read: one sweep fewer). Its operands are never recomputed
+    /// themselves, so no expression grows beyond one op per such value.
+    fn recomputed(&self, i: Id, op: &Op) -> bool {
+        let cheap = matches!(op, Op::Binary(Binary::Add | Binary::Sub | Binary::Mul));
+        let args = &self.f.nodes[i].args;
+        // A value combined with a broadcast statistic (a row's mean): a value without
+        // one is left to be stored, where a product's epilogue computes it for free.
+        let statistic = args
+            .iter()
+            .any(|&a| matches!(self.f.nodes[a].op, Op::Broadcast { .. }));
+        cheap
+            && statistic
+            && self.only_loop_uses[i]
+            && args.iter().all(|&a| {
+                is_leaf_scalar(&self.f.nodes[a].op) || matches!(self.vals[a], Some(Val::Mem(_)))
+            })
+    }
+
     pub(super) fn single_loop_use(&self, id: Id) -> bool {
         self.loop_use[id]
     }

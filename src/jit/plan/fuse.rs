@@ -78,10 +78,65 @@ impl Builder<'_> {
                     Kernel::Loop(r) => r.epilogue = e,
                     Kernel::Call(_) | Kernel::Attention(_) => {}
                 }
+                if matches!(self.kernels[i], Kernel::Gemm(_)) {
+                    self.extend_epilogue(i, &mut f, outputs);
+                }
             }
         }
         let mut k = 0;
         self.kernels.retain(|_| (!f.removed[k], k += 1).0);
+    }
+
+    /// Folds into product `i`'s epilogue the loops that consume its value element for
+    /// element and alone (an activation after the bias add whose input has a second
+    /// use inside the expression, so the graph could not inline it): one loop over the
+    /// product's rows instead of two. The intermediate buffer is then written by no one
+    /// and takes no room.
+    fn extend_epilogue(&mut self, i: usize, f: &mut Fusion, outputs: &[(Access, Vec<Slot>)]) {
+        loop {
+            let Kernel::Gemm(g) = &self.kernels[i] else {
+                return;
+            };
+            let Some(e) = &g.epilogue else { return };
+            let mid = e.kernel.sink_access().buf;
+            if let Some(j) = self.sole_loop_reader(i, mid, f) {
+                self.collapse_rows(j, i);
+            }
+            let Kernel::Gemm(g) = &self.kernels[i] else {
+                return;
+            };
+            let Some(e) = &g.epilogue else { return };
+            if outputs.iter().any(|(a, _)| a.buf == mid) {
+                return;
+            }
+            let Some((j, acc)) = self.product_reader(i, mid, f) else {
+                return;
+            };
+            let Kernel::Loop(then) = &self.kernels[j] else {
+                return;
+            };
+            // A plain copy would leave the fed value as the result: not worth a case.
+            // Nothing else the call writes may be read: a block's epilogue sees only
+            // its own rows of those.
+            let written = writes(&self.kernels[i]);
+            let clash =
+                (then.loads.iter().enumerate()).any(|(x, a)| x != acc && written.contains(&a.buf));
+            if clash || then.expr.last() == Some(&Expr::Load(acc)) {
+                return;
+            }
+            let joined = compose(&e.kernel, then, acc);
+            f.merge(&self.kernels[j], j, i);
+            self.kernels[j] = Kernel::removed();
+            if let Kernel::Gemm(g) = &mut self.kernels[i]
+                && let Some(e) = &mut g.epilogue
+            {
+                e.kernel = joined;
+            }
+            let zero = self.slot(&Dim::konst(0));
+            if let BufKind::Arena { len } = &mut self.bufs[mid] {
+                *len = zero;
+            }
+        }
     }
 
     /// The only reader of buffer `b`, if it is a loop kernel after `i` and `b` is not a
@@ -146,14 +201,71 @@ impl Builder<'_> {
         ok.then_some((j, acc))
     }
 
+    /// Rewrites loop `j` over `[a, b, …, n]` as the same loop over product `i`'s
+    /// `[m, n]` when `m` is the product of the leading extents and every access walks
+    /// the leading axes as one (each stride the next one's times its extent, or all of
+    /// them 0): a dense layer's activation over `[batch, seq, units]`.
+    fn collapse_rows(&mut self, j: usize, i: usize) {
+        let (Kernel::Gemm(g), Kernel::Loop(l)) = (&self.kernels[i], &self.kernels[j]) else {
+            return;
+        };
+        let r = l.space.len();
+        if r < 3 || l.space[r - 1] != g.n || !l.also.is_empty() || l.epilogue.is_some() {
+            return;
+        }
+        let lead: Vec<Dim> = l.space[..r - 1]
+            .iter()
+            .map(|&s| self.sizes[s].clone())
+            .collect();
+        if product(&lead).ok().as_ref() != Some(&self.sizes[g.m]) {
+            return;
+        }
+        let m = g.m;
+        let walks_as_one = |a: &Access| {
+            let st: Vec<&Dim> = a.strides[..r - 1].iter().map(|&s| &self.sizes[s]).collect();
+            st.iter().all(|d| d.as_const() == Some(0))
+                || (0..r - 2).all(|k| st[k + 1].mul(&lead[k + 1]).ok().as_ref() == Some(st[k]))
+        };
+        let sink = l.sink_access();
+        if !matches!(l.sink, Sink::Store(_))
+            || !l.loads.iter().chain([sink]).all(walks_as_one)
+            || l.expr
+                .iter()
+                .any(|e| matches!(e, Expr::Index(_) | Expr::Size(_)))
+        {
+            return;
+        }
+        let two = |a: &Access| Access {
+            buf: a.buf,
+            offset: a.offset,
+            strides: a.strides[r - 2..].to_vec(),
+            known: a.known[r - 2..].to_vec(),
+        };
+        let Kernel::Loop(l) = &mut self.kernels[j] else {
+            return;
+        };
+        l.loads = l.loads.iter().map(two).collect();
+        l.sink = Sink::Store(two(l.sink_access()));
+        l.space = vec![m, l.space[r - 1]];
+    }
+
     fn epilogue_for(&self, i: usize, f: &Fusion) -> Option<(usize, usize)> {
+        let Kernel::Gemm(g) = &self.kernels[i] else {
+            return None;
+        };
+        self.product_reader(i, g.c, f)
+    }
+
+    /// The loop that can run as (part of) product `i`'s epilogue reading buffer `c`
+    /// (the product, or its epilogue's result), and which of its loads reads `c`.
+    fn product_reader(&self, i: usize, c: BufId, f: &Fusion) -> Option<(usize, usize)> {
         let Kernel::Gemm(g) = &self.kernels[i] else {
             return None;
         };
         if !g.batch.is_empty() {
             return None;
         }
-        let j = self.sole_loop_reader(i, g.c, f)?;
+        let j = self.sole_loop_reader(i, c, f)?;
         let Kernel::Loop(l) = &self.kernels[j] else {
             return None;
         };
@@ -168,7 +280,7 @@ impl Builder<'_> {
             return None;
         };
         let accs: Vec<usize> = (0..l.loads.len())
-            .filter(|&x| l.loads[x].buf == g.c)
+            .filter(|&x| l.loads[x].buf == c)
             .collect();
         let [acc] = accs[..] else { return None };
         let ok = l.space == [g.m, g.n]
@@ -228,5 +340,43 @@ impl Builder<'_> {
             let mut d = 0;
             l.space.retain(|_| (!unit[d], d += 1).0);
         }
+    }
+}
+
+/// `first`'s value fed to `then` in place of its load `acc`: one loop with `first`'s
+/// loads and expression, then `then`'s, storing where `then` stores.
+fn compose(first: &LoopKernel, then: &LoopKernel, acc: usize) -> LoopKernel {
+    let mut loads = first.loads.clone();
+    let mut expr = first.expr.clone();
+    let fed = expr.len() - 1;
+    let mut map = Vec::with_capacity(then.expr.len());
+    for e in &then.expr {
+        let n = match e {
+            Expr::Load(x) if *x == acc => fed,
+            Expr::Load(x) => {
+                let a = &then.loads[*x];
+                let at = match loads.iter().position(|l| l == a) {
+                    Some(at) => at,
+                    None => {
+                        loads.push(a.clone());
+                        loads.len() - 1
+                    }
+                };
+                push_expr(&mut expr, Expr::Load(at))
+            }
+            e => push_expr(&mut expr, super::stores::renumber(e, &map)),
+        };
+        map.push(n);
+    }
+    let mut nodes = first.nodes.clone();
+    nodes.extend(&then.nodes);
+    LoopKernel {
+        space: then.space.clone(),
+        loads,
+        expr,
+        sink: then.sink.clone(),
+        nodes,
+        epilogue: None,
+        also: Vec::new(),
     }
 }

@@ -313,6 +313,9 @@ struct Builder<'f> {
     is_output: Vec<bool>,
     /// Whether some elementwise op or reduction takes the node as a direct operand.
     loop_use: Vec<bool>,
+    /// Whether every reader of the node takes it as a direct operand of an
+    /// elementwise op or a reduction (and it is no output).
+    only_loop_uses: Vec<bool>,
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
     patch_cache: HashMap<(Id, Vec<i64>), Access>,
@@ -391,16 +394,19 @@ pub fn plan_generated(f: &Func) -> Plan {
 fn plan_parts(f: &Func, fuse_attention: bool) -> Plan {
     let mut uses = vec![0usize; f.nodes.len()];
     let mut loop_use = vec![false; f.nodes.len()];
+    let mut only_loop_uses = vec![true; f.nodes.len()];
     for n in &f.nodes {
         let in_loop = is_elementwise(&n.op) || matches!(n.op, Op::Reduce { .. });
         for &a in &n.args {
             uses[a] += 1;
             loop_use[a] |= in_loop;
+            only_loop_uses[a] &= in_loop;
         }
     }
     let mut is_output = vec![false; f.nodes.len()];
     for (_, o) in &f.outputs {
         is_output[*o] = true;
+        only_loop_uses[*o] = false;
         uses[*o] += 1;
     }
     let b = Builder {
@@ -413,6 +419,7 @@ fn plan_parts(f: &Func, fuse_attention: bool) -> Plan {
         uses,
         is_output,
         loop_use,
+        only_loop_uses,
         patch_cache: HashMap::new(),
         users: Vec::new(),
         attn_done: vec![false; f.nodes.len()],

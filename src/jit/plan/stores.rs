@@ -168,7 +168,7 @@ fn stores(l: &LoopKernel) -> impl Iterator<Item = &Access> {
 }
 
 /// `e` with its operands renumbered through `map`.
-fn renumber(e: &Expr, map: &[usize]) -> Expr {
+pub(super) fn renumber(e: &Expr, map: &[usize]) -> Expr {
     let m = |x: &usize| map[*x];
     match e {
         Expr::Unary(u, a) => Expr::Unary(*u, m(a)),
