@@ -3,61 +3,23 @@
 //! bits: the row sums add each `L`-lane half in turn into `L` lanes.
 
 use super::{L, RowSet, exp_poly, lane_sum};
+use crate::jit::attention::lanes::Lanes;
 use std::arch::x86_64::*;
 
-/// `mathfn::exp` (`rnn::math::exp::<false>`) on eight lanes.
+/// `mathfn::exp` (`rnn::math::exp::<false>`) on eight lanes: the forward kernel's,
+/// operation for operation.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn exp(x: __m256) -> __m256 {
-    let s = _mm256_set1_ps;
-    const MAGIC: f32 = 12_582_912.0;
-    // `clamp`: a NaN passes (the second operand's when unordered).
-    let x = _mm256_min_ps(s(88.376_26), _mm256_max_ps(s(-87.336_55), x));
-    let big = _mm256_add_ps(_mm256_mul_ps(x, s(std::f32::consts::LOG2_E)), s(MAGIC));
-    let fx = _mm256_sub_ps(big, s(MAGIC));
-    let x = _mm256_sub_ps(x, _mm256_mul_ps(fx, s(0.693_359_4)));
-    let x = _mm256_sub_ps(x, _mm256_mul_ps(fx, s(-2.121_944_4e-4)));
-    let z = _mm256_mul_ps(x, x);
-    let mut p = s(1.987_569_1e-4);
-    for k in EXP_K {
-        p = _mm256_add_ps(_mm256_mul_ps(p, x), s(k));
-    }
-    let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), x), s(1.0));
-    let n = _mm256_sub_epi32(_mm256_castps_si256(big), _mm256_set1_epi32(0x4B40_0000));
-    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
-    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+    <crate::jit::attention::lanes::Avx2 as Lanes<8>>::exp(x)
 }
 
 /// The same on sixteen lanes.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 fn exp16(x: __m512) -> __m512 {
-    let s = _mm512_set1_ps;
-    const MAGIC: f32 = 12_582_912.0;
-    let x = _mm512_min_ps(s(88.376_26), _mm512_max_ps(s(-87.336_55), x));
-    let big = _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), s(MAGIC));
-    let fx = _mm512_sub_ps(big, s(MAGIC));
-    let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(0.693_359_4)));
-    let x = _mm512_sub_ps(x, _mm512_mul_ps(fx, s(-2.121_944_4e-4)));
-    let z = _mm512_mul_ps(x, x);
-    let mut p = s(1.987_569_1e-4);
-    for k in EXP_K {
-        p = _mm512_add_ps(_mm512_mul_ps(p, x), s(k));
-    }
-    let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), x), s(1.0));
-    let n = _mm512_sub_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(0x4B40_0000));
-    let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
-    _mm512_mul_ps(y, _mm512_castsi512_ps(pow2))
+    <crate::jit::attention::lanes::Avx512 as Lanes<16>>::exp(x)
 }
-
-/// The polynomial's coefficients after the first (`rnn::math::exp`'s).
-const EXP_K: [f32; 5] = [
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    5e-1,
-];
 
 fn lanes(v: __m256) -> [f32; L] {
     // SAFETY: `__m256` and `[f32; 8]` have the same size, any bits valid.
