@@ -328,9 +328,8 @@ unsafe fn blocks_avx512(c: &Call, bi: usize, s: &mut Scratch) {
     blocks::<lanes::Avx512, Fused, 16, 1, 8>(c, bi, s)
 }
 
-/// Whether the host has AVX2 and FMA (the kernels' vector build). For the backward
-/// kernel's row-at-a-time loops an AVX-512 build was measured on this project's
-/// Zen-class machine (512-bit operations double-pumped) and gained nothing over it.
+/// Whether the host has AVX2 and FMA (the kernels' eight-lane vector builds; both
+/// kernels have sixteen-lane AVX-512 builds too, see `avx512()` and `backward.rs`).
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
