@@ -125,12 +125,18 @@ impl Builder<'_> {
                 return;
             }
             let joined = compose(&e.kernel, then, acc);
+            // The product's load, where the joined loads put it.
+            let product = &e.kernel.loads[e.acc];
+            let Some(at) = joined.loads.iter().position(|l| l == product) else {
+                return;
+            };
             f.merge(&self.kernels[j], j, i);
             self.kernels[j] = Kernel::removed();
             if let Kernel::Gemm(g) = &mut self.kernels[i]
                 && let Some(e) = &mut g.epilogue
             {
                 e.kernel = joined;
+                e.acc = at;
             }
             let zero = self.slot(&Dim::konst(0));
             if let BufKind::Arena { len } = &mut self.bufs[mid] {
@@ -346,34 +352,16 @@ impl Builder<'_> {
 /// `first`'s value fed to `then` in place of its load `acc`: one loop with `first`'s
 /// loads and expression, then `then`'s, storing where `then` stores.
 fn compose(first: &LoopKernel, then: &LoopKernel, acc: usize) -> LoopKernel {
-    let mut loads = first.loads.clone();
-    let mut expr = first.expr.clone();
-    let fed = expr.len() - 1;
-    let mut map = Vec::with_capacity(then.expr.len());
-    for e in &then.expr {
-        let n = match e {
-            Expr::Load(x) if *x == acc => fed,
-            Expr::Load(x) => {
-                let a = &then.loads[*x];
-                let at = match loads.iter().position(|l| l == a) {
-                    Some(at) => at,
-                    None => {
-                        loads.push(a.clone());
-                        loads.len() - 1
-                    }
-                };
-                push_expr(&mut expr, Expr::Load(at))
-            }
-            e => push_expr(&mut expr, super::stores::renumber(e, &map)),
-        };
-        map.push(n);
-    }
+    let fed: Vec<Option<usize>> = (0..then.loads.len())
+        .map(|x| (x == acc).then_some(first.expr.len() - 1))
+        .collect();
+    let j = super::stores::join(first, then, &fed);
     let mut nodes = first.nodes.clone();
     nodes.extend(&then.nodes);
     LoopKernel {
         space: then.space.clone(),
-        loads,
-        expr,
+        loads: j.loads,
+        expr: j.expr,
         sink: then.sink.clone(),
         nodes,
         epilogue: None,

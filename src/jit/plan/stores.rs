@@ -83,34 +83,18 @@ impl Builder<'_> {
         let Kernel::Loop(b) = &mut self.kernels[j] else {
             unreachable!("kernel {j} is a loop")
         };
-        let mut m = Merged::default();
-        let mut amap = Vec::with_capacity(a.expr.len());
-        for e in &a.expr {
-            let e = match e {
-                Expr::Load(x) => Expr::Load(m.load(&a.loads[*x])),
-                e => renumber(e, &amap),
-            };
-            amap.push(m.node(e, false));
-        }
         let a_stores: Vec<(usize, Access)> = std::iter::once((a.expr.len() - 1, a.sink_access()))
             .chain(a.also.iter().map(|s| (s.node, &s.access)))
-            .map(|(n, acc)| (amap[n], acc.clone()))
+            .map(|(n, acc)| (n, acc.clone()))
             .collect();
-        let mut bmap = Vec::with_capacity(b.expr.len());
-        let last = b.expr.len() - 1;
-        for (x, e) in b.expr.iter().enumerate() {
-            let n = match e {
-                Expr::Load(l) => match a_stores.iter().find(|(_, s)| *s == b.loads[*l]) {
-                    Some((n, _)) => *n,
-                    None => {
-                        let l = m.load(&b.loads[*l]);
-                        m.node(Expr::Load(l), x == last)
-                    }
-                },
-                e => m.node(renumber(e, &bmap), x == last),
-            };
-            bmap.push(n);
-        }
+        let fed: Vec<Option<usize>> = (b.loads.iter())
+            .map(|l| a_stores.iter().find(|(_, s)| s == l).map(|(n, _)| *n))
+            .collect();
+        let j = join(&a, b, &fed);
+        let a_stores: Vec<(usize, Access)> = (a_stores.into_iter())
+            .map(|(n, acc)| (j.amap[n], acc))
+            .collect();
+        let bmap = j.bmap;
         let mut also: Vec<Store> = a_stores
             .into_iter()
             .map(|(node, access)| Store { node, access })
@@ -119,8 +103,8 @@ impl Builder<'_> {
             node: bmap[s.node],
             access: s.access.clone(),
         }));
-        b.loads = m.loads;
-        b.expr = m.expr;
+        b.loads = j.loads;
+        b.expr = j.expr;
         b.also = also;
         b.nodes.extend(a.nodes);
         b.nodes.sort();
@@ -168,7 +152,7 @@ fn stores(l: &LoopKernel) -> impl Iterator<Item = &Access> {
 }
 
 /// `e` with its operands renumbered through `map`.
-pub(super) fn renumber(e: &Expr, map: &[usize]) -> Expr {
+fn renumber(e: &Expr, map: &[usize]) -> Expr {
     let m = |x: &usize| map[*x];
     match e {
         Expr::Unary(u, a) => Expr::Unary(*u, m(a)),
@@ -177,6 +161,51 @@ pub(super) fn renumber(e: &Expr, map: &[usize]) -> Expr {
         Expr::Select(c, a, b) => Expr::Select(m(c), m(a), m(b)),
         Expr::Trunc(a) => Expr::Trunc(m(a)),
         Expr::Load(_) | Expr::Const(_) | Expr::Size(_) | Expr::Index(_) => e.clone(),
+    }
+}
+
+/// Two loop bodies as one: `a`'s loads and expression, then `b`'s.
+pub(super) struct Joined {
+    pub(super) loads: Vec<Access>,
+    pub(super) expr: Vec<Expr>,
+    /// Where each node of `a`, and of `b`, went.
+    pub(super) amap: Vec<usize>,
+    pub(super) bmap: Vec<usize>,
+}
+
+/// `a`'s expression, then `b`'s with each load `x` for which `fed[x]` names a node of
+/// `a` replaced by that node's value; loads and nodes the two share are kept once, and
+/// `b`'s result is the last node (the caller makes sure it is not one of `a`'s).
+pub(super) fn join(a: &LoopKernel, b: &LoopKernel, fed: &[Option<usize>]) -> Joined {
+    let mut m = Merged::default();
+    let mut amap = Vec::with_capacity(a.expr.len());
+    for e in &a.expr {
+        let e = match e {
+            Expr::Load(x) => Expr::Load(m.load(&a.loads[*x])),
+            e => renumber(e, &amap),
+        };
+        amap.push(m.node(e, false));
+    }
+    let mut bmap = Vec::with_capacity(b.expr.len());
+    let last = b.expr.len() - 1;
+    for (x, e) in b.expr.iter().enumerate() {
+        let n = match e {
+            Expr::Load(l) => match fed[*l] {
+                Some(n) => amap[n],
+                None => {
+                    let l = m.load(&b.loads[*l]);
+                    m.node(Expr::Load(l), x == last)
+                }
+            },
+            e => m.node(renumber(e, &bmap), x == last),
+        };
+        bmap.push(n);
+    }
+    Joined {
+        loads: m.loads,
+        expr: m.expr,
+        amap,
+        bmap,
     }
 }
 
