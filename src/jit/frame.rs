@@ -111,6 +111,39 @@ pub(super) unsafe fn gather(
     Ok(ArrayD::from_shape_vec(IxDyn(shape), out).expect("element count matches the shape"))
 }
 
+/// An operand read in place when its access is contiguous (row-major, unit-size axes
+/// ignored), else [`gather`]ed into an owned copy.
+///
+/// # Safety
+/// As [`gather`]; the memory must also stay valid and unwritten for `'a`.
+pub(super) unsafe fn operand<'a>(
+    base: *const f32,
+    offset: i64,
+    strides: &[i64],
+    shape: &[usize],
+) -> Result<ndarray::CowArray<'a, f32, IxDyn>, crate::exec::RunError> {
+    let n: usize = shape.iter().product();
+    let mut expect = 1i64;
+    let mut contiguous = !base.is_null();
+    for d in (0..shape.len()).rev() {
+        if shape[d] != 1 && strides[d] != expect {
+            contiguous = false;
+        }
+        expect *= shape[d] as i64;
+    }
+    if contiguous && n > 0 {
+        // SAFETY: a contiguous access covers `n` elements from `offset` (caller's
+        // contract), row-major in `shape`.
+        let view = unsafe {
+            ndarray::ArrayView::from_shape_ptr(IxDyn(shape), base.offset(offset as isize))
+        };
+        Ok(view.into())
+    } else {
+        // SAFETY: the caller's contract.
+        Ok(unsafe { gather(base, offset, strides, shape) }?.into())
+    }
+}
+
 /// An access's buffer pointer, offset and strides, read from the frame.
 pub(super) fn access_parts(
     frame: &[i64],

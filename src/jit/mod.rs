@@ -32,6 +32,7 @@ pub mod object;
 mod rnn;
 mod routine;
 mod run;
+mod scratch;
 mod steps;
 mod trampoline;
 

@@ -2,6 +2,7 @@
 //! walked backwards per batch slice (gate gradients fused per row, `dz·Uᵀ` a GEMM per
 //! step), then the weight and input gradients as products over all rows at once.
 
+use super::super::scratch::Buf;
 use super::fwd::{self, Trace};
 use super::math::ma;
 use super::{Layer, Ptr, gemm, small, split_run, zeros};
@@ -10,11 +11,11 @@ use crate::ir::Cell;
 /// The gradients, flat: input `[B, T, F]`, kernel `[F, N]`, recurrent kernel `[U, N]`,
 /// input bias `[N]` and (GRU with reset_after) recurrent bias `[N]`.
 pub(super) struct Grads {
-    pub dx: Vec<f32>,
-    pub dw: Vec<f32>,
-    pub du: Vec<f32>,
-    pub dbi: Vec<f32>,
-    pub dbr: Vec<f32>,
+    pub dx: Buf,
+    pub dw: Buf,
+    pub du: Buf,
+    pub dbi: Buf,
+    pub dbr: Buf,
 }
 
 /// The pre-activation gradients of every step, `[B, T, N]` by time step: `dz` for the
@@ -44,7 +45,7 @@ pub(super) fn run(l: &Layer, dy: &[f32], trace: Option<Trace>) -> Result<Grads, 
     let mut dr = if own_dr {
         zeros(rows * d.n)?
     } else {
-        Vec::new()
+        Buf::default()
     };
     if rows > 0 {
         let p = Deltas {

@@ -11,10 +11,11 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
-use ndarray::ArrayD;
+use ndarray::ArrayViewD;
 
-use super::super::frame::{CALL_ID, FrameLayout, access_parts, gather};
+use super::super::frame::{CALL_ID, FrameLayout, access_parts, operand};
 use super::super::plan::CallKernel;
+use super::super::scratch::Buf;
 use super::fwd::Trace;
 use crate::ir::{Id, Node, Op, RnnAttrs, interp};
 
@@ -32,7 +33,7 @@ struct Cache {
     traces: Vec<(Key, Trace)>,
     /// The four gradients of the last layer back-propagated, by the `RnnGrad` nodes'
     /// operands.
-    grads: Option<(Vec<Id>, Vec<ArrayD<f32>>)>,
+    grads: Option<(Vec<Id>, Vec<Buf>)>,
     /// `Rnn` nodes (by operands and attributes) whose gradient has run on this thread.
     wanted: HashSet<Key>,
 }
@@ -91,10 +92,11 @@ pub(in crate::jit) fn call(
     let mut args = Vec::new();
     for (a, shape) in call.args.iter().zip(&arg_shapes) {
         let (p, o, s) = access_parts(frame, fl, a);
-        // SAFETY: the access lies within its buffer (plan invariant).
-        args.push(unsafe { gather(p, o, &s, shape) }.map_err(|e| e.0)?);
+        // SAFETY: the access lies within its buffer (plan invariant), and operand buffers
+        // are not written while a call runs.
+        args.push(unsafe { operand(p, o, &s, shape) }.map_err(|e| e.0)?);
     }
-    let refs: Vec<&ArrayD<f32>> = args.iter().collect();
+    let refs: Vec<ArrayViewD<f32>> = args.iter().map(|a| a.view()).collect();
     let Some(w) = wrt else {
         let key = (node.args.clone(), attrs.clone());
         let keep = with_cache(|c| c.wanted.contains(&key));
@@ -121,12 +123,11 @@ pub(in crate::jit) fn call(
     Ok(true)
 }
 
-fn copy(g: &ArrayD<f32>, out: &mut [f32]) -> Result<(), String> {
-    match g.as_slice() {
-        Some(v) if v.len() == out.len() => {
-            out.copy_from_slice(v);
-            Ok(())
-        }
-        _ => Err("recurrent gradient of the wrong size".into()),
+fn copy(g: &[f32], out: &mut [f32]) -> Result<(), String> {
+    if g.len() == out.len() {
+        out.copy_from_slice(g);
+        Ok(())
+    } else {
+        Err("recurrent gradient of the wrong size".into())
     }
 }

@@ -2,6 +2,7 @@
 //! then per step the recurrent GEMM and one fused pass over the rows (gates,
 //! nonlinearities, state update, Keras's mask, output).
 
+use super::super::scratch::Buf;
 use super::math::ma;
 use super::{Layer, Ptr, gemm, generated, small, split_run, zeros};
 use crate::ir::Cell;
@@ -12,12 +13,12 @@ use crate::ir::Cell;
 /// started from; LSTM's new cell state `cn` and `ex` = act(cn); GRU (reset_after)'s
 /// recurrent candidate input `ex` = (h·U_h + b_h).
 pub(super) struct Trace {
-    pub z: Vec<f32>,
-    pub a: Vec<f32>,
-    pub hp: Vec<f32>,
-    pub cp: Vec<f32>,
-    pub cn: Vec<f32>,
-    pub ex: Vec<f32>,
+    pub z: Buf,
+    pub a: Buf,
+    pub hp: Buf,
+    pub cp: Buf,
+    pub cn: Buf,
+    pub ex: Buf,
 }
 
 impl Trace {
@@ -52,7 +53,7 @@ pub(super) fn run(l: &Layer, out: &mut [f32], keep: bool) -> Result<Option<Trace
     let d = l.d;
     let rows = d.b * d.t;
     let lstm = l.a.cell == Cell::Lstm;
-    let with = |on: bool, n: usize| if on { zeros(n) } else { Ok(Vec::new()) };
+    let with = |on: bool, n: usize| if on { zeros(n) } else { Ok(Buf::default()) };
     let mut tr = Trace {
         z: zeros(rows * d.n)?,
         a: with(keep, rows * d.n)?,

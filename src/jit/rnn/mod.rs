@@ -24,11 +24,12 @@ mod generated;
 pub(super) mod math;
 mod small;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayViewD;
 
 pub(super) use call::call;
 pub use generated::{Stats as GeneratedStats, set_generated, stats as generated_stats};
 
+use super::scratch::Buf;
 use crate::ir::{Cell, RnnAttrs};
 
 /// Sizes: batch, steps, features, units, gates, gate columns (`gates · units`).
@@ -101,13 +102,10 @@ impl Ptr {
     }
 }
 
-/// A zeroed buffer, or an error if the system refuses the memory.
-fn zeros(n: usize) -> Result<Vec<f32>, String> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| format!("a recurrent layer needs {n} floats of working memory"))?;
-    v.resize(n, 0.0);
-    Ok(v)
+/// A zeroed buffer (recycled on the thread), or an error if the system refuses the
+/// memory.
+fn zeros(n: usize) -> Result<Buf, String> {
+    Buf::zeros(n)
 }
 
 /// `c = a·b + beta·c` with element strides (row, column) for each matrix; `k = 0`
@@ -164,16 +162,16 @@ fn split_run(n: usize, grain: usize, f: &(dyn Fn(usize, usize) + Sync)) -> Resul
     }
 }
 
-fn flat(a: &ArrayD<f32>) -> Result<&[f32], String> {
-    a.as_slice()
+fn flat<'a>(a: &ArrayViewD<'a, f32>) -> Result<&'a [f32], String> {
+    a.to_slice()
         .ok_or_else(|| "a recurrent operand is not contiguous".to_string())
 }
 
 /// Checks the operands' shapes against the attributes and takes their slices.
-fn layer<'a>(a: &'a RnnAttrs, args: &[&'a ArrayD<f32>]) -> Result<Layer<'a>, String> {
+fn layer<'a>(a: &'a RnnAttrs, args: &[ArrayViewD<'a, f32>]) -> Result<Layer<'a>, String> {
     let bad = |what: &str| format!("recurrent layer: {what}");
     let (x, w, rk) = match args {
-        [x, w, rk, ..] => (*x, *w, *rk),
+        [x, w, rk, ..] => (x, w, rk),
         _ => return Err(bad("too few operands")),
     };
     let [b, t, f] = x.shape() else {
@@ -246,7 +244,7 @@ fn layer<'a>(a: &'a RnnAttrs, args: &[&'a ArrayD<f32>]) -> Result<Layer<'a>, Str
 /// with `keep` the trace its gradient can use.
 fn forward(
     a: &RnnAttrs,
-    args: &[&ArrayD<f32>],
+    args: &[ArrayViewD<f32>],
     out: &mut [f32],
     keep: bool,
 ) -> Result<Option<fwd::Trace>, String> {
@@ -263,13 +261,14 @@ fn forward(
 }
 
 /// All four gradients (input, kernel, recurrent kernel, bias) for the output gradient
-/// `dy` (the last operand), in their natural shapes.
+/// `dy` (the last operand), flat in their natural layouts (the bias `[2, N]` for GRU
+/// with reset_after, `[N]` otherwise).
 /// `trace` is the forward pass's, if it kept one for the same operands.
 fn grads(
     a: &RnnAttrs,
-    args: &[&ArrayD<f32>],
+    args: &[ArrayViewD<f32>],
     trace: Option<fwd::Trace>,
-) -> Result<Vec<ArrayD<f32>>, String> {
+) -> Result<Vec<Buf>, String> {
     let (dy, rest) = args
         .split_last()
         .ok_or_else(|| "recurrent gradient: no operands".to_string())?;
@@ -284,24 +283,13 @@ fn grads(
         return Err("recurrent gradient: output gradient shape".into());
     }
     let g = bwd::run(&l, flat(dy)?, trace)?;
-    let shaped =
-        |v: Vec<f32>, s: &[usize]| ArrayD::from_shape_vec(IxDyn(s), v).map_err(|e| e.to_string());
-    let db_shape: Vec<usize> = if l.i.br.is_some() && a.use_bias {
-        vec![2, d.n]
-    } else {
-        vec![d.n]
-    };
     let db = if a.use_bias && l.i.br.is_some() {
-        let mut v = g.dbi;
-        v.extend(g.dbr);
+        let mut v = zeros(2 * d.n)?;
+        v[..d.n].copy_from_slice(&g.dbi);
+        v[d.n..].copy_from_slice(&g.dbr);
         v
     } else {
         g.dbi
     };
-    Ok(vec![
-        shaped(g.dx, &[d.b, d.t, d.f])?,
-        shaped(g.dw, &[d.f, d.n])?,
-        shaped(g.du, &[d.u, d.n])?,
-        shaped(db, &db_shape)?,
-    ])
+    Ok(vec![g.dx, g.dw, g.du, db])
 }
