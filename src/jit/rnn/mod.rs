@@ -21,6 +21,7 @@ mod bwd;
 mod call;
 mod fwd;
 mod generated;
+mod generated_grad;
 pub(super) mod math;
 mod small;
 
