@@ -2,17 +2,24 @@
 //! per layer shape and options ([`CellSpec`]), compiled the first time a layer of
 //! that shape runs and cached for the process (every later layer, call and batch size
 //! of the same shape reuses it). A batch slice projects its inputs with one GEMM
-//! (`fwd::project`), then one call of the function runs all its steps.
+//! (`fwd::project`), then one call of the function runs all its steps. The same cache
+//! holds back-propagation through time's step walk (`codegen::rnn_grad`, run by
+//! `generated_grad.rs`): one more function per shape, the same bits as `bwd::slice`.
 //!
-//! The path is selectable: the Rust kernel (`fwd::slice`) runs the steps unless
-//! generated code is chosen, by [`set_generated`] on a thread or
+//! The path is selectable: the Rust kernels (`fwd::slice`, `bwd::slice`) run the steps
+//! unless generated code is chosen, by [`set_generated`] on a thread or
 //! `KILN_RNN_KERNEL=generated` for the process; it stays off by default because on
 //! this x86 host Cranelift emits at most f32x4 and a register copy per multiply-add
 //! (its `fma` lowering is always the destructive 213 form), and its two-row blocks
 //! fetch each line of `U` twice as often as the Rust kernel's four-row ones: measured
 //! interleaved on the shared 2-core machine, specs/lstm.yaml's forward at batch 32,
 //! length 32 takes 2.2× the Rust kernel's time (up to 5× while other builds loaded
-//! the machine), its train step 1.2–1.5×, batch 1's forward 1.2–1.3×.
+//! the machine), its train step 1.2–1.5×, batch 1's forward 1.2–1.3×. With the
+//! backward walk generated too, the train step (batch 32, length 32, 5 interleaved
+//! pairs, machine shared) took 1.20× the Rust kernels' time (median; 0.79–1.35): the
+//! generated walks themselves ran at about the Rust walk's speed (per-kernel profile:
+//! LSTM 0.97–1.19×, GRU 0.69–1.17×, each including the weight products), so the
+//! remaining cost is the forward's.
 //! Activations other than tanh and sigmoid always stay on the Rust kernel.
 
 use std::cell::Cell as StdCell;
