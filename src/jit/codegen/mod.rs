@@ -10,7 +10,8 @@
 //!
 //! Rooms: this file holds the generator's state and frame access; `loops` counted
 //! loops, `nest` loop kernels as loop nests, `small_gemm` products with few rows,
-//! `expr` the fused expressions.
+//! `expr` the fused expressions, `rnn_cell` and `rnn_grad` recurrent layers' steps
+//! forward and backward.
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -22,9 +23,11 @@ mod expr;
 mod loops;
 mod nest;
 mod rnn_cell;
+mod rnn_grad;
 mod small_gemm;
 
 pub use rnn_cell::{CellAct, CellKind, CellSpec, arg as rnn_arg};
+pub use rnn_grad::arg as rnn_grad_arg;
 
 fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()

@@ -161,10 +161,10 @@ impl std::ops::Deref for Cx<'_> {
 type Accs = Vec<Vec<Value>>;
 
 impl<'g> Gen<'g> {
-    fn imm(&mut self, v: i64) -> Value {
+    pub(super) fn imm(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
     }
-    fn math(&mut self, ty: Type) -> Math<'_, 'g> {
+    pub(super) fn math(&mut self, ty: Type) -> Math<'_, 'g> {
         let fma = self.fma;
         Math {
             b: &mut self.b,
@@ -213,7 +213,7 @@ impl<'g> Gen<'g> {
         self.offset(base, r, w)
     }
     /// `base + r·w` floats, as a byte address.
-    fn offset(&mut self, base: Value, r: Value, w: usize) -> Value {
+    pub(super) fn offset(&mut self, base: Value, r: Value, w: usize) -> Value {
         let o = self.b.ins().imul_imm_s(r, 4 * w as i64);
         self.b.ins().iadd(base, o)
     }
@@ -407,7 +407,13 @@ impl<'g> Gen<'g> {
     }
 
     /// `for j in (lo..hi).step_by(step)` (nothing when empty).
-    fn blocks(&mut self, lo: i64, hi: i64, step: i64, body: impl FnOnce(&mut Self, Value)) {
+    pub(super) fn blocks(
+        &mut self,
+        lo: i64,
+        hi: i64,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value),
+    ) {
         if lo < hi {
             let (lo, hi) = (self.imm(lo), self.imm(hi));
             self.counted_loop_from(lo, hi, step, body);
@@ -504,11 +510,11 @@ impl<'g> Gen<'g> {
             .collect()
     }
 
-    fn load_at(&mut self, base: Value, jb: Value, off: usize, ty: Type) -> Value {
+    pub(super) fn load_at(&mut self, base: Value, jb: Value, off: usize, ty: Type) -> Value {
         let p = self.b.ins().iadd(base, jb);
         self.b.ins().load(ty, flags(), p, (4 * off) as i32)
     }
-    fn store_at(&mut self, v: Value, base: Value, jb: Value, off: usize) {
+    pub(super) fn store_at(&mut self, v: Value, base: Value, jb: Value, off: usize) {
         let p = self.b.ins().iadd(base, jb);
         self.b.ins().store(flags(), v, p, (4 * off) as i32);
     }

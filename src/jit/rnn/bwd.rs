@@ -1,11 +1,12 @@
 //! Back-propagation through time: the forward pass again with its trace, the steps
 //! walked backwards per batch slice (gate gradients fused per row, `dz·Uᵀ` a GEMM per
-//! step), then the weight and input gradients as products over all rows at once.
+//! step; or that walk as generated code, `generated_grad.rs`), then the weight and
+//! input gradients as products over all rows at once.
 
 use super::super::scratch::Buf;
 use super::fwd::{self, Trace};
 use super::math::ma;
-use super::{Layer, Ptr, gemm, small, split_run, zeros};
+use super::{Layer, Ptr, gemm, generated_grad, small, split_run, zeros};
 use crate::ir::Cell;
 
 /// The gradients, flat: input `[B, T, F]`, kernel `[F, N]`, recurrent kernel `[U, N]`,
@@ -21,11 +22,11 @@ pub(super) struct Grads {
 /// The pre-activation gradients of every step, `[B, T, N]` by time step: `dz` for the
 /// input projection, `dr` for the recurrent one (the same buffer except for GRU with
 /// reset_after, whose candidate sees `r ⊙ (h·U_h + b_h)`).
-struct Deltas {
-    dz: Ptr,
-    dr: Ptr,
+pub(super) struct Deltas {
+    pub dz: Ptr,
+    pub dr: Ptr,
     /// The recurrent kernel transposed, `[N, U]`.
-    ut: Vec<f32>,
+    pub ut: Vec<f32>,
 }
 
 /// The gradients for the output gradient `dy`, from the forward pass's trace (run
@@ -57,7 +58,10 @@ pub(super) fn run(l: &Layer, dy: &[f32], trace: Option<Trace>) -> Result<Grads, 
             },
             ut: transpose(l.i.rk, d.u, d.n),
         };
-        split_run(d.b, 1, &|lo, hi| dispatch(l, &tr, dy, &p, (lo, hi)))?;
+        match generated_grad::function(l)? {
+            Some(f) => generated_grad::walk(l, f, &tr, dy, &p)?,
+            None => split_run(d.b, 1, &|lo, hi| dispatch(l, &tr, dy, &p, (lo, hi)))?,
+        }
     }
     let dr: &[f32] = if own_dr { &dr } else { &dz };
     weights(l, &tr, &dz, dr)

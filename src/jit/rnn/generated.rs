@@ -2,17 +2,24 @@
 //! per layer shape and options ([`CellSpec`]), compiled the first time a layer of
 //! that shape runs and cached for the process (every later layer, call and batch size
 //! of the same shape reuses it). A batch slice projects its inputs with one GEMM
-//! (`fwd::project`), then one call of the function runs all its steps.
+//! (`fwd::project`), then one call of the function runs all its steps. The same cache
+//! holds back-propagation through time's step walk (`codegen::rnn_grad`, run by
+//! `generated_grad.rs`): one more function per shape, the same bits as `bwd::slice`.
 //!
-//! The path is selectable: the Rust kernel (`fwd::slice`) runs the steps unless
-//! generated code is chosen, by [`set_generated`] on a thread or
+//! The path is selectable: the Rust kernels (`fwd::slice`, `bwd::slice`) run the steps
+//! unless generated code is chosen, by [`set_generated`] on a thread or
 //! `KILN_RNN_KERNEL=generated` for the process; it stays off by default because on
 //! this x86 host Cranelift emits at most f32x4 and a register copy per multiply-add
 //! (its `fma` lowering is always the destructive 213 form), and its two-row blocks
 //! fetch each line of `U` twice as often as the Rust kernel's four-row ones: measured
 //! interleaved on the shared 2-core machine, specs/lstm.yaml's forward at batch 32,
 //! length 32 takes 2.2× the Rust kernel's time (up to 5× while other builds loaded
-//! the machine), its train step 1.2–1.5×, batch 1's forward 1.2–1.3×.
+//! the machine), its train step 1.2–1.5×, batch 1's forward 1.2–1.3×. With the
+//! backward walk generated too, the train step (batch 32, length 32, 5 interleaved
+//! pairs, machine shared) took 1.20× the Rust kernels' time (median; 0.79–1.35): the
+//! generated walks themselves ran at about the Rust walk's speed (per-kernel profile:
+//! LSTM 0.97–1.19×, GRU 0.69–1.17×, each including the weight products), so the
+//! remaining cost is the forward's.
 //! Activations other than tanh and sigmoid always stay on the Rust kernel.
 
 use std::cell::Cell as StdCell;
@@ -39,6 +46,8 @@ unsafe impl Send for Holder {}
 #[derive(Default)]
 struct Cache {
     fns: HashMap<CellSpec, usize>,
+    /// Back-propagation's step walks (`codegen::rnn_grad`), by the same spec.
+    grads: HashMap<CellSpec, usize>,
     modules: Vec<Holder>,
 }
 
@@ -47,8 +56,10 @@ fn cache() -> &'static Mutex<Cache> {
     C.get_or_init(Mutex::default)
 }
 
-/// Slices run through generated code (all threads, since the process started).
+/// Slices run through generated code (all threads, since the process started):
+/// forward steps, and back-propagation's step walks.
 static RUNS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static GRAD_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static CHOICE: StdCell<Option<bool>> = const { StdCell::new(None) };
@@ -61,7 +72,7 @@ pub fn set_generated(choice: Option<bool>) {
     CHOICE.with(|c| c.set(choice));
 }
 
-fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
     CHOICE.with(|c| c.get()).unwrap_or_else(|| {
         *ENV.get_or_init(|| std::env::var("KILN_RNN_KERNEL").is_ok_and(|v| v == "generated"))
@@ -69,26 +80,35 @@ fn enabled() -> bool {
 }
 
 /// What the generated path has done: the shapes compiled (one function each) and the
-/// batch slices run.
+/// batch slices run, forward steps and back-propagation's step walks.
 #[derive(Clone, Debug)]
 pub struct Stats {
     pub compiled: Vec<CellSpec>,
     pub runs: usize,
+    pub compiled_grads: Vec<CellSpec>,
+    pub grad_runs: usize,
 }
 
 pub fn stats() -> Stats {
-    let compiled = cache()
+    let (compiled, compiled_grads) = cache()
         .lock()
-        .map(|c| c.fns.keys().copied().collect())
+        .map(|c| {
+            (
+                c.fns.keys().copied().collect(),
+                c.grads.keys().copied().collect(),
+            )
+        })
         .unwrap_or_default();
     Stats {
         compiled,
         runs: RUNS.load(Ordering::Relaxed),
+        compiled_grads,
+        grad_runs: GRAD_RUNS.load(Ordering::Relaxed),
     }
 }
 
 /// The spec of `l`'s forward steps, if generated code can run them.
-fn spec(l: &Layer, trace: bool) -> Option<CellSpec> {
+pub(super) fn spec(l: &Layer, trace: bool) -> Option<CellSpec> {
     let a = l.a;
     let kind = match (a.cell, a.reset_after) {
         (Cell::Simple, _) => CellKind::Simple,
@@ -121,25 +141,37 @@ pub(super) fn function(l: &Layer, trace: bool) -> Result<Option<usize>, String> 
     let Some(spec) = spec(l, trace) else {
         return Ok(None);
     };
+    cached(&spec, false).map(Some)
+}
+
+/// The function for `spec`'s forward steps, or with `grad` its back-propagation's
+/// step walk, compiled now if new.
+pub(super) fn cached(spec: &CellSpec, grad: bool) -> Result<usize, String> {
     let mut c = cache()
         .lock()
         .map_err(|_| "the recurrent kernel cache is poisoned")?;
-    if let Some(&f) = c.fns.get(&spec) {
-        return Ok(Some(f));
+    let known = if grad { &c.grads } else { &c.fns };
+    if let Some(&f) = known.get(spec) {
+        return Ok(f);
     }
-    let (f, module) = compile(&spec)?;
-    c.fns.insert(spec, f);
+    let (f, module) = compile(spec, grad)?;
+    if grad {
+        c.grads.insert(*spec, f);
+    } else {
+        c.fns.insert(*spec, f);
+    }
     c.modules.push(module);
-    Ok(Some(f))
+    Ok(f)
 }
 
-fn compile(spec: &CellSpec) -> Result<(usize, Holder), String> {
+fn compile(spec: &CellSpec, grad: bool) -> Result<(usize, Holder), String> {
     let isa = isa().map_err(|e| e.0)?;
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
     let ptr = module.target_config().pointer_type();
     let mut ctx = module.make_context();
     ctx.func.signature.params.push(AbiParam::new(ptr));
-    let name = format!("kiln_rnn_{:?}_{}", spec.kind, spec.units);
+    let which = if grad { "grad" } else { "fwd" };
+    let name = format!("kiln_rnn_{which}_{:?}_{}", spec.kind, spec.units);
     let id = module
         .declare_function(&name, Linkage::Local, &ctx.func.signature)
         .map_err(|e| format!("cranelift: {e}"))?;
@@ -160,7 +192,11 @@ fn compile(spec: &CellSpec) -> Result<(usize, Holder), String> {
             fma: spec.fma,
             range: None,
         };
-        g.emit_rnn_forward(spec);
+        if grad {
+            g.emit_rnn_grad(spec);
+        } else {
+            g.emit_rnn_forward(spec);
+        }
         g.b.finalize(module.target_config());
     }
     module

@@ -13,7 +13,9 @@
 //!   layer shape (`generated.rs`, `codegen/rnn_cell.rs`): same operations in the same
 //!   order, so the same bits; selectable, not the default (slower on x86, see there).
 //! - Back-propagation through time keeps the forward's trace, walks the steps backwards
-//!   per batch slice (gate gradients fused, `dh·Uᵀ` a GEMM per step), and then forms the
+//!   per batch slice (gate gradients fused, `dh·Uᵀ` a GEMM per step; or, chosen with
+//!   the generated forward, that walk as one generated function per layer shape,
+//!   `generated_grad.rs`, `codegen/rnn_grad.rs`, same bits), and then forms the
 //!   kernel, recurrent kernel, bias and input gradients as products over all
 //!   `batch·steps` rows at once, split across the team by columns or rows.
 
@@ -21,6 +23,7 @@ mod bwd;
 mod call;
 mod fwd;
 mod generated;
+mod generated_grad;
 pub(super) mod math;
 mod small;
 
