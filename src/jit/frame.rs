@@ -60,6 +60,18 @@ pub(super) fn set_error(msg: String) {
     });
 }
 
+/// Whether `strides` are row-major `shape`'s (axes of size 1 aside).
+fn contiguous(strides: &[i64], shape: &[usize]) -> bool {
+    let mut expect = 1i64;
+    for d in (0..shape.len()).rev() {
+        if shape[d] != 1 && strides[d] != expect {
+            return false;
+        }
+        expect *= shape[d] as i64;
+    }
+    true
+}
+
 /// Copies a strided view out of raw memory into an owned array (a straight copy when
 /// the view is contiguous, else an odometer over the axes).
 ///
@@ -75,15 +87,7 @@ pub(super) unsafe fn gather(
     let mut out = Vec::new();
     out.try_reserve_exact(n)
         .map_err(|_| super::run::out_of_memory(n))?;
-    let mut expect = 1i64;
-    let mut contiguous = true;
-    for d in (0..shape.len()).rev() {
-        if shape[d] != 1 && strides[d] != expect {
-            contiguous = false;
-        }
-        expect *= shape[d] as i64;
-    }
-    if contiguous {
+    if contiguous(strides, shape) {
         // SAFETY: a contiguous access covers `n` elements from `offset`.
         let src = unsafe { std::slice::from_raw_parts(base.offset(offset as isize), n) };
         out.extend_from_slice(src);
@@ -123,15 +127,7 @@ pub(super) unsafe fn operand<'a>(
     shape: &[usize],
 ) -> Result<ndarray::CowArray<'a, f32, IxDyn>, crate::exec::RunError> {
     let n: usize = shape.iter().product();
-    let mut expect = 1i64;
-    let mut contiguous = !base.is_null();
-    for d in (0..shape.len()).rev() {
-        if shape[d] != 1 && strides[d] != expect {
-            contiguous = false;
-        }
-        expect *= shape[d] as i64;
-    }
-    if contiguous && n > 0 {
+    if !base.is_null() && n > 0 && contiguous(strides, shape) {
         // SAFETY: a contiguous access covers `n` elements from `offset` (caller's
         // contract), row-major in `shape`.
         let view = unsafe {

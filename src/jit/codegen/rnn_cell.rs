@@ -144,10 +144,11 @@ struct Row {
     lhs: [Value; 4],
 }
 
-/// The spec and the argument table's values (loaded once at entry).
-struct Cx<'s> {
-    spec: &'s CellSpec,
-    a: Vec<Value>,
+/// The spec and the argument table's values (loaded once at entry); the forward's
+/// and back-propagation's generators share it.
+pub(super) struct Cx<'s> {
+    pub(super) spec: &'s CellSpec,
+    pub(super) a: Vec<Value>,
 }
 
 impl std::ops::Deref for Cx<'_> {
@@ -205,9 +206,15 @@ impl<'g> Gen<'g> {
         self.b.ins().return_(&[]);
     }
 
-    /// `base + (i·T + t)·w` floats, as a byte address.
-    fn at_step(&mut self, s: &Cx, base: Value, i: Value, t: Value, w: usize) -> Value {
-        let tt = s.a[arg::T];
+    /// `base + (i·T + t)·w` floats, as a byte address (`tt` is `T`).
+    pub(super) fn at_step(
+        &mut self,
+        tt: Value,
+        base: Value,
+        i: Value,
+        t: Value,
+        w: usize,
+    ) -> Value {
         let r = self.b.ins().imul(i, tt);
         let r = self.b.ins().iadd(r, t);
         self.offset(base, r, w)
@@ -224,10 +231,10 @@ impl<'g> Gen<'g> {
         let (u, g) = (s.units, s.gates());
         let n = g * u;
         let z = s.a[arg::Z];
-        let z = self.at_step(s, z, i, st.t, n);
+        let z = self.at_step(s.a[arg::T], z, i, st.t, n);
         let a = s.a[arg::A];
         let a = if s.trace {
-            self.at_step(s, a, i, st.t, n)
+            self.at_step(s.a[arg::T], a, i, st.t, n)
         } else {
             self.offset(a, i, n)
         };
@@ -237,7 +244,7 @@ impl<'g> Gen<'g> {
         let c = self.offset(c, i, u);
         let out = s.a[arg::OUT];
         let out = if s.return_sequences {
-            self.at_step(s, out, i, st.k, u)
+            self.at_step(s.a[arg::T], out, i, st.k, u)
         } else {
             self.offset(out, i, u)
         };
@@ -245,7 +252,7 @@ impl<'g> Gen<'g> {
             let mut v = [hold; 4];
             for (o, slot) in v.iter_mut().zip([arg::HP, arg::CP, arg::CN, arg::EX]) {
                 let base = s.a[slot];
-                *o = self.at_step(s, base, i, st.t, u);
+                *o = self.at_step(s.a[arg::T], base, i, st.t, u);
             }
             Some(v)
         } else {
@@ -253,7 +260,7 @@ impl<'g> Gen<'g> {
         };
         let mask = if s.masked {
             let m = s.a[arg::MASK];
-            let p = self.at_step(s, m, i, st.t, 1);
+            let p = self.at_step(s.a[arg::T], m, i, st.t, 1);
             Some(self.b.ins().load(types::F32, flags(), p, 0))
         } else {
             None

@@ -20,7 +20,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 use cranelift_frontend::Variable;
 
-use super::rnn_cell::{CellAct, CellKind, CellSpec};
+use super::rnn_cell::{CellAct, CellKind, CellSpec, Cx};
 use super::{Gen, flags};
 
 /// The argument table's slots (each 8 bytes). Buffers are the slice's own: row `i` is
@@ -79,24 +79,11 @@ struct Row {
     mask: Option<Value>,
 }
 
-/// The spec and the argument table's values (loaded once at entry).
-struct Gx<'s> {
-    spec: &'s CellSpec,
-    a: Vec<Value>,
-}
-
-impl std::ops::Deref for Gx<'_> {
-    type Target = CellSpec;
-    fn deref(&self) -> &CellSpec {
-        self.spec
-    }
-}
-
 impl Gen<'_> {
     /// The whole function body for `spec`'s back-propagation through time.
     pub fn emit_rnn_grad(&mut self, spec: &CellSpec) {
         let a = (0..arg::LEN).map(|i| self.slot(i)).collect();
-        let s = &Gx { spec, a };
+        let s = &Cx { spec, a };
         let (nb, tt) = (s.a[arg::NB], s.a[arg::T]);
         self.counted_loop(tt, 1, |g, q| {
             let last = g.b.ins().iadd_imm_s(tt, -1);
@@ -114,23 +101,18 @@ impl Gen<'_> {
         self.b.ins().return_(&[]);
     }
 
-    /// `base + (i·T + t)·w` floats, as a byte address.
-    fn grad_at(&mut self, s: &Gx, base: Value, i: Value, t: Value, w: usize) -> Value {
-        let r = self.b.ins().imul(i, s.a[arg::T]);
-        let r = self.b.ins().iadd(r, t);
-        self.offset(base, r, w)
-    }
-
     /// Slice row `i`'s addresses at this step.
-    fn grad_row(&mut self, s: &Gx, st: Step, i: Value) -> Row {
+    fn grad_row(&mut self, s: &Cx, st: Step, i: Value) -> Row {
         let (u, n) = (s.units, s.gates() * s.units);
-        let [dz, dr, a] = [arg::DZ, arg::DR, arg::A].map(|x| self.grad_at(s, s.a[x], i, st.t, n));
-        let [hp, cp, ex] = [arg::HP, arg::CP, arg::EX].map(|x| self.grad_at(s, s.a[x], i, st.t, u));
+        let [dz, dr, a] =
+            [arg::DZ, arg::DR, arg::A].map(|x| self.at_step(s.a[arg::T], s.a[x], i, st.t, n));
+        let [hp, cp, ex] =
+            [arg::HP, arg::CP, arg::EX].map(|x| self.at_step(s.a[arg::T], s.a[x], i, st.t, u));
         let [dh, dc, dhp, dzg, drh] =
             [arg::DH, arg::DC, arg::DHP, arg::DZG, arg::DRH].map(|x| self.offset(s.a[x], i, u));
         let keep = self.offset(s.a[arg::HKEEP], i, n);
         let mask = if s.masked {
-            let p = self.grad_at(s, s.a[arg::MASK], i, st.t, 1);
+            let p = self.at_step(s.a[arg::T], s.a[arg::MASK], i, st.t, 1);
             Some(self.b.ins().load(types::F32, flags(), p, 0))
         } else {
             None
@@ -153,7 +135,7 @@ impl Gen<'_> {
     }
 
     /// `body` on pairs of slice rows, then on the last row alone when `nb` is odd.
-    fn grad_row_blocks(&mut self, s: &Gx, st: Step, body: &dyn Fn(&mut Self, &[Row])) {
+    fn grad_row_blocks(&mut self, s: &Cx, st: Step, body: &dyn Fn(&mut Self, &[Row])) {
         let nb = s.a[arg::NB];
         let var = self.counted_loop(nb, 2, |g, i0| {
             let rs: Vec<Row> = (0..2)
@@ -241,12 +223,12 @@ impl Gen<'_> {
     /// Slice row `i` at this step: the output gradient's share into `dh` (when the step
     /// has an output and, under zero_output, is valid), then at a valid step its gate
     /// gradients.
-    fn grad_row_pass(&mut self, s: &Gx, st: Step, i: Value) {
+    fn grad_row_pass(&mut self, s: &Cx, st: Step, i: Value) {
         let r = self.grad_row(s, st, i);
         let valid = self.valid_flag(r.mask);
         let dy = s.a[arg::DY];
         let (share, mut cond) = if s.return_sequences {
-            (self.grad_at(s, dy, i, st.k, s.units), None)
+            (self.at_step(s.a[arg::T], dy, i, st.k, s.units), None)
         } else {
             let last = self.b.ins().iadd_imm_s(s.a[arg::T], -1);
             let at_last = self.b.ins().icmp(IntCC::Equal, st.k, last);
@@ -275,7 +257,7 @@ impl Gen<'_> {
 
     /// A valid row's gate gradients for four units (or one): its deltas, and the part
     /// of the next `dh` that does not go through `U` (GRU).
-    fn gate_block(&mut self, s: &Gx, r: &Row, jb: Value, ty: Type) {
+    fn gate_block(&mut self, s: &Cx, r: &Row, jb: Value, ty: Type) {
         let dh = self.load_at(r.dh, jb, 0, ty);
         match s.kind {
             CellKind::Simple => {
@@ -290,7 +272,7 @@ impl Gen<'_> {
 
     /// LSTM: the cell state's gradient `dct = dc + act'(c)·dh·o`, the four gates'
     /// deltas through their activations, and `dc = dct·f` for the step before.
-    fn lstm_block(&mut self, s: &Gx, r: &Row, (jb, dh): (Value, Value), ty: Type) {
+    fn lstm_block(&mut self, s: &Cx, r: &Row, (jb, dh): (Value, Value), ty: Type) {
         let u = s.units;
         let a: Vec<Value> = (0..4).map(|q| self.load_at(r.a, jb, q * u, ty)).collect();
         let ex = self.load_at(r.ex, jb, 0, ty);
@@ -317,7 +299,7 @@ impl Gen<'_> {
     /// GRU: `dhp = dh·z`, the candidate's delta; with reset_after the update and reset
     /// gates' deltas and the recurrent deltas too, else the update gate's output
     /// gradient for [`Self::late_block`].
-    fn gru_block(&mut self, s: &Gx, r: &Row, (jb, dh): (Value, Value), ty: Type) {
+    fn gru_block(&mut self, s: &Cx, r: &Row, (jb, dh): (Value, Value), ty: Type) {
         let u = s.units;
         let zg = self.load_at(r.a, jb, 0, ty);
         let hh = self.load_at(r.a, jb, 2 * u, ty);
@@ -423,7 +405,7 @@ impl Gen<'_> {
 
     /// GRU without reset_after: `drh = dz_h · U_hᵀ` for the rows (every row: an
     /// invalid step's deltas are zeros).
-    fn late_product(&mut self, s: &Gx, rs: &[Row]) {
+    fn late_product(&mut self, s: &Cx, rs: &[Row]) {
         let u = s.units;
         let lhs: Vec<Value> = rs
             .iter()
@@ -446,7 +428,7 @@ impl Gen<'_> {
 
     /// GRU without reset_after, slice row `i` once `drh` is known: at a valid step the
     /// reset and update gates' deltas and the candidate's path into the next `dh`.
-    fn late_row_pass(&mut self, s: &Gx, st: Step, i: Value) {
+    fn late_row_pass(&mut self, s: &Cx, st: Step, i: Value) {
         let r = self.grad_row(s, st, i);
         let valid = self.valid_flag(r.mask);
         self.when(valid, |g| {
@@ -456,7 +438,7 @@ impl Gen<'_> {
 
     /// `dz_z = σ'·dzg`, `dz_r = σ'·(drh·h·keep_h)`, `dhp += drh·r·keep_h` (fused where
     /// the Rust kernel's `ma` fuses).
-    fn late_block(&mut self, s: &Gx, r: &Row, jb: Value, ty: Type) {
+    fn late_block(&mut self, s: &Cx, r: &Row, jb: Value, ty: Type) {
         let u = s.units;
         let drh = self.load_at(r.drh, jb, 0, ty);
         let dzg = self.load_at(r.dzg, jb, 0, ty);
@@ -486,7 +468,7 @@ impl Gen<'_> {
     /// product takes `h` directly, or under keep masks `dhp + (dr_g·U_gᵀ)·keep_g` gate
     /// after gate; stored into `dh` where the step is valid (non-GRU cells start from a
     /// zero `dhp`).
-    fn back_product(&mut self, s: &Gx, rs: &[Row]) {
+    fn back_product(&mut self, s: &Cx, rs: &[Row]) {
         let u = s.units;
         let ng = if s.kind == CellKind::GruBefore {
             2
