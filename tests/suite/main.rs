@@ -9,6 +9,7 @@ mod attention_mask_flow;
 mod attention_masks;
 mod catalog;
 mod cli;
+mod column_sums;
 mod common;
 mod conv_layers;
 mod data_files;

@@ -28,6 +28,8 @@
 //! multiple of 16 with zeros (keys for the scores, channels for the others), so no
 //! shape takes a scalar path; the padding's lanes are computed and never read.
 
+#[cfg(target_arch = "x86_64")]
+use super::exp_fused;
 use super::{Call, MulAdd, Plain, View, exp_poly};
 #[cfg(target_arch = "x86_64")]
 use super::{Fused, avx2};

@@ -1,8 +1,10 @@
 //! `N` `f32` lanes for the forward kernel, where a vector holds one key column of `N`
 //! query rows: AVX-512 (16 lanes) or AVX2/FMA (8) intrinsics, or plain arrays (8).
-//! Each operation is the scalar code's, lane by lane (`exp` is `exp_poly`, `max` the
-//! `a > b` choice), so every build computes the values the row-at-a-time loops of the
-//! backward kernel recompute (the AVX builds with fused products, as `Fused`).
+//! Each operation is the scalar code's, lane by lane (`exp` is `exp_poly` in the plain
+//! build, `exp_fused` — the polynomial's steps as fused multiply-adds — in the AVX
+//! builds; `max` the `a > b` choice), so every build computes the values the
+//! row-at-a-time loops of the backward kernel recompute (the AVX builds with fused
+//! products, as `Fused`).
 
 /// The lane operations (see the module's documentation).
 pub(super) trait Lanes<const N: usize> {
@@ -18,7 +20,7 @@ pub(super) trait Lanes<const N: usize> {
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `if a > b { a } else { b }` in each lane.
     fn max(a: Self::V, b: Self::V) -> Self::V;
-    /// `exp_poly` in each lane.
+    /// `exp_poly` (plain build) or `exp_fused` (AVX builds) in each lane.
     fn exp(x: Self::V) -> Self::V;
 }
 
@@ -120,7 +122,7 @@ mod avx {
         fn max(a: __m256, b: __m256) -> __m256 {
             unsafe { _mm256_max_ps(a, b) }
         }
-        /// `exp_poly` (`rnn::math::exp::<false>`), operation for operation.
+        /// `exp_fused` (`rnn::math::exp::<true>`), operation for operation.
         #[inline(always)]
         fn exp(x: __m256) -> __m256 {
             unsafe {
@@ -142,7 +144,7 @@ mod avx {
                     1.666_666_5e-1,
                     5e-1,
                 ] {
-                    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(k));
+                    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(k));
                 }
                 let y = _mm256_add_ps(_mm256_mul_ps(p, z), x);
                 let y = _mm256_add_ps(y, _mm256_set1_ps(1.0));
@@ -206,7 +208,7 @@ mod avx512 {
         fn max(a: __m512, b: __m512) -> __m512 {
             unsafe { _mm512_max_ps(a, b) }
         }
-        /// `exp_poly` (`rnn::math::exp::<false>`), operation for operation.
+        /// `exp_fused` (`rnn::math::exp::<true>`), operation for operation.
         #[inline(always)]
         fn exp(x: __m512) -> __m512 {
             unsafe {
@@ -228,7 +230,7 @@ mod avx512 {
                     1.666_666_5e-1,
                     5e-1,
                 ] {
-                    p = _mm512_add_ps(_mm512_mul_ps(p, x), _mm512_set1_ps(k));
+                    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(k));
                 }
                 let y = _mm512_add_ps(_mm512_mul_ps(p, z), x);
                 let y = _mm512_add_ps(y, _mm512_set1_ps(1.0));

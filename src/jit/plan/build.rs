@@ -186,6 +186,7 @@ impl<'f> Builder<'f> {
         self.drop_unit_axes();
         self.fuse_stores(&outputs);
         self.merge_products();
+        self.block_column_reductions();
         let mut last_use = vec![0usize; self.bufs.len()];
         for (ki, k) in self.kernels.iter().enumerate() {
             let touched = reads(k).into_iter().map(|a| a.buf).chain(writes(k));

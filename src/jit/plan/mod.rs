@@ -24,7 +24,8 @@
 //! `gemm` plans matrix products, `window` convolutions and pooling, `fuse` the passes
 //! over the finished kernel list (epilogues, unit axes), `merge` products of one A into
 //! one call, `stores` loops that feed each other into one nest with several stores,
-//! `donate` in-place updates and
+//! `columns` column reductions split into blocks the team can share, `donate` in-place
+//! updates and
 //! `print` the textual form.
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use attention::{AttnGrad, AttnKernel, Stage};
 
 mod attention;
 mod build;
+mod columns;
 mod donate;
 mod fuse;
 mod gemm;

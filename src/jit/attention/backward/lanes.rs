@@ -1,12 +1,13 @@
 //! [`super::grad_row_plain`]'s operations in AVX2 vectors of `L` lanes (or AVX-512 ones of
-//! `2L`), in the same order on the same values (no fused multiply-adds), so the same
-//! bits: the row sums add each `L`-lane half in turn into `L` lanes.
+//! `2L`), in the same order on the same values (no fused multiply-adds but the
+//! exponential's, which is the AVX forward kernel's `exp_fused`): the row sums add each
+//! `L`-lane half in turn into `L` lanes.
 
-use super::{L, RowSet, exp_poly, lane_sum};
+use super::{L, RowSet, exp_fused, lane_sum};
 use crate::jit::attention::lanes::Lanes;
 use std::arch::x86_64::*;
 
-/// `mathfn::exp` (`rnn::math::exp::<false>`) on eight lanes: the forward kernel's,
+/// `exp_fused` (`rnn::math::exp::<true>`) on eight lanes: the forward kernel's,
 /// operation for operation.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -213,7 +214,7 @@ fn passes<const WIDE: bool, const RR: usize>(b: RowSet<'_, RR>) {
             let n8 = live / L * L;
             let mut rest = [0.0f32; L];
             for j in n8..live {
-                let e = exp_poly(*rr.x.add(j) - rr.mx);
+                let e = exp_fused(*rr.x.add(j) - rr.mx);
                 *rr.p.add(j) = e * rr.rz;
                 *rr.ds.add(j) = e;
                 rest[j - n8] = -(*rr.g.add(j) * (*rr.p.add(j) * rr.rz));

@@ -9,6 +9,9 @@ use super::expr::combine;
 use super::{Gen, UNROLL, flags};
 use crate::ir::{Binary, ReduceOp};
 use crate::jit::plan::{Access, Epilogue, Expr, LoopKernel, Sink};
+use columns::column_width;
+
+mod columns;
 
 /// What every row of a loop nest shares: the kernel, its extents, the accesses
 /// (loads, then the sink) and their base pointers, how often each expression node
@@ -74,7 +77,10 @@ impl Gen<'_> {
             levels,
             scalar,
         };
-        self.outer(&nest, 0, Vec::new());
+        match column_width(k) {
+            Some(w) => self.columns_or_rows(&nest, w),
+            None => self.outer(&nest, 0, Vec::new()),
+        }
     }
 
     /// Emits loops over the outer axes, then the inner axis.
@@ -198,9 +204,16 @@ impl Gen<'_> {
     fn vector_loop(&mut self, r: &Row, ident: Value) -> Variable {
         let (k, levels) = (r.nest.k, &r.nest.levels);
         let (sink_idx, reduce_inner, idx) = (r.sink_idx, r.reduce_inner, r.idx);
-        let vacc = self.b.declare_var(types::F32X4);
+        // One vector accumulator per unrolled step: the adds of a row reduction form
+        // independent chains instead of one chain of the add's latency.
         let vid = self.b.ins().splat(types::F32X4, ident);
-        self.b.def_var(vacc, vid);
+        let vaccs: Vec<Variable> = (0..UNROLL)
+            .map(|_| {
+                let v = self.b.declare_var(types::F32X4);
+                self.b.def_var(v, vid);
+                v
+            })
+            .collect();
         // Splat the row-invariant values once.
         let mut vecs: Vec<Option<Value>> = vec![None; k.expr.len()];
         for (e, &lvl) in levels.iter().enumerate() {
@@ -231,9 +244,9 @@ impl Gen<'_> {
                         g.also_stores(k, &vals, &ps);
                     }
                     (Sink::Reduce(op, _), true) => {
-                        let a = g.b.use_var(vacc);
+                        let a = g.b.use_var(vaccs[u as usize]);
                         let r = g.accumulate(*op, a, v, term);
-                        g.b.def_var(vacc, r);
+                        g.b.def_var(vaccs[u as usize], r);
                     }
                     (Sink::Reduce(op, _), false) => {
                         let p = addr(g, sink_idx);
@@ -245,8 +258,14 @@ impl Gen<'_> {
             }
         });
         if reduce_inner {
-            // Horizontal combine of the vector accumulator into the scalar one.
-            let v = self.b.use_var(vacc);
+            // The accumulators combined lane for lane, then horizontally into the
+            // scalar one.
+            let op = r.op.unwrap_or(ReduceOp::Sum);
+            let mut v = self.b.use_var(vaccs[0]);
+            for &a in &vaccs[1..] {
+                let a = self.b.use_var(a);
+                v = combine(&mut self.b, op, v, a);
+            }
             let mut s = self.b.use_var(r.acc_var);
             for lane in 0..4u8 {
                 let x = self.b.ins().extractlane(v, lane);
