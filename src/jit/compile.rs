@@ -110,6 +110,7 @@ fn descs(plan: &Plan) -> Vec<Desc> {
                     call: c.clone(),
                 },
                 Kernel::Attention(a) => DescKind::Attention(a.clone()),
+                Kernel::Norm(n) => DescKind::Norm(n.clone()),
                 Kernel::Loop(_) => DescKind::None,
             };
             Desc {
@@ -280,6 +281,7 @@ impl Emitter<'_> {
             }
             Kernel::Call(_) => Step::Call { desc: ki },
             Kernel::Attention(_) => Step::Attention { desc: ki },
+            Kernel::Norm(_) => Step::Norm { desc: ki },
         })
     }
 }

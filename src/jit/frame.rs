@@ -24,6 +24,7 @@ pub(super) enum DescKind {
     Gemm(plan::GemmKernel),
     Call { node: Node, call: plan::CallKernel },
     Attention(plan::AttnKernel),
+    Norm(plan::NormKernel),
     None,
 }
 

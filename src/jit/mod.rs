@@ -28,6 +28,7 @@ mod compile;
 mod frame;
 mod gemm;
 mod local;
+mod norm;
 pub mod object;
 mod rnn;
 mod routine;

@@ -8,6 +8,7 @@
 use super::attention::kiln_attention;
 use super::codegen::{PARALLEL_MIN_ELEMENTS, SMALL_GEMM_PARALLEL_MIN_MACS};
 use super::frame::Desc;
+use super::norm::kiln_norm;
 use super::plan::{BufId, SMALL_GEMM_MAX_ROWS, Slot};
 use super::routine::kiln_call;
 use super::trampoline::{kiln_gemm, kiln_parallel};
@@ -72,6 +73,10 @@ pub(super) enum Step {
     },
     /// A fused attention kernel (`jit::attention`), described by descriptor `desc`.
     Attention {
+        desc: usize,
+    },
+    /// A layer normalization kernel (`jit::norm`), described by descriptor `desc`.
+    Norm {
         desc: usize,
     },
 }
@@ -165,6 +170,7 @@ impl Steps {
             }
             Step::Call { desc } => kiln_call(base, &descs[*desc]),
             Step::Attention { desc } => kiln_attention(base, &descs[*desc]),
+            Step::Norm { desc } => kiln_norm(base, &descs[*desc]),
         }
     }
 

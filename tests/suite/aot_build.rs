@@ -3,12 +3,13 @@
 //! library (`Net::predict`, which `kiln predict` runs — and for one-input models
 //! `kiln predict` itself — and `Net::train_step`, one step of `kiln train`).
 //!
-//! Tolerance: none. Predictions and one training step (loss, updated weights, and
-//! predictions after it) are compared bit for bit. The object runs the JIT's own
-//! kernel functions; where the JIT hands a product with many rows to matrixmultiply,
-//! the object runs the generated few-rows code, and both sum each dot product in order
-//! over `k` in f32 (with FMA on both or on neither, by the host's features), so the
-//! bits agree.
+//! Tolerance: none, but for the specs with attention or layer normalization (which
+//! run as Rust kernels in the process and as generated code in the object).
+//! Predictions and one training step (loss, updated weights, and predictions after it)
+//! are compared bit for bit. The object runs the JIT's own kernel functions; where the
+//! JIT hands a product with many rows to matrixmultiply, the object runs the generated
+//! few-rows code, and both sum each dot product in order over `k` in f32 (with FMA on
+//! both or on neither, by the host's features), so the bits agree.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -199,8 +200,9 @@ fn cc_in(cc: &str, dir: &Path, args: &[&str]) {
 }
 
 /// Builds `name` for `batch` rows, links and runs the C program, and checks it
-/// against the library: bit for bit when `bits`, else within `agree`'s tolerance (attention: in the process it runs as one fused kernel, in the object as
-/// the generated products and softmax, whose sums are in another order).
+/// against the library: bit for bit when `bits`, else within `agree`'s tolerance (attention
+/// and layer normalization: in the process each runs as one kernel, in the object as
+/// the generated products, softmax and loop nests, whose sums are in another order).
 fn check_spec(name: &str, batch: usize, dims: &[(&str, i64)], train: bool, bits: bool) {
     let Some(cc) = cc() else {
         println!("skipped: no `cc` found on PATH to compile the C program");
@@ -407,7 +409,9 @@ fn cnn_predicts_from_c() {
 
 #[test]
 fn residual_and_diabetes_predict_and_train_from_c() {
-    check_spec("residual", 1, &[], true, true);
+    // Layer normalization runs as one kernel in the process and as the generated loop
+    // nests in the object, whose row sums are in another order: within tolerance.
+    check_spec("residual", 1, &[], true, false);
     check_spec("diabetes", 4, &[], true, true);
 }
 

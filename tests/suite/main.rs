@@ -31,6 +31,7 @@ mod issue15_cases;
 mod jit;
 mod keras_golden;
 mod keras_names;
+mod layer_norm_fast;
 mod layers;
 mod library;
 mod lower_grad;

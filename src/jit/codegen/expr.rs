@@ -79,9 +79,12 @@ impl Gen<'_> {
             }
             Expr::Const(c) => m.c(*c as f32),
             Expr::Size(s) => {
-                let v =
-                    m.b.ins()
-                        .load(types::I64, flags(), self.frame, (*s * 8) as i32);
+                let v = m.b.ins().load(
+                    types::I64,
+                    super::frame_flags(),
+                    self.frame,
+                    (*s * 8) as i32,
+                );
                 m.b.ins().fcvt_from_sint(types::F32, v)
             }
             Expr::Index(axis) => {

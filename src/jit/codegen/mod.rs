@@ -33,6 +33,13 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// A load from the local frame (sizes, strides, buffer pointers), which no kernel
+/// function writes: read-only and free to move, so Cranelift hoists it out of loops and
+/// loads each slot once.
+fn frame_flags() -> MemFlagsData {
+    flags().with_readonly().with_can_move()
+}
+
 pub struct Gen<'b> {
     pub b: FunctionBuilder<'b>,
     /// Size-table slots in the (local) frame; the buffer pointers follow them.
@@ -84,11 +91,13 @@ impl Gen<'_> {
     fn slot(&mut self, s: usize) -> Value {
         self.b
             .ins()
-            .load(types::I64, flags(), self.frame, (s * 8) as i32)
+            .load(types::I64, frame_flags(), self.frame, (s * 8) as i32)
     }
     fn buf_ptr(&mut self, buf: usize) -> Value {
         let off = (self.sizes + buf) * 8;
-        self.b.ins().load(self.ptr, flags(), self.frame, off as i32)
+        self.b
+            .ins()
+            .load(self.ptr, frame_flags(), self.frame, off as i32)
     }
     /// The address of an access's first element (its buffer at its offset).
     fn base(&mut self, a: &Access) -> Value {

@@ -383,7 +383,9 @@ impl ObjectCode {
                     }
                 }
                 Kernel::Call(_) => calls.push(Call::Routine(ki)),
-                Kernel::Attention(_) => unreachable!("plan_generated fuses no attention"),
+                Kernel::Attention(_) | Kernel::Norm(_) => {
+                    unreachable!("plan_generated plans no in-process kernels")
+                }
             }
         }
         let layout = Layout {

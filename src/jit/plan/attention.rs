@@ -172,7 +172,7 @@ struct GradChain {
 
 impl Builder<'_> {
     /// The nodes that read each node (built on first use).
-    fn users(&mut self) -> &[Vec<Id>] {
+    pub(super) fn users(&mut self) -> &[Vec<Id>] {
         if self.users.is_empty() {
             let mut users = vec![Vec::new(); self.f.nodes.len()];
             for (i, n) in self.f.nodes.iter().enumerate() {
@@ -188,7 +188,7 @@ impl Builder<'_> {
     }
 
     /// The first reader of `x` that `ok` accepts.
-    fn user(&mut self, x: Id, ok: impl Fn(&crate::ir::Node) -> bool) -> Option<Id> {
+    pub(super) fn user(&mut self, x: Id, ok: impl Fn(&crate::ir::Node) -> bool) -> Option<Id> {
         let f = self.f;
         self.users()[x].iter().copied().find(|&u| ok(&f.nodes[u]))
     }

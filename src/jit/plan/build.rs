@@ -226,7 +226,10 @@ impl<'f> Builder<'f> {
             Op::Pad { axis, low, .. } => self.pad(i, *axis, low, &shape),
             Op::Concat { axis } => self.concat(i, *axis, &shape),
             Op::Reshape => self.reshape(n.args[0], &shape),
-            Op::Reduce { op, axes } => self.reduce(i, *op, axes, &shape),
+            Op::Reduce { op, axes } => match self.fuse_attention.then(|| self.norm(i)).flatten() {
+                Some(v) => v,
+                None => self.reduce(i, *op, axes, &shape),
+            },
             Op::MatMul { ta, tb } => match self.fuse_attention.then(|| self.attention(i)).flatten()
             {
                 Some(v) => v,

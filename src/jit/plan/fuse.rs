@@ -64,7 +64,7 @@ impl Builder<'_> {
             let found = match &self.kernels[i] {
                 Kernel::Gemm(_) => self.epilogue_for(i, &f),
                 Kernel::Loop(_) => self.reduce_epilogue_for(i, &f),
-                Kernel::Call(_) | Kernel::Attention(_) => None,
+                Kernel::Call(_) | Kernel::Attention(_) | Kernel::Norm(_) => None,
             };
             if let Some((j, acc)) = found {
                 f.merge(&self.kernels[j], j, i);
@@ -76,7 +76,7 @@ impl Builder<'_> {
                 match &mut self.kernels[i] {
                     Kernel::Gemm(g) => g.epilogue = e,
                     Kernel::Loop(r) => r.epilogue = e,
-                    Kernel::Call(_) | Kernel::Attention(_) => {}
+                    Kernel::Call(_) | Kernel::Attention(_) | Kernel::Norm(_) => {}
                 }
                 if matches!(self.kernels[i], Kernel::Gemm(_)) {
                     self.extend_epilogue(i, &mut f, outputs);

@@ -34,6 +34,7 @@ use crate::dim::{Dim, product};
 use crate::ir::{Binary, Cmp, Func, Id, Op, PoolKind, ReduceOp, Unary};
 
 pub use attention::{AttnGrad, AttnKernel, Stage};
+pub use norm::{NormKernel, NormPart};
 
 mod attention;
 mod build;
@@ -42,6 +43,7 @@ mod donate;
 mod fuse;
 mod gemm;
 mod merge;
+mod norm;
 mod print;
 mod stores;
 mod views;
@@ -218,6 +220,7 @@ pub fn reads(k: &Kernel) -> Vec<&Access> {
             )
             .collect(),
         Kernel::Call(c) => c.args.iter().collect(),
+        Kernel::Norm(n) => [&n.x].into_iter().chain(&n.gamma).chain(&n.beta).collect(),
         Kernel::Attention(a) => {
             let g = a.grad.iter().flat_map(|g| [&g.g, &g.max, &g.sum]);
             [&a.q, &a.k, &a.v].into_iter().chain(g).collect()
@@ -240,6 +243,9 @@ pub fn writes(k: &Kernel) -> Vec<BufId> {
             .flatten()
             .collect(),
         Kernel::Call(c) => vec![c.out],
+        Kernel::Norm(n) => std::iter::once(n.out.buf)
+            .chain(n.stores.iter().map(|s| s.1.buf))
+            .collect(),
         Kernel::Attention(a) => std::iter::once(a.out.buf)
             .chain(a.stores.iter().map(|s| s.1))
             .chain(a.grad.iter().flat_map(|g| [g.dk.buf, g.dv.buf]))
@@ -266,6 +272,8 @@ pub enum Kernel {
     Call(CallKernel),
     /// Scaled dot-product attention, softmax fused (`attention.rs`).
     Attention(AttnKernel),
+    /// Layer normalization over the last axis, one row at a time (`norm.rs`).
+    Norm(NormKernel),
 }
 
 impl Kernel {
@@ -321,7 +329,8 @@ struct Builder<'f> {
     /// Patch matrices already gathered, by input node and window geometry: a
     /// convolution's kernel gradient reuses its forward pass's.
     patch_cache: HashMap<(Id, Vec<i64>), Access>,
-    /// Whether scaled dot-product attention becomes one fused kernel.
+    /// Whether scaled dot-product attention and layer normalization become kernels that
+    /// run as Rust code in the process (not in an object file).
     fuse_attention: bool,
     /// Each node's readers (built by the attention matcher on first use).
     users: Vec<Vec<Id>>,

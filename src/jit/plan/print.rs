@@ -48,6 +48,7 @@ impl Plan {
             Some(Kernel::Gemm(g)) => self.print_gemm(&mut s, k, g),
             Some(Kernel::Call(c)) => self.print_call(&mut s, k, c),
             Some(Kernel::Attention(a)) => self.print_attention(&mut s, k, a),
+            Some(Kernel::Norm(n)) => self.print_norm(&mut s, k, n),
             None => {}
         }
         s.lines().next().unwrap_or_default().trim().to_string()
@@ -79,6 +80,7 @@ impl Plan {
                 Kernel::Gemm(g) => self.print_gemm(&mut s, i, g),
                 Kernel::Call(c) => self.print_call(&mut s, i, c),
                 Kernel::Attention(a) => self.print_attention(&mut s, i, a),
+                Kernel::Norm(n) => self.print_norm(&mut s, i, n),
             }
         }
         let outs: Vec<String> = self
@@ -217,6 +219,30 @@ impl Plan {
             c.out,
             self.fmt_shape(&c.out_shape)
         );
+    }
+
+    fn print_norm(&self, s: &mut String, i: usize, n: &super::NormKernel) {
+        let w = |a: &Option<Access>| a.as_ref().map_or("-".to_string(), |a| self.fmt_access(a));
+        let _ = writeln!(
+            s,
+            "  k{i}: layer_norm %{}..%{} rows [{}] n={} eps={}{}: x {} gamma {} beta {} -> {}",
+            n.nodes[0],
+            n.nodes[1],
+            self.fmt_shape(&n.rows),
+            self.sizes[n.n],
+            n.eps,
+            if n.rms { ", rms" } else { "" },
+            self.fmt_access(&n.x),
+            w(&n.gamma),
+            w(&n.beta),
+            self.fmt_access(&n.out),
+        );
+        if !n.stores.is_empty() {
+            let stores: Vec<String> = (n.stores.iter())
+                .map(|(p, a)| format!("{p:?} -> {}", self.fmt_access(a)))
+                .collect();
+            let _ = writeln!(s, "      stores {}", stores.join(", "));
+        }
     }
 
     fn print_attention(&self, s: &mut String, i: usize, a: &super::AttnKernel) {

@@ -1,0 +1,208 @@
+//! Rows whose length is a multiple of 16 in 16-lane registers: one AVX-512 vector or two
+//! AVX2 halves, each operation the plain code's lane by lane (the sums' lanes and
+//! pairwise tree, the squares fused), so the same bits as `super::rows::<true>`.
+
+use std::arch::x86_64::*;
+
+use super::{BLOCK, Call, finish_row};
+
+/// Sixteen lanes.
+pub(super) trait L16 {
+    type V: Copy;
+    /// # Safety
+    /// `p..p + 16` is readable.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// # Safety
+    /// `p..p + 16` is writable.
+    unsafe fn store(p: *mut f32, v: Self::V);
+    fn zero() -> Self::V;
+    fn splat(x: f32) -> Self::V;
+    fn add(a: Self::V, b: Self::V) -> Self::V;
+    fn sub(a: Self::V, b: Self::V) -> Self::V;
+    fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `a·b + c`, fused.
+    fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lanes `l` and `l + 8` added, then `l + 4`, `l + 2`, `l + 1`.
+    fn tree(v: Self::V) -> f32;
+}
+
+/// The last steps of the tree on four lanes: `[b0 + b2, b1 + b3]`, then their sum.
+#[inline(always)]
+fn tree4(b: __m128) -> f32 {
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
+    }
+}
+
+/// AVX-512F registers; used only where the host has AVX-512F, AVX2 and FMA.
+pub(super) struct Avx512;
+
+// SAFETY (every `unsafe` below): the host has the features (see `Avx512`).
+impl L16 for Avx512 {
+    type V = __m512;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn add(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn tree(v: __m512) -> f32 {
+        unsafe {
+            let lo = _mm512_castps512_ps256(v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let a = _mm256_add_ps(lo, hi);
+            tree4(_mm_add_ps(
+                _mm256_castps256_ps128(a),
+                _mm256_extractf128_ps::<1>(a),
+            ))
+        }
+    }
+}
+
+/// Two AVX2 halves (lanes 0–7, 8–15); used only where the host has AVX2 and FMA.
+pub(super) struct Avx2;
+
+// SAFETY (every `unsafe` below): the host has the features (see `Avx2`).
+impl L16 for Avx2 {
+    type V = (__m256, __m256);
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        unsafe {
+            _mm256_storeu_ps(p, v.0);
+            _mm256_storeu_ps(p.add(8), v.1);
+        }
+    }
+    #[inline(always)]
+    fn zero() -> Self::V {
+        unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self::V {
+        unsafe { (_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+    }
+    #[inline(always)]
+    fn add(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { (_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn sub(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { (_mm256_sub_ps(a.0, b.0), _mm256_sub_ps(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn mul(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { (_mm256_mul_ps(a.0, b.0), _mm256_mul_ps(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe {
+            (
+                _mm256_fmadd_ps(a.0, b.0, c.0),
+                _mm256_fmadd_ps(a.1, b.1, c.1),
+            )
+        }
+    }
+    #[inline(always)]
+    fn tree(v: Self::V) -> f32 {
+        unsafe {
+            let a = _mm256_add_ps(v.0, v.1);
+            tree4(_mm_add_ps(
+                _mm256_castps256_ps128(a),
+                _mm256_extractf128_ps::<1>(a),
+            ))
+        }
+    }
+}
+
+/// Rows `lo..hi` of a call whose `n` is a multiple of 16, `BLOCK` rows per pass.
+#[inline(always)]
+pub(super) fn rows<L: L16>(c: &Call, lo: usize, hi: usize) {
+    let n = c.n;
+    let mut b0 = lo;
+    while b0 < hi {
+        let rows = b0..hi.min(b0 + BLOCK);
+        let (mut mean, mut inv) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+        // SAFETY (all of it): the plan's accesses cover every row of `x` and of the
+        // output and stores at this call's sizes; `n` is a multiple of 16; parts own
+        // disjoint rows.
+        unsafe {
+            for (i, r) in rows.clone().enumerate() {
+                let x = c.x.wrapping_offset(c.x_row(r) as isize);
+                let mut acc = L::zero();
+                for j in (0..n).step_by(16) {
+                    acc = L::add(acc, L::load(x.add(j)));
+                }
+                mean[i] = L::tree(acc) / n as f32;
+            }
+            for (i, r) in rows.clone().enumerate() {
+                let x = c.x.wrapping_offset(c.x_row(r) as isize);
+                let m = L::splat(mean[i]);
+                let mut acc = L::zero();
+                for j in (0..n).step_by(16) {
+                    let d = L::sub(L::load(x.add(j)), m);
+                    acc = L::fma(d, d, acc);
+                }
+                inv[i] = 1.0 / (L::tree(acc) / n as f32 + c.eps).sqrt();
+            }
+            for (i, r) in rows.clone().enumerate() {
+                let x = c.x.wrapping_offset(c.x_row(r) as isize);
+                let plain = !c.rms
+                    && c.gamma.is_some()
+                    && c.beta.is_some()
+                    && c.centred.is_none()
+                    && c.normalized.is_none()
+                    && c.scaled.is_none();
+                if let (true, Some(g), Some(b)) = (plain, c.gamma, c.beta) {
+                    let (m, s) = (L::splat(mean[i]), L::splat(inv[i]));
+                    let out = c.out.add(r * n);
+                    for j in (0..n).step_by(16) {
+                        let y = L::mul(L::mul(L::sub(L::load(x.add(j)), m), s), L::load(g.add(j)));
+                        L::store(out.add(j), L::add(y, L::load(b.add(j))));
+                    }
+                    if let Some(p) = c.mean {
+                        *p.add(r) = mean[i];
+                    }
+                    if let Some(p) = c.inv {
+                        *p.add(r) = inv[i];
+                    }
+                } else {
+                    let xs = std::slice::from_raw_parts(x, n);
+                    finish_row(c, r, xs, mean[i], inv[i]);
+                }
+            }
+        }
+        b0 = rows.end;
+    }
+}
