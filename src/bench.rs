@@ -178,8 +178,10 @@ fn time_runs(
 ) -> Result<f64, RunError> {
     // In place where the kernel was compiled for it (the training step's parameters and
     // optimizer state), as training runs it.
+    // Warm-up: eight calls, the compiled function's first choice between the team and
+    // the caller alone included (`jit::adapt`), so the timed runs are the steady state.
     let mut ins = ins.to_vec();
-    for _ in 0..3.min(runs) {
+    for _ in 0..8.min(runs) {
         k.run_inplace(&mut ins)?;
     }
     let mut t = Vec::with_capacity(runs);

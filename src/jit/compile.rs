@@ -340,6 +340,7 @@ fn build(f: Func, donate: &[(usize, usize)], keep_clif: bool) -> Result<JitKerne
     }
     let first_def = arena::first_defs(&plan);
     let steps = Steps {
+        adapt: Default::default(),
         steps,
         addrs,
         frame_len,

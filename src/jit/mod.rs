@@ -22,6 +22,7 @@ pub mod plan;
 pub mod profile;
 pub mod team;
 
+mod adapt;
 mod arena;
 mod attention;
 mod compile;

@@ -5,12 +5,14 @@
 //! generated entry function used to do; as data, it costs no compile time, so compile
 //! time grows with the number of *distinct* kernels, not with the model.
 
+use super::adapt::{self, Adapt};
 use super::attention::kiln_attention;
 use super::codegen::{PARALLEL_MIN_ELEMENTS, SMALL_GEMM_PARALLEL_MIN_MACS};
 use super::frame::Desc;
 use super::norm::kiln_norm;
 use super::plan::{BufId, SMALL_GEMM_MAX_ROWS, Slot};
 use super::routine::kiln_call;
+use super::team;
 use super::trampoline::{kiln_gemm, kiln_parallel};
 
 /// A compiled kernel function `(local frame, lo, hi)` and where its local frame starts
@@ -92,6 +94,9 @@ pub(super) struct Steps {
     pub(super) local_map: Vec<usize>,
     /// Number of size-table slots in the frame (buffer pointers follow them).
     pub(super) sizes: usize,
+    /// Whether a call's steps share their work with the team or run on the caller
+    /// alone (`jit::adapt`).
+    pub(super) adapt: Adapt,
 }
 
 type RangeFn = extern "C" fn(*mut i64, i64, i64);
@@ -113,10 +118,24 @@ impl Steps {
     /// The frame must hold the evaluated sizes and valid buffer pointers of the plan the
     /// steps and `descs` were built from, with the local frames filled.
     pub(super) unsafe fn run(&self, frame: &mut [i64], descs: &[Desc]) {
-        for step in &self.steps {
-            // SAFETY: the caller's contract.
-            unsafe { self.step(frame, step, descs) };
+        self.adaptive(|| {
+            for step in &self.steps {
+                // SAFETY: the caller's contract.
+                unsafe { self.step(frame, step, descs) };
+            }
+        })
+    }
+
+    /// Runs `f` (every step of one call) in the form [`Steps::adapt`] chooses (with
+    /// the team or the caller alone), timing the calls it explores.
+    fn adaptive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let c = self.adapt.choose();
+        let start = if c.timed { adapt::ticks() } else { 0 };
+        let r = team::alone(c.alone, f);
+        if c.timed {
+            self.adapt.record(c, adapt::ticks().wrapping_sub(start));
         }
+        r
     }
 
     /// Like [`Steps::run`], returning each step's wall time in nanoseconds
@@ -125,14 +144,16 @@ impl Steps {
     /// # Safety
     /// As for [`Steps::run`].
     pub(super) unsafe fn run_timed(&self, frame: &mut [i64], descs: &[Desc]) -> Vec<u64> {
-        let mut times = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
-            let start = std::time::Instant::now();
-            // SAFETY: the caller's contract.
-            unsafe { self.step(frame, step, descs) };
-            times.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        }
-        times
+        self.adaptive(|| {
+            let mut times = Vec::with_capacity(self.steps.len());
+            for step in &self.steps {
+                let start = std::time::Instant::now();
+                // SAFETY: the caller's contract.
+                unsafe { self.step(frame, step, descs) };
+                times.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
+            times
+        })
     }
 
     /// Runs one step.

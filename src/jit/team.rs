@@ -38,6 +38,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// This thread runs its jobs alone (see [`alone`]).
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every job this thread gives the team run by the thread itself, part
+/// after part, when `yes` (`jit::adapt`: a step whose work does not pay for sharing).
+pub fn alone<R>(yes: bool, f: impl FnOnce() -> R) -> R {
+    if !yes {
+        return f();
+    }
+    let before = ALONE.replace(true);
+    let r = f();
+    ALONE.set(before);
+    r
+}
+
 /// A spinning worker offers its core to other threads every this many spins.
 const YIELD_EVERY: u32 = 4096;
 
@@ -230,7 +247,7 @@ impl Team {
     pub fn run<F: Fn(usize) + Sync>(&self, parts: usize, f: &F) -> bool {
         let s = self.shared;
         let alone = |f: &F| (0..parts).all(|p| catch_unwind(AssertUnwindSafe(|| f(p))).is_ok());
-        if parts <= 1 || self.size == 1 || parts > MAX_PARTS {
+        if parts <= 1 || self.size == 1 || parts > MAX_PARTS || ALONE.get() {
             return alone(f);
         }
         if s.busy

@@ -6,9 +6,7 @@
 //! rounding error O(ε/h) ≈ 1e-10, so a correct VJP passes with four orders of margin
 //! while a wrong one (a missing term, a wrong sign) is off by O(1).
 
-use crate::common;
-
-use common::Rng;
+use crate::common::Rng;
 use kiln::dim::Dim;
 use kiln::ir::elementwise::rng_uniform;
 use kiln::ir::{

@@ -1,6 +1,7 @@
 //! kiln's tests as one binary (one link instead of one per file). `team` stays a binary of
 //! its own: it sets the thread team's size for its whole process.
 
+mod adapt;
 mod aot_build;
 mod attention_bwd;
 mod attention_fast;
