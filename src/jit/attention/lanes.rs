@@ -7,7 +7,7 @@
 //! products, as `Fused`).
 
 /// The lane operations (see the module's documentation).
-pub(super) trait Lanes<const N: usize> {
+pub(in crate::jit) trait Lanes<const N: usize> {
     type V: Copy;
     fn splat(x: f32) -> Self::V;
     fn load(x: &[f32; N]) -> Self::V;
@@ -74,7 +74,7 @@ impl<M: super::MulAdd> Lanes<8> for Scalar<M> {
 /// AVX2 and FMA registers. Its operations may run only on a host that has both (the
 /// kernel checks, `avx2()`, before it picks this build).
 #[cfg(target_arch = "x86_64")]
-pub(super) struct Avx2;
+pub(in crate::jit) struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
@@ -160,7 +160,7 @@ mod avx {
 /// gain is half the instructions, the broadcasts folded into the products). Its
 /// operations may run only on a host that has AVX-512F, AVX2 and FMA (`avx512()`).
 #[cfg(target_arch = "x86_64")]
-pub(super) struct Avx512;
+pub(in crate::jit) struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -14,7 +14,7 @@ use super::plan::{AttnKernel, Stage};
 use super::team;
 
 mod backward;
-mod lanes;
+pub(super) mod lanes;
 
 use lanes::Lanes;
 

@@ -4,9 +4,13 @@
 
 use std::arch::x86_64::*;
 
+use crate::jit::attention::lanes::Lanes;
+
 use super::{BLOCK, Call, finish_row};
 
-/// Sixteen lanes.
+/// Sixteen lanes: attention's lane operations (`jit::attention::lanes`), as one
+/// AVX-512 vector or two AVX2 halves, with loads and stores through pointers and the
+/// pairwise sum of the lanes.
 pub(super) trait L16 {
     type V: Copy;
     /// # Safety
@@ -15,7 +19,6 @@ pub(super) trait L16 {
     /// # Safety
     /// `p..p + 16` is writable.
     unsafe fn store(p: *mut f32, v: Self::V);
-    fn zero() -> Self::V;
     fn splat(x: f32) -> Self::V;
     fn add(a: Self::V, b: Self::V) -> Self::V;
     fn sub(a: Self::V, b: Self::V) -> Self::V;
@@ -26,123 +29,115 @@ pub(super) trait L16 {
     fn tree(v: Self::V) -> f32;
 }
 
-/// The last steps of the tree on four lanes: `[b0 + b2, b1 + b3]`, then their sum.
+/// The last steps of the tree on eight lanes: `l + 4`, then `[b0 + b2, b1 + b3]`, then
+/// their sum.
 #[inline(always)]
-fn tree4(b: __m128) -> f32 {
-    // SAFETY: SSE is part of x86-64.
+fn tree8(a: __m256) -> f32 {
+    // SAFETY: AVX is present wherever a 16-lane build runs (AVX2 at least).
     unsafe {
+        let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
         let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
         _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
     }
 }
 
+/// Two AVX2 halves (lanes 0–7, 8–15); used only where the host has AVX2 and FMA.
+pub(super) use crate::jit::attention::lanes::Avx2;
 /// AVX-512F registers; used only where the host has AVX-512F, AVX2 and FMA.
-pub(super) struct Avx512;
+pub(super) use crate::jit::attention::lanes::Avx512;
 
-// SAFETY (every `unsafe` below): the host has the features (see `Avx512`).
+// SAFETY (every `unsafe` below): the caller's pointers cover 16 floats; the host has
+// the features (see `Avx512`).
 impl L16 for Avx512 {
     type V = __m512;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> __m512 {
-        unsafe { _mm512_loadu_ps(p) }
+        <Avx512 as Lanes<16>>::load(unsafe { &*p.cast::<[f32; 16]>() })
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    fn zero() -> __m512 {
-        unsafe { _mm512_setzero_ps() }
+        <Avx512 as Lanes<16>>::store(v, unsafe { &mut *p.cast::<[f32; 16]>() })
     }
     #[inline(always)]
     fn splat(x: f32) -> __m512 {
-        unsafe { _mm512_set1_ps(x) }
+        <Avx512 as Lanes<16>>::splat(x)
     }
     #[inline(always)]
     fn add(a: __m512, b: __m512) -> __m512 {
-        unsafe { _mm512_add_ps(a, b) }
+        <Avx512 as Lanes<16>>::add(a, b)
     }
     #[inline(always)]
     fn sub(a: __m512, b: __m512) -> __m512 {
-        unsafe { _mm512_sub_ps(a, b) }
+        <Avx512 as Lanes<16>>::sub(a, b)
     }
     #[inline(always)]
     fn mul(a: __m512, b: __m512) -> __m512 {
-        unsafe { _mm512_mul_ps(a, b) }
+        <Avx512 as Lanes<16>>::mul(a, b)
     }
     #[inline(always)]
     fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { _mm512_fmadd_ps(a, b, c) }
+        <Avx512 as Lanes<16>>::mul_add(a, b, c)
     }
     #[inline(always)]
     fn tree(v: __m512) -> f32 {
         unsafe {
             let lo = _mm512_castps512_ps256(v);
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-            let a = _mm256_add_ps(lo, hi);
-            tree4(_mm_add_ps(
-                _mm256_castps256_ps128(a),
-                _mm256_extractf128_ps::<1>(a),
-            ))
+            tree8(_mm256_add_ps(lo, hi))
         }
     }
 }
 
-/// Two AVX2 halves (lanes 0–7, 8–15); used only where the host has AVX2 and FMA.
-pub(super) struct Avx2;
-
-// SAFETY (every `unsafe` below): the host has the features (see `Avx2`).
+// SAFETY (every `unsafe` below): the caller's pointers cover 16 floats; the host has
+// the features (see `Avx2`).
 impl L16 for Avx2 {
     type V = (__m256, __m256);
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::V {
-        unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
+        let h = |q: *const f32| <Avx2 as Lanes<8>>::load(unsafe { &*q.cast::<[f32; 8]>() });
+        (h(p), h(p.wrapping_add(8)))
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self::V) {
-        unsafe {
-            _mm256_storeu_ps(p, v.0);
-            _mm256_storeu_ps(p.add(8), v.1);
-        }
-    }
-    #[inline(always)]
-    fn zero() -> Self::V {
-        unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        <Avx2 as Lanes<8>>::store(v.0, unsafe { &mut *p.cast::<[f32; 8]>() });
+        <Avx2 as Lanes<8>>::store(v.1, unsafe { &mut *p.add(8).cast::<[f32; 8]>() });
     }
     #[inline(always)]
     fn splat(x: f32) -> Self::V {
-        unsafe { (_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+        let h = <Avx2 as Lanes<8>>::splat(x);
+        (h, h)
     }
     #[inline(always)]
     fn add(a: Self::V, b: Self::V) -> Self::V {
-        unsafe { (_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1)) }
+        (
+            <Avx2 as Lanes<8>>::add(a.0, b.0),
+            <Avx2 as Lanes<8>>::add(a.1, b.1),
+        )
     }
     #[inline(always)]
     fn sub(a: Self::V, b: Self::V) -> Self::V {
-        unsafe { (_mm256_sub_ps(a.0, b.0), _mm256_sub_ps(a.1, b.1)) }
+        (
+            <Avx2 as Lanes<8>>::sub(a.0, b.0),
+            <Avx2 as Lanes<8>>::sub(a.1, b.1),
+        )
     }
     #[inline(always)]
     fn mul(a: Self::V, b: Self::V) -> Self::V {
-        unsafe { (_mm256_mul_ps(a.0, b.0), _mm256_mul_ps(a.1, b.1)) }
+        (
+            <Avx2 as Lanes<8>>::mul(a.0, b.0),
+            <Avx2 as Lanes<8>>::mul(a.1, b.1),
+        )
     }
     #[inline(always)]
     fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe {
-            (
-                _mm256_fmadd_ps(a.0, b.0, c.0),
-                _mm256_fmadd_ps(a.1, b.1, c.1),
-            )
-        }
+        (
+            <Avx2 as Lanes<8>>::mul_add(a.0, b.0, c.0),
+            <Avx2 as Lanes<8>>::mul_add(a.1, b.1, c.1),
+        )
     }
     #[inline(always)]
     fn tree(v: Self::V) -> f32 {
-        unsafe {
-            let a = _mm256_add_ps(v.0, v.1);
-            tree4(_mm_add_ps(
-                _mm256_castps256_ps128(a),
-                _mm256_extractf128_ps::<1>(a),
-            ))
-        }
+        tree8(<Avx2 as Lanes<8>>::add(v.0, v.1))
     }
 }
 
@@ -160,7 +155,7 @@ pub(super) fn rows<L: L16>(c: &Call, lo: usize, hi: usize) {
         unsafe {
             for (i, r) in rows.clone().enumerate() {
                 let x = c.x.wrapping_offset(c.x_row(r) as isize);
-                let mut acc = L::zero();
+                let mut acc = L::splat(0.0);
                 for j in (0..n).step_by(16) {
                     acc = L::add(acc, L::load(x.add(j)));
                 }
@@ -169,7 +164,7 @@ pub(super) fn rows<L: L16>(c: &Call, lo: usize, hi: usize) {
             for (i, r) in rows.clone().enumerate() {
                 let x = c.x.wrapping_offset(c.x_row(r) as isize);
                 let m = L::splat(mean[i]);
-                let mut acc = L::zero();
+                let mut acc = L::splat(0.0);
                 for j in (0..n).step_by(16) {
                     let d = L::sub(L::load(x.add(j)), m);
                     acc = L::fma(d, d, acc);
