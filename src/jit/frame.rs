@@ -61,6 +61,29 @@ pub(super) fn set_error(msg: String) {
     });
 }
 
+/// A runtime routine's body (`kiln_gemm`, `kiln_attention`, `kiln_norm`) on its
+/// descriptor and the frame, an error it returns, a `false` (a part panicked) or a panic
+/// of its own recorded as the call's error, naming `what`.
+pub(super) fn guarded(
+    frame: *mut i64,
+    desc: *const Desc,
+    what: &str,
+    body: impl FnOnce(&Desc, &[i64]) -> Result<bool, String>,
+) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `desc` points at a descriptor owned by the running kernel.
+        let d = unsafe { &*desc };
+        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
+        let frame = unsafe { std::slice::from_raw_parts(frame, d.fl.len()) };
+        body(d, frame)
+    }));
+    match r {
+        Ok(Ok(true)) => {}
+        Ok(Err(e)) => set_error(e),
+        Ok(Ok(false)) | Err(_) => set_error(format!("a panic inside {what}")),
+    }
+}
+
 /// Whether `strides` are row-major `shape`'s (axes of size 1 aside).
 fn contiguous(strides: &[i64], shape: &[usize]) -> bool {
     let mut expect = 1i64;

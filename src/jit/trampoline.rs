@@ -4,7 +4,7 @@
 //! each product's fused epilogue run over the rows each part computed. Errors and
 //! panics inside them become the call's error, never unwinding into native code.
 
-use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, guarded};
 use super::gemm;
 use super::plan::GemmKernel;
 use super::team;
@@ -49,28 +49,12 @@ const GEMM_GRAIN: i64 = 16;
 /// enough, else into blocks of rows or columns, whichever makes the parts repack less
 /// (splitting rows repacks B in every part, splitting columns repacks A).
 pub(super) extern "C" fn kiln_gemm(frame: *mut i64, desc: *const Desc) {
-    let r = std::panic::catch_unwind(|| {
-        // SAFETY: `desc` points at a descriptor owned by the running kernel.
-        let d = unsafe { &*desc };
+    guarded(frame, desc, "gemm", |d, frame| {
         let DescKind::Gemm(g) = &d.kind else {
             return Err("bad gemm descriptor".to_string());
         };
-        let fl = d.fl;
-        let frame_ptr = frame as usize;
-        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
-        let frame = unsafe { std::slice::from_raw_parts(frame, fl.len()) };
-        let call = GemmCall::new(frame, frame_ptr, fl, g, d);
-        if call.run() {
-            Ok(())
-        } else {
-            Err("a panic inside gemm".to_string())
-        }
-    });
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => set_error(e),
-        Err(_) => set_error("a panic inside gemm".into()),
-    }
+        Ok(GemmCall::new(frame, frame.as_ptr() as usize, d.fl, g, d).run())
+    })
 }
 
 /// One product of a GEMM call: B's view, the output and the fused epilogue.

@@ -9,7 +9,7 @@
 //! generated code's (`mathfn.rs`). The backward kernel is in `backward.rs`; it
 //! recomputes the forward's scores and exponentials bit for bit.
 
-use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, guarded};
 use super::plan::{AttnKernel, Stage};
 use super::team;
 
@@ -23,25 +23,12 @@ const PARALLEL_MIN_MACS: usize = 1 << 15;
 
 /// Runs the attention kernel of descriptor `desc` on the frame's buffers.
 pub(super) extern "C" fn kiln_attention(frame: *mut i64, desc: *const Desc) {
-    let r = std::panic::catch_unwind(|| {
-        // SAFETY: `desc` points at a descriptor owned by the running kernel.
-        let d = unsafe { &*desc };
+    guarded(frame, desc, "attention", |d, frame| {
         let DescKind::Attention(a) = &d.kind else {
             return Err("bad attention descriptor".to_string());
         };
-        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
-        let frame = unsafe { std::slice::from_raw_parts(frame, d.fl.len()) };
-        if Call::new(frame, d.fl, a).run() {
-            Ok(())
-        } else {
-            Err("a panic inside attention".to_string())
-        }
-    });
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => set_error(e),
-        Err(_) => set_error("a panic inside attention".into()),
-    }
+        Ok(Call::new(frame, d.fl, a).run())
+    })
 }
 
 /// A `[batch…, rows, cols]` view: its buffer's address, offset and strides.

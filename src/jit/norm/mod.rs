@@ -11,7 +11,7 @@
 //! inverse deviation is `1 / sqrt(var + ε)`; the result is `((x − mean)·inv)·gamma +
 //! beta` in that order, as the graph's nodes compute it.
 
-use super::frame::{Desc, DescKind, FrameLayout, access_parts, set_error};
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, guarded};
 use super::plan::{NormKernel, NormPart};
 use super::team;
 
@@ -26,25 +26,12 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Runs the layer normalization kernel of descriptor `desc` on the frame's buffers.
 pub(super) extern "C" fn kiln_norm(frame: *mut i64, desc: *const Desc) {
-    let r = std::panic::catch_unwind(|| {
-        // SAFETY: `desc` points at a descriptor owned by the running kernel.
-        let d = unsafe { &*desc };
+    guarded(frame, desc, "layer normalization", |d, frame| {
         let DescKind::Norm(k) = &d.kind else {
             return Err("bad layer normalization descriptor".to_string());
         };
-        // SAFETY: the frame has `fl.len()` slots, written by `run` for this call.
-        let frame = unsafe { std::slice::from_raw_parts(frame, d.fl.len()) };
-        if Call::new(frame, d.fl, k).run() {
-            Ok(())
-        } else {
-            Err("a panic inside layer normalization".to_string())
-        }
-    });
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => set_error(e),
-        Err(_) => set_error("a panic inside layer normalization".into()),
-    }
+        Ok(Call::new(frame, d.fl, k).run())
+    })
 }
 
 /// The kernel's operands at this call's sizes.
