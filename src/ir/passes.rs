@@ -99,7 +99,8 @@ fn cse_owned(f: Func) -> Func {
     dce_owned(rebuild(f, &keep, &remap))
 }
 
-fn const_of(f: &Func, id: Id) -> Option<f64> {
+/// The scalar node `id` holds when it is a constant or a broadcast of one.
+pub fn const_of(f: &Func, id: Id) -> Option<f64> {
     match &f.nodes[id].op {
         Op::Const(c) => Some(*c),
         Op::Broadcast { .. } => const_of(f, f.nodes[id].args[0]),

@@ -85,7 +85,7 @@ pub(super) fn guarded(
 }
 
 /// Whether `strides` are row-major `shape`'s (axes of size 1 aside).
-fn contiguous(strides: &[i64], shape: &[usize]) -> bool {
+pub(super) fn contiguous(strides: &[i64], shape: &[usize]) -> bool {
     let mut expect = 1i64;
     for d in (0..shape.len()).rev() {
         if shape[d] != 1 && strides[d] != expect {

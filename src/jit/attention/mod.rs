@@ -318,14 +318,14 @@ unsafe fn blocks_avx512(c: &Call, bi: usize, s: &mut Scratch) {
 /// Whether the host has AVX2 and FMA (the kernels' eight-lane vector builds; both
 /// kernels have sixteen-lane AVX-512 builds too, see `avx512()` and `backward.rs`).
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(super) fn avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Whether the host has AVX-512F too: the forward kernel's sixteen-lane build (a
 /// third fewer cycles than its eight-lane AVX2 build on that machine).
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
+pub(super) fn avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f") && avx2()
 }
 

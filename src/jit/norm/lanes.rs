@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use crate::jit::attention::lanes::Lanes;
 
-use super::{BLOCK, Call, finish_row};
+use super::{Call, blocks, finish_row};
 
 /// Sixteen lanes: attention's lane operations (`jit::attention::lanes`), as one
 /// AVX-512 vector or two AVX2 halves, with loads and stores through pointers and the
@@ -141,63 +141,45 @@ impl L16 for Avx2 {
     }
 }
 
-/// Rows `lo..hi` of a call whose `n` is a multiple of 16, `BLOCK` rows per pass.
+/// Rows `lo..hi` of a call whose `n` is a multiple of 16.
 #[inline(always)]
 pub(super) fn rows<L: L16>(c: &Call, lo: usize, hi: usize) {
     let n = c.n;
-    let mut b0 = lo;
-    while b0 < hi {
-        let rows = b0..hi.min(b0 + BLOCK);
-        let (mut mean, mut inv) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-        // SAFETY (all of it): the plan's accesses cover every row of `x` and of the
-        // output and stores at this call's sizes; `n` is a multiple of 16; parts own
-        // disjoint rows.
-        unsafe {
-            for (i, r) in rows.clone().enumerate() {
-                let x = c.x.wrapping_offset(c.x_row(r) as isize);
-                let mut acc = L::splat(0.0);
-                for j in (0..n).step_by(16) {
-                    acc = L::add(acc, L::load(x.add(j)));
-                }
-                mean[i] = L::tree(acc) / n as f32;
-            }
-            for (i, r) in rows.clone().enumerate() {
-                let x = c.x.wrapping_offset(c.x_row(r) as isize);
-                let m = L::splat(mean[i]);
-                let mut acc = L::splat(0.0);
-                for j in (0..n).step_by(16) {
-                    let d = L::sub(L::load(x.add(j)), m);
-                    acc = L::fma(d, d, acc);
-                }
-                inv[i] = 1.0 / (L::tree(acc) / n as f32 + c.eps).sqrt();
-            }
-            for (i, r) in rows.clone().enumerate() {
-                let x = c.x.wrapping_offset(c.x_row(r) as isize);
-                let plain = !c.rms
-                    && c.gamma.is_some()
-                    && c.beta.is_some()
-                    && c.centred.is_none()
-                    && c.normalized.is_none()
-                    && c.scaled.is_none();
-                if let (true, Some(g), Some(b)) = (plain, c.gamma, c.beta) {
-                    let (m, s) = (L::splat(mean[i]), L::splat(inv[i]));
-                    let out = c.out.add(r * n);
-                    for j in (0..n).step_by(16) {
-                        let y = L::mul(L::mul(L::sub(L::load(x.add(j)), m), s), L::load(g.add(j)));
-                        L::store(out.add(j), L::add(y, L::load(b.add(j))));
-                    }
-                    if let Some(p) = c.mean {
-                        *p.add(r) = mean[i];
-                    }
-                    if let Some(p) = c.inv {
-                        *p.add(r) = inv[i];
-                    }
-                } else {
-                    let xs = std::slice::from_raw_parts(x, n);
-                    finish_row(c, r, xs, mean[i], inv[i]);
-                }
-            }
+    // SAFETY (every closure): `x` is a row of `n` floats, `n` a multiple of 16; the
+    // output's and the weights' rows cover `n` floats; parts own disjoint rows.
+    let sum = |x: &[f32]| unsafe {
+        let mut acc = L::splat(0.0);
+        for j in (0..n).step_by(16) {
+            acc = L::add(acc, L::load(x.as_ptr().add(j)));
         }
-        b0 = rows.end;
-    }
+        L::tree(acc)
+    };
+    let squares = |x: &[f32], m: f32| unsafe {
+        let (m, mut acc) = (L::splat(m), L::splat(0.0));
+        for j in (0..n).step_by(16) {
+            let d = L::sub(L::load(x.as_ptr().add(j)), m);
+            acc = L::fma(d, d, acc);
+        }
+        L::tree(acc)
+    };
+    let finish = |r: usize, x: &[f32], mean: f32, inv: f32| unsafe {
+        match (c.plain && !c.rms, c.gamma, c.beta) {
+            (true, Some(g), Some(b)) => {
+                let (m, s) = (L::splat(mean), L::splat(inv));
+                let (x, out) = (x.as_ptr(), c.out.add(r * n));
+                for j in (0..n).step_by(16) {
+                    let y = L::mul(L::mul(L::sub(L::load(x.add(j)), m), s), L::load(g.add(j)));
+                    L::store(out.add(j), L::add(y, L::load(b.add(j))));
+                }
+                if let Some(p) = c.mean {
+                    *p.add(r) = mean;
+                }
+                if let Some(p) = c.inv {
+                    *p.add(r) = inv;
+                }
+            }
+            _ => finish_row(c, r, x, mean, inv),
+        }
+    };
+    blocks(c, (lo, hi), sum, squares, finish);
 }

@@ -11,7 +11,7 @@
 //! inverse deviation is `1 / sqrt(var + ε)`; the result is `((x − mean)·inv)·gamma +
 //! beta` in that order, as the graph's nodes compute it.
 
-use super::frame::{Desc, DescKind, FrameLayout, access_parts, guarded};
+use super::frame::{Desc, DescKind, FrameLayout, access_parts, contiguous, guarded};
 use super::plan::{NormKernel, NormPart};
 use super::team;
 
@@ -44,6 +44,8 @@ struct Call {
     x_strides: Vec<i64>,
     /// `x`'s rows are `n` apart from its offset.
     x_packed: bool,
+    /// Nothing but the result is stored (no centred, normalized or scaled input).
+    plain: bool,
     eps: f32,
     rms: bool,
     gamma: Option<*const f32>,
@@ -66,12 +68,8 @@ impl Call {
         let dims: Vec<usize> = k.rows.iter().map(|&s| size(s)).collect();
         let n = size(k.n);
         let (x, x_off, x_strides) = access_parts(frame, fl, &k.x);
-        let mut expect = n as i64;
-        let mut x_packed = true;
-        for d in (0..dims.len()).rev() {
-            x_packed &= dims[d] == 1 || x_strides[d] == expect;
-            expect = expect.saturating_mul(dims[d] as i64);
-        }
+        let shape: Vec<usize> = dims.iter().copied().chain([n]).collect();
+        let x_packed = contiguous(&x_strides, &shape);
         let at = |a: &super::plan::Access| {
             let (p, off, _) = access_parts(frame, fl, a);
             p.wrapping_offset(off as isize) as *mut f32
@@ -89,6 +87,10 @@ impl Call {
             x_off,
             x_strides,
             x_packed,
+            plain: k
+                .stores
+                .iter()
+                .all(|(p, _)| matches!(p, NormPart::Mean | NormPart::Inv)),
             eps: k.eps,
             rms: k.rms,
             gamma: k.gamma.as_ref().map(|a| at(a) as *const f32),
@@ -120,7 +122,7 @@ impl Call {
     fn range(&self, lo: usize, hi: usize) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") && avx2() {
+            if avx512() {
                 // SAFETY: the host has AVX-512F, AVX2 and FMA.
                 return unsafe { rows_avx512(self, lo, hi) };
             }
@@ -148,9 +150,7 @@ impl Call {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
+use super::attention::{avx2, avx512};
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -192,63 +192,73 @@ fn tree(p: [f32; W]) -> f32 {
 /// (one row's sums, shuffles, division and square root are a chain of ~100 cycles).
 const BLOCK: usize = 8;
 
-/// Row `r` of `x`.
-///
-/// # Safety
-/// `r` is a row of this call.
+/// Rows `lo..hi`, `BLOCK` rows per pass: each row's `sum`, then each row's sum of
+/// centred squares `squares(x, mean)`, then `finish(r, x, mean, inv)` — the one
+/// structure of every build, which brings only its own sums and result.
 #[inline(always)]
-unsafe fn x_row(c: &Call, r: usize) -> &[f32] {
+fn blocks(
+    c: &Call,
+    (lo, hi): (usize, usize),
+    sum: impl Fn(&[f32]) -> f32,
+    squares: impl Fn(&[f32], f32) -> f32,
+    finish: impl Fn(usize, &[f32], f32, f32),
+) {
+    let n = c.n as f32;
     // SAFETY: the plan's access covers every row of `x` at this call's sizes.
-    unsafe { std::slice::from_raw_parts(c.x.wrapping_offset(c.x_row(r) as isize), c.n) }
-}
-
-/// Rows `lo..hi` (see the module's documentation), `BLOCK` rows per pass.
-#[inline(always)]
-fn rows<const F: bool>(c: &Call, lo: usize, hi: usize) {
-    let n = c.n;
-    let full = n / W * W;
+    let row = |r: usize| unsafe {
+        std::slice::from_raw_parts(c.x.wrapping_offset(c.x_row(r) as isize), c.n)
+    };
     let mut b0 = lo;
     while b0 < hi {
         let rows = b0..hi.min(b0 + BLOCK);
         let (mut mean, mut inv) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
         for (i, r) in rows.clone().enumerate() {
-            // SAFETY: `r` is a row of this call.
-            let x = unsafe { x_row(c, r) };
-            let mut p = [0.0f32; W];
-            for ch in x[..full].chunks_exact(W) {
-                for l in 0..W {
-                    p[l] += ch[l];
-                }
-            }
-            for (l, &v) in x[full..].iter().enumerate() {
-                p[l] += v;
-            }
-            mean[i] = tree(p) / n as f32;
+            mean[i] = sum(row(r)) / n;
         }
         for (i, r) in rows.clone().enumerate() {
-            // SAFETY: as above.
-            let x = unsafe { x_row(c, r) };
-            let m = mean[i];
-            let mut q = [0.0f32; W];
-            for ch in x[..full].chunks_exact(W) {
-                for l in 0..W {
-                    let d = ch[l] - m;
-                    q[l] = ma::<F>(d, d, q[l]);
-                }
-            }
-            for (l, &v) in x[full..].iter().enumerate() {
-                let d = v - m;
-                q[l] = ma::<F>(d, d, q[l]);
-            }
-            inv[i] = 1.0 / (tree(q) / n as f32 + c.eps).sqrt();
+            inv[i] = 1.0 / (squares(row(r), mean[i]) / n + c.eps).sqrt();
         }
         for (i, r) in rows.clone().enumerate() {
-            // SAFETY: as above; the output's and the stores' row `r` (contiguous) belong
-            // to this part.
-            unsafe { finish_row(c, r, x_row(c, r), mean[i], inv[i]) };
+            finish(r, row(r), mean[i], inv[i]);
         }
         b0 = rows.end;
     }
+}
+
+/// Rows `lo..hi` in plain code (see the module's documentation).
+#[inline(always)]
+fn rows<const F: bool>(c: &Call, lo: usize, hi: usize) {
+    let full = c.n / W * W;
+    let sum = |x: &[f32]| {
+        let mut p = [0.0f32; W];
+        for ch in x[..full].chunks_exact(W) {
+            for l in 0..W {
+                p[l] += ch[l];
+            }
+        }
+        for (l, &v) in x[full..].iter().enumerate() {
+            p[l] += v;
+        }
+        tree(p)
+    };
+    let squares = |x: &[f32], m: f32| {
+        let mut q = [0.0f32; W];
+        for ch in x[..full].chunks_exact(W) {
+            for l in 0..W {
+                let d = ch[l] - m;
+                q[l] = ma::<F>(d, d, q[l]);
+            }
+        }
+        for (l, &v) in x[full..].iter().enumerate() {
+            let d = v - m;
+            q[l] = ma::<F>(d, d, q[l]);
+        }
+        tree(q)
+    };
+    // SAFETY: rows of this call, owned by this part.
+    blocks(c, (lo, hi), sum, squares, |r, x, m, s| unsafe {
+        finish_row(c, r, x, m, s)
+    });
 }
 
 /// Row `r`'s result (and its stores) from its mean and inverse deviation: one pass
@@ -264,8 +274,7 @@ unsafe fn finish_row(c: &Call, r: usize, x: &[f32], mean: f32, inv: f32) {
         let out = std::slice::from_raw_parts_mut(c.out.add(r * n), n);
         let g = c.gamma.map(|g| std::slice::from_raw_parts(g, n));
         let b = c.beta.map(|b| std::slice::from_raw_parts(b, n));
-        let plain = c.centred.is_none() && c.normalized.is_none() && c.scaled.is_none();
-        if plain {
+        if c.plain {
             match (c.rms, g, b) {
                 (false, Some(g), Some(b)) => {
                     for j in 0..n {

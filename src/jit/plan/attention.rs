@@ -29,6 +29,7 @@
 //! with `grad`), planned where the walk reaches `dP`.
 
 use super::*;
+use crate::ir::passes::const_of;
 
 /// A piece of the softmax chain that some other node reads, stored contiguously in the
 /// shape of its node.
@@ -149,15 +150,6 @@ impl Chain {
     }
 }
 
-/// The scalar a node holds when it is a constant or a broadcast of one.
-fn scalar_of(f: &Func, id: Id) -> Option<f64> {
-    match &f.nodes[id].op {
-        Op::Const(c) => Some(*c),
-        Op::Broadcast { .. } => scalar_of(f, f.nodes[id].args[0]),
-        _ => None,
-    }
-}
-
 /// The backward chain's nodes (see `Builder::grad_chain`).
 struct GradChain {
     /// `dP = g·vᵀ`, the output's gradient `g`, and the three gradients computed.
@@ -198,7 +190,7 @@ impl Builder<'_> {
     fn is_causal(&self, valid: Id, rank: usize) -> bool {
         let f = self.f;
         let n = &f.nodes[valid];
-        if n.op != Op::Cmp(Cmp::Ne) || scalar_of(f, n.args[1]) != Some(0.0) {
+        if n.op != Op::Cmp(Cmp::Ne) || const_of(f, n.args[1]) != Some(0.0) {
             return false;
         }
         let b = &f.nodes[n.args[0]];
@@ -260,7 +252,7 @@ impl Builder<'_> {
             let [valid, _, low] = f.nodes[s2].args[..] else {
                 return None;
             };
-            let low = scalar_of(f, low)?;
+            let low = const_of(f, low)?;
             if !self.is_causal(valid, r) {
                 return None;
             }
@@ -282,7 +274,7 @@ impl Builder<'_> {
                     n.op == Op::Select
                         && n.args[0] == valid
                         && n.args[1] == p
-                        && scalar_of(f, n.args[2]) == Some(0.0)
+                        && const_of(f, n.args[2]) == Some(0.0)
                 });
                 // Without p', the kernel's zeros must be the graph's own values up to
                 // rounding: exp(low − max) underflows only for a very negative low.
@@ -358,7 +350,7 @@ impl Builder<'_> {
     fn zeroed(&mut self, x: Id, valid: Id) -> Option<Id> {
         let f = self.f;
         self.user(x, |n| {
-            n.op == Op::Select && n.args[..2] == [valid, x] && scalar_of(f, n.args[2]) == Some(0.0)
+            n.op == Op::Select && n.args[..2] == [valid, x] && const_of(f, n.args[2]) == Some(0.0)
         })
     }
 
@@ -620,7 +612,7 @@ impl Builder<'_> {
         {
             return None;
         }
-        let c = scalar_of(f, n.args[1])?;
+        let c = const_of(f, n.args[1])?;
         Some((n.args[0], c as f32))
     }
 
@@ -635,7 +627,7 @@ impl Builder<'_> {
             || self.uses[q] != 1
             || self.is_output[q]
             || n.op != Op::Binary(Binary::Mul)
-            || scalar_of(f, n.args[1]).is_none()
+            || const_of(f, n.args[1]).is_none()
         {
             return false;
         }

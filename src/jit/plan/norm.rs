@@ -6,6 +6,7 @@
 //! the inverse deviation and the normalized input) is stored by the kernel as well.
 
 use super::*;
+use crate::ir::passes::const_of;
 use crate::types::DType;
 
 /// Layer normalization over the last axis of `[rows…, n]`, one row at a time.
@@ -173,7 +174,7 @@ impl Builder<'_> {
         let bcast = |dims: &[usize], u: &crate::ir::Node| matches!(&u.op, Op::Broadcast { dims: d } if d == dims);
         let by_n = |u: Id, num: Id| {
             let a = &f.nodes[u].args;
-            a[0] == num && const_value(f, a[1]) == Some(n as f64)
+            a[0] == num && const_of(f, a[1]) == Some(n as f64)
         };
         let mean = self.user(s1, is(Div))?;
         let mb = self.user(mean, |u| bcast(&outer, u))?;
@@ -186,7 +187,7 @@ impl Builder<'_> {
         }
         let ve = self.user(var, is(Add))?;
         let eps_arg = f.nodes[ve].args.iter().copied().find(|&a| a != var)?;
-        let eps = const_value(f, eps_arg)? as f32;
+        let eps = const_of(f, eps_arg)? as f32;
         let inv = self.user(ve, |u| u.op == Op::Unary(Unary::Rsqrt))?;
         let ib = self.user(inv, |u| bcast(&outer, u))?;
         let y0 = self.user(ib, |u| {
@@ -239,14 +240,5 @@ impl Builder<'_> {
             beta: b.map(|b| b.1),
             inside,
         })
-    }
-}
-
-/// The value of a scalar constant, through broadcasts.
-fn const_value(f: &Func, id: Id) -> Option<f64> {
-    match &f.nodes[id].op {
-        Op::Const(c) => Some(*c),
-        Op::Broadcast { .. } => const_value(f, f.nodes[id].args[0]),
-        _ => None,
     }
 }
